@@ -1,0 +1,471 @@
+//! The agent's life: build the sandbox, start the main command, serve the engine, reap, stop.
+
+use crate::protocol::{AgentConfig, EndReason, EndRecord, ErrorKind, ExecRequest, ExitStatus, Request, Response, END_RECORD_FILE};
+use crate::wire::Conn;
+use nix::sys::signal::{kill, Signal};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::Pid;
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::fd::{AsFd, FromRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::rc::Rc;
+use std::time::Duration;
+use tokio::net::UnixListener;
+use tokio::sync::{oneshot, Notify};
+
+/// Descriptor numbers the runtime places the agent's inherited resources at (see `hangar_runtime::AgentFds`).
+const LISTENER_FD: i32 = 3;
+const STATUS_FD: i32 = 4;
+const STATE_DIR_FD: i32 = 5;
+/// Pipes are enlarged to this so a fast writer makes fewer round trips through the reader.
+const PIPE_SIZE: i32 = 1 << 20;
+const CHUNK: usize = 256 * 1024;
+
+/// Entry point of the `hangar-agent` binary: `hangar-agent CONFIG.json`. Never returns.
+pub fn run() -> ! {
+    let code = match main_inner() {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("hangar-agent: {e}");
+            1
+        }
+    };
+    std::process::exit(code)
+}
+
+fn main_inner() -> Result<(), String> {
+    // Host-side descriptors must never leak into sandbox processes.
+    for fd in [LISTENER_FD, STATUS_FD, STATE_DIR_FD] {
+        // SAFETY: the runtime placed these descriptors; we only borrow them to set a flag.
+        set_cloexec(&unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) });
+    }
+    let path = std::env::args().nth(1).ok_or("usage: hangar-agent CONFIG.json")?;
+    let cfg: AgentConfig = std::fs::read(&path)
+        .map_err(|e| format!("read {path}: {e}"))
+        .and_then(|b| serde_json::from_slice(&b).map_err(|e| format!("parse {path}: {e}")))?;
+    // SAFETY: the runtime placed the write end of the status pipe at this number; nothing else owns it.
+    let mut status = unsafe { File::from_raw_fd(STATUS_FD) };
+    let started = hangar_runtime::enter(&cfg.sandbox).map_err(|e| e.to_string()).and_then(|()| spawn_main(&cfg));
+    let main_pid = match started {
+        Ok(pid) => pid,
+        Err(e) => {
+            let _ = writeln!(status, "error: {e}");
+            return Err(e);
+        }
+    };
+    let _ = writeln!(status, "ok {main_pid}");
+    drop(status);
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| format!("tokio: {e}"))?;
+    rt.block_on(serve(cfg, main_pid))
+}
+
+fn spawn_main(cfg: &AgentConfig) -> Result<i32, String> {
+    let argv = &cfg.main;
+    let (prog, args) = argv.split_first().ok_or("the sandbox's command is empty")?;
+    let child = Command::new(prog)
+        .args(args)
+        .env_clear()
+        .envs(cfg.env.iter().map(|(k, v)| (k, v)))
+        .current_dir(&cfg.workdir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .process_group(0)
+        .spawn()
+        .map_err(|e| spawn_error(prog, &e).1)?;
+    Ok(child.id() as i32)
+}
+
+struct State {
+    cfg: AgentConfig,
+    main_pid: i32,
+    /// Exec processes waiting for their exit status, by pid.
+    execs: HashMap<i32, oneshot::Sender<WaitStatus>>,
+    main_status: Option<WaitStatus>,
+    stopping: bool,
+    live_execs: usize,
+}
+
+type Shared = Rc<RefCell<State>>;
+
+async fn serve(cfg: AgentConfig, main_pid: i32) -> Result<(), String> {
+    // SAFETY: the runtime placed the listening control socket at this number; nothing else owns it.
+    let std_listener = unsafe { std::os::unix::net::UnixListener::from_raw_fd(LISTENER_FD) };
+    std_listener.set_nonblocking(true).map_err(|e| format!("listener: {e}"))?;
+    let listener = UnixListener::from_std(std_listener).map_err(|e| format!("listener: {e}"))?;
+    let mut sigchld = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::child()).map_err(|e| e.to_string())?;
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).map_err(|e| e.to_string())?;
+    let lifetime = Duration::from_millis(cfg.lifetime_ms);
+    let grace = Duration::from_millis(cfg.stop_grace_ms);
+    let state: Shared = Rc::new(RefCell::new(State { cfg, main_pid, execs: HashMap::new(), main_status: None, stopping: false, live_execs: 0 }));
+    let main_exited = Rc::new(Notify::new());
+    let local = tokio::task::LocalSet::new();
+    local
+        .run_until(async {
+            reap(&state, &main_exited);
+            let lifetime_end = tokio::time::sleep(lifetime);
+            tokio::pin!(lifetime_end);
+            loop {
+                tokio::select! {
+                    _ = sigchld.recv() => reap(&state, &main_exited),
+                    // During a requested stop the main command's end is part of the stop, not its reason.
+                    _ = main_exited.notified(), if !state.borrow().stopping => {
+                        shutdown(&state, &main_exited, Duration::ZERO, EndReason::Exited).await;
+                        return Ok(());
+                    }
+                    _ = &mut lifetime_end => {
+                        shutdown(&state, &main_exited, grace, EndReason::LifetimeExceeded).await;
+                        return Ok(());
+                    }
+                    _ = sigterm.recv() => {
+                        shutdown(&state, &main_exited, grace, EndReason::Stopped).await;
+                        return Ok(());
+                    }
+                    conn = listener.accept() => {
+                        if let Ok((stream, _)) = conn {
+                            let (state, main_exited) = (state.clone(), main_exited.clone());
+                            tokio::task::spawn_local(async move { handle(state, main_exited, Conn::new(stream)).await });
+                        }
+                    }
+                }
+            }
+        })
+        .await
+}
+
+fn set_cloexec(fd: &impl AsFd) {
+    let _ = nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC));
+}
+
+/// Collects every exited child: execs get their status, the main command's end starts the shutdown,
+/// orphans re-parented to us are simply reaped.
+fn reap(state: &Shared, main_exited: &Notify) {
+    loop {
+        match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::StillAlive) | Err(_) => return,
+            Ok(ws) => {
+                let Some(pid) = ws.pid() else { continue };
+                let mut st = state.borrow_mut();
+                if pid.as_raw() == st.main_pid {
+                    st.main_status = Some(ws);
+                    main_exited.notify_one();
+                } else if let Some(tx) = st.execs.remove(&pid.as_raw()) {
+                    let _ = tx.send(ws);
+                }
+            }
+        }
+    }
+}
+
+/// Ends the sandbox: SIGTERM to everyone, SIGKILL after `grace` (or as soon as the main command is gone),
+/// wait until no process is left, record how it ended.
+async fn shutdown(state: &Shared, main_exited: &Notify, grace: Duration, reason: EndReason) {
+    if std::mem::replace(&mut state.borrow_mut().stopping, true) {
+        // Another shutdown is under way and ends the process; this caller just waits for it.
+        return std::future::pending().await;
+    }
+    if state.borrow().main_status.is_none() && !grace.is_zero() {
+        let _ = kill(Pid::from_raw(-1), Signal::SIGTERM);
+        let deadline = tokio::time::Instant::now() + grace;
+        let mut sigchld = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::child()).ok();
+        while state.borrow().main_status.is_none() && tokio::time::Instant::now() < deadline {
+            reap(state, main_exited);
+            if state.borrow().main_status.is_some() {
+                break;
+            }
+            let tick = tokio::time::sleep_until(deadline.min(tokio::time::Instant::now() + Duration::from_millis(20)));
+            match sigchld.as_mut() {
+                Some(s) => {
+                    tokio::select! { _ = s.recv() => {}, _ = tick => {} }
+                }
+                None => tick.await,
+            }
+        }
+    }
+    // Everyone left, including the main command if it ignored SIGTERM.
+    let _ = kill(Pid::from_raw(-1), Signal::SIGKILL);
+    loop {
+        reap(state, main_exited);
+        match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
+            Err(nix::errno::Errno::ECHILD) => break,
+            Ok(ws) => {
+                if let Some(pid) = ws.pid() {
+                    let mut st = state.borrow_mut();
+                    if let Some(tx) = st.execs.remove(&pid.as_raw()) {
+                        let _ = tx.send(ws);
+                    }
+                }
+            }
+            Err(_) => {}
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    // Let exec connections report their (killed) processes before the agent goes.
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(200);
+    while state.borrow().live_execs > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let main = state.borrow().main_status;
+    let (code, signal) = match main {
+        Some(WaitStatus::Exited(_, c)) => (Some(c), None),
+        Some(WaitStatus::Signaled(_, s, _)) => (None, Some(s as i32)),
+        _ => (None, Some(libc::SIGKILL)),
+    };
+    record_end(&EndRecord { reason, code, signal });
+}
+
+fn record_end(rec: &EndRecord) {
+    use nix::fcntl::{openat, renameat, OFlag};
+    use nix::sys::stat::Mode;
+    // SAFETY: the runtime placed the state directory at this number; we only borrow it.
+    let dir = unsafe { std::os::fd::BorrowedFd::borrow_raw(STATE_DIR_FD) };
+    let tmp = format!("{END_RECORD_FILE}.tmp");
+    let body = serde_json::to_vec(rec).unwrap_or_default();
+    let flags = OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_TRUNC | OFlag::O_CLOEXEC;
+    if let Ok(fd) = openat(dir, tmp.as_str(), flags, Mode::from_bits_truncate(0o644)) {
+        let mut f = File::from(fd);
+        if f.write_all(&body).and_then(|()| f.sync_all()).is_ok() {
+            let _ = renameat(dir, tmp.as_str(), dir, END_RECORD_FILE);
+        }
+    }
+}
+
+async fn handle(state: Shared, main_exited: Rc<Notify>, mut conn: Conn) {
+    let req = match conn.recv::<Request>().await {
+        Ok(Some(r)) => r,
+        _ => return,
+    };
+    let reply = match req {
+        Request::Ping => Response::Pong { main_pid: state.borrow().main_pid },
+        Request::Exec(r) => return exec(&state, conn, r).await,
+        Request::ReadFile { path } => return read_file(&state, conn, &path).await,
+        Request::WriteFile { path, len, mode } => write_file(&state, &mut conn, &path, len, mode).await,
+        Request::Stop { grace_ms } => {
+            shutdown(&state, &main_exited, Duration::from_millis(grace_ms), EndReason::Stopped).await;
+            let _ = conn.send(&Response::Done).await;
+            std::process::exit(0);
+        }
+        Request::Signal { .. } => err(ErrorKind::InvalidArgument, "signal is only valid on an exec's connection".into()),
+    };
+    let _ = conn.send(&reply).await;
+}
+
+fn err(kind: ErrorKind, message: String) -> Response {
+    Response::Error { kind, message }
+}
+
+fn spawn_error(prog: &str, e: &std::io::Error) -> (ErrorKind, String) {
+    match e.kind() {
+        std::io::ErrorKind::NotFound => (ErrorKind::CommandNotFound, format!("command not found: {prog}")),
+        std::io::ErrorKind::PermissionDenied => (ErrorKind::CommandNotFound, format!("permission denied: {prog} is not executable")),
+        _ => (ErrorKind::Other, format!("cannot start {prog}: {e}")),
+    }
+}
+
+fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
+    nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(std::io::Error::from)
+}
+
+async fn exec(state: &Shared, mut conn: Conn, r: ExecRequest) {
+    let started = start_exec(state, &r);
+    let (pid, exit_rx, fds) = match started {
+        Ok(s) => s,
+        Err((kind, message)) => {
+            let _ = conn.send(&err(kind, message)).await;
+            return;
+        }
+    };
+    state.borrow_mut().live_execs += 1;
+    let borrowed: Vec<_> = fds.iter().map(|f| f.as_fd()).collect();
+    let sent = conn.writer().send_with_fds(&Response::Started { pid }, &borrowed).await;
+    drop(borrowed);
+    drop(fds);
+    let group = Pid::from_raw(-pid);
+    let (mut timed_out, mut cancelled) = (false, sent.is_err());
+    if cancelled {
+        let _ = kill(group, Signal::SIGKILL);
+    }
+    let timeout = tokio::time::sleep(r.timeout_ms.map(Duration::from_millis).unwrap_or(Duration::from_secs(u32::MAX as u64)));
+    tokio::pin!(timeout);
+    tokio::pin!(exit_rx);
+    let mut engine_gone = cancelled;
+    let ws = loop {
+        tokio::select! {
+            ws = &mut exit_rx => break ws.ok(),
+            _ = &mut timeout, if !timed_out && !cancelled => {
+                timed_out = true;
+                let _ = kill(group, Signal::SIGKILL);
+            }
+            msg = conn.recv::<Request>(), if !engine_gone => match msg {
+                Ok(Some(Request::Signal { signal })) => {
+                    if signal == libc::SIGKILL { cancelled = true; }
+                    if let Ok(sig) = Signal::try_from(signal) { let _ = kill(group, sig); }
+                }
+                Ok(Some(_)) => {}
+                // The engine went away: an exec nobody can watch is cancelled, tree and all.
+                Ok(None) | Err(_) => {
+                    engine_gone = true;
+                    cancelled = true;
+                    let _ = kill(group, Signal::SIGKILL);
+                }
+            },
+        }
+    };
+    // The exec owns its process group: whatever it left running in the background ends with it.
+    let _ = kill(group, Signal::SIGKILL);
+    let (code, signal) = match ws {
+        Some(WaitStatus::Exited(_, c)) => (Some(c), None),
+        Some(WaitStatus::Signaled(_, s, _)) => (None, Some(s as i32)),
+        _ => (None, Some(libc::SIGKILL)),
+    };
+    let _ = conn.send(&Response::Exited(ExitStatus { code, signal, timed_out, cancelled })).await;
+    state.borrow_mut().live_execs -= 1;
+}
+
+type Started = (i32, oneshot::Receiver<WaitStatus>, Vec<OwnedFd>);
+
+fn start_exec(state: &Shared, r: &ExecRequest) -> Result<Started, (ErrorKind, String)> {
+    let st = state.borrow();
+    if st.stopping {
+        return Err((ErrorKind::Stopping, "the sandbox is stopping".into()));
+    }
+    let (prog, args) = r.argv.split_first().ok_or((ErrorKind::InvalidArgument, "argv is empty".to_string()))?;
+    if prog.is_empty() {
+        return Err((ErrorKind::InvalidArgument, "argv[0] is empty".into()));
+    }
+    if let Some(a) = r.argv.iter().find(|a| a.contains('\0')) {
+        return Err((ErrorKind::InvalidArgument, format!("argument {a:?} contains a NUL byte")));
+    }
+    let cwd = resolve(&st.cfg.workdir, r.cwd.as_deref().unwrap_or(&st.cfg.workdir));
+    if !cwd.is_dir() {
+        return Err((ErrorKind::NotFound, format!("working directory {} does not exist", cwd.display())));
+    }
+    let io = |e: std::io::Error| (ErrorKind::Other, format!("pipe: {e}"));
+    let (out_r, out_w) = pipe().map_err(io)?;
+    let (err_r, err_w) = pipe().map_err(io)?;
+    for w in [&out_w, &err_w] {
+        let _ = nix::fcntl::fcntl(w, nix::fcntl::FcntlArg::F_SETPIPE_SZ(PIPE_SIZE));
+    }
+    let mut handed = vec![out_r, err_r];
+    let stdin = if r.stdin {
+        let (in_r, in_w) = pipe().map_err(io)?;
+        handed.push(in_w);
+        Stdio::from(in_r)
+    } else {
+        Stdio::null()
+    };
+    let mut cmd = Command::new(prog);
+    cmd.args(args)
+        .env_clear()
+        .envs(st.cfg.env.iter().map(|(k, v)| (k, v)))
+        .envs(r.env.iter().map(|(k, v)| (k, v)))
+        .current_dir(&cwd)
+        .stdin(stdin)
+        .stdout(Stdio::from(out_w))
+        .stderr(Stdio::from(err_w))
+        .process_group(0);
+    let child = cmd.spawn().map_err(|e| spawn_error(prog, &e))?;
+    // Our copies of the child's ends must close now, or the engine would never see end of file.
+    drop(cmd);
+    let pid = child.id() as i32;
+    let (tx, rx) = oneshot::channel();
+    drop(st);
+    // Registered before any await, so the reaper (same thread) cannot miss this pid's exit.
+    state.borrow_mut().execs.insert(pid, tx);
+    Ok((pid, rx, handed))
+}
+
+fn resolve(workdir: &str, path: &str) -> PathBuf {
+    Path::new(workdir).join(path)
+}
+
+fn file_error(path: &str, e: &std::io::Error) -> Response {
+    let kind = match e.kind() {
+        std::io::ErrorKind::NotFound => ErrorKind::NotFound,
+        std::io::ErrorKind::PermissionDenied => ErrorKind::PermissionDenied,
+        std::io::ErrorKind::IsADirectory => ErrorKind::IsADirectory,
+        _ => ErrorKind::Other,
+    };
+    err(kind, format!("{path}: {e}"))
+}
+
+async fn read_file(state: &Shared, conn: Conn, path: &str) {
+    let full = resolve(&state.borrow().cfg.workdir, path);
+    let opened = File::open(&full).and_then(|f| {
+        let md = f.metadata()?;
+        if md.is_dir() {
+            return Err(std::io::Error::from(std::io::ErrorKind::IsADirectory));
+        }
+        Ok((f, md.len()))
+    });
+    let (mut file, len) = match opened {
+        Ok(x) => x,
+        Err(e) => {
+            let _ = conn.send(&file_error(path, &e)).await;
+            return;
+        }
+    };
+    let w = conn.writer();
+    if w.send(&Response::FileData { len }).await.is_err() {
+        return;
+    }
+    let mut left = len;
+    let mut buf = vec![0u8; CHUNK];
+    while left > 0 {
+        let want = buf.len().min(left as usize);
+        match file.read(&mut buf[..want]) {
+            // The file shrank under us: the announced length cannot be met, so break the connection.
+            Ok(0) | Err(_) => return,
+            Ok(n) => {
+                if w.send_raw(&buf[..n]).await.is_err() {
+                    return;
+                }
+                left -= n as u64;
+            }
+        }
+    }
+}
+
+async fn write_file(state: &Shared, conn: &mut Conn, path: &str, len: u64, mode: u32) -> Response {
+    use std::os::unix::fs::OpenOptionsExt;
+    let full = resolve(&state.borrow().cfg.workdir, path);
+    let opened = (|| {
+        if let Some(parent) = full.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        if full.is_dir() {
+            return Err(std::io::Error::from(std::io::ErrorKind::IsADirectory));
+        }
+        std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(mode).open(&full)
+    })();
+    let mut failure = None;
+    let mut file = match opened {
+        Ok(f) => Some(f),
+        Err(e) => {
+            failure = Some(file_error(path, &e));
+            None
+        }
+    };
+    // Always consume the announced bytes, so the reply is read in order even when the write failed.
+    let received = conn
+        .recv_raw(len, |chunk| {
+            if let Some(f) = file.as_mut() {
+                if let Err(e) = f.write_all(chunk) {
+                    failure.get_or_insert_with(|| file_error(path, &e));
+                    file = None;
+                }
+            }
+            Ok(())
+        })
+        .await;
+    match (received, failure) {
+        (Err(e), _) => err(ErrorKind::Other, format!("{path}: upload ended early: {e}")),
+        (Ok(()), Some(f)) => f,
+        (Ok(()), None) => Response::Done,
+    }
+}

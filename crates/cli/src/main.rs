@@ -1,0 +1,276 @@
+//! `hangar`: the command line. A thin user of the SDK: argument parsing, printing, exit codes.
+
+mod bench;
+
+use anyhow::{anyhow, bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+use hangar::{Client, Sandbox, SandboxBuilder};
+use std::process::ExitCode;
+use std::time::Duration;
+
+/// Exit code for failures of hangar itself (not of the command), as docker uses.
+const HANGAR_FAILED: u8 = 125;
+
+#[derive(Parser)]
+#[command(name = "hangar", version, about = "Isolated, disposable sandboxes with live output streaming")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Create a sandbox, run one command in it with live output, stop it; exits with the command's code.
+    Run {
+        #[command(flatten)]
+        sandbox: SandboxArgs,
+        /// Kill the command (and everything it started) after this many seconds.
+        #[arg(long)]
+        timeout: Option<f64>,
+        /// Working directory for the command.
+        #[arg(long)]
+        cwd: Option<String>,
+        /// The command and its arguments (no shell).
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
+    /// Create a sandbox that keeps running (default main command `sleep infinity`); prints its id.
+    Create {
+        #[command(flatten)]
+        sandbox: SandboxArgs,
+        /// Label, KEY=VALUE (repeatable).
+        #[arg(long = "tag", value_parser = key_value)]
+        tags: Vec<(String, String)>,
+        /// Main command (default `sleep infinity`).
+        #[arg(last = true)]
+        command: Vec<String>,
+    },
+    /// Run a command in a running sandbox with live output; exits with the command's code.
+    Exec {
+        /// Sandbox id.
+        id: String,
+        /// Environment variable, KEY=VALUE (repeatable).
+        #[arg(long = "env", short = 'e', value_parser = key_value)]
+        env: Vec<(String, String)>,
+        /// Working directory.
+        #[arg(long)]
+        cwd: Option<String>,
+        /// Kill the command after this many seconds.
+        #[arg(long)]
+        timeout: Option<f64>,
+        /// The command and its arguments.
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
+    /// List sandboxes, including ended ones with how they ended.
+    Ls {
+        /// Print JSON lines instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop sandboxes: SIGTERM, then SIGKILL after the grace period.
+    Stop {
+        /// Sandbox ids.
+        #[arg(required = true)]
+        ids: Vec<String>,
+        /// Grace period in seconds.
+        #[arg(long, default_value_t = 10.0)]
+        grace: f64,
+    },
+    /// Stop (if running) and remove sandboxes.
+    Rm {
+        /// Sandbox ids.
+        #[arg(required = true)]
+        ids: Vec<String>,
+    },
+    /// Copy a file into or out of a sandbox: `hangar cp ./a ID:/path` or `hangar cp ID:/path ./a`.
+    Cp {
+        /// Source: a local path or ID:PATH.
+        src: String,
+        /// Destination: a local path or ID:PATH.
+        dst: String,
+    },
+    /// Measure sandbox create, exec round trip, first-byte latency and streaming throughput against raw baselines.
+    Bench(bench::BenchArgs),
+}
+
+#[derive(Args)]
+struct SandboxArgs {
+    /// Image (default: the built-in host-userland image).
+    #[arg(long, default_value = "builtin")]
+    image: String,
+    /// Environment variable, KEY=VALUE (repeatable).
+    #[arg(long = "env", short = 'e', value_parser = key_value)]
+    env: Vec<(String, String)>,
+    /// CPU limit in cores.
+    #[arg(long)]
+    cpu: Option<f64>,
+    /// Memory limit in MiB.
+    #[arg(long)]
+    memory: Option<u64>,
+    /// Maximum lifetime in seconds.
+    #[arg(long)]
+    lifetime: Option<f64>,
+}
+
+impl SandboxArgs {
+    fn builder(self) -> Result<SandboxBuilder> {
+        let mut b = Sandbox::builder().image(self.image);
+        for (k, v) in self.env {
+            b = b.env(k, v);
+        }
+        if let Some(c) = self.cpu {
+            b = b.cpu(c);
+        }
+        if let Some(m) = self.memory {
+            b = b.memory_mb(m);
+        }
+        if let Some(l) = self.lifetime {
+            b = b.max_lifetime(seconds(l, "--lifetime")?);
+        }
+        Ok(b)
+    }
+}
+
+fn key_value(s: &str) -> Result<(String, String), String> {
+    s.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())).ok_or_else(|| format!("{s:?} is not KEY=VALUE"))
+}
+
+fn seconds(s: f64, flag: &str) -> Result<Duration> {
+    Duration::try_from_secs_f64(s).ok().filter(|d| !d.is_zero()).ok_or_else(|| anyhow!("{flag} {s}: must be a positive number of seconds"))
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::from_env("HANGAR_LOG")).with_writer(std::io::stderr).init();
+    let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("hangar: cannot start runtime: {e}");
+            return ExitCode::from(HANGAR_FAILED);
+        }
+    };
+    match rt.block_on(dispatch(cli.cmd)) {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("hangar: {e:#}");
+            ExitCode::from(HANGAR_FAILED)
+        }
+    }
+}
+
+/// The exit code a shell would give for a command result: its code, or 128+N when killed by signal N.
+fn shell_code(returncode: i32) -> u8 {
+    if returncode < 0 { (128 - returncode).min(255) as u8 } else { returncode.min(255) as u8 }
+}
+
+async fn dispatch(cmd: Cmd) -> Result<u8> {
+    match cmd {
+        Cmd::Run { sandbox, timeout, cwd, command } => {
+            let timeout = timeout.map(|t| seconds(t, "--timeout")).transpose()?;
+            let sb = sandbox.builder()?.create().await?;
+            let ran = tokio::select! {
+                r = run_streaming(&sb, command, cwd, vec![], timeout) => r,
+                _ = tokio::signal::ctrl_c() => Ok(130),
+            };
+            sb.stop_with_grace(Duration::from_secs(1)).await?;
+            ran
+        }
+        Cmd::Create { sandbox, tags, command } => {
+            let mut b = sandbox.builder()?;
+            for (k, v) in tags {
+                b = b.tag(k, v);
+            }
+            if let Some((program, args)) = command.split_first() {
+                b = b.command(program.clone()).args(args.iter().cloned());
+            }
+            println!("{}", b.create().await?.id());
+            Ok(0)
+        }
+        Cmd::Exec { id, env, cwd, timeout, command } => {
+            let timeout = timeout.map(|t| seconds(t, "--timeout")).transpose()?;
+            let sb = Sandbox::from_id(&id).await?;
+            run_streaming(&sb, command, cwd, env, timeout).await
+        }
+        Cmd::Ls { json } => {
+            let all = Client::from_env()?.list().await?;
+            if json {
+                for i in &all {
+                    println!("{}", serde_json::to_string(i)?);
+                }
+                return Ok(0);
+            }
+            println!("{:<20} {:<11} {:<8} {:<6} {:<18} COMMAND", "ID", "STATE", "IMAGE", "EXIT", "ENDED BY");
+            for i in all {
+                let exit = match (i.exit_code, i.exit_signal) {
+                    (Some(c), _) => c.to_string(),
+                    (None, Some(s)) => format!("sig{s}"),
+                    _ => "-".into(),
+                };
+                let ended = i.end_reason.as_deref().unwrap_or("-");
+                println!("{:<20} {:<11} {:<8} {:<6} {:<18} {}", i.id, i.state, i.image, exit, ended, i.command.join(" "));
+            }
+            Ok(0)
+        }
+        Cmd::Stop { ids, grace } => {
+            let grace = Duration::try_from_secs_f64(grace).map_err(|_| anyhow!("--grace {grace}: not a number of seconds"))?;
+            for id in ids {
+                let info = Sandbox::from_id(&id).await?.stop_with_grace(grace).await?;
+                println!("{id} {}", info.state);
+            }
+            Ok(0)
+        }
+        Cmd::Rm { ids } => {
+            for id in ids {
+                Sandbox::from_id(&id).await?.delete().await?;
+                println!("{id}");
+            }
+            Ok(0)
+        }
+        Cmd::Cp { src, dst } => copy(&src, &dst).await,
+        Cmd::Bench(args) => bench::run(args).await,
+    }
+}
+
+async fn run_streaming(sb: &Sandbox, command: Vec<String>, cwd: Option<String>, env: Vec<(String, String)>, timeout: Option<Duration>) -> Result<u8> {
+    let mut exec = sb.exec(command).stream_output(true);
+    if let Some(c) = cwd {
+        exec = exec.cwd(c);
+    }
+    for (k, v) in env {
+        exec = exec.env(k, v);
+    }
+    if let Some(t) = timeout {
+        exec = exec.timeout(t);
+    }
+    match exec.await {
+        Ok(r) => Ok(shell_code(r.returncode)),
+        Err(hangar::Error::Timeout { timeout, .. }) => {
+            eprintln!("hangar: command timed out after {timeout:?}; its processes were killed");
+            Ok(124)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// `ID:PATH` → (id, path); anything else is a local path.
+fn remote(s: &str) -> Option<(&str, &str)> {
+    let (id, path) = s.split_once(':')?;
+    (id.starts_with("sb-") && !path.is_empty()).then_some((id, path))
+}
+
+async fn copy(src: &str, dst: &str) -> Result<u8> {
+    match (remote(src), remote(dst)) {
+        (Some((id, path)), None) => {
+            let data = Sandbox::from_id(id).await?.read_file(path).await?;
+            tokio::fs::write(dst, data).await.with_context(|| format!("write {dst}"))?;
+        }
+        (None, Some((id, path))) => {
+            let data = tokio::fs::read(src).await.with_context(|| format!("read {src}"))?;
+            Sandbox::from_id(id).await?.write_file(path, data).await?;
+        }
+        (Some(_), Some(_)) => bail!("copying between two sandboxes is not supported: copy through a local file"),
+        (None, None) => bail!("one of {src:?} and {dst:?} must be SANDBOX_ID:PATH"),
+    }
+    Ok(0)
+}

@@ -1,0 +1,103 @@
+/// Everything that can go wrong in the engine, each naming the sandbox, path or command involved.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// No sandbox with this id.
+    #[error("sandbox {0} not found")]
+    NotFound(String),
+    /// The sandbox exists but is not running.
+    #[error("sandbox {id} is not running (it is {state})")]
+    NotRunning {
+        /// Sandbox id.
+        id: String,
+        /// Its current state.
+        state: crate::SandboxState,
+    },
+    /// A request was malformed; the message names the field.
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+    /// The image cannot be resolved.
+    #[error(transparent)]
+    Image(#[from] hangar_images::Error),
+    /// The program of an exec (or of the sandbox) does not exist or cannot be run.
+    #[error("sandbox {id}: {message}")]
+    CommandNotFound {
+        /// Sandbox id.
+        id: String,
+        /// What the agent said, naming the command.
+        message: String,
+    },
+    /// A file operation failed inside the sandbox.
+    #[error("sandbox {id}: {message}")]
+    File {
+        /// Sandbox id.
+        id: String,
+        /// The path inside the sandbox.
+        path: String,
+        /// What kind of failure.
+        kind: FileErrorKind,
+        /// What the agent said.
+        message: String,
+    },
+    /// The sandbox could not be started.
+    #[error("sandbox {id} failed to start: {reason}")]
+    SandboxFailed {
+        /// Sandbox id.
+        id: String,
+        /// Why.
+        reason: String,
+    },
+    /// The sandbox ended while an operation on it was in flight.
+    #[error("sandbox {id} ended during the operation ({detail})")]
+    SandboxGone {
+        /// Sandbox id.
+        id: String,
+        /// What was in flight.
+        detail: String,
+    },
+    /// Isolation setup or teardown failed on the host.
+    #[error(transparent)]
+    Runtime(#[from] hangar_runtime::Error),
+    /// The sandbox store failed.
+    #[error("sandbox store: {0}")]
+    Store(#[from] rusqlite::Error),
+    /// A host file or socket operation failed.
+    #[error("{op} {path}: {source}")]
+    Io {
+        /// The operation.
+        op: &'static str,
+        /// The path or resource.
+        path: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The agent answered something unexpected.
+    #[error("sandbox {id}: agent protocol error: {message}")]
+    Agent {
+        /// Sandbox id.
+        id: String,
+        /// What went wrong.
+        message: String,
+    },
+}
+
+/// Kinds of file failure, so callers can branch without parsing messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileErrorKind {
+    /// No such file or directory.
+    NotFound,
+    /// Permission denied.
+    PermissionDenied,
+    /// The path is a directory.
+    IsADirectory,
+    /// Anything else.
+    Other,
+}
+
+impl Error {
+    pub(crate) fn io(op: &'static str, path: impl std::fmt::Display, source: std::io::Error) -> Self {
+        Error::Io { op, path: path.to_string(), source }
+    }
+}
+
+/// Result alias for this crate.
+pub type Result<T> = std::result::Result<T, Error>;

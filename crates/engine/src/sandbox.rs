@@ -1,0 +1,419 @@
+//! Sandbox lifecycle: create, observe, stop, remove, and the file operations.
+
+use crate::store::{Record, Store};
+use crate::{now_ms, new_id, Ending, EngineConfig, Error, FileErrorKind, Result, SandboxConfig, SandboxInfo, SandboxState};
+use hangar_agent::protocol::{AgentConfig, EndReason, EndRecord, ErrorKind, Request, Response, END_RECORD_FILE};
+use hangar_agent::wire::Conn;
+use hangar_images::ImageStore;
+use hangar_runtime::cgroups::Cgroups;
+use hangar_runtime::{AgentFds, Limits, MountSpec, OverlaySpec, RootfsSpec, SandboxSpec};
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::AsyncReadExt;
+
+/// How long a new sandbox may take to report that it is built.
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+/// Largest file moved in one read or write call.
+pub const MAX_FILE_BYTES: u64 = 1 << 32;
+
+/// The engine: one per state directory per process; cheap to share behind an `Arc`.
+pub struct Engine {
+    cfg: EngineConfig,
+    store: Store,
+    images: ImageStore,
+    cgroups: Cgroups,
+}
+
+impl Engine {
+    /// Opens (creating if needed) the state directory and store, and detects the host's cgroup layout.
+    pub fn open(cfg: EngineConfig) -> Result<Arc<Self>> {
+        if !nix::unistd::Uid::effective().is_root() {
+            return Err(Error::InvalidArgument("the embedded engine needs root (rootless sandboxes are not implemented yet)".into()));
+        }
+        for d in [cfg.state_dir.clone(), cfg.state_dir.join("sandboxes")] {
+            std::fs::create_dir_all(&d).map_err(|e| Error::io("create state directory", d.display(), e))?;
+        }
+        let store = Store::open(&cfg.state_dir.join("hangar.db"))?;
+        let images = ImageStore::new(cfg.state_dir.join("images"));
+        let cgroups = Cgroups::detect("hangar")?;
+        Ok(Arc::new(Self { cfg, store, images, cgroups }))
+    }
+
+    /// The engine's configuration.
+    pub fn config(&self) -> &EngineConfig {
+        &self.cfg
+    }
+
+    pub(crate) fn sandbox_dir(&self, id: &str) -> PathBuf {
+        self.cfg.state_dir.join("sandboxes").join(id)
+    }
+
+    pub(crate) fn socket_path(&self, id: &str) -> PathBuf {
+        self.sandbox_dir(id).join("agent.sock")
+    }
+
+    /// Creates a sandbox and waits until its main command is running.
+    pub async fn create(self: &Arc<Self>, c: SandboxConfig) -> Result<SandboxInfo> {
+        validate(&c)?;
+        let images = self.images.clone();
+        let image_ref = c.image.clone();
+        let layout = tokio::task::spawn_blocking(move || images.resolve(&image_ref))
+            .await
+            .map_err(|e| Error::InvalidArgument(format!("image resolution panicked: {e}")))??;
+        let id = new_id("sb");
+        let info = SandboxInfo {
+            id: id.clone(),
+            state: SandboxState::Creating,
+            image: layout.name.clone(),
+            command: c.command.clone(),
+            tags: c.tags.clone(),
+            cpus: c.cpus,
+            memory_bytes: c.memory_bytes,
+            pids: Some(c.pids.unwrap_or(crate::DEFAULT_PIDS_LIMIT)),
+            max_lifetime_ms: c.max_lifetime.as_millis() as u64,
+            created_at_ms: now_ms(),
+            ended_at_ms: None,
+            exit_code: None,
+            exit_signal: None,
+            end_reason: None,
+            error: None,
+        };
+        self.store.insert(&info)?;
+        match self.start(&info, &c, layout).await {
+            Ok(()) => {}
+            Err(e) => {
+                let end = Ending { state: SandboxState::Failed, code: None, signal: None, reason: "start_failed", error: Some(e.to_string()) };
+                self.store.set_ended(&id, &end)?;
+                self.cleanup(&id).await;
+                return Err(e);
+            }
+        }
+        self.get(&id).await
+    }
+
+    async fn start(self: &Arc<Self>, info: &SandboxInfo, c: &SandboxConfig, layout: hangar_images::ImageLayout) -> Result<()> {
+        let id = &info.id;
+        let dir = self.sandbox_dir(id);
+        let mkdir = |p: &Path| std::fs::create_dir_all(p).map_err(|e| Error::io("mkdir", p.display(), e));
+        let overlay = |name: &str, lower: Vec<PathBuf>| -> Result<OverlaySpec> {
+            let (upper, work) = (dir.join("upper").join(name), dir.join("work").join(name));
+            mkdir(&upper)?;
+            mkdir(&work)?;
+            Ok(OverlaySpec { lower, upper, work })
+        };
+        let mut mounts = vec![];
+        for (target, lower) in &layout.overlays {
+            mounts.push(MountSpec::Overlay { target: target.clone(), overlay: overlay(&target.replace('/', "_"), lower.clone())? });
+        }
+        mounts.extend(layout.tmpfs.iter().map(|(target, size)| MountSpec::Tmpfs { target: target.clone(), size: *size }));
+        let rootfs = RootfsSpec { root: overlay("root", layout.root_layers.clone())?, mounts, mountpoint: dir.join("rootfs") };
+        mkdir(&rootfs.mountpoint)?;
+        let limits = Limits { cpus: c.cpus, memory_bytes: c.memory_bytes, pids: info.pids };
+        let cgroup = self.cgroups.create(id, &limits)?;
+        let mut env = layout.env.clone();
+        for (k, v) in &c.env {
+            env.retain(|(ek, _)| ek != k);
+            env.push((k.clone(), v.clone()));
+        }
+        env.push(("HOSTNAME".into(), id.clone()));
+        let agent_cfg = AgentConfig {
+            sandbox: SandboxSpec { id: id.clone(), hostname: id.clone(), rootfs, cgroup_procs: cgroup.procs_files() },
+            main: c.command.clone(),
+            env,
+            workdir: c.workdir.clone().unwrap_or(layout.workdir),
+            lifetime_ms: c.max_lifetime.as_millis() as u64,
+            stop_grace_ms: c.stop_grace.as_millis() as u64,
+        };
+        let cfg_path = dir.join("agent.json");
+        std::fs::write(&cfg_path, serde_json::to_vec(&agent_cfg).unwrap_or_default()).map_err(|e| Error::io("write", cfg_path.display(), e))?;
+
+        let sock = self.socket_path(id);
+        let listener = std::os::unix::net::UnixListener::bind(&sock).map_err(|e| Error::io("bind agent socket", sock.display(), e))?;
+        let log_path = dir.join("agent.log");
+        let log = std::fs::File::create(&log_path).map_err(|e| Error::io("create", log_path.display(), e))?;
+        let state_dir = std::fs::File::open(&dir).map_err(|e| Error::io("open", dir.display(), e))?;
+        let (status_r, status_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| Error::io("pipe", "agent status", e.into()))?;
+        let cfg_arg = cfg_path.to_string_lossy().into_owned();
+        let spawned = hangar_runtime::spawn_agent(
+            &self.cfg.agent_bin,
+            &[&cfg_arg],
+            &[("RUST_BACKTRACE", "1")],
+            AgentFds { log: log.as_fd(), listener: listener.as_fd(), status: status_w.as_fd(), state_dir: state_dir.as_fd() },
+        )?;
+        drop((listener, log, state_dir, status_w));
+        let pid = spawned.pid.as_raw();
+        let agent_start = hangar_runtime::process::process_start(pid).map(|(s, _)| s).unwrap_or(0);
+        self.watch_agent(id.clone(), pid);
+
+        let mut status = String::new();
+        let mut rx = tokio::net::unix::pipe::Receiver::from_owned_fd(status_r).map_err(|e| Error::io("read", "agent status", e))?;
+        let read = tokio::time::timeout(START_TIMEOUT, rx.read_to_string(&mut status)).await;
+        let line = status.lines().next().unwrap_or("").to_string();
+        if let Some(rest) = line.strip_prefix("ok") {
+            let _ = rest;
+            self.store.set_running(id, pid, agent_start)?;
+            return Ok(());
+        }
+        let reason = match (read, line.strip_prefix("error: ")) {
+            (Err(_), _) => format!("the agent did not report within {START_TIMEOUT:?}"),
+            (_, Some(msg)) => msg.to_string(),
+            _ => {
+                let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+                format!("the agent exited during setup: {}", log.trim())
+            }
+        };
+        let _ = nix::sys::signal::kill(spawned.pid, nix::sys::signal::Signal::SIGKILL);
+        if reason.starts_with("command not found") || reason.starts_with("permission denied") {
+            return Err(Error::CommandNotFound { id: id.clone(), message: reason });
+        }
+        Err(Error::SandboxFailed { id: id.clone(), reason })
+    }
+
+    /// Reaps the agent (our child) when it exits and records how the sandbox ended, so a long-lived engine
+    /// learns of an end right away; other processes learn of it through [`Engine::get`].
+    fn watch_agent(self: &Arc<Self>, id: String, pid: i32) {
+        let Ok(handle) = tokio::runtime::Handle::try_current() else { return };
+        let engine = Arc::downgrade(self);
+        handle.spawn(async move {
+            hangar_runtime::process::wait_exit(pid).await;
+            if let Some(engine) = engine.upgrade() {
+                let _ = engine.finish_if_ended(&id).await;
+            }
+        });
+    }
+
+    /// A sandbox's record, brought up to date (a sandbox whose agent is gone is marked ended and cleaned up).
+    pub async fn get(&self, id: &str) -> Result<SandboxInfo> {
+        let rec = self.store.get(id)?.ok_or_else(|| Error::NotFound(id.to_string()))?;
+        if rec.info.state.is_final() || self.agent_alive(&rec) {
+            return Ok(rec.info);
+        }
+        self.finish_if_ended(id).await?;
+        Ok(self.store.get(id)?.ok_or_else(|| Error::NotFound(id.to_string()))?.info)
+    }
+
+    /// All sandboxes, oldest first, brought up to date.
+    pub async fn list(&self) -> Result<Vec<SandboxInfo>> {
+        let mut out = vec![];
+        for rec in self.store.list()? {
+            if rec.info.state.is_final() || self.agent_alive(&rec) {
+                out.push(rec.info);
+            } else {
+                out.push(self.get(&rec.info.id).await?);
+            }
+        }
+        Ok(out)
+    }
+
+    fn agent_alive(&self, rec: &Record) -> bool {
+        match (rec.agent_pid, rec.agent_start) {
+            (Some(pid), Some(start)) => hangar_runtime::process::process_alive(pid, start),
+            // Still being created by some process: alive unless it has been far too long.
+            _ => rec.info.state == SandboxState::Creating && now_ms().saturating_sub(rec.info.created_at_ms) < START_TIMEOUT.as_millis() as u64 * 2,
+        }
+    }
+
+    /// If the sandbox's agent is gone, records how it ended (once) and removes what it left on the host.
+    async fn finish_if_ended(&self, id: &str) -> Result<()> {
+        let Some(rec) = self.store.get(id)? else { return Ok(()) };
+        if rec.info.state.is_final() {
+            return Ok(());
+        }
+        if self.agent_alive(&rec) {
+            return Ok(());
+        }
+        let end = std::fs::read(self.sandbox_dir(id).join(END_RECORD_FILE)).ok().and_then(|b| serde_json::from_slice::<EndRecord>(&b).ok());
+        let ending = match end {
+            Some(EndRecord { reason: EndReason::Exited, code: Some(0), .. }) => {
+                Ending { state: SandboxState::Completed, code: Some(0), signal: None, reason: "exited", error: None }
+            }
+            Some(EndRecord { reason: EndReason::Exited, code, signal }) => Ending { state: SandboxState::Failed, code, signal, reason: "exited", error: None },
+            Some(EndRecord { reason: EndReason::Stopped, code, signal }) => Ending { state: SandboxState::Terminated, code, signal, reason: "stopped", error: None },
+            Some(EndRecord { reason: EndReason::LifetimeExceeded, code, signal }) => {
+                Ending { state: SandboxState::Terminated, code, signal, reason: "lifetime_exceeded", error: None }
+            }
+            None => Ending { state: SandboxState::Terminated, code: None, signal: None, reason: "agent_died", error: None },
+        };
+        // Record first: a concurrent finisher still finds exit.json until the record is final.
+        self.store.set_ended(id, &ending)?;
+        self.cleanup(id).await;
+        Ok(())
+    }
+
+    /// Removes a sandbox's cgroup (killing anything left in it) and its directory. Idempotent.
+    async fn cleanup(&self, id: &str) {
+        let cg = self.cgroups.sandbox(id);
+        let dir = self.sandbox_dir(id);
+        let _ = tokio::task::spawn_blocking(move || {
+            let _ = cg.remove(Duration::from_secs(5));
+            let _ = std::fs::remove_dir_all(&dir);
+        })
+        .await;
+    }
+
+    /// Stops a running sandbox: SIGTERM to its processes, SIGKILL after `grace`. Returns as soon as
+    /// everything is gone (immediately when the main command exits on SIGTERM). Stopping an ended sandbox
+    /// is a no-op that returns its record.
+    pub async fn stop(&self, id: &str, grace: Duration) -> Result<SandboxInfo> {
+        let rec = self.store.get(id)?.ok_or_else(|| Error::NotFound(id.to_string()))?;
+        if rec.info.state.is_final() {
+            return Ok(rec.info);
+        }
+        if let (Some(pid), Some(start)) = (rec.agent_pid, rec.agent_start) {
+            let asked = async {
+                let mut conn = Conn::connect(&self.socket_path(id)).await.ok()?;
+                conn.send(&Request::Stop { grace_ms: grace.as_millis() as u64 }).await.ok()?;
+                conn.recv::<Response>().await.ok()
+            };
+            let _ = tokio::time::timeout(grace + Duration::from_secs(5), asked).await;
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+            while hangar_runtime::process::process_alive(pid, start) {
+                if tokio::time::Instant::now() >= deadline {
+                    // The agent did not go: killing PID 1 takes the whole pid namespace with it.
+                    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+                }
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), Some(nix::sys::wait::WaitPidFlag::WNOHANG));
+        }
+        self.finish_if_ended(id).await?;
+        self.get(id).await
+    }
+
+    /// Stops (if needed) and forgets a sandbox.
+    pub async fn remove(&self, id: &str) -> Result<()> {
+        self.stop(id, crate::DEFAULT_STOP_GRACE).await?;
+        self.cleanup(id).await;
+        if !self.store.delete(id)? {
+            return Err(Error::NotFound(id.to_string()));
+        }
+        Ok(())
+    }
+
+    /// Connects to a running sandbox's agent.
+    pub(crate) async fn connect(&self, id: &str) -> Result<Conn> {
+        let info = self.get(id).await?;
+        if info.state != SandboxState::Running {
+            return Err(Error::NotRunning { id: id.to_string(), state: info.state });
+        }
+        match Conn::connect(&self.socket_path(id)).await {
+            Ok(c) => Ok(c),
+            Err(e) => {
+                let info = self.get(id).await?;
+                if info.state != SandboxState::Running {
+                    return Err(Error::NotRunning { id: id.to_string(), state: info.state });
+                }
+                Err(Error::io("connect to agent of", id, e))
+            }
+        }
+    }
+
+    /// Reads a whole file from inside a running sandbox. Paths resolve inside the sandbox's own root, so
+    /// `..` and symlinks cannot reach the host.
+    pub async fn read_file(&self, id: &str, path: &str) -> Result<Vec<u8>> {
+        check_path(path)?;
+        let mut conn = self.connect(id).await?;
+        conn.send(&Request::ReadFile { path: path.to_string() }).await.map_err(|e| self.gone(id, "read_file", e))?;
+        match conn.recv::<Response>().await.map_err(|e| self.gone(id, "read_file", e))? {
+            Some(Response::FileData { len }) => {
+                let mut data = Vec::with_capacity(len.min(MAX_FILE_BYTES) as usize);
+                conn.recv_raw(len, |c| {
+                    data.extend_from_slice(c);
+                    Ok(())
+                })
+                .await
+                .map_err(|e| self.gone(id, &format!("read_file {path}"), e))?;
+                Ok(data)
+            }
+            other => Err(self.unexpected(id, path, other)),
+        }
+    }
+
+    /// Writes a whole file inside a running sandbox (parent directories are created).
+    pub async fn write_file(&self, id: &str, path: &str, data: &[u8], mode: u32) -> Result<()> {
+        check_path(path)?;
+        if data.len() as u64 > MAX_FILE_BYTES {
+            return Err(Error::InvalidArgument(format!("data: {} bytes exceeds the {MAX_FILE_BYTES}-byte limit", data.len())));
+        }
+        let mut conn = self.connect(id).await?;
+        let w = conn.writer();
+        let sent = async {
+            w.send(&Request::WriteFile { path: path.to_string(), len: data.len() as u64, mode }).await?;
+            w.send_raw(data).await
+        }
+        .await;
+        match conn.recv::<Response>().await {
+            Ok(Some(Response::Done)) if sent.is_ok() => Ok(()),
+            Ok(other) => Err(self.unexpected(id, path, other)),
+            Err(e) => Err(self.gone(id, &format!("write_file {path}"), e)),
+        }
+    }
+
+    pub(crate) fn gone(&self, id: &str, what: &str, e: std::io::Error) -> Error {
+        Error::SandboxGone { id: id.to_string(), detail: format!("{what}: {e}") }
+    }
+
+    pub(crate) fn unexpected(&self, id: &str, path: &str, r: Option<Response>) -> Error {
+        match r {
+            Some(Response::Error { kind, message }) => agent_error(id, path, kind, message),
+            None => Error::SandboxGone { id: id.to_string(), detail: format!("the agent closed the connection during an operation on {path}") },
+            Some(other) => Error::Agent { id: id.to_string(), message: format!("unexpected reply {other:?}") },
+        }
+    }
+}
+
+pub(crate) fn agent_error(id: &str, subject: &str, kind: ErrorKind, message: String) -> Error {
+    let file = |k| Error::File { id: id.to_string(), path: subject.to_string(), kind: k, message: message.clone() };
+    match kind {
+        ErrorKind::NotFound => file(FileErrorKind::NotFound),
+        ErrorKind::PermissionDenied => file(FileErrorKind::PermissionDenied),
+        ErrorKind::IsADirectory => file(FileErrorKind::IsADirectory),
+        ErrorKind::CommandNotFound => Error::CommandNotFound { id: id.to_string(), message },
+        ErrorKind::InvalidArgument => Error::InvalidArgument(message),
+        ErrorKind::Stopping => Error::NotRunning { id: id.to_string(), state: SandboxState::Terminated },
+        ErrorKind::Other => Error::Agent { id: id.to_string(), message },
+    }
+}
+
+fn check_path(path: &str) -> Result<()> {
+    if path.is_empty() {
+        return Err(Error::InvalidArgument("path is empty".into()));
+    }
+    if path.contains('\0') {
+        return Err(Error::InvalidArgument(format!("path {path:?} contains a NUL byte")));
+    }
+    Ok(())
+}
+
+fn validate(c: &SandboxConfig) -> Result<()> {
+    let bad = |m: String| Err(Error::InvalidArgument(m));
+    match c.command.first() {
+        None => return bad("command: the sandbox's command is empty".into()),
+        Some(p) if p.is_empty() => return bad("command: argv[0] is empty".into()),
+        _ => {}
+    }
+    if let Some(a) = c.command.iter().find(|a| a.contains('\0')) {
+        return bad(format!("command: argument {a:?} contains a NUL byte"));
+    }
+    for (k, v) in &c.env {
+        if k.is_empty() || k.contains('=') || k.contains('\0') || v.contains('\0') {
+            return bad(format!("env: {k:?} is not a valid variable"));
+        }
+    }
+    if let Some(cpus) = c.cpus {
+        if !(cpus.is_finite() && cpus >= 0.01) {
+            return bad(format!("cpus: {cpus} is not a positive number of cores (at least 0.01)"));
+        }
+    }
+    if let Some(m) = c.memory_bytes {
+        if m < 8 << 20 {
+            return bad(format!("memory: {m} bytes is below the 8 MiB minimum"));
+        }
+    }
+    if c.max_lifetime.is_zero() {
+        return bad("max_lifetime: must be positive".into());
+    }
+    Ok(())
+}

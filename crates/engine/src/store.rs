@@ -1,0 +1,140 @@
+//! The sandbox records, in an embedded SQLite database shared by every process using the same state
+//! directory (CLI invocations, SDK programs, the server), so `list` and `get` survive restarts.
+
+use crate::{Result, SandboxInfo, SandboxState};
+use rusqlite::{params, Connection, OptionalExtension, Row};
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Mutex;
+
+pub(crate) struct Store {
+    db: Mutex<Connection>,
+}
+
+/// A sandbox row: what `SandboxInfo` shows plus the agent's identity.
+pub(crate) struct Record {
+    pub info: SandboxInfo,
+    pub agent_pid: Option<i32>,
+    pub agent_start: Option<u64>,
+}
+
+const COLUMNS: &str = "id, state, image, command, tags, cpus, memory_bytes, pids, lifetime_ms, created_at, \
+                       ended_at, exit_code, exit_signal, end_reason, error, agent_pid, agent_start";
+
+impl Store {
+    pub fn open(path: &Path) -> Result<Self> {
+        let db = Connection::open(path)?;
+        db.busy_timeout(std::time::Duration::from_secs(10))?;
+        db.pragma_update(None, "journal_mode", "WAL")?;
+        db.pragma_update(None, "synchronous", "NORMAL")?;
+        db.execute_batch(
+            "CREATE TABLE IF NOT EXISTS sandboxes (
+                id TEXT PRIMARY KEY,
+                state TEXT NOT NULL,
+                image TEXT NOT NULL,
+                command TEXT NOT NULL,
+                tags TEXT NOT NULL,
+                cpus REAL,
+                memory_bytes INTEGER,
+                pids INTEGER,
+                lifetime_ms INTEGER NOT NULL,
+                created_at INTEGER NOT NULL,
+                ended_at INTEGER,
+                exit_code INTEGER,
+                exit_signal INTEGER,
+                end_reason TEXT,
+                error TEXT,
+                agent_pid INTEGER,
+                agent_start INTEGER
+            );",
+        )?;
+        Ok(Self { db: Mutex::new(db) })
+    }
+
+    fn db(&self) -> std::sync::MutexGuard<'_, Connection> {
+        self.db.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn insert(&self, i: &SandboxInfo) -> Result<()> {
+        self.db().execute(
+            &format!("INSERT INTO sandboxes ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, NULL, NULL, NULL, NULL, NULL, NULL, NULL)"),
+            params![
+                i.id,
+                i.state.as_str(),
+                i.image,
+                serde_json::to_string(&i.command).unwrap_or_default(),
+                serde_json::to_string(&i.tags).unwrap_or_default(),
+                i.cpus,
+                i.memory_bytes.map(|v| v as i64),
+                i.pids.map(|v| v as i64),
+                i.max_lifetime_ms as i64,
+                i.created_at_ms as i64,
+            ],
+        )?;
+        Ok(())
+    }
+
+    pub fn set_running(&self, id: &str, agent_pid: i32, agent_start: u64) -> Result<()> {
+        self.db().execute(
+            "UPDATE sandboxes SET state = 'running', agent_pid = ?2, agent_start = ?3 WHERE id = ?1",
+            params![id, agent_pid, agent_start as i64],
+        )?;
+        Ok(())
+    }
+
+    /// Records the end of a sandbox once: returns false when another process already did.
+    pub fn set_ended(&self, id: &str, end: &crate::Ending) -> Result<bool> {
+        let n = self.db().execute(
+            "UPDATE sandboxes SET state = ?2, ended_at = ?3, exit_code = ?4, exit_signal = ?5, end_reason = ?6, error = ?7
+             WHERE id = ?1 AND state IN ('creating', 'running')",
+            params![id, end.state.as_str(), crate::now_ms() as i64, end.code, end.signal, end.reason, end.error],
+        )?;
+        Ok(n == 1)
+    }
+
+    pub fn get(&self, id: &str) -> Result<Option<Record>> {
+        Ok(self
+            .db()
+            .query_row(&format!("SELECT {COLUMNS} FROM sandboxes WHERE id = ?1"), [id], row_to_record)
+            .optional()?)
+    }
+
+    pub fn list(&self) -> Result<Vec<Record>> {
+        let db = self.db();
+        let mut stmt = db.prepare(&format!("SELECT {COLUMNS} FROM sandboxes ORDER BY created_at, id"))?;
+        let rows = stmt.query_map([], row_to_record)?.collect::<rusqlite::Result<Vec<_>>>()?;
+        Ok(rows)
+    }
+
+    pub fn delete(&self, id: &str) -> Result<bool> {
+        Ok(self.db().execute("DELETE FROM sandboxes WHERE id = ?1", [id])? == 1)
+    }
+}
+
+fn row_to_record(r: &Row<'_>) -> rusqlite::Result<Record> {
+    let json = |i: usize| -> rusqlite::Result<String> { r.get(i) };
+    let command: Vec<String> = serde_json::from_str(&json(3)?).unwrap_or_default();
+    let tags: BTreeMap<String, String> = serde_json::from_str(&json(4)?).unwrap_or_default();
+    let state: String = r.get(1)?;
+    Ok(Record {
+        info: SandboxInfo {
+            id: r.get(0)?,
+            state: SandboxState::parse(&state),
+            image: r.get(2)?,
+            command,
+            tags,
+            cpus: r.get(5)?,
+            memory_bytes: r.get::<_, Option<i64>>(6)?.map(|v| v as u64),
+            pids: r.get::<_, Option<i64>>(7)?.map(|v| v as u64),
+            max_lifetime_ms: r.get::<_, i64>(8)? as u64,
+            created_at_ms: r.get::<_, i64>(9)? as u64,
+            ended_at_ms: r.get::<_, Option<i64>>(10)?.map(|v| v as u64),
+            exit_code: r.get(11)?,
+            exit_signal: r.get(12)?,
+            end_reason: r.get(13)?,
+            error: r.get(14)?,
+        },
+        agent_pid: r.get(15)?,
+        agent_start: r.get::<_, Option<i64>>(16)?.map(|v| v as u64),
+    })
+}

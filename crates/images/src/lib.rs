@@ -1,0 +1,213 @@
+//! Hangar's image store.
+//!
+//! For now it holds one image, [`BUILTIN`]: a zero-setup image assembled from the host's own userland, so
+//! the first command works on a fresh machine with no registry. It is honestly *not* an OCI image: it is
+//! the host's `/usr` (copy-on-write, with `/usr/local` hidden) under a small generated root that carries a
+//! whitelisted handful of `/etc` files (dynamic linker cache, alternatives, CA certificates, time zone) and
+//! fresh `passwd`/`group` files. Nothing else of the host is in it: no `/root`, `/home`, `/etc/shadow`,
+//! ssh keys, `/var` or Hangar's own state. Pulling OCI images into a layer store is the next step (issue 4).
+
+use serde::{Deserialize, Serialize};
+use std::fs;
+use std::io;
+use std::os::unix::fs::symlink;
+use std::path::{Path, PathBuf};
+
+/// Name of the built-in image; `hangar/builtin` is accepted too.
+pub const BUILTIN: &str = "builtin";
+/// Bumped whenever the layout of the built-in image's generated layer changes.
+const BUILTIN_LAYER: &str = "builtin-v1";
+
+/// `/etc` entries copied from the host into the built-in image: what programs need to run, nothing secret.
+const ETC_WHITELIST: &[&str] = &[
+    "ld.so.cache",
+    "ld.so.conf",
+    "ld.so.conf.d",
+    "alternatives",
+    "nsswitch.conf",
+    "localtime",
+    "timezone",
+    "ssl",
+    "ca-certificates",
+    "ca-certificates.conf",
+    "python3",
+    "python3.11",
+    "mime.types",
+    "protocols",
+    "services",
+    "debian_version",
+    "os-release",
+    "bash.bashrc",
+    "profile",
+    "inputrc",
+];
+
+/// Errors of the image store, naming the image or path that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// No image by that name is available.
+    #[error("unknown image {0:?}: only the built-in image (\"builtin\") is available until registry pulls land")]
+    UnknownImage(String),
+    /// Assembling an image on disk failed.
+    #[error("image store {}: {source}", path.display())]
+    Io {
+        /// The path that failed.
+        path: PathBuf,
+        /// The cause.
+        source: io::Error,
+    },
+}
+
+/// How to build a sandbox's root from an image: the layers, what to mount over them, and its defaults.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ImageLayout {
+    /// Canonical image name.
+    pub name: String,
+    /// Read-only lower layers of the root overlay, topmost first.
+    pub root_layers: Vec<PathBuf>,
+    /// Extra copy-on-write overlays: mount point inside the sandbox and their lower layers, topmost first.
+    pub overlays: Vec<(String, Vec<PathBuf>)>,
+    /// Empty tmpfs mounts hiding host directories: mount point and size in bytes.
+    pub tmpfs: Vec<(String, u64)>,
+    /// Default environment.
+    pub env: Vec<(String, String)>,
+    /// Default working directory.
+    pub workdir: String,
+}
+
+/// The image store under a state directory.
+#[derive(Debug, Clone)]
+pub struct ImageStore {
+    root: PathBuf,
+}
+
+impl ImageStore {
+    /// An image store rooted at `root` (created on first use).
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Self { root: root.into() }
+    }
+
+    /// Resolves an image reference to a layout, assembling the built-in image on first use.
+    pub fn resolve(&self, reference: &str) -> Result<ImageLayout, Error> {
+        match reference {
+            BUILTIN | "hangar/builtin" | "" => self.builtin(),
+            other => Err(Error::UnknownImage(other.to_string())),
+        }
+    }
+
+    fn builtin(&self) -> Result<ImageLayout, Error> {
+        let layer = self.root.join(BUILTIN_LAYER);
+        if !layer.exists() {
+            self.assemble_builtin(&layer)?;
+        }
+        Ok(ImageLayout {
+            name: BUILTIN.to_string(),
+            root_layers: vec![layer.join("root")],
+            overlays: vec![("usr".into(), vec![layer.join("usr"), PathBuf::from("/usr")])],
+            tmpfs: vec![("usr/local".into(), 256 << 20)],
+            env: vec![
+                ("PATH".into(), "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into()),
+                ("HOME".into(), "/root".into()),
+                ("LANG".into(), "C.UTF-8".into()),
+                // The host's Debian python marks itself externally managed; in a disposable sandbox `pip
+                // install` into the system is exactly what users want.
+                ("PIP_BREAK_SYSTEM_PACKAGES".into(), "1".into()),
+            ],
+            workdir: "/".into(),
+        })
+    }
+
+    /// Builds the generated layer in a temporary directory and renames it into place, so a concurrent
+    /// builder or a crash never leaves a half-made layer behind.
+    fn assemble_builtin(&self, layer: &Path) -> Result<(), Error> {
+        let io = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| Error::Io { path, source }
+        };
+        fs::create_dir_all(&self.root).map_err(io(&self.root))?;
+        let tmp = self.root.join(format!(".{BUILTIN_LAYER}.{}", std::process::id()));
+        let _ = fs::remove_dir_all(&tmp);
+        let root = tmp.join("root");
+        for d in ["usr", "etc", "tmp", "root", "home", "var/tmp", "var/log", "proc", "sys", "dev", "run", "mnt", "opt", "srv"] {
+            fs::create_dir_all(root.join(d)).map_err(io(&root.join(d)))?;
+        }
+        for top in ["bin", "sbin", "lib", "lib32", "lib64", "libx32"] {
+            if Path::new("/usr").join(top).exists() {
+                symlink(format!("usr/{top}"), root.join(top)).map_err(io(&root.join(top)))?;
+            }
+        }
+        for name in ETC_WHITELIST {
+            let from = Path::new("/etc").join(name);
+            if fs::symlink_metadata(&from).is_ok() {
+                copy_tree(&from, &root.join("etc").join(name)).map_err(io(&from))?;
+            }
+        }
+        let etc = root.join("etc");
+        let generated = [
+            ("passwd", "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n"),
+            ("group", "root:x:0:\ntty:x:5:\nnogroup:x:65534:\n"),
+            ("hosts", "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"),
+            ("hangar-image", "builtin: the host's /usr (copy-on-write, /usr/local hidden) and a generated /etc\n"),
+        ];
+        for (name, body) in generated {
+            fs::write(etc.join(name), body).map_err(io(&etc.join(name)))?;
+        }
+        // Many scripts say `python`; Debian ships only `python3` unless python-is-python3 is installed.
+        let usr_bin = tmp.join("usr/bin");
+        fs::create_dir_all(&usr_bin).map_err(io(&usr_bin))?;
+        if !Path::new("/usr/bin/python").exists() && Path::new("/usr/bin/python3").exists() {
+            symlink("python3", usr_bin.join("python")).map_err(io(&usr_bin))?;
+        }
+        match fs::rename(&tmp, layer) {
+            Ok(()) => Ok(()),
+            // Another process finished first: use its copy.
+            Err(_) if layer.exists() => {
+                let _ = fs::remove_dir_all(&tmp);
+                Ok(())
+            }
+            Err(e) => Err(Error::Io { path: layer.to_path_buf(), source: e }),
+        }
+    }
+}
+
+/// Copies a file, symlink (as a symlink) or directory tree.
+fn copy_tree(from: &Path, to: &Path) -> io::Result<()> {
+    let md = fs::symlink_metadata(from)?;
+    if md.file_type().is_symlink() {
+        symlink(fs::read_link(from)?, to)
+    } else if md.is_dir() {
+        fs::create_dir_all(to)?;
+        for entry in fs::read_dir(from)? {
+            let entry = entry?;
+            copy_tree(&entry.path(), &to.join(entry.file_name()))?;
+        }
+        Ok(())
+    } else if md.is_file() {
+        fs::copy(from, to).map(|_| ())
+    } else {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn builtin_image_has_no_host_secrets_and_rejects_unknown_names() {
+        let dir = std::env::temp_dir().join(format!("hangar-images-test-{}", std::process::id()));
+        let store = ImageStore::new(&dir);
+        let layout = store.resolve(BUILTIN).expect("builtin image");
+        let root = &layout.root_layers[0];
+        assert!(root.join("etc/passwd").is_file());
+        for secret in ["etc/shadow", "etc/gshadow", "etc/ssh", "root/.ssh", "home/.ssh"] {
+            assert!(!root.join(secret).exists(), "{secret} must not be in the built-in image");
+        }
+        assert_eq!(fs::read_to_string(root.join("etc/passwd")).unwrap().lines().count(), 2);
+        match store.resolve("python:3.11") {
+            Err(Error::UnknownImage(name)) => assert_eq!(name, "python:3.11"),
+            other => panic!("expected UnknownImage, got {other:?}"),
+        }
+        fs::remove_dir_all(&dir).unwrap();
+    }
+}

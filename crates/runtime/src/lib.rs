@@ -1,0 +1,37 @@
+//! Linux isolation for one Hangar sandbox.
+//!
+//! This crate owns every raw syscall Hangar makes to build a sandbox: the namespaces it is cloned into
+//! ([`spawn`]), the cgroups that limit it ([`cgroups`]), and the steps its init agent runs on itself before it
+//! serves anything ([`enter`]): an overlay root over image layers, a fresh `/proc` with masked paths, a minimal
+//! `/dev`, `pivot_root`, loopback-only networking, a capability drop, `no_new_privs` and a seccomp filter.
+//!
+//! It is not for deciding *what* a sandbox is (the engine does that) or for running commands in it (the
+//! agent does that). All `unsafe` in Hangar lives here and in the agent, each block with a `SAFETY` comment.
+
+pub mod cgroups;
+mod error;
+pub mod process;
+mod rootfs;
+mod security;
+mod spawn;
+mod spec;
+
+pub use error::{Error, Result};
+pub use security::{DEFAULT_CAPABILITIES, DENIED_SYSCALLS};
+pub use spawn::{spawn_agent, AgentFds, SpawnedAgent};
+pub use spec::{Limits, MountSpec, OverlaySpec, RootfsSpec, SandboxSpec};
+
+/// Turns the calling process (freshly cloned by [`spawn_agent`], still seeing the host's mounts) into the
+/// sandbox's init: joins its cgroups, builds and enters its root filesystem, and drops privileges.
+///
+/// Runs in the agent binary before it starts serving; every step is in the order a reader would do it by
+/// hand (the bubblewrap recipe): cgroups → mount namespace → root → hostname → network → privileges.
+pub fn enter(spec: &SandboxSpec) -> Result<()> {
+    cgroups::join(&spec.cgroup_procs)?;
+    rootfs::unshare_cgroup_namespace()?;
+    rootfs::build_and_pivot(&spec.rootfs)?;
+    nix::unistd::sethostname(&spec.hostname).map_err(|e| Error::sys("sethostname", &spec.hostname, e))?;
+    rootfs::loopback_up()?;
+    security::harden()?;
+    Ok(())
+}

@@ -1,0 +1,92 @@
+//! The SDK without async: the same [`crate::Sandbox`], driven on a runtime the SDK owns, and stopped when
+//! the handle is dropped (the scope guard that `with Sandbox(...)` is in Python).
+//!
+//! ```no_run
+//! # fn demo() -> hangar::Result<()> {
+//! use hangar::blocking::Sandbox;
+//! let sb = Sandbox::create(hangar::Sandbox::builder().memory_mb(256))?;
+//! sb.write_file("hello.py", "print('hello')")?;
+//! let r = sb.exec(["python3", "hello.py"]).run_blocking()?;
+//! assert_eq!(r.stdout_text(), "hello\n");
+//! // dropped here: the sandbox is stopped
+//! # Ok(()) }
+//! ```
+
+use crate::{Error, Result, SandboxBuilder, SandboxInfo};
+use std::sync::OnceLock;
+
+static RUNTIME: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+
+pub(crate) fn runtime() -> Result<&'static tokio::runtime::Runtime> {
+    if tokio::runtime::Handle::try_current().is_ok() {
+        return Err(Error::InvalidArgument("the blocking facade cannot be used inside an async runtime; use hangar::Sandbox".into()));
+    }
+    if let Some(rt) = RUNTIME.get() {
+        return Ok(rt);
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| Error::Internal(format!("cannot start the blocking facade's runtime: {e}")))?;
+    Ok(RUNTIME.get_or_init(|| rt))
+}
+
+/// A sandbox for synchronous code. Derefs to [`crate::Sandbox`] for [`crate::Sandbox::exec`] (run it with
+/// [`crate::Exec::run_blocking`]) and `id`; stopped on drop unless [`Sandbox::detach`]ed.
+#[derive(Debug)]
+pub struct Sandbox {
+    inner: Option<crate::Sandbox>,
+}
+
+impl Sandbox {
+    /// Creates a sandbox from a builder and waits until it runs.
+    pub fn create(builder: SandboxBuilder) -> Result<Self> {
+        Ok(Self { inner: Some(runtime()?.block_on(builder.create())?) })
+    }
+
+    fn sb(&self) -> &crate::Sandbox {
+        self.inner.as_ref().expect("present until drop or detach")
+    }
+
+    /// Reads a file from the sandbox.
+    pub fn read_file(&self, path: &str) -> Result<Vec<u8>> {
+        runtime()?.block_on(self.sb().read_file(path))
+    }
+
+    /// Writes a file into the sandbox.
+    pub fn write_file(&self, path: &str, data: impl AsRef<[u8]>) -> Result<()> {
+        runtime()?.block_on(self.sb().write_file(path, data))
+    }
+
+    /// The sandbox's current record.
+    pub fn info(&self) -> Result<SandboxInfo> {
+        runtime()?.block_on(self.sb().info())
+    }
+
+    /// Stops the sandbox now (default grace) and returns its final record.
+    pub fn stop(mut self) -> Result<SandboxInfo> {
+        let sb = self.inner.take().expect("present until drop or detach");
+        runtime()?.block_on(sb.stop())
+    }
+
+    /// Keeps the sandbox running after this handle is dropped; returns the async handle.
+    pub fn detach(mut self) -> crate::Sandbox {
+        self.inner.take().expect("present until drop or detach")
+    }
+}
+
+impl std::ops::Deref for Sandbox {
+    type Target = crate::Sandbox;
+    fn deref(&self) -> &crate::Sandbox {
+        self.sb()
+    }
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        if let (Some(sb), Ok(rt)) = (self.inner.take(), runtime()) {
+            let _ = rt.block_on(sb.stop());
+        }
+    }
+}

@@ -1,0 +1,109 @@
+use crate::{ExecResult, SandboxState};
+use std::time::Duration;
+
+/// Everything the SDK can fail with. Every variant names the sandbox, command or path involved, and the
+/// exec variants carry the (partial) result so no output is lost.
+///
+/// ```no_run
+/// # async fn demo(sb: &hangar::Sandbox) {
+/// use std::time::Duration;
+/// match sb.exec(["sleep", "10"]).timeout(Duration::from_millis(100)).await {
+///     Err(hangar::Error::Timeout { result, .. }) => println!("partial output: {}", result.stdout_text()),
+///     Err(e) => eprintln!("{e}"),
+///     Ok(r) => println!("exit {}", r.returncode),
+/// }
+/// # }
+/// ```
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// No sandbox with this id.
+    #[error("sandbox {id} not found")]
+    NotFound {
+        /// The id asked for.
+        id: String,
+    },
+    /// The sandbox exists but is not running.
+    #[error("sandbox {id} is not running (it is {state})")]
+    NotRunning {
+        /// Sandbox id.
+        id: String,
+        /// Its state.
+        state: SandboxState,
+    },
+    /// The exec's timeout passed; its whole process tree was killed. `result` holds what it printed.
+    #[error("command {command:?} timed out after {timeout:?}")]
+    Timeout {
+        /// The command.
+        command: Vec<String>,
+        /// The timeout that passed.
+        timeout: Duration,
+        /// Output produced before the kill (`returncode` is `-9`).
+        result: ExecResult,
+    },
+    /// `check(true)` was set and the command exited non-zero.
+    #[error("command {command:?} failed with exit code {}: {}", result.returncode, result.stderr_text().trim_end())]
+    ExecutionFailed {
+        /// The command.
+        command: Vec<String>,
+        /// Its complete result.
+        result: ExecResult,
+    },
+    /// The program does not exist in the sandbox or cannot be executed.
+    #[error("{message}")]
+    CommandNotFound {
+        /// What failed, naming the command.
+        message: String,
+    },
+    /// A file operation failed.
+    #[error("{message}")]
+    File {
+        /// The path inside the sandbox.
+        path: String,
+        /// What kind of failure.
+        kind: FileErrorKind,
+        /// Message naming the path.
+        message: String,
+    },
+    /// The sandbox could not be created or started.
+    #[error("sandbox failed: {message}")]
+    SandboxFailed {
+        /// Why, naming the sandbox or image.
+        message: String,
+    },
+    /// The sandbox ended (was stopped, ran out of lifetime, or died) while an operation was in flight.
+    #[error("sandbox {id} terminated: {detail}")]
+    SandboxTerminated {
+        /// Sandbox id.
+        id: String,
+        /// What was in flight.
+        detail: String,
+    },
+    /// A malformed request; the message names the field.
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+    /// A failure of the engine or host (I/O, store, isolation setup).
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+pub use hangar_engine::FileErrorKind;
+
+/// Result alias for the SDK.
+pub type Result<T> = std::result::Result<T, Error>;
+
+impl From<hangar_engine::Error> for Error {
+    fn from(e: hangar_engine::Error) -> Self {
+        use hangar_engine::Error as E;
+        match e {
+            E::NotFound(id) => Error::NotFound { id },
+            E::NotRunning { id, state } => Error::NotRunning { id, state },
+            E::InvalidArgument(m) => Error::InvalidArgument(m),
+            E::CommandNotFound { message, .. } => Error::CommandNotFound { message },
+            E::File { path, kind, message, .. } => Error::File { path, kind, message },
+            E::Image(e) => Error::SandboxFailed { message: e.to_string() },
+            e @ E::SandboxFailed { .. } => Error::SandboxFailed { message: e.to_string() },
+            E::SandboxGone { id, detail } => Error::SandboxTerminated { id, detail },
+            e => Error::Internal(e.to_string()),
+        }
+    }
+}

@@ -1,0 +1,270 @@
+use crate::{Client, Exec, Result, SandboxInfo};
+use hangar_engine::SandboxConfig;
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+/// A running (or ended) sandbox. Dropping it does not stop it (like a Modal or E2B sandbox object): call
+/// [`Sandbox::stop`], or use [`SandboxBuilder::run`] for a scope that always stops it.
+///
+/// ```no_run
+/// # async fn demo() -> hangar::Result<()> {
+/// let sb = hangar::Sandbox::builder().create().await?;
+/// let r = sb.exec(["echo", "hi"]).await?;
+/// assert_eq!(r.stdout, b"hi\n");
+/// sb.stop().await?;
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+pub struct Sandbox {
+    pub(crate) id: String,
+    pub(crate) client: Client,
+}
+
+/// Configures a new sandbox. Defaults: the built-in image, `sleep infinity`, no cpu or memory limit,
+/// 4096 processes, a one-hour lifetime.
+///
+/// ```no_run
+/// # async fn demo() -> hangar::Result<()> {
+/// use std::time::Duration;
+/// let sb = hangar::Sandbox::builder()
+///     .image("builtin")
+///     .command("sleep")
+///     .args(["infinity"])
+///     .env("MODEL", "tiny")
+///     .tag("team", "research")
+///     .cpu(1.0)
+///     .memory_mb(512)
+///     .max_lifetime(Duration::from_secs(600))
+///     .create()
+///     .await?;
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct SandboxBuilder {
+    cfg: SandboxConfig,
+    command: Option<String>,
+    args: Vec<String>,
+    client: Option<Client>,
+}
+
+impl SandboxBuilder {
+    /// Image reference (`builtin` for now).
+    pub fn image(mut self, image: impl Into<String>) -> Self {
+        self.cfg.image = image.into();
+        self
+    }
+    /// The main command's program; the sandbox ends when it does. Default `sleep`.
+    pub fn command(mut self, program: impl Into<String>) -> Self {
+        self.command = Some(program.into());
+        self
+    }
+    /// The main command's arguments. Default `["infinity"]` when no command is set.
+    pub fn args<I, S>(mut self, args: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.args = args.into_iter().map(Into::into).collect();
+        self
+    }
+    /// Sets an environment variable for every process in the sandbox.
+    pub fn env(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.cfg.env.push((key.into(), value.into()));
+        self
+    }
+    /// Adds a label.
+    pub fn tag(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.cfg.tags.insert(key.into(), value.into());
+        self
+    }
+    /// Default working directory for execs and relative file paths.
+    pub fn workdir(mut self, dir: impl Into<String>) -> Self {
+        self.cfg.workdir = Some(dir.into());
+        self
+    }
+    /// CPU limit in cores (e.g. `0.5`).
+    pub fn cpu(mut self, cores: f64) -> Self {
+        self.cfg.cpus = Some(cores);
+        self
+    }
+    /// Memory limit in MiB; a process that exceeds it is OOM-killed inside the sandbox.
+    pub fn memory_mb(mut self, mib: u64) -> Self {
+        self.cfg.memory_bytes = Some(mib << 20);
+        self
+    }
+    /// Limit on processes and threads (a fork bomb stops here).
+    pub fn pids_limit(mut self, n: u64) -> Self {
+        self.cfg.pids = Some(n);
+        self
+    }
+    /// The sandbox is stopped after this long, whoever is watching.
+    pub fn max_lifetime(mut self, d: Duration) -> Self {
+        self.cfg.max_lifetime = d;
+        self
+    }
+    /// Use this client instead of [`Client::from_env`].
+    pub fn client(mut self, client: &Client) -> Self {
+        self.client = Some(client.clone());
+        self
+    }
+
+    /// Creates the sandbox and waits until it is running.
+    pub async fn create(mut self) -> Result<Sandbox> {
+        let client = match self.client.take() {
+            Some(c) => c,
+            None => Client::from_env()?,
+        };
+        if let Some(program) = self.command.take() {
+            self.cfg.command = std::iter::once(program).chain(std::mem::take(&mut self.args)).collect();
+        } else if !self.args.is_empty() {
+            self.cfg.command = std::iter::once("sleep".to_string()).chain(std::mem::take(&mut self.args)).collect();
+        }
+        let info = client.engine.create(self.cfg).await?;
+        Ok(Sandbox { id: info.id, client })
+    }
+
+    /// Creates the sandbox, runs `f` with it, and stops it afterwards — whether `f` returns, fails or
+    /// panics (the panic is resumed after the stop).
+    ///
+    /// ```no_run
+    /// # async fn demo() -> hangar::Result<()> {
+    /// let out = hangar::Sandbox::builder()
+    ///     .run(async |sb| sb.exec(["uname", "-n"]).await)
+    ///     .await?;
+    /// println!("ran on {}", out.stdout_text().trim());
+    /// # Ok(()) }
+    /// ```
+    pub async fn run<F, T>(self, f: F) -> Result<T>
+    where
+        F: AsyncFnOnce(&Sandbox) -> Result<T>,
+    {
+        let sb = self.create().await?;
+        let outcome = CatchUnwind(Box::pin(AssertUnwindSafe(f(&sb)))).await;
+        let stopped = sb.stop().await;
+        match outcome {
+            Err(panic) => std::panic::resume_unwind(panic),
+            Ok(Err(e)) => Err(e),
+            Ok(Ok(v)) => stopped.map(|_| v),
+        }
+    }
+}
+
+/// Polls a future, turning a panic into an `Err` so cleanup can run before it is resumed.
+struct CatchUnwind<F>(Pin<Box<F>>);
+
+impl<F: Future> Future for CatchUnwind<AssertUnwindSafe<F>> {
+    type Output = std::thread::Result<F::Output>;
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let inner = self.0.as_mut();
+        match std::panic::catch_unwind(AssertUnwindSafe(|| inner.poll(cx))) {
+            Ok(Poll::Pending) => Poll::Pending,
+            Ok(Poll::Ready(v)) => Poll::Ready(Ok(v)),
+            Err(panic) => Poll::Ready(Err(panic)),
+        }
+    }
+}
+
+impl Sandbox {
+    /// Starts configuring a new sandbox.
+    pub fn builder() -> SandboxBuilder {
+        SandboxBuilder::default()
+    }
+
+    /// A handle on an existing sandbox (any state) by id.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> hangar::Result<()> {
+    /// let sb = hangar::Sandbox::from_id("sb-0123456789abcdef").await?;
+    /// println!("{}", sb.info().await?.state);
+    /// # Ok(()) }
+    /// ```
+    pub async fn from_id(id: &str) -> Result<Sandbox> {
+        Self::from_id_with(&Client::from_env()?, id).await
+    }
+
+    /// Like [`Sandbox::from_id`] with an explicit client.
+    pub async fn from_id_with(client: &Client, id: &str) -> Result<Sandbox> {
+        client.engine.get(id).await?;
+        Ok(Sandbox { id: id.to_string(), client: client.clone() })
+    }
+
+    /// All sandboxes of the default client, including ended ones.
+    pub async fn list() -> Result<Vec<SandboxInfo>> {
+        Client::from_env()?.list().await
+    }
+
+    /// The sandbox's id.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The sandbox's current record (state, exit code, limits ...).
+    pub async fn info(&self) -> Result<SandboxInfo> {
+        Ok(self.client.engine.get(&self.id).await?)
+    }
+
+    /// Prepares a command; configure it with the [`Exec`] methods, then `.await` it.
+    ///
+    /// ```no_run
+    /// # async fn demo(sb: &hangar::Sandbox) -> hangar::Result<()> {
+    /// let r = sb.exec(["python3", "-c", "print(6 * 7)"]).await?;
+    /// assert_eq!(r.stdout_text().trim(), "42");
+    /// # Ok(()) }
+    /// ```
+    pub fn exec<I, S>(&self, argv: I) -> Exec<'_>
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        Exec::new(self, argv.into_iter().map(Into::into).collect())
+    }
+
+    /// Reads a file from the sandbox. Relative paths are relative to its working directory; every path
+    /// resolves inside the sandbox's own root, never on the host.
+    ///
+    /// ```no_run
+    /// # async fn demo(sb: &hangar::Sandbox) -> hangar::Result<()> {
+    /// let hostname = sb.read_file("/etc/hostname").await;
+    /// # Ok(()) }
+    /// ```
+    pub async fn read_file(&self, path: &str) -> Result<Vec<u8>> {
+        Ok(self.client.engine.read_file(&self.id, path).await?)
+    }
+
+    /// Writes a file into the sandbox (mode 0644, parent directories created).
+    ///
+    /// ```no_run
+    /// # async fn demo(sb: &hangar::Sandbox) -> hangar::Result<()> {
+    /// sb.write_file("/work/data.csv", "a,b\n1,2\n").await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn write_file(&self, path: &str, data: impl AsRef<[u8]>) -> Result<()> {
+        Ok(self.client.engine.write_file(&self.id, path, data.as_ref(), 0o644).await?)
+    }
+
+    /// Stops the sandbox with the default 10 s grace: SIGTERM to its processes, SIGKILL after the grace.
+    /// Returns as soon as everything is gone. Stopping an ended sandbox is a no-op.
+    ///
+    /// ```no_run
+    /// # async fn demo(sb: hangar::Sandbox) -> hangar::Result<()> {
+    /// let info = sb.stop().await?;
+    /// assert!(info.state.is_final());
+    /// # Ok(()) }
+    /// ```
+    pub async fn stop(&self) -> Result<SandboxInfo> {
+        self.stop_with_grace(hangar_engine::DEFAULT_STOP_GRACE).await
+    }
+
+    /// Stops the sandbox with an explicit grace period.
+    pub async fn stop_with_grace(&self, grace: Duration) -> Result<SandboxInfo> {
+        Ok(self.client.engine.stop(&self.id, grace).await?)
+    }
+
+    /// Stops (if needed) and forgets the sandbox: it no longer appears in [`Sandbox::list`].
+    pub async fn delete(self) -> Result<()> {
+        Ok(self.client.engine.remove(&self.id).await?)
+    }
+}
