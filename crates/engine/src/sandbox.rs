@@ -24,6 +24,8 @@ pub struct Engine {
     store: Store,
     images: ImageStore,
     cgroups: Cgroups,
+    /// Serialises recording ends within this process, so whoever returns from a stop finds the cleanup done.
+    finishing: tokio::sync::Mutex<()>,
 }
 
 impl Engine {
@@ -38,7 +40,7 @@ impl Engine {
         let store = Store::open(&cfg.state_dir.join("hangar.db"))?;
         let images = ImageStore::new(cfg.state_dir.join("images"));
         let cgroups = Cgroups::detect("hangar")?;
-        Ok(Arc::new(Self { cfg, store, images, cgroups }))
+        Ok(Arc::new(Self { cfg, store, images, cgroups, finishing: tokio::sync::Mutex::new(()) }))
     }
 
     /// The engine's configuration.
@@ -217,6 +219,7 @@ impl Engine {
 
     /// If the sandbox's agent is gone, records how it ended (once) and removes what it left on the host.
     async fn finish_if_ended(&self, id: &str) -> Result<()> {
+        let _one_at_a_time = self.finishing.lock().await;
         let Some(rec) = self.store.get(id)? else { return Ok(()) };
         if rec.info.state.is_final() {
             return Ok(());

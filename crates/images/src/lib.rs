@@ -125,7 +125,9 @@ impl ImageStore {
             move |source| Error::Io { path, source }
         };
         fs::create_dir_all(&self.root).map_err(io(&self.root))?;
-        let tmp = self.root.join(format!(".{BUILTIN_LAYER}.{}", std::process::id()));
+        static BUILDS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = BUILDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let tmp = self.root.join(format!(".{BUILTIN_LAYER}.{}.{n}", std::process::id()));
         let _ = fs::remove_dir_all(&tmp);
         let root = tmp.join("root");
         for d in ["usr", "etc", "tmp", "root", "home", "var/tmp", "var/log", "proc", "sys", "dev", "run", "mnt", "opt", "srv"] {

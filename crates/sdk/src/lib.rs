@@ -33,5 +33,5 @@ mod sandbox;
 pub use client::Client;
 pub use error::{Error, FileErrorKind, Result};
 pub use exec::{Exec, ExecResult};
-pub use hangar_engine::{SandboxInfo, SandboxState};
+pub use hangar_engine::{EngineConfig, SandboxInfo, SandboxState};
 pub use sandbox::{Sandbox, SandboxBuilder};
