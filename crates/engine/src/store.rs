@@ -22,7 +22,24 @@ const COLUMNS: &str = "id, state, image, command, tags, cpus, memory_bytes, pids
                        ended_at, exit_code, exit_signal, end_reason, error, agent_pid, agent_start";
 
 impl Store {
+    /// Opens the store. Switching to WAL and creating the schema can meet SQLITE_BUSY without the busy
+    /// handler being consulted when several processes open a fresh store at once, so that step is retried.
     pub fn open(path: &Path) -> Result<Self> {
+        let mut attempt = 0;
+        loop {
+            match Self::try_open(path) {
+                Err(crate::Error::Store(rusqlite::Error::SqliteFailure(e, _)))
+                    if e.code == rusqlite::ErrorCode::DatabaseBusy && attempt < 200 =>
+                {
+                    attempt += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                other => return other,
+            }
+        }
+    }
+
+    fn try_open(path: &Path) -> Result<Self> {
         let db = Connection::open(path)?;
         db.busy_timeout(std::time::Duration::from_secs(10))?;
         db.pragma_update(None, "journal_mode", "WAL")?;
