@@ -12,7 +12,11 @@ use std::time::Duration;
 const HANGAR_FAILED: u8 = 125;
 
 #[derive(Parser)]
-#[command(name = "hangar", version, about = "Isolated, disposable sandboxes with live output streaming")]
+#[command(
+    name = "hangar",
+    version,
+    about = "Isolated, disposable sandboxes with live output streaming"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -133,17 +137,29 @@ impl SandboxArgs {
 }
 
 fn key_value(s: &str) -> Result<(String, String), String> {
-    s.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())).ok_or_else(|| format!("{s:?} is not KEY=VALUE"))
+    s.split_once('=')
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .ok_or_else(|| format!("{s:?} is not KEY=VALUE"))
 }
 
 fn seconds(s: f64, flag: &str) -> Result<Duration> {
-    Duration::try_from_secs_f64(s).ok().filter(|d| !d.is_zero()).ok_or_else(|| anyhow!("{flag} {s}: must be a positive number of seconds"))
+    Duration::try_from_secs_f64(s)
+        .ok()
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| anyhow!("{flag} {s}: must be a positive number of seconds"))
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::from_env("HANGAR_LOG")).with_writer(std::io::stderr).init();
-    let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_env("HANGAR_LOG"))
+        .with_writer(std::io::stderr)
+        .init();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("hangar: cannot start runtime: {e}");
@@ -161,12 +177,21 @@ fn main() -> ExitCode {
 
 /// The exit code a shell would give for a command result: its code, or 128+N when killed by signal N.
 fn shell_code(returncode: i32) -> u8 {
-    if returncode < 0 { (128 - returncode).min(255) as u8 } else { returncode.min(255) as u8 }
+    if returncode < 0 {
+        (128 - returncode).min(255) as u8
+    } else {
+        returncode.min(255) as u8
+    }
 }
 
 async fn dispatch(cmd: Cmd) -> Result<u8> {
     match cmd {
-        Cmd::Run { sandbox, timeout, cwd, command } => {
+        Cmd::Run {
+            sandbox,
+            timeout,
+            cwd,
+            command,
+        } => {
             let timeout = timeout.map(|t| seconds(t, "--timeout")).transpose()?;
             let sb = sandbox.builder()?.create().await?;
             let ran = tokio::select! {
@@ -176,7 +201,11 @@ async fn dispatch(cmd: Cmd) -> Result<u8> {
             sb.stop_with_grace(Duration::from_secs(1)).await?;
             ran
         }
-        Cmd::Create { sandbox, tags, command } => {
+        Cmd::Create {
+            sandbox,
+            tags,
+            command,
+        } => {
             let mut b = sandbox.builder()?;
             for (k, v) in tags {
                 b = b.tag(k, v);
@@ -187,7 +216,13 @@ async fn dispatch(cmd: Cmd) -> Result<u8> {
             println!("{}", b.create().await?.id());
             Ok(0)
         }
-        Cmd::Exec { id, env, cwd, timeout, command } => {
+        Cmd::Exec {
+            id,
+            env,
+            cwd,
+            timeout,
+            command,
+        } => {
             let timeout = timeout.map(|t| seconds(t, "--timeout")).transpose()?;
             let sb = Sandbox::from_id(&id).await?;
             run_streaming(&sb, command, cwd, env, timeout).await
@@ -200,7 +235,10 @@ async fn dispatch(cmd: Cmd) -> Result<u8> {
                 }
                 return Ok(0);
             }
-            println!("{:<20} {:<11} {:<8} {:<6} {:<18} COMMAND", "ID", "STATE", "IMAGE", "EXIT", "ENDED BY");
+            println!(
+                "{:<20} {:<11} {:<8} {:<6} {:<18} COMMAND",
+                "ID", "STATE", "IMAGE", "EXIT", "ENDED BY"
+            );
             for i in all {
                 let exit = match (i.exit_code, i.exit_signal) {
                     (Some(c), _) => c.to_string(),
@@ -208,12 +246,21 @@ async fn dispatch(cmd: Cmd) -> Result<u8> {
                     _ => "-".into(),
                 };
                 let ended = i.end_reason.as_deref().unwrap_or("-");
-                println!("{:<20} {:<11} {:<8} {:<6} {:<18} {}", i.id, i.state, i.image, exit, ended, i.command.join(" "));
+                println!(
+                    "{:<20} {:<11} {:<8} {:<6} {:<18} {}",
+                    i.id,
+                    i.state,
+                    i.image,
+                    exit,
+                    ended,
+                    i.command.join(" ")
+                );
             }
             Ok(0)
         }
         Cmd::Stop { ids, grace } => {
-            let grace = Duration::try_from_secs_f64(grace).map_err(|_| anyhow!("--grace {grace}: not a number of seconds"))?;
+            let grace = Duration::try_from_secs_f64(grace)
+                .map_err(|_| anyhow!("--grace {grace}: not a number of seconds"))?;
             for id in ids {
                 let info = Sandbox::from_id(&id).await?.stop_with_grace(grace).await?;
                 println!("{id} {}", info.state);
@@ -232,7 +279,13 @@ async fn dispatch(cmd: Cmd) -> Result<u8> {
     }
 }
 
-async fn run_streaming(sb: &Sandbox, command: Vec<String>, cwd: Option<String>, env: Vec<(String, String)>, timeout: Option<Duration>) -> Result<u8> {
+async fn run_streaming(
+    sb: &Sandbox,
+    command: Vec<String>,
+    cwd: Option<String>,
+    env: Vec<(String, String)>,
+    timeout: Option<Duration>,
+) -> Result<u8> {
     let mut exec = sb.exec(command).stream_output(true);
     if let Some(c) = cwd {
         exec = exec.cwd(c);
@@ -263,13 +316,19 @@ async fn copy(src: &str, dst: &str) -> Result<u8> {
     match (remote(src), remote(dst)) {
         (Some((id, path)), None) => {
             let data = Sandbox::from_id(id).await?.read_file(path).await?;
-            tokio::fs::write(dst, data).await.with_context(|| format!("write {dst}"))?;
+            tokio::fs::write(dst, data)
+                .await
+                .with_context(|| format!("write {dst}"))?;
         }
         (None, Some((id, path))) => {
-            let data = tokio::fs::read(src).await.with_context(|| format!("read {src}"))?;
+            let data = tokio::fs::read(src)
+                .await
+                .with_context(|| format!("read {src}"))?;
             Sandbox::from_id(id).await?.write_file(path, data).await?;
         }
-        (Some(_), Some(_)) => bail!("copying between two sandboxes is not supported: copy through a local file"),
+        (Some(_), Some(_)) => {
+            bail!("copying between two sandboxes is not supported: copy through a local file")
+        }
         (None, None) => bail!("one of {src:?} and {dst:?} must be SANDBOX_ID:PATH"),
     }
     Ok(0)

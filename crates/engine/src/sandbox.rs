@@ -1,8 +1,13 @@
 //! Sandbox lifecycle: create, observe, stop, remove, and the file operations.
 
 use crate::store::{Record, Store};
-use crate::{now_ms, new_id, Ending, EngineConfig, Error, FileErrorKind, Result, SandboxConfig, SandboxInfo, SandboxState};
-use hangar_agent::protocol::{AgentConfig, EndReason, EndRecord, ErrorKind, Request, Response, END_RECORD_FILE};
+use crate::{
+    new_id, now_ms, Ending, EngineConfig, Error, FileErrorKind, Result, SandboxConfig, SandboxInfo,
+    SandboxState,
+};
+use hangar_agent::protocol::{
+    AgentConfig, EndReason, EndRecord, ErrorKind, Request, Response, END_RECORD_FILE,
+};
 use hangar_agent::wire::Conn;
 use hangar_images::ImageStore;
 use hangar_runtime::cgroups::Cgroups;
@@ -32,15 +37,25 @@ impl Engine {
     /// Opens (creating if needed) the state directory and store, and detects the host's cgroup layout.
     pub fn open(cfg: EngineConfig) -> Result<Arc<Self>> {
         if !nix::unistd::Uid::effective().is_root() {
-            return Err(Error::InvalidArgument("the embedded engine needs root (rootless sandboxes are not implemented yet)".into()));
+            return Err(Error::InvalidArgument(
+                "the embedded engine needs root (rootless sandboxes are not implemented yet)"
+                    .into(),
+            ));
         }
         for d in [cfg.state_dir.clone(), cfg.state_dir.join("sandboxes")] {
-            std::fs::create_dir_all(&d).map_err(|e| Error::io("create state directory", d.display(), e))?;
+            std::fs::create_dir_all(&d)
+                .map_err(|e| Error::io("create state directory", d.display(), e))?;
         }
         let store = Store::open(&cfg.state_dir.join("hangar.db"))?;
         let images = ImageStore::new(cfg.state_dir.join("images"));
         let cgroups = Cgroups::detect("hangar")?;
-        Ok(Arc::new(Self { cfg, store, images, cgroups, finishing: tokio::sync::Mutex::new(()) }))
+        Ok(Arc::new(Self {
+            cfg,
+            store,
+            images,
+            cgroups,
+            finishing: tokio::sync::Mutex::new(()),
+        }))
     }
 
     /// The engine's configuration.
@@ -86,7 +101,13 @@ impl Engine {
         match self.start(&info, &c, layout).await {
             Ok(()) => {}
             Err(e) => {
-                let end = Ending { state: SandboxState::Failed, code: None, signal: None, reason: "start_failed", error: Some(e.to_string()) };
+                let end = Ending {
+                    state: SandboxState::Failed,
+                    code: None,
+                    signal: None,
+                    reason: "start_failed",
+                    error: Some(e.to_string()),
+                };
                 self.store.set_ended(&id, &end)?;
                 self.cleanup(&id).await;
                 return Err(e);
@@ -95,10 +116,16 @@ impl Engine {
         self.get(&id).await
     }
 
-    async fn start(self: &Arc<Self>, info: &SandboxInfo, c: &SandboxConfig, layout: hangar_images::ImageLayout) -> Result<()> {
+    async fn start(
+        self: &Arc<Self>,
+        info: &SandboxInfo,
+        c: &SandboxConfig,
+        layout: hangar_images::ImageLayout,
+    ) -> Result<()> {
         let id = &info.id;
         let dir = self.sandbox_dir(id);
-        let mkdir = |p: &Path| std::fs::create_dir_all(p).map_err(|e| Error::io("mkdir", p.display(), e));
+        let mkdir =
+            |p: &Path| std::fs::create_dir_all(p).map_err(|e| Error::io("mkdir", p.display(), e));
         let overlay = |name: &str, lower: Vec<PathBuf>| -> Result<OverlaySpec> {
             let (upper, work) = (dir.join("upper").join(name), dir.join("work").join(name));
             mkdir(&upper)?;
@@ -107,12 +134,26 @@ impl Engine {
         };
         let mut mounts = vec![];
         for (target, lower) in &layout.overlays {
-            mounts.push(MountSpec::Overlay { target: target.clone(), overlay: overlay(&target.replace('/', "_"), lower.clone())? });
+            mounts.push(MountSpec::Overlay {
+                target: target.clone(),
+                overlay: overlay(&target.replace('/', "_"), lower.clone())?,
+            });
         }
-        mounts.extend(layout.tmpfs.iter().map(|(target, size)| MountSpec::Tmpfs { target: target.clone(), size: *size }));
-        let rootfs = RootfsSpec { root: overlay("root", layout.root_layers.clone())?, mounts, mountpoint: dir.join("rootfs") };
+        mounts.extend(layout.tmpfs.iter().map(|(target, size)| MountSpec::Tmpfs {
+            target: target.clone(),
+            size: *size,
+        }));
+        let rootfs = RootfsSpec {
+            root: overlay("root", layout.root_layers.clone())?,
+            mounts,
+            mountpoint: dir.join("rootfs"),
+        };
         mkdir(&rootfs.mountpoint)?;
-        let limits = Limits { cpus: c.cpus, memory_bytes: c.memory_bytes, pids: info.pids };
+        let limits = Limits {
+            cpus: c.cpus,
+            memory_bytes: c.memory_bytes,
+            pids: info.pids,
+        };
         let cgroup = self.cgroups.create(id, &limits)?;
         let mut env = layout.env.clone();
         for (k, v) in &c.env {
@@ -121,7 +162,12 @@ impl Engine {
         }
         env.push(("HOSTNAME".into(), id.clone()));
         let agent_cfg = AgentConfig {
-            sandbox: SandboxSpec { id: id.clone(), hostname: id.clone(), rootfs, cgroup_procs: cgroup.procs_files() },
+            sandbox: SandboxSpec {
+                id: id.clone(),
+                hostname: id.clone(),
+                rootfs,
+                cgroup_procs: cgroup.procs_files(),
+            },
             main: c.command.clone(),
             env,
             workdir: c.workdir.clone().unwrap_or(layout.workdir),
@@ -129,28 +175,44 @@ impl Engine {
             stop_grace_ms: c.stop_grace.as_millis() as u64,
         };
         let cfg_path = dir.join("agent.json");
-        std::fs::write(&cfg_path, serde_json::to_vec(&agent_cfg).unwrap_or_default()).map_err(|e| Error::io("write", cfg_path.display(), e))?;
+        std::fs::write(
+            &cfg_path,
+            serde_json::to_vec(&agent_cfg).unwrap_or_default(),
+        )
+        .map_err(|e| Error::io("write", cfg_path.display(), e))?;
 
         let sock = self.socket_path(id);
-        let listener = std::os::unix::net::UnixListener::bind(&sock).map_err(|e| Error::io("bind agent socket", sock.display(), e))?;
+        let listener = std::os::unix::net::UnixListener::bind(&sock)
+            .map_err(|e| Error::io("bind agent socket", sock.display(), e))?;
         let log_path = dir.join("agent.log");
-        let log = std::fs::File::create(&log_path).map_err(|e| Error::io("create", log_path.display(), e))?;
-        let state_dir = std::fs::File::open(&dir).map_err(|e| Error::io("open", dir.display(), e))?;
-        let (status_r, status_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| Error::io("pipe", "agent status", e.into()))?;
+        let log = std::fs::File::create(&log_path)
+            .map_err(|e| Error::io("create", log_path.display(), e))?;
+        let state_dir =
+            std::fs::File::open(&dir).map_err(|e| Error::io("open", dir.display(), e))?;
+        let (status_r, status_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+            .map_err(|e| Error::io("pipe", "agent status", e.into()))?;
         let cfg_arg = cfg_path.to_string_lossy().into_owned();
         let spawned = hangar_runtime::spawn_agent(
             &self.cfg.agent_bin,
             &[&cfg_arg],
             &[("RUST_BACKTRACE", "1")],
-            AgentFds { log: log.as_fd(), listener: listener.as_fd(), status: status_w.as_fd(), state_dir: state_dir.as_fd() },
+            AgentFds {
+                log: log.as_fd(),
+                listener: listener.as_fd(),
+                status: status_w.as_fd(),
+                state_dir: state_dir.as_fd(),
+            },
         )?;
         drop((listener, log, state_dir, status_w));
         let pid = spawned.pid.as_raw();
-        let agent_start = hangar_runtime::process::process_start(pid).map(|(s, _)| s).unwrap_or(0);
+        let agent_start = hangar_runtime::process::process_start(pid)
+            .map(|(s, _)| s)
+            .unwrap_or(0);
         self.watch_agent(id.clone(), pid);
 
         let mut status = String::new();
-        let mut rx = tokio::net::unix::pipe::Receiver::from_owned_fd(status_r).map_err(|e| Error::io("read", "agent status", e))?;
+        let mut rx = tokio::net::unix::pipe::Receiver::from_owned_fd(status_r)
+            .map_err(|e| Error::io("read", "agent status", e))?;
         let read = tokio::time::timeout(START_TIMEOUT, rx.read_to_string(&mut status)).await;
         let line = status.lines().next().unwrap_or("").to_string();
         if let Some(rest) = line.strip_prefix("ok") {
@@ -168,15 +230,23 @@ impl Engine {
         };
         let _ = nix::sys::signal::kill(spawned.pid, nix::sys::signal::Signal::SIGKILL);
         if reason.starts_with("command not found") || reason.starts_with("permission denied") {
-            return Err(Error::CommandNotFound { id: id.clone(), message: reason });
+            return Err(Error::CommandNotFound {
+                id: id.clone(),
+                message: reason,
+            });
         }
-        Err(Error::SandboxFailed { id: id.clone(), reason })
+        Err(Error::SandboxFailed {
+            id: id.clone(),
+            reason,
+        })
     }
 
     /// Reaps the agent (our child) when it exits and records how the sandbox ended, so a long-lived engine
     /// learns of an end right away; other processes learn of it through [`Engine::get`].
     fn watch_agent(self: &Arc<Self>, id: String, pid: i32) {
-        let Ok(handle) = tokio::runtime::Handle::try_current() else { return };
+        let Ok(handle) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
         let engine = Arc::downgrade(self);
         handle.spawn(async move {
             hangar_runtime::process::wait_exit(pid).await;
@@ -188,12 +258,19 @@ impl Engine {
 
     /// A sandbox's record, brought up to date (a sandbox whose agent is gone is marked ended and cleaned up).
     pub async fn get(&self, id: &str) -> Result<SandboxInfo> {
-        let rec = self.store.get(id)?.ok_or_else(|| Error::NotFound(id.to_string()))?;
+        let rec = self
+            .store
+            .get(id)?
+            .ok_or_else(|| Error::NotFound(id.to_string()))?;
         if rec.info.state.is_final() || self.agent_alive(&rec) {
             return Ok(rec.info);
         }
         self.finish_if_ended(id).await?;
-        Ok(self.store.get(id)?.ok_or_else(|| Error::NotFound(id.to_string()))?.info)
+        Ok(self
+            .store
+            .get(id)?
+            .ok_or_else(|| Error::NotFound(id.to_string()))?
+            .info)
     }
 
     /// All sandboxes, oldest first, brought up to date.
@@ -213,31 +290,81 @@ impl Engine {
         match (rec.agent_pid, rec.agent_start) {
             (Some(pid), Some(start)) => hangar_runtime::process::process_alive(pid, start),
             // Still being created by some process: alive unless it has been far too long.
-            _ => rec.info.state == SandboxState::Creating && now_ms().saturating_sub(rec.info.created_at_ms) < START_TIMEOUT.as_millis() as u64 * 2,
+            _ => {
+                rec.info.state == SandboxState::Creating
+                    && now_ms().saturating_sub(rec.info.created_at_ms)
+                        < START_TIMEOUT.as_millis() as u64 * 2
+            }
         }
     }
 
     /// If the sandbox's agent is gone, records how it ended (once) and removes what it left on the host.
     async fn finish_if_ended(&self, id: &str) -> Result<()> {
         let _one_at_a_time = self.finishing.lock().await;
-        let Some(rec) = self.store.get(id)? else { return Ok(()) };
+        let Some(rec) = self.store.get(id)? else {
+            return Ok(());
+        };
         if rec.info.state.is_final() {
             return Ok(());
         }
         if self.agent_alive(&rec) {
             return Ok(());
         }
-        let end = std::fs::read(self.sandbox_dir(id).join(END_RECORD_FILE)).ok().and_then(|b| serde_json::from_slice::<EndRecord>(&b).ok());
+        let end = std::fs::read(self.sandbox_dir(id).join(END_RECORD_FILE))
+            .ok()
+            .and_then(|b| serde_json::from_slice::<EndRecord>(&b).ok());
         let ending = match end {
-            Some(EndRecord { reason: EndReason::Exited, code: Some(0), .. }) => {
-                Ending { state: SandboxState::Completed, code: Some(0), signal: None, reason: "exited", error: None }
-            }
-            Some(EndRecord { reason: EndReason::Exited, code, signal }) => Ending { state: SandboxState::Failed, code, signal, reason: "exited", error: None },
-            Some(EndRecord { reason: EndReason::Stopped, code, signal }) => Ending { state: SandboxState::Terminated, code, signal, reason: "stopped", error: None },
-            Some(EndRecord { reason: EndReason::LifetimeExceeded, code, signal }) => {
-                Ending { state: SandboxState::Terminated, code, signal, reason: "lifetime_exceeded", error: None }
-            }
-            None => Ending { state: SandboxState::Terminated, code: None, signal: None, reason: "agent_died", error: None },
+            Some(EndRecord {
+                reason: EndReason::Exited,
+                code: Some(0),
+                ..
+            }) => Ending {
+                state: SandboxState::Completed,
+                code: Some(0),
+                signal: None,
+                reason: "exited",
+                error: None,
+            },
+            Some(EndRecord {
+                reason: EndReason::Exited,
+                code,
+                signal,
+            }) => Ending {
+                state: SandboxState::Failed,
+                code,
+                signal,
+                reason: "exited",
+                error: None,
+            },
+            Some(EndRecord {
+                reason: EndReason::Stopped,
+                code,
+                signal,
+            }) => Ending {
+                state: SandboxState::Terminated,
+                code,
+                signal,
+                reason: "stopped",
+                error: None,
+            },
+            Some(EndRecord {
+                reason: EndReason::LifetimeExceeded,
+                code,
+                signal,
+            }) => Ending {
+                state: SandboxState::Terminated,
+                code,
+                signal,
+                reason: "lifetime_exceeded",
+                error: None,
+            },
+            None => Ending {
+                state: SandboxState::Terminated,
+                code: None,
+                signal: None,
+                reason: "agent_died",
+                error: None,
+            },
         };
         // Record first: a concurrent finisher still finds exit.json until the record is final.
         self.store.set_ended(id, &ending)?;
@@ -260,14 +387,21 @@ impl Engine {
     /// everything is gone (immediately when the main command exits on SIGTERM). Stopping an ended sandbox
     /// is a no-op that returns its record.
     pub async fn stop(&self, id: &str, grace: Duration) -> Result<SandboxInfo> {
-        let rec = self.store.get(id)?.ok_or_else(|| Error::NotFound(id.to_string()))?;
+        let rec = self
+            .store
+            .get(id)?
+            .ok_or_else(|| Error::NotFound(id.to_string()))?;
         if rec.info.state.is_final() {
             return Ok(rec.info);
         }
         if let (Some(pid), Some(start)) = (rec.agent_pid, rec.agent_start) {
             let asked = async {
                 let mut conn = Conn::connect(&self.socket_path(id)).await.ok()?;
-                conn.send(&Request::Stop { grace_ms: grace.as_millis() as u64 }).await.ok()?;
+                conn.send(&Request::Stop {
+                    grace_ms: grace.as_millis() as u64,
+                })
+                .await
+                .ok()?;
                 conn.recv::<Response>().await.ok()
             };
             let _ = tokio::time::timeout(grace + Duration::from_secs(5), asked).await;
@@ -275,11 +409,17 @@ impl Engine {
             while hangar_runtime::process::process_alive(pid, start) {
                 if tokio::time::Instant::now() >= deadline {
                     // The agent did not go: killing PID 1 takes the whole pid namespace with it.
-                    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(pid),
+                        nix::sys::signal::Signal::SIGKILL,
+                    );
                 }
                 tokio::time::sleep(Duration::from_millis(1)).await;
             }
-            let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), Some(nix::sys::wait::WaitPidFlag::WNOHANG));
+            let _ = nix::sys::wait::waitpid(
+                nix::unistd::Pid::from_raw(pid),
+                Some(nix::sys::wait::WaitPidFlag::WNOHANG),
+            );
         }
         self.finish_if_ended(id).await?;
         self.get(id).await
@@ -299,14 +439,20 @@ impl Engine {
     pub(crate) async fn connect(&self, id: &str) -> Result<Conn> {
         let info = self.get(id).await?;
         if info.state != SandboxState::Running {
-            return Err(Error::NotRunning { id: id.to_string(), state: info.state });
+            return Err(Error::NotRunning {
+                id: id.to_string(),
+                state: info.state,
+            });
         }
         match Conn::connect(&self.socket_path(id)).await {
             Ok(c) => Ok(c),
             Err(e) => {
                 let info = self.get(id).await?;
                 if info.state != SandboxState::Running {
-                    return Err(Error::NotRunning { id: id.to_string(), state: info.state });
+                    return Err(Error::NotRunning {
+                        id: id.to_string(),
+                        state: info.state,
+                    });
                 }
                 Err(Error::io("connect to agent of", id, e))
             }
@@ -318,8 +464,16 @@ impl Engine {
     pub async fn read_file(&self, id: &str, path: &str) -> Result<Vec<u8>> {
         check_path(path)?;
         let mut conn = self.connect(id).await?;
-        conn.send(&Request::ReadFile { path: path.to_string() }).await.map_err(|e| self.gone(id, "read_file", e))?;
-        match conn.recv::<Response>().await.map_err(|e| self.gone(id, "read_file", e))? {
+        conn.send(&Request::ReadFile {
+            path: path.to_string(),
+        })
+        .await
+        .map_err(|e| self.gone(id, "read_file", e))?;
+        match conn
+            .recv::<Response>()
+            .await
+            .map_err(|e| self.gone(id, "read_file", e))?
+        {
             Some(Response::FileData { len }) => {
                 let mut data = Vec::with_capacity(len.min(MAX_FILE_BYTES) as usize);
                 conn.recv_raw(len, |c| {
@@ -338,12 +492,20 @@ impl Engine {
     pub async fn write_file(&self, id: &str, path: &str, data: &[u8], mode: u32) -> Result<()> {
         check_path(path)?;
         if data.len() as u64 > MAX_FILE_BYTES {
-            return Err(Error::InvalidArgument(format!("data: {} bytes exceeds the {MAX_FILE_BYTES}-byte limit", data.len())));
+            return Err(Error::InvalidArgument(format!(
+                "data: {} bytes exceeds the {MAX_FILE_BYTES}-byte limit",
+                data.len()
+            )));
         }
         let mut conn = self.connect(id).await?;
         let w = conn.writer();
         let sent = async {
-            w.send(&Request::WriteFile { path: path.to_string(), len: data.len() as u64, mode }).await?;
+            w.send(&Request::WriteFile {
+                path: path.to_string(),
+                len: data.len() as u64,
+                mode,
+            })
+            .await?;
             w.send_raw(data).await
         }
         .await;
@@ -355,28 +517,51 @@ impl Engine {
     }
 
     pub(crate) fn gone(&self, id: &str, what: &str, e: std::io::Error) -> Error {
-        Error::SandboxGone { id: id.to_string(), detail: format!("{what}: {e}") }
+        Error::SandboxGone {
+            id: id.to_string(),
+            detail: format!("{what}: {e}"),
+        }
     }
 
     pub(crate) fn unexpected(&self, id: &str, path: &str, r: Option<Response>) -> Error {
         match r {
             Some(Response::Error { kind, message }) => agent_error(id, path, kind, message),
-            None => Error::SandboxGone { id: id.to_string(), detail: format!("the agent closed the connection during an operation on {path}") },
-            Some(other) => Error::Agent { id: id.to_string(), message: format!("unexpected reply {other:?}") },
+            None => Error::SandboxGone {
+                id: id.to_string(),
+                detail: format!("the agent closed the connection during an operation on {path}"),
+            },
+            Some(other) => Error::Agent {
+                id: id.to_string(),
+                message: format!("unexpected reply {other:?}"),
+            },
         }
     }
 }
 
 pub(crate) fn agent_error(id: &str, subject: &str, kind: ErrorKind, message: String) -> Error {
-    let file = |k| Error::File { id: id.to_string(), path: subject.to_string(), kind: k, message: message.clone() };
+    let file = |k| Error::File {
+        id: id.to_string(),
+        path: subject.to_string(),
+        kind: k,
+        message: message.clone(),
+    };
     match kind {
         ErrorKind::NotFound => file(FileErrorKind::NotFound),
         ErrorKind::PermissionDenied => file(FileErrorKind::PermissionDenied),
         ErrorKind::IsADirectory => file(FileErrorKind::IsADirectory),
-        ErrorKind::CommandNotFound => Error::CommandNotFound { id: id.to_string(), message },
+        ErrorKind::CommandNotFound => Error::CommandNotFound {
+            id: id.to_string(),
+            message,
+        },
         ErrorKind::InvalidArgument => Error::InvalidArgument(message),
-        ErrorKind::Stopping => Error::NotRunning { id: id.to_string(), state: SandboxState::Terminated },
-        ErrorKind::Other => Error::Agent { id: id.to_string(), message },
+        ErrorKind::Stopping => Error::NotRunning {
+            id: id.to_string(),
+            state: SandboxState::Terminated,
+        },
+        ErrorKind::Other => Error::Agent {
+            id: id.to_string(),
+            message,
+        },
     }
 }
 
@@ -385,7 +570,9 @@ fn check_path(path: &str) -> Result<()> {
         return Err(Error::InvalidArgument("path is empty".into()));
     }
     if path.contains('\0') {
-        return Err(Error::InvalidArgument(format!("path {path:?} contains a NUL byte")));
+        return Err(Error::InvalidArgument(format!(
+            "path {path:?} contains a NUL byte"
+        )));
     }
     Ok(())
 }
@@ -407,7 +594,9 @@ fn validate(c: &SandboxConfig) -> Result<()> {
     }
     if let Some(cpus) = c.cpus {
         if !(cpus.is_finite() && cpus >= 0.01) {
-            return bad(format!("cpus: {cpus} is not a positive number of cores (at least 0.01)"));
+            return bad(format!(
+                "cpus: {cpus} is not a positive number of cores (at least 0.01)"
+            ));
         }
     }
     if let Some(m) = c.memory_bytes {

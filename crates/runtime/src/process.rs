@@ -32,6 +32,22 @@ pub fn pidfd_open(pid: i32) -> Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
 
+/// Waits (asynchronously, on the current tokio runtime) until `pid` exits, then reaps it if it is our
+/// child. Returns at once if the process cannot be watched (it is already gone).
+pub async fn wait_exit(pid: i32) {
+    let Ok(fd) = pidfd_open(pid) else { return };
+    // SAFETY: `fd` is a valid pidfd owned by the AsyncFd for as long as it is registered.
+    if let Ok(afd) = unsafe {
+        tokio::io::unix::AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE)
+    } {
+        let _ = afd.readable().await;
+    }
+    let _ = nix::sys::wait::waitpid(
+        nix::unistd::Pid::from_raw(pid),
+        Some(nix::sys::wait::WaitPidFlag::WNOHANG),
+    );
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -43,15 +59,4 @@ mod tests {
         assert!(!super::process_alive(me, start + 1));
         assert!(super::process_start(i32::MAX).is_none());
     }
-}
-
-/// Waits (asynchronously, on the current tokio runtime) until `pid` exits, then reaps it if it is our
-/// child. Returns at once if the process cannot be watched (it is already gone).
-pub async fn wait_exit(pid: i32) {
-    let Ok(fd) = pidfd_open(pid) else { return };
-    // SAFETY: `fd` is a valid pidfd owned by the AsyncFd for as long as it is registered.
-    if let Ok(afd) = unsafe { tokio::io::unix::AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) } {
-        let _ = afd.readable().await;
-    }
-    let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), Some(nix::sys::wait::WaitPidFlag::WNOHANG));
 }

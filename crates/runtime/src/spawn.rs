@@ -42,7 +42,12 @@ const SANDBOX_NAMESPACES: CloneFlags = CloneFlags::CLONE_NEWNS
 /// `args`, as PID 1 of the new pid namespace, in a session of its own (so a terminal's Ctrl-C never reaches
 /// it). The child runs only async-signal-safe code (dup2, setsid, execve) between clone and exec: all
 /// strings are prepared before the clone.
-pub fn spawn_agent(agent_bin: &Path, args: &[&str], env: &[(&str, &str)], fds: AgentFds<'_>) -> Result<SpawnedAgent> {
+pub fn spawn_agent(
+    agent_bin: &Path,
+    args: &[&str],
+    env: &[(&str, &str)],
+    fds: AgentFds<'_>,
+) -> Result<SpawnedAgent> {
     let bin = cstring(agent_bin.as_os_str().as_bytes(), "agent path")?;
     let mut argv = vec![bin.clone()];
     for a in args {
@@ -52,22 +57,47 @@ pub fn spawn_agent(agent_bin: &Path, args: &[&str], env: &[(&str, &str)], fds: A
         .iter()
         .map(|(k, v)| cstring(format!("{k}={v}").as_bytes(), "agent environment"))
         .collect::<Result<Vec<_>>>()?;
-    let devnull = nix::fcntl::open("/dev/null", nix::fcntl::OFlag::O_RDWR | nix::fcntl::OFlag::O_CLOEXEC, nix::sys::stat::Mode::empty())
-        .map_err(|e| Error::sys("open", "/dev/null", e))?;
+    let devnull = nix::fcntl::open(
+        "/dev/null",
+        nix::fcntl::OFlag::O_RDWR | nix::fcntl::OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )
+    .map_err(|e| Error::sys("open", "/dev/null", e))?;
     // Raise every source fd above the targets so that dup2 in the child can never clobber one with another.
     let high = |fd: BorrowedFd<'_>| -> Result<OwnedFd> {
-        nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(16)).map_err(|e| Error::sys("dup", "agent fd", e)).map(|raw| {
-            // SAFETY: F_DUPFD_CLOEXEC returned a new descriptor that nothing else owns.
-            unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw) }
-        })
+        nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(16))
+            .map_err(|e| Error::sys("dup", "agent fd", e))
+            .map(|raw| {
+                // SAFETY: F_DUPFD_CLOEXEC returned a new descriptor that nothing else owns.
+                unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw) }
+            })
     };
-    let sources = [high(std::os::fd::AsFd::as_fd(&devnull))?, high(fds.log)?, high(fds.log)?, high(fds.listener)?, high(fds.status)?, high(fds.state_dir)?];
-    let plan: Vec<(RawFd, RawFd)> = sources.iter().enumerate().map(|(target, src)| (src.as_raw_fd(), target as RawFd)).collect();
+    let sources = [
+        high(std::os::fd::AsFd::as_fd(&devnull))?,
+        high(fds.log)?,
+        high(fds.log)?,
+        high(fds.listener)?,
+        high(fds.status)?,
+        high(fds.state_dir)?,
+    ];
+    let plan: Vec<(RawFd, RawFd)> = sources
+        .iter()
+        .enumerate()
+        .map(|(target, src)| (src.as_raw_fd(), target as RawFd))
+        .collect();
 
     // execve's pointer arrays are built here too: allocating in the child of a multi-threaded process can
     // deadlock on a malloc lock held by another thread at the time of the clone.
-    let argv_p: Vec<*const libc::c_char> = argv.iter().map(|a| a.as_ptr()).chain(std::iter::once(std::ptr::null())).collect();
-    let envp_p: Vec<*const libc::c_char> = envp.iter().map(|a| a.as_ptr()).chain(std::iter::once(std::ptr::null())).collect();
+    let argv_p: Vec<*const libc::c_char> = argv
+        .iter()
+        .map(|a| a.as_ptr())
+        .chain(std::iter::once(std::ptr::null()))
+        .collect();
+    let envp_p: Vec<*const libc::c_char> = envp
+        .iter()
+        .map(|a| a.as_ptr())
+        .chain(std::iter::once(std::ptr::null()))
+        .collect();
     let mut stack = vec![0u8; 256 * 1024];
     let child = Box::new(|| -> isize {
         // Runs in the child: async-signal-safe calls only.
@@ -85,8 +115,9 @@ pub fn spawn_agent(agent_bin: &Path, args: &[&str], env: &[(&str, &str)], fds: A
     });
     // SAFETY: the callback performs only async-signal-safe operations on memory prepared before the clone,
     // and the stack outlives the call (the child runs on its own copy of the address space).
-    let pid = unsafe { nix::sched::clone(child, &mut stack, SANDBOX_NAMESPACES, Some(libc::SIGCHLD)) }
-        .map_err(|e| Error::sys("clone sandbox namespaces", agent_bin.display(), e))?;
+    let pid =
+        unsafe { nix::sched::clone(child, &mut stack, SANDBOX_NAMESPACES, Some(libc::SIGCHLD)) }
+            .map_err(|e| Error::sys("clone sandbox namespaces", agent_bin.display(), e))?;
     Ok(SpawnedAgent { pid })
 }
 

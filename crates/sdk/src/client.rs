@@ -21,7 +21,9 @@ pub struct Client {
 
 impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Client").field("state_dir", &self.engine.config().state_dir).finish()
+        f.debug_struct("Client")
+            .field("state_dir", &self.engine.config().state_dir)
+            .finish()
     }
 }
 
@@ -52,7 +54,9 @@ impl Client {
 
     /// An embedded engine with an explicit configuration.
     pub fn with_config(cfg: EngineConfig) -> Result<Client> {
-        Ok(Client { engine: Engine::open(cfg)? })
+        Ok(Client {
+            engine: Engine::open(cfg)?,
+        })
     }
 
     /// All sandboxes known to this client, oldest first, including ended ones.

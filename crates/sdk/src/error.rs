@@ -99,9 +99,22 @@ impl From<hangar_engine::Error> for Error {
             E::NotRunning { id, state } => Error::NotRunning { id, state },
             E::InvalidArgument(m) => Error::InvalidArgument(m),
             E::CommandNotFound { message, .. } => Error::CommandNotFound { message },
-            E::File { path, kind, message, .. } => Error::File { path, kind, message },
-            E::Image(e) => Error::SandboxFailed { message: e.to_string() },
-            e @ E::SandboxFailed { .. } => Error::SandboxFailed { message: e.to_string() },
+            E::File {
+                path,
+                kind,
+                message,
+                ..
+            } => Error::File {
+                path,
+                kind,
+                message,
+            },
+            E::Image(e) => Error::SandboxFailed {
+                message: e.to_string(),
+            },
+            e @ E::SandboxFailed { .. } => Error::SandboxFailed {
+                message: e.to_string(),
+            },
             E::SandboxGone { id, detail } => Error::SandboxTerminated { id, detail },
             e => Error::Internal(e.to_string()),
         }

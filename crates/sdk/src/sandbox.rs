@@ -118,12 +118,19 @@ impl SandboxBuilder {
             None => Client::from_env()?,
         };
         if let Some(program) = self.command.take() {
-            self.cfg.command = std::iter::once(program).chain(std::mem::take(&mut self.args)).collect();
+            self.cfg.command = std::iter::once(program)
+                .chain(std::mem::take(&mut self.args))
+                .collect();
         } else if !self.args.is_empty() {
-            self.cfg.command = std::iter::once("sleep".to_string()).chain(std::mem::take(&mut self.args)).collect();
+            self.cfg.command = std::iter::once("sleep".to_string())
+                .chain(std::mem::take(&mut self.args))
+                .collect();
         }
         let info = client.engine.create(self.cfg).await?;
-        Ok(Sandbox { id: info.id, client })
+        Ok(Sandbox {
+            id: info.id,
+            client,
+        })
     }
 
     /// Creates the sandbox, runs `f` with it, and stops it afterwards — whether `f` returns, fails or
@@ -188,7 +195,10 @@ impl Sandbox {
     /// Like [`Sandbox::from_id`] with an explicit client.
     pub async fn from_id_with(client: &Client, id: &str) -> Result<Sandbox> {
         client.engine.get(id).await?;
-        Ok(Sandbox { id: id.to_string(), client: client.clone() })
+        Ok(Sandbox {
+            id: id.to_string(),
+            client: client.clone(),
+        })
     }
 
     /// All sandboxes of the default client, including ended ones.
@@ -242,7 +252,11 @@ impl Sandbox {
     /// # Ok(()) }
     /// ```
     pub async fn write_file(&self, path: &str, data: impl AsRef<[u8]>) -> Result<()> {
-        Ok(self.client.engine.write_file(&self.id, path, data.as_ref(), 0o644).await?)
+        Ok(self
+            .client
+            .engine
+            .write_file(&self.id, path, data.as_ref(), 0o644)
+            .await?)
     }
 
     /// Stops the sandbox with the default 10 s grace: SIGTERM to its processes, SIGKILL after the grace.
@@ -255,7 +269,8 @@ impl Sandbox {
     /// # Ok(()) }
     /// ```
     pub async fn stop(&self) -> Result<SandboxInfo> {
-        self.stop_with_grace(hangar_engine::DEFAULT_STOP_GRACE).await
+        self.stop_with_grace(hangar_engine::DEFAULT_STOP_GRACE)
+            .await
     }
 
     /// Stops the sandbox with an explicit grace period.

@@ -8,7 +8,10 @@ use std::sync::OnceLock;
 
 /// Tests start real sandboxes, which needs root; say so instead of skipping.
 pub fn require_root() {
-    assert!(nix::unistd::Uid::effective().is_root(), "these tests create real sandboxes and must run as root");
+    assert!(
+        nix::unistd::Uid::effective().is_root(),
+        "these tests create real sandboxes and must run as root"
+    );
 }
 
 pub fn state_dir() -> PathBuf {
@@ -29,13 +32,22 @@ pub fn client() -> Client {
     require_root();
     static CLIENT: OnceLock<Client> = OnceLock::new();
     CLIENT
-        .get_or_init(|| Client::with_config(EngineConfig { state_dir: state_dir(), agent_bin: agent_bin() }).expect("embedded engine opens"))
+        .get_or_init(|| {
+            Client::with_config(EngineConfig {
+                state_dir: state_dir(),
+                agent_bin: agent_bin(),
+            })
+            .expect("embedded engine opens")
+        })
         .clone()
 }
 
 /// A builder bound to the test client: `sleep infinity` in the built-in image.
 pub fn builder() -> SandboxBuilder {
-    Sandbox::builder().client(&client()).command("sleep").args(["infinity"])
+    Sandbox::builder()
+        .client(&client())
+        .command("sleep")
+        .args(["infinity"])
 }
 
 pub async fn sandbox() -> Sandbox {
@@ -46,7 +58,9 @@ pub async fn sandbox() -> Sandbox {
 pub fn host_processes_mentioning(needle: &str) -> Vec<i32> {
     let mut found = vec![];
     for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else { continue };
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
         if pid == std::process::id() as i32 {
             continue;
         }
@@ -66,9 +80,17 @@ pub fn leftovers(id: &str) -> Vec<String> {
         left.push(format!("process {pid}"));
     }
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    left.extend(mounts.lines().filter(|l| l.contains(id)).map(|l| format!("mount {l}")));
+    left.extend(
+        mounts
+            .lines()
+            .filter(|l| l.contains(id))
+            .map(|l| format!("mount {l}")),
+    );
     for ctrl in ["memory", "cpu", "pids"] {
-        let p = PathBuf::from("/sys/fs/cgroup").join(ctrl).join("hangar").join(id);
+        let p = PathBuf::from("/sys/fs/cgroup")
+            .join(ctrl)
+            .join("hangar")
+            .join(id);
         if p.exists() {
             left.push(format!("cgroup {}", p.display()));
         }
