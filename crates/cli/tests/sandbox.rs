@@ -385,3 +385,29 @@ async fn bad_sandboxes_are_refused_with_typed_errors() {
     assert_eq!(failed[0].state, SandboxState::Failed);
     assert_eq!(leftovers(&failed[0].id), Vec::<String>::new());
 }
+
+#[test]
+fn the_blocking_facade_runs_execs_and_stops_on_drop() {
+    let sb = hangar::blocking::Sandbox::create(builder()).unwrap();
+    let id = sb.id().to_string();
+    sb.write_file("hello.py", "print('hello from blocking')")
+        .unwrap();
+    let mut chunks = vec![];
+    let r = sb
+        .exec(["python3", "hello.py"])
+        .on_stdout(|c| chunks.extend_from_slice(c))
+        .run_blocking()
+        .unwrap();
+    assert_eq!(r.stdout_text(), "hello from blocking\n");
+    assert_eq!(chunks, r.stdout);
+    assert_eq!(
+        sb.read_file("hello.py").unwrap(),
+        b"print('hello from blocking')"
+    );
+    drop(sb);
+    assert_eq!(
+        leftovers(&id),
+        Vec::<String>::new(),
+        "dropping the blocking handle stops the sandbox"
+    );
+}
