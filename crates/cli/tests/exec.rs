@@ -4,6 +4,7 @@ mod common;
 
 use common::*;
 use hangar::Error;
+use std::future::IntoFuture;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -235,4 +236,86 @@ async fn bad_execs_get_clear_typed_errors() {
         Err(Error::NotFound { id }) => assert_eq!(id, "sb-0000000000000000"),
         other => panic!("expected NotFound, got {other:?}"),
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_that_goes_away_mid_stream_kills_the_exec_tree_and_nothing_else() {
+    let sb = sandbox().await;
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let mut tx = Some(tx);
+    let exec = sb
+        .exec(["sh", "-c", "echo started; sleep 1000 & sleep 1000"])
+        .on_stdout(move |_| {
+            if let Some(tx) = tx.take() {
+                let _ = tx.send(());
+            }
+        });
+    // Drop the exec future as soon as it has printed: the caller is gone.
+    tokio::select! {
+        _ = exec.into_future() => panic!("the exec cannot finish on its own"),
+        _ = rx => {}
+    }
+    let mut survivors = String::from("?");
+    for _ in 0..100 {
+        survivors = sb
+            .exec(["sh", "-c", "cat /proc/[0-9]*/cmdline | tr '\\0' ' '"])
+            .await
+            .unwrap()
+            .stdout_text()
+            .into_owned();
+        if !survivors.contains("sleep 1000") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        !survivors.contains("sleep 1000"),
+        "the abandoned exec's processes survived: {survivors}"
+    );
+    assert_eq!(
+        sb.exec(["echo", "still here"]).await.unwrap().stdout,
+        b"still here\n",
+        "the sandbox carries on"
+    );
+    sb.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sandbox_whose_agent_dies_is_reported_and_cleaned_up() {
+    let sb = sandbox().await;
+    let id = sb.id().to_string();
+    let agents = host_processes_mentioning(&id);
+    assert_eq!(
+        agents.len(),
+        1,
+        "exactly one host process (the agent) names the sandbox: {agents:?}"
+    );
+    let sb2 = sb.clone();
+    let running =
+        tokio::spawn(async move { sb2.exec(["sh", "-c", "echo begun; sleep 1000"]).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(agents[0]),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    match running.await.unwrap() {
+        Err(Error::SandboxTerminated { id: got, .. }) => assert_eq!(got, id),
+        other => panic!("a broken stream must not look like a finished command: {other:?}"),
+    }
+    let mut info = sb.info().await.unwrap();
+    for _ in 0..100 {
+        if info.state.is_final() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        info = sb.info().await.unwrap();
+    }
+    assert_eq!(info.state, hangar::SandboxState::Terminated);
+    assert_eq!(info.end_reason.as_deref(), Some("agent_died"));
+    assert!(matches!(
+        sb.exec(["true"]).await,
+        Err(Error::NotRunning { .. })
+    ));
+    assert_eq!(leftovers(&id), Vec::<String>::new());
 }
