@@ -10,6 +10,8 @@ use std::time::Duration;
 
 /// Exit code for failures of hangar itself (not of the command), as docker uses.
 const HANGAR_FAILED: u8 = 125;
+/// Default lifetime of the sandbox behind `hangar run` when no timeout is given.
+const RUN_LIFETIME: Duration = Duration::from_secs(24 * 3600);
 
 #[derive(Parser)]
 #[command(
@@ -187,12 +189,18 @@ fn shell_code(returncode: i32) -> u8 {
 async fn dispatch(cmd: Cmd) -> Result<u8> {
     match cmd {
         Cmd::Run {
-            sandbox,
+            mut sandbox,
             timeout,
             cwd,
             command,
         } => {
             let timeout = timeout.map(|t| seconds(t, "--timeout")).transpose()?;
+            // `run` stops its sandbox itself; the lifetime is only a safety net should this process die, so
+            // it must not cut a long command short: a day, or the timeout plus a minute.
+            if sandbox.lifetime.is_none() {
+                let net = timeout.map_or(RUN_LIFETIME, |t| t + Duration::from_secs(60));
+                sandbox.lifetime = Some(net.as_secs_f64());
+            }
             let sb = sandbox.builder()?.create().await?;
             let ran = tokio::select! {
                 r = run_streaming(&sb, command, cwd, vec![], timeout) => r,
