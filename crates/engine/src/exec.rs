@@ -25,8 +25,10 @@ pub struct ExecSpec {
     pub cwd: Option<String>,
     /// Kill the whole process tree after this long.
     pub timeout: Option<Duration>,
-    /// Bytes to feed on stdin (then end of file); stdin is `/dev/null` when `None`.
+    /// Bytes to feed on stdin (then end of file); stdin is `/dev/null` when `None` and `stdin_pipe` is off.
     pub stdin: Option<Vec<u8>>,
+    /// Hand the stdin pipe to the caller ([`ExecStream::take_stdin`]) to write at its own pace.
+    pub stdin_pipe: bool,
 }
 
 /// Which output pipe a chunk came from.
@@ -81,6 +83,7 @@ pub struct ExecStream {
     pipes: [Option<pipe::Receiver>; 2],
     offsets: [u64; 2],
     stdin: Option<(pipe::Sender, Vec<u8>, usize)>,
+    stdin_pipe: Option<pipe::Sender>,
     exit: Option<ExitStatus>,
     done: bool,
 }
@@ -110,7 +113,7 @@ impl Engine {
             env: spec.env,
             cwd: spec.cwd,
             timeout_ms: spec.timeout.map(|t| t.as_millis().max(1) as u64),
-            stdin: spec.stdin.is_some(),
+            stdin: spec.stdin.is_some() || spec.stdin_pipe,
         };
         conn.send(&Request::Exec(req))
             .await
@@ -138,15 +141,16 @@ impl Engine {
         };
         let out = recv(next_pipe("stdout")?)?;
         let err = recv(next_pipe("stderr")?)?;
-        let stdin = match spec.stdin {
-            Some(data) => Some((
-                pipe::Sender::from_owned_fd(next_pipe("stdin")?)
-                    .map_err(|e| Error::io("open exec stdin of", id, e))?,
-                data,
-                0,
-            )),
-            None => None,
-        };
+        let mut stdin_pipe = None;
+        let mut stdin = None;
+        if spec.stdin.is_some() || spec.stdin_pipe {
+            let tx = pipe::Sender::from_owned_fd(next_pipe("stdin")?)
+                .map_err(|e| Error::io("open exec stdin of", id, e))?;
+            match spec.stdin {
+                Some(data) => stdin = Some((tx, data, 0)),
+                None => stdin_pipe = Some(tx),
+            }
+        }
         let writer = conn.writer();
         Ok(ExecStream {
             id: new_id("ex"),
@@ -157,6 +161,7 @@ impl Engine {
             pipes: [Some(out), Some(err)],
             offsets: [0, 0],
             stdin,
+            stdin_pipe,
             exit: None,
             done: false,
         })
@@ -182,6 +187,11 @@ impl ExecStream {
     /// This exec's id.
     pub fn id(&self) -> &str {
         &self.id
+    }
+
+    /// The write end of the exec's stdin when it was started with `stdin_pipe`; dropping it is end of file.
+    pub fn take_stdin(&mut self) -> Option<pipe::Sender> {
+        self.stdin_pipe.take()
     }
 
     /// The process id inside the sandbox.

@@ -100,6 +100,10 @@ pub struct SandboxConfig {
     pub max_lifetime: Duration,
     /// Grace used when the lifetime ends.
     pub stop_grace: Duration,
+    /// Owner of the sandbox (the server's tenant; empty for local use).
+    pub tenant: String,
+    /// Client-chosen id making creation idempotent per tenant: a retry returns the first sandbox.
+    pub request_id: Option<String>,
 }
 
 impl Default for SandboxConfig {
@@ -115,6 +119,8 @@ impl Default for SandboxConfig {
             pids: None,
             max_lifetime: DEFAULT_MAX_LIFETIME,
             stop_grace: DEFAULT_STOP_GRACE,
+            tenant: String::new(),
+            request_id: None,
         }
     }
 }
@@ -152,6 +158,8 @@ pub struct SandboxInfo {
     pub end_reason: Option<String>,
     /// Why it failed to start.
     pub error: Option<String>,
+    /// Owner (the server's tenant; empty for local use).
+    pub tenant: String,
 }
 
 /// How a sandbox ended (internal, written once to the store).
@@ -208,7 +216,7 @@ fn find_agent() -> Result<PathBuf> {
     })
 }
 
-pub use sandbox::Engine;
+pub use sandbox::{Engine, MAX_FILE_BYTES};
 
 pub(crate) fn now_ms() -> u64 {
     std::time::SystemTime::now()

@@ -79,6 +79,11 @@ impl Engine {
         let layout = tokio::task::spawn_blocking(move || images.resolve(&image_ref))
             .await
             .map_err(|e| Error::InvalidArgument(format!("image resolution panicked: {e}")))??;
+        if let Some(rid) = &c.request_id {
+            if let Some(rec) = self.store.by_request(&c.tenant, rid)? {
+                return self.await_started(&rec.info.id).await;
+            }
+        }
         let id = new_id("sb");
         let info = SandboxInfo {
             id: id.clone(),
@@ -96,8 +101,21 @@ impl Engine {
             exit_signal: None,
             end_reason: None,
             error: None,
+            tenant: c.tenant.clone(),
         };
-        self.store.insert(&info)?;
+        if let Err(e) = self.store.insert(&info, c.request_id.as_deref()) {
+            // Lost a race with a concurrent create carrying the same request id: answer with its sandbox.
+            if let Some(rec) = c
+                .request_id
+                .as_deref()
+                .map(|r| self.store.by_request(&c.tenant, r))
+                .transpose()?
+                .flatten()
+            {
+                return self.await_started(&rec.info.id).await;
+            }
+            return Err(e);
+        }
         match self.start(&info, &c, layout).await {
             Ok(()) => {}
             Err(e) => {
@@ -254,6 +272,25 @@ impl Engine {
                 let _ = engine.finish_if_ended(&id).await;
             }
         });
+    }
+
+    /// Waits while another caller is still creating sandbox `id`, then returns its record.
+    async fn await_started(&self, id: &str) -> Result<SandboxInfo> {
+        let deadline = tokio::time::Instant::now() + START_TIMEOUT * 2;
+        loop {
+            let info = self.get(id).await?;
+            if info.end_reason.as_deref() == Some("start_failed") {
+                let reason = info.error.unwrap_or_default();
+                return Err(Error::SandboxFailed {
+                    id: id.to_string(),
+                    reason,
+                });
+            }
+            if info.state != SandboxState::Creating || tokio::time::Instant::now() >= deadline {
+                return Ok(info);
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
     }
 
     /// A sandbox's record, brought up to date (a sandbox whose agent is gone is marked ended and cleaned up).

@@ -20,7 +20,7 @@ pub(crate) struct Record {
 
 const COLUMNS: &str =
     "id, state, image, command, tags, cpus, memory_bytes, pids, lifetime_ms, created_at, \
-                       ended_at, exit_code, exit_signal, end_reason, error, agent_pid, agent_start";
+                       ended_at, exit_code, exit_signal, end_reason, error, agent_pid, agent_start, tenant, request_id";
 
 impl Store {
     /// Opens the store. Switching to WAL and creating the schema can meet SQLITE_BUSY without the busy
@@ -63,8 +63,12 @@ impl Store {
                 end_reason TEXT,
                 error TEXT,
                 agent_pid INTEGER,
-                agent_start INTEGER
-            );",
+                agent_start INTEGER,
+                tenant TEXT NOT NULL DEFAULT '',
+                request_id TEXT
+            );
+            CREATE UNIQUE INDEX IF NOT EXISTS sandboxes_request ON sandboxes (tenant, request_id)
+                WHERE request_id IS NOT NULL;",
         )?;
         Ok(Self { db: Mutex::new(db) })
     }
@@ -73,9 +77,11 @@ impl Store {
         self.db.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    pub fn insert(&self, i: &SandboxInfo) -> Result<()> {
+    /// Inserts a new record. With a `request_id`, a second insert for the same tenant and request fails with
+    /// a constraint violation, which [`Store::by_request`] then resolves to the first sandbox.
+    pub fn insert(&self, i: &SandboxInfo, request_id: Option<&str>) -> Result<()> {
         self.db().execute(
-            &format!("INSERT INTO sandboxes ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, NULL, NULL, NULL, NULL, NULL, NULL, NULL)"),
+            &format!("INSERT INTO sandboxes ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, NULL, NULL, NULL, NULL, NULL, NULL, NULL, ?11, ?12)"),
             params![
                 i.id,
                 i.state.as_str(),
@@ -87,6 +93,8 @@ impl Store {
                 i.pids.map(|v| v as i64),
                 i.max_lifetime_ms as i64,
                 i.created_at_ms as i64,
+                i.tenant,
+                request_id,
             ],
         )?;
         Ok(())
@@ -116,6 +124,17 @@ impl Store {
             .query_row(
                 &format!("SELECT {COLUMNS} FROM sandboxes WHERE id = ?1"),
                 [id],
+                row_to_record,
+            )
+            .optional()?)
+    }
+
+    pub fn by_request(&self, tenant: &str, request_id: &str) -> Result<Option<Record>> {
+        Ok(self
+            .db()
+            .query_row(
+                &format!("SELECT {COLUMNS} FROM sandboxes WHERE tenant = ?1 AND request_id = ?2"),
+                [tenant, request_id],
                 row_to_record,
             )
             .optional()?)
@@ -162,6 +181,7 @@ fn row_to_record(r: &Row<'_>) -> rusqlite::Result<Record> {
             exit_signal: r.get(12)?,
             end_reason: r.get(13)?,
             error: r.get(14)?,
+            tenant: r.get(17)?,
         },
         agent_pid: r.get(15)?,
         agent_start: r.get::<_, Option<i64>>(16)?.map(|v| v as u64),

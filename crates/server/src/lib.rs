@@ -1,0 +1,127 @@
+//! The Hangar server: the engine behind the `hangar.v1` gRPC API.
+//!
+//! Every request carries a bearer token; each token is a tenant, and a tenant sees and touches only its own
+//! sandboxes (another tenant's ids answer NOT_FOUND, exactly like unknown ones). Errors map to standard gRPC
+//! codes plus a machine-readable reason in the `hangar-reason` metadata. A small HTTP listener beside the
+//! gRPC one answers `/healthz` and `/metrics` (Prometheus text format).
+//!
+//! Not for: sandbox logic (the engine) or client conveniences (the SDK).
+
+mod auth;
+mod metrics;
+mod service;
+mod status;
+
+pub use auth::{Tenant, Tokens};
+pub use metrics::Metrics;
+pub use service::SandboxApi;
+pub use status::{PATH_KEY, REASON_KEY};
+
+use hangar_engine::Engine;
+use hangar_proto::v1::sandbox_service_server::SandboxServiceServer;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Largest gRPC message accepted or sent (file chunks and output frames are far smaller).
+const MAX_MESSAGE: usize = 16 << 20;
+
+/// Errors that stop the server from starting or running.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A listener could not be bound.
+    #[error("listen on {addr}: {source}")]
+    Listen {
+        /// The address.
+        addr: SocketAddr,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The token file could not be read or parsed.
+    #[error("tokens: {0}")]
+    Tokens(String),
+    /// The gRPC transport failed.
+    #[error("grpc transport: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// Binds the gRPC listener (and the health/metrics listener when given); returns their addresses and a
+/// future that serves until `shutdown` resolves, then stops accepting, lets in-flight calls finish for up to
+/// `drain`, and cancels the rest (their execs are killed; sandboxes keep running for the next server).
+pub async fn bind(
+    engine: Arc<Engine>,
+    tokens: Tokens,
+    listen: SocketAddr,
+    http_listen: Option<SocketAddr>,
+    drain: Duration,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<
+    (
+        SocketAddr,
+        Option<SocketAddr>,
+        impl Future<Output = Result<(), Error>>,
+    ),
+    Error,
+> {
+    let grpc = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|source| Error::Listen {
+            addr: listen,
+            source,
+        })?;
+    let grpc_addr = grpc.local_addr().map_err(|source| Error::Listen {
+        addr: listen,
+        source,
+    })?;
+    let metrics = Arc::new(Metrics::default());
+    let http = match http_listen {
+        Some(addr) => {
+            let l = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|source| Error::Listen { addr, source })?;
+            let bound = l
+                .local_addr()
+                .map_err(|source| Error::Listen { addr, source })?;
+            tokio::spawn(metrics::serve_http(l, engine.clone(), metrics.clone()));
+            Some(bound)
+        }
+        None => None,
+    };
+    let api = SandboxApi::new(engine, metrics.clone());
+    let svc = SandboxServiceServer::new(api)
+        .max_decoding_message_size(MAX_MESSAGE)
+        .max_encoding_message_size(MAX_MESSAGE);
+    let svc = tonic::service::interceptor::InterceptedService::new(
+        svc,
+        auth::interceptor(Arc::new(tokens), metrics),
+    );
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let serve = async move {
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(grpc);
+        let mut stopped = stop_rx.clone();
+        let server = tonic::transport::Server::builder()
+            .tcp_nodelay(true)
+            .http2_keepalive_interval(Some(Duration::from_secs(20)))
+            .add_service(svc)
+            .serve_with_incoming_shutdown(incoming, async move {
+                let _ = stopped.wait_for(|s| *s).await;
+            });
+        tokio::pin!(server);
+        tokio::select! {
+            r = &mut server => return r.map_err(Error::from),
+            _ = shutdown => {
+                tracing::info!("shutting down: no new calls; draining in-flight calls for up to {drain:?}");
+                let _ = stop_tx.send(true);
+            }
+        }
+        match tokio::time::timeout(drain, &mut server).await {
+            Ok(r) => r.map_err(Error::from),
+            Err(_) => {
+                tracing::warn!("in-flight calls still running after {drain:?}: cancelling them");
+                Ok(())
+            }
+        }
+    };
+    Ok((grpc_addr, http, serve))
+}

@@ -1,0 +1,55 @@
+//! Engine errors → gRPC status, once, at this boundary.
+
+use hangar_engine::{Error, FileErrorKind};
+use tonic::{Code, Status};
+
+/// Metadata key of the machine-readable reason on every error.
+pub const REASON_KEY: &str = "hangar-reason";
+/// Metadata key of the failing path on file errors.
+pub const PATH_KEY: &str = "hangar-path";
+
+pub(crate) fn with_reason(mut s: Status, reason: &'static str) -> Status {
+    s.metadata_mut().insert(
+        REASON_KEY,
+        tonic::metadata::MetadataValue::from_static(reason),
+    );
+    s
+}
+
+pub(crate) fn invalid(field: &str, what: impl std::fmt::Display) -> Status {
+    with_reason(
+        Status::invalid_argument(format!("{field}: {what}")),
+        "INVALID_ARGUMENT",
+    )
+}
+
+pub(crate) fn from_engine(e: Error) -> Status {
+    let msg = e.to_string();
+    match e {
+        Error::NotFound(_) => with_reason(Status::not_found(msg), "NOT_FOUND"),
+        Error::NotRunning { .. } => with_reason(Status::failed_precondition(msg), "NOT_RUNNING"),
+        Error::InvalidArgument(_) => with_reason(Status::invalid_argument(msg), "INVALID_ARGUMENT"),
+        Error::Image(_) => with_reason(Status::failed_precondition(msg), "SANDBOX_FAILED"),
+        Error::CommandNotFound { .. } => {
+            with_reason(Status::failed_precondition(msg), "COMMAND_NOT_FOUND")
+        }
+        Error::File { kind, path, .. } => {
+            let (code, reason) = match kind {
+                FileErrorKind::NotFound => (Code::NotFound, "FILE_NOT_FOUND"),
+                FileErrorKind::PermissionDenied => (Code::PermissionDenied, "PERMISSION_DENIED"),
+                FileErrorKind::IsADirectory => (Code::FailedPrecondition, "IS_A_DIRECTORY"),
+                FileErrorKind::Other => (Code::Internal, "FILE_ERROR"),
+            };
+            let mut s = with_reason(Status::new(code, msg), reason);
+            if let Ok(v) = path.parse() {
+                s.metadata_mut().insert(PATH_KEY, v);
+            }
+            s
+        }
+        Error::SandboxFailed { .. } => {
+            with_reason(Status::failed_precondition(msg), "SANDBOX_FAILED")
+        }
+        Error::SandboxGone { .. } => with_reason(Status::aborted(msg), "SANDBOX_GONE"),
+        _ => with_reason(Status::internal(msg), "INTERNAL"),
+    }
+}
