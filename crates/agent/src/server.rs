@@ -1,8 +1,7 @@
 //! The agent's life: build the sandbox, start the main command, serve the engine, reap, stop.
 
 use crate::protocol::{
-    AgentConfig, EndReason, EndRecord, ErrorKind, ExecRequest, ExitStatus, Request, Response,
-    END_RECORD_FILE,
+    AgentConfig, EndReason, EndRecord, ErrorKind, ExecRequest, ExitStatus, Request, Response, END_RECORD_FILE,
 };
 use crate::wire::Conn;
 use nix::sys::signal::{kill, Signal};
@@ -47,17 +46,13 @@ fn main_inner() -> Result<(), String> {
         // SAFETY: the runtime placed these descriptors; we only borrow them to set a flag.
         set_cloexec(&unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) });
     }
-    let path = std::env::args()
-        .nth(1)
-        .ok_or("usage: hangar-agent CONFIG.json")?;
+    let path = std::env::args().nth(1).ok_or("usage: hangar-agent CONFIG.json")?;
     let cfg: AgentConfig = std::fs::read(&path)
         .map_err(|e| format!("read {path}: {e}"))
         .and_then(|b| serde_json::from_slice(&b).map_err(|e| format!("parse {path}: {e}")))?;
     // SAFETY: the runtime placed the write end of the status pipe at this number; nothing else owns it.
     let mut status = unsafe { File::from_raw_fd(STATUS_FD) };
-    let started = hangar_runtime::enter(&cfg.sandbox)
-        .map_err(|e| e.to_string())
-        .and_then(|()| spawn_main(&cfg));
+    let started = hangar_runtime::enter(&cfg.sandbox).map_err(|e| e.to_string()).and_then(|()| spawn_main(&cfg));
     let main_pid = match started {
         Ok(pid) => pid,
         Err(e) => {
@@ -67,10 +62,7 @@ fn main_inner() -> Result<(), String> {
     };
     let _ = writeln!(status, "ok {main_pid}");
     drop(status);
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| format!("tokio: {e}"))?;
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| format!("tokio: {e}"))?;
     rt.block_on(serve(cfg, main_pid))
 }
 
@@ -106,14 +98,12 @@ type Shared = Rc<RefCell<State>>;
 async fn serve(cfg: AgentConfig, main_pid: i32) -> Result<(), String> {
     // SAFETY: the runtime placed the listening control socket at this number; nothing else owns it.
     let std_listener = unsafe { std::os::unix::net::UnixListener::from_raw_fd(LISTENER_FD) };
-    std_listener
-        .set_nonblocking(true)
-        .map_err(|e| format!("listener: {e}"))?;
+    std_listener.set_nonblocking(true).map_err(|e| format!("listener: {e}"))?;
     let listener = UnixListener::from_std(std_listener).map_err(|e| format!("listener: {e}"))?;
-    let mut sigchld = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::child())
-        .map_err(|e| e.to_string())?;
-    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .map_err(|e| e.to_string())?;
+    let mut sigchld =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::child()).map_err(|e| e.to_string())?;
+    let mut sigterm =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).map_err(|e| e.to_string())?;
     let lifetime = Duration::from_millis(cfg.lifetime_ms);
     let grace = Duration::from_millis(cfg.stop_grace_ms);
     let state: Shared = Rc::new(RefCell::new(State {
@@ -160,10 +150,7 @@ async fn serve(cfg: AgentConfig, main_pid: i32) -> Result<(), String> {
 }
 
 fn set_cloexec(fd: &impl AsFd) {
-    let _ = nix::fcntl::fcntl(
-        fd,
-        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
-    );
+    let _ = nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC));
 }
 
 /// Collects every exited child: execs get their status, the main command's end starts the shutdown,
@@ -196,16 +183,13 @@ async fn shutdown(state: &Shared, main_exited: &Notify, grace: Duration, reason:
     if state.borrow().main_status.is_none() && !grace.is_zero() {
         let _ = kill(Pid::from_raw(-1), Signal::SIGTERM);
         let deadline = tokio::time::Instant::now() + grace;
-        let mut sigchld =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::child()).ok();
+        let mut sigchld = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::child()).ok();
         while state.borrow().main_status.is_none() && tokio::time::Instant::now() < deadline {
             reap(state, main_exited);
             if state.borrow().main_status.is_some() {
                 break;
             }
-            let tick = tokio::time::sleep_until(
-                deadline.min(tokio::time::Instant::now() + Duration::from_millis(20)),
-            );
+            let tick = tokio::time::sleep_until(deadline.min(tokio::time::Instant::now() + Duration::from_millis(20)));
             match sigchld.as_mut() {
                 Some(s) => {
                     tokio::select! { _ = s.recv() => {}, _ = tick => {} }
@@ -243,11 +227,7 @@ async fn shutdown(state: &Shared, main_exited: &Notify, grace: Duration, reason:
         Some(WaitStatus::Signaled(_, s, _)) => (None, Some(s as i32)),
         _ => (None, Some(libc::SIGKILL)),
     };
-    record_end(&EndRecord {
-        reason,
-        code,
-        signal,
-    });
+    record_end(&EndRecord { reason, code, signal });
 }
 
 fn record_end(rec: &EndRecord) {
@@ -272,29 +252,18 @@ async fn handle(state: Shared, main_exited: Rc<Notify>, mut conn: Conn) {
         _ => return,
     };
     let reply = match req {
-        Request::Ping => Response::Pong {
-            main_pid: state.borrow().main_pid,
-        },
+        Request::Ping => Response::Pong { main_pid: state.borrow().main_pid },
         Request::Exec(r) => return exec(&state, conn, r).await,
         Request::ReadFile { path } => return read_file(&state, conn, &path).await,
-        Request::WriteFile { path, len, mode } => {
-            write_file(&state, &mut conn, &path, len, mode).await
-        }
+        Request::WriteFile { path, len, mode } => write_file(&state, &mut conn, &path, len, mode).await,
         Request::Stop { grace_ms } => {
-            shutdown(
-                &state,
-                &main_exited,
-                Duration::from_millis(grace_ms),
-                EndReason::Stopped,
-            )
-            .await;
+            shutdown(&state, &main_exited, Duration::from_millis(grace_ms), EndReason::Stopped).await;
             let _ = conn.send(&Response::Done).await;
             std::process::exit(0);
         }
-        Request::Signal { .. } => err(
-            ErrorKind::InvalidArgument,
-            "signal is only valid on an exec's connection".into(),
-        ),
+        Request::Signal { .. } => {
+            err(ErrorKind::InvalidArgument, "signal is only valid on an exec's connection".into())
+        }
     };
     let _ = conn.send(&reply).await;
 }
@@ -305,14 +274,10 @@ fn err(kind: ErrorKind, message: String) -> Response {
 
 fn spawn_error(prog: &str, e: &std::io::Error) -> (ErrorKind, String) {
     match e.kind() {
-        std::io::ErrorKind::NotFound => (
-            ErrorKind::CommandNotFound,
-            format!("command not found: {prog}"),
-        ),
-        std::io::ErrorKind::PermissionDenied => (
-            ErrorKind::CommandNotFound,
-            format!("permission denied: {prog} is not executable"),
-        ),
+        std::io::ErrorKind::NotFound => (ErrorKind::CommandNotFound, format!("command not found: {prog}")),
+        std::io::ErrorKind::PermissionDenied => {
+            (ErrorKind::CommandNotFound, format!("permission denied: {prog} is not executable"))
+        }
         _ => (ErrorKind::Other, format!("cannot start {prog}: {e}")),
     }
 }
@@ -332,10 +297,7 @@ async fn exec(state: &Shared, mut conn: Conn, r: ExecRequest) {
     };
     state.borrow_mut().live_execs += 1;
     let borrowed: Vec<_> = fds.iter().map(|f| f.as_fd()).collect();
-    let sent = conn
-        .writer()
-        .send_with_fds(&Response::Started { pid }, &borrowed)
-        .await;
+    let sent = conn.writer().send_with_fds(&Response::Started { pid }, &borrowed).await;
     drop(borrowed);
     drop(fds);
     let group = Pid::from_raw(-pid);
@@ -343,11 +305,8 @@ async fn exec(state: &Shared, mut conn: Conn, r: ExecRequest) {
     if cancelled {
         let _ = kill(group, Signal::SIGKILL);
     }
-    let timeout = tokio::time::sleep(
-        r.timeout_ms
-            .map(Duration::from_millis)
-            .unwrap_or(Duration::from_secs(u32::MAX as u64)),
-    );
+    let timeout =
+        tokio::time::sleep(r.timeout_ms.map(Duration::from_millis).unwrap_or(Duration::from_secs(u32::MAX as u64)));
     tokio::pin!(timeout);
     tokio::pin!(exit_rx);
     let mut engine_gone = cancelled;
@@ -380,14 +339,7 @@ async fn exec(state: &Shared, mut conn: Conn, r: ExecRequest) {
         Some(WaitStatus::Signaled(_, s, _)) => (None, Some(s as i32)),
         _ => (None, Some(libc::SIGKILL)),
     };
-    let _ = conn
-        .send(&Response::Exited(ExitStatus {
-            code,
-            signal,
-            timed_out,
-            cancelled,
-        }))
-        .await;
+    let _ = conn.send(&Response::Exited(ExitStatus { code, signal, timed_out, cancelled })).await;
     state.borrow_mut().live_execs -= 1;
 }
 
@@ -398,25 +350,16 @@ fn start_exec(state: &Shared, r: &ExecRequest) -> Result<Started, (ErrorKind, St
     if st.stopping {
         return Err((ErrorKind::Stopping, "the sandbox is stopping".into()));
     }
-    let (prog, args) = r
-        .argv
-        .split_first()
-        .ok_or((ErrorKind::InvalidArgument, "argv is empty".to_string()))?;
+    let (prog, args) = r.argv.split_first().ok_or((ErrorKind::InvalidArgument, "argv is empty".to_string()))?;
     if prog.is_empty() {
         return Err((ErrorKind::InvalidArgument, "argv[0] is empty".into()));
     }
     if let Some(a) = r.argv.iter().find(|a| a.contains('\0')) {
-        return Err((
-            ErrorKind::InvalidArgument,
-            format!("argument {a:?} contains a NUL byte"),
-        ));
+        return Err((ErrorKind::InvalidArgument, format!("argument {a:?} contains a NUL byte")));
     }
     let cwd = resolve(&st.cfg.workdir, r.cwd.as_deref().unwrap_or(&st.cfg.workdir));
     if !cwd.is_dir() {
-        return Err((
-            ErrorKind::NotFound,
-            format!("working directory {} does not exist", cwd.display()),
-        ));
+        return Err((ErrorKind::NotFound, format!("working directory {} does not exist", cwd.display())));
     }
     let io = |e: std::io::Error| (ErrorKind::Other, format!("pipe: {e}"));
     let (out_r, out_w) = pipe().map_err(io)?;
@@ -514,12 +457,7 @@ async fn write_file(state: &Shared, conn: &mut Conn, path: &str, len: u64, mode:
         if full.is_dir() {
             return Err(std::io::Error::from(std::io::ErrorKind::IsADirectory));
         }
-        std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(mode)
-            .open(&full)
+        std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(mode).open(&full)
     })();
     let mut failure = None;
     let mut file = match opened {

@@ -47,9 +47,7 @@ impl Conn {
 
     /// A writing handle.
     pub fn writer(&self) -> Writer {
-        Writer {
-            stream: self.stream.clone(),
-        }
+        Writer { stream: self.stream.clone() }
     }
 
     /// Sends one frame.
@@ -62,11 +60,7 @@ impl Conn {
         if !self.fill(4).await? {
             return Ok(None);
         }
-        let len = u32::from_le_bytes(
-            self.buf[self.start..self.start + 4]
-                .try_into()
-                .expect("4 bytes"),
-        ) as usize;
+        let len = u32::from_le_bytes(self.buf[self.start..self.start + 4].try_into().expect("4 bytes")) as usize;
         if len > MAX_FRAME {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
@@ -77,8 +71,7 @@ impl Conn {
             return Err(io::ErrorKind::UnexpectedEof.into());
         }
         let body = &self.buf[self.start + 4..self.start + 4 + len];
-        let msg = serde_json::from_slice(body)
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+        let msg = serde_json::from_slice(body).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
         self.start += 4 + len;
         Ok(Some(msg))
     }
@@ -89,11 +82,7 @@ impl Conn {
     }
 
     /// Reads exactly `len` raw bytes, handing them to `sink` in pieces as they arrive.
-    pub async fn recv_raw(
-        &mut self,
-        mut len: u64,
-        mut sink: impl FnMut(&[u8]) -> io::Result<()>,
-    ) -> io::Result<()> {
+    pub async fn recv_raw(&mut self, mut len: u64, mut sink: impl FnMut(&[u8]) -> io::Result<()>) -> io::Result<()> {
         while len > 0 {
             if self.start == self.buf.len() && !self.fill(1).await? {
                 return Err(io::ErrorKind::UnexpectedEof.into());
@@ -118,11 +107,7 @@ impl Conn {
         while self.buf.len() - self.start < n {
             let had = self.buf.len() - self.start;
             if self.recvmsg_append().await? == 0 {
-                return if had == 0 {
-                    Ok(false)
-                } else {
-                    Err(io::ErrorKind::UnexpectedEof.into())
-                };
+                return if had == 0 { Ok(false) } else { Err(io::ErrorKind::UnexpectedEof.into()) };
             }
         }
         Ok(true)
@@ -149,10 +134,7 @@ impl Conn {
                 for c in msg.cmsgs().map_err(io::Error::from)? {
                     if let nix::sys::socket::ControlMessageOwned::ScmRights(raw) = c {
                         // SAFETY: the kernel just installed these descriptors in our table; we own them.
-                        fds.extend(
-                            raw.into_iter()
-                                .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }),
-                        );
+                        fds.extend(raw.into_iter().map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }));
                     }
                 }
                 Ok(msg.bytes)
@@ -176,13 +158,8 @@ impl Writer {
     }
 
     /// Sends one frame with descriptors attached to its first byte.
-    pub async fn send_with_fds<T: Serialize>(
-        &self,
-        msg: &T,
-        fds: &[BorrowedFd<'_>],
-    ) -> io::Result<()> {
-        let body =
-            serde_json::to_vec(msg).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+    pub async fn send_with_fds<T: Serialize>(&self, msg: &T, fds: &[BorrowedFd<'_>]) -> io::Result<()> {
+        let body = serde_json::to_vec(msg).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
         let mut frame = Vec::with_capacity(4 + body.len());
         frame.extend_from_slice(&(body.len() as u32).to_le_bytes());
         frame.extend_from_slice(&body);

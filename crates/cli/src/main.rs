@@ -14,11 +14,7 @@ const HANGAR_FAILED: u8 = 125;
 const RUN_LIFETIME: Duration = Duration::from_secs(24 * 3600);
 
 #[derive(Parser)]
-#[command(
-    name = "hangar",
-    version,
-    about = "Isolated, disposable sandboxes with live output streaming"
-)]
+#[command(name = "hangar", version, about = "Isolated, disposable sandboxes with live output streaming")]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -96,6 +92,21 @@ enum Cmd {
         /// Destination: a local path or ID:PATH.
         dst: String,
     },
+    /// Serve the gRPC API (hangar.v1) over the local engine until SIGTERM or Ctrl-C.
+    Serve {
+        /// Address for gRPC.
+        #[arg(long, default_value = "127.0.0.1:7777")]
+        listen: std::net::SocketAddr,
+        /// Address for the HTTP health (`/healthz`) and Prometheus metrics (`/metrics`) endpoints.
+        #[arg(long)]
+        http_listen: Option<std::net::SocketAddr>,
+        /// File of TENANT=TOKEN lines; or set HANGAR_SERVER_TOKENS="tenant=token,...".
+        #[arg(long)]
+        token_file: Option<std::path::PathBuf>,
+        /// On shutdown, how long in-flight calls may finish before they are cancelled (seconds).
+        #[arg(long, default_value_t = 10.0)]
+        drain: f64,
+    },
     /// Measure sandbox create, exec round trip, first-byte latency and streaming throughput against raw baselines.
     Bench(bench::BenchArgs),
 }
@@ -139,9 +150,7 @@ impl SandboxArgs {
 }
 
 fn key_value(s: &str) -> Result<(String, String), String> {
-    s.split_once('=')
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .ok_or_else(|| format!("{s:?} is not KEY=VALUE"))
+    s.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())).ok_or_else(|| format!("{s:?} is not KEY=VALUE"))
 }
 
 fn seconds(s: f64, flag: &str) -> Result<Duration> {
@@ -157,11 +166,7 @@ fn main() -> ExitCode {
         .with_env_filter(tracing_subscriber::EnvFilter::from_env("HANGAR_LOG"))
         .with_writer(std::io::stderr)
         .init();
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
+    let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("hangar: cannot start runtime: {e}");
@@ -188,12 +193,7 @@ fn shell_code(returncode: i32) -> u8 {
 
 async fn dispatch(cmd: Cmd) -> Result<u8> {
     match cmd {
-        Cmd::Run {
-            mut sandbox,
-            timeout,
-            cwd,
-            command,
-        } => {
+        Cmd::Run { mut sandbox, timeout, cwd, command } => {
             let timeout = timeout.map(|t| seconds(t, "--timeout")).transpose()?;
             // `run` stops its sandbox itself; the lifetime is only a safety net should this process die, so
             // it must not cut a long command short: a day, or the timeout plus a minute.
@@ -209,11 +209,7 @@ async fn dispatch(cmd: Cmd) -> Result<u8> {
             sb.stop_with_grace(Duration::from_secs(1)).await?;
             ran
         }
-        Cmd::Create {
-            sandbox,
-            tags,
-            command,
-        } => {
+        Cmd::Create { sandbox, tags, command } => {
             let mut b = sandbox.builder()?;
             for (k, v) in tags {
                 b = b.tag(k, v);
@@ -224,13 +220,7 @@ async fn dispatch(cmd: Cmd) -> Result<u8> {
             println!("{}", b.create().await?.id());
             Ok(0)
         }
-        Cmd::Exec {
-            id,
-            env,
-            cwd,
-            timeout,
-            command,
-        } => {
+        Cmd::Exec { id, env, cwd, timeout, command } => {
             let timeout = timeout.map(|t| seconds(t, "--timeout")).transpose()?;
             let sb = Sandbox::from_id(&id).await?;
             run_streaming(&sb, command, cwd, env, timeout).await
@@ -243,10 +233,7 @@ async fn dispatch(cmd: Cmd) -> Result<u8> {
                 }
                 return Ok(0);
             }
-            println!(
-                "{:<20} {:<11} {:<8} {:<6} {:<18} COMMAND",
-                "ID", "STATE", "IMAGE", "EXIT", "ENDED BY"
-            );
+            println!("{:<20} {:<11} {:<8} {:<6} {:<18} COMMAND", "ID", "STATE", "IMAGE", "EXIT", "ENDED BY");
             for i in all {
                 let exit = match (i.exit_code, i.exit_signal) {
                     (Some(c), _) => c.to_string(),
@@ -267,8 +254,8 @@ async fn dispatch(cmd: Cmd) -> Result<u8> {
             Ok(0)
         }
         Cmd::Stop { ids, grace } => {
-            let grace = Duration::try_from_secs_f64(grace)
-                .map_err(|_| anyhow!("--grace {grace}: not a number of seconds"))?;
+            let grace =
+                Duration::try_from_secs_f64(grace).map_err(|_| anyhow!("--grace {grace}: not a number of seconds"))?;
             for id in ids {
                 let info = Sandbox::from_id(&id).await?.stop_with_grace(grace).await?;
                 println!("{id} {}", info.state);
@@ -284,6 +271,7 @@ async fn dispatch(cmd: Cmd) -> Result<u8> {
         }
         Cmd::Cp { src, dst } => copy(&src, &dst).await,
         Cmd::Bench(args) => bench::run(args).await,
+        Cmd::Serve { listen, http_listen, token_file, drain } => serve(listen, http_listen, token_file, drain).await,
     }
 }
 
@@ -324,14 +312,10 @@ async fn copy(src: &str, dst: &str) -> Result<u8> {
     match (remote(src), remote(dst)) {
         (Some((id, path)), None) => {
             let data = Sandbox::from_id(id).await?.read_file(path).await?;
-            tokio::fs::write(dst, data)
-                .await
-                .with_context(|| format!("write {dst}"))?;
+            tokio::fs::write(dst, data).await.with_context(|| format!("write {dst}"))?;
         }
         (None, Some((id, path))) => {
-            let data = tokio::fs::read(src)
-                .await
-                .with_context(|| format!("read {src}"))?;
+            let data = tokio::fs::read(src).await.with_context(|| format!("read {src}"))?;
             Sandbox::from_id(id).await?.write_file(path, data).await?;
         }
         (Some(_), Some(_)) => {
@@ -339,5 +323,38 @@ async fn copy(src: &str, dst: &str) -> Result<u8> {
         }
         (None, None) => bail!("one of {src:?} and {dst:?} must be SANDBOX_ID:PATH"),
     }
+    Ok(0)
+}
+
+async fn serve(
+    listen: std::net::SocketAddr,
+    http_listen: Option<std::net::SocketAddr>,
+    token_file: Option<std::path::PathBuf>,
+    drain: f64,
+) -> Result<u8> {
+    let tokens = match (token_file, std::env::var("HANGAR_SERVER_TOKENS")) {
+        (Some(path), _) => hangar_server::Tokens::from_file(&path)?,
+        (None, Ok(list)) => hangar_server::Tokens::parse(&list)?,
+        (None, Err(_)) => bail!("no tokens: pass --token-file FILE (TENANT=TOKEN lines) or set HANGAR_SERVER_TOKENS"),
+    };
+    let drain = seconds(drain, "--drain")?;
+    let engine = hangar_engine::Engine::open(hangar_engine::EngineConfig::from_env()?)?;
+    let shutdown = async {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(t) => t,
+            Err(_) => return std::future::pending().await,
+        };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+    };
+    let (grpc, http, serving) = hangar_server::bind(engine, tokens, listen, http_listen, drain, shutdown).await?;
+    eprintln!("hangar: listening on {grpc}");
+    if let Some(http) = http {
+        eprintln!("hangar: health and metrics on http://{http}/healthz and /metrics");
+    }
+    serving.await?;
+    eprintln!("hangar: stopped");
     Ok(0)
 }

@@ -10,9 +10,7 @@ use std::time::{Duration, Instant};
 fn hangar() -> Command {
     require_root();
     let mut c = Command::new(env!("CARGO_BIN_EXE_hangar"));
-    c.env("HANGAR_STATE_DIR", state_dir())
-        .env("HANGAR_AGENT_BIN", agent_bin())
-        .env_remove("HANGAR_URL");
+    c.env("HANGAR_STATE_DIR", state_dir()).env("HANGAR_AGENT_BIN", agent_bin()).env_remove("HANGAR_URL");
     c
 }
 
@@ -75,34 +73,16 @@ fn sandboxes_persist_across_invocations() {
     assert_eq!(v["tags"]["team"], "ml");
     assert_eq!(v["memory_bytes"], 256 << 20);
 
-    let out = run(&[
-        "exec",
-        &id,
-        "--",
-        "sh",
-        "-c",
-        "echo in; echo err >&2; exit 5",
-    ]);
-    assert_eq!(
-        (out.status.code(), text(&out.stdout), text(&out.stderr)),
-        (Some(5), "in\n".into(), "err\n".into())
-    );
+    let out = run(&["exec", &id, "--", "sh", "-c", "echo in; echo err >&2; exit 5"]);
+    assert_eq!((out.status.code(), text(&out.stdout), text(&out.stderr)), (Some(5), "in\n".into(), "err\n".into()));
 
     let local = state_dir().join("cp-test.txt");
     std::fs::write(&local, "copied in\n").unwrap();
-    assert!(
-        run(&["cp", local.to_str().unwrap(), &format!("{id}:/data/in.txt")])
-            .status
-            .success()
-    );
+    assert!(run(&["cp", local.to_str().unwrap(), &format!("{id}:/data/in.txt")]).status.success());
     let out = run(&["exec", &id, "--", "cat", "/data/in.txt"]);
     assert_eq!(text(&out.stdout), "copied in\n");
     let back = state_dir().join("cp-back.txt");
-    assert!(
-        run(&["cp", &format!("{id}:/data/in.txt"), back.to_str().unwrap()])
-            .status
-            .success()
-    );
+    assert!(run(&["cp", &format!("{id}:/data/in.txt"), back.to_str().unwrap()]).status.success());
     assert_eq!(std::fs::read_to_string(&back).unwrap(), "copied in\n");
 
     let out = run(&["stop", &id]);
@@ -118,38 +98,18 @@ fn sandboxes_persist_across_invocations() {
 #[test]
 fn errors_are_one_clear_line_and_a_non_zero_exit() {
     for (args, needle) in [
-        (
-            vec!["exec", "sb-0000000000000000", "--", "true"],
-            "sandbox sb-0000000000000000 not found",
-        ),
-        (
-            vec!["run", "--", "no-such-command-xyz"],
-            "command not found: no-such-command-xyz",
-        ),
-        (
-            vec!["run", "--image", "python:3.11", "--", "true"],
-            "unknown image \"python:3.11\"",
-        ),
+        (vec!["exec", "sb-0000000000000000", "--", "true"], "sandbox sb-0000000000000000 not found"),
+        (vec!["run", "--", "no-such-command-xyz"], "command not found: no-such-command-xyz"),
+        (vec!["run", "--image", "python:3.11", "--", "true"], "unknown image \"python:3.11\""),
         (vec!["cp", "a", "b"], "must be SANDBOX_ID:PATH"),
     ] {
         let out = run(&args);
         let err = text(&out.stderr);
         assert_eq!(out.status.code(), Some(125), "{args:?}: {err}");
         assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
-        assert!(
-            err.starts_with("hangar: ") && err.contains(needle),
-            "{args:?}: {err}"
-        );
+        assert!(err.starts_with("hangar: ") && err.contains(needle), "{args:?}: {err}");
     }
-    let out = run(&[
-        "run",
-        "--timeout",
-        "0.5",
-        "--",
-        "sh",
-        "-c",
-        "echo before; sleep 100",
-    ]);
+    let out = run(&["run", "--timeout", "0.5", "--", "sh", "-c", "echo before; sleep 100"]);
     assert_eq!(out.status.code(), Some(124));
     assert_eq!(text(&out.stdout), "before\n");
     assert!(text(&out.stderr).contains("timed out"));

@@ -25,34 +25,19 @@ async fn chunks_arrive_while_the_command_runs_and_streams_stay_separate() {
     let arrivals = std::mem::take(&mut *arrivals.lock().unwrap());
     assert_eq!(r.stdout, b"0\n1\n2\n3\n4\n");
     assert_eq!(r.stderr, b"oops\n");
-    assert_eq!(
-        *errs.lock().unwrap(),
-        r.stderr,
-        "stderr callback saw exactly the result's stderr"
-    );
+    assert_eq!(*errs.lock().unwrap(), r.stderr, "stderr callback saw exactly the result's stderr");
     let joined: Vec<u8> = arrivals.iter().flat_map(|(_, c)| c.clone()).collect();
-    assert_eq!(
-        joined, r.stdout,
-        "the result equals the concatenation of the chunks"
-    );
+    assert_eq!(joined, r.stdout, "the result equals the concatenation of the chunks");
     // The command sleeps 0.3 s after each line: each line must arrive on its own, spread over time, the
     // first long before the end (not all at exit).
-    assert_eq!(
-        arrivals.len(),
-        5,
-        "one chunk per flushed line: {arrivals:?}"
-    );
+    assert_eq!(arrivals.len(), 5, "one chunk per flushed line: {arrivals:?}");
     assert!(
         done - arrivals[0].0 >= Duration::from_millis(1000),
         "first line arrived only {:?} before the end",
         done - arrivals[0].0
     );
     for w in arrivals.windows(2) {
-        assert!(
-            w[1].0 - w[0].0 >= Duration::from_millis(200),
-            "lines arrived together: gap {:?}",
-            w[1].0 - w[0].0
-        );
+        assert!(w[1].0 - w[0].0 >= Duration::from_millis(200), "lines arrived together: gap {:?}", w[1].0 - w[0].0);
     }
     sb.stop().await.unwrap();
 }
@@ -68,11 +53,7 @@ async fn binary_and_invalid_utf8_are_preserved_byte_for_byte() {
     want.extend_from_slice(b"\xff\xfe\x00end");
     assert_eq!(r.stdout, want);
     assert_eq!(r.stderr, b"\xc3\x28");
-    assert_eq!(
-        r.stderr_text(),
-        "\u{fffd}(",
-        "text view replaces invalid UTF-8"
-    );
+    assert_eq!(r.stderr_text(), "\u{fffd}(", "text view replaces invalid UTF-8");
     sb.stop().await.unwrap();
 }
 
@@ -81,26 +62,14 @@ async fn a_hundred_mib_of_output_arrives_intact() {
     let sb = sandbox().await;
     let script = "import sys\nb = bytes(range(256)) * 4096\nfor i in range(100):\n    sys.stdout.buffer.write(i.to_bytes(4, 'big') + b[4:])\n";
     let mut chunks = 0usize;
-    let r = sb
-        .exec(["python3", "-c", script])
-        .on_stdout(|_| chunks += 1)
-        .check(true)
-        .await
-        .unwrap();
+    let r = sb.exec(["python3", "-c", script]).on_stdout(|_| chunks += 1).check(true).await.unwrap();
     assert_eq!(r.stdout.len(), 100 << 20);
     let block: Vec<u8> = (0..=255u8).cycle().take(1 << 20).collect();
     for (i, got) in r.stdout.chunks(1 << 20).enumerate() {
-        assert_eq!(
-            &got[..4],
-            &(i as u32).to_be_bytes(),
-            "block {i} out of order"
-        );
+        assert_eq!(&got[..4], &(i as u32).to_be_bytes(), "block {i} out of order");
         assert!(got[4..] == block[4..], "block {i} corrupted");
     }
-    assert!(
-        chunks > 1,
-        "output was streamed in pieces, not delivered at once"
-    );
+    assert!(chunks > 1, "output was streamed in pieces, not delivered at once");
     sb.stop().await.unwrap();
 }
 
@@ -109,20 +78,12 @@ async fn timeout_kills_grandchildren_and_keeps_partial_output() {
     let sb = sandbox().await;
     let started = Instant::now();
     let err = sb
-        .exec([
-            "sh",
-            "-c",
-            "echo started; echo warn >&2; sleep 1000 & sleep 1000",
-        ])
+        .exec(["sh", "-c", "echo started; echo warn >&2; sleep 1000 & sleep 1000"])
         .timeout(Duration::from_millis(800))
         .await
         .unwrap_err();
     match err {
-        Error::Timeout {
-            result,
-            timeout,
-            command,
-        } => {
+        Error::Timeout { result, timeout, command } => {
             assert_eq!(result.stdout, b"started\n");
             assert_eq!(result.stderr, b"warn\n");
             assert_eq!(result.returncode, -9);
@@ -131,38 +92,21 @@ async fn timeout_kills_grandchildren_and_keeps_partial_output() {
         }
         other => panic!("expected a timeout, got {other:?}"),
     }
-    assert!(
-        started.elapsed() < Duration::from_secs(30),
-        "the exec did not wait for the background sleep"
-    );
-    let ps = sb
-        .exec(["sh", "-c", "cat /proc/[0-9]*/cmdline | tr '\\0' ' '"])
-        .await
-        .unwrap();
-    assert!(
-        !ps.stdout_text().contains("sleep 1000"),
-        "a process of the timed-out tree survived: {}",
-        ps.stdout_text()
-    );
+    assert!(started.elapsed() < Duration::from_secs(30), "the exec did not wait for the background sleep");
+    let ps = sb.exec(["sh", "-c", "cat /proc/[0-9]*/cmdline | tr '\\0' ' '"]).await.unwrap();
+    assert!(!ps.stdout_text().contains("sleep 1000"), "a process of the timed-out tree survived: {}", ps.stdout_text());
     sb.stop().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn check_turns_a_non_zero_exit_into_an_error_with_the_result() {
     let sb = sandbox().await;
-    match sb
-        .exec(["sh", "-c", "echo partial; echo 'it broke' >&2; exit 1"])
-        .check(true)
-        .await
-    {
+    match sb.exec(["sh", "-c", "echo partial; echo 'it broke' >&2; exit 1"]).check(true).await {
         Err(Error::ExecutionFailed { result, command }) => {
             assert_eq!(result.returncode, 1);
             assert_eq!(result.stderr_text(), "it broke\n");
             assert_eq!(result.stdout_text(), "partial\n");
-            assert_eq!(
-                command,
-                ["sh", "-c", "echo partial; echo 'it broke' >&2; exit 1"]
-            );
+            assert_eq!(command, ["sh", "-c", "echo partial; echo 'it broke' >&2; exit 1"]);
         }
         other => panic!("expected ExecutionFailed, got {other:?}"),
     }
@@ -176,10 +120,7 @@ async fn line_callbacks_get_whole_lines_even_when_chunks_split_them() {
     let sb = sandbox().await;
     let mut lines = vec![];
     let script = "import sys,time\nsys.stdout.write('al'); sys.stdout.flush(); time.sleep(0.2)\nsys.stdout.write('pha\\r\\nbeta\\ngam'); sys.stdout.flush(); time.sleep(0.2)\nsys.stdout.write('ma')\n";
-    sb.exec(["python3", "-c", script])
-        .on_stdout_line(|l| lines.push(l.to_string()))
-        .await
-        .unwrap();
+    sb.exec(["python3", "-c", script]).on_stdout_line(|l| lines.push(l.to_string())).await.unwrap();
     assert_eq!(lines, ["alpha", "beta", "gamma"]);
     sb.stop().await.unwrap();
 }
@@ -190,12 +131,7 @@ async fn stdin_env_and_cwd_reach_the_command() {
     let data: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
     let r = sb.exec(["cat"]).stdin(data.clone()).await.unwrap();
     assert!(r.stdout == data, "stdin came back through cat intact");
-    let r = sb
-        .exec(["sh", "-c", "echo $GREETING; pwd"])
-        .env("GREETING", "hello there")
-        .cwd("/tmp")
-        .await
-        .unwrap();
+    let r = sb.exec(["sh", "-c", "echo $GREETING; pwd"]).env("GREETING", "hello there").cwd("/tmp").await.unwrap();
     assert_eq!(r.stdout_text(), "hello there\n/tmp\n");
     sb.stop().await.unwrap();
 }
@@ -243,13 +179,11 @@ async fn a_caller_that_goes_away_mid_stream_kills_the_exec_tree_and_nothing_else
     let sb = sandbox().await;
     let (tx, rx) = tokio::sync::oneshot::channel();
     let mut tx = Some(tx);
-    let exec = sb
-        .exec(["sh", "-c", "echo started; sleep 1000 & sleep 1000"])
-        .on_stdout(move |_| {
-            if let Some(tx) = tx.take() {
-                let _ = tx.send(());
-            }
-        });
+    let exec = sb.exec(["sh", "-c", "echo started; sleep 1000 & sleep 1000"]).on_stdout(move |_| {
+        if let Some(tx) = tx.take() {
+            let _ = tx.send(());
+        }
+    });
     // Drop the exec future as soon as it has printed: the caller is gone.
     tokio::select! {
         _ = exec.into_future() => panic!("the exec cannot finish on its own"),
@@ -257,26 +191,15 @@ async fn a_caller_that_goes_away_mid_stream_kills_the_exec_tree_and_nothing_else
     }
     let mut survivors = String::from("?");
     for _ in 0..100 {
-        survivors = sb
-            .exec(["sh", "-c", "cat /proc/[0-9]*/cmdline | tr '\\0' ' '"])
-            .await
-            .unwrap()
-            .stdout_text()
-            .into_owned();
+        survivors =
+            sb.exec(["sh", "-c", "cat /proc/[0-9]*/cmdline | tr '\\0' ' '"]).await.unwrap().stdout_text().into_owned();
         if !survivors.contains("sleep 1000") {
             break;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert!(
-        !survivors.contains("sleep 1000"),
-        "the abandoned exec's processes survived: {survivors}"
-    );
-    assert_eq!(
-        sb.exec(["echo", "still here"]).await.unwrap().stdout,
-        b"still here\n",
-        "the sandbox carries on"
-    );
+    assert!(!survivors.contains("sleep 1000"), "the abandoned exec's processes survived: {survivors}");
+    assert_eq!(sb.exec(["echo", "still here"]).await.unwrap().stdout, b"still here\n", "the sandbox carries on");
     sb.stop().await.unwrap();
 }
 
@@ -285,20 +208,11 @@ async fn a_sandbox_whose_agent_dies_is_reported_and_cleaned_up() {
     let sb = sandbox().await;
     let id = sb.id().to_string();
     let agents = host_processes_mentioning(&id);
-    assert_eq!(
-        agents.len(),
-        1,
-        "exactly one host process (the agent) names the sandbox: {agents:?}"
-    );
+    assert_eq!(agents.len(), 1, "exactly one host process (the agent) names the sandbox: {agents:?}");
     let sb2 = sb.clone();
-    let running =
-        tokio::spawn(async move { sb2.exec(["sh", "-c", "echo begun; sleep 1000"]).await });
+    let running = tokio::spawn(async move { sb2.exec(["sh", "-c", "echo begun; sleep 1000"]).await });
     tokio::time::sleep(Duration::from_millis(300)).await;
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(agents[0]),
-        nix::sys::signal::Signal::SIGKILL,
-    )
-    .unwrap();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(agents[0]), nix::sys::signal::Signal::SIGKILL).unwrap();
     match running.await.unwrap() {
         Err(Error::SandboxTerminated { id: got, .. }) => assert_eq!(got, id),
         other => panic!("a broken stream must not look like a finished command: {other:?}"),
@@ -313,9 +227,6 @@ async fn a_sandbox_whose_agent_dies_is_reported_and_cleaned_up() {
     }
     assert_eq!(info.state, hangar::SandboxState::Terminated);
     assert_eq!(info.end_reason.as_deref(), Some("agent_died"));
-    assert!(matches!(
-        sb.exec(["true"]).await,
-        Err(Error::NotRunning { .. })
-    ));
+    assert!(matches!(sb.exec(["true"]).await, Err(Error::NotRunning { .. })));
     assert_eq!(leftovers(&id), Vec::<String>::new());
 }

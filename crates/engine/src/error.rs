@@ -94,16 +94,8 @@ pub enum FileErrorKind {
 }
 
 impl Error {
-    pub(crate) fn io(
-        op: &'static str,
-        path: impl std::fmt::Display,
-        source: std::io::Error,
-    ) -> Self {
-        Error::Io {
-            op,
-            path: path.to_string(),
-            source,
-        }
+    pub(crate) fn io(op: &'static str, path: impl std::fmt::Display, source: std::io::Error) -> Self {
+        Error::Io { op, path: path.to_string(), source }
     }
 }
 

@@ -94,15 +94,11 @@ impl Engine {
     pub async fn exec(&self, id: &str, spec: ExecSpec) -> Result<ExecStream> {
         match spec.argv.first() {
             None => return Err(Error::InvalidArgument("argv: the command is empty".into())),
-            Some(a) if a.is_empty() => {
-                return Err(Error::InvalidArgument("argv: argv[0] is empty".into()))
-            }
+            Some(a) if a.is_empty() => return Err(Error::InvalidArgument("argv: argv[0] is empty".into())),
             _ => {}
         }
         if let Some(a) = spec.argv.iter().find(|a| a.contains('\0')) {
-            return Err(Error::InvalidArgument(format!(
-                "argv: argument {a:?} contains a NUL byte"
-            )));
+            return Err(Error::InvalidArgument(format!("argv: argument {a:?} contains a NUL byte")));
         }
         if spec.timeout.is_some_and(|t| t.is_zero()) {
             return Err(Error::InvalidArgument("timeout: must be positive".into()));
@@ -115,37 +111,25 @@ impl Engine {
             timeout_ms: spec.timeout.map(|t| t.as_millis().max(1) as u64),
             stdin: spec.stdin.is_some() || spec.stdin_pipe,
         };
-        conn.send(&Request::Exec(req))
-            .await
-            .map_err(|e| self.gone(id, "exec", e))?;
-        let pid = match conn
-            .recv::<Response>()
-            .await
-            .map_err(|e| self.gone(id, "exec", e))?
-        {
+        conn.send(&Request::Exec(req)).await.map_err(|e| self.gone(id, "exec", e))?;
+        let pid = match conn.recv::<Response>().await.map_err(|e| self.gone(id, "exec", e))? {
             Some(Response::Started { pid }) => pid,
-            Some(Response::Error { kind, message }) => {
-                return Err(agent_error(id, &spec.argv[0], kind, message))
-            }
+            Some(Response::Error { kind, message }) => return Err(agent_error(id, &spec.argv[0], kind, message)),
             other => return Err(self.unexpected(id, &spec.argv[0], other)),
         };
         let mut fds = conn.take_fds().into_iter();
         let mut next_pipe = |what: &str| {
-            fds.next().ok_or_else(|| Error::Agent {
-                id: id.into(),
-                message: format!("no {what} descriptor with the exec"),
-            })
+            fds.next()
+                .ok_or_else(|| Error::Agent { id: id.into(), message: format!("no {what} descriptor with the exec") })
         };
-        let recv = |fd| {
-            pipe::Receiver::from_owned_fd(fd).map_err(|e| Error::io("open exec pipe of", id, e))
-        };
+        let recv = |fd| pipe::Receiver::from_owned_fd(fd).map_err(|e| Error::io("open exec pipe of", id, e));
         let out = recv(next_pipe("stdout")?)?;
         let err = recv(next_pipe("stderr")?)?;
         let mut stdin_pipe = None;
         let mut stdin = None;
         if spec.stdin.is_some() || spec.stdin_pipe {
-            let tx = pipe::Sender::from_owned_fd(next_pipe("stdin")?)
-                .map_err(|e| Error::io("open exec stdin of", id, e))?;
+            let tx =
+                pipe::Sender::from_owned_fd(next_pipe("stdin")?).map_err(|e| Error::io("open exec stdin of", id, e))?;
             match spec.stdin {
                 Some(data) => stdin = Some((tx, data, 0)),
                 None => stdin_pipe = Some(tx),
@@ -201,13 +185,10 @@ impl ExecStream {
 
     /// Sends a signal to the exec's whole process group. SIGKILL cancels it.
     pub async fn signal(&self, signal: i32) -> Result<()> {
-        self.writer
-            .send(&Request::Signal { signal })
-            .await
-            .map_err(|e| Error::SandboxGone {
-                id: self.sandbox.clone(),
-                detail: format!("signal exec {}: {e}", self.id),
-            })
+        self.writer.send(&Request::Signal { signal }).await.map_err(|e| Error::SandboxGone {
+            id: self.sandbox.clone(),
+            detail: format!("signal exec {}: {e}", self.id),
+        })
     }
 
     /// The next event; `Ok(None)` after [`ExecEvent::Exit`]. Output arrives as soon as the process writes
@@ -267,16 +248,8 @@ impl ExecStream {
                 Ok(data) => {
                     let offset = self.offsets[i];
                     self.offsets[i] += data.len() as u64;
-                    let stream = if i == 0 {
-                        OutputStream::Stdout
-                    } else {
-                        OutputStream::Stderr
-                    };
-                    return Ok(Some(ExecEvent::Output {
-                        stream,
-                        offset,
-                        data,
-                    }));
+                    let stream = if i == 0 { OutputStream::Stdout } else { OutputStream::Stderr };
+                    return Ok(Some(ExecEvent::Output { stream, offset, data }));
                 }
                 Err(e) => {
                     self.done = true;

@@ -56,7 +56,8 @@ impl SandboxState {
             Self::Terminated => "terminated",
         }
     }
-    fn parse(s: &str) -> Self {
+    /// The state named `s` (as printed by [`SandboxState::as_str`]); unknown names read as `failed`.
+    pub fn parse(s: &str) -> Self {
         match s {
             "creating" => Self::Creating,
             "running" => Self::Running,
@@ -185,13 +186,9 @@ impl EngineConfig {
     /// found next to the current executable (or its parent directory, for test and example binaries) or on
     /// `PATH`.
     pub fn from_env() -> Result<Self> {
-        let state_dir = std::env::var_os("HANGAR_STATE_DIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from("/var/lib/hangar"));
-        Ok(Self {
-            state_dir,
-            agent_bin: find_agent()?,
-        })
+        let state_dir =
+            std::env::var_os("HANGAR_STATE_DIR").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/var/lib/hangar"));
+        Ok(Self { state_dir, agent_bin: find_agent()? })
     }
 }
 
@@ -219,23 +216,14 @@ fn find_agent() -> Result<PathBuf> {
 pub use sandbox::{Engine, MAX_FILE_BYTES};
 
 pub(crate) fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
 /// A fresh random identifier with the given prefix, e.g. `sb-1f2e3d4c5b6a7988`.
 pub(crate) fn new_id(prefix: &str) -> String {
     let mut b = [0u8; 8];
-    if std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut b))
-        .is_err()
-    {
+    if std::fs::File::open("/dev/urandom").and_then(|mut f| std::io::Read::read_exact(&mut f, &mut b)).is_err() {
         b = (now_ms() ^ std::process::id() as u64).to_le_bytes();
     }
-    format!(
-        "{prefix}-{}",
-        b.iter().map(|x| format!("{x:02x}")).collect::<String>()
-    )
+    format!("{prefix}-{}", b.iter().map(|x| format!("{x:02x}")).collect::<String>())
 }

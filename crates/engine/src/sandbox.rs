@@ -2,12 +2,9 @@
 
 use crate::store::{Record, Store};
 use crate::{
-    new_id, now_ms, Ending, EngineConfig, Error, FileErrorKind, Result, SandboxConfig, SandboxInfo,
-    SandboxState,
+    new_id, now_ms, Ending, EngineConfig, Error, FileErrorKind, Result, SandboxConfig, SandboxInfo, SandboxState,
 };
-use hangar_agent::protocol::{
-    AgentConfig, EndReason, EndRecord, ErrorKind, Request, Response, END_RECORD_FILE,
-};
+use hangar_agent::protocol::{AgentConfig, EndReason, EndRecord, ErrorKind, Request, Response, END_RECORD_FILE};
 use hangar_agent::wire::Conn;
 use hangar_images::ImageStore;
 use hangar_runtime::cgroups::Cgroups;
@@ -38,24 +35,16 @@ impl Engine {
     pub fn open(cfg: EngineConfig) -> Result<Arc<Self>> {
         if !nix::unistd::Uid::effective().is_root() {
             return Err(Error::InvalidArgument(
-                "the embedded engine needs root (rootless sandboxes are not implemented yet)"
-                    .into(),
+                "the embedded engine needs root (rootless sandboxes are not implemented yet)".into(),
             ));
         }
         for d in [cfg.state_dir.clone(), cfg.state_dir.join("sandboxes")] {
-            std::fs::create_dir_all(&d)
-                .map_err(|e| Error::io("create state directory", d.display(), e))?;
+            std::fs::create_dir_all(&d).map_err(|e| Error::io("create state directory", d.display(), e))?;
         }
         let store = Store::open(&cfg.state_dir.join("hangar.db"))?;
         let images = ImageStore::new(cfg.state_dir.join("images"));
         let cgroups = Cgroups::detect("hangar")?;
-        Ok(Arc::new(Self {
-            cfg,
-            store,
-            images,
-            cgroups,
-            finishing: tokio::sync::Mutex::new(()),
-        }))
+        Ok(Arc::new(Self { cfg, store, images, cgroups, finishing: tokio::sync::Mutex::new(()) }))
     }
 
     /// The engine's configuration.
@@ -105,12 +94,8 @@ impl Engine {
         };
         if let Err(e) = self.store.insert(&info, c.request_id.as_deref()) {
             // Lost a race with a concurrent create carrying the same request id: answer with its sandbox.
-            if let Some(rec) = c
-                .request_id
-                .as_deref()
-                .map(|r| self.store.by_request(&c.tenant, r))
-                .transpose()?
-                .flatten()
+            if let Some(rec) =
+                c.request_id.as_deref().map(|r| self.store.by_request(&c.tenant, r)).transpose()?.flatten()
             {
                 return self.await_started(&rec.info.id).await;
             }
@@ -142,8 +127,7 @@ impl Engine {
     ) -> Result<()> {
         let id = &info.id;
         let dir = self.sandbox_dir(id);
-        let mkdir =
-            |p: &Path| std::fs::create_dir_all(p).map_err(|e| Error::io("mkdir", p.display(), e));
+        let mkdir = |p: &Path| std::fs::create_dir_all(p).map_err(|e| Error::io("mkdir", p.display(), e));
         let overlay = |name: &str, lower: Vec<PathBuf>| -> Result<OverlaySpec> {
             let (upper, work) = (dir.join("upper").join(name), dir.join("work").join(name));
             mkdir(&upper)?;
@@ -157,21 +141,12 @@ impl Engine {
                 overlay: overlay(&target.replace('/', "_"), lower.clone())?,
             });
         }
-        mounts.extend(layout.tmpfs.iter().map(|(target, size)| MountSpec::Tmpfs {
-            target: target.clone(),
-            size: *size,
-        }));
-        let rootfs = RootfsSpec {
-            root: overlay("root", layout.root_layers.clone())?,
-            mounts,
-            mountpoint: dir.join("rootfs"),
-        };
+        mounts
+            .extend(layout.tmpfs.iter().map(|(target, size)| MountSpec::Tmpfs { target: target.clone(), size: *size }));
+        let rootfs =
+            RootfsSpec { root: overlay("root", layout.root_layers.clone())?, mounts, mountpoint: dir.join("rootfs") };
         mkdir(&rootfs.mountpoint)?;
-        let limits = Limits {
-            cpus: c.cpus,
-            memory_bytes: c.memory_bytes,
-            pids: info.pids,
-        };
+        let limits = Limits { cpus: c.cpus, memory_bytes: c.memory_bytes, pids: info.pids };
         let cgroup = self.cgroups.create(id, &limits)?;
         let mut env = layout.env.clone();
         for (k, v) in &c.env {
@@ -180,12 +155,7 @@ impl Engine {
         }
         env.push(("HOSTNAME".into(), id.clone()));
         let agent_cfg = AgentConfig {
-            sandbox: SandboxSpec {
-                id: id.clone(),
-                hostname: id.clone(),
-                rootfs,
-                cgroup_procs: cgroup.procs_files(),
-            },
+            sandbox: SandboxSpec { id: id.clone(), hostname: id.clone(), rootfs, cgroup_procs: cgroup.procs_files() },
             main: c.command.clone(),
             env,
             workdir: c.workdir.clone().unwrap_or(layout.workdir),
@@ -193,20 +163,15 @@ impl Engine {
             stop_grace_ms: c.stop_grace.as_millis() as u64,
         };
         let cfg_path = dir.join("agent.json");
-        std::fs::write(
-            &cfg_path,
-            serde_json::to_vec(&agent_cfg).unwrap_or_default(),
-        )
-        .map_err(|e| Error::io("write", cfg_path.display(), e))?;
+        std::fs::write(&cfg_path, serde_json::to_vec(&agent_cfg).unwrap_or_default())
+            .map_err(|e| Error::io("write", cfg_path.display(), e))?;
 
         let sock = self.socket_path(id);
         let listener = std::os::unix::net::UnixListener::bind(&sock)
             .map_err(|e| Error::io("bind agent socket", sock.display(), e))?;
         let log_path = dir.join("agent.log");
-        let log = std::fs::File::create(&log_path)
-            .map_err(|e| Error::io("create", log_path.display(), e))?;
-        let state_dir =
-            std::fs::File::open(&dir).map_err(|e| Error::io("open", dir.display(), e))?;
+        let log = std::fs::File::create(&log_path).map_err(|e| Error::io("create", log_path.display(), e))?;
+        let state_dir = std::fs::File::open(&dir).map_err(|e| Error::io("open", dir.display(), e))?;
         let (status_r, status_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
             .map_err(|e| Error::io("pipe", "agent status", e.into()))?;
         let cfg_arg = cfg_path.to_string_lossy().into_owned();
@@ -223,9 +188,7 @@ impl Engine {
         )?;
         drop((listener, log, state_dir, status_w));
         let pid = spawned.pid.as_raw();
-        let agent_start = hangar_runtime::process::process_start(pid)
-            .map(|(s, _)| s)
-            .unwrap_or(0);
+        let agent_start = hangar_runtime::process::process_start(pid).map(|(s, _)| s).unwrap_or(0);
         self.watch_agent(id.clone(), pid);
 
         let mut status = String::new();
@@ -248,15 +211,9 @@ impl Engine {
         };
         let _ = nix::sys::signal::kill(spawned.pid, nix::sys::signal::Signal::SIGKILL);
         if reason.starts_with("command not found") || reason.starts_with("permission denied") {
-            return Err(Error::CommandNotFound {
-                id: id.clone(),
-                message: reason,
-            });
+            return Err(Error::CommandNotFound { id: id.clone(), message: reason });
         }
-        Err(Error::SandboxFailed {
-            id: id.clone(),
-            reason,
-        })
+        Err(Error::SandboxFailed { id: id.clone(), reason })
     }
 
     /// Reaps the agent (our child) when it exits and records how the sandbox ended, so a long-lived engine
@@ -281,10 +238,7 @@ impl Engine {
             let info = self.get(id).await?;
             if info.end_reason.as_deref() == Some("start_failed") {
                 let reason = info.error.unwrap_or_default();
-                return Err(Error::SandboxFailed {
-                    id: id.to_string(),
-                    reason,
-                });
+                return Err(Error::SandboxFailed { id: id.to_string(), reason });
             }
             if info.state != SandboxState::Creating || tokio::time::Instant::now() >= deadline {
                 return Ok(info);
@@ -295,19 +249,12 @@ impl Engine {
 
     /// A sandbox's record, brought up to date (a sandbox whose agent is gone is marked ended and cleaned up).
     pub async fn get(&self, id: &str) -> Result<SandboxInfo> {
-        let rec = self
-            .store
-            .get(id)?
-            .ok_or_else(|| Error::NotFound(id.to_string()))?;
+        let rec = self.store.get(id)?.ok_or_else(|| Error::NotFound(id.to_string()))?;
         if rec.info.state.is_final() || self.agent_alive(&rec) {
             return Ok(rec.info);
         }
         self.finish_if_ended(id).await?;
-        Ok(self
-            .store
-            .get(id)?
-            .ok_or_else(|| Error::NotFound(id.to_string()))?
-            .info)
+        Ok(self.store.get(id)?.ok_or_else(|| Error::NotFound(id.to_string()))?.info)
     }
 
     /// All sandboxes, oldest first, brought up to date.
@@ -329,8 +276,7 @@ impl Engine {
             // Still being created by some process: alive unless it has been far too long.
             _ => {
                 rec.info.state == SandboxState::Creating
-                    && now_ms().saturating_sub(rec.info.created_at_ms)
-                        < START_TIMEOUT.as_millis() as u64 * 2
+                    && now_ms().saturating_sub(rec.info.created_at_ms) < START_TIMEOUT.as_millis() as u64 * 2
             }
         }
     }
@@ -351,57 +297,21 @@ impl Engine {
             .ok()
             .and_then(|b| serde_json::from_slice::<EndRecord>(&b).ok());
         let ending = match end {
-            Some(EndRecord {
-                reason: EndReason::Exited,
-                code: Some(0),
-                ..
-            }) => Ending {
-                state: SandboxState::Completed,
-                code: Some(0),
-                signal: None,
-                reason: "exited",
-                error: None,
-            },
-            Some(EndRecord {
-                reason: EndReason::Exited,
-                code,
-                signal,
-            }) => Ending {
-                state: SandboxState::Failed,
-                code,
-                signal,
-                reason: "exited",
-                error: None,
-            },
-            Some(EndRecord {
-                reason: EndReason::Stopped,
-                code,
-                signal,
-            }) => Ending {
-                state: SandboxState::Terminated,
-                code,
-                signal,
-                reason: "stopped",
-                error: None,
-            },
-            Some(EndRecord {
-                reason: EndReason::LifetimeExceeded,
-                code,
-                signal,
-            }) => Ending {
-                state: SandboxState::Terminated,
-                code,
-                signal,
-                reason: "lifetime_exceeded",
-                error: None,
-            },
-            None => Ending {
-                state: SandboxState::Terminated,
-                code: None,
-                signal: None,
-                reason: "agent_died",
-                error: None,
-            },
+            Some(EndRecord { reason: EndReason::Exited, code: Some(0), .. }) => {
+                Ending { state: SandboxState::Completed, code: Some(0), signal: None, reason: "exited", error: None }
+            }
+            Some(EndRecord { reason: EndReason::Exited, code, signal }) => {
+                Ending { state: SandboxState::Failed, code, signal, reason: "exited", error: None }
+            }
+            Some(EndRecord { reason: EndReason::Stopped, code, signal }) => {
+                Ending { state: SandboxState::Terminated, code, signal, reason: "stopped", error: None }
+            }
+            Some(EndRecord { reason: EndReason::LifetimeExceeded, code, signal }) => {
+                Ending { state: SandboxState::Terminated, code, signal, reason: "lifetime_exceeded", error: None }
+            }
+            None => {
+                Ending { state: SandboxState::Terminated, code: None, signal: None, reason: "agent_died", error: None }
+            }
         };
         // Record first: a concurrent finisher still finds exit.json until the record is final.
         self.store.set_ended(id, &ending)?;
@@ -424,21 +334,14 @@ impl Engine {
     /// everything is gone (immediately when the main command exits on SIGTERM). Stopping an ended sandbox
     /// is a no-op that returns its record.
     pub async fn stop(&self, id: &str, grace: Duration) -> Result<SandboxInfo> {
-        let rec = self
-            .store
-            .get(id)?
-            .ok_or_else(|| Error::NotFound(id.to_string()))?;
+        let rec = self.store.get(id)?.ok_or_else(|| Error::NotFound(id.to_string()))?;
         if rec.info.state.is_final() {
             return Ok(rec.info);
         }
         if let (Some(pid), Some(start)) = (rec.agent_pid, rec.agent_start) {
             let asked = async {
                 let mut conn = Conn::connect(&self.socket_path(id)).await.ok()?;
-                conn.send(&Request::Stop {
-                    grace_ms: grace.as_millis() as u64,
-                })
-                .await
-                .ok()?;
+                conn.send(&Request::Stop { grace_ms: grace.as_millis() as u64 }).await.ok()?;
                 conn.recv::<Response>().await.ok()
             };
             let _ = tokio::time::timeout(grace + Duration::from_secs(5), asked).await;
@@ -446,17 +349,12 @@ impl Engine {
             while hangar_runtime::process::process_alive(pid, start) {
                 if tokio::time::Instant::now() >= deadline {
                     // The agent did not go: killing PID 1 takes the whole pid namespace with it.
-                    let _ = nix::sys::signal::kill(
-                        nix::unistd::Pid::from_raw(pid),
-                        nix::sys::signal::Signal::SIGKILL,
-                    );
+                    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
                 }
                 tokio::time::sleep(Duration::from_millis(1)).await;
             }
-            let _ = nix::sys::wait::waitpid(
-                nix::unistd::Pid::from_raw(pid),
-                Some(nix::sys::wait::WaitPidFlag::WNOHANG),
-            );
+            let _ =
+                nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), Some(nix::sys::wait::WaitPidFlag::WNOHANG));
         }
         self.finish_if_ended(id).await?;
         self.get(id).await
@@ -476,20 +374,14 @@ impl Engine {
     pub(crate) async fn connect(&self, id: &str) -> Result<Conn> {
         let info = self.get(id).await?;
         if info.state != SandboxState::Running {
-            return Err(Error::NotRunning {
-                id: id.to_string(),
-                state: info.state,
-            });
+            return Err(Error::NotRunning { id: id.to_string(), state: info.state });
         }
         match Conn::connect(&self.socket_path(id)).await {
             Ok(c) => Ok(c),
             Err(e) => {
                 let info = self.get(id).await?;
                 if info.state != SandboxState::Running {
-                    return Err(Error::NotRunning {
-                        id: id.to_string(),
-                        state: info.state,
-                    });
+                    return Err(Error::NotRunning { id: id.to_string(), state: info.state });
                 }
                 Err(Error::io("connect to agent of", id, e))
             }
@@ -501,16 +393,8 @@ impl Engine {
     pub async fn read_file(&self, id: &str, path: &str) -> Result<Vec<u8>> {
         check_path(path)?;
         let mut conn = self.connect(id).await?;
-        conn.send(&Request::ReadFile {
-            path: path.to_string(),
-        })
-        .await
-        .map_err(|e| self.gone(id, "read_file", e))?;
-        match conn
-            .recv::<Response>()
-            .await
-            .map_err(|e| self.gone(id, "read_file", e))?
-        {
+        conn.send(&Request::ReadFile { path: path.to_string() }).await.map_err(|e| self.gone(id, "read_file", e))?;
+        match conn.recv::<Response>().await.map_err(|e| self.gone(id, "read_file", e))? {
             Some(Response::FileData { len }) => {
                 let mut data = Vec::with_capacity(len.min(MAX_FILE_BYTES) as usize);
                 conn.recv_raw(len, |c| {
@@ -537,12 +421,7 @@ impl Engine {
         let mut conn = self.connect(id).await?;
         let w = conn.writer();
         let sent = async {
-            w.send(&Request::WriteFile {
-                path: path.to_string(),
-                len: data.len() as u64,
-                mode,
-            })
-            .await?;
+            w.send(&Request::WriteFile { path: path.to_string(), len: data.len() as u64, mode }).await?;
             w.send_raw(data).await
         }
         .await;
@@ -554,10 +433,7 @@ impl Engine {
     }
 
     pub(crate) fn gone(&self, id: &str, what: &str, e: std::io::Error) -> Error {
-        Error::SandboxGone {
-            id: id.to_string(),
-            detail: format!("{what}: {e}"),
-        }
+        Error::SandboxGone { id: id.to_string(), detail: format!("{what}: {e}") }
     }
 
     pub(crate) fn unexpected(&self, id: &str, path: &str, r: Option<Response>) -> Error {
@@ -567,38 +443,21 @@ impl Engine {
                 id: id.to_string(),
                 detail: format!("the agent closed the connection during an operation on {path}"),
             },
-            Some(other) => Error::Agent {
-                id: id.to_string(),
-                message: format!("unexpected reply {other:?}"),
-            },
+            Some(other) => Error::Agent { id: id.to_string(), message: format!("unexpected reply {other:?}") },
         }
     }
 }
 
 pub(crate) fn agent_error(id: &str, subject: &str, kind: ErrorKind, message: String) -> Error {
-    let file = |k| Error::File {
-        id: id.to_string(),
-        path: subject.to_string(),
-        kind: k,
-        message: message.clone(),
-    };
+    let file = |k| Error::File { id: id.to_string(), path: subject.to_string(), kind: k, message: message.clone() };
     match kind {
         ErrorKind::NotFound => file(FileErrorKind::NotFound),
         ErrorKind::PermissionDenied => file(FileErrorKind::PermissionDenied),
         ErrorKind::IsADirectory => file(FileErrorKind::IsADirectory),
-        ErrorKind::CommandNotFound => Error::CommandNotFound {
-            id: id.to_string(),
-            message,
-        },
+        ErrorKind::CommandNotFound => Error::CommandNotFound { id: id.to_string(), message },
         ErrorKind::InvalidArgument => Error::InvalidArgument(message),
-        ErrorKind::Stopping => Error::NotRunning {
-            id: id.to_string(),
-            state: SandboxState::Terminated,
-        },
-        ErrorKind::Other => Error::Agent {
-            id: id.to_string(),
-            message,
-        },
+        ErrorKind::Stopping => Error::NotRunning { id: id.to_string(), state: SandboxState::Terminated },
+        ErrorKind::Other => Error::Agent { id: id.to_string(), message },
     }
 }
 
@@ -607,9 +466,7 @@ fn check_path(path: &str) -> Result<()> {
         return Err(Error::InvalidArgument("path is empty".into()));
     }
     if path.contains('\0') {
-        return Err(Error::InvalidArgument(format!(
-            "path {path:?} contains a NUL byte"
-        )));
+        return Err(Error::InvalidArgument(format!("path {path:?} contains a NUL byte")));
     }
     Ok(())
 }
@@ -631,9 +488,7 @@ fn validate(c: &SandboxConfig) -> Result<()> {
     }
     if let Some(cpus) = c.cpus {
         if !(cpus.is_finite() && cpus >= 0.01) {
-            return bad(format!(
-                "cpus: {cpus} is not a positive number of cores (at least 0.01)"
-            ));
+            return bad(format!("cpus: {cpus} is not a positive number of cores (at least 0.01)"));
         }
     }
     if let Some(m) = c.memory_bytes {

@@ -18,8 +18,7 @@ pub(crate) struct Record {
     pub agent_start: Option<u64>,
 }
 
-const COLUMNS: &str =
-    "id, state, image, command, tags, cpus, memory_bytes, pids, lifetime_ms, created_at, \
+const COLUMNS: &str = "id, state, image, command, tags, cpus, memory_bytes, pids, lifetime_ms, created_at, \
                        ended_at, exit_code, exit_signal, end_reason, error, agent_pid, agent_start, tenant, request_id";
 
 impl Store {
@@ -121,11 +120,7 @@ impl Store {
     pub fn get(&self, id: &str) -> Result<Option<Record>> {
         Ok(self
             .db()
-            .query_row(
-                &format!("SELECT {COLUMNS} FROM sandboxes WHERE id = ?1"),
-                [id],
-                row_to_record,
-            )
+            .query_row(&format!("SELECT {COLUMNS} FROM sandboxes WHERE id = ?1"), [id], row_to_record)
             .optional()?)
     }
 
@@ -142,20 +137,13 @@ impl Store {
 
     pub fn list(&self) -> Result<Vec<Record>> {
         let db = self.db();
-        let mut stmt = db.prepare(&format!(
-            "SELECT {COLUMNS} FROM sandboxes ORDER BY created_at, id"
-        ))?;
-        let rows = stmt
-            .query_map([], row_to_record)?
-            .collect::<rusqlite::Result<Vec<_>>>()?;
+        let mut stmt = db.prepare(&format!("SELECT {COLUMNS} FROM sandboxes ORDER BY created_at, id"))?;
+        let rows = stmt.query_map([], row_to_record)?.collect::<rusqlite::Result<Vec<_>>>()?;
         Ok(rows)
     }
 
     pub fn delete(&self, id: &str) -> Result<bool> {
-        Ok(self
-            .db()
-            .execute("DELETE FROM sandboxes WHERE id = ?1", [id])?
-            == 1)
+        Ok(self.db().execute("DELETE FROM sandboxes WHERE id = ?1", [id])? == 1)
     }
 }
 

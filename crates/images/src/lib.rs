@@ -106,10 +106,7 @@ impl ImageStore {
             overlays: vec![("usr".into(), vec![layer.join("usr"), PathBuf::from("/usr")])],
             tmpfs: vec![("usr/local".into(), 256 << 20)],
             env: vec![
-                (
-                    "PATH".into(),
-                    "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(),
-                ),
+                ("PATH".into(), "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into()),
                 ("HOME".into(), "/root".into()),
                 ("LANG".into(), "C.UTF-8".into()),
                 // The host's Debian python marks itself externally managed; in a disposable sandbox `pip
@@ -130,14 +127,11 @@ impl ImageStore {
         fs::create_dir_all(&self.root).map_err(io(&self.root))?;
         static BUILDS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let n = BUILDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let tmp = self
-            .root
-            .join(format!(".{BUILTIN_LAYER}.{}.{n}", std::process::id()));
+        let tmp = self.root.join(format!(".{BUILTIN_LAYER}.{}.{n}", std::process::id()));
         let _ = fs::remove_dir_all(&tmp);
         let root = tmp.join("root");
         for d in [
-            "usr", "etc", "tmp", "root", "home", "var/tmp", "var/log", "proc", "sys", "dev", "run",
-            "mnt", "opt", "srv",
+            "usr", "etc", "tmp", "root", "home", "var/tmp", "var/log", "proc", "sys", "dev", "run", "mnt", "opt", "srv",
         ] {
             fs::create_dir_all(root.join(d)).map_err(io(&root.join(d)))?;
         }
@@ -175,10 +169,7 @@ impl ImageStore {
                 let _ = fs::remove_dir_all(&tmp);
                 Ok(())
             }
-            Err(e) => Err(Error::Io {
-                path: layer.to_path_buf(),
-                source: e,
-            }),
+            Err(e) => Err(Error::Io { path: layer.to_path_buf(), source: e }),
         }
     }
 }
@@ -213,25 +204,10 @@ mod tests {
         let layout = store.resolve(BUILTIN).expect("builtin image");
         let root = &layout.root_layers[0];
         assert!(root.join("etc/passwd").is_file());
-        for secret in [
-            "etc/shadow",
-            "etc/gshadow",
-            "etc/ssh",
-            "root/.ssh",
-            "home/.ssh",
-        ] {
-            assert!(
-                !root.join(secret).exists(),
-                "{secret} must not be in the built-in image"
-            );
+        for secret in ["etc/shadow", "etc/gshadow", "etc/ssh", "root/.ssh", "home/.ssh"] {
+            assert!(!root.join(secret).exists(), "{secret} must not be in the built-in image");
         }
-        assert_eq!(
-            fs::read_to_string(root.join("etc/passwd"))
-                .unwrap()
-                .lines()
-                .count(),
-            2
-        );
+        assert_eq!(fs::read_to_string(root.join("etc/passwd")).unwrap().lines().count(), 2);
         match store.resolve("python:3.11") {
             Err(Error::UnknownImage(name)) => assert_eq!(name, "python:3.11"),
             other => panic!("expected UnknownImage, got {other:?}"),

@@ -33,8 +33,7 @@ impl Cgroups {
     /// the memory, cpu and pids controllers mounted under `/sys/fs/cgroup/<controller>`; a hybrid host's
     /// cgroup2 mount (`/sys/fs/cgroup/unified`) is ignored, which is what lets Hangar run where crun refuses.
     pub fn detect(parent: &str) -> Result<Self> {
-        let st = nix::sys::statfs::statfs(CGROUP_ROOT)
-            .map_err(|e| Error::sys("statfs", CGROUP_ROOT, e))?;
+        let st = nix::sys::statfs::statfs(CGROUP_ROOT).map_err(|e| Error::sys("statfs", CGROUP_ROOT, e))?;
         let v2 = st.filesystem_type() == nix::sys::statfs::CGROUP2_SUPER_MAGIC;
         if !v2 {
             for c in V1_CONTROLLERS {
@@ -47,10 +46,7 @@ impl Cgroups {
                 }
             }
         }
-        Ok(Self {
-            v2,
-            parent: parent.to_string(),
-        })
+        Ok(Self { v2, parent: parent.to_string() })
     }
 
     /// Whether the host uses the unified (v2) hierarchy.
@@ -63,10 +59,7 @@ impl Cgroups {
         let dirs = if self.v2 {
             vec![Path::new(CGROUP_ROOT).join(&self.parent).join(id)]
         } else {
-            V1_CONTROLLERS
-                .iter()
-                .map(|c| Path::new(CGROUP_ROOT).join(c).join(&self.parent).join(id))
-                .collect()
+            V1_CONTROLLERS.iter().map(|c| Path::new(CGROUP_ROOT).join(c).join(&self.parent).join(id)).collect()
         };
         SandboxCgroup { dirs, v2: self.v2 }
     }
@@ -77,10 +70,7 @@ impl Cgroups {
             let parent = Path::new(CGROUP_ROOT).join(&self.parent);
             mkdir(&parent)?;
             // Controllers must be enabled in every ancestor's subtree_control for the leaf to get them.
-            write(
-                &Path::new(CGROUP_ROOT).join("cgroup.subtree_control"),
-                "+memory +cpu +pids",
-            )?;
+            write(&Path::new(CGROUP_ROOT).join("cgroup.subtree_control"), "+memory +cpu +pids")?;
             write(&parent.join("cgroup.subtree_control"), "+memory +cpu +pids")?;
         }
         let cg = self.sandbox(id);
@@ -113,20 +103,13 @@ impl SandboxCgroup {
         if self.v2 {
             &self.dirs[0]
         } else {
-            let i = V1_CONTROLLERS
-                .iter()
-                .position(|c| *c == controller)
-                .unwrap_or(0);
+            let i = V1_CONTROLLERS.iter().position(|c| *c == controller).unwrap_or(0);
             &self.dirs[i]
         }
     }
 
     fn apply(&self, limits: &Limits) -> Result<()> {
-        let (mem, cpu, pids) = (
-            self.dir_of("memory"),
-            self.dir_of("cpu"),
-            self.dir_of("pids"),
-        );
+        let (mem, cpu, pids) = (self.dir_of("memory"), self.dir_of("cpu"), self.dir_of("pids"));
         if let Some(bytes) = limits.memory_bytes {
             if self.v2 {
                 write(&mem.join("memory.max"), &bytes.to_string())?;
@@ -167,17 +150,10 @@ impl SandboxCgroup {
 
     /// Number of times the kernel's OOM killer fired in this cgroup.
     pub fn oom_kills(&self) -> u64 {
-        let (file, key) = if self.v2 {
-            ("memory.events", "oom_kill")
-        } else {
-            ("memory.oom_control", "oom_kill")
-        };
+        let (file, key) = if self.v2 { ("memory.events", "oom_kill") } else { ("memory.oom_control", "oom_kill") };
         fs::read_to_string(self.dir_of("memory").join(file))
             .ok()
-            .and_then(|s| {
-                s.lines()
-                    .find_map(|l| l.strip_prefix(key).and_then(|v| v.trim().parse().ok()))
-            })
+            .and_then(|s| s.lines().find_map(|l| l.strip_prefix(key).and_then(|v| v.trim().parse().ok())))
             .unwrap_or(0)
     }
 
@@ -190,10 +166,7 @@ impl SandboxCgroup {
                 let _ = write(&self.dirs[0].join("cgroup.kill"), "1");
             }
             for pid in self.pids() {
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(pid),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
+                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
             }
             let mut busy = None;
             for d in &self.dirs {

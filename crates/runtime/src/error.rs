@@ -35,23 +35,11 @@ pub enum Error {
 }
 
 impl Error {
-    pub(crate) fn sys(
-        op: &'static str,
-        resource: impl std::fmt::Display,
-        source: nix::Error,
-    ) -> Self {
-        Error::Sys {
-            op,
-            resource: resource.to_string(),
-            source,
-        }
+    pub(crate) fn sys(op: &'static str, resource: impl std::fmt::Display, source: nix::Error) -> Self {
+        Error::Sys { op, resource: resource.to_string(), source }
     }
     pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        Error::Io {
-            op,
-            path: path.into(),
-            source,
-        }
+        Error::Io { op, path: path.into(), source }
     }
 }
 

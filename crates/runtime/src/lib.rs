@@ -30,8 +30,7 @@ pub fn enter(spec: &SandboxSpec) -> Result<()> {
     cgroups::join(&spec.cgroup_procs)?;
     rootfs::unshare_cgroup_namespace()?;
     rootfs::build_and_pivot(&spec.rootfs)?;
-    nix::unistd::sethostname(&spec.hostname)
-        .map_err(|e| Error::sys("sethostname", &spec.hostname, e))?;
+    nix::unistd::sethostname(&spec.hostname).map_err(|e| Error::sys("sethostname", &spec.hostname, e))?;
     rootfs::loopback_up()?;
     security::harden()?;
     Ok(())

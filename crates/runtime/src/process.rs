@@ -37,15 +37,10 @@ pub fn pidfd_open(pid: i32) -> Result<OwnedFd> {
 pub async fn wait_exit(pid: i32) {
     let Ok(fd) = pidfd_open(pid) else { return };
     // SAFETY: `fd` is a valid pidfd owned by the AsyncFd for as long as it is registered.
-    if let Ok(afd) = unsafe {
-        tokio::io::unix::AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE)
-    } {
+    if let Ok(afd) = unsafe { tokio::io::unix::AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) } {
         let _ = afd.readable().await;
     }
-    let _ = nix::sys::wait::waitpid(
-        nix::unistd::Pid::from_raw(pid),
-        Some(nix::sys::wait::WaitPidFlag::WNOHANG),
-    );
+    let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), Some(nix::sys::wait::WaitPidFlag::WNOHANG));
 }
 
 #[cfg(test)]

@@ -23,13 +23,7 @@ const MASKED_PATHS: &[&str] = &[
 ];
 
 /// Kernel tunables that must not be written from a sandbox: remounted read-only.
-const READONLY_PATHS: &[&str] = &[
-    "proc/bus",
-    "proc/fs",
-    "proc/irq",
-    "proc/sys",
-    "proc/sysrq-trigger",
-];
+const READONLY_PATHS: &[&str] = &["proc/bus", "proc/fs", "proc/irq", "proc/sys", "proc/sysrq-trigger"];
 
 /// Host device nodes bind-mounted into the sandbox's tmpfs /dev (bind, not mknod, so this also works
 /// without CAP_MKNOD in a user namespace later).
@@ -43,20 +37,12 @@ pub(crate) fn unshare_cgroup_namespace() -> Result<()> {
 /// Mounts the root overlay and everything over it at `spec.mountpoint`, then makes it the process's root.
 pub(crate) fn build_and_pivot(spec: &RootfsSpec) -> Result<()> {
     // Stop mount events from propagating back to the host's namespace.
-    mnt(
-        None,
-        Path::new("/"),
-        None,
-        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
-        None,
-    )?;
+    mnt(None, Path::new("/"), None, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None)?;
     let root = &spec.mountpoint;
     mount_overlay(&spec.root, root)?;
     for m in &spec.mounts {
         match m {
-            MountSpec::Overlay { target, overlay } => {
-                mount_overlay(overlay, &inside(root, target)?)?
-            }
+            MountSpec::Overlay { target, overlay } => mount_overlay(overlay, &inside(root, target)?)?,
             MountSpec::Tmpfs { target, size } => {
                 let t = inside(root, target)?;
                 mkdir_p(&t)?;
@@ -80,25 +66,10 @@ pub(crate) fn build_and_pivot(spec: &RootfsSpec) -> Result<()> {
 }
 
 fn mount_overlay(o: &OverlaySpec, target: &Path) -> Result<()> {
-    let lower = o
-        .lower
-        .iter()
-        .map(|p| p.display().to_string())
-        .collect::<Vec<_>>()
-        .join(":");
-    let data = format!(
-        "lowerdir={lower},upperdir={},workdir={}",
-        o.upper.display(),
-        o.work.display()
-    );
+    let lower = o.lower.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(":");
+    let data = format!("lowerdir={lower},upperdir={},workdir={}", o.upper.display(), o.work.display());
     mkdir_p(target)?;
-    mnt(
-        Some("overlay"),
-        target,
-        Some("overlay"),
-        MsFlags::empty(),
-        Some(&data),
-    )
+    mnt(Some("overlay"), target, Some("overlay"), MsFlags::empty(), Some(&data))
 }
 
 fn mount_proc_and_sys(root: &Path) -> Result<()> {
@@ -108,23 +79,11 @@ fn mount_proc_and_sys(root: &Path) -> Result<()> {
     mnt(Some("proc"), &proc_, Some("proc"), quiet, None)?;
     let sys = root.join("sys");
     mkdir_p(&sys)?;
-    mnt(
-        Some("sysfs"),
-        &sys,
-        Some("sysfs"),
-        quiet | MsFlags::MS_RDONLY,
-        None,
-    )?;
+    mnt(Some("sysfs"), &sys, Some("sysfs"), quiet | MsFlags::MS_RDONLY, None)?;
     for p in MASKED_PATHS {
         let path = root.join(p);
         match fs::metadata(&path) {
-            Ok(md) if md.is_dir() => mnt(
-                Some("tmpfs"),
-                &path,
-                Some("tmpfs"),
-                MsFlags::MS_RDONLY,
-                Some("size=0"),
-            )?,
+            Ok(md) if md.is_dir() => mnt(Some("tmpfs"), &path, Some("tmpfs"), MsFlags::MS_RDONLY, Some("size=0"))?,
             Ok(_) => mnt(Some("/dev/null"), &path, None, MsFlags::MS_BIND, None)?,
             Err(_) => {}
         }
@@ -132,20 +91,8 @@ fn mount_proc_and_sys(root: &Path) -> Result<()> {
     for p in READONLY_PATHS {
         let path = root.join(p);
         if path.exists() {
-            mnt(
-                Some(path.to_str().unwrap_or_default()),
-                &path,
-                None,
-                MsFlags::MS_BIND | MsFlags::MS_REC,
-                None,
-            )?;
-            mnt(
-                None,
-                &path,
-                None,
-                MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | quiet,
-                None,
-            )?;
+            mnt(Some(path.to_str().unwrap_or_default()), &path, None, MsFlags::MS_BIND | MsFlags::MS_REC, None)?;
+            mnt(None, &path, None, MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | quiet, None)?;
         }
     }
     Ok(())
@@ -164,13 +111,7 @@ fn mount_dev(root: &Path) -> Result<()> {
     for d in DEVICES {
         let target = dev.join(d);
         fs::File::create(&target).map_err(|e| Error::io("create", &target, e))?;
-        mnt(
-            Some(&format!("/dev/{d}")),
-            &target,
-            None,
-            MsFlags::MS_BIND,
-            None,
-        )?;
+        mnt(Some(&format!("/dev/{d}")), &target, None, MsFlags::MS_BIND, None)?;
     }
     let pts = dev.join("pts");
     mkdir_p(&pts)?;
@@ -242,14 +183,8 @@ pub(crate) fn loopback_up() -> Result<()> {
 /// `root/rel`, refusing relative paths that would climb out of `root`.
 fn inside(root: &Path, rel: &str) -> Result<PathBuf> {
     let rel = Path::new(rel.trim_start_matches('/'));
-    if rel
-        .components()
-        .any(|c| !matches!(c, std::path::Component::Normal(_)))
-    {
-        return Err(Error::Unsupported(format!(
-            "mount target {} is not a plain relative path",
-            rel.display()
-        )));
+    if rel.components().any(|c| !matches!(c, std::path::Component::Normal(_))) {
+        return Err(Error::Unsupported(format!("mount target {} is not a plain relative path", rel.display())));
     }
     Ok(root.join(rel))
 }
@@ -258,22 +193,7 @@ fn mkdir_p(p: &Path) -> Result<()> {
     fs::create_dir_all(p).map_err(|e| Error::io("mkdir", p, e))
 }
 
-fn mnt(
-    src: Option<&str>,
-    target: &Path,
-    fstype: Option<&str>,
-    flags: MsFlags,
-    data: Option<&str>,
-) -> Result<()> {
-    mount(src, target, fstype, flags, data).map_err(|e| {
-        Error::sys(
-            "mount",
-            format!(
-                "{} on {}",
-                fstype.or(src).unwrap_or("remount"),
-                target.display()
-            ),
-            e,
-        )
-    })
+fn mnt(src: Option<&str>, target: &Path, fstype: Option<&str>, flags: MsFlags, data: Option<&str>) -> Result<()> {
+    mount(src, target, fstype, flags, data)
+        .map_err(|e| Error::sys("mount", format!("{} on {}", fstype.or(src).unwrap_or("remount"), target.display()), e))
 }

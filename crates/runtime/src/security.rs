@@ -4,8 +4,7 @@
 use crate::{Error, Result};
 use caps::{CapSet, Capability};
 use seccompiler::{
-    BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
-    SeccompRule, TargetArch,
+    BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter, SeccompRule, TargetArch,
 };
 use std::collections::{BTreeMap, HashSet};
 
@@ -108,8 +107,7 @@ pub(crate) fn harden() -> Result<()> {
     }
     caps::clear(None, CapSet::Ambient).map_err(|e| Error::Caps(format!("clear ambient: {e}")))?;
     nix::sys::prctl::set_dumpable(false).map_err(|e| Error::sys("prctl", "PR_SET_DUMPABLE", e))?;
-    nix::sys::prctl::set_no_new_privs()
-        .map_err(|e| Error::sys("prctl", "PR_SET_NO_NEW_PRIVS", e))?;
+    nix::sys::prctl::set_no_new_privs().map_err(|e| Error::sys("prctl", "PR_SET_NO_NEW_PRIVS", e))?;
     for prog in seccomp_programs()? {
         seccompiler::apply_filter(&prog).map_err(|e| Error::Seccomp(e.to_string()))?;
     }
@@ -122,39 +120,22 @@ fn arch() -> Result<TargetArch> {
 
 /// The filters as data: one answering EPERM, one answering ENOSYS for `clone3`.
 fn seccomp_programs() -> Result<Vec<BpfProgram>> {
-    let mut deny: BTreeMap<i64, Vec<SeccompRule>> = DENIED_SYSCALLS
-        .iter()
-        .map(|(_, nr)| (*nr, vec![]))
-        .collect();
+    let mut deny: BTreeMap<i64, Vec<SeccompRule>> = DENIED_SYSCALLS.iter().map(|(_, nr)| (*nr, vec![])).collect();
     let ns_rules = NAMESPACE_FLAGS
         .iter()
         .map(|flag| {
-            let cond = SeccompCondition::new(
-                0,
-                SeccompCmpArgLen::Qword,
-                SeccompCmpOp::MaskedEq(*flag),
-                *flag,
-            )
-            .map_err(|e| Error::Seccomp(e.to_string()))?;
+            let cond = SeccompCondition::new(0, SeccompCmpArgLen::Qword, SeccompCmpOp::MaskedEq(*flag), *flag)
+                .map_err(|e| Error::Seccomp(e.to_string()))?;
             SeccompRule::new(vec![cond]).map_err(|e| Error::Seccomp(e.to_string()))
         })
         .collect::<Result<Vec<_>>>()?;
     deny.insert(libc::SYS_clone, ns_rules);
     let filter = |rules, errno: i32| -> Result<BpfProgram> {
-        let f = SeccompFilter::new(
-            rules,
-            SeccompAction::Allow,
-            SeccompAction::Errno(errno as u32),
-            arch()?,
-        )
-        .map_err(|e| Error::Seccomp(e.to_string()))?;
-        f.try_into()
-            .map_err(|e: seccompiler::BackendError| Error::Seccomp(e.to_string()))
+        let f = SeccompFilter::new(rules, SeccompAction::Allow, SeccompAction::Errno(errno as u32), arch()?)
+            .map_err(|e| Error::Seccomp(e.to_string()))?;
+        f.try_into().map_err(|e: seccompiler::BackendError| Error::Seccomp(e.to_string()))
     };
-    Ok(vec![
-        filter(deny, libc::EPERM)?,
-        filter(BTreeMap::from([(libc::SYS_clone3, vec![])]), libc::ENOSYS)?,
-    ])
+    Ok(vec![filter(deny, libc::EPERM)?, filter(BTreeMap::from([(libc::SYS_clone3, vec![])]), libc::ENOSYS)?])
 }
 
 #[cfg(test)]
@@ -163,9 +144,6 @@ mod tests {
     fn filters_compile_for_this_arch() {
         let progs = super::seccomp_programs().expect("filters build");
         assert_eq!(progs.len(), 2);
-        assert!(
-            progs[0].len() > super::DENIED_SYSCALLS.len(),
-            "every denied call has a jump in the program"
-        );
+        assert!(progs[0].len() > super::DENIED_SYSCALLS.len(), "every denied call has a jump in the program");
     }
 }

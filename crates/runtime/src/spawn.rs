@@ -42,12 +42,7 @@ const SANDBOX_NAMESPACES: CloneFlags = CloneFlags::CLONE_NEWNS
 /// `args`, as PID 1 of the new pid namespace, in a session of its own (so a terminal's Ctrl-C never reaches
 /// it). The child runs only async-signal-safe code (dup2, setsid, execve) between clone and exec: all
 /// strings are prepared before the clone.
-pub fn spawn_agent(
-    agent_bin: &Path,
-    args: &[&str],
-    env: &[(&str, &str)],
-    fds: AgentFds<'_>,
-) -> Result<SpawnedAgent> {
+pub fn spawn_agent(agent_bin: &Path, args: &[&str], env: &[(&str, &str)], fds: AgentFds<'_>) -> Result<SpawnedAgent> {
     let bin = cstring(agent_bin.as_os_str().as_bytes(), "agent path")?;
     let mut argv = vec![bin.clone()];
     for a in args {
@@ -80,24 +75,15 @@ pub fn spawn_agent(
         high(fds.status)?,
         high(fds.state_dir)?,
     ];
-    let plan: Vec<(RawFd, RawFd)> = sources
-        .iter()
-        .enumerate()
-        .map(|(target, src)| (src.as_raw_fd(), target as RawFd))
-        .collect();
+    let plan: Vec<(RawFd, RawFd)> =
+        sources.iter().enumerate().map(|(target, src)| (src.as_raw_fd(), target as RawFd)).collect();
 
     // execve's pointer arrays are built here too: allocating in the child of a multi-threaded process can
     // deadlock on a malloc lock held by another thread at the time of the clone.
-    let argv_p: Vec<*const libc::c_char> = argv
-        .iter()
-        .map(|a| a.as_ptr())
-        .chain(std::iter::once(std::ptr::null()))
-        .collect();
-    let envp_p: Vec<*const libc::c_char> = envp
-        .iter()
-        .map(|a| a.as_ptr())
-        .chain(std::iter::once(std::ptr::null()))
-        .collect();
+    let argv_p: Vec<*const libc::c_char> =
+        argv.iter().map(|a| a.as_ptr()).chain(std::iter::once(std::ptr::null())).collect();
+    let envp_p: Vec<*const libc::c_char> =
+        envp.iter().map(|a| a.as_ptr()).chain(std::iter::once(std::ptr::null())).collect();
     let mut stack = vec![0u8; 256 * 1024];
     let child = Box::new(|| -> isize {
         // Runs in the child: async-signal-safe calls only.
@@ -115,9 +101,8 @@ pub fn spawn_agent(
     });
     // SAFETY: the callback performs only async-signal-safe operations on memory prepared before the clone,
     // and the stack outlives the call (the child runs on its own copy of the address space).
-    let pid =
-        unsafe { nix::sched::clone(child, &mut stack, SANDBOX_NAMESPACES, Some(libc::SIGCHLD)) }
-            .map_err(|e| Error::sys("clone sandbox namespaces", agent_bin.display(), e))?;
+    let pid = unsafe { nix::sched::clone(child, &mut stack, SANDBOX_NAMESPACES, Some(libc::SIGCHLD)) }
+        .map_err(|e| Error::sys("clone sandbox namespaces", agent_bin.display(), e))?;
     Ok(SpawnedAgent { pid })
 }
 

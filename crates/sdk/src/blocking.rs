@@ -20,8 +20,7 @@ static RUNTIME: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
 pub(crate) fn runtime() -> Result<&'static tokio::runtime::Runtime> {
     if tokio::runtime::Handle::try_current().is_ok() {
         return Err(Error::InvalidArgument(
-            "the blocking facade cannot be used inside an async runtime; use hangar::Sandbox"
-                .into(),
+            "the blocking facade cannot be used inside an async runtime; use hangar::Sandbox".into(),
         ));
     }
     if let Some(rt) = RUNTIME.get() {
@@ -45,9 +44,7 @@ pub struct Sandbox {
 impl Sandbox {
     /// Creates a sandbox from a builder and waits until it runs.
     pub fn create(builder: SandboxBuilder) -> Result<Self> {
-        Ok(Self {
-            inner: Some(runtime()?.block_on(builder.create())?),
-        })
+        Ok(Self { inner: Some(runtime()?.block_on(builder.create())?) })
     }
 
     fn sb(&self) -> &crate::Sandbox {

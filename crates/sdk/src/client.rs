@@ -1,47 +1,82 @@
-use crate::{Error, Result};
-use hangar_engine::{Engine, EngineConfig};
+use crate::remote::{Remote, RemoteExec};
+use crate::{Result, SandboxInfo};
+use hangar_engine::{Engine, EngineConfig, ExecEvent, ExecSpec, ExecStream, SandboxConfig};
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
-/// A connection to where sandboxes run. Today that is the embedded engine on this machine; a remote server
-/// (`HANGAR_URL`) comes with the server. Cheap to clone; share one per process.
+/// A connection to where sandboxes run: a Hangar server (`HANGAR_URL`, `HANGAR_TOKEN`) over one HTTP/2
+/// channel shared by every call, or, without an address, the embedded engine on this machine. Sandbox code
+/// behaves the same with either. Cheap to clone; share one per process.
 ///
 /// ```no_run
 /// # fn demo() -> hangar::Result<()> {
-/// // The default: $HANGAR_STATE_DIR or /var/lib/hangar.
+/// // The default: HANGAR_URL if set, else the embedded engine in $HANGAR_STATE_DIR or /var/lib/hangar.
 /// let client = hangar::Client::from_env()?;
-/// // Or a state directory of your own (tests do this).
+/// // A state directory of your own (tests do this).
 /// let isolated = hangar::Client::embedded("/tmp/my-hangar")?;
+/// // A server.
+/// let remote = hangar::Client::connect("http://127.0.0.1:7777", Some("secret-token"))?;
 /// # Ok(()) }
 /// ```
 #[derive(Clone)]
 pub struct Client {
-    pub(crate) engine: Arc<Engine>,
+    backend: Backend,
+}
+
+#[derive(Clone)]
+enum Backend {
+    Embedded(Arc<Engine>),
+    Remote(Remote),
 }
 
 impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Client")
-            .field("state_dir", &self.engine.config().state_dir)
-            .finish()
+        match &self.backend {
+            Backend::Embedded(e) => f.debug_struct("Client").field("state_dir", &e.config().state_dir).finish(),
+            Backend::Remote(r) => f.debug_struct("Client").field("url", &r.url).finish(),
+        }
+    }
+}
+
+/// An exec's events, from either backend.
+pub(crate) enum Events {
+    Embedded(ExecStream),
+    Remote(RemoteExec),
+}
+
+impl Events {
+    pub(crate) async fn next(&mut self) -> Result<Option<ExecEvent>> {
+        match self {
+            Events::Embedded(s) => Ok(s.next().await?),
+            Events::Remote(r) => r.next().await,
+        }
     }
 }
 
 static DEFAULT: OnceLock<Client> = OnceLock::new();
 
+/// Runs the same call on whichever backend the client has, mapping embedded errors on the way out.
+macro_rules! dispatch {
+    ($self:ident, $method:ident($($arg:expr),*)) => {
+        match &$self.backend {
+            Backend::Embedded(e) => Ok(e.$method($($arg),*).await?),
+            Backend::Remote(r) => r.$method($($arg),*).await,
+        }
+    };
+}
+
 impl Client {
-    /// The process-wide default client, configured from the environment on first use.
+    /// The process-wide default client, configured from the environment on first use: a server when
+    /// `HANGAR_URL` is set (with `HANGAR_TOKEN`), the embedded engine otherwise.
     pub fn from_env() -> Result<Client> {
         if let Some(c) = DEFAULT.get() {
             return Ok(c.clone());
         }
-        if let Some(url) = std::env::var_os("HANGAR_URL").filter(|u| !u.is_empty()) {
-            return Err(Error::InvalidArgument(format!(
-                "HANGAR_URL={}: remote servers are not supported by this version yet; unset it to use the embedded engine",
-                url.to_string_lossy()
-            )));
-        }
-        let client = Self::with_config(EngineConfig::from_env()?)?;
+        let client = match std::env::var("HANGAR_URL").ok().filter(|u| !u.is_empty()) {
+            Some(url) => Self::connect(&url, std::env::var("HANGAR_TOKEN").ok().as_deref())?,
+            None => Self::with_config(EngineConfig::from_env()?)?,
+        };
         Ok(DEFAULT.get_or_init(|| client).clone())
     }
 
@@ -54,13 +89,48 @@ impl Client {
 
     /// An embedded engine with an explicit configuration.
     pub fn with_config(cfg: EngineConfig) -> Result<Client> {
-        Ok(Client {
-            engine: Engine::open(cfg)?,
-        })
+        Ok(Client { backend: Backend::Embedded(Engine::open(cfg)?) })
+    }
+
+    /// A server at `url` (`http://host:port`), authenticating with `token`. Connects lazily: an
+    /// unreachable server shows up as [`crate::Error::Connection`] on the first call.
+    pub fn connect(url: &str, token: Option<&str>) -> Result<Client> {
+        Ok(Client { backend: Backend::Remote(Remote::connect(url, token)?) })
     }
 
     /// All sandboxes known to this client, oldest first, including ended ones.
-    pub async fn list(&self) -> Result<Vec<crate::SandboxInfo>> {
-        Ok(self.engine.list().await?)
+    pub async fn list(&self) -> Result<Vec<SandboxInfo>> {
+        dispatch!(self, list())
+    }
+
+    pub(crate) async fn create(&self, cfg: SandboxConfig) -> Result<SandboxInfo> {
+        dispatch!(self, create(cfg))
+    }
+
+    pub(crate) async fn get(&self, id: &str) -> Result<SandboxInfo> {
+        dispatch!(self, get(id))
+    }
+
+    pub(crate) async fn stop(&self, id: &str, grace: Duration) -> Result<SandboxInfo> {
+        dispatch!(self, stop(id, grace))
+    }
+
+    pub(crate) async fn remove(&self, id: &str) -> Result<()> {
+        dispatch!(self, remove(id))
+    }
+
+    pub(crate) async fn read_file(&self, id: &str, path: &str) -> Result<Vec<u8>> {
+        dispatch!(self, read_file(id, path))
+    }
+
+    pub(crate) async fn write_file(&self, id: &str, path: &str, data: &[u8], mode: u32) -> Result<()> {
+        dispatch!(self, write_file(id, path, data, mode))
+    }
+
+    pub(crate) async fn exec(&self, id: &str, spec: ExecSpec) -> Result<Events> {
+        match &self.backend {
+            Backend::Embedded(e) => Ok(Events::Embedded(e.exec(id, spec).await?)),
+            Backend::Remote(r) => Ok(Events::Remote(r.exec(id, spec).await?)),
+        }
     }
 }

@@ -81,6 +81,12 @@ pub enum Error {
     /// A malformed request; the message names the field.
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
+    /// The server refused the token (or none was given: set `HANGAR_TOKEN`).
+    #[error("unauthenticated: {0}")]
+    Unauthenticated(String),
+    /// The server could not be reached, or the connection broke.
+    #[error("connection: {0}")]
+    Connection(String),
     /// A failure of the engine or host (I/O, store, isolation setup).
     #[error("internal error: {0}")]
     Internal(String),
@@ -99,22 +105,9 @@ impl From<hangar_engine::Error> for Error {
             E::NotRunning { id, state } => Error::NotRunning { id, state },
             E::InvalidArgument(m) => Error::InvalidArgument(m),
             E::CommandNotFound { message, .. } => Error::CommandNotFound { message },
-            E::File {
-                path,
-                kind,
-                message,
-                ..
-            } => Error::File {
-                path,
-                kind,
-                message,
-            },
-            E::Image(e) => Error::SandboxFailed {
-                message: e.to_string(),
-            },
-            e @ E::SandboxFailed { .. } => Error::SandboxFailed {
-                message: e.to_string(),
-            },
+            E::File { path, kind, message, .. } => Error::File { path, kind, message },
+            E::Image(e) => Error::SandboxFailed { message: e.to_string() },
+            e @ E::SandboxFailed { .. } => Error::SandboxFailed { message: e.to_string() },
             E::SandboxGone { id, detail } => Error::SandboxTerminated { id, detail },
             e => Error::Internal(e.to_string()),
         }

@@ -55,10 +55,9 @@ impl Sinks<'_> {
     fn deliver(&mut self, stream: OutputStream, data: &[u8]) {
         if self.print {
             let _ = match stream {
-                OutputStream::Stdout => std::io::stdout()
-                    .lock()
-                    .write_all(data)
-                    .and_then(|()| std::io::stdout().flush()),
+                OutputStream::Stdout => {
+                    std::io::stdout().lock().write_all(data).and_then(|()| std::io::stdout().flush())
+                }
                 OutputStream::Stderr => std::io::stderr().lock().write_all(data),
             };
         }
@@ -115,15 +114,7 @@ pub struct Exec<'a> {
 
 impl<'a> Exec<'a> {
     pub(crate) fn new(sb: &'a Sandbox, argv: Vec<String>) -> Self {
-        Self {
-            sb,
-            spec: ExecSpec {
-                argv,
-                ..ExecSpec::default()
-            },
-            check: false,
-            sinks: Default::default(),
-        }
+        Self { sb, spec: ExecSpec { argv, ..ExecSpec::default() }, check: false, sinks: Default::default() }
     }
 
     /// Print output to this process's stdout and stderr as it arrives.
@@ -184,15 +175,11 @@ impl<'a> Exec<'a> {
     pub async fn run(mut self) -> Result<ExecResult> {
         let command = self.spec.argv.clone();
         let timeout = self.spec.timeout;
-        let mut stream = self.sb.client.engine.exec(&self.sb.id, self.spec).await?;
+        let mut stream = self.sb.client.exec(&self.sb.id, self.spec).await?;
         let mut out = [Vec::new(), Vec::new()];
         loop {
             match stream.next().await? {
-                Some(ExecEvent::Output {
-                    stream: which,
-                    data,
-                    ..
-                }) => {
+                Some(ExecEvent::Output { stream: which, data, .. }) => {
                     let i = (which == OutputStream::Stderr) as usize;
                     self.sinks[i].deliver(which, &data);
                     out[i].extend_from_slice(&data);
@@ -201,17 +188,9 @@ impl<'a> Exec<'a> {
                     self.sinks.iter_mut().for_each(Sinks::finish);
                     let [stdout, stderr] = out;
                     let returncode = x.code.unwrap_or_else(|| -x.signal.unwrap_or(0));
-                    let result = ExecResult {
-                        returncode,
-                        stdout,
-                        stderr,
-                    };
+                    let result = ExecResult { returncode, stdout, stderr };
                     return match (x.timed_out, self.check && returncode != 0) {
-                        (true, _) => Err(Error::Timeout {
-                            command,
-                            timeout: timeout.unwrap_or_default(),
-                            result,
-                        }),
+                        (true, _) => Err(Error::Timeout { command, timeout: timeout.unwrap_or_default(), result }),
                         (false, true) => Err(Error::ExecutionFailed { command, result }),
                         (false, false) => Ok(result),
                     };

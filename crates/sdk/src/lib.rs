@@ -28,6 +28,7 @@ pub mod blocking;
 mod client;
 mod error;
 mod exec;
+mod remote;
 mod sandbox;
 
 pub use client::Client;

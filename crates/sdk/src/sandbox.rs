@@ -118,19 +118,12 @@ impl SandboxBuilder {
             None => Client::from_env()?,
         };
         if let Some(program) = self.command.take() {
-            self.cfg.command = std::iter::once(program)
-                .chain(std::mem::take(&mut self.args))
-                .collect();
+            self.cfg.command = std::iter::once(program).chain(std::mem::take(&mut self.args)).collect();
         } else if !self.args.is_empty() {
-            self.cfg.command = std::iter::once("sleep".to_string())
-                .chain(std::mem::take(&mut self.args))
-                .collect();
+            self.cfg.command = std::iter::once("sleep".to_string()).chain(std::mem::take(&mut self.args)).collect();
         }
-        let info = client.engine.create(self.cfg).await?;
-        Ok(Sandbox {
-            id: info.id,
-            client,
-        })
+        let info = client.create(self.cfg).await?;
+        Ok(Sandbox { id: info.id, client })
     }
 
     /// Creates the sandbox, runs `f` with it, and stops it afterwards — whether `f` returns, fails or
@@ -194,11 +187,8 @@ impl Sandbox {
 
     /// Like [`Sandbox::from_id`] with an explicit client.
     pub async fn from_id_with(client: &Client, id: &str) -> Result<Sandbox> {
-        client.engine.get(id).await?;
-        Ok(Sandbox {
-            id: id.to_string(),
-            client: client.clone(),
-        })
+        client.get(id).await?;
+        Ok(Sandbox { id: id.to_string(), client: client.clone() })
     }
 
     /// All sandboxes of the default client, including ended ones.
@@ -213,7 +203,7 @@ impl Sandbox {
 
     /// The sandbox's current record (state, exit code, limits ...).
     pub async fn info(&self) -> Result<SandboxInfo> {
-        Ok(self.client.engine.get(&self.id).await?)
+        self.client.get(&self.id).await
     }
 
     /// Prepares a command; configure it with the [`Exec`] methods, then `.await` it.
@@ -241,7 +231,7 @@ impl Sandbox {
     /// # Ok(()) }
     /// ```
     pub async fn read_file(&self, path: &str) -> Result<Vec<u8>> {
-        Ok(self.client.engine.read_file(&self.id, path).await?)
+        self.client.read_file(&self.id, path).await
     }
 
     /// Writes a file into the sandbox (mode 0644, parent directories created).
@@ -252,11 +242,7 @@ impl Sandbox {
     /// # Ok(()) }
     /// ```
     pub async fn write_file(&self, path: &str, data: impl AsRef<[u8]>) -> Result<()> {
-        Ok(self
-            .client
-            .engine
-            .write_file(&self.id, path, data.as_ref(), 0o644)
-            .await?)
+        self.client.write_file(&self.id, path, data.as_ref(), 0o644).await
     }
 
     /// Stops the sandbox with the default 10 s grace: SIGTERM to its processes, SIGKILL after the grace.
@@ -269,17 +255,16 @@ impl Sandbox {
     /// # Ok(()) }
     /// ```
     pub async fn stop(&self) -> Result<SandboxInfo> {
-        self.stop_with_grace(hangar_engine::DEFAULT_STOP_GRACE)
-            .await
+        self.stop_with_grace(hangar_engine::DEFAULT_STOP_GRACE).await
     }
 
     /// Stops the sandbox with an explicit grace period.
     pub async fn stop_with_grace(&self, grace: Duration) -> Result<SandboxInfo> {
-        Ok(self.client.engine.stop(&self.id, grace).await?)
+        self.client.stop(&self.id, grace).await
     }
 
     /// Stops (if needed) and forgets the sandbox: it no longer appears in [`Sandbox::list`].
     pub async fn delete(self) -> Result<()> {
-        Ok(self.client.engine.remove(&self.id).await?)
+        self.client.remove(&self.id).await
     }
 }

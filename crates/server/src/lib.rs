@@ -56,46 +56,23 @@ pub async fn bind(
     http_listen: Option<SocketAddr>,
     drain: Duration,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) -> Result<
-    (
-        SocketAddr,
-        Option<SocketAddr>,
-        impl Future<Output = Result<(), Error>>,
-    ),
-    Error,
-> {
-    let grpc = tokio::net::TcpListener::bind(listen)
-        .await
-        .map_err(|source| Error::Listen {
-            addr: listen,
-            source,
-        })?;
-    let grpc_addr = grpc.local_addr().map_err(|source| Error::Listen {
-        addr: listen,
-        source,
-    })?;
+) -> Result<(SocketAddr, Option<SocketAddr>, impl Future<Output = Result<(), Error>>), Error> {
+    let grpc = tokio::net::TcpListener::bind(listen).await.map_err(|source| Error::Listen { addr: listen, source })?;
+    let grpc_addr = grpc.local_addr().map_err(|source| Error::Listen { addr: listen, source })?;
     let metrics = Arc::new(Metrics::default());
     let http = match http_listen {
         Some(addr) => {
-            let l = tokio::net::TcpListener::bind(addr)
-                .await
-                .map_err(|source| Error::Listen { addr, source })?;
-            let bound = l
-                .local_addr()
-                .map_err(|source| Error::Listen { addr, source })?;
+            let l = tokio::net::TcpListener::bind(addr).await.map_err(|source| Error::Listen { addr, source })?;
+            let bound = l.local_addr().map_err(|source| Error::Listen { addr, source })?;
             tokio::spawn(metrics::serve_http(l, engine.clone(), metrics.clone()));
             Some(bound)
         }
         None => None,
     };
     let api = SandboxApi::new(engine, metrics.clone());
-    let svc = SandboxServiceServer::new(api)
-        .max_decoding_message_size(MAX_MESSAGE)
-        .max_encoding_message_size(MAX_MESSAGE);
-    let svc = tonic::service::interceptor::InterceptedService::new(
-        svc,
-        auth::interceptor(Arc::new(tokens), metrics),
-    );
+    let svc =
+        SandboxServiceServer::new(api).max_decoding_message_size(MAX_MESSAGE).max_encoding_message_size(MAX_MESSAGE);
+    let svc = tonic::service::interceptor::InterceptedService::new(svc, auth::interceptor(Arc::new(tokens), metrics));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let serve = async move {
         let incoming = tokio_stream::wrappers::TcpListenerStream::new(grpc);

@@ -49,11 +49,7 @@ impl Histogram {
         }
         let count = self.count.load(Relaxed);
         let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
-        let _ = writeln!(
-            out,
-            "{name}_sum {}",
-            self.sum_micros.load(Relaxed) as f64 / 1e6
-        );
+        let _ = writeln!(out, "{name}_sum {}", self.sum_micros.load(Relaxed) as f64 / 1e6);
         let _ = writeln!(out, "{name}_count {count}");
     }
 }
@@ -71,24 +67,13 @@ impl Metrics {
                 *by_state.entry(i.state.as_str()).or_default() += 1;
             }
         }
-        let _ = writeln!(
-            out,
-            "# HELP hangar_sandboxes Sandboxes by state.\n# TYPE hangar_sandboxes gauge"
-        );
+        let _ = writeln!(out, "# HELP hangar_sandboxes Sandboxes by state.\n# TYPE hangar_sandboxes gauge");
         for (state, n) in by_state {
             let _ = writeln!(out, "hangar_sandboxes{{state=\"{state}\"}} {n}");
         }
         let counters = [
-            (
-                "hangar_execs_started_total",
-                "Execs started.",
-                &self.execs_started,
-            ),
-            (
-                "hangar_execs_failed_to_start_total",
-                "Execs refused or failed to start.",
-                &self.execs_failed_to_start,
-            ),
+            ("hangar_execs_started_total", "Execs started.", &self.execs_started),
+            ("hangar_execs_failed_to_start_total", "Execs refused or failed to start.", &self.execs_failed_to_start),
             (
                 "hangar_requests_unauthenticated_total",
                 "Requests refused for a missing or wrong token.",
@@ -96,71 +81,46 @@ impl Metrics {
             ),
         ];
         for (name, help, v) in counters {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
-                v.load(Relaxed)
-            );
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}", v.load(Relaxed));
         }
         let _ = writeln!(out, "# HELP hangar_exec_output_bytes_total Bytes streamed from execs.\n# TYPE hangar_exec_output_bytes_total counter");
-        let _ = writeln!(
-            out,
-            "hangar_exec_output_bytes_total{{stream=\"stdout\"}} {}",
-            self.stdout_bytes.load(Relaxed)
-        );
-        let _ = writeln!(
-            out,
-            "hangar_exec_output_bytes_total{{stream=\"stderr\"}} {}",
-            self.stderr_bytes.load(Relaxed)
-        );
-        self.exec_seconds.render(
-            &mut out,
-            "hangar_exec_duration_seconds",
-            "Exec wall time, start to exit.",
-        );
-        self.create_seconds.render(
-            &mut out,
-            "hangar_sandbox_create_seconds",
-            "Sandbox create to running.",
-        );
+        let _ =
+            writeln!(out, "hangar_exec_output_bytes_total{{stream=\"stdout\"}} {}", self.stdout_bytes.load(Relaxed));
+        let _ =
+            writeln!(out, "hangar_exec_output_bytes_total{{stream=\"stderr\"}} {}", self.stderr_bytes.load(Relaxed));
+        self.exec_seconds.render(&mut out, "hangar_exec_duration_seconds", "Exec wall time, start to exit.");
+        self.create_seconds.render(&mut out, "hangar_sandbox_create_seconds", "Sandbox create to running.");
         out
     }
 }
 
 /// Serves `GET /healthz` (200 `ok` while the engine's store answers) and `GET /metrics`.
-pub(crate) async fn serve_http(
-    listener: tokio::net::TcpListener,
-    engine: Arc<Engine>,
-    metrics: Arc<Metrics>,
-) {
+pub(crate) async fn serve_http(listener: tokio::net::TcpListener, engine: Arc<Engine>, metrics: Arc<Metrics>) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             continue;
         };
         let (engine, metrics) = (engine.clone(), metrics.clone());
         tokio::spawn(async move {
-            let svc =
-                hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                    let (engine, metrics) = (engine.clone(), metrics.clone());
-                    async move {
-                        let (code, body) = match req.uri().path() {
-                            "/healthz" => match engine.list().await {
-                                Ok(_) => (200, "ok\n".to_string()),
-                                Err(e) => (503, format!("unhealthy: {e}\n")),
-                            },
-                            "/metrics" => (200, metrics.render(&engine).await),
-                            _ => (404, "not found\n".to_string()),
-                        };
-                        hyper::Response::builder()
-                            .status(code)
-                            .header("content-type", "text/plain; version=0.0.4")
-                            .body(Full::new(Bytes::from(body)))
-                    }
-                });
+            let svc = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                let (engine, metrics) = (engine.clone(), metrics.clone());
+                async move {
+                    let (code, body) = match req.uri().path() {
+                        "/healthz" => match engine.list().await {
+                            Ok(_) => (200, "ok\n".to_string()),
+                            Err(e) => (503, format!("unhealthy: {e}\n")),
+                        },
+                        "/metrics" => (200, metrics.render(&engine).await),
+                        _ => (404, "not found\n".to_string()),
+                    };
+                    hyper::Response::builder()
+                        .status(code)
+                        .header("content-type", "text/plain; version=0.0.4")
+                        .body(Full::new(Bytes::from(body)))
+                }
+            });
             let io = hyper_util::rt::TokioIo::new(stream);
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(io, svc)
-                .await;
+            let _ = hyper::server::conn::http1::Builder::new().serve_connection(io, svc).await;
         });
     }
 }

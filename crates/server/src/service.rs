@@ -2,9 +2,7 @@
 
 use crate::status::{from_engine, invalid};
 use crate::{Metrics, Tenant};
-use hangar_engine::{
-    Engine, ExecEvent, ExecExit, ExecSpec, OutputStream, SandboxConfig, SandboxInfo, SandboxState,
-};
+use hangar_engine::{Engine, ExecEvent, ExecExit, ExecSpec, OutputStream, SandboxConfig, SandboxInfo, SandboxState};
 use hangar_proto::v1 as pb;
 use pb::sandbox_service_server::SandboxService;
 use std::pin::Pin;
@@ -49,10 +47,7 @@ impl SandboxApi {
 }
 
 fn tenant<T>(req: &Request<T>) -> Result<Tenant, Status> {
-    req.extensions()
-        .get::<Tenant>()
-        .cloned()
-        .ok_or_else(|| Status::unauthenticated("no tenant"))
+    req.extensions().get::<Tenant>().cloned().ok_or_else(|| Status::unauthenticated("no tenant"))
 }
 
 pub(crate) fn to_proto(i: SandboxInfo) -> pb::Sandbox {
@@ -119,19 +114,11 @@ type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl SandboxService for SandboxApi {
-    async fn create_sandbox(
-        &self,
-        req: Request<pb::CreateSandboxRequest>,
-    ) -> Result<Response<pb::Sandbox>, Status> {
+    async fn create_sandbox(&self, req: Request<pb::CreateSandboxRequest>) -> Result<Response<pb::Sandbox>, Status> {
         let tenant = tenant(&req)?;
         let r = req.into_inner();
-        if r.max_lifetime_ms
-            .is_some_and(|ms| ms == 0 || ms > MAX_LIFETIME_MS)
-        {
-            return Err(invalid(
-                "max_lifetime_ms",
-                format!("must be between 1 and {MAX_LIFETIME_MS}"),
-            ));
+        if r.max_lifetime_ms.is_some_and(|ms| ms == 0 || ms > MAX_LIFETIME_MS) {
+            return Err(invalid("max_lifetime_ms", format!("must be between 1 and {MAX_LIFETIME_MS}")));
         }
         if r.memory_bytes.is_some_and(|m| m > 1 << 40) {
             return Err(invalid("memory_bytes", "exceeds 1 TiB"));
@@ -168,14 +155,9 @@ impl SandboxService for SandboxApi {
         Ok(Response::new(to_proto(info)))
     }
 
-    async fn get_sandbox(
-        &self,
-        req: Request<pb::GetSandboxRequest>,
-    ) -> Result<Response<pb::Sandbox>, Status> {
+    async fn get_sandbox(&self, req: Request<pb::GetSandboxRequest>) -> Result<Response<pb::Sandbox>, Status> {
         let tenant = tenant(&req)?;
-        Ok(Response::new(to_proto(
-            self.owned(&tenant, &req.get_ref().id).await?,
-        )))
+        Ok(Response::new(to_proto(self.owned(&tenant, &req.get_ref().id).await?)))
     }
 
     async fn list_sandboxes(
@@ -206,9 +188,7 @@ impl SandboxService for SandboxApi {
         };
         let skip = match r.page_token.as_str() {
             "" => 0,
-            t => t
-                .parse::<usize>()
-                .map_err(|_| invalid("page_token", "is not a token from a previous page"))?,
+            t => t.parse::<usize>().map_err(|_| invalid("page_token", "is not a token from a previous page"))?,
         };
         let all = self.engine.list().await.map_err(from_engine)?;
         let matching: Vec<_> = all
@@ -217,40 +197,20 @@ impl SandboxService for SandboxApi {
             .filter(|i| state.is_none_or(|s| i.state == s))
             .filter(|i| r.tags.iter().all(|(k, v)| i.tags.get(k) == Some(v)))
             .collect();
-        let next = if skip + page < matching.len() {
-            (skip + page).to_string()
-        } else {
-            String::new()
-        };
-        let sandboxes = matching
-            .into_iter()
-            .skip(skip)
-            .take(page)
-            .map(to_proto)
-            .collect();
-        Ok(Response::new(pb::ListSandboxesResponse {
-            sandboxes,
-            next_page_token: next,
-        }))
+        let next = if skip + page < matching.len() { (skip + page).to_string() } else { String::new() };
+        let sandboxes = matching.into_iter().skip(skip).take(page).map(to_proto).collect();
+        Ok(Response::new(pb::ListSandboxesResponse { sandboxes, next_page_token: next }))
     }
 
-    async fn stop_sandbox(
-        &self,
-        req: Request<pb::StopSandboxRequest>,
-    ) -> Result<Response<pb::Sandbox>, Status> {
+    async fn stop_sandbox(&self, req: Request<pb::StopSandboxRequest>) -> Result<Response<pb::Sandbox>, Status> {
         let tenant = tenant(&req)?;
         let r = req.into_inner();
         self.owned(&tenant, &r.id).await?;
-        let grace = r
-            .grace_ms
-            .map(Duration::from_millis)
-            .unwrap_or(hangar_engine::DEFAULT_STOP_GRACE);
+        let grace = r.grace_ms.map(Duration::from_millis).unwrap_or(hangar_engine::DEFAULT_STOP_GRACE);
         if grace > Duration::from_secs(3600) {
             return Err(invalid("grace_ms", "exceeds one hour"));
         }
-        Ok(Response::new(to_proto(
-            self.engine.stop(&r.id, grace).await.map_err(from_engine)?,
-        )))
+        Ok(Response::new(to_proto(self.engine.stop(&r.id, grace).await.map_err(from_engine)?)))
     }
 
     async fn delete_sandbox(
@@ -264,20 +224,12 @@ impl SandboxService for SandboxApi {
         Ok(Response::new(pb::DeleteSandboxResponse {}))
     }
 
-    async fn exec(
-        &self,
-        req: Request<pb::ExecRequest>,
-    ) -> Result<Response<pb::ExecResponse>, Status> {
+    async fn exec(&self, req: Request<pb::ExecRequest>) -> Result<Response<pb::ExecResponse>, Status> {
         let tenant = tenant(&req)?;
         let r = req.into_inner();
         let cap = match r.output_cap_bytes {
             0 => DEFAULT_OUTPUT_CAP,
-            c if c > MAX_OUTPUT_CAP => {
-                return Err(invalid(
-                    "output_cap_bytes",
-                    format!("exceeds {MAX_OUTPUT_CAP}"),
-                ))
-            }
+            c if c > MAX_OUTPUT_CAP => return Err(invalid("output_cap_bytes", format!("exceeds {MAX_OUTPUT_CAP}"))),
             c => c,
         };
         self.owned(&tenant, &r.sandbox_id).await?;
@@ -292,22 +244,14 @@ impl SandboxService for SandboxApi {
         let mut resp = pb::ExecResponse::default();
         while let Some(ev) = stream.next().await.map_err(from_engine)? {
             match ev {
-                ExecEvent::Output {
-                    stream: which,
-                    data,
-                    ..
-                } => {
+                ExecEvent::Output { stream: which, data, .. } => {
                     let (buf, truncated, counter) = match which {
-                        OutputStream::Stdout => (
-                            &mut resp.stdout,
-                            &mut resp.stdout_truncated,
-                            &self.metrics.stdout_bytes,
-                        ),
-                        OutputStream::Stderr => (
-                            &mut resp.stderr,
-                            &mut resp.stderr_truncated,
-                            &self.metrics.stderr_bytes,
-                        ),
+                        OutputStream::Stdout => {
+                            (&mut resp.stdout, &mut resp.stdout_truncated, &self.metrics.stdout_bytes)
+                        }
+                        OutputStream::Stderr => {
+                            (&mut resp.stderr, &mut resp.stderr_truncated, &self.metrics.stderr_bytes)
+                        }
                     };
                     counter.fetch_add(data.len() as u64, Relaxed);
                     let room = (cap as usize).saturating_sub(buf.len());
@@ -325,24 +269,15 @@ impl SandboxService for SandboxApi {
 
     type ReadFileStream = BoxStream<pb::FileChunk>;
 
-    async fn read_file(
-        &self,
-        req: Request<pb::ReadFileRequest>,
-    ) -> Result<Response<Self::ReadFileStream>, Status> {
+    async fn read_file(&self, req: Request<pb::ReadFileRequest>) -> Result<Response<Self::ReadFileStream>, Status> {
         let tenant = tenant(&req)?;
         let r = req.into_inner();
         self.owned(&tenant, &r.sandbox_id).await?;
-        let data = self
-            .engine
-            .read_file(&r.sandbox_id, &r.path)
-            .await
-            .map_err(from_engine)?;
+        let data = self.engine.read_file(&r.sandbox_id, &r.path).await.map_err(from_engine)?;
         let chunks: Vec<Result<pb::FileChunk, Status>> = if data.is_empty() {
             vec![Ok(pb::FileChunk { data: vec![] })]
         } else {
-            data.chunks(FILE_CHUNK)
-                .map(|c| Ok(pb::FileChunk { data: c.to_vec() }))
-                .collect()
+            data.chunks(FILE_CHUNK).map(|c| Ok(pb::FileChunk { data: c.to_vec() })).collect()
         };
         Ok(Response::new(Box::pin(tokio_stream::iter(chunks))))
     }
@@ -353,10 +288,7 @@ impl SandboxService for SandboxApi {
     ) -> Result<Response<pb::WriteFileResponse>, Status> {
         let tenant = tenant(&req)?;
         let mut inbound = req.into_inner();
-        let first = inbound
-            .message()
-            .await?
-            .ok_or_else(|| invalid("write_file", "no message"))?;
+        let first = inbound.message().await?.ok_or_else(|| invalid("write_file", "no message"))?;
         if first.path.is_empty() {
             return Err(invalid("path", "is empty"));
         }
@@ -364,25 +296,13 @@ impl SandboxService for SandboxApi {
         let mut data = first.data;
         while let Some(m) = inbound.message().await? {
             if data.len() as u64 + m.data.len() as u64 > hangar_engine::MAX_FILE_BYTES {
-                return Err(invalid(
-                    "data",
-                    format!("exceeds {} bytes", hangar_engine::MAX_FILE_BYTES),
-                ));
+                return Err(invalid("data", format!("exceeds {} bytes", hangar_engine::MAX_FILE_BYTES)));
             }
             data.extend_from_slice(&m.data);
         }
-        let mode = if first.mode == 0 {
-            0o644
-        } else {
-            first.mode & 0o7777
-        };
-        self.engine
-            .write_file(&first.sandbox_id, &first.path, &data, mode)
-            .await
-            .map_err(from_engine)?;
-        Ok(Response::new(pb::WriteFileResponse {
-            bytes_written: data.len() as u64,
-        }))
+        let mode = if first.mode == 0 { 0o644 } else { first.mode & 0o7777 };
+        self.engine.write_file(&first.sandbox_id, &first.path, &data, mode).await.map_err(from_engine)?;
+        Ok(Response::new(pb::WriteFileResponse { bytes_written: data.len() as u64 }))
     }
 
     type StreamExecStream = BoxStream<pb::StreamExecResponse>;
@@ -397,12 +317,7 @@ impl SandboxService for SandboxApi {
         let mut inbound = req.into_inner();
         let init = match inbound.message().await?.and_then(|m| m.msg) {
             Some(In::Init(i)) => i,
-            _ => {
-                return Err(invalid(
-                    "init",
-                    "the first message of a stream must be init",
-                ))
-            }
+            _ => return Err(invalid("init", "the first message of a stream must be init")),
         };
         if init.tty {
             return Err(crate::status::with_reason(
@@ -413,23 +328,14 @@ impl SandboxService for SandboxApi {
         self.owned(&tenant, &init.sandbox_id).await?;
         let mut spec = exec_spec(init.argv, init.env, init.cwd, init.timeout_ms)?;
         spec.stdin_pipe = init.stdin;
-        let mut exec = self
-            .engine
-            .exec(&init.sandbox_id, spec)
-            .await
-            .map_err(|e| {
-                self.metrics.execs_failed_to_start.fetch_add(1, Relaxed);
-                from_engine(e)
-            })?;
+        let mut exec = self.engine.exec(&init.sandbox_id, spec).await.map_err(|e| {
+            self.metrics.execs_failed_to_start.fetch_add(1, Relaxed);
+            from_engine(e)
+        })?;
         self.metrics.execs_started.fetch_add(1, Relaxed);
-        let (tx, rx) =
-            tokio::sync::mpsc::channel::<Result<pb::StreamExecResponse, Status>>(STREAM_BUFFER);
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<pb::StreamExecResponse, Status>>(STREAM_BUFFER);
         let out = |m: Out| Ok(pb::StreamExecResponse { msg: Some(m) });
-        let _ = tx
-            .send(out(Out::Ready(pb::Ready {
-                exec_id: exec.id().to_string(),
-            })))
-            .await;
+        let _ = tx.send(out(Out::Ready(pb::Ready { exec_id: exec.id().to_string() }))).await;
         // stdin flows on its own task, so a process blocked on a full stdout pipe never stalls it.
         if let Some(mut stdin) = exec.take_stdin() {
             tokio::spawn(async move {
@@ -447,25 +353,13 @@ impl SandboxService for SandboxApi {
         tokio::spawn(async move {
             loop {
                 let msg = match exec.next().await {
-                    Ok(Some(ExecEvent::Output {
-                        stream,
-                        offset,
-                        data,
-                    })) => {
+                    Ok(Some(ExecEvent::Output { stream, offset, data })) => {
                         let (s, counter) = match stream {
-                            OutputStream::Stdout => {
-                                (pb::OutputStream::Stdout, &metrics.stdout_bytes)
-                            }
-                            OutputStream::Stderr => {
-                                (pb::OutputStream::Stderr, &metrics.stderr_bytes)
-                            }
+                            OutputStream::Stdout => (pb::OutputStream::Stdout, &metrics.stdout_bytes),
+                            OutputStream::Stderr => (pb::OutputStream::Stderr, &metrics.stderr_bytes),
                         };
                         counter.fetch_add(data.len() as u64, Relaxed);
-                        out(Out::Output(pb::Output {
-                            stream: s as i32,
-                            offset,
-                            data,
-                        }))
+                        out(Out::Output(pb::Output { stream: s as i32, offset, data }))
                     }
                     Ok(Some(ExecEvent::Exit(x))) => {
                         metrics.exec_seconds.observe(started.elapsed());
@@ -481,12 +375,7 @@ impl SandboxService for SandboxApi {
                             .and_then(|v| v.to_str().ok())
                             .unwrap_or("INTERNAL")
                             .to_string();
-                        let _ = tx
-                            .send(out(Out::Error(pb::Error {
-                                reason,
-                                message: st.message().to_string(),
-                            })))
-                            .await;
+                        let _ = tx.send(out(Out::Error(pb::Error { reason, message: st.message().to_string() }))).await;
                         return;
                     }
                 };
@@ -496,8 +385,6 @@ impl SandboxService for SandboxApi {
                 }
             }
         });
-        Ok(Response::new(Box::pin(
-            tokio_stream::wrappers::ReceiverStream::new(rx),
-        )))
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
     }
 }

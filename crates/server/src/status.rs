@@ -9,47 +9,45 @@ pub const REASON_KEY: &str = "hangar-reason";
 pub const PATH_KEY: &str = "hangar-path";
 
 pub(crate) fn with_reason(mut s: Status, reason: &'static str) -> Status {
-    s.metadata_mut().insert(
-        REASON_KEY,
-        tonic::metadata::MetadataValue::from_static(reason),
-    );
+    s.metadata_mut().insert(REASON_KEY, tonic::metadata::MetadataValue::from_static(reason));
     s
 }
 
 pub(crate) fn invalid(field: &str, what: impl std::fmt::Display) -> Status {
-    with_reason(
-        Status::invalid_argument(format!("{field}: {what}")),
-        "INVALID_ARGUMENT",
-    )
+    with_reason(Status::invalid_argument(format!("{field}: {what}")), "INVALID_ARGUMENT")
 }
+
+/// Metadata key of the sandbox's state on NOT_RUNNING errors.
+pub const STATE_KEY: &str = "hangar-state";
 
 pub(crate) fn from_engine(e: Error) -> Status {
     let msg = e.to_string();
     match e {
         Error::NotFound(_) => with_reason(Status::not_found(msg), "NOT_FOUND"),
-        Error::NotRunning { .. } => with_reason(Status::failed_precondition(msg), "NOT_RUNNING"),
-        Error::InvalidArgument(_) => with_reason(Status::invalid_argument(msg), "INVALID_ARGUMENT"),
-        Error::Image(_) => with_reason(Status::failed_precondition(msg), "SANDBOX_FAILED"),
-        Error::CommandNotFound { .. } => {
-            with_reason(Status::failed_precondition(msg), "COMMAND_NOT_FOUND")
+        Error::NotRunning { state, .. } => {
+            let mut s = with_reason(Status::failed_precondition(msg), "NOT_RUNNING");
+            s.metadata_mut().insert(STATE_KEY, tonic::metadata::MetadataValue::from_static(state.as_str()));
+            s
         }
-        Error::File { kind, path, .. } => {
+        // The message alone, so a client rebuilding the typed error does not repeat its prefix.
+        Error::InvalidArgument(m) => with_reason(Status::invalid_argument(m), "INVALID_ARGUMENT"),
+        Error::Image(_) => with_reason(Status::failed_precondition(msg), "SANDBOX_FAILED"),
+        Error::CommandNotFound { .. } => with_reason(Status::failed_precondition(msg), "COMMAND_NOT_FOUND"),
+        Error::File { kind, path, message, .. } => {
             let (code, reason) = match kind {
                 FileErrorKind::NotFound => (Code::NotFound, "FILE_NOT_FOUND"),
                 FileErrorKind::PermissionDenied => (Code::PermissionDenied, "PERMISSION_DENIED"),
                 FileErrorKind::IsADirectory => (Code::FailedPrecondition, "IS_A_DIRECTORY"),
                 FileErrorKind::Other => (Code::Internal, "FILE_ERROR"),
             };
-            let mut s = with_reason(Status::new(code, msg), reason);
+            let mut s = with_reason(Status::new(code, message), reason);
             if let Ok(v) = path.parse() {
                 s.metadata_mut().insert(PATH_KEY, v);
             }
             s
         }
-        Error::SandboxFailed { .. } => {
-            with_reason(Status::failed_precondition(msg), "SANDBOX_FAILED")
-        }
-        Error::SandboxGone { .. } => with_reason(Status::aborted(msg), "SANDBOX_GONE"),
+        Error::SandboxFailed { .. } => with_reason(Status::failed_precondition(msg), "SANDBOX_FAILED"),
+        Error::SandboxGone { detail, .. } => with_reason(Status::aborted(detail), "SANDBOX_GONE"),
         _ => with_reason(Status::internal(msg), "INTERNAL"),
     }
 }

@@ -8,10 +8,7 @@ use std::sync::OnceLock;
 
 /// Tests start real sandboxes, which needs root; say so instead of skipping.
 pub fn require_root() {
-    assert!(
-        nix::unistd::Uid::effective().is_root(),
-        "these tests create real sandboxes and must run as root"
-    );
+    assert!(nix::unistd::Uid::effective().is_root(), "these tests create real sandboxes and must run as root");
 }
 
 pub fn state_dir() -> PathBuf {
@@ -33,21 +30,15 @@ pub fn client() -> Client {
     static CLIENT: OnceLock<Client> = OnceLock::new();
     CLIENT
         .get_or_init(|| {
-            Client::with_config(EngineConfig {
-                state_dir: state_dir(),
-                agent_bin: agent_bin(),
-            })
-            .expect("embedded engine opens")
+            Client::with_config(EngineConfig { state_dir: state_dir(), agent_bin: agent_bin() })
+                .expect("embedded engine opens")
         })
         .clone()
 }
 
 /// A builder bound to the test client: `sleep infinity` in the built-in image.
 pub fn builder() -> SandboxBuilder {
-    Sandbox::builder()
-        .client(&client())
-        .command("sleep")
-        .args(["infinity"])
+    Sandbox::builder().client(&client()).command("sleep").args(["infinity"])
 }
 
 pub async fn sandbox() -> Sandbox {
@@ -80,17 +71,9 @@ pub fn leftovers(id: &str) -> Vec<String> {
         left.push(format!("process {pid}"));
     }
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    left.extend(
-        mounts
-            .lines()
-            .filter(|l| l.contains(id))
-            .map(|l| format!("mount {l}")),
-    );
+    left.extend(mounts.lines().filter(|l| l.contains(id)).map(|l| format!("mount {l}")));
     for ctrl in ["memory", "cpu", "pids"] {
-        let p = PathBuf::from("/sys/fs/cgroup")
-            .join(ctrl)
-            .join("hangar")
-            .join(id);
+        let p = PathBuf::from("/sys/fs/cgroup").join(ctrl).join("hangar").join(id);
         if p.exists() {
             left.push(format!("cgroup {}", p.display()));
         }
