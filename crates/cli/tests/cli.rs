@@ -2,6 +2,9 @@
 
 mod common;
 
+/// Which backend `common::client()` gives.
+pub const REMOTE: bool = false;
+
 use common::*;
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Output, Stdio};

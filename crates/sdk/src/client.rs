@@ -27,7 +27,7 @@ pub struct Client {
 #[derive(Clone)]
 enum Backend {
     Embedded(Arc<Engine>),
-    Remote(Remote),
+    Remote(Box<Remote>),
 }
 
 impl std::fmt::Debug for Client {
@@ -69,6 +69,13 @@ macro_rules! dispatch {
 impl Client {
     /// The process-wide default client, configured from the environment on first use: a server when
     /// `HANGAR_URL` is set (with `HANGAR_TOKEN`), the embedded engine otherwise.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> hangar::Result<()> {
+    /// let client = hangar::Client::from_env()?;
+    /// println!("{} sandboxes", client.list().await?.len());
+    /// # Ok(()) }
+    /// ```
     pub fn from_env() -> Result<Client> {
         if let Some(c) = DEFAULT.get() {
             return Ok(c.clone());
@@ -81,6 +88,14 @@ impl Client {
     }
 
     /// An embedded engine keeping its state in `state_dir`.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> hangar::Result<()> {
+    /// // A state directory of its own keeps test sandboxes out of the machine-wide list.
+    /// let client = hangar::Client::embedded(std::env::temp_dir().join("hangar-tests"))?;
+    /// let sb = hangar::Sandbox::builder().client(&client).create().await?;
+    /// # Ok(()) }
+    /// ```
     pub fn embedded(state_dir: impl Into<PathBuf>) -> Result<Client> {
         let mut cfg = EngineConfig::from_env()?;
         cfg.state_dir = state_dir.into();
@@ -88,17 +103,40 @@ impl Client {
     }
 
     /// An embedded engine with an explicit configuration.
+    ///
+    /// ```no_run
+    /// # fn demo() -> hangar::Result<()> {
+    /// let mut cfg = hangar::EngineConfig::from_env()?;
+    /// cfg.agent_bin = "/opt/hangar/bin/hangar-agent".into();
+    /// let client = hangar::Client::with_config(cfg)?;
+    /// # Ok(()) }
+    /// ```
     pub fn with_config(cfg: EngineConfig) -> Result<Client> {
         Ok(Client { backend: Backend::Embedded(Engine::open(cfg)?) })
     }
 
     /// A server at `url` (`http://host:port`), authenticating with `token`. Connects lazily: an
     /// unreachable server shows up as [`crate::Error::Connection`] on the first call.
+    ///
+    /// ```no_run
+    /// # fn demo() -> hangar::Result<()> {
+    /// let token = std::env::var("HANGAR_TOKEN").ok();
+    /// let client = hangar::Client::connect("http://hangar.internal:7777", token.as_deref())?;
+    /// # Ok(()) }
+    /// ```
     pub fn connect(url: &str, token: Option<&str>) -> Result<Client> {
-        Ok(Client { backend: Backend::Remote(Remote::connect(url, token)?) })
+        Ok(Client { backend: Backend::Remote(Box::new(Remote::connect(url, token)?)) })
     }
 
     /// All sandboxes known to this client, oldest first, including ended ones.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: &hangar::Client) -> hangar::Result<()> {
+    /// for info in client.list().await?.iter().filter(|i| !i.state.is_final()) {
+    ///     println!("{} {} {:?}", info.id, info.image, info.tags);
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub async fn list(&self) -> Result<Vec<SandboxInfo>> {
         dispatch!(self, list())
     }

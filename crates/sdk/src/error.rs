@@ -92,9 +92,25 @@ pub enum Error {
     Internal(String),
 }
 
+/// What kind of failure an [`Error::File`] is, to tell a missing file from a real error.
+///
+/// ```no_run
+/// # async fn demo(sb: &hangar::Sandbox) -> hangar::Result<()> {
+/// let config = match sb.read_file("config.toml").await {
+///     Err(hangar::Error::File { kind: hangar::FileErrorKind::NotFound, .. }) => Vec::new(),
+///     other => other?,
+/// };
+/// # Ok(()) }
+/// ```
 pub use hangar_engine::FileErrorKind;
 
 /// Result alias for the SDK.
+///
+/// ```no_run
+/// async fn python_version(sb: &hangar::Sandbox) -> hangar::Result<String> {
+///     Ok(sb.exec(["python3", "--version"]).check(true).await?.stdout_text().into_owned())
+/// }
+/// ```
 pub type Result<T> = std::result::Result<T, Error>;
 
 impl From<hangar_engine::Error> for Error {

@@ -26,14 +26,37 @@ pub struct ExecResult {
 
 impl ExecResult {
     /// stdout decoded as UTF-8, invalid sequences replaced with U+FFFD.
+    ///
+    /// ```no_run
+    /// # async fn demo(sb: &hangar::Sandbox) -> hangar::Result<()> {
+    /// let r = sb.exec(["python3", "-c", "import sys; print(sys.version_info.major)"]).await?;
+    /// assert_eq!(r.stdout_text().trim(), "3");
+    /// # Ok(()) }
+    /// ```
     pub fn stdout_text(&self) -> Cow<'_, str> {
         String::from_utf8_lossy(&self.stdout)
     }
     /// stderr decoded as UTF-8, invalid sequences replaced with U+FFFD.
+    ///
+    /// ```no_run
+    /// # async fn demo(sb: &hangar::Sandbox) -> hangar::Result<()> {
+    /// let r = sb.exec(["python3", "-c", "import missing_module"]).await?;
+    /// assert!(r.stderr_text().contains("ModuleNotFoundError"));
+    /// # Ok(()) }
+    /// ```
     pub fn stderr_text(&self) -> Cow<'_, str> {
         String::from_utf8_lossy(&self.stderr)
     }
     /// Whether the command exited with code 0.
+    ///
+    /// ```no_run
+    /// # async fn demo(sb: &hangar::Sandbox) -> hangar::Result<()> {
+    /// // `test` answers through its exit code alone.
+    /// if !sb.exec(["test", "-f", "requirements.txt"]).await?.success() {
+    ///     sb.write_file("requirements.txt", "").await?;
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub fn success(&self) -> bool {
         self.returncode == 0
     }
@@ -118,60 +141,147 @@ impl<'a> Exec<'a> {
     }
 
     /// Print output to this process's stdout and stderr as it arrives.
+    ///
+    /// ```no_run
+    /// # async fn demo(sb: &hangar::Sandbox) -> hangar::Result<()> {
+    /// // Long jobs show progress in this terminal as they go, and the output is still in the result.
+    /// let r = sb.exec(["python3", "-m", "unittest", "discover", "-v"]).stream_output(true).await?;
+    /// # Ok(()) }
+    /// ```
     pub fn stream_output(mut self, on: bool) -> Self {
         self.sinks[0].print = on;
         self.sinks[1].print = on;
         self
     }
     /// Called with each stdout chunk as it arrives (a chunk may end mid-line).
+    ///
+    /// ```no_run
+    /// # async fn demo(sb: &hangar::Sandbox) -> hangar::Result<()> {
+    /// let mut sent = 0;
+    /// sb.exec(["tar", "-cf", "-", "/work"])
+    ///     .on_stdout(|chunk| { sent += chunk.len(); eprint!("\r{sent} bytes archived") })
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
     pub fn on_stdout(mut self, f: impl FnMut(&[u8]) + Send + 'a) -> Self {
         self.sinks[0].chunk = Some(Box::new(f));
         self
     }
     /// Called with each stderr chunk as it arrives (a chunk may end mid-line).
+    ///
+    /// ```no_run
+    /// # async fn demo(sb: &hangar::Sandbox) -> hangar::Result<()> {
+    /// // A progress bar redraws itself with `\r` and never ends its line, so only chunks show it live.
+    /// sb.exec(["python3", "train.py"])
+    ///     .on_stderr(|chunk| eprint!("{}", String::from_utf8_lossy(chunk)))
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
     pub fn on_stderr(mut self, f: impl FnMut(&[u8]) + Send + 'a) -> Self {
         self.sinks[1].chunk = Some(Box::new(f));
         self
     }
     /// Called with each complete stdout line (without its `\n` or `\r\n`, decoded as UTF-8 with
     /// replacement); a last line without a newline is delivered when the command ends.
+    ///
+    /// ```no_run
+    /// # async fn demo(sb: &hangar::Sandbox) -> hangar::Result<()> {
+    /// sb.exec(["python3", "train.py"])
+    ///     .on_stdout_line(|line| if let Some(loss) = line.strip_prefix("loss=") { println!("loss {loss}") })
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
     pub fn on_stdout_line(mut self, f: impl FnMut(&str) + Send + 'a) -> Self {
         self.sinks[0].line = Some(Box::new(f));
         self
     }
     /// Like [`Exec::on_stdout_line`], for stderr.
+    ///
+    /// ```no_run
+    /// # async fn demo(sb: &hangar::Sandbox) -> hangar::Result<()> {
+    /// let mut warnings = Vec::new();
+    /// sb.exec(["python3", "-W", "always", "train.py"])
+    ///     .on_stderr_line(|line| if line.contains("Warning") { warnings.push(line.to_owned()) })
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
     pub fn on_stderr_line(mut self, f: impl FnMut(&str) + Send + 'a) -> Self {
         self.sinks[1].line = Some(Box::new(f));
         self
     }
     /// Kill the command's whole process tree after `d`; the result then is [`Error::Timeout`] carrying the
     /// output printed so far.
+    ///
+    /// ```no_run
+    /// # async fn demo(sb: &hangar::Sandbox) -> hangar::Result<()> {
+    /// use std::time::Duration;
+    /// // A hung test fails the run here instead of holding the sandbox until its lifetime runs out.
+    /// sb.exec(["python3", "-m", "unittest", "discover"]).timeout(Duration::from_secs(300)).await?;
+    /// # Ok(()) }
+    /// ```
     pub fn timeout(mut self, d: Duration) -> Self {
         self.spec.timeout = Some(d);
         self
     }
     /// Turn a non-zero exit into [`Error::ExecutionFailed`] carrying the result.
+    ///
+    /// ```no_run
+    /// # async fn demo(sb: &hangar::Sandbox) -> hangar::Result<()> {
+    /// // Later steps need this one; `?` stops here with its stderr in the error.
+    /// sb.exec(["sh", "-c", "mkdir -p /work/data && cp /tmp/*.csv /work/data"]).check(true).await?;
+    /// # Ok(()) }
+    /// ```
     pub fn check(mut self, on: bool) -> Self {
         self.check = on;
         self
     }
     /// Sets an environment variable for this command.
+    ///
+    /// ```no_run
+    /// # async fn demo(sb: &hangar::Sandbox) -> hangar::Result<()> {
+    /// // Python block-buffers a piped stdout; unbuffered, its prints stream as they happen.
+    /// sb.exec(["python3", "train.py"]).env("PYTHONUNBUFFERED", "1").stream_output(true).await?;
+    /// # Ok(()) }
+    /// ```
     pub fn env(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
         self.spec.env.push((key.into(), value.into()));
         self
     }
     /// Working directory for this command.
+    ///
+    /// ```no_run
+    /// # async fn demo(sb: &hangar::Sandbox) -> hangar::Result<()> {
+    /// sb.exec(["python3", "-m", "unittest", "discover"]).cwd("/work/project").check(true).await?;
+    /// # Ok(()) }
+    /// ```
     pub fn cwd(mut self, dir: impl Into<String>) -> Self {
         self.spec.cwd = Some(dir.into());
         self
     }
     /// Feed these bytes on stdin, then end of file (stdin is empty otherwise).
+    ///
+    /// ```no_run
+    /// # async fn demo(sb: &hangar::Sandbox) -> hangar::Result<()> {
+    /// let r = sb.exec(["python3", "-c", "import sys, json; print(len(json.load(sys.stdin)))"]).stdin("[1, 2, 3]").await?;
+    /// assert_eq!(r.stdout_text().trim(), "3");
+    /// # Ok(()) }
+    /// ```
     pub fn stdin(mut self, data: impl Into<Vec<u8>>) -> Self {
         self.spec.stdin = Some(data.into());
         self
     }
 
     /// Runs the command to its end. Same as `.await`.
+    ///
+    /// ```no_run
+    /// # async fn demo(sb: &hangar::Sandbox) -> hangar::Result<()> {
+    /// let (compiled, tested) = tokio::join!(
+    ///     sb.exec(["python3", "-m", "compileall", "-q", "src"]).run(),
+    ///     sb.exec(["python3", "-m", "unittest", "discover", "tests"]).run(),
+    /// );
+    /// # compiled?; tested?;
+    /// # Ok(()) }
+    /// ```
     pub async fn run(mut self) -> Result<ExecResult> {
         let command = self.spec.argv.clone();
         let timeout = self.spec.timeout;

@@ -38,6 +38,9 @@ pub(crate) struct Remote {
 
 impl Remote {
     pub(crate) fn connect(url: &str, token: Option<&str>) -> Result<Self> {
+        // The channel's connection task lives on the SDK's process-wide runtime, not the caller's, so the
+        // client outlives any one runtime (tests, the blocking facade, programs with several runtimes).
+        let _on_sdk_runtime = crate::blocking::shared_runtime()?.enter();
         let channel = Channel::from_shared(url.to_string())
             .map_err(|e| Error::InvalidArgument(format!("server url {url:?}: {e}")))?
             .tcp_nodelay(true)

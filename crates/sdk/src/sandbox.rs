@@ -52,16 +52,36 @@ pub struct SandboxBuilder {
 
 impl SandboxBuilder {
     /// Image reference (`builtin` for now).
+    ///
+    /// ```no_run
+    /// # async fn demo() -> hangar::Result<()> {
+    /// let sb = hangar::Sandbox::builder().image("builtin").create().await?;
+    /// # Ok(()) }
+    /// ```
     pub fn image(mut self, image: impl Into<String>) -> Self {
         self.cfg.image = image.into();
         self
     }
     /// The main command's program; the sandbox ends when it does. Default `sleep`.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> hangar::Result<()> {
+    /// // The sandbox lives exactly as long as the server, so its state says whether the server is up.
+    /// let sb = hangar::Sandbox::builder().command("python3").args(["-m", "http.server", "8000"]).create().await?;
+    /// # Ok(()) }
+    /// ```
     pub fn command(mut self, program: impl Into<String>) -> Self {
         self.command = Some(program.into());
         self
     }
     /// The main command's arguments. Default `["infinity"]` when no command is set.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> hangar::Result<()> {
+    /// // Without a command the arguments go to `sleep`: this sandbox ends itself after five minutes.
+    /// let sb = hangar::Sandbox::builder().args(["300"]).create().await?;
+    /// # Ok(()) }
+    /// ```
     pub fn args<I, S>(mut self, args: I) -> Self
     where
         I: IntoIterator<Item = S>,
@@ -71,47 +91,113 @@ impl SandboxBuilder {
         self
     }
     /// Sets an environment variable for every process in the sandbox.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> hangar::Result<()> {
+    /// // Every exec sees it, so no `.pyc` files end up among the files read back out.
+    /// let sb = hangar::Sandbox::builder().env("PYTHONDONTWRITEBYTECODE", "1").create().await?;
+    /// # Ok(()) }
+    /// ```
     pub fn env(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
         self.cfg.env.push((key.into(), value.into()));
         self
     }
     /// Adds a label.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> hangar::Result<()> {
+    /// let sb = hangar::Sandbox::builder().tag("job", "nightly-eval").create().await?;
+    /// assert_eq!(sb.info().await?.tags["job"], "nightly-eval");
+    /// # Ok(()) }
+    /// ```
     pub fn tag(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
         self.cfg.tags.insert(key.into(), value.into());
         self
     }
     /// Default working directory for execs and relative file paths.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> hangar::Result<()> {
+    /// let sb = hangar::Sandbox::builder().workdir("/work").create().await?;
+    /// sb.write_file("main.py", "print('hi')").await?;
+    /// sb.exec(["python3", "main.py"]).check(true).await?;
+    /// # Ok(()) }
+    /// ```
     pub fn workdir(mut self, dir: impl Into<String>) -> Self {
         self.cfg.workdir = Some(dir.into());
         self
     }
     /// CPU limit in cores (e.g. `0.5`).
+    ///
+    /// ```no_run
+    /// # async fn demo() -> hangar::Result<()> {
+    /// // Half a core: a runaway loop cannot starve the other sandboxes on this host.
+    /// let sb = hangar::Sandbox::builder().cpu(0.5).create().await?;
+    /// # Ok(()) }
+    /// ```
     pub fn cpu(mut self, cores: f64) -> Self {
         self.cfg.cpus = Some(cores);
         self
     }
     /// Memory limit in MiB; a process that exceeds it is OOM-killed inside the sandbox.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> hangar::Result<()> {
+    /// let sb = hangar::Sandbox::builder().memory_mb(256).create().await?;
+    /// let r = sb.exec(["python3", "-c", "b = bytearray(512 << 20)"]).await?;
+    /// assert!(!r.success());
+    /// # Ok(()) }
+    /// ```
     pub fn memory_mb(mut self, mib: u64) -> Self {
         self.cfg.memory_bytes = Some(mib << 20);
         self
     }
     /// Limit on processes and threads (a fork bomb stops here).
+    ///
+    /// ```no_run
+    /// # async fn demo() -> hangar::Result<()> {
+    /// // Plenty for a test runner's worker pool, while a fork bomb in untrusted code stops at 64.
+    /// let sb = hangar::Sandbox::builder().pids_limit(64).create().await?;
+    /// # Ok(()) }
+    /// ```
     pub fn pids_limit(mut self, n: u64) -> Self {
         self.cfg.pids = Some(n);
         self
     }
     /// The sandbox is stopped after this long, whoever is watching.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> hangar::Result<()> {
+    /// use std::time::Duration;
+    /// // Should this program crash before stopping it, the sandbox still goes away within ten minutes.
+    /// let sb = hangar::Sandbox::builder().max_lifetime(Duration::from_secs(600)).create().await?;
+    /// # Ok(()) }
+    /// ```
     pub fn max_lifetime(mut self, d: Duration) -> Self {
         self.cfg.max_lifetime = d;
         self
     }
     /// Use this client instead of [`Client::from_env`].
+    ///
+    /// ```no_run
+    /// # async fn demo() -> hangar::Result<()> {
+    /// let server = hangar::Client::connect("http://hangar.internal:7777", None)?;
+    /// let sb = hangar::Sandbox::builder().client(&server).create().await?;
+    /// # Ok(()) }
+    /// ```
     pub fn client(mut self, client: &Client) -> Self {
         self.client = Some(client.clone());
         self
     }
 
     /// Creates the sandbox and waits until it is running.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> hangar::Result<()> {
+    /// let sb = hangar::Sandbox::builder().memory_mb(512).create().await?;
+    /// println!("created {}", sb.id());
+    /// # Ok(()) }
+    /// ```
     pub async fn create(mut self) -> Result<Sandbox> {
         let client = match self.client.take() {
             Some(c) => c,
@@ -169,6 +255,14 @@ impl<F: Future> Future for CatchUnwind<AssertUnwindSafe<F>> {
 
 impl Sandbox {
     /// Starts configuring a new sandbox.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> hangar::Result<()> {
+    /// let template = hangar::Sandbox::builder().cpu(2.0).memory_mb(4096);
+    /// // Builders are `Clone`, so one template can make many alike sandboxes.
+    /// let (a, b) = (template.clone().create().await?, template.create().await?);
+    /// # Ok(()) }
+    /// ```
     pub fn builder() -> SandboxBuilder {
         SandboxBuilder::default()
     }
@@ -186,22 +280,53 @@ impl Sandbox {
     }
 
     /// Like [`Sandbox::from_id`] with an explicit client.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: &hangar::Client, id: &str) -> hangar::Result<()> {
+    /// let sb = hangar::Sandbox::from_id_with(client, id).await?;
+    /// sb.exec(["python3", "collect_results.py"]).check(true).await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn from_id_with(client: &Client, id: &str) -> Result<Sandbox> {
         client.get(id).await?;
         Ok(Sandbox { id: id.to_string(), client: client.clone() })
     }
 
     /// All sandboxes of the default client, including ended ones.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> hangar::Result<()> {
+    /// for info in hangar::Sandbox::list().await? {
+    ///     println!("{} {:<10} {}", info.id, info.state, info.image);
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub async fn list() -> Result<Vec<SandboxInfo>> {
         Client::from_env()?.list().await
     }
 
     /// The sandbox's id.
+    ///
+    /// ```no_run
+    /// # async fn demo(sb: &hangar::Sandbox) -> hangar::Result<()> {
+    /// // Another process can pick the sandbox up again with `Sandbox::from_id`.
+    /// println!("export SANDBOX_ID={}", sb.id());
+    /// # Ok(()) }
+    /// ```
     pub fn id(&self) -> &str {
         &self.id
     }
 
     /// The sandbox's current record (state, exit code, limits ...).
+    ///
+    /// ```no_run
+    /// # async fn demo(sb: &hangar::Sandbox) -> hangar::Result<()> {
+    /// let info = sb.info().await?;
+    /// if info.state.is_final() {
+    ///     println!("ended: {:?} (exit code {:?})", info.end_reason, info.exit_code);
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub async fn info(&self) -> Result<SandboxInfo> {
         self.client.get(&self.id).await
     }
@@ -259,11 +384,27 @@ impl Sandbox {
     }
 
     /// Stops the sandbox with an explicit grace period.
+    ///
+    /// ```no_run
+    /// # async fn demo(sb: &hangar::Sandbox) -> hangar::Result<()> {
+    /// use std::time::Duration;
+    /// // The training script checkpoints on SIGTERM; a minute lets it finish before SIGKILL.
+    /// sb.stop_with_grace(Duration::from_secs(60)).await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn stop_with_grace(&self, grace: Duration) -> Result<SandboxInfo> {
         self.client.stop(&self.id, grace).await
     }
 
     /// Stops (if needed) and forgets the sandbox: it no longer appears in [`Sandbox::list`].
+    ///
+    /// ```no_run
+    /// # async fn demo(sb: hangar::Sandbox) -> hangar::Result<()> {
+    /// let report = sb.read_file("/work/report.json").await?;
+    /// // Read first: deleting also removes the sandbox's files.
+    /// sb.delete().await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn delete(self) -> Result<()> {
         self.client.remove(&self.id).await
     }

@@ -352,7 +352,13 @@ impl SandboxService for SandboxApi {
         let started = Instant::now();
         tokio::spawn(async move {
             loop {
-                let msg = match exec.next().await {
+                // A client that went away closes the channel; dropping `exec` then kills its process tree,
+                // even while the command is quiet.
+                let next = tokio::select! {
+                    next = exec.next() => next,
+                    _ = tx.closed() => return,
+                };
+                let msg = match next {
                     Ok(Some(ExecEvent::Output { stream, offset, data })) => {
                         let (s, counter) = match stream {
                             OutputStream::Stdout => (pb::OutputStream::Stdout, &metrics.stdout_bytes),
@@ -379,7 +385,6 @@ impl SandboxService for SandboxApi {
                         return;
                     }
                 };
-                // A client that went away drops the receiver: dropping `exec` then kills its process tree.
                 if tx.send(msg).await.is_err() {
                     return;
                 }

@@ -25,15 +25,57 @@ pub fn agent_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_hangar-agent"))
 }
 
+/// The test binary's client: the embedded engine, or a server on loopback when the binary says
+/// `REMOTE` (the server runs in this process, on its own runtime, over the same state directory).
 pub fn client() -> Client {
     require_root();
     static CLIENT: OnceLock<Client> = OnceLock::new();
     CLIENT
         .get_or_init(|| {
-            Client::with_config(EngineConfig { state_dir: state_dir(), agent_bin: agent_bin() })
-                .expect("embedded engine opens")
+            if crate::REMOTE {
+                Client::connect(&server().url, Some(TOKEN_A)).expect("client for the test server")
+            } else {
+                Client::with_config(engine_config()).expect("embedded engine opens")
+            }
         })
         .clone()
+}
+
+pub fn engine_config() -> EngineConfig {
+    EngineConfig { state_dir: state_dir(), agent_bin: agent_bin() }
+}
+
+/// Tenants of the test server.
+pub const TOKEN_A: &str = "token-tenant-a";
+pub const TOKEN_B: &str = "token-tenant-b";
+
+pub struct TestServer {
+    pub url: String,
+    pub http: std::net::SocketAddr,
+}
+
+/// A real gRPC server on 127.0.0.1 (an ephemeral port), started once per test binary.
+pub fn server() -> &'static TestServer {
+    static SERVER: OnceLock<TestServer> = OnceLock::new();
+    SERVER.get_or_init(|| {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+            rt.block_on(async move {
+                let engine = hangar_engine::Engine::open(engine_config()).expect("engine");
+                let tokens = hangar_server::Tokens::parse(&format!("a={TOKEN_A},b={TOKEN_B}")).unwrap();
+                let loopback = "127.0.0.1:0".parse().unwrap();
+                let drain = std::time::Duration::from_secs(5);
+                let (grpc, http, serve) =
+                    hangar_server::bind(engine, tokens, loopback, Some(loopback), drain, std::future::pending())
+                        .await
+                        .expect("server binds");
+                tx.send(TestServer { url: format!("http://{grpc}"), http: http.unwrap() }).unwrap();
+                serve.await.expect("server runs");
+            });
+        });
+        rx.recv().expect("server started")
+    })
 }
 
 /// A builder bound to the test client: `sleep infinity` in the built-in image.

@@ -1,8 +1,6 @@
 //! Sandbox lifecycle, files and isolation against real sandboxes.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use hangar::{Error, FileErrorKind, SandboxState};
 use std::time::{Duration, Instant};
 

@@ -1,8 +1,6 @@
 //! Exec behaviour against real sandboxes: live streaming, exact bytes, timeouts, check, stdin, errors.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use hangar::Error;
 use std::future::IntoFuture;
 use std::sync::{Arc, Mutex};

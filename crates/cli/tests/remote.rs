@@ -1,0 +1,305 @@
+//! The suite again through a real server on loopback, plus what only a server has: auth and tenants,
+//! malformed requests, many concurrent streams, clients that vanish, and graceful shutdown.
+
+mod common;
+mod suite;
+
+/// Which backend `common::client()` gives.
+pub const REMOTE: bool = true;
+
+use common::*;
+use hangar::{Client, Error, Sandbox};
+use hangar_proto::v1 as pb;
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn raw(
+    token: &str,
+) -> pb::sandbox_service_client::SandboxServiceClient<
+    tonic::service::interceptor::InterceptedService<tonic::transport::Channel, impl tonic::service::Interceptor>,
+> {
+    let channel = tonic::transport::Channel::from_shared(server().url.clone()).unwrap().connect_lazy();
+    let header: tonic::metadata::MetadataValue<_> = format!("Bearer {token}").parse().unwrap();
+    pb::sandbox_service_client::SandboxServiceClient::with_interceptor(channel, move |mut r: tonic::Request<()>| {
+        r.metadata_mut().insert("authorization", header.clone());
+        Ok(r)
+    })
+}
+
+fn reason(s: &tonic::Status) -> &str {
+    s.metadata().get("hangar-reason").and_then(|v| v.to_str().ok()).unwrap_or("")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_and_tenants_are_enforced() {
+    let sb = sandbox().await;
+    let id = sb.id().to_string();
+    for token in [None, Some("not-a-real-token")] {
+        let stranger = Client::connect(&server().url, token).unwrap();
+        match stranger.list().await {
+            Err(Error::Unauthenticated(m)) => assert!(m.contains("token"), "{m}"),
+            other => panic!("expected Unauthenticated for {token:?}, got {other:?}"),
+        }
+    }
+    let other_tenant = Client::connect(&server().url, Some(TOKEN_B)).unwrap();
+    assert!(other_tenant.list().await.unwrap().iter().all(|i| i.id != id), "tenant b sees tenant a's sandbox");
+    match Sandbox::from_id_with(&other_tenant, &id).await {
+        Err(Error::NotFound { id: got }) => assert_eq!(got, id),
+        other => panic!("expected NotFound, got {other:?}"),
+    }
+    let mut b = raw(TOKEN_B);
+    for status in [
+        b.exec(pb::ExecRequest { sandbox_id: id.clone(), argv: vec!["true".into()], ..Default::default() })
+            .await
+            .unwrap_err(),
+        b.stop_sandbox(pb::StopSandboxRequest { id: id.clone(), grace_ms: Some(0) }).await.unwrap_err(),
+        b.delete_sandbox(pb::DeleteSandboxRequest { id: id.clone() }).await.unwrap_err(),
+    ] {
+        assert_eq!(status.code(), tonic::Code::NotFound, "{status:?}");
+    }
+    assert_eq!(sb.exec(["echo", "mine"]).await.unwrap().stdout, b"mine\n", "the owner is unaffected");
+    sb.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_requests_name_the_field_and_leave_the_server_healthy() {
+    let sb = sandbox().await;
+    let id = sb.id().to_string();
+    let mut c = raw(TOKEN_A);
+    let exec = |argv: Vec<&str>, timeout_ms: Option<u64>, cap: u64| pb::ExecRequest {
+        sandbox_id: id.clone(),
+        argv: argv.into_iter().map(String::from).collect(),
+        timeout_ms,
+        output_cap_bytes: cap,
+        ..Default::default()
+    };
+    let cases: Vec<(tonic::Status, tonic::Code, &str)> = vec![
+        (c.exec(exec(vec![], None, 0)).await.unwrap_err(), tonic::Code::InvalidArgument, "argv"),
+        (c.exec(exec(vec!["echo", "a\0b"], None, 0)).await.unwrap_err(), tonic::Code::InvalidArgument, "argv"),
+        (c.exec(exec(vec!["true"], Some(0), 0)).await.unwrap_err(), tonic::Code::InvalidArgument, "timeout_ms"),
+        (
+            c.exec(exec(vec!["true"], None, u64::MAX)).await.unwrap_err(),
+            tonic::Code::InvalidArgument,
+            "output_cap_bytes",
+        ),
+        (
+            c.exec(pb::ExecRequest {
+                sandbox_id: "sb-ffffffffffffffff".into(),
+                argv: vec!["true".into()],
+                ..Default::default()
+            })
+            .await
+            .unwrap_err(),
+            tonic::Code::NotFound,
+            "sb-ffffffffffffffff",
+        ),
+        (
+            c.create_sandbox(pb::CreateSandboxRequest { memory_bytes: Some(1 << 50), ..Default::default() })
+                .await
+                .unwrap_err(),
+            tonic::Code::InvalidArgument,
+            "memory_bytes",
+        ),
+        (
+            c.create_sandbox(pb::CreateSandboxRequest { max_lifetime_ms: Some(0), ..Default::default() })
+                .await
+                .unwrap_err(),
+            tonic::Code::InvalidArgument,
+            "max_lifetime_ms",
+        ),
+        (
+            c.list_sandboxes(pb::ListSandboxesRequest { page_size: 1_000_000, ..Default::default() })
+                .await
+                .unwrap_err(),
+            tonic::Code::InvalidArgument,
+            "page_size",
+        ),
+        (
+            c.list_sandboxes(pb::ListSandboxesRequest { page_token: "garbage".into(), ..Default::default() })
+                .await
+                .unwrap_err(),
+            tonic::Code::InvalidArgument,
+            "page_token",
+        ),
+        (
+            c.stream_exec(tokio_stream_of(pb::stream_exec_request::Msg::Stdin(b"x".to_vec()))).await.unwrap_err(),
+            tonic::Code::InvalidArgument,
+            "init",
+        ),
+    ];
+    for (status, code, field) in cases {
+        assert_eq!(status.code(), code, "{status:?}");
+        assert!(status.message().contains(field), "the message names {field}: {status:?}");
+        assert!(!reason(&status).is_empty(), "a machine-readable reason: {status:?}");
+    }
+    let health = Command::new("python3")
+        .args([
+            "-c",
+            &format!(
+                "import urllib.request; print(urllib.request.urlopen('http://{}/healthz').read().decode())",
+                server().http
+            ),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&health.stdout).trim(), "ok");
+    assert_eq!(sb.exec(["echo", "fine"]).await.unwrap().stdout, b"fine\n");
+    sb.stop().await.unwrap();
+}
+
+fn tokio_stream_of(
+    m: pb::stream_exec_request::Msg,
+) -> impl tonic::IntoStreamingRequest<Message = pb::StreamExecRequest> {
+    tokio_stream::iter(vec![pb::StreamExecRequest { msg: Some(m) }])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_concurrent_streams_over_one_client_deliver_every_byte_in_order() {
+    let mut sandboxes = vec![];
+    for _ in 0..10 {
+        sandboxes.push(sandbox().await);
+    }
+    let script = "import sys\nn = int(sys.argv[1])\nfor i in range(20000):\n    print(f'{n}:{i}')\n    if i % 5000 == 0: print(f'{n}:{i}', file=sys.stderr)\n";
+    let mut tasks = vec![];
+    for n in 0..50 {
+        let sb = sandboxes[n % 10].clone();
+        tasks.push(tokio::spawn(async move {
+            let mut chunks = 0;
+            let r = sb
+                .exec(["python3", "-c", script, &n.to_string()])
+                .on_stdout(|_| chunks += 1)
+                .check(true)
+                .await
+                .unwrap();
+            (n, r, chunks)
+        }));
+    }
+    for t in tasks {
+        let (n, r, chunks) = t.await.unwrap();
+        let want: String = (0..20000).map(|i| format!("{n}:{i}\n")).collect();
+        assert!(r.stdout_text() == want, "exec {n}: stdout differs ({} bytes vs {})", r.stdout.len(), want.len());
+        assert_eq!(r.stderr_text(), (0..20000).step_by(5000).map(|i| format!("{n}:{i}\n")).collect::<String>());
+        assert!(chunks >= 1);
+    }
+    for sb in sandboxes {
+        sb.stop().await.unwrap();
+    }
+}
+
+/// A `hangar serve` process on an ephemeral loopback port, over this binary's state directory.
+struct ServeProcess {
+    child: std::process::Child,
+    url: String,
+}
+
+impl ServeProcess {
+    fn start() -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_hangar"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--drain", "1"])
+            .env("HANGAR_STATE_DIR", state_dir())
+            .env("HANGAR_AGENT_BIN", agent_bin())
+            .env("HANGAR_SERVER_TOKENS", format!("a={TOKEN_A}"))
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let first = lines.next().unwrap().unwrap();
+        let addr =
+            first.strip_prefix("hangar: listening on ").unwrap_or_else(|| panic!("unexpected: {first}")).to_string();
+        std::thread::spawn(move || lines.for_each(drop));
+        Self { child, url: format!("http://{addr}") }
+    }
+
+    fn pid(&self) -> nix::unistd::Pid {
+        nix::unistd::Pid::from_raw(self.child.id() as i32)
+    }
+
+    fn cli(&self) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_hangar"));
+        c.env("HANGAR_URL", &self.url).env("HANGAR_TOKEN", TOKEN_A).env_remove("HANGAR_STATE_DIR");
+        c
+    }
+}
+
+impl Drop for ServeProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_client_kills_only_its_exec_and_sigterm_stops_the_server_cleanly() {
+    let serve = ServeProcess::start();
+    // The CLI works unchanged against the server: live output, exit code passed through.
+    let out = serve.cli().args(["run", "--", "sh", "-c", "echo through the server; exit 4"]).output().unwrap();
+    assert_eq!(
+        (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned()),
+        (Some(4), "through the server\n".into())
+    );
+
+    let client = Client::connect(&serve.url, Some(TOKEN_A)).unwrap();
+    let victim = Sandbox::builder().client(&client).create().await.unwrap();
+    let bystander = Sandbox::builder().client(&client).create().await.unwrap();
+    let steady = {
+        let b = bystander.clone();
+        tokio::spawn(async move { b.exec(["sh", "-c", "for i in 1 2 3 4 5 6; do echo $i; sleep 0.2; done"]).await })
+    };
+    let mut doomed = serve
+        .cli()
+        .args(["exec", victim.id(), "--", "sh", "-c", "echo go; sleep 1000 & sleep 1000"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    BufReader::new(doomed.stdout.take().unwrap()).read_line(&mut first).unwrap();
+    assert_eq!(first, "go\n");
+    doomed.kill().unwrap();
+    doomed.wait().unwrap();
+    let mut left = String::new();
+    for _ in 0..100 {
+        left = victim
+            .exec(["sh", "-c", "cat /proc/[0-9]*/cmdline | tr '\\0' ' '"])
+            .await
+            .unwrap()
+            .stdout_text()
+            .into_owned();
+        if !left.contains("sleep 1000") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(!left.contains("sleep 1000"), "the killed client's exec survived: {left}");
+    let steady = steady.await.unwrap().unwrap();
+    assert_eq!(steady.stdout_text(), "1\n2\n3\n4\n5\n6\n", "another exec carried on undisturbed");
+
+    // SIGTERM: in-flight streams end as errors (never as finished commands), the server exits 0, and the
+    // sandboxes live on, owned by their agents, for the next server.
+    let running = {
+        let v = victim.clone();
+        tokio::spawn(async move { v.exec(["sleep", "1000"]).await })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let t = Instant::now();
+    let mut serve = serve;
+    nix::sys::signal::kill(serve.pid(), nix::sys::signal::Signal::SIGTERM).unwrap();
+    let status = serve.child.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+    assert!(t.elapsed() < Duration::from_secs(10), "shutdown took {:?}", t.elapsed());
+    match running.await.unwrap() {
+        Ok(r) => panic!("a stream cut by shutdown was reported as a finished command: {r:?}"),
+        Err(e) => assert!(matches!(e, Error::Connection(_) | Error::SandboxTerminated { .. }), "{e:?}"),
+    }
+    let again = ServeProcess::start();
+    let client = Client::connect(&again.url, Some(TOKEN_A)).unwrap();
+    let listed = client.list().await.unwrap();
+    for sb in [&victim, &bystander] {
+        let info = listed.iter().find(|i| i.id == sb.id()).expect("sandbox survives the server restart");
+        assert_eq!(info.state, hangar::SandboxState::Running);
+        let sb = Sandbox::from_id_with(&client, sb.id()).await.unwrap();
+        assert_eq!(sb.exec(["echo", "still"]).await.unwrap().stdout, b"still\n");
+        sb.stop().await.unwrap();
+        assert_eq!(leftovers(sb.id()), Vec::<String>::new());
+    }
+}

@@ -1,0 +1,5 @@
+//! The behaviour every backend must have: run by `embedded.rs` against the engine in-process and by
+//! `remote.rs` through a real server on loopback.
+
+mod exec;
+mod sandbox;
