@@ -9,7 +9,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::unix::pipe;
 
 /// Largest chunk handed out in one [`ExecEvent::Output`].
-const READ_CHUNK: usize = 256 * 1024;
+const READ_CHUNK: usize = 1024 * 1024;
 /// After the process has exited, a pipe that stays silent this long is closed even if a process that
 /// escaped the exec's process group still holds it open.
 const DRAIN_IDLE: Duration = Duration::from_millis(100);
@@ -66,8 +66,8 @@ pub enum ExecEvent {
         stream: OutputStream,
         /// Byte offset within that stream.
         offset: u64,
-        /// The bytes.
-        data: Vec<u8>,
+        /// The bytes (shared, so handing a chunk on to a callback or the network never copies it).
+        data: bytes::Bytes,
     },
     /// The process ended and both pipes are drained; always the last event.
     Exit(ExecExit),
@@ -249,7 +249,7 @@ impl ExecStream {
                     let offset = self.offsets[i];
                     self.offsets[i] += data.len() as u64;
                     let stream = if i == 0 { OutputStream::Stdout } else { OutputStream::Stderr };
-                    return Ok(Some(ExecEvent::Output { stream, offset, data }));
+                    return Ok(Some(ExecEvent::Output { stream, offset, data: data.into() }));
                 }
                 Err(e) => {
                     self.done = true;

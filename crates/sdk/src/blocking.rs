@@ -125,7 +125,8 @@ impl Sandbox {
     ///
     /// ```no_run
     /// # fn demo() -> hangar::Result<()> {
-    /// let sb = hangar::blocking::Sandbox::create(hangar::Sandbox::builder().command("python3").args(["-m", "http.server"]))?;
+    /// let server = hangar::Sandbox::builder().command("python3").args(["-m", "http.server"]);
+    /// let sb = hangar::blocking::Sandbox::create(server)?;
     /// // The server must outlive this setup script; its id lets later runs reattach.
     /// println!("{}", sb.detach().id());
     /// # Ok(()) }

@@ -132,12 +132,19 @@ pub struct Exec<'a> {
     sb: &'a Sandbox,
     spec: ExecSpec,
     check: bool,
+    capture: bool,
     sinks: [Sinks<'a>; 2],
 }
 
 impl<'a> Exec<'a> {
     pub(crate) fn new(sb: &'a Sandbox, argv: Vec<String>) -> Self {
-        Self { sb, spec: ExecSpec { argv, ..ExecSpec::default() }, check: false, sinks: Default::default() }
+        Self {
+            sb,
+            spec: ExecSpec { argv, ..ExecSpec::default() },
+            check: false,
+            capture: true,
+            sinks: Default::default(),
+        }
     }
 
     /// Print output to this process's stdout and stderr as it arrives.
@@ -262,12 +269,29 @@ impl<'a> Exec<'a> {
     ///
     /// ```no_run
     /// # async fn demo(sb: &hangar::Sandbox) -> hangar::Result<()> {
-    /// let r = sb.exec(["python3", "-c", "import sys, json; print(len(json.load(sys.stdin)))"]).stdin("[1, 2, 3]").await?;
+    /// let count = "import sys, json; print(len(json.load(sys.stdin)))";
+    /// let r = sb.exec(["python3", "-c", count]).stdin("[1, 2, 3]").await?;
     /// assert_eq!(r.stdout_text().trim(), "3");
     /// # Ok(()) }
     /// ```
     pub fn stdin(mut self, data: impl Into<Vec<u8>>) -> Self {
         self.spec.stdin = Some(data.into());
+        self
+    }
+
+    /// Whether to keep the output in the [`ExecResult`] (default `true`). Turn it off for commands that
+    /// print gigabytes (long training runs): the callbacks and print-through still see every byte, and
+    /// memory stays flat.
+    ///
+    /// ```no_run
+    /// # async fn demo(sb: &hangar::Sandbox) -> hangar::Result<()> {
+    /// let mut bytes = 0;
+    /// let r = sb.exec(["sh", "-c", "yes | head -c 100000000"]).on_stdout(|c| bytes += c.len()).capture(false).await?;
+    /// assert!(r.stdout.is_empty());
+    /// # Ok(()) }
+    /// ```
+    pub fn capture(mut self, on: bool) -> Self {
+        self.capture = on;
         self
     }
 
@@ -292,7 +316,9 @@ impl<'a> Exec<'a> {
                 Some(ExecEvent::Output { stream: which, data, .. }) => {
                     let i = (which == OutputStream::Stderr) as usize;
                     self.sinks[i].deliver(which, &data);
-                    out[i].extend_from_slice(&data);
+                    if self.capture {
+                        out[i].extend_from_slice(&data);
+                    }
                 }
                 Some(ExecEvent::Exit(x)) => {
                     self.sinks.iter_mut().for_each(Sinks::finish);

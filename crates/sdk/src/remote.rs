@@ -2,6 +2,7 @@
 //! typed errors as the embedded engine gives.
 
 use crate::{Error, Result, SandboxInfo, SandboxState};
+use bytes::Bytes;
 use hangar_engine::{ExecEvent, ExecExit, ExecSpec, OutputStream, SandboxConfig};
 use hangar_proto::v1 as pb;
 use pb::sandbox_service_client::SandboxServiceClient;
@@ -45,6 +46,10 @@ impl Remote {
             .map_err(|e| Error::InvalidArgument(format!("server url {url:?}: {e}")))?
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(20))
+            .initial_stream_window_size(8 << 20)
+            .initial_connection_window_size(32 << 20)
+            // Let the server send output in large frames instead of HTTP/2's default 16 KiB.
+            .max_frame_size(1 << 20)
             .keep_alive_while_idle(true)
             .connect_lazy();
         let header = token
@@ -123,8 +128,10 @@ impl Remote {
     }
 
     pub(crate) async fn write_file(&self, id: &str, path: &str, data: &[u8], mode: u32) -> Result<()> {
-        let mut msgs = vec![pb::WriteFileRequest { sandbox_id: id.into(), path: path.into(), mode, data: vec![] }];
-        msgs.extend(data.chunks(CHUNK).map(|c| pb::WriteFileRequest { data: c.to_vec(), ..Default::default() }));
+        let mut msgs =
+            vec![pb::WriteFileRequest { sandbox_id: id.into(), path: path.into(), mode, data: Bytes::new() }];
+        let data = Bytes::copy_from_slice(data);
+        msgs.extend(chunks(&data).map(|c| pb::WriteFileRequest { data: c, ..Default::default() }));
         self.grpc().write_file(tokio_stream::iter(msgs)).await.map_err(|s| self.error(s, id))?;
         Ok(())
     }
@@ -147,8 +154,8 @@ impl Remote {
         // stream simply stays open until the exec ends (dropping it would not kill anything either).
         let feeder = tokio::spawn(async move {
             if let Some(data) = spec.stdin {
-                for c in data.chunks(CHUNK) {
-                    if tx.send(msg(In::Stdin(c.to_vec()))).await.is_err() {
+                for c in chunks(&Bytes::from(data)) {
+                    if tx.send(msg(In::Stdin(c))).await.is_err() {
                         return;
                     }
                 }
@@ -290,6 +297,11 @@ impl RemoteExec {
             Some(Out::Ready(_)) | None => Box::pin(self.next()).await,
         }
     }
+}
+
+/// `data` in message-sized pieces, without copying.
+fn chunks(data: &Bytes) -> impl Iterator<Item = Bytes> + '_ {
+    (0..data.len()).step_by(CHUNK).map(move |at| data.slice(at..data.len().min(at + CHUNK)))
 }
 
 fn from_proto(s: pb::Sandbox) -> SandboxInfo {

@@ -26,6 +26,8 @@ use std::time::Duration;
 
 /// Largest gRPC message accepted or sent (file chunks and output frames are far smaller).
 const MAX_MESSAGE: usize = 16 << 20;
+/// HTTP/2 flow-control window per stream.
+const WINDOW: u32 = 8 << 20;
 
 /// Errors that stop the server from starting or running.
 #[derive(Debug, thiserror::Error)]
@@ -75,11 +77,15 @@ pub async fn bind(
     let svc = tonic::service::interceptor::InterceptedService::new(svc, auth::interceptor(Arc::new(tokens), metrics));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let serve = async move {
-        let incoming = tokio_stream::wrappers::TcpListenerStream::new(grpc);
+        // Small frames (ready, a short output, exit) must not wait on Nagle and delayed ACKs.
+        let incoming = tonic::transport::server::TcpIncoming::from(grpc).with_nodelay(Some(true));
         let mut stopped = stop_rx.clone();
         let server = tonic::transport::Server::builder()
-            .tcp_nodelay(true)
             .http2_keepalive_interval(Some(Duration::from_secs(20)))
+            // Output streams are bulk data: HTTP/2's default 64 KiB windows would cap throughput.
+            .initial_stream_window_size(WINDOW)
+            .initial_connection_window_size(WINDOW * 4)
+            .max_frame_size(1 << 20)
             .add_service(svc)
             .serve_with_incoming_shutdown(incoming, async move {
                 let _ = stopped.wait_for(|s| *s).await;

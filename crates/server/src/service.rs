@@ -234,7 +234,7 @@ impl SandboxService for SandboxApi {
         };
         self.owned(&tenant, &r.sandbox_id).await?;
         let mut spec = exec_spec(r.argv, r.env, r.cwd, r.timeout_ms)?;
-        spec.stdin = r.stdin;
+        spec.stdin = r.stdin.map(Vec::from);
         let started = Instant::now();
         let mut stream = self.engine.exec(&r.sandbox_id, spec).await.map_err(|e| {
             self.metrics.execs_failed_to_start.fetch_add(1, Relaxed);
@@ -242,16 +242,14 @@ impl SandboxService for SandboxApi {
         })?;
         self.metrics.execs_started.fetch_add(1, Relaxed);
         let mut resp = pb::ExecResponse::default();
+        let mut out = [Vec::new(), Vec::new()];
         while let Some(ev) = stream.next().await.map_err(from_engine)? {
             match ev {
                 ExecEvent::Output { stream: which, data, .. } => {
+                    let [stdout, stderr] = &mut out;
                     let (buf, truncated, counter) = match which {
-                        OutputStream::Stdout => {
-                            (&mut resp.stdout, &mut resp.stdout_truncated, &self.metrics.stdout_bytes)
-                        }
-                        OutputStream::Stderr => {
-                            (&mut resp.stderr, &mut resp.stderr_truncated, &self.metrics.stderr_bytes)
-                        }
+                        OutputStream::Stdout => (stdout, &mut resp.stdout_truncated, &self.metrics.stdout_bytes),
+                        OutputStream::Stderr => (stderr, &mut resp.stderr_truncated, &self.metrics.stderr_bytes),
                     };
                     counter.fetch_add(data.len() as u64, Relaxed);
                     let room = (cap as usize).saturating_sub(buf.len());
@@ -264,6 +262,8 @@ impl SandboxService for SandboxApi {
             }
         }
         self.metrics.exec_seconds.observe(started.elapsed());
+        let [stdout, stderr] = out;
+        (resp.stdout, resp.stderr) = (stdout.into(), stderr.into());
         Ok(Response::new(resp))
     }
 
@@ -274,10 +274,14 @@ impl SandboxService for SandboxApi {
         let r = req.into_inner();
         self.owned(&tenant, &r.sandbox_id).await?;
         let data = self.engine.read_file(&r.sandbox_id, &r.path).await.map_err(from_engine)?;
+        let data = bytes::Bytes::from(data);
         let chunks: Vec<Result<pb::FileChunk, Status>> = if data.is_empty() {
-            vec![Ok(pb::FileChunk { data: vec![] })]
+            vec![Ok(pb::FileChunk { data })]
         } else {
-            data.chunks(FILE_CHUNK).map(|c| Ok(pb::FileChunk { data: c.to_vec() })).collect()
+            (0..data.len())
+                .step_by(FILE_CHUNK)
+                .map(|at| Ok(pb::FileChunk { data: data.slice(at..data.len().min(at + FILE_CHUNK)) }))
+                .collect()
         };
         Ok(Response::new(Box::pin(tokio_stream::iter(chunks))))
     }
@@ -293,7 +297,7 @@ impl SandboxService for SandboxApi {
             return Err(invalid("path", "is empty"));
         }
         self.owned(&tenant, &first.sandbox_id).await?;
-        let mut data = first.data;
+        let mut data = Vec::from(first.data);
         while let Some(m) = inbound.message().await? {
             if data.len() as u64 + m.data.len() as u64 > hangar_engine::MAX_FILE_BYTES {
                 return Err(invalid("data", format!("exceeds {} bytes", hangar_engine::MAX_FILE_BYTES)));
