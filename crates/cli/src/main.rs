@@ -162,10 +162,11 @@ fn seconds(s: f64, flag: &str) -> Result<Duration> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_env("HANGAR_LOG"))
-        .with_writer(std::io::stderr)
-        .init();
+    // The server logs its requests by default; other commands stay quiet unless HANGAR_LOG asks.
+    let default = if matches!(cli.cmd, Cmd::Serve { .. }) { "info" } else { "error" };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("HANGAR_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
     let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {

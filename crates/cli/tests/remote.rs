@@ -206,9 +206,11 @@ impl ServeProcess {
             .spawn()
             .unwrap();
         let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-        let first = lines.next().unwrap().unwrap();
-        let addr =
-            first.strip_prefix("hangar: listening on ").unwrap_or_else(|| panic!("unexpected: {first}")).to_string();
+        let addr = lines
+            .by_ref()
+            .map_while(|l| l.ok())
+            .find_map(|l| l.strip_prefix("hangar: listening on ").map(str::to_string))
+            .expect("the server says where it listens");
         std::thread::spawn(move || lines.for_each(drop));
         Self { child, url: format!("http://{addr}") }
     }
@@ -304,4 +306,79 @@ async fn a_killed_client_kills_only_its_exec_and_sigterm_stops_the_server_cleanl
         sb.stop().await.unwrap();
         assert_eq!(leftovers(sb.id()), Vec::<String>::new());
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unary_exec_caps_output_and_reports_totals() {
+    let sb = sandbox().await;
+    let mut c = raw(TOKEN_A);
+    let r = c
+        .exec(pb::ExecRequest {
+            sandbox_id: sb.id().into(),
+            argv: vec!["sh".into(), "-c".into(), "seq 1 10000; echo tail >&2".into()],
+            output_cap_bytes: 100,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let all: String = (1..=10000).map(|i| format!("{i}\n")).collect();
+    assert_eq!(&r.stdout[..], &all.as_bytes()[..100]);
+    assert!(r.stdout_truncated && !r.stderr_truncated);
+    assert_eq!(&r.stderr[..], b"tail\n");
+    let exit = r.exit.unwrap();
+    assert_eq!((exit.code, exit.stdout_bytes, exit.stderr_bytes), (Some(0), all.len() as u64, 5));
+    sb.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn list_filters_by_tags_and_state_and_pages() {
+    let run = format!("run-{}", std::process::id());
+    let mut made = vec![];
+    for i in 0..5 {
+        made.push(
+            builder().tag("run", &run).tag("parity", if i % 2 == 0 { "even" } else { "odd" }).create().await.unwrap(),
+        );
+    }
+    made[4].stop().await.unwrap();
+    let mut c = raw(TOKEN_A);
+    let list = |tags: Vec<(&str, &str)>, state: &str, page_size: u32, page_token: String| pb::ListSandboxesRequest {
+        tags: tags.into_iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        state: state.into(),
+        page_size,
+        page_token,
+    };
+    let even = c.list_sandboxes(list(vec![("run", &run), ("parity", "even")], "", 0, String::new())).await.unwrap();
+    let even: Vec<String> = even.into_inner().sandboxes.into_iter().map(|s| s.id).collect();
+    assert_eq!(even, [made[0].id(), made[2].id(), made[4].id()]);
+    let running_even =
+        c.list_sandboxes(list(vec![("run", &run), ("parity", "even")], "running", 0, String::new())).await;
+    assert_eq!(running_even.unwrap().into_inner().sandboxes.len(), 2, "all tags and the state must match");
+    let mut seen = vec![];
+    let mut token = String::new();
+    loop {
+        let page = c.list_sandboxes(list(vec![("run", &run)], "", 2, token)).await.unwrap().into_inner();
+        assert!(page.sandboxes.len() <= 2);
+        seen.extend(page.sandboxes.into_iter().map(|s| s.id));
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        token = page.next_page_token;
+    }
+    assert_eq!(
+        seen,
+        made.iter().map(|s| s.id().to_string()).collect::<Vec<_>>(),
+        "pages cover everything once, in order"
+    );
+    for sb in made {
+        sb.stop().await.unwrap();
+    }
+    let url = format!("http://{}/metrics", server().http);
+    let metrics = Command::new("python3")
+        .args(["-c", &format!("import urllib.request; print(urllib.request.urlopen('{url}').read().decode())")])
+        .output()
+        .unwrap();
+    let metrics = String::from_utf8_lossy(&metrics.stdout);
+    assert!(metrics.contains("hangar_sandboxes{state=\"terminated\"}"), "{metrics}");
+    assert!(metrics.contains("hangar_sandbox_create_seconds_count"), "{metrics}");
 }

@@ -177,6 +177,20 @@ impl SandboxBuilder {
         self.cfg.max_lifetime = d;
         self
     }
+    /// Makes creation idempotent: retrying with the same id (for the same tenant) returns the sandbox the
+    /// first attempt made instead of a second one — safe retries over a flaky network.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> hangar::Result<()> {
+    /// let a = hangar::Sandbox::builder().request_id("job-42-attempt").create().await?;
+    /// let b = hangar::Sandbox::builder().request_id("job-42-attempt").create().await?;
+    /// assert_eq!(a.id(), b.id());
+    /// # Ok(()) }
+    /// ```
+    pub fn request_id(mut self, id: impl Into<String>) -> Self {
+        self.cfg.request_id = Some(id.into());
+        self
+    }
     /// Use this client instead of [`Client::from_env`].
     ///
     /// ```no_run

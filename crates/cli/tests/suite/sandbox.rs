@@ -225,3 +225,19 @@ fn the_blocking_facade_runs_execs_and_stops_on_drop() {
     drop(sb);
     assert_eq!(leftovers(&id), Vec::<String>::new(), "dropping the blocking handle stops the sandbox");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn create_with_a_request_id_is_idempotent() {
+    let rid = format!("retry-{}-{:?}", std::process::id(), Instant::now());
+    let (a, b) = tokio::join!(builder().request_id(&rid).create(), builder().request_id(&rid).create());
+    let (a, b) = (a.unwrap(), b.unwrap());
+    assert_eq!(a.id(), b.id(), "concurrent retries get the same sandbox");
+    let c = builder().request_id(&rid).create().await.unwrap();
+    assert_eq!(c.id(), a.id());
+    let other = builder().request_id(format!("{rid}-other")).create().await.unwrap();
+    assert_ne!(other.id(), a.id());
+    let ours = client().list().await.unwrap().into_iter().filter(|i| i.id == a.id()).count();
+    assert_eq!(ours, 1);
+    a.stop().await.unwrap();
+    other.stop().await.unwrap();
+}
