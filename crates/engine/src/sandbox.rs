@@ -196,8 +196,7 @@ impl Engine {
             .map_err(|e| Error::io("read", "agent status", e))?;
         let read = tokio::time::timeout(START_TIMEOUT, rx.read_to_string(&mut status)).await;
         let line = status.lines().next().unwrap_or("").to_string();
-        if let Some(rest) = line.strip_prefix("ok") {
-            let _ = rest;
+        if line.starts_with("ok") {
             self.store.set_running(id, pid, agent_start)?;
             return Ok(());
         }

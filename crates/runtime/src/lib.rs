@@ -1,7 +1,7 @@
 //! Linux isolation for one Hangar sandbox.
 //!
 //! This crate owns every raw syscall Hangar makes to build a sandbox: the namespaces it is cloned into
-//! ([`spawn`]), the cgroups that limit it ([`cgroups`]), and the steps its init agent runs on itself before it
+//! ([`spawn_agent`]), the cgroups that limit it ([`cgroups`]), and the steps its init agent runs on itself before it
 //! serves anything ([`enter`]): an overlay root over image layers, a fresh `/proc` with masked paths, a minimal
 //! `/dev`, `pivot_root`, loopback-only networking, a capability drop, `no_new_privs` and a seccomp filter.
 //!

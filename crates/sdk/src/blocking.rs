@@ -41,7 +41,8 @@ pub(crate) fn shared_runtime() -> Result<&'static tokio::runtime::Runtime> {
     Ok(RUNTIME.get_or_init(|| rt))
 }
 
-/// A sandbox for synchronous code. Derefs to [`crate::Sandbox`] for [`crate::Sandbox::exec`] (run it with
+/// A sandbox for synchronous code (dropped inside an async runtime it cannot block, so it is not stopped
+/// there: use the async [`crate::Sandbox`] in async code). Derefs to [`crate::Sandbox`] for [`crate::Sandbox::exec`] (run it with
 /// [`crate::Exec::run_blocking`]) and `id`; stopped on drop unless [`Sandbox::detach`]ed.
 ///
 /// ```no_run
