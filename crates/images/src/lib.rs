@@ -7,6 +7,12 @@
 //! fresh `passwd`/`group` files. Nothing else of the host is in it: no `/root`, `/home`, `/etc/shadow`,
 //! ssh keys, `/var` or Hangar's own state. Pulling OCI images into a layer store is the next step (issue 4).
 
+mod reference;
+mod unpack;
+
+pub use reference::{Reference, ReferenceError};
+pub use unpack::unpack_layer;
+
 use serde::{Deserialize, Serialize};
 use std::fs;
 use std::io;
@@ -48,6 +54,22 @@ pub enum Error {
     /// No image by that name is available.
     #[error("unknown image {0:?}: only the built-in image (\"builtin\") is available until registry pulls land")]
     UnknownImage(String),
+    /// A layer could not be read or unpacked.
+    #[error("layer {layer}: {message}")]
+    Layer {
+        /// Which layer (digest or name).
+        layer: String,
+        /// What failed.
+        message: String,
+    },
+    /// A layer tried to write outside its directory; nothing of it is kept.
+    #[error("unsafe layer {layer}: {message}")]
+    UnsafeLayer {
+        /// Which layer.
+        layer: String,
+        /// The offending entry.
+        message: String,
+    },
     /// Assembling an image on disk failed.
     #[error("image store {}: {source}", path.display())]
     Io {

@@ -10,6 +10,7 @@
 
 pub mod cgroups;
 mod error;
+pub mod overlay;
 pub mod process;
 mod rootfs;
 mod security;
