@@ -92,6 +92,9 @@ enum Cmd {
         /// Destination: a local path or ID:PATH.
         dst: String,
     },
+    /// Manage local images: import archives, list, remove (on this machine's engine).
+    #[command(subcommand)]
+    Images(ImagesCmd),
     /// Serve the gRPC API (hangar.v1) over the local engine until SIGTERM or Ctrl-C.
     Serve {
         /// Address for gRPC.
@@ -109,6 +112,23 @@ enum Cmd {
     },
     /// Measure sandbox create, exec round trip, first-byte latency and streaming throughput against raw baselines.
     Bench(bench::BenchArgs),
+}
+
+#[derive(Subcommand)]
+enum ImagesCmd {
+    /// Import a `docker save` archive or an OCI image layout archive (for air-gapped machines).
+    Import {
+        /// The archive (tar, optionally gzip).
+        archive: std::path::PathBuf,
+    },
+    /// List imported images.
+    Ls,
+    /// Forget an image reference.
+    Rm {
+        /// References, e.g. busybox:latest.
+        #[arg(required = true)]
+        references: Vec<String>,
+    },
 }
 
 #[derive(Args)]
@@ -272,6 +292,7 @@ async fn dispatch(cmd: Cmd) -> Result<u8> {
         }
         Cmd::Cp { src, dst } => copy(&src, &dst).await,
         Cmd::Bench(args) => bench::run(args).await,
+        Cmd::Images(cmd) => images(cmd).await,
         Cmd::Serve { listen, http_listen, token_file, drain } => serve(listen, http_listen, token_file, drain).await,
     }
 }
@@ -358,4 +379,39 @@ async fn serve(
     serving.await?;
     eprintln!("hangar: stopped");
     Ok(0)
+}
+
+async fn images(cmd: ImagesCmd) -> Result<u8> {
+    let engine = hangar_engine::Engine::open(hangar_engine::EngineConfig::from_env()?)?;
+    let store = engine.images().clone();
+    tokio::task::spawn_blocking(move || -> Result<u8> {
+        match cmd {
+            ImagesCmd::Import { archive } => {
+                for rec in store.import(&archive)? {
+                    println!("{} {}", rec.reference, rec.id);
+                }
+            }
+            ImagesCmd::Ls => {
+                println!("{:<50} {:<20} {:>6}  COMMAND", "REFERENCE", "ID", "LAYERS");
+                for rec in store.list()? {
+                    let cmd: Vec<_> = rec.config.entrypoint.iter().chain(&rec.config.cmd).cloned().collect();
+                    println!(
+                        "{:<50} {:<20} {:>6}  {}",
+                        rec.reference,
+                        &rec.id[..rec.id.len().min(19)],
+                        rec.layers.len(),
+                        cmd.join(" ")
+                    );
+                }
+            }
+            ImagesCmd::Rm { references } => {
+                for r in references {
+                    store.remove(&r)?;
+                    println!("{r}");
+                }
+            }
+        }
+        Ok(0)
+    })
+    .await?
 }

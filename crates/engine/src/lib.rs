@@ -83,7 +83,8 @@ impl std::fmt::Display for SandboxState {
 pub struct SandboxConfig {
     /// Image reference.
     pub image: String,
-    /// Main command; the sandbox ends when it does. Typically `sleep infinity`.
+    /// Main command; the sandbox ends when it does. Empty means the image's default (entrypoint + cmd;
+    /// `sleep infinity` for the built-in image).
     pub command: Vec<String>,
     /// Environment for every process in the sandbox, over the image's.
     pub env: Vec<(String, String)>,
@@ -111,7 +112,7 @@ impl Default for SandboxConfig {
     fn default() -> Self {
         Self {
             image: hangar_images::BUILTIN.into(),
-            command: vec!["sleep".into(), "infinity".into()],
+            command: vec![],
             env: vec![],
             tags: BTreeMap::new(),
             workdir: None,

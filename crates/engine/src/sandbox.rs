@@ -52,6 +52,11 @@ impl Engine {
         &self.cfg
     }
 
+    /// The image store sandboxes are made from.
+    pub fn images(&self) -> &ImageStore {
+        &self.images
+    }
+
     pub(crate) fn sandbox_dir(&self, id: &str) -> PathBuf {
         self.cfg.state_dir.join("sandboxes").join(id)
     }
@@ -61,13 +66,16 @@ impl Engine {
     }
 
     /// Creates a sandbox and waits until its main command is running.
-    pub async fn create(self: &Arc<Self>, c: SandboxConfig) -> Result<SandboxInfo> {
-        validate(&c)?;
+    pub async fn create(self: &Arc<Self>, mut c: SandboxConfig) -> Result<SandboxInfo> {
         let images = self.images.clone();
         let image_ref = c.image.clone();
         let layout = tokio::task::spawn_blocking(move || images.resolve(&image_ref))
             .await
             .map_err(|e| Error::InvalidArgument(format!("image resolution panicked: {e}")))??;
+        if c.command.is_empty() {
+            c.command = layout.command.clone();
+        }
+        validate(&c)?;
         if let Some(rid) = &c.request_id {
             if let Some(rec) = self.store.by_request(&c.tenant, rid)? {
                 return self.await_started(&rec.info.id).await;
@@ -152,6 +160,12 @@ impl Engine {
         for (k, v) in &c.env {
             env.retain(|(ek, _)| ek != k);
             env.push((k.clone(), v.clone()));
+        }
+        // Docker's defaults for images whose config leaves them out.
+        for (k, v) in [("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"), ("HOME", "/root")] {
+            if !env.iter().any(|(ek, _)| ek == k) {
+                env.insert(0, (k.into(), v.into()));
+            }
         }
         env.push(("HOSTNAME".into(), id.clone()));
         let agent_cfg = AgentConfig {
@@ -473,7 +487,7 @@ fn check_path(path: &str) -> Result<()> {
 fn validate(c: &SandboxConfig) -> Result<()> {
     let bad = |m: String| Err(Error::InvalidArgument(m));
     match c.command.first() {
-        None => return bad("command: the sandbox's command is empty".into()),
+        None => return bad(format!("command: none given and image {} has no default command", c.image)),
         Some(p) if p.is_empty() => return bad("command: argv[0] is empty".into()),
         _ => {}
     }

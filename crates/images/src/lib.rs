@@ -8,9 +8,11 @@
 //! ssh keys, `/var` or Hangar's own state. Pulling OCI images into a layer store is the next step (issue 4).
 
 mod reference;
+mod store;
 mod unpack;
 
 pub use reference::{Reference, ReferenceError};
+pub use store::{ImageConfig, ImageRecord};
 pub use unpack::unpack_layer;
 
 use serde::{Deserialize, Serialize};
@@ -52,7 +54,7 @@ const ETC_WHITELIST: &[&str] = &[
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// No image by that name is available.
-    #[error("unknown image {0:?}: only the built-in image (\"builtin\") is available until registry pulls land")]
+    #[error("unknown image {0:?}: not imported (`hangar images import FILE`; registry pulls are not supported yet)")]
     UnknownImage(String),
     /// A layer could not be read or unpacked.
     #[error("layer {layer}: {message}")]
@@ -95,12 +97,14 @@ pub struct ImageLayout {
     pub env: Vec<(String, String)>,
     /// Default working directory.
     pub workdir: String,
+    /// Default main command (entrypoint + cmd), used when a sandbox names none.
+    pub command: Vec<String>,
 }
 
 /// The image store under a state directory.
 #[derive(Debug, Clone)]
 pub struct ImageStore {
-    root: PathBuf,
+    pub(crate) root: PathBuf,
 }
 
 impl ImageStore {
@@ -113,7 +117,7 @@ impl ImageStore {
     pub fn resolve(&self, reference: &str) -> Result<ImageLayout, Error> {
         match reference {
             BUILTIN | "hangar/builtin" | "" => self.builtin(),
-            other => Err(Error::UnknownImage(other.to_string())),
+            other => self.imported(other),
         }
     }
 
@@ -136,6 +140,7 @@ impl ImageStore {
                 ("PIP_BREAK_SYSTEM_PACKAGES".into(), "1".into()),
             ],
             workdir: "/".into(),
+            command: vec!["sleep".into(), "infinity".into()],
         })
     }
 
@@ -147,8 +152,7 @@ impl ImageStore {
             move |source| Error::Io { path, source }
         };
         fs::create_dir_all(&self.root).map_err(io(&self.root))?;
-        static BUILDS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-        let n = BUILDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let n = unique();
         let tmp = self.root.join(format!(".{BUILTIN_LAYER}.{}.{n}", std::process::id()));
         let _ = fs::remove_dir_all(&tmp);
         let root = tmp.join("root");
@@ -194,6 +198,20 @@ impl ImageStore {
             Err(e) => Err(Error::Io { path: layer.to_path_buf(), source: e }),
         }
     }
+}
+
+/// A number unique within this process, for temporary names.
+pub(crate) fn unique() -> usize {
+    static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
+
+/// `root/rel` when `rel` is a plain relative path (no `..`, not absolute).
+pub(crate) fn safe_join(root: &Path, rel: &str) -> Option<PathBuf> {
+    let p = Path::new(rel);
+    p.components()
+        .all(|c| matches!(c, std::path::Component::Normal(_) | std::path::Component::CurDir))
+        .then(|| root.join(p))
 }
 
 /// Copies a file, symlink (as a symlink) or directory tree.
