@@ -123,6 +123,8 @@ enum ImagesCmd {
     },
     /// List imported images.
     Ls,
+    /// Remove layers no image references and no running sandbox uses.
+    Prune,
     /// Forget an image reference.
     Rm {
         /// References, e.g. busybox:latest.
@@ -383,6 +385,11 @@ async fn serve(
 
 async fn images(cmd: ImagesCmd) -> Result<u8> {
     let engine = hangar_engine::Engine::open(hangar_engine::EngineConfig::from_env()?)?;
+    if let ImagesCmd::Prune = cmd {
+        let (layers, blobs) = engine.prune_images().await?;
+        println!("removed {layers} layers and {blobs} blobs");
+        return Ok(0);
+    }
     let store = engine.images().clone();
     tokio::task::spawn_blocking(move || -> Result<u8> {
         match cmd {
@@ -404,6 +411,7 @@ async fn images(cmd: ImagesCmd) -> Result<u8> {
                     );
                 }
             }
+            ImagesCmd::Prune => unreachable!("handled above"),
             ImagesCmd::Rm { references } => {
                 for r in references {
                     store.remove(&r)?;

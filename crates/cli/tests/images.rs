@@ -179,10 +179,21 @@ async fn an_imported_oci_image_runs_with_its_layers_and_config() {
     sb.exec(["sh", "-c", "echo changed > /etc/motd"]).check(true).await.unwrap();
     let other = Sandbox::builder().client(&client()).image("localhost/hangar-test:1").create().await.unwrap();
     assert_eq!(other.exec(["cat", "/etc/motd"]).await.unwrap().stdout_text(), "from layer 2\n");
+    // While sandboxes use the image, pruning keeps its layers even once the reference is gone.
+    let engine = hangar_engine::Engine::open(engine_config()).unwrap();
+    store().remove("localhost/hangar-test:1").unwrap();
+    engine.prune_images().await.unwrap();
+    assert_eq!(other.exec(["cat", "/data/new"]).await.unwrap().stdout_text(), "new", "layers in use survive a prune");
     for s in [&sb, &other] {
         s.stop().await.unwrap();
         assert_eq!(leftovers(s.id()), Vec::<String>::new());
     }
+    let layer_dirs = || std::fs::read_dir(state_dir().join("images/layers")).unwrap().count();
+    let before = layer_dirs();
+    let (layers, _) = engine.prune_images().await.unwrap();
+    assert!(layers >= 2, "the unreferenced layers go once no sandbox uses them: {layers}");
+    assert_eq!(layer_dirs(), before - layers);
+    store().import(&archive).unwrap();
     match Sandbox::builder().client(&client()).image("localhost/hangar-test:2").create().await {
         Err(Error::SandboxFailed { message }) => assert!(message.contains("localhost/hangar-test:2"), "{message}"),
         other => panic!("expected an unknown image error, got {other:?}"),

@@ -52,6 +52,25 @@ impl Engine {
         &self.cfg
     }
 
+    /// Removes image layers and blobs that no image references and no live sandbox uses; returns the
+    /// number of layers and blobs removed.
+    pub async fn prune_images(&self) -> Result<(usize, usize)> {
+        let mut in_use = std::collections::HashSet::new();
+        for info in self.list().await? {
+            if info.state.is_final() {
+                continue;
+            }
+            let cfg = std::fs::read(self.sandbox_dir(&info.id).join("agent.json")).ok();
+            if let Some(cfg) = cfg.and_then(|b| serde_json::from_slice::<AgentConfig>(&b).ok()) {
+                in_use.extend(cfg.sandbox.rootfs.root.lower);
+            }
+        }
+        let images = self.images.clone();
+        Ok(tokio::task::spawn_blocking(move || images.prune(&in_use))
+            .await
+            .map_err(|e| Error::InvalidArgument(format!("prune panicked: {e}")))??)
+    }
+
     /// The image store sandboxes are made from.
     pub fn images(&self) -> &ImageStore {
         &self.images

@@ -283,6 +283,30 @@ impl ImageStore {
         fs::remove_file(self.record_path(&full)).map_err(|_| Error::UnknownImage(reference.into()))
     }
 
+    /// Removes layers and blobs that no image record references and that are not in `in_use` (lower
+    /// directories of running sandboxes: deleting a live overlay's lower layer is undefined). Returns the
+    /// number of layers and blobs removed.
+    pub fn prune(&self, in_use: &std::collections::HashSet<PathBuf>) -> Result<(usize, usize), Error> {
+        let referenced: std::collections::HashSet<String> = self.list()?.into_iter().flat_map(|r| r.layers).collect();
+        let (mut layers, mut blobs) = (0, 0);
+        for e in fs::read_dir(self.root.join("layers")).into_iter().flatten().flatten() {
+            let name = e.file_name().to_string_lossy().replace('-', ":");
+            // Dot-names are imports in progress: never pull a layer out from under one.
+            if !name.starts_with('.') && !referenced.contains(&name) && !in_use.contains(&e.path()) {
+                fs::remove_dir_all(e.path()).map_err(io_err(&e.path()))?;
+                layers += 1;
+            }
+        }
+        for e in fs::read_dir(self.root.join("blobs").join("sha256")).into_iter().flatten().flatten() {
+            let digest = format!("sha256:{}", e.file_name().to_string_lossy());
+            if !digest.contains(":.") && !referenced.contains(&digest) && !self.layer_dir(&digest).exists() {
+                fs::remove_file(e.path()).map_err(io_err(&e.path()))?;
+                blobs += 1;
+            }
+        }
+        Ok((layers, blobs))
+    }
+
     /// The layout of an imported image.
     pub(crate) fn imported(&self, reference: &str) -> Result<ImageLayout, Error> {
         let full = Reference::parse(reference).map_err(|_| Error::UnknownImage(reference.into()))?.to_string();
