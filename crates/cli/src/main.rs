@@ -116,6 +116,11 @@ enum Cmd {
 
 #[derive(Subcommand)]
 enum ImagesCmd {
+    /// Pull an image from its registry (or a configured mirror): progress per layer, digest at the end.
+    Pull {
+        /// Reference, e.g. python:3.11 or 127.0.0.1:5000/team/app:1.
+        reference: String,
+    },
     /// Import a `docker save` archive or an OCI image layout archive (for air-gapped machines).
     Import {
         /// The archive (tar, optionally gzip).
@@ -412,6 +417,19 @@ async fn images(cmd: ImagesCmd) -> Result<u8> {
                 }
             }
             ImagesCmd::Prune => unreachable!("handled above"),
+            ImagesCmd::Pull { reference } => {
+                let registries = store.registries().clone();
+                let mut last = String::new();
+                let rec = store.pull(&reference, &registries, |digest, n, total| {
+                    let short = &digest[digest.len().min(7)..digest.len().min(19)];
+                    // One line per layer as it completes, so the output stays readable in logs too.
+                    if n == total && last != digest {
+                        eprintln!("{short}: {:.1} MB done", total as f64 / 1e6);
+                        last = digest.to_string();
+                    }
+                })?;
+                println!("{} {}", rec.reference, rec.id);
+            }
             ImagesCmd::Rm { references } => {
                 for r in references {
                     store.remove(&r)?;

@@ -42,7 +42,8 @@ impl Engine {
             std::fs::create_dir_all(&d).map_err(|e| Error::io("create state directory", d.display(), e))?;
         }
         let store = Store::open(&cfg.state_dir.join("hangar.db"))?;
-        let images = ImageStore::new(cfg.state_dir.join("images"));
+        let registries = hangar_images::RegistryConfig::load(Some(&cfg.state_dir.join("registries.json")));
+        let images = ImageStore::new(cfg.state_dir.join("images")).with_registries(registries);
         let cgroups = Cgroups::detect("hangar")?;
         Ok(Arc::new(Self { cfg, store, images, cgroups, finishing: tokio::sync::Mutex::new(()) }))
     }

@@ -8,10 +8,12 @@
 //! ssh keys, `/var` or Hangar's own state. Pulling OCI images into a layer store is the next step (issue 4).
 
 mod reference;
+mod registry;
 mod store;
 mod unpack;
 
 pub use reference::{Reference, ReferenceError};
+pub use registry::RegistryConfig;
 pub use store::{ImageConfig, ImageRecord};
 pub use unpack::unpack_layer;
 
@@ -56,6 +58,14 @@ pub enum Error {
     /// No image by that name is available.
     #[error("unknown image {0:?}: not imported (`hangar images import FILE`; registry pulls are not supported yet)")]
     UnknownImage(String),
+    /// An image could not be pulled from any of its registries; the message lists each attempt.
+    #[error("pull {reference}: {message}")]
+    Pull {
+        /// The full reference.
+        reference: String,
+        /// What failed, per endpoint tried.
+        message: String,
+    },
     /// A layer could not be read or unpacked.
     #[error("layer {layer}: {message}")]
     Layer {
@@ -105,19 +115,38 @@ pub struct ImageLayout {
 #[derive(Debug, Clone)]
 pub struct ImageStore {
     pub(crate) root: PathBuf,
+    registries: RegistryConfig,
 }
 
 impl ImageStore {
     /// An image store rooted at `root` (created on first use).
     pub fn new(root: impl Into<PathBuf>) -> Self {
-        Self { root: root.into() }
+        Self { root: root.into(), registries: RegistryConfig::load(None) }
+    }
+
+    /// Uses `registries` (mirrors, insecure registries) for pulls.
+    pub fn with_registries(mut self, registries: RegistryConfig) -> Self {
+        self.registries = registries;
+        self
+    }
+
+    /// The registry configuration pulls use.
+    pub fn registries(&self) -> &RegistryConfig {
+        &self.registries
     }
 
     /// Resolves an image reference to a layout, assembling the built-in image on first use.
     pub fn resolve(&self, reference: &str) -> Result<ImageLayout, Error> {
         match reference {
             BUILTIN | "hangar/builtin" | "" => self.builtin(),
-            other => self.imported(other),
+            // Like Docker: an image that is not here yet is pulled.
+            other => match self.imported(other) {
+                Err(Error::UnknownImage(_)) => {
+                    self.pull(other, &self.registries, |_, _, _| {})?;
+                    self.imported(other)
+                }
+                found => found,
+            },
         }
     }
 
@@ -248,9 +277,13 @@ mod tests {
             assert!(!root.join(secret).exists(), "{secret} must not be in the built-in image");
         }
         assert_eq!(fs::read_to_string(root.join("etc/passwd")).unwrap().lines().count(), 2);
+        // Not here, so it is pulled; without TLS the HTTPS origin is refused before any traffic is sent.
         match store.resolve("python:3.11") {
-            Err(Error::UnknownImage(name)) => assert_eq!(name, "python:3.11"),
-            other => panic!("expected UnknownImage, got {other:?}"),
+            Err(Error::Pull { reference, message }) => {
+                assert_eq!(reference, "docker.io/library/python:3.11");
+                assert!(message.contains("TLS"), "{message}");
+            }
+            other => panic!("expected a pull error, got {other:?}"),
         }
         fs::remove_dir_all(&dir).unwrap();
     }

@@ -181,17 +181,7 @@ impl ImageStore {
         for (names, config_path, layers) in images {
             let config_bytes = fs::read(&config_path).map_err(io_err(&config_path))?;
             let id = format!("sha256:{:x}", Sha256::digest(&config_bytes));
-            let section: ConfigSection = serde_json::from_slice::<ConfigFile>(&config_bytes)
-                .map_err(|e| bad_archive(archive, format!("image config: {e}")))?
-                .config
-                .unwrap_or_default();
-            let config = ImageConfig {
-                entrypoint: section.entrypoint.unwrap_or_default(),
-                cmd: section.cmd.unwrap_or_default(),
-                env: section.env.unwrap_or_default(),
-                working_dir: section.working_dir.unwrap_or_default(),
-                user: section.user.unwrap_or_default(),
-            };
+            let config = parse_config(&config_bytes).map_err(|e| bad_archive(archive, format!("image config: {e}")))?;
             let mut digests = vec![];
             for (digest, path) in layers {
                 self.store_layer(&digest, &path)?;
@@ -222,7 +212,7 @@ impl ImageStore {
     }
 
     /// Copies a layer blob into the store and unpacks it once (in a temporary directory renamed into place).
-    fn store_layer(&self, digest: &str, blob: &Path) -> Result<(), Error> {
+    pub(crate) fn store_layer(&self, digest: &str, blob: &Path) -> Result<(), Error> {
         let dest = self.blob_path(digest);
         if !dest.exists() {
             let parent = dest.parent().unwrap_or(&self.root);
@@ -254,7 +244,11 @@ impl ImageStore {
         }
     }
 
-    fn write_record(&self, rec: &ImageRecord) -> Result<(), Error> {
+    pub(crate) fn has_layer(&self, digest: &str) -> bool {
+        self.layer_dir(digest).exists()
+    }
+
+    pub(crate) fn write_record(&self, rec: &ImageRecord) -> Result<(), Error> {
         let p = self.record_path(&rec.reference);
         let dir = p.parent().unwrap_or(&self.root);
         fs::create_dir_all(dir).map_err(io_err(dir))?;
@@ -333,6 +327,18 @@ impl ImageStore {
             command,
         })
     }
+}
+
+/// The runtime defaults from an image config blob.
+pub(crate) fn parse_config(bytes: &[u8]) -> Result<ImageConfig, serde_json::Error> {
+    let section = serde_json::from_slice::<ConfigFile>(bytes)?.config.unwrap_or_default();
+    Ok(ImageConfig {
+        entrypoint: section.entrypoint.unwrap_or_default(),
+        cmd: section.cmd.unwrap_or_default(),
+        env: section.env.unwrap_or_default(),
+        working_dir: section.working_dir.unwrap_or_default(),
+        user: section.user.unwrap_or_default(),
+    })
 }
 
 fn sha256_file(p: &Path) -> Result<String, Error> {

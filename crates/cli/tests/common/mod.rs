@@ -2,6 +2,8 @@
 //! its own, using the `hangar-agent` built with these tests.
 #![allow(dead_code)]
 
+pub mod images;
+
 use hangar::{Client, EngineConfig, Sandbox, SandboxBuilder};
 use std::path::PathBuf;
 use std::sync::OnceLock;

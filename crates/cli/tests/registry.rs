@@ -1,0 +1,116 @@
+//! Pulling from a real registry on loopback: Debian's `docker-registry`, started by the test on 127.0.0.1,
+//! filled with `skopeo` from an OCI archive the test builds, then pulled through Hangar — directly, and as
+//! `docker.io/...` through a configured mirror.
+
+mod common;
+
+/// Which backend `common::client()` gives.
+pub const REMOTE: bool = false;
+
+use common::images::test_image_archive;
+use common::*;
+use hangar_images::{ImageStore, RegistryConfig};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+struct Registry {
+    child: Child,
+    addr: String,
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn start_registry() -> Registry {
+    let bin = "/usr/bin/docker-registry";
+    assert!(std::path::Path::new(bin).exists(), "{bin} is missing: install Debian's docker-registry (.ci/run does)");
+    let dir = state_dir().join(format!("registry-{}", free_port()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let addr = format!("127.0.0.1:{}", free_port());
+    let cfg = dir.join("config.yml");
+    std::fs::write(
+        &cfg,
+        format!("version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {addr}\n", dir.join("data").display()),
+    )
+    .unwrap();
+    let child = Command::new(bin)
+        .args(["serve", cfg.to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(&addr).is_err() {
+        assert!(Instant::now() < deadline, "docker-registry did not listen on {addr}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Registry { child, addr }
+}
+
+/// Pushes an OCI archive to the registry with skopeo.
+fn push(archive: &std::path::Path, dest: &str) {
+    let out = Command::new("skopeo")
+        .args([
+            "copy",
+            "--quiet",
+            "--dest-tls-verify=false",
+            &format!("oci-archive:{}", archive.display()),
+            &format!("docker://{dest}"),
+        ])
+        .output()
+        .expect("skopeo runs (.ci/run installs it)");
+    assert!(out.status.success(), "skopeo copy failed: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn images_are_pulled_from_a_loopback_registry_directly_and_through_a_mirror() {
+    let _ = client();
+    let registry = start_registry();
+    let archive = test_image_archive("localhost/pull-test:1");
+    push(&archive, &format!("{}/hangar/pull-test:1", registry.addr));
+
+    let direct =
+        RegistryConfig { insecure: vec![registry.addr.clone()], fallback_to_origin: true, ..Default::default() };
+    let store = ImageStore::new(state_dir().join("images")).with_registries(direct.clone());
+    let mut seen = vec![];
+    let rec = store
+        .pull(&format!("{}/hangar/pull-test:1", registry.addr), &direct, |d, n, total| {
+            seen.push((d.to_string(), n, total))
+        })
+        .unwrap();
+    assert_eq!(rec.layers.len(), 2);
+    assert_eq!(rec.config.cmd, ["/bin/sleep", "1000"]);
+    assert!(seen.iter().any(|(_, n, total)| n == total && *total > 0), "progress reached each layer's size: {seen:?}");
+
+    // `docker.io/hangar/pull-test:1` resolves through the mirror; the origin is never tried (no fallback).
+    let mirrored = RegistryConfig {
+        mirrors: [("docker.io".to_string(), vec![format!("http://{}", registry.addr)])].into(),
+        fallback_to_origin: false,
+        ..Default::default()
+    };
+    let store = ImageStore::new(state_dir().join("images")).with_registries(mirrored.clone());
+    let rec = store.pull("hangar/pull-test:1", &mirrored, |_, _, _| {}).unwrap();
+    assert_eq!(rec.reference, "docker.io/hangar/pull-test:1");
+
+    // Sandboxes from the pulled image run its layers and config.
+    let image = format!("{}/hangar/pull-test:1", registry.addr);
+    let sb = hangar::Sandbox::builder().client(&client()).image(image).create().await.unwrap();
+    let r = sb.exec(["sh", "-c", "echo $GREETING; cat /etc/motd"]).check(true).await.unwrap();
+    assert_eq!(r.stdout_text(), "hello from config\nfrom layer 2\n");
+    sb.stop().await.unwrap();
+
+    // Unknown tags and a registry that is down are clear errors naming the image.
+    let err = store.pull("hangar/pull-test:nope", &mirrored, |_, _, _| {}).unwrap_err().to_string();
+    assert!(err.contains("docker.io/hangar/pull-test:nope") && err.contains("not found"), "{err}");
+    let down = RegistryConfig { insecure: vec!["127.0.0.1:9".into()], ..Default::default() };
+    let err = store.pull("127.0.0.1:9/x/y:1", &down, |_, _, _| {}).unwrap_err().to_string();
+    assert!(err.contains("127.0.0.1:9/x/y:1") && err.contains("http://127.0.0.1:9"), "{err}");
+}
