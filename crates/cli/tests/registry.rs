@@ -107,10 +107,63 @@ async fn images_are_pulled_from_a_loopback_registry_directly_and_through_a_mirro
     assert_eq!(r.stdout_text(), "hello from config\nfrom layer 2\n");
     sb.stop().await.unwrap();
 
+    // Two concurrent pulls of a new tag download each layer once: only one of them sees partial progress.
+    let fresh: Vec<u8> =
+        (0..3_000_000u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8 ^ std::process::id() as u8).collect();
+    let fresh = common::images::tar_of(&[("blob".into(), Some(fresh))]);
+    let fresh = common::images::oci_archive(
+        "localhost/pull-test:2",
+        &[(fresh, "application/vnd.oci.image.layer.v1.tar")],
+        serde_json::json!({"config": {"Cmd": ["/bin/true"]}}),
+        false,
+    );
+    push(&fresh, &format!("{}/hangar/pull-test:2", registry.addr));
+    let partial = std::sync::Arc::new(std::sync::Mutex::new(std::collections::BTreeSet::new()));
+    let pullers: Vec<_> = (0..2)
+        .map(|i| {
+            let (store, direct, partial, image) =
+                (store.clone(), direct.clone(), partial.clone(), format!("{}/hangar/pull-test:2", registry.addr));
+            std::thread::spawn(move || {
+                store
+                    .pull(&image, &direct, |_, n, total| {
+                        if n < total {
+                            partial.lock().unwrap().insert(i);
+                        }
+                    })
+                    .unwrap()
+            })
+        })
+        .collect();
+    let ids: Vec<_> = pullers.into_iter().map(|p| p.join().unwrap().id).collect();
+    assert_eq!(ids[0], ids[1]);
+    assert_eq!(partial.lock().unwrap().len(), 1, "exactly one of the two pulls downloaded the new layer");
+
     // Unknown tags and a registry that is down are clear errors naming the image.
     let err = store.pull("hangar/pull-test:nope", &mirrored, |_, _, _| {}).unwrap_err().to_string();
     assert!(err.contains("docker.io/hangar/pull-test:nope") && err.contains("not found"), "{err}");
     let down = RegistryConfig { insecure: vec!["127.0.0.1:9".into()], ..Default::default() };
     let err = store.pull("127.0.0.1:9/x/y:1", &down, |_, _, _| {}).unwrap_err().to_string();
     assert!(err.contains("127.0.0.1:9/x/y:1") && err.contains("http://127.0.0.1:9"), "{err}");
+}
+
+#[test]
+fn docker_save_archives_import_too() {
+    let _ = client();
+    let oci = test_image_archive("localhost/save-test:1");
+    let saved = state_dir().join("save-test.docker.tar");
+    let out = Command::new("skopeo")
+        .args([
+            "copy",
+            "--quiet",
+            &format!("oci-archive:{}", oci.display()),
+            &format!("docker-archive:{}:localhost/save-test:7", saved.display()),
+        ])
+        .output()
+        .expect("skopeo runs (.ci/run installs it)");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let recs = ImageStore::new(state_dir().join("images")).import(&saved).unwrap();
+    assert_eq!(recs.len(), 1);
+    assert_eq!(recs[0].reference, "localhost/save-test:7");
+    assert_eq!(recs[0].layers.len(), 2);
+    assert_eq!(recs[0].config.working_dir, "/data");
 }

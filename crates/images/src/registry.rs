@@ -248,6 +248,15 @@ impl ImageStore {
         mut progress: impl FnMut(&str, u64, u64),
     ) -> Result<ImageRecord, Error> {
         let r = Reference::parse(reference).map_err(|e| pull_err(reference, e.to_string()))?;
+        // Concurrent pulls of one image in this process download it once: the second waits for the first
+        // and then finds the layers already unpacked.
+        let lock = {
+            static PULLS: std::sync::Mutex<BTreeMap<String, std::sync::Arc<std::sync::Mutex<()>>>> =
+                std::sync::Mutex::new(BTreeMap::new());
+            let mut pulls = PULLS.lock().unwrap_or_else(|p| p.into_inner());
+            pulls.entry(r.to_string()).or_default().clone()
+        };
+        let _one_at_a_time = lock.lock().unwrap_or_else(|p| p.into_inner());
         let agent: ureq::Agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .timeout_connect(Some(Duration::from_secs(10)))
