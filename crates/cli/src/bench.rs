@@ -21,6 +21,10 @@ pub struct BenchArgs {
     /// Throughput runs.
     #[arg(long, default_value_t = 3)]
     stream_runs: usize,
+    /// Also measure pulling this image (vs `skopeo copy`), unpacking its layers (vs `tar -x`) and creating
+    /// sandboxes from it once cached. Plain-HTTP registries must be listed in HANGAR_INSECURE_REGISTRIES.
+    #[arg(long)]
+    pull: Option<String>,
 }
 
 /// p50 and p99 of a sample.
@@ -130,7 +134,114 @@ pub async fn run(args: BenchArgs) -> Result<u8> {
     let outcome = measure_in(&sb, n, &args, &base_true).await;
     sb.stop_with_grace(Duration::from_secs(1)).await?;
     outcome?;
+    if let Some(image) = &args.pull {
+        measure_images(image, n).await?;
+    }
     Ok(0)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// Pull (fresh store each run) vs skopeo, unpack vs tar, and create→running from the cached image.
+async fn measure_images(image: &str, n: usize) -> Result<()> {
+    let scratch = std::env::temp_dir().join(format!("hangar-bench-images-{}", std::process::id()));
+    let registries = hangar_images::RegistryConfig::load(None);
+    let (mut ours, mut skopeo) = (vec![], vec![]);
+    let mut last_store = None;
+    for run in 0..3 {
+        let dir = scratch.join(format!("store-{run}"));
+        let store = hangar_images::ImageStore::new(&dir);
+        let t = Instant::now();
+        let (store, image_owned, reg) = (store.clone(), image.to_string(), registries.clone());
+        tokio::task::spawn_blocking(move || store.pull(&image_owned, &reg, |_, _, _| {})).await??;
+        ours.push(t.elapsed().as_secs_f64());
+        let oci = scratch.join(format!("skopeo-{run}"));
+        let t = Instant::now();
+        let status = Command::new("skopeo")
+            .args([
+                "copy",
+                "--quiet",
+                "--src-tls-verify=false",
+                &format!("docker://{image}"),
+                &format!("oci:{}:x", oci.display()),
+            ])
+            .status()
+            .context("run skopeo (apt-get install skopeo)")?;
+        anyhow::ensure!(status.success(), "skopeo copy {image} failed");
+        skopeo.push(t.elapsed().as_secs_f64());
+        last_store = Some(dir);
+    }
+    let (ours, skopeo) = (median(ours), median(skopeo));
+    println!(
+        "{:<24} {:>8.3} s (median of 3)            | skopeo copy to an OCI dir  {:>8.3} s             | ratio {:.2}",
+        "pull (store + unpack)",
+        ours,
+        skopeo,
+        ours / skopeo
+    );
+
+    let blobs = last_store.context("no pull")?.join("blobs/sha256");
+    let (mut ours_s, mut tar_s, mut bytes) = (0.0, 0.0, 0u64);
+    for blob in std::fs::read_dir(&blobs)?.flatten().filter(|e| !e.file_name().to_string_lossy().starts_with('.')) {
+        let path = blob.path();
+        let head = std::fs::read(&path).map(|b| b.len() as u64)?;
+        let is_layer = Command::new("tar")
+            .args(["-tf", path.to_str().unwrap_or_default()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()?
+            .success();
+        if !is_layer {
+            continue; // the config blob
+        }
+        bytes += head;
+        let a = scratch.join(format!("ours-{}", blob.file_name().to_string_lossy()));
+        std::fs::create_dir_all(&a)?;
+        let t = Instant::now();
+        hangar_images::unpack_layer(std::fs::File::open(&path)?, &a, "bench")?;
+        ours_s += t.elapsed().as_secs_f64();
+        let b = scratch.join(format!("tar-{}", blob.file_name().to_string_lossy()));
+        std::fs::create_dir_all(&b)?;
+        let t = Instant::now();
+        Command::new("tar")
+            .args(["-xf", path.to_str().unwrap_or_default(), "-C", b.to_str().unwrap_or_default()])
+            .status()?;
+        tar_s += t.elapsed().as_secs_f64();
+    }
+    println!(
+        "{:<24} {:>8.0} MB/s of layer blobs        | tar -x of the same blobs   {:>8.0} MB/s          | ratio {:.2}",
+        "unpack",
+        bytes as f64 / ours_s / 1e6,
+        bytes as f64 / tar_s / 1e6,
+        tar_s / ours_s
+    );
+    let _ = std::fs::remove_dir_all(&scratch);
+
+    // The default engine pulls the image on first use; after that, creation reads only the cached layers.
+    Sandbox::builder()
+        .image(image)
+        .command("sleep")
+        .args(["infinity"])
+        .create()
+        .await?
+        .stop_with_grace(Duration::from_secs(1))
+        .await?;
+    let (mut cached, mut builtin) = (vec![], vec![]);
+    for _ in 0..n {
+        let t = Instant::now();
+        let sb = Sandbox::builder().image(image).command("sleep").args(["infinity"]).create().await?;
+        cached.push(t.elapsed());
+        sb.stop_with_grace(Duration::from_secs(1)).await?;
+        let t = Instant::now();
+        let sb = Sandbox::builder().create().await?;
+        builtin.push(t.elapsed());
+        sb.stop_with_grace(Duration::from_secs(1)).await?;
+    }
+    line("create from cached image", &summarize(cached), "create from built-in image", &summarize(builtin));
+    Ok(())
 }
 
 async fn measure_in(sb: &Sandbox, n: usize, args: &BenchArgs, base_true: &Summary) -> Result<()> {
@@ -157,10 +268,6 @@ async fn measure_in(sb: &Sandbox, n: usize, args: &BenchArgs, base_true: &Summar
         raw.push(raw_pipe(args.stream_mib)?);
         ours.push(sandbox_stream(sb, args.stream_mib).await?);
     }
-    let median = |mut v: Vec<f64>| {
-        v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
-    };
     let (ours, raw) = (median(ours), median(raw));
     println!(
         "{:<24} {:>8.0} MB/s (median of {})          | raw pipe from dd          {:>8.0} MB/s           | ratio {:.2}",
