@@ -25,6 +25,44 @@ impl Drop for Registry {
     }
 }
 
+/// Loopback registries are plain HTTP: tell the test client's engine before it first opens.
+fn client_with_loopback_registries() -> hangar::Client {
+    std::fs::create_dir_all(state_dir()).unwrap();
+    std::fs::write(state_dir().join("registries.json"), r#"{"insecure": ["127.0.0.1"], "fallback_to_origin": true}"#)
+        .unwrap();
+    client()
+}
+
+/// A TCP proxy to `target` that sends the registry's answers slowly (about 1 MB/s), so a pull takes long
+/// enough to be watched.
+fn slow_proxy(target: String) -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        for conn in listener.incoming().flatten() {
+            let upstream = std::net::TcpStream::connect(&target).unwrap();
+            let (mut c_read, mut u_write) = (conn.try_clone().unwrap(), upstream.try_clone().unwrap());
+            std::thread::spawn(move || std::io::copy(&mut c_read, &mut u_write));
+            let (mut u_read, mut c_write) = (upstream, conn);
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 16 * 1024];
+                loop {
+                    match std::io::Read::read(&mut u_read, &mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => {
+                            if std::io::Write::write_all(&mut c_write, &buf[..n]).is_err() {
+                                break;
+                            }
+                            std::thread::sleep(Duration::from_millis(15));
+                        }
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
@@ -72,7 +110,7 @@ fn push(archive: &std::path::Path, dest: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn images_are_pulled_from_a_loopback_registry_directly_and_through_a_mirror() {
-    let _ = client();
+    let _ = client_with_loopback_registries();
     let registry = start_registry();
     let archive = test_image_archive("localhost/pull-test:1");
     push(&archive, &format!("{}/hangar/pull-test:1", registry.addr));
@@ -148,7 +186,7 @@ async fn images_are_pulled_from_a_loopback_registry_directly_and_through_a_mirro
 
 #[test]
 fn docker_save_archives_import_too() {
-    let _ = client();
+    let _ = client_with_loopback_registries();
     let oci = test_image_archive("localhost/save-test:1");
     let saved = state_dir().join("save-test.docker.tar");
     let out = Command::new("skopeo")
@@ -166,4 +204,50 @@ fn docker_save_archives_import_too() {
     assert_eq!(recs[0].reference, "localhost/save-test:7");
     assert_eq!(recs[0].layers.len(), 2);
     assert_eq!(recs[0].config.working_dir, "/data");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sandbox_shows_pulling_with_progress_while_its_image_downloads() {
+    let client = client_with_loopback_registries();
+    let registry = start_registry();
+    let data: Vec<u8> = (0..2_500_000u32).map(|i| (i.wrapping_mul(2246822519) >> 11) as u8).collect();
+    let layer = common::images::tar_of(&[("payload".into(), Some(data))]);
+    let base = common::images::tar_of(&common::images::userland());
+    let archive = common::images::oci_archive(
+        "localhost/slow:1",
+        &[(base, "application/vnd.oci.image.layer.v1.tar"), (layer, "application/vnd.oci.image.layer.v1.tar")],
+        serde_json::json!({"config": {"Cmd": ["/bin/sleep", "1000"]}}),
+        false,
+    );
+    push(&archive, &format!("{}/hangar/slow:1", registry.addr));
+    let proxy = slow_proxy(registry.addr.clone());
+    let image = format!("{proxy}/hangar/slow:1");
+    let creating = {
+        let (client, image) = (client.clone(), image.clone());
+        tokio::spawn(async move { hangar::Sandbox::builder().client(&client).image(image).create().await })
+    };
+    let mut seen = None;
+    for _ in 0..500 {
+        let pulling = client
+            .list()
+            .await
+            .unwrap()
+            .into_iter()
+            .find(|i| i.image == image && i.state == hangar::SandboxState::Pulling);
+        if let Some(info) = pulling.filter(|i| i.progress.is_some()) {
+            seen = Some(info);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let seen = seen.expect("the sandbox was listed as pulling, with progress, while its image downloaded");
+    assert!(seen.progress.as_deref().unwrap().starts_with("pulled "), "{:?}", seen.progress);
+    let sb = creating.await.unwrap().unwrap();
+    assert_eq!(sb.id(), seen.id);
+    let info = sb.info().await.unwrap();
+    assert_eq!(
+        (info.state, info.progress, info.command),
+        (hangar::SandboxState::Running, None, vec!["/bin/sleep".to_string(), "1000".into()])
+    );
+    sb.stop().await.unwrap();
 }

@@ -33,6 +33,8 @@ pub const DEFAULT_PIDS_LIMIT: u64 = 4096;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SandboxState {
+    /// Its image is being pulled (see [`SandboxInfo::progress`]).
+    Pulling,
     /// Being built.
     Creating,
     /// Its main command is running; execs are accepted.
@@ -49,6 +51,7 @@ impl SandboxState {
     /// The state's name, as stored and printed.
     pub fn as_str(self) -> &'static str {
         match self {
+            Self::Pulling => "pulling",
             Self::Creating => "creating",
             Self::Running => "running",
             Self::Completed => "completed",
@@ -59,6 +62,7 @@ impl SandboxState {
     /// The state named `s` (as printed by [`SandboxState::as_str`]); unknown names read as `failed`.
     pub fn parse(s: &str) -> Self {
         match s {
+            "pulling" => Self::Pulling,
             "creating" => Self::Creating,
             "running" => Self::Running,
             "completed" => Self::Completed,
@@ -68,7 +72,7 @@ impl SandboxState {
     }
     /// Whether the sandbox has ended for good.
     pub fn is_final(self) -> bool {
-        !matches!(self, Self::Creating | Self::Running)
+        !matches!(self, Self::Pulling | Self::Creating | Self::Running)
     }
 }
 
@@ -162,6 +166,8 @@ pub struct SandboxInfo {
     pub error: Option<String>,
     /// Owner (the server's tenant; empty for local use).
     pub tenant: String,
+    /// While pulling: how far the pull has come, e.g. `pulled 12.5 of 40.1 MB`.
+    pub progress: Option<String>,
 }
 
 /// How a sandbox ended (internal, written once to the store).

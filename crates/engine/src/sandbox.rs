@@ -17,6 +17,8 @@ use tokio::io::AsyncReadExt;
 
 /// How long a new sandbox may take to report that it is built.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
+/// A sandbox still `pulling` after this long, with nobody finishing it, is considered abandoned.
+const PULL_TIMEOUT: Duration = Duration::from_secs(3600);
 /// Largest file moved in one read or write call.
 pub const MAX_FILE_BYTES: u64 = 1 << 32;
 
@@ -85,16 +87,9 @@ impl Engine {
         self.sandbox_dir(id).join("agent.sock")
     }
 
-    /// Creates a sandbox and waits until its main command is running.
+    /// Creates a sandbox and waits until its main command is running. A missing image is pulled first,
+    /// with the sandbox listed as `pulling` (and its progress) meanwhile.
     pub async fn create(self: &Arc<Self>, mut c: SandboxConfig) -> Result<SandboxInfo> {
-        let images = self.images.clone();
-        let image_ref = c.image.clone();
-        let layout = tokio::task::spawn_blocking(move || images.resolve(&image_ref))
-            .await
-            .map_err(|e| Error::InvalidArgument(format!("image resolution panicked: {e}")))??;
-        if c.command.is_empty() {
-            c.command = layout.command.clone();
-        }
         validate(&c)?;
         if let Some(rid) = &c.request_id {
             if let Some(rec) = self.store.by_request(&c.tenant, rid)? {
@@ -102,10 +97,11 @@ impl Engine {
             }
         }
         let id = new_id("sb");
-        let info = SandboxInfo {
+        let local = self.images.is_local(&c.image);
+        let mut info = SandboxInfo {
             id: id.clone(),
-            state: SandboxState::Creating,
-            image: layout.name.clone(),
+            state: if local { SandboxState::Creating } else { SandboxState::Pulling },
+            image: c.image.clone(),
             command: c.command.clone(),
             tags: c.tags.clone(),
             cpus: c.cpus,
@@ -119,6 +115,7 @@ impl Engine {
             end_reason: None,
             error: None,
             tenant: c.tenant.clone(),
+            progress: None,
         };
         if let Err(e) = self.store.insert(&info, c.request_id.as_deref()) {
             // Lost a race with a concurrent create carrying the same request id: answer with its sandbox.
@@ -129,22 +126,64 @@ impl Engine {
             }
             return Err(e);
         }
-        match self.start(&info, &c, layout).await {
-            Ok(()) => {}
-            Err(e) => {
-                let end = Ending {
-                    state: SandboxState::Failed,
-                    code: None,
-                    signal: None,
-                    reason: "start_failed",
-                    error: Some(e.to_string()),
-                };
-                self.store.set_ended(&id, &end)?;
-                self.cleanup(&id).await;
-                return Err(e);
+        let resolved = self.resolve_image(&id, &c.image).await.and_then(|layout| {
+            if c.command.is_empty() {
+                c.command = layout.command.clone();
             }
+            validate_command(&c).map(|()| layout)
+        });
+        let layout = match resolved {
+            Ok(layout) => layout,
+            Err(e) => return Err(self.fail_start(&id, e).await),
+        };
+        self.store.set_creating(&id, &layout.name, &c.command)?;
+        (info.image, info.command, info.state) = (layout.name.clone(), c.command.clone(), SandboxState::Creating);
+        if let Err(e) = self.start(&info, &c, layout).await {
+            return Err(self.fail_start(&id, e).await);
         }
         self.get(&id).await
+    }
+
+    /// Records that sandbox `id` could not start, removes what it left, and hands the error back.
+    async fn fail_start(&self, id: &str, e: Error) -> Error {
+        let end = Ending {
+            state: SandboxState::Failed,
+            code: None,
+            signal: None,
+            reason: "start_failed",
+            error: Some(e.to_string()),
+        };
+        if let Err(store) = self.store.set_ended(id, &end) {
+            tracing::warn!(sandbox = id, "cannot record the failed start: {store}");
+        }
+        self.cleanup(id).await;
+        e
+    }
+
+    /// Resolves the image, pulling it if needed and recording the pull's progress on the sandbox.
+    async fn resolve_image(self: &Arc<Self>, id: &str, image: &str) -> Result<hangar_images::ImageLayout> {
+        let (engine, id, image) = (self.clone(), id.to_string(), image.to_string());
+        tokio::task::spawn_blocking(move || {
+            let mut last = std::time::Instant::now() - Duration::from_secs(1);
+            let mut layers: std::collections::BTreeMap<String, (u64, u64)> = Default::default();
+            engine.images.resolve_with_progress(&image, |digest, n, total| {
+                layers.insert(digest.to_string(), (n, total));
+                if last.elapsed() >= Duration::from_millis(200) || n == total {
+                    last = std::time::Instant::now();
+                    let (done, all) = layers.values().fold((0, 0), |(d, a), (n, t)| (d + n, a + t));
+                    let text = format!(
+                        "pulled {:.1} of {:.1} MB ({} layers so far)",
+                        done as f64 / 1e6,
+                        all as f64 / 1e6,
+                        layers.len()
+                    );
+                    let _ = engine.store.set_progress(&id, &text);
+                }
+            })
+        })
+        .await
+        .map_err(|e| Error::InvalidArgument(format!("image resolution panicked: {e}")))?
+        .map_err(Error::from)
     }
 
     async fn start(
@@ -307,6 +346,9 @@ impl Engine {
         match (rec.agent_pid, rec.agent_start) {
             (Some(pid), Some(start)) => hangar_runtime::process::process_alive(pid, start),
             // Still being created by some process: alive unless it has been far too long.
+            _ if rec.info.state == SandboxState::Pulling => {
+                now_ms().saturating_sub(rec.info.created_at_ms) < PULL_TIMEOUT.as_millis() as u64
+            }
             _ => {
                 rec.info.state == SandboxState::Creating
                     && now_ms().saturating_sub(rec.info.created_at_ms) < START_TIMEOUT.as_millis() as u64 * 2
@@ -504,7 +546,8 @@ fn check_path(path: &str) -> Result<()> {
     Ok(())
 }
 
-fn validate(c: &SandboxConfig) -> Result<()> {
+/// The main command, once the image has filled it in if the caller gave none.
+fn validate_command(c: &SandboxConfig) -> Result<()> {
     let bad = |m: String| Err(Error::InvalidArgument(m));
     match c.command.first() {
         None => return bad(format!("command: none given and image {} has no default command", c.image)),
@@ -513,6 +556,15 @@ fn validate(c: &SandboxConfig) -> Result<()> {
     }
     if let Some(a) = c.command.iter().find(|a| a.contains('\0')) {
         return bad(format!("command: argument {a:?} contains a NUL byte"));
+    }
+    Ok(())
+}
+
+/// Everything about a request that can be checked before anything is recorded.
+fn validate(c: &SandboxConfig) -> Result<()> {
+    let bad = |m: String| Err(Error::InvalidArgument(m));
+    if !c.command.is_empty() {
+        validate_command(c)?;
     }
     for (k, v) in &c.env {
         if k.is_empty() || k.contains('=') || k.contains('\0') || v.contains('\0') {

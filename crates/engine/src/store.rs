@@ -19,7 +19,7 @@ pub(crate) struct Record {
 }
 
 const COLUMNS: &str = "id, state, image, command, tags, cpus, memory_bytes, pids, lifetime_ms, created_at, \
-                       ended_at, exit_code, exit_signal, end_reason, error, agent_pid, agent_start, tenant, request_id";
+                       ended_at, exit_code, exit_signal, end_reason, error, agent_pid, agent_start, tenant, request_id, progress";
 
 impl Store {
     /// Opens the store. Switching to WAL and creating the schema can meet SQLITE_BUSY without the busy
@@ -64,7 +64,8 @@ impl Store {
                 agent_pid INTEGER,
                 agent_start INTEGER,
                 tenant TEXT NOT NULL DEFAULT '',
-                request_id TEXT
+                request_id TEXT,
+                progress TEXT
             );
             CREATE UNIQUE INDEX IF NOT EXISTS sandboxes_request ON sandboxes (tenant, request_id)
                 WHERE request_id IS NOT NULL;",
@@ -80,7 +81,7 @@ impl Store {
     /// a constraint violation, which [`Store::by_request`] then resolves to the first sandbox.
     pub fn insert(&self, i: &SandboxInfo, request_id: Option<&str>) -> Result<()> {
         self.db().execute(
-            &format!("INSERT INTO sandboxes ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, NULL, NULL, NULL, NULL, NULL, NULL, NULL, ?11, ?12)"),
+            &format!("INSERT INTO sandboxes ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, NULL, NULL, NULL, NULL, NULL, NULL, NULL, ?11, ?12, NULL)"),
             params![
                 i.id,
                 i.state.as_str(),
@@ -99,6 +100,22 @@ impl Store {
         Ok(())
     }
 
+    /// Records pull progress (only while the sandbox is still pulling).
+    pub fn set_progress(&self, id: &str, progress: &str) -> Result<()> {
+        self.db()
+            .execute("UPDATE sandboxes SET progress = ?2 WHERE id = ?1 AND state = 'pulling'", params![id, progress])?;
+        Ok(())
+    }
+
+    /// The image is resolved: record what it resolved to and move on to building the sandbox.
+    pub fn set_creating(&self, id: &str, image: &str, command: &[String]) -> Result<()> {
+        self.db().execute(
+            "UPDATE sandboxes SET state = 'creating', progress = NULL, image = ?2, command = ?3 WHERE id = ?1",
+            params![id, image, serde_json::to_string(command).unwrap_or_default()],
+        )?;
+        Ok(())
+    }
+
     pub fn set_running(&self, id: &str, agent_pid: i32, agent_start: u64) -> Result<()> {
         self.db().execute(
             "UPDATE sandboxes SET state = 'running', agent_pid = ?2, agent_start = ?3 WHERE id = ?1",
@@ -111,7 +128,7 @@ impl Store {
     pub fn set_ended(&self, id: &str, end: &crate::Ending) -> Result<bool> {
         let n = self.db().execute(
             "UPDATE sandboxes SET state = ?2, ended_at = ?3, exit_code = ?4, exit_signal = ?5, end_reason = ?6, error = ?7
-             WHERE id = ?1 AND state IN ('creating', 'running')",
+             WHERE id = ?1 AND state IN ('pulling', 'creating', 'running')",
             params![id, end.state.as_str(), crate::now_ms() as i64, end.code, end.signal, end.reason, end.error],
         )?;
         Ok(n == 1)
@@ -170,6 +187,7 @@ fn row_to_record(r: &Row<'_>) -> rusqlite::Result<Record> {
             end_reason: r.get(13)?,
             error: r.get(14)?,
             tenant: r.get(17)?,
+            progress: r.get(19)?,
         },
         agent_pid: r.get(15)?,
         agent_start: r.get::<_, Option<i64>>(16)?.map(|v| v as u64),

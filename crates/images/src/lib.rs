@@ -137,17 +137,31 @@ impl ImageStore {
 
     /// Resolves an image reference to a layout, assembling the built-in image on first use.
     pub fn resolve(&self, reference: &str) -> Result<ImageLayout, Error> {
+        self.resolve_with_progress(reference, |_, _, _| {})
+    }
+
+    /// Like [`ImageStore::resolve`], hearing `(layer digest, bytes so far, layer size)` while pulling.
+    pub fn resolve_with_progress(
+        &self,
+        reference: &str,
+        progress: impl FnMut(&str, u64, u64),
+    ) -> Result<ImageLayout, Error> {
         match reference {
             BUILTIN | "hangar/builtin" | "" => self.builtin(),
             // Like Docker: an image that is not here yet is pulled.
             other => match self.imported(other) {
                 Err(Error::UnknownImage(_)) => {
-                    self.pull(other, &self.registries, |_, _, _| {})?;
+                    self.pull(other, &self.registries, progress)?;
                     self.imported(other)
                 }
                 found => found,
             },
         }
+    }
+
+    /// Whether `reference` can be used without pulling.
+    pub fn is_local(&self, reference: &str) -> bool {
+        matches!(reference, BUILTIN | "hangar/builtin" | "") || self.imported(reference).is_ok()
     }
 
     fn builtin(&self) -> Result<ImageLayout, Error> {

@@ -62,7 +62,10 @@ impl RegistryConfig {
         let mut out = self.mirrors.get(registry).cloned().unwrap_or_default();
         if self.fallback_to_origin || out.is_empty() {
             let host = if registry == "docker.io" { "registry-1.docker.io" } else { registry };
-            let scheme = if self.insecure.iter().any(|h| h == registry) { "http" } else { "https" };
+            // An entry without a port (e.g. `127.0.0.1`) covers every port of that host.
+            let hostname = registry.rsplit_once(':').map_or(registry, |(h, _)| h);
+            let insecure = self.insecure.iter().any(|h| h == registry || h == hostname);
+            let scheme = if insecure { "http" } else { "https" };
             out.push(format!("{scheme}://{host}"));
         }
         out

@@ -322,5 +322,6 @@ fn from_proto(s: pb::Sandbox) -> SandboxInfo {
         end_reason: (!s.end_reason.is_empty()).then_some(s.end_reason),
         error: (!s.error.is_empty()).then_some(s.error),
         tenant: String::new(),
+        progress: (!s.progress.is_empty()).then_some(s.progress),
     }
 }

@@ -59,7 +59,7 @@ impl Metrics {
     pub async fn render(&self, engine: &Engine) -> String {
         let mut out = String::new();
         let mut by_state = std::collections::BTreeMap::new();
-        for s in ["creating", "running", "completed", "failed", "terminated"] {
+        for s in ["pulling", "creating", "running", "completed", "failed", "terminated"] {
             by_state.insert(s, 0u64);
         }
         if let Ok(all) = engine.list().await {

@@ -67,6 +67,7 @@ pub(crate) fn to_proto(i: SandboxInfo) -> pb::Sandbox {
         exit_signal: i.exit_signal,
         end_reason: i.end_reason.unwrap_or_default(),
         error: i.error.unwrap_or_default(),
+        progress: i.progress.unwrap_or_default(),
     }
 }
 
@@ -170,6 +171,7 @@ impl SandboxService for SandboxApi {
             "" => None,
             s => Some(
                 [
+                    SandboxState::Pulling,
                     SandboxState::Creating,
                     SandboxState::Running,
                     SandboxState::Completed,
