@@ -251,3 +251,83 @@ async fn a_sandbox_shows_pulling_with_progress_while_its_image_downloads() {
     );
     sb.stop().await.unwrap();
 }
+
+/// A registry front that demands a bearer token from its own token endpoint, which demands the basic
+/// credentials of a docker `config.json` — the flow Docker Hub and most registries use.
+const AUTH_FRONT: &str = r#"
+import base64, http.server, json, sys, urllib.request, urllib.error
+upstream, expected_basic, token = sys.argv[1], sys.argv[2], "tok-" + sys.argv[2][:8]
+class H(http.server.BaseHTTPRequestHandler):
+    def log_message(self, *a): pass
+    def do_GET(self):
+        host = self.headers["Host"]
+        if self.path.startswith("/token"):
+            ok = self.headers.get("Authorization") == "Basic " + expected_basic and "scope=repository" in self.path
+            body = json.dumps({"token": token}).encode() if ok else b"{}"
+            self.send_response(200 if ok else 401); self.send_header("Content-Length", str(len(body))); self.end_headers(); self.wfile.write(body); return
+        if self.headers.get("Authorization") != "Bearer " + token:
+            self.send_response(401)
+            self.send_header("WWW-Authenticate", f'Bearer realm="http://{host}/token",service="test",scope="repository:hangar/auth:pull"')
+            self.send_header("Content-Length", "0"); self.end_headers(); return
+        req = urllib.request.Request("http://" + upstream + self.path, headers={k: v for k, v in self.headers.items() if k.lower() in ("accept", "range")})
+        try:
+            r = urllib.request.urlopen(req)
+        except urllib.error.HTTPError as e:
+            r = e
+        body = r.read()
+        self.send_response(r.status)
+        for k in ("Content-Type", "Docker-Content-Digest"):
+            if r.headers.get(k): self.send_header(k, r.headers[k])
+        self.send_header("Content-Length", str(len(body))); self.end_headers(); self.wfile.write(body)
+s = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
+print(s.server_address[1], flush=True)
+s.serve_forever()
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_auth_uses_docker_config_credentials() {
+    let _ = client_with_loopback_registries();
+    let registry = start_registry();
+    push(&test_image_archive("localhost/auth:1"), &format!("{}/hangar/auth:1", registry.addr));
+    let basic = "dXNlcjpzZWNyZXQ="; // user:secret
+    struct Front(Child);
+    impl Drop for Front {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut front = Front(
+        Command::new("python3").args(["-c", AUTH_FRONT, &registry.addr, basic]).stdout(Stdio::piped()).spawn().unwrap(),
+    );
+    let mut port = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(front.0.stdout.take().unwrap()), &mut port).unwrap();
+    let addr = format!("127.0.0.1:{}", port.trim());
+    // Without credentials the token endpoint refuses, and the error says so.
+    let docker_dir = state_dir().join("docker-config");
+    std::fs::create_dir_all(&docker_dir).unwrap();
+    let image = format!("{addr}/hangar/auth:1");
+    let pull = || {
+        let out = Command::new(env!("CARGO_BIN_EXE_hangar"))
+            .args(["images", "pull", &image])
+            .env("HANGAR_STATE_DIR", state_dir().join("auth-state"))
+            .env("HANGAR_AGENT_BIN", agent_bin())
+            .env("HANGAR_INSECURE_REGISTRIES", "127.0.0.1")
+            .env("DOCKER_CONFIG", &docker_dir)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, _, err) = pull();
+    assert_eq!(code, Some(125), "{err}");
+    assert!(err.contains("authentication"), "{err}");
+    std::fs::write(docker_dir.join("config.json"), format!(r#"{{"auths": {{"{addr}": {{"auth": "{basic}"}}}}}}"#))
+        .unwrap();
+    let (code, out, err) = pull();
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.starts_with(&format!("{addr}/hangar/auth:1 sha256:")), "{out}");
+}
