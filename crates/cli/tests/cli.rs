@@ -103,7 +103,7 @@ fn errors_are_one_clear_line_and_a_non_zero_exit() {
     for (args, needle) in [
         (vec!["exec", "sb-0000000000000000", "--", "true"], "sandbox sb-0000000000000000 not found"),
         (vec!["run", "--", "no-such-command-xyz"], "command not found: no-such-command-xyz"),
-        (vec!["run", "--image", "python:3.11", "--", "true"], "docker.io/library/python:3.11"),
+        (vec!["run", "--image", "127.0.0.1:9/team/python:3.11", "--", "true"], "127.0.0.1:9/team/python:3.11"),
         (vec!["cp", "a", "b"], "must be SANDBOX_ID:PATH"),
     ] {
         let out = run(&args);

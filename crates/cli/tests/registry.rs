@@ -331,3 +331,85 @@ async fn token_auth_uses_docker_config_credentials() {
     assert_eq!(code, Some(0), "{err}");
     assert!(out.starts_with(&format!("{addr}/hangar/auth:1 sha256:")), "{out}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_registries_are_verified_against_the_configured_ca() {
+    let _ = client_with_loopback_registries();
+    let dir = state_dir().join(format!("tls-{}", free_port()));
+    std::fs::create_dir_all(&dir).unwrap();
+    // A CA, and a server certificate for 127.0.0.1 signed by it.
+    let (ca, ca_key, cert, key) = (dir.join("ca.pem"), dir.join("ca.key"), dir.join("cert.pem"), dir.join("key.pem"));
+    let (csr, ext) = (dir.join("leaf.csr"), dir.join("ext.cnf"));
+    std::fs::write(&ext, "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n")
+        .unwrap();
+    let p = |p: &std::path::Path| p.to_str().unwrap().to_string();
+    let steps: [Vec<String>; 3] = [
+        ["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=hangar-test-ca"]
+            .map(String::from)
+            .into_iter()
+            .chain(["-keyout".into(), p(&ca_key), "-out".into(), p(&ca)])
+            .collect(),
+        ["req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1"]
+            .map(String::from)
+            .into_iter()
+            .chain(["-keyout".into(), p(&key), "-out".into(), p(&csr)])
+            .collect(),
+        ["x509", "-req", "-CAcreateserial", "-days", "1"]
+            .map(String::from)
+            .into_iter()
+            .chain([
+                "-in".into(),
+                p(&csr),
+                "-CA".into(),
+                p(&ca),
+                "-CAkey".into(),
+                p(&ca_key),
+                "-out".into(),
+                p(&cert),
+                "-extfile".into(),
+                p(&ext),
+            ])
+            .collect(),
+    ];
+    for args in steps {
+        let out = Command::new("openssl").args(&args).output().expect("openssl runs (.ci/run installs it)");
+        assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let addr = format!("127.0.0.1:{}", free_port());
+    let cfg = dir.join("config.yml");
+    let yaml = format!(
+        "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {addr}\n  tls:\n    certificate: {}\n    key: {}\n",
+        dir.join("data").display(),
+        cert.display(),
+        key.display()
+    );
+    std::fs::write(&cfg, yaml).unwrap();
+    let child = Command::new("/usr/bin/docker-registry")
+        .args(["serve", cfg.to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let registry = Registry { child, addr: addr.clone() };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(&registry.addr).is_err() {
+        assert!(Instant::now() < deadline, "the TLS registry did not listen");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = Command::new("skopeo")
+        .args(["copy", "--quiet", "--dest-tls-verify=false"])
+        .arg(format!("oci-archive:{}", test_image_archive("localhost/tls:1").display()))
+        .arg(format!("docker://{addr}/hangar/tls:1"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let store = ImageStore::new(state_dir().join("images-tls"));
+    let image = format!("{addr}/hangar/tls:1");
+    // Mozilla's roots do not know this CA: refused, naming the endpoint.
+    let err = store.pull(&image, &RegistryConfig::default(), |_, _, _| {}).unwrap_err().to_string();
+    assert!(err.contains(&format!("https://{addr}")) && err.contains("certificate"), "{err}");
+    // Trusting the CA, the pull goes through over HTTPS.
+    let trusting = RegistryConfig { ca_file: Some(ca), fallback_to_origin: true, ..Default::default() };
+    let rec = store.pull(&image, &trusting, |_, _, _| {}).unwrap();
+    assert_eq!(rec.layers.len(), 2);
+}

@@ -291,11 +291,11 @@ mod tests {
             assert!(!root.join(secret).exists(), "{secret} must not be in the built-in image");
         }
         assert_eq!(fs::read_to_string(root.join("etc/passwd")).unwrap().lines().count(), 2);
-        // Not here, so it is pulled; without TLS the HTTPS origin is refused before any traffic is sent.
-        match store.resolve("python:3.11") {
+        // Not here, so it is pulled; the registry (on loopback, nothing listening) is a clear error.
+        match store.resolve("127.0.0.1:9/team/python:3.11") {
             Err(Error::Pull { reference, message }) => {
-                assert_eq!(reference, "docker.io/library/python:3.11");
-                assert!(message.contains("TLS"), "{message}");
+                assert_eq!(reference, "127.0.0.1:9/team/python:3.11");
+                assert!(message.contains("https://127.0.0.1:9"), "{message}");
             }
             other => panic!("expected a pull error, got {other:?}"),
         }
