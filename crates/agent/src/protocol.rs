@@ -134,6 +134,9 @@ pub struct AgentConfig {
     pub lifetime_ms: u64,
     /// Grace period between SIGTERM and SIGKILL when the lifetime ends or the agent is sent SIGTERM.
     pub stop_grace_ms: u64,
+    /// User the main command and execs run as (`name`, `uid`, `name:group`, `uid:gid`); root when empty.
+    #[serde(default)]
+    pub user: String,
 }
 
 /// Why a sandbox ended, as recorded by its agent in the state directory (`exit.json`).

@@ -52,9 +52,12 @@ fn main_inner() -> Result<(), String> {
         .and_then(|b| serde_json::from_slice(&b).map_err(|e| format!("parse {path}: {e}")))?;
     // SAFETY: the runtime placed the write end of the status pipe at this number; nothing else owns it.
     let mut status = unsafe { File::from_raw_fd(STATUS_FD) };
-    let started = hangar_runtime::enter(&cfg.sandbox).map_err(|e| e.to_string()).and_then(|()| spawn_main(&cfg));
-    let main_pid = match started {
-        Ok(pid) => pid,
+    let started = hangar_runtime::enter(&cfg.sandbox)
+        .map_err(|e| e.to_string())
+        .and_then(|()| resolve_user(&cfg.user))
+        .and_then(|user| spawn_main(&cfg, user).map(|pid| (pid, user)));
+    let (main_pid, user) = match started {
+        Ok(started) => started,
         Err(e) => {
             let _ = writeln!(status, "error: {e}");
             return Err(e);
@@ -63,13 +66,64 @@ fn main_inner() -> Result<(), String> {
     let _ = writeln!(status, "ok {main_pid}");
     drop(status);
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| format!("tokio: {e}"))?;
-    rt.block_on(serve(cfg, main_pid))
+    rt.block_on(serve(cfg, main_pid, user))
 }
 
-fn spawn_main(cfg: &AgentConfig) -> Result<i32, String> {
+/// The image's user as (uid, gid), looked up in the sandbox's own /etc/passwd and /etc/group.
+fn resolve_user(spec: &str) -> Result<Option<(u32, u32)>, String> {
+    if spec.is_empty() {
+        return Ok(None);
+    }
+    let (user, group) = spec.split_once(':').map_or((spec, None), |(u, g)| (u, Some(g)));
+    let lookup = |file: &str, name: &str| -> Option<(u32, u32)> {
+        std::fs::read_to_string(file).ok()?.lines().find_map(|l| {
+            let f: Vec<&str> = l.split(':').collect();
+            if f.first() != Some(&name) {
+                return None;
+            }
+            Some((f.get(2)?.parse().ok()?, f.get(3).and_then(|g| g.parse().ok()).unwrap_or(0)))
+        })
+    };
+    let (uid, primary_gid) = match user.parse::<u32>() {
+        Ok(uid) => (uid, lookup_by_uid(uid).unwrap_or(uid)),
+        Err(_) => {
+            lookup("/etc/passwd", user).ok_or_else(|| format!("user {user:?} of the image is not in /etc/passwd"))?
+        }
+    };
+    let gid = match group {
+        None => primary_gid,
+        Some(g) => match g.parse::<u32>() {
+            Ok(gid) => gid,
+            Err(_) => lookup("/etc/group", g)
+                .map(|(gid, _)| gid)
+                .ok_or_else(|| format!("group {g:?} of the image is not in /etc/group"))?,
+        },
+    };
+    Ok(Some((uid, gid)))
+}
+
+fn lookup_by_uid(uid: u32) -> Option<u32> {
+    std::fs::read_to_string("/etc/passwd").ok()?.lines().find_map(|l| {
+        let f: Vec<&str> = l.split(':').collect();
+        if f.get(2)?.parse::<u32>().ok()? != uid {
+            return None;
+        }
+        f.get(3)?.parse().ok()
+    })
+}
+
+/// Runs `cmd` as the image's user, when it names one (std drops supplementary groups with the uid).
+fn as_user(cmd: &mut Command, user: Option<(u32, u32)>) -> &mut Command {
+    if let Some((uid, gid)) = user {
+        cmd.uid(uid).gid(gid);
+    }
+    cmd
+}
+
+fn spawn_main(cfg: &AgentConfig, user: Option<(u32, u32)>) -> Result<i32, String> {
     let argv = &cfg.main;
     let (prog, args) = argv.split_first().ok_or("the sandbox's command is empty")?;
-    let child = Command::new(prog)
+    let child = as_user(&mut Command::new(prog), user)
         .args(args)
         .env_clear()
         .envs(cfg.env.iter().map(|(k, v)| (k, v)))
@@ -85,6 +139,7 @@ fn spawn_main(cfg: &AgentConfig) -> Result<i32, String> {
 
 struct State {
     cfg: AgentConfig,
+    user: Option<(u32, u32)>,
     main_pid: i32,
     /// Exec processes waiting for their exit status, by pid.
     execs: HashMap<i32, oneshot::Sender<WaitStatus>>,
@@ -95,7 +150,7 @@ struct State {
 
 type Shared = Rc<RefCell<State>>;
 
-async fn serve(cfg: AgentConfig, main_pid: i32) -> Result<(), String> {
+async fn serve(cfg: AgentConfig, main_pid: i32, user: Option<(u32, u32)>) -> Result<(), String> {
     // SAFETY: the runtime placed the listening control socket at this number; nothing else owns it.
     let std_listener = unsafe { std::os::unix::net::UnixListener::from_raw_fd(LISTENER_FD) };
     std_listener.set_nonblocking(true).map_err(|e| format!("listener: {e}"))?;
@@ -108,6 +163,7 @@ async fn serve(cfg: AgentConfig, main_pid: i32) -> Result<(), String> {
     let grace = Duration::from_millis(cfg.stop_grace_ms);
     let state: Shared = Rc::new(RefCell::new(State {
         cfg,
+        user,
         main_pid,
         execs: HashMap::new(),
         main_status: None,
@@ -376,6 +432,7 @@ fn start_exec(state: &Shared, r: &ExecRequest) -> Result<Started, (ErrorKind, St
         Stdio::null()
     };
     let mut cmd = Command::new(prog);
+    as_user(&mut cmd, st.user);
     cmd.args(args)
         .env_clear()
         .envs(st.cfg.env.iter().map(|(k, v)| (k, v)))

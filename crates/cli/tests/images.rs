@@ -98,3 +98,44 @@ async fn bad_archives_are_refused_and_leave_nothing_half_written() {
     let missing = store().import(Path::new("/nonexistent/image.tar")).unwrap_err().to_string();
     assert!(missing.contains("/nonexistent/image.tar"), "{missing}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_image_user_runs_the_main_command_and_execs() {
+    let _ = client();
+    let mut base = userland();
+    base.push(("etc/passwd".into(), Some(b"root:x:0:0::/root:/bin/sh\napp:x:1234:2345::/home/app:/bin/sh\n".to_vec())));
+    base.push(("etc/group".into(), Some(b"root:x:0:\nstaff:x:50:\n".to_vec())));
+    let archive = oci_archive(
+        "localhost/user-test:1",
+        &[(tar_of(&base), "application/vnd.oci.image.layer.v1.tar")],
+        serde_json::json!({"config": {"User": "app:staff", "Cmd": ["/bin/sleep", "1000"]}}),
+        false,
+    );
+    store().import(&archive).unwrap();
+    let sb = Sandbox::builder().client(&client()).image("localhost/user-test:1").create().await.unwrap();
+    let status = sb.exec(["cat", "/proc/self/status"]).check(true).await.unwrap().stdout_text().into_owned();
+    let line = |key: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(key))
+            .unwrap_or_default()
+            .split_whitespace()
+            .nth(1)
+            .unwrap_or_default()
+            .to_string()
+    };
+    assert_eq!((line("Uid:"), line("Gid:")), ("1234".to_string(), "50".to_string()), "{status}");
+    sb.stop().await.unwrap();
+    // A user the image does not define is a clear start failure.
+    let archive = oci_archive(
+        "localhost/user-test:2",
+        &[(tar_of(&userland()), "application/vnd.oci.image.layer.v1.tar")],
+        serde_json::json!({"config": {"User": "ghost", "Cmd": ["/bin/sleep", "1000"]}}),
+        false,
+    );
+    store().import(&archive).unwrap();
+    match Sandbox::builder().client(&client()).image("localhost/user-test:2").create().await {
+        Err(Error::SandboxFailed { message }) => assert!(message.contains("ghost"), "{message}"),
+        other => panic!("expected a start failure naming the user, got {other:?}"),
+    }
+}

@@ -234,6 +234,7 @@ impl Engine {
             workdir: c.workdir.clone().unwrap_or(layout.workdir),
             lifetime_ms: c.max_lifetime.as_millis() as u64,
             stop_grace_ms: c.stop_grace.as_millis() as u64,
+            user: layout.user.clone(),
         };
         let cfg_path = dir.join("agent.json");
         std::fs::write(&cfg_path, serde_json::to_vec(&agent_cfg).unwrap_or_default())

@@ -109,6 +109,8 @@ pub struct ImageLayout {
     pub workdir: String,
     /// Default main command (entrypoint + cmd), used when a sandbox names none.
     pub command: Vec<String>,
+    /// User to run as (`name`, `uid`, `name:group` or `uid:gid`, resolved inside the sandbox); root if empty.
+    pub user: String,
 }
 
 /// The image store under a state directory.
@@ -184,6 +186,7 @@ impl ImageStore {
             ],
             workdir: "/".into(),
             command: vec!["sleep".into(), "infinity".into()],
+            user: String::new(),
         })
     }
 

@@ -325,6 +325,7 @@ impl ImageStore {
             env,
             workdir,
             command,
+            user: rec.config.user.clone(),
         })
     }
 }
