@@ -323,7 +323,14 @@ impl Engine {
     /// A sandbox's record, brought up to date (a sandbox whose agent is gone is marked ended and cleaned up).
     pub async fn get(&self, id: &str) -> Result<SandboxInfo> {
         let rec = self.store.get(id)?.ok_or_else(|| Error::NotFound(id.to_string()))?;
-        if rec.info.state.is_final() || self.agent_alive(&rec) {
+        if rec.info.state.is_final() {
+            // An end is recorded before its cleanup finishes: whoever sees it here also sees nothing left.
+            if self.finishing.try_lock().is_err() {
+                drop(self.finishing.lock().await);
+            }
+            return Ok(rec.info);
+        }
+        if self.agent_alive(&rec) {
             return Ok(rec.info);
         }
         self.finish_if_ended(id).await?;
