@@ -1,15 +1,18 @@
 //! The init agent: PID 1 of every Hangar sandbox, and the protocol the engine speaks to it.
 //!
 //! The agent builds its sandbox (through `hangar_runtime::enter`), starts the sandbox's main command, reaps
-//! orphans, and serves requests on a unix socket that lives on the host side only: run an exec (handing the
-//! process's pipe ends to the engine with `SCM_RIGHTS`, so output never takes an extra copy), report its end,
-//! kill its whole process group on timeout or cancel, read and write files from inside the sandbox's mount
-//! namespace (so no path can resolve to the host), and stop the sandbox with a grace period.
+//! orphans, and serves requests on a unix socket that lives on the host side only: run execs, each in a
+//! process group and cgroup of its own, with its output journaled in the sandbox's host-side state directory
+//! so that clients can attach, detach and resume by offset (and a server restart loses nothing); feed their
+//! stdin; kill their whole tree on timeout, cancel or disconnect policy; read and write files from inside the
+//! sandbox's mount namespace (so no path can resolve to the host); stop the sandbox with a grace period.
 //!
 //! It is not for policy: what a sandbox is, and its records, belong to the engine.
 
+mod execs;
 pub mod protocol;
 mod server;
 pub mod wire;
 
+pub use execs::{DEFAULT_CAP, DEFAULT_RETAIN};
 pub use server::run;

@@ -1,8 +1,7 @@
 //! The agent's life: build the sandbox, start the main command, serve the engine, reap, stop.
 
-use crate::protocol::{
-    AgentConfig, EndReason, EndRecord, ErrorKind, ExecRequest, ExitStatus, Request, Response, END_RECORD_FILE,
-};
+use crate::execs::Table;
+use crate::protocol::{AgentConfig, EndReason, EndRecord, ErrorKind, Request, Response, END_RECORD_FILE};
 use crate::wire::Conn;
 use nix::sys::signal::{kill, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
@@ -11,7 +10,7 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::{Read, Write};
-use std::os::fd::{AsFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, FromRawFd};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -23,9 +22,7 @@ use tokio::sync::{oneshot, Notify};
 /// Descriptor numbers the runtime places the agent's inherited resources at (see `hangar_runtime::AgentFds`).
 const LISTENER_FD: i32 = 3;
 const STATUS_FD: i32 = 4;
-const STATE_DIR_FD: i32 = 5;
-/// Pipes are enlarged to this so a fast writer makes fewer round trips through the reader.
-const PIPE_SIZE: i32 = 1 << 20;
+pub(crate) const STATE_DIR_FD: i32 = 5;
 const CHUNK: usize = 256 * 1024;
 
 /// Entry point of the `hangar-agent` binary: `hangar-agent CONFIG.json`. Never returns.
@@ -52,11 +49,11 @@ fn main_inner() -> Result<(), String> {
         .and_then(|b| serde_json::from_slice(&b).map_err(|e| format!("parse {path}: {e}")))?;
     // SAFETY: the runtime placed the write end of the status pipe at this number; nothing else owns it.
     let mut status = unsafe { File::from_raw_fd(STATUS_FD) };
-    let started = hangar_runtime::enter(&cfg.sandbox)
-        .map_err(|e| e.to_string())
-        .and_then(|()| resolve_user(&cfg.user))
-        .and_then(|user| spawn_main(&cfg, user).map(|pid| (pid, user)));
-    let (main_pid, user) = match started {
+    let started = hangar_runtime::enter(&cfg.sandbox).map_err(|e| e.to_string()).and_then(|cgroups| {
+        let user = resolve_user(&cfg.user)?;
+        spawn_main(&cfg, user).map(|pid| (pid, user, cgroups))
+    });
+    let (main_pid, user, cgroups) = match started {
         Ok(started) => started,
         Err(e) => {
             let _ = writeln!(status, "error: {e}");
@@ -66,7 +63,7 @@ fn main_inner() -> Result<(), String> {
     let _ = writeln!(status, "ok {main_pid}");
     drop(status);
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| format!("tokio: {e}"))?;
-    rt.block_on(serve(cfg, main_pid, user))
+    rt.block_on(serve(cfg, main_pid, user, Table::new(cgroups)))
 }
 
 /// The image's user as (uid, gid), looked up in the sandbox's own /etc/passwd and /etc/group.
@@ -113,7 +110,7 @@ fn lookup_by_uid(uid: u32) -> Option<u32> {
 }
 
 /// Runs `cmd` as the image's user, when it names one (std drops supplementary groups with the uid).
-fn as_user(cmd: &mut Command, user: Option<(u32, u32)>) -> &mut Command {
+pub(crate) fn as_user(cmd: &mut Command, user: Option<(u32, u32)>) -> &mut Command {
     if let Some((uid, gid)) = user {
         cmd.uid(uid).gid(gid);
     }
@@ -137,20 +134,21 @@ fn spawn_main(cfg: &AgentConfig, user: Option<(u32, u32)>) -> Result<i32, String
     Ok(child.id() as i32)
 }
 
-struct State {
-    cfg: AgentConfig,
-    user: Option<(u32, u32)>,
+pub(crate) struct State {
+    pub(crate) cfg: AgentConfig,
+    pub(crate) user: Option<(u32, u32)>,
     main_pid: i32,
     /// Exec processes waiting for their exit status, by pid.
-    execs: HashMap<i32, oneshot::Sender<WaitStatus>>,
+    pub(crate) waiters: HashMap<i32, oneshot::Sender<WaitStatus>>,
     main_status: Option<WaitStatus>,
-    stopping: bool,
-    live_execs: usize,
+    pub(crate) stopping: bool,
+    pub(crate) live_execs: usize,
+    pub(crate) table: Table,
 }
 
-type Shared = Rc<RefCell<State>>;
+pub(crate) type Shared = Rc<RefCell<State>>;
 
-async fn serve(cfg: AgentConfig, main_pid: i32, user: Option<(u32, u32)>) -> Result<(), String> {
+async fn serve(cfg: AgentConfig, main_pid: i32, user: Option<(u32, u32)>, table: Table) -> Result<(), String> {
     // SAFETY: the runtime placed the listening control socket at this number; nothing else owns it.
     let std_listener = unsafe { std::os::unix::net::UnixListener::from_raw_fd(LISTENER_FD) };
     std_listener.set_nonblocking(true).map_err(|e| format!("listener: {e}"))?;
@@ -165,10 +163,11 @@ async fn serve(cfg: AgentConfig, main_pid: i32, user: Option<(u32, u32)>) -> Res
         cfg,
         user,
         main_pid,
-        execs: HashMap::new(),
+        waiters: HashMap::new(),
         main_status: None,
         stopping: false,
         live_execs: 0,
+        table,
     }));
     let main_exited = Rc::new(Notify::new());
     let local = tokio::task::LocalSet::new();
@@ -221,7 +220,7 @@ fn reap(state: &Shared, main_exited: &Notify) {
                 if pid.as_raw() == st.main_pid {
                     st.main_status = Some(ws);
                     main_exited.notify_one();
-                } else if let Some(tx) = st.execs.remove(&pid.as_raw()) {
+                } else if let Some(tx) = st.waiters.remove(&pid.as_raw()) {
                     let _ = tx.send(ws);
                 }
             }
@@ -236,6 +235,7 @@ async fn shutdown(state: &Shared, main_exited: &Notify, grace: Duration, reason:
         // Another shutdown is under way and ends the process; this caller just waits for it.
         return std::future::pending().await;
     }
+    crate::execs::sandbox_ending(state);
     if state.borrow().main_status.is_none() && !grace.is_zero() {
         let _ = kill(Pid::from_raw(-1), Signal::SIGTERM);
         let deadline = tokio::time::Instant::now() + grace;
@@ -263,7 +263,7 @@ async fn shutdown(state: &Shared, main_exited: &Notify, grace: Duration, reason:
             Ok(ws) => {
                 if let Some(pid) = ws.pid() {
                     let mut st = state.borrow_mut();
-                    if let Some(tx) = st.execs.remove(&pid.as_raw()) {
+                    if let Some(tx) = st.waiters.remove(&pid.as_raw()) {
                         let _ = tx.send(ws);
                     }
                 }
@@ -309,7 +309,11 @@ async fn handle(state: Shared, main_exited: Rc<Notify>, mut conn: Conn) {
     };
     let reply = match req {
         Request::Ping => Response::Pong { main_pid: state.borrow().main_pid },
-        Request::Exec(r) => return exec(&state, conn, r).await,
+        Request::Exec(r) => return crate::execs::start_and_attach(&state, conn, r).await,
+        Request::Attach { exec, from } => return crate::execs::attach(&state, conn, &exec, from).await,
+        Request::Stdin { exec, offset } => return crate::execs::stdin(&state, conn, &exec, offset).await,
+        Request::ListExecs => crate::execs::list(&state),
+        Request::Signal { exec, signal } => crate::execs::signal(&state, &exec, signal),
         Request::ReadFile { path } => return read_file(&state, conn, &path).await,
         Request::WriteFile { path, len, mode } => write_file(&state, &mut conn, &path, len, mode).await,
         Request::Stop { grace_ms } => {
@@ -317,8 +321,8 @@ async fn handle(state: Shared, main_exited: Rc<Notify>, mut conn: Conn) {
             let _ = conn.send(&Response::Done).await;
             std::process::exit(0);
         }
-        Request::Signal { .. } => {
-            err(ErrorKind::InvalidArgument, "signal is only valid on an exec's connection".into())
+        Request::Ack { .. } | Request::Resize { .. } | Request::StdinData { .. } | Request::StdinClose => {
+            err(ErrorKind::InvalidArgument, "this request is only valid on an exec's attachment or stdin".into())
         }
     };
     let _ = conn.send(&reply).await;
@@ -328,7 +332,7 @@ fn err(kind: ErrorKind, message: String) -> Response {
     Response::Error { kind, message }
 }
 
-fn spawn_error(prog: &str, e: &std::io::Error) -> (ErrorKind, String) {
+pub(crate) fn spawn_error(prog: &str, e: &std::io::Error) -> (ErrorKind, String) {
     match e.kind() {
         std::io::ErrorKind::NotFound => (ErrorKind::CommandNotFound, format!("command not found: {prog}")),
         std::io::ErrorKind::PermissionDenied => {
@@ -338,122 +342,7 @@ fn spawn_error(prog: &str, e: &std::io::Error) -> (ErrorKind, String) {
     }
 }
 
-fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
-    nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(std::io::Error::from)
-}
-
-async fn exec(state: &Shared, mut conn: Conn, r: ExecRequest) {
-    let started = start_exec(state, &r);
-    let (pid, exit_rx, fds) = match started {
-        Ok(s) => s,
-        Err((kind, message)) => {
-            let _ = conn.send(&err(kind, message)).await;
-            return;
-        }
-    };
-    state.borrow_mut().live_execs += 1;
-    let borrowed: Vec<_> = fds.iter().map(|f| f.as_fd()).collect();
-    let sent = conn.writer().send_with_fds(&Response::Started { pid }, &borrowed).await;
-    drop(borrowed);
-    drop(fds);
-    let group = Pid::from_raw(-pid);
-    let (mut timed_out, mut cancelled) = (false, sent.is_err());
-    if cancelled {
-        let _ = kill(group, Signal::SIGKILL);
-    }
-    let timeout =
-        tokio::time::sleep(r.timeout_ms.map(Duration::from_millis).unwrap_or(Duration::from_secs(u32::MAX as u64)));
-    tokio::pin!(timeout);
-    tokio::pin!(exit_rx);
-    let mut engine_gone = cancelled;
-    let ws = loop {
-        tokio::select! {
-            ws = &mut exit_rx => break ws.ok(),
-            _ = &mut timeout, if !timed_out && !cancelled => {
-                timed_out = true;
-                let _ = kill(group, Signal::SIGKILL);
-            }
-            msg = conn.recv::<Request>(), if !engine_gone => match msg {
-                Ok(Some(Request::Signal { signal })) => {
-                    if signal == libc::SIGKILL { cancelled = true; }
-                    if let Ok(sig) = Signal::try_from(signal) { let _ = kill(group, sig); }
-                }
-                Ok(Some(_)) => {}
-                // The engine went away: an exec nobody can watch is cancelled, tree and all.
-                Ok(None) | Err(_) => {
-                    engine_gone = true;
-                    cancelled = true;
-                    let _ = kill(group, Signal::SIGKILL);
-                }
-            },
-        }
-    };
-    // The exec owns its process group: whatever it left running in the background ends with it.
-    let _ = kill(group, Signal::SIGKILL);
-    let (code, signal) = match ws {
-        Some(WaitStatus::Exited(_, c)) => (Some(c), None),
-        Some(WaitStatus::Signaled(_, s, _)) => (None, Some(s as i32)),
-        _ => (None, Some(libc::SIGKILL)),
-    };
-    let _ = conn.send(&Response::Exited(ExitStatus { code, signal, timed_out, cancelled })).await;
-    state.borrow_mut().live_execs -= 1;
-}
-
-type Started = (i32, oneshot::Receiver<WaitStatus>, Vec<OwnedFd>);
-
-fn start_exec(state: &Shared, r: &ExecRequest) -> Result<Started, (ErrorKind, String)> {
-    let st = state.borrow();
-    if st.stopping {
-        return Err((ErrorKind::Stopping, "the sandbox is stopping".into()));
-    }
-    let (prog, args) = r.argv.split_first().ok_or((ErrorKind::InvalidArgument, "argv is empty".to_string()))?;
-    if prog.is_empty() {
-        return Err((ErrorKind::InvalidArgument, "argv[0] is empty".into()));
-    }
-    if let Some(a) = r.argv.iter().find(|a| a.contains('\0')) {
-        return Err((ErrorKind::InvalidArgument, format!("argument {a:?} contains a NUL byte")));
-    }
-    let cwd = resolve(&st.cfg.workdir, r.cwd.as_deref().unwrap_or(&st.cfg.workdir));
-    if !cwd.is_dir() {
-        return Err((ErrorKind::NotFound, format!("working directory {} does not exist", cwd.display())));
-    }
-    let io = |e: std::io::Error| (ErrorKind::Other, format!("pipe: {e}"));
-    let (out_r, out_w) = pipe().map_err(io)?;
-    let (err_r, err_w) = pipe().map_err(io)?;
-    for w in [&out_w, &err_w] {
-        let _ = nix::fcntl::fcntl(w, nix::fcntl::FcntlArg::F_SETPIPE_SZ(PIPE_SIZE));
-    }
-    let mut handed = vec![out_r, err_r];
-    let stdin = if r.stdin {
-        let (in_r, in_w) = pipe().map_err(io)?;
-        handed.push(in_w);
-        Stdio::from(in_r)
-    } else {
-        Stdio::null()
-    };
-    let mut cmd = Command::new(prog);
-    as_user(&mut cmd, st.user);
-    cmd.args(args)
-        .env_clear()
-        .envs(st.cfg.env.iter().map(|(k, v)| (k, v)))
-        .envs(r.env.iter().map(|(k, v)| (k, v)))
-        .current_dir(&cwd)
-        .stdin(stdin)
-        .stdout(Stdio::from(out_w))
-        .stderr(Stdio::from(err_w))
-        .process_group(0);
-    let child = cmd.spawn().map_err(|e| spawn_error(prog, &e))?;
-    // Our copies of the child's ends must close now, or the engine would never see end of file.
-    drop(cmd);
-    let pid = child.id() as i32;
-    let (tx, rx) = oneshot::channel();
-    drop(st);
-    // Registered before any await, so the reaper (same thread) cannot miss this pid's exit.
-    state.borrow_mut().execs.insert(pid, tx);
-    Ok((pid, rx, handed))
-}
-
-fn resolve(workdir: &str, path: &str) -> PathBuf {
+pub(crate) fn resolve(workdir: &str, path: &str) -> PathBuf {
     Path::new(workdir).join(path)
 }
 

@@ -26,6 +26,22 @@ pub enum Error {
         /// What the agent said, naming the command.
         message: String,
     },
+    /// No exec with this id in the sandbox.
+    #[error("sandbox {id}: exec {exec} not found")]
+    ExecNotFound {
+        /// Sandbox id.
+        id: String,
+        /// Exec id.
+        exec: String,
+    },
+    /// The exec's output was deleted when its retention passed.
+    #[error("sandbox {id}: exec {exec}: its output expired (retention passed)")]
+    ExecExpired {
+        /// Sandbox id.
+        id: String,
+        /// Exec id.
+        exec: String,
+    },
     /// A file operation failed inside the sandbox.
     #[error("sandbox {id}: {message}")]
     File {

@@ -1,22 +1,31 @@
-//! Execs: a command run in a running sandbox, with its output streamed straight from the process's pipes.
+//! Execs: commands in a running sandbox, as objects with ids that outlive any client.
+//!
+//! The sandbox's agent journals each exec's output into files in the sandbox's state directory; an
+//! [`ExecStream`] follows that journal from any offset, reading the files directly (the agent only tells it
+//! how far they have grown) and acknowledging what it has consumed, so a slow consumer slows the command
+//! instead of losing bytes, and a consumer that goes away (or a server that restarts) can attach again and
+//! resume exactly where it stopped.
 
 use crate::sandbox::agent_error;
-use crate::{new_id, Engine, Error, Result};
-use hangar_agent::protocol::{ExecRequest, ExitStatus, Request, Response};
+use crate::{Engine, Error, Result};
+use hangar_agent::protocol::{ExecRequest, Progress, Request, Response, WinSize};
 use hangar_agent::wire::{Conn, Writer};
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::unix::pipe;
+
+pub use hangar_agent::protocol::{Ending, ExecEnd, ExecInfo, OnDisconnect, Usage};
 
 /// Largest chunk handed out in one [`ExecEvent::Output`].
-const READ_CHUNK: usize = 1024 * 1024;
-/// After the process has exited, a pipe that stays silent this long is closed even if a process that
-/// escaped the exec's process group still holds it open.
-const DRAIN_IDLE: Duration = Duration::from_millis(100);
+const READ_CHUNK: u64 = 1024 * 1024;
 
 /// What to run.
 #[derive(Debug, Clone, Default)]
 pub struct ExecSpec {
+    /// Exec id chosen by the caller: starting the same id again finds the running (or finished) exec
+    /// instead of running the command twice. The agent picks one when `None`.
+    pub id: Option<String>,
     /// Program and arguments (no shell).
     pub argv: Vec<String>,
     /// Extra environment.
@@ -27,11 +36,21 @@ pub struct ExecSpec {
     pub timeout: Option<Duration>,
     /// Bytes to feed on stdin (then end of file); stdin is `/dev/null` when `None` and `stdin_pipe` is off.
     pub stdin: Option<Vec<u8>>,
-    /// Hand the stdin pipe to the caller ([`ExecStream::take_stdin`]) to write at its own pace.
+    /// Keep stdin open for [`Engine::open_stdin`] writers.
     pub stdin_pipe: bool,
+    /// Run under a terminal of (rows, cols): output is the terminal's, on stdout.
+    pub tty: Option<(u16, u16)>,
+    /// One pipe for stdout and stderr (all on stdout), keeping their interleaving exactly.
+    pub merged: bool,
+    /// What happens when no client is attached.
+    pub on_disconnect: OnDisconnect,
+    /// How long the journal is kept after the exec ended and its last reader left.
+    pub retain: Option<Duration>,
+    /// Bytes retained per stream (see the agent's journal).
+    pub journal_cap: Option<u64>,
 }
 
-/// Which output pipe a chunk came from.
+/// Which output stream a chunk came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum OutputStream {
     /// Standard output.
@@ -40,21 +59,19 @@ pub enum OutputStream {
     Stderr,
 }
 
-/// How an exec ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ExecExit {
-    /// Exit code, when it exited.
-    pub code: Option<i32>,
-    /// Signal that killed it.
-    pub signal: Option<i32>,
-    /// Killed because its timeout passed.
-    pub timed_out: bool,
-    /// Killed because it was cancelled.
-    pub cancelled: bool,
-    /// Total bytes written to stdout.
-    pub stdout_bytes: u64,
-    /// Total bytes written to stderr.
-    pub stderr_bytes: u64,
+impl OutputStream {
+    /// The stream's index in `[stdout, stderr]` pairs.
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    fn of(i: usize) -> Self {
+        if i == 0 {
+            OutputStream::Stdout
+        } else {
+            OutputStream::Stderr
+        }
+    }
 }
 
 /// One event of an exec's stream.
@@ -62,198 +79,341 @@ pub struct ExecExit {
 pub enum ExecEvent {
     /// Bytes written by the process, in order per stream; `offset` is the stream position of `data[0]`.
     Output {
-        /// Which pipe.
+        /// Which stream.
         stream: OutputStream,
         /// Byte offset within that stream.
         offset: u64,
         /// The bytes (shared, so handing a chunk on to a callback or the network never copies it).
         data: bytes::Bytes,
     },
-    /// The process ended and both pipes are drained; always the last event.
-    Exit(ExecExit),
+    /// Bytes `from..to` of a stream were dropped by the journal cap while no reader was attached.
+    Gap {
+        /// Which stream.
+        stream: OutputStream,
+        /// First dropped offset.
+        from: u64,
+        /// First offset after the dropped range.
+        to: u64,
+    },
+    /// The exec ended and every byte before has been delivered; always the last event.
+    Exit(ExecEnd),
 }
 
-/// A running exec. Dropping it cancels the exec (its whole process group is killed).
+/// A reader of one exec's journal. Dropping it detaches (what happens to the exec then is its
+/// [`OnDisconnect`] policy).
 pub struct ExecStream {
-    id: String,
     sandbox: String,
-    pid: i32,
+    info: ExecInfo,
     conn: Conn,
     writer: Writer,
-    pipes: [Option<pipe::Receiver>; 2],
-    offsets: [u64; 2],
-    stdin: Option<(pipe::Sender, Vec<u8>, usize)>,
-    stdin_pipe: Option<pipe::Sender>,
-    exit: Option<ExitStatus>,
+    dir: PathBuf,
+    files: [Option<File>; 2],
+    pos: [u64; 2],
+    progress: Progress,
+    next_stream: usize,
+    feeder: Option<tokio::task::JoinHandle<()>>,
     done: bool,
 }
 
+impl Drop for ExecStream {
+    fn drop(&mut self) {
+        if let Some(f) = self.feeder.take() {
+            f.abort();
+        }
+    }
+}
+
+/// A writer of one exec's stdin, resumable by offset.
+pub struct StdinWriter {
+    sandbox: String,
+    exec: String,
+    conn: Conn,
+    acked: u64,
+}
+
+fn validate(spec: &ExecSpec) -> Result<()> {
+    match spec.argv.first() {
+        None => return Err(Error::InvalidArgument("argv: the command is empty".into())),
+        Some(a) if a.is_empty() => return Err(Error::InvalidArgument("argv: argv[0] is empty".into())),
+        _ => {}
+    }
+    if let Some(a) = spec.argv.iter().find(|a| a.contains('\0')) {
+        return Err(Error::InvalidArgument(format!("argv: argument {a:?} contains a NUL byte")));
+    }
+    if spec.timeout.is_some_and(|t| t.is_zero()) {
+        return Err(Error::InvalidArgument("timeout: must be positive".into()));
+    }
+    if spec.tty.is_some_and(|(r, c)| r == 0 || c == 0) {
+        return Err(Error::InvalidArgument("tty: rows and columns must be positive".into()));
+    }
+    Ok(())
+}
+
 impl Engine {
-    /// Starts `spec` in sandbox `id`. Fails with a typed error when the sandbox is unknown or not running,
-    /// the argv is invalid, or the command does not exist.
+    /// Starts `spec` in sandbox `id` (or, when `spec.id` names an exec that exists with the same command,
+    /// finds it) and follows its output from the start. Fails with a typed error when the sandbox is unknown
+    /// or not running or the request is invalid; a command that cannot be started is an exec that ended
+    /// with [`Ending::FailedToStart`].
     pub async fn exec(&self, id: &str, spec: ExecSpec) -> Result<ExecStream> {
-        match spec.argv.first() {
-            None => return Err(Error::InvalidArgument("argv: the command is empty".into())),
-            Some(a) if a.is_empty() => return Err(Error::InvalidArgument("argv: argv[0] is empty".into())),
-            _ => {}
-        }
-        if let Some(a) = spec.argv.iter().find(|a| a.contains('\0')) {
-            return Err(Error::InvalidArgument(format!("argv: argument {a:?} contains a NUL byte")));
-        }
-        if spec.timeout.is_some_and(|t| t.is_zero()) {
-            return Err(Error::InvalidArgument("timeout: must be positive".into()));
-        }
-        let mut conn = self.connect(id).await?;
+        validate(&spec)?;
         let req = ExecRequest {
+            id: spec.id.clone().unwrap_or_default(),
             argv: spec.argv.clone(),
             env: spec.env,
             cwd: spec.cwd,
             timeout_ms: spec.timeout.map(|t| t.as_millis().max(1) as u64),
             stdin: spec.stdin.is_some() || spec.stdin_pipe,
+            tty: spec.tty.map(|(rows, cols)| WinSize { rows, cols }),
+            merged: spec.merged,
+            on_disconnect: spec.on_disconnect,
+            retain_ms: spec.retain.map(|d| d.as_millis() as u64),
+            journal_cap: spec.journal_cap,
         };
-        conn.send(&Request::Exec(req)).await.map_err(|e| self.gone(id, "exec", e))?;
-        let pid = match conn.recv::<Response>().await.map_err(|e| self.gone(id, "exec", e))? {
-            Some(Response::Started { pid }) => pid,
-            Some(Response::Error { kind, message }) => return Err(agent_error(id, &spec.argv[0], kind, message)),
-            other => return Err(self.unexpected(id, &spec.argv[0], other)),
-        };
-        let mut fds = conn.take_fds().into_iter();
-        let mut next_pipe = |what: &str| {
-            fds.next()
-                .ok_or_else(|| Error::Agent { id: id.into(), message: format!("no {what} descriptor with the exec") })
-        };
-        let recv = |fd| pipe::Receiver::from_owned_fd(fd).map_err(|e| Error::io("open exec pipe of", id, e));
-        let out = recv(next_pipe("stdout")?)?;
-        let err = recv(next_pipe("stderr")?)?;
-        let mut stdin_pipe = None;
-        let mut stdin = None;
-        if spec.stdin.is_some() || spec.stdin_pipe {
-            let tx =
-                pipe::Sender::from_owned_fd(next_pipe("stdin")?).map_err(|e| Error::io("open exec stdin of", id, e))?;
-            match spec.stdin {
-                Some(data) => stdin = Some((tx, data, 0)),
-                None => stdin_pipe = Some(tx),
+        let mut stream = self.follow(id, Request::Exec(req), &spec.argv[0], [0, 0]).await?;
+        if let Some(data) = spec.stdin {
+            if stream.info.stdin_open {
+                let mut w = self.open_stdin(id, &stream.info.id, stream.info.stdin_acked).await?;
+                stream.feeder = Some(tokio::spawn(async move {
+                    let start = w.acked as usize;
+                    for chunk in data[start.min(data.len())..].chunks(READ_CHUNK as usize) {
+                        let offset = w.acked;
+                        if w.write(offset, chunk).await.is_err() {
+                            return;
+                        }
+                    }
+                    let _ = w.close().await;
+                }));
             }
         }
+        Ok(stream)
+    }
+
+    /// Follows exec `exec` of sandbox `id` from offsets `from` (stdout, stderr): the bytes from there on are
+    /// replayed from the journal, then followed live.
+    pub async fn attach(&self, id: &str, exec: &str, from: [u64; 2]) -> Result<ExecStream> {
+        self.follow(id, Request::Attach { exec: exec.to_string(), from }, exec, from).await
+    }
+
+    async fn follow(&self, id: &str, req: Request, subject: &str, from: [u64; 2]) -> Result<ExecStream> {
+        let mut conn = self.connect(id).await?;
+        conn.send(&req).await.map_err(|e| self.gone(id, "exec", e))?;
+        let info = match conn.recv::<Response>().await.map_err(|e| self.gone(id, "exec", e))? {
+            Some(Response::Exec(info)) => info,
+            other => return Err(self.unexpected(id, subject, other)),
+        };
+        let dir = self.sandbox_dir(id).join(&info.journal);
         let writer = conn.writer();
         Ok(ExecStream {
-            id: new_id("ex"),
             sandbox: id.to_string(),
-            pid,
+            info,
             conn,
             writer,
-            pipes: [Some(out), Some(err)],
-            offsets: [0, 0],
-            stdin,
-            stdin_pipe,
-            exit: None,
+            dir,
+            files: [None, None],
+            pos: from,
+            progress: Progress::default(),
+            next_stream: 0,
+            feeder: None,
             done: false,
         })
     }
-}
 
-async fn read_chunk(rx: &mut Option<pipe::Receiver>) -> std::io::Result<Vec<u8>> {
-    let mut buf = Vec::with_capacity(READ_CHUNK);
-    match rx {
-        Some(r) => r.read_buf(&mut buf).await.map(|_| buf),
-        None => std::future::pending().await,
+    /// The sandbox's execs, oldest first (running ones and those whose record is still kept).
+    pub async fn execs(&self, id: &str) -> Result<Vec<ExecInfo>> {
+        let mut conn = self.connect(id).await?;
+        conn.send(&Request::ListExecs).await.map_err(|e| self.gone(id, "list execs", e))?;
+        match conn.recv::<Response>().await.map_err(|e| self.gone(id, "list execs", e))? {
+            Some(Response::Execs { execs }) => Ok(execs),
+            other => Err(self.unexpected(id, "execs", other)),
+        }
+    }
+
+    /// Signals exec `exec`'s whole process tree; SIGKILL cancels it.
+    pub async fn signal_exec(&self, id: &str, exec: &str, signal: i32) -> Result<()> {
+        let mut conn = self.connect(id).await?;
+        let req = Request::Signal { exec: exec.to_string(), signal };
+        conn.send(&req).await.map_err(|e| self.gone(id, "signal exec", e))?;
+        match conn.recv::<Response>().await.map_err(|e| self.gone(id, "signal exec", e))? {
+            Some(Response::Done) => Ok(()),
+            other => Err(self.unexpected(id, exec, other)),
+        }
+    }
+
+    /// Opens exec `exec`'s stdin for writing from `offset` on. Bytes the exec already received are skipped,
+    /// so a writer that lost its connection resumes from [`StdinWriter::acked`] of a new one.
+    pub async fn open_stdin(&self, id: &str, exec: &str, offset: u64) -> Result<StdinWriter> {
+        let mut conn = self.connect(id).await?;
+        conn.send(&Request::Stdin { exec: exec.to_string(), offset }).await.map_err(|e| self.gone(id, "stdin", e))?;
+        match conn.recv::<Response>().await.map_err(|e| self.gone(id, "stdin", e))? {
+            Some(Response::StdinAck { acked }) => {
+                Ok(StdinWriter { sandbox: id.to_string(), exec: exec.to_string(), conn, acked })
+            }
+            other => Err(self.unexpected(id, exec, other)),
+        }
     }
 }
 
-async fn feed(stdin: &mut Option<(pipe::Sender, Vec<u8>, usize)>) -> std::io::Result<usize> {
-    match stdin {
-        Some((tx, data, pos)) if *pos < data.len() => tx.write(&data[*pos..]).await,
-        _ => std::future::pending().await,
+impl StdinWriter {
+    /// Bytes of stdin the process has been given so far.
+    pub fn acked(&self) -> u64 {
+        self.acked
+    }
+
+    async fn ack(&mut self) -> Result<u64> {
+        match self.conn.recv::<Response>().await {
+            Ok(Some(Response::StdinAck { acked })) => {
+                self.acked = acked;
+                Ok(acked)
+            }
+            Ok(Some(Response::Error { kind, message })) => Err(agent_error(&self.sandbox, &self.exec, kind, message)),
+            other => Err(Error::SandboxGone {
+                id: self.sandbox.clone(),
+                detail: format!("stdin of exec {}: the agent went away ({other:?})", self.exec),
+            }),
+        }
+    }
+
+    /// Writes `data`, which starts at stream offset `offset` (at most [`StdinWriter::acked`]); returns once
+    /// the process's stdin has taken it, with the new acknowledged offset.
+    pub async fn write(&mut self, offset: u64, data: &[u8]) -> Result<u64> {
+        if offset > self.acked {
+            return Err(Error::InvalidArgument(format!(
+                "stdin offset {offset} is past the {} bytes acknowledged",
+                self.acked
+            )));
+        }
+        let w = self.conn.writer();
+        let sent = async {
+            w.send(&Request::StdinData { len: data.len() as u64 }).await?;
+            w.send_raw(data).await
+        }
+        .await;
+        sent.map_err(|e| Error::SandboxGone { id: self.sandbox.clone(), detail: format!("stdin: {e}") })?;
+        self.ack().await
+    }
+
+    /// Ends stdin (for a terminal: sends its end-of-file character).
+    pub async fn close(&mut self) -> Result<u64> {
+        self.conn
+            .send(&Request::StdinClose)
+            .await
+            .map_err(|e| Error::SandboxGone { id: self.sandbox.clone(), detail: format!("stdin: {e}") })?;
+        self.ack().await
     }
 }
 
 impl ExecStream {
+    /// The exec as it was when this stream attached.
+    pub fn info(&self) -> &ExecInfo {
+        &self.info
+    }
+
     /// This exec's id.
     pub fn id(&self) -> &str {
-        &self.id
+        &self.info.id
     }
 
-    /// The write end of the exec's stdin when it was started with `stdin_pipe`; dropping it is end of file.
-    pub fn take_stdin(&mut self) -> Option<pipe::Sender> {
-        self.stdin_pipe.take()
+    /// Offsets (stdout, stderr) up to which output has been delivered.
+    pub fn position(&self) -> [u64; 2] {
+        self.pos
     }
 
-    /// The process id inside the sandbox.
-    pub fn pid(&self) -> i32 {
-        self.pid
-    }
-
-    /// Sends a signal to the exec's whole process group. SIGKILL cancels it.
+    /// Sends a signal to the exec's whole process tree. SIGKILL cancels it.
     pub async fn signal(&self, signal: i32) -> Result<()> {
-        self.writer.send(&Request::Signal { signal }).await.map_err(|e| Error::SandboxGone {
+        self.send(&Request::Signal { exec: String::new(), signal }).await
+    }
+
+    /// Resizes the exec's terminal.
+    pub async fn resize(&self, rows: u16, cols: u16) -> Result<()> {
+        self.send(&Request::Resize { rows, cols }).await
+    }
+
+    async fn send(&self, req: &Request) -> Result<()> {
+        self.writer.send(req).await.map_err(|e| Error::SandboxGone {
             id: self.sandbox.clone(),
-            detail: format!("signal exec {}: {e}", self.id),
+            detail: format!("exec {}: {e}", self.info.id),
         })
     }
 
-    /// The next event; `Ok(None)` after [`ExecEvent::Exit`]. Output arrives as soon as the process writes
-    /// it; the exit comes only after both pipes are drained, so every byte precedes it.
-    pub async fn next(&mut self) -> Result<Option<ExecEvent>> {
-        if self.done {
+    fn read(&mut self, i: usize, len: u64) -> Result<bytes::Bytes> {
+        if self.files[i].is_none() {
+            let path = self.dir.join(["stdout", "stderr"][i]);
+            self.files[i] = Some(File::open(&path).map_err(|e| Error::io("open journal", path.display(), e))?);
+        }
+        let mut buf = vec![0u8; len as usize];
+        let file = self.files[i].as_ref().expect("opened above");
+        file.read_exact_at(&mut buf, self.pos[i]).map_err(|e| Error::io("read journal", self.dir.display(), e))?;
+        Ok(buf.into())
+    }
+
+    /// The next available event of stream `i`, if any.
+    async fn available(&mut self, i: usize) -> Result<Option<ExecEvent>> {
+        let p = &self.progress;
+        let (head, dropped_to, written) = (p.head, p.dropped_to[i], p.written[i]);
+        let pos = self.pos[i];
+        if pos >= head && pos < dropped_to {
+            self.pos[i] = dropped_to;
+            return Ok(Some(ExecEvent::Gap { stream: OutputStream::of(i), from: pos, to: dropped_to }));
+        }
+        let limit = if pos < head && dropped_to > head { written.min(head) } else { written };
+        if pos >= limit {
             return Ok(None);
         }
-        if matches!(&self.stdin, Some((_, d, p)) if *p >= d.len()) {
-            self.stdin = None; // all fed: closing the pipe is the end of file
-        }
+        let data = self.read(i, (limit - pos).min(READ_CHUNK))?;
+        self.pos[i] += data.len() as u64;
+        // What we hand on is consumed: the journal may drop it and the command may write more.
+        self.send(&Request::Ack { pos: self.pos }).await?;
+        Ok(Some(ExecEvent::Output { stream: OutputStream::of(i), offset: pos, data }))
+    }
+
+    /// The next event; `Ok(None)` after [`ExecEvent::Exit`]. Output arrives as soon as the agent has
+    /// journaled it; the exit comes only after every byte of both streams.
+    pub async fn next(&mut self) -> Result<Option<ExecEvent>> {
         loop {
-            if self.pipes.iter().all(Option::is_none) {
-                if let Some(s) = self.exit {
-                    self.done = true;
-                    return Ok(Some(ExecEvent::Exit(ExecExit {
-                        code: s.code,
-                        signal: s.signal,
-                        timed_out: s.timed_out,
-                        cancelled: s.cancelled,
-                        stdout_bytes: self.offsets[0],
-                        stderr_bytes: self.offsets[1],
-                    })));
+            if self.done {
+                return Ok(None);
+            }
+            // Alternate between the streams so neither starves the other.
+            for k in 0..2 {
+                let i = (self.next_stream + k) % 2;
+                if let Some(ev) = self.available(i).await? {
+                    self.next_stream = (i + 1) % 2;
+                    return Ok(Some(ev));
                 }
             }
-            let exited = self.exit.is_some();
-            let [out, err] = &mut self.pipes;
-            let (i, chunk) = tokio::select! {
-                biased;
-                r = read_chunk(out) => (0, r),
-                r = read_chunk(err) => (1, r),
-                w = feed(&mut self.stdin) => {
-                    match w {
-                        Ok(n) => if let Some((_, d, p)) = &mut self.stdin { *p += n; if *p >= d.len() { self.stdin = None; } },
-                        // The process closed its stdin (or exited): the rest cannot be delivered.
-                        Err(_) => self.stdin = None,
-                    }
-                    continue;
-                }
-                msg = self.conn.recv::<Response>(), if !exited => {
-                    match msg {
-                        Ok(Some(Response::Exited(s))) => { self.exit = Some(s); self.stdin = None; continue; }
-                        Ok(Some(other)) => return Err(Error::Agent { id: self.sandbox.clone(), message: format!("unexpected {other:?} during exec") }),
-                        Ok(None) | Err(_) => {
-                            self.done = true;
-                            return Err(Error::SandboxGone { id: self.sandbox.clone(), detail: format!("exec {} lost its agent before the command ended", self.id) });
-                        }
-                    }
-                }
-                _ = tokio::time::sleep(DRAIN_IDLE), if exited => {
-                    self.pipes = [None, None];
-                    continue;
-                }
-            };
-            match chunk {
-                Ok(data) if data.is_empty() => self.pipes[i] = None,
-                Ok(data) => {
-                    let offset = self.offsets[i];
-                    self.offsets[i] += data.len() as u64;
-                    let stream = if i == 0 { OutputStream::Stdout } else { OutputStream::Stderr };
-                    return Ok(Some(ExecEvent::Output { stream, offset, data: data.into() }));
-                }
-                Err(e) => {
+            if let Some(end) = &self.progress.end {
+                if self.pos[0] >= end.bytes[0] && self.pos[1] >= end.bytes[1] {
                     self.done = true;
-                    return Err(Error::io("read exec output of", &self.sandbox, e));
+                    return Ok(Some(ExecEvent::Exit(end.clone())));
+                }
+            }
+            match self.conn.recv::<Response>().await {
+                Ok(Some(Response::Progress(p))) => self.progress = p,
+                Ok(Some(other)) => {
+                    self.done = true;
+                    return Err(Error::Agent {
+                        id: self.sandbox.clone(),
+                        message: format!("unexpected {other:?} on exec {}", self.info.id),
+                    });
+                }
+                Ok(None) | Err(_) if self.progress.end.is_none() => {
+                    // The agent is gone, and the sandbox with it: the exec ended with it. What it journaled is
+                    // still delivered; the end's totals say how much that was.
+                    self.progress.end = Some(ExecEnd {
+                        ending: Ending::SandboxGone,
+                        code: None,
+                        signal: None,
+                        bytes: self.progress.written,
+                        crc32: [0, 0],
+                        usage: Usage::default(),
+                    });
+                }
+                Ok(None) | Err(_) => {
+                    self.done = true;
+                    return Err(Error::SandboxGone {
+                        id: self.sandbox.clone(),
+                        detail: format!("exec {}: the journal ended early", self.info.id),
+                    });
                 }
             }
         }

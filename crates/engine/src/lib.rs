@@ -3,7 +3,7 @@
 //! It turns a [`SandboxConfig`] into a running sandbox (image → layout, cgroup, agent spawned into fresh
 //! namespaces), keeps every sandbox's record in an embedded SQLite store so that any process using the
 //! same state directory sees the same sandboxes, runs execs through the sandbox's agent and streams their
-//! output as [`ExecEvent`]s read straight from the process's pipes, and stops sandboxes with a grace period,
+//! output as [`ExecEvent`]s read from the agent's per-exec journal (resumable by offset), and stops sandboxes with a grace period,
 //! leaving no process, mount, cgroup or directory behind.
 //!
 //! Both the embedded SDK and the server use this one engine. It is not a user API: the `hangar` crate is.
@@ -14,7 +14,10 @@ mod sandbox;
 mod store;
 
 pub use error::{Error, FileErrorKind, Result};
-pub use exec::{ExecEvent, ExecExit, ExecSpec, ExecStream, OutputStream};
+pub use exec::{
+    Ending, ExecEnd, ExecEvent, ExecInfo, ExecSpec, ExecStream, OnDisconnect, OutputStream, StdinWriter, Usage,
+};
+pub use hangar_agent::{DEFAULT_CAP as DEFAULT_JOURNAL_CAP, DEFAULT_RETAIN as DEFAULT_EXEC_RETAIN};
 pub use hangar_runtime::{DEFAULT_CAPABILITIES, DENIED_SYSCALLS};
 
 use serde::{Deserialize, Serialize};
@@ -171,7 +174,7 @@ pub struct SandboxInfo {
 }
 
 /// How a sandbox ended (internal, written once to the store).
-pub(crate) struct Ending {
+pub(crate) struct SandboxEnding {
     pub state: SandboxState,
     pub code: Option<i32>,
     pub signal: Option<i32>,

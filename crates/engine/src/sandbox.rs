@@ -2,7 +2,7 @@
 
 use crate::store::{Record, Store};
 use crate::{
-    new_id, now_ms, Ending, EngineConfig, Error, FileErrorKind, Result, SandboxConfig, SandboxInfo, SandboxState,
+    new_id, now_ms, SandboxEnding, EngineConfig, Error, FileErrorKind, Result, SandboxConfig, SandboxInfo, SandboxState,
 };
 use hangar_agent::protocol::{AgentConfig, EndReason, EndRecord, ErrorKind, Request, Response, END_RECORD_FILE};
 use hangar_agent::wire::Conn;
@@ -146,7 +146,7 @@ impl Engine {
 
     /// Records that sandbox `id` could not start, removes what it left, and hands the error back.
     async fn fail_start(&self, id: &str, e: Error) -> Error {
-        let end = Ending {
+        let end = SandboxEnding {
             state: SandboxState::Failed,
             code: None,
             signal: None,
@@ -381,19 +381,19 @@ impl Engine {
             .and_then(|b| serde_json::from_slice::<EndRecord>(&b).ok());
         let ending = match end {
             Some(EndRecord { reason: EndReason::Exited, code: Some(0), .. }) => {
-                Ending { state: SandboxState::Completed, code: Some(0), signal: None, reason: "exited", error: None }
+                SandboxEnding { state: SandboxState::Completed, code: Some(0), signal: None, reason: "exited", error: None }
             }
             Some(EndRecord { reason: EndReason::Exited, code, signal }) => {
-                Ending { state: SandboxState::Failed, code, signal, reason: "exited", error: None }
+                SandboxEnding { state: SandboxState::Failed, code, signal, reason: "exited", error: None }
             }
             Some(EndRecord { reason: EndReason::Stopped, code, signal }) => {
-                Ending { state: SandboxState::Terminated, code, signal, reason: "stopped", error: None }
+                SandboxEnding { state: SandboxState::Terminated, code, signal, reason: "stopped", error: None }
             }
             Some(EndRecord { reason: EndReason::LifetimeExceeded, code, signal }) => {
-                Ending { state: SandboxState::Terminated, code, signal, reason: "lifetime_exceeded", error: None }
+                SandboxEnding { state: SandboxState::Terminated, code, signal, reason: "lifetime_exceeded", error: None }
             }
             None => {
-                Ending { state: SandboxState::Terminated, code: None, signal: None, reason: "agent_died", error: None }
+                SandboxEnding { state: SandboxState::Terminated, code: None, signal: None, reason: "agent_died", error: None }
             }
         };
         // Record first: a concurrent finisher still finds exit.json until the record is final.
@@ -541,6 +541,9 @@ pub(crate) fn agent_error(id: &str, subject: &str, kind: ErrorKind, message: Str
         ErrorKind::InvalidArgument => Error::InvalidArgument(message),
         ErrorKind::Stopping => Error::NotRunning { id: id.to_string(), state: SandboxState::Terminated },
         ErrorKind::Other => Error::Agent { id: id.to_string(), message },
+        ErrorKind::ExecNotFound => Error::ExecNotFound { id: id.to_string(), exec: subject.to_string() },
+        ErrorKind::ExecExpired => Error::ExecExpired { id: id.to_string(), exec: subject.to_string() },
+        ErrorKind::ExecConflict => Error::InvalidArgument(message),
     }
 }
 

@@ -125,7 +125,7 @@ impl Store {
     }
 
     /// Records the end of a sandbox once: returns false when another process already did.
-    pub fn set_ended(&self, id: &str, end: &crate::Ending) -> Result<bool> {
+    pub fn set_ended(&self, id: &str, end: &crate::SandboxEnding) -> Result<bool> {
         let n = self.db().execute(
             "UPDATE sandboxes SET state = ?2, ended_at = ?3, exit_code = ?4, exit_signal = ?5, end_reason = ?6, error = ?7
              WHERE id = ?1 AND state IN ('pulling', 'creating', 'running')",

@@ -3,6 +3,7 @@
 
 use crate::{Error, Limits, Result};
 use std::fs;
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -23,7 +24,9 @@ pub struct Cgroups {
     parent: String,
 }
 
-const V1_CONTROLLERS: [&str; 3] = ["memory", "cpu", "pids"];
+/// v1 hierarchies a sandbox joins. `cpuacct` gives per-exec CPU time; where it is co-mounted with `cpu`
+/// both names lead to the same directory, which is harmless.
+const V1_CONTROLLERS: [&str; 4] = ["memory", "cpu", "cpuacct", "pids"];
 
 impl Cgroups {
     /// Detects the host's cgroup layout. `parent` is the directory (relative to each hierarchy's root) under
@@ -165,11 +168,18 @@ impl SandboxCgroup {
             if self.v2 {
                 let _ = write(&self.dirs[0].join("cgroup.kill"), "1");
             }
-            for pid in self.pids() {
-                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+            for d in &self.dirs {
+                kill_procs(d);
             }
             let mut busy = None;
             for d in &self.dirs {
+                // Per-exec cgroups an agent left behind (it was killed mid-exec) go first.
+                for child in fs::read_dir(d).into_iter().flatten().flatten() {
+                    if child.file_type().is_ok_and(|t| t.is_dir()) {
+                        kill_procs(&child.path());
+                        let _ = fs::remove_dir(child.path());
+                    }
+                }
                 match fs::remove_dir(d) {
                     Ok(()) => {}
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -203,4 +213,184 @@ fn mkdir(p: &Path) -> Result<()> {
 
 fn write(p: &Path, v: &str) -> Result<()> {
     fs::write(p, v).map_err(|e| Error::io("write cgroup file", p, e))
+}
+
+fn kill_procs(dir: &Path) {
+    for pid in fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default().lines() {
+        if let Ok(pid) = pid.trim().parse::<i32>() {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+        }
+    }
+}
+
+/// The sandbox's own cgroup directories, opened by its agent before it leaves the host's mount namespace, so
+/// that it can give every exec a cgroup of its own (exact tree kills, CPU time, peak memory, OOM kills).
+#[derive(Debug)]
+pub struct CgroupDirs {
+    v2: bool,
+    /// (controller, directory); the controller is empty on v2.
+    dirs: Vec<(String, OwnedFd)>,
+}
+
+/// One exec's cgroup under its sandbox's.
+#[derive(Debug)]
+pub struct ExecCgroup {
+    v2: bool,
+    name: String,
+    /// (controller, parent directory, own directory).
+    dirs: Vec<(String, OwnedFd, OwnedFd)>,
+    procs: Vec<OwnedFd>,
+}
+
+/// What an exec's cgroup measured.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CgroupUsage {
+    /// CPU time in user mode, nanoseconds.
+    pub cpu_user_ns: u64,
+    /// CPU time in kernel mode, nanoseconds.
+    pub cpu_sys_ns: u64,
+    /// Peak memory (including page cache), bytes.
+    pub peak_memory_bytes: u64,
+    /// Processes the kernel's OOM killer killed in this cgroup.
+    pub oom_kills: u64,
+}
+
+fn open_dir_at(dir: Option<&OwnedFd>, path: &Path) -> std::io::Result<OwnedFd> {
+    use nix::fcntl::{open, openat, OFlag};
+    let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
+    match dir {
+        Some(d) => openat(d, path, flags, nix::sys::stat::Mode::empty()),
+        None => open(path, flags, nix::sys::stat::Mode::empty()),
+    }
+    .map_err(std::io::Error::from)
+}
+
+fn read_at(dir: &OwnedFd, file: &str) -> String {
+    use nix::fcntl::{openat, OFlag};
+    openat(dir, file, OFlag::O_RDONLY | OFlag::O_CLOEXEC, nix::sys::stat::Mode::empty())
+        .ok()
+        .and_then(|fd| std::io::read_to_string(fs::File::from(fd)).ok())
+        .unwrap_or_default()
+}
+
+fn keyed(text: &str, key: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(key).and_then(|v| v.strip_prefix(' ')).and_then(|v| v.trim().parse().ok()))
+        .unwrap_or(0)
+}
+
+impl CgroupDirs {
+    /// Opens the directories of the `cgroup.procs` files a sandbox joined. Directories that cannot be opened
+    /// are skipped: per-exec accounting is then partial, never fatal.
+    pub fn open(procs_files: &[PathBuf]) -> Self {
+        let mut dirs = Vec::new();
+        let mut v2 = false;
+        for f in procs_files {
+            let Some(dir) = f.parent() else { continue };
+            let Ok(fd) = open_dir_at(None, dir) else { continue };
+            v2 = nix::sys::statfs::fstatfs(&fd).is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::CGROUP2_SUPER_MAGIC);
+            let controller = dir
+                .strip_prefix(CGROUP_ROOT)
+                .ok()
+                .and_then(|rel| rel.components().next())
+                .map(|c| c.as_os_str().to_string_lossy().into_owned())
+                .filter(|_| !v2)
+                .unwrap_or_default();
+            dirs.push((controller, fd));
+        }
+        Self { v2, dirs }
+    }
+
+    /// Makes cgroup `name` under each of the sandbox's directories. On v2 no controller is delegated to it
+    /// (the sandbox's own processes sit in the sandbox cgroup), so it gives kills and CPU time (`cpu.stat`
+    /// is always there) but no peak memory.
+    pub fn create_exec(&self, name: &str) -> std::io::Result<ExecCgroup> {
+        use nix::fcntl::{openat, OFlag};
+        let mut dirs = Vec::new();
+        let mut procs = Vec::new();
+        for (controller, parent) in &self.dirs {
+            match nix::sys::stat::mkdirat(parent, name, nix::sys::stat::Mode::from_bits_truncate(0o755)) {
+                Ok(()) | Err(nix::errno::Errno::EEXIST) => {}
+                Err(e) => return Err(e.into()),
+            }
+            let own = open_dir_at(Some(parent), Path::new(name))?;
+            let p = openat(&own, "cgroup.procs", OFlag::O_WRONLY | OFlag::O_CLOEXEC, nix::sys::stat::Mode::empty())?;
+            procs.push(p);
+            dirs.push((controller.clone(), parent.try_clone()?, own));
+        }
+        Ok(ExecCgroup { v2: self.v2, name: name.to_string(), dirs, procs })
+    }
+}
+
+impl ExecCgroup {
+    /// Raw descriptors of the `cgroup.procs` files; a child writes `0` to each (between fork and exec) to
+    /// join before it can start anything else.
+    pub fn procs_fds(&self) -> Vec<std::os::fd::RawFd> {
+        use std::os::fd::AsRawFd;
+        self.procs.iter().map(|f| f.as_raw_fd()).collect()
+    }
+
+    /// Process ids (in the caller's pid namespace) in this cgroup.
+    pub fn pids(&self) -> Vec<i32> {
+        let mut out: Vec<i32> = self
+            .dirs
+            .iter()
+            .flat_map(|(_, _, own)| read_at(own, "cgroup.procs").lines().filter_map(|l| l.trim().parse().ok()).collect::<Vec<_>>())
+            .collect();
+        out.sort_unstable();
+        out.dedup();
+        out
+    }
+
+    /// SIGKILLs every process in the cgroup, including any that left the exec's process group or session.
+    pub fn kill_all(&self) -> usize {
+        let pids = self.pids();
+        for &pid in &pids {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+        }
+        pids.len()
+    }
+
+    fn dir(&self, controller: &str) -> Option<&OwnedFd> {
+        self.dirs.iter().find(|(c, _, _)| self.v2 || c == controller).map(|(_, _, d)| d)
+    }
+
+    /// CPU time, peak memory and OOM kills so far.
+    pub fn usage(&self) -> CgroupUsage {
+        let mut u = CgroupUsage::default();
+        if self.v2 {
+            if let Some(d) = self.dir("") {
+                let stat = read_at(d, "cpu.stat");
+                u.cpu_user_ns = keyed(&stat, "user_usec") * 1000;
+                u.cpu_sys_ns = keyed(&stat, "system_usec") * 1000;
+                u.peak_memory_bytes = read_at(d, "memory.peak").trim().parse().unwrap_or(0);
+                u.oom_kills = keyed(&read_at(d, "memory.events"), "oom_kill");
+            }
+            return u;
+        }
+        if let Some(d) = self.dir("cpuacct") {
+            u.cpu_user_ns = read_at(d, "cpuacct.usage_user").trim().parse().unwrap_or(0);
+            u.cpu_sys_ns = read_at(d, "cpuacct.usage_sys").trim().parse().unwrap_or(0);
+        }
+        if let Some(d) = self.dir("memory") {
+            u.peak_memory_bytes = read_at(d, "memory.max_usage_in_bytes").trim().parse().unwrap_or(0);
+            u.oom_kills = keyed(&read_at(d, "memory.oom_control"), "oom_kill");
+        }
+        u
+    }
+
+    /// Removes the cgroup once its processes are gone (kills stragglers; tries for up to `wait`).
+    pub fn remove(self, wait: Duration) {
+        let deadline = Instant::now() + wait;
+        for (_, parent, _) in &self.dirs {
+            loop {
+                self.kill_all();
+                match nix::unistd::unlinkat(parent, self.name.as_str(), nix::unistd::UnlinkatFlags::RemoveDir) {
+                    Ok(()) | Err(nix::errno::Errno::ENOENT) => break,
+                    Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(1)),
+                    Err(_) => break,
+                }
+            }
+        }
+    }
 }

@@ -27,12 +27,15 @@ pub use spec::{Limits, MountSpec, OverlaySpec, RootfsSpec, SandboxSpec};
 ///
 /// Runs in the agent binary before it starts serving; every step is in the order a reader would do it by
 /// hand (the bubblewrap recipe): cgroups → mount namespace → root → hostname → network → privileges.
-pub fn enter(spec: &SandboxSpec) -> Result<()> {
+///
+/// Returns the sandbox's cgroup directories, opened while they are still reachable, for per-exec cgroups.
+pub fn enter(spec: &SandboxSpec) -> Result<cgroups::CgroupDirs> {
     cgroups::join(&spec.cgroup_procs)?;
+    let dirs = cgroups::CgroupDirs::open(&spec.cgroup_procs);
     rootfs::unshare_cgroup_namespace()?;
     rootfs::build_and_pivot(&spec.rootfs)?;
     nix::unistd::sethostname(&spec.hostname).map_err(|e| Error::sys("sethostname", &spec.hostname, e))?;
     rootfs::loopback_up()?;
     security::harden()?;
-    Ok(())
+    Ok(dirs)
 }

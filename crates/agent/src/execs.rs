@@ -1,0 +1,853 @@
+//! Execs: commands run for clients. Each exec's output goes into a journal (one file per stream in the
+//! sandbox's host-side state directory) that outlives any client: readers attach and resume from any offset,
+//! a slow reader slows the command instead of losing bytes, and a reader that is gone does not stall it.
+//!
+//! Retention per stream: everything up to the journal cap. Past the cap, when no attached reader still needs
+//! them, the oldest bytes after a kept head are dropped (hole-punched) and readers are told the exact range;
+//! while an attached reader still needs them, the pipe is simply not read, so the command blocks on write.
+
+use crate::protocol::{
+    Ending, ErrorKind, ExecEnd, ExecInfo, ExecRequest, OnDisconnect, Progress, Request, Response, Usage, WinSize,
+};
+use crate::server::{as_user, resolve, spawn_error, Shared, STATE_DIR_FD};
+use crate::wire::Conn;
+use nix::sys::signal::{kill, Signal};
+use nix::sys::wait::WaitStatus;
+use nix::unistd::Pid;
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::unix::fs::FileExt;
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Stdio};
+use std::rc::Rc;
+use std::time::{Duration, Instant, SystemTime};
+use tokio::io::unix::AsyncFd;
+use tokio::sync::{oneshot, watch, Notify};
+
+/// How long a journal is kept after its exec ended and its last reader left, unless the exec says otherwise.
+pub const DEFAULT_RETAIN: Duration = Duration::from_secs(600);
+/// Bytes retained per stream unless the exec says otherwise.
+pub const DEFAULT_CAP: u64 = 1 << 30;
+const MIN_CAP: u64 = 64 << 10;
+/// The head of a stream that is never dropped (so the first lines survive too), at most this.
+const MAX_HEAD: u64 = 8 << 20;
+const READ_CHUNK: usize = 1 << 20;
+/// Pipes are enlarged to this so a fast writer makes fewer round trips through the agent.
+const PIPE_SIZE: i32 = 1 << 20;
+/// After the process tree is gone, a pipe still held open (by nothing we can see) is closed after this.
+const DRAIN_IDLE: Duration = Duration::from_millis(100);
+/// Ended execs whose journal expired are forgotten beyond this many.
+const MAX_EXPIRED: usize = 1024;
+
+pub(crate) type ExecRef = Rc<RefCell<Exec>>;
+
+/// The sandbox's execs, oldest first.
+pub(crate) struct Table {
+    by_id: HashMap<String, ExecRef>,
+    order: Vec<String>,
+    next: u64,
+    pub(crate) cgroups: hangar_runtime::cgroups::CgroupDirs,
+}
+
+impl Table {
+    pub(crate) fn new(cgroups: hangar_runtime::cgroups::CgroupDirs) -> Self {
+        Self { by_id: HashMap::new(), order: Vec::new(), next: 1, cgroups }
+    }
+
+    fn fresh_id(&mut self) -> String {
+        loop {
+            let id = format!("ex-{}", self.next);
+            self.next += 1;
+            if !self.by_id.contains_key(&id) {
+                return id;
+            }
+        }
+    }
+
+    pub(crate) fn running(&self) -> Vec<ExecRef> {
+        self.by_id.values().filter(|e| e.borrow().end.is_none()).cloned().collect()
+    }
+
+    fn forget_expired(&mut self) {
+        let expired: Vec<String> =
+            self.order.iter().filter(|id| self.by_id.get(*id).is_some_and(|e| e.borrow().expired)).cloned().collect();
+        for id in expired.iter().take(expired.len().saturating_sub(MAX_EXPIRED)) {
+            self.by_id.remove(id);
+            self.order.retain(|o| o != id);
+        }
+    }
+}
+
+struct Journal {
+    /// `None` once the journal expired.
+    file: Option<File>,
+    written: u64,
+    dropped_to: u64,
+    crc: crc32fast::Hasher,
+}
+
+pub(crate) struct Exec {
+    id: String,
+    argv: Vec<String>,
+    pid: i32,
+    started_at_ms: u64,
+    started: Instant,
+    tty: bool,
+    merged: bool,
+    journals: [Journal; 2],
+    head: u64,
+    cap: u64,
+    /// Attached readers' positions: bytes at or after them are never dropped.
+    pins: HashMap<u64, [u64; 2]>,
+    next_reader: u64,
+    progress: watch::Sender<Progress>,
+    /// Woken when readers advance or leave, so a pump waiting for room re-checks.
+    space: Rc<Notify>,
+    stdin: Rc<tokio::sync::Mutex<Option<AsyncFd<OwnedFd>>>>,
+    stdin_open: bool,
+    stdin_acked: u64,
+    /// The PTY master, for resizes.
+    pty: Option<OwnedFd>,
+    cgroup: Option<hangar_runtime::cgroups::ExecCgroup>,
+    /// Why the agent killed it, when it did.
+    killed_for: Option<Ending>,
+    end: Option<ExecEnd>,
+    ended: Option<Instant>,
+    expired: bool,
+    policy: OnDisconnect,
+    retain: Duration,
+    left_at: Instant,
+    journal: String,
+}
+
+fn err(kind: ErrorKind, message: impl Into<String>) -> (ErrorKind, String) {
+    (kind, message.into())
+}
+
+fn state_dir() -> BorrowedFd<'static> {
+    // SAFETY: the runtime placed the state directory at this number and nothing closes it while we run.
+    unsafe { BorrowedFd::borrow_raw(STATE_DIR_FD) }
+}
+
+fn valid_id(id: &str) -> bool {
+    (1..=128).contains(&id.len())
+        && !id.starts_with('.')
+        && id.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+}
+
+fn nonblocking(fd: OwnedFd) -> io::Result<AsyncFd<OwnedFd>> {
+    use nix::fcntl::{fcntl, FcntlArg, OFlag};
+    let flags = OFlag::from_bits_truncate(fcntl(&fd, FcntlArg::F_GETFL)?);
+    fcntl(&fd, FcntlArg::F_SETFL(flags | OFlag::O_NONBLOCK))?;
+    // SAFETY: the AsyncFd owns `fd`, so it stays open and means the same file for the AsyncFd's lifetime.
+    Ok(unsafe { AsyncFd::register(fd) }?)
+}
+
+fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(io::Error::from)
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+/// Creates `execs/<id>/{stdout,stderr}` in the state directory.
+fn make_journal(rel: &str) -> io::Result<[File; 2]> {
+    use nix::fcntl::{openat, OFlag};
+    use nix::sys::stat::{mkdirat, Mode};
+    for d in ["execs", rel] {
+        match mkdirat(state_dir(), d, Mode::from_bits_truncate(0o700)) {
+            Ok(()) | Err(nix::errno::Errno::EEXIST) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let open = |name: &str| -> io::Result<File> {
+        let flags = OFlag::O_RDWR | OFlag::O_CREAT | OFlag::O_TRUNC | OFlag::O_CLOEXEC;
+        Ok(File::from(openat(state_dir(), format!("{rel}/{name}").as_str(), flags, Mode::from_bits_truncate(0o600))?))
+    };
+    Ok([open("stdout")?, open("stderr")?])
+}
+
+fn remove_journal(rel: &str) {
+    use nix::unistd::{unlinkat, UnlinkatFlags};
+    for name in ["stdout", "stderr"] {
+        let _ = unlinkat(state_dir(), format!("{rel}/{name}").as_str(), UnlinkatFlags::NoRemoveDir);
+    }
+    let _ = unlinkat(state_dir(), rel, UnlinkatFlags::RemoveDir);
+}
+
+impl Exec {
+    fn info(&self) -> ExecInfo {
+        ExecInfo {
+            id: self.id.clone(),
+            argv: self.argv.clone(),
+            pid: self.pid,
+            started_at_ms: self.started_at_ms,
+            tty: self.tty,
+            merged: self.merged,
+            stdin_open: self.stdin_open,
+            stdin_acked: self.stdin_acked,
+            written: [self.journals[0].written, self.journals[1].written],
+            attached: self.pins.len() as u32,
+            end: self.end.clone(),
+            expired: self.expired,
+            journal: self.journal.clone(),
+        }
+    }
+
+    fn retained(&self, i: usize) -> u64 {
+        let j = &self.journals[i];
+        j.written - (j.dropped_to - self.head)
+    }
+
+    /// Drops what the cap asks for, as far as no attached reader still needs it.
+    fn try_drop(&mut self, i: usize) -> bool {
+        if self.retained(i) <= self.cap {
+            return false;
+        }
+        let target = self.journals[i].written - (self.cap - self.head);
+        let needed = self.pins.values().map(|p| p[i]).min().unwrap_or(u64::MAX);
+        let j = &mut self.journals[i];
+        let to = target.min(needed);
+        if to <= j.dropped_to {
+            return false;
+        }
+        if let Some(f) = &j.file {
+            use nix::fcntl::{fallocate, FallocateFlags};
+            let flags = FallocateFlags::FALLOC_FL_PUNCH_HOLE | FallocateFlags::FALLOC_FL_KEEP_SIZE;
+            let _ = fallocate(f, flags, j.dropped_to as i64, (to - j.dropped_to) as i64);
+        }
+        j.dropped_to = to;
+        true
+    }
+
+    /// Whether the stream has no room for more until a reader moves on.
+    fn full(&mut self, i: usize) -> bool {
+        if self.try_drop(i) {
+            self.publish();
+        }
+        self.retained(i) >= self.cap
+    }
+
+    fn append(&mut self, i: usize, data: &[u8]) {
+        let j = &mut self.journals[i];
+        if let Some(f) = &j.file {
+            if let Err(e) = f.write_all_at(data, j.written) {
+                // The host's disk is full: the bytes are lost, and a reader sees the checksum not add up.
+                eprintln!("hangar-agent: exec {}: journal write failed: {e}", self.id);
+            }
+        }
+        j.crc.update(data);
+        j.written += data.len() as u64;
+        self.try_drop(i);
+        self.publish();
+    }
+
+    fn publish(&self) {
+        self.progress.send_replace(Progress {
+            written: [self.journals[0].written, self.journals[1].written],
+            head: self.head,
+            dropped_to: [self.journals[0].dropped_to, self.journals[1].dropped_to],
+            end: self.end.clone(),
+        });
+    }
+
+    fn signal(&self, sig: Signal) {
+        if self.end.is_some() || self.pid <= 0 {
+            return;
+        }
+        let _ = kill(Pid::from_raw(-self.pid), sig);
+        if sig == Signal::SIGKILL {
+            if let Some(cg) = &self.cgroup {
+                cg.kill_all();
+            }
+        }
+    }
+
+    /// Kills the whole tree (process group and cgroup) for `why`, unless it already ended.
+    pub(crate) fn kill_for(&mut self, why: Ending) {
+        if self.end.is_none() {
+            self.killed_for.get_or_insert(why);
+            self.signal(Signal::SIGKILL);
+        }
+    }
+
+    fn on_signal(&mut self, signal: i32) -> Result<(), (ErrorKind, String)> {
+        let sig = Signal::try_from(signal).map_err(|_| err(ErrorKind::InvalidArgument, format!("signal {signal}")))?;
+        if sig == Signal::SIGKILL {
+            self.kill_for(Ending::Cancelled);
+        } else {
+            self.signal(sig);
+        }
+        Ok(())
+    }
+}
+
+fn validate(state: &Shared, r: &ExecRequest) -> Result<std::path::PathBuf, (ErrorKind, String)> {
+    let st = state.borrow();
+    if st.stopping {
+        return Err(err(ErrorKind::Stopping, "the sandbox is stopping"));
+    }
+    match r.argv.first() {
+        None => return Err(err(ErrorKind::InvalidArgument, "argv is empty")),
+        Some(p) if p.is_empty() => return Err(err(ErrorKind::InvalidArgument, "argv[0] is empty")),
+        _ => {}
+    }
+    if let Some(a) = r.argv.iter().find(|a| a.contains('\0')) {
+        return Err(err(ErrorKind::InvalidArgument, format!("argument {a:?} contains a NUL byte")));
+    }
+    if r.tty.is_some() && r.merged {
+        return Err(err(ErrorKind::InvalidArgument, "tty and merged are exclusive (a terminal is one stream)"));
+    }
+    let cwd = resolve(&st.cfg.workdir, r.cwd.as_deref().unwrap_or(&st.cfg.workdir));
+    if !cwd.is_dir() {
+        return Err(err(ErrorKind::NotFound, format!("working directory {} does not exist", cwd.display())));
+    }
+    Ok(cwd)
+}
+
+/// The exec `r` names, started now, or the existing one when its id is taken by the same command.
+pub(crate) fn start(state: &Shared, r: ExecRequest) -> Result<ExecRef, (ErrorKind, String)> {
+    if !r.id.is_empty() {
+        if !valid_id(&r.id) {
+            return Err(err(ErrorKind::InvalidArgument, format!("exec id {:?}: use 1-128 of [A-Za-z0-9._-]", r.id)));
+        }
+        if let Some(e) = state.borrow().table.by_id.get(&r.id) {
+            if e.borrow().argv != r.argv {
+                return Err(err(ErrorKind::ExecConflict, format!("exec id {} is taken by another command", r.id)));
+            }
+            return Ok(e.clone());
+        }
+    }
+    let cwd = validate(state, &r)?;
+    let id = if r.id.is_empty() { state.borrow_mut().table.fresh_id() } else { r.id.clone() };
+    let rel = format!("execs/{id}");
+    let io_err = |what: &str, e: io::Error| err(ErrorKind::Other, format!("exec {id}: {what}: {e}"));
+    let files = make_journal(&rel).map_err(|e| io_err("journal", e))?;
+    let cap = r.journal_cap.unwrap_or(DEFAULT_CAP).max(MIN_CAP);
+    let head = (cap / 4).min(MAX_HEAD);
+    let [out_file, err_file] = files;
+    let journal = |file| Journal { file: Some(file), written: 0, dropped_to: head, crc: crc32fast::Hasher::new() };
+    let exec = Rc::new(RefCell::new(Exec {
+        id: id.clone(),
+        argv: r.argv.clone(),
+        pid: 0,
+        started_at_ms: now_ms(),
+        started: Instant::now(),
+        tty: r.tty.is_some(),
+        merged: r.merged,
+        journals: [journal(out_file), journal(err_file)],
+        head,
+        cap,
+        pins: HashMap::new(),
+        next_reader: 0,
+        progress: watch::channel(Progress::default()).0,
+        space: Rc::new(Notify::new()),
+        stdin: Rc::new(tokio::sync::Mutex::new(None)),
+        stdin_open: false,
+        stdin_acked: 0,
+        pty: None,
+        cgroup: None,
+        killed_for: None,
+        end: None,
+        ended: None,
+        expired: false,
+        policy: r.on_disconnect,
+        retain: r.retain_ms.map(Duration::from_millis).unwrap_or(DEFAULT_RETAIN),
+        left_at: Instant::now(),
+        journal: rel,
+    }));
+    {
+        let mut st = state.borrow_mut();
+        st.table.by_id.insert(id.clone(), exec.clone());
+        st.table.order.push(id.clone());
+    }
+    match spawn(state, &exec, &r, &cwd) {
+        Ok(()) => {}
+        Err(reason) => {
+            let mut e = exec.borrow_mut();
+            e.end = Some(ExecEnd {
+                ending: Ending::FailedToStart { reason },
+                code: None,
+                signal: None,
+                bytes: [0, 0],
+                crc32: [0, 0],
+                usage: Usage::default(),
+            });
+            e.ended = Some(Instant::now());
+            e.publish();
+            drop(e);
+            tokio::task::spawn_local(retain(state.clone(), exec.clone()));
+        }
+    }
+    Ok(exec)
+}
+
+/// Starts the process with its pipes (or terminal) and cgroup, and the tasks that journal and supervise it.
+fn spawn(state: &Shared, exec: &ExecRef, r: &ExecRequest, cwd: &std::path::Path) -> Result<(), String> {
+    let id = exec.borrow().id.clone();
+    let io_err = |what: &str, e: io::Error| format!("exec {id}: {what}: {e}");
+    let prog = &r.argv[0];
+    let mut cmd = Command::new(prog);
+    {
+        let st = state.borrow();
+        as_user(&mut cmd, st.user);
+        cmd.args(&r.argv[1..]).env_clear().envs(st.cfg.env.iter().map(|(k, v)| (k, v)));
+    }
+    if r.tty.is_some() && !r.env.iter().any(|(k, _)| k == "TERM") {
+        cmd.env("TERM", "xterm-256color");
+    }
+    cmd.envs(r.env.iter().map(|(k, v)| (k, v))).current_dir(cwd);
+    let mut sources: Vec<OwnedFd> = Vec::new();
+    let mut stdin_sink = None;
+    let mut pty_ctl = None;
+    if let Some(WinSize { rows, cols }) = r.tty {
+        let ws = nix::pty::Winsize { ws_row: rows, ws_col: cols, ws_xpixel: 0, ws_ypixel: 0 };
+        let pty = nix::pty::openpty(Some(&ws), None).map_err(|e| io_err("openpty", e.into()))?;
+        for fd in [&pty.master, &pty.slave] {
+            set_cloexec(fd);
+        }
+        let slave = File::from(pty.slave);
+        let dup = |f: &File| f.try_clone().map(Stdio::from).map_err(|e| io_err("dup pty", e));
+        cmd.stdin(dup(&slave)?).stdout(dup(&slave)?).stderr(Stdio::from(slave));
+        stdin_sink = Some(pty.master.try_clone().map_err(|e| io_err("dup pty", e))?);
+        pty_ctl = Some(pty.master.try_clone().map_err(|e| io_err("dup pty", e))?);
+        sources.push(pty.master);
+        // SAFETY: setsid and ioctl are async-signal-safe; the closure touches no memory of the parent.
+        unsafe {
+            cmd.pre_exec(|| {
+                nix::unistd::setsid().map_err(io::Error::from)?;
+                if libc::ioctl(0, libc::TIOCSCTTY as _, 0) < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    } else {
+        let (out_r, out_w) = pipe().map_err(|e| io_err("pipe", e))?;
+        let _ = nix::fcntl::fcntl(&out_w, nix::fcntl::FcntlArg::F_SETPIPE_SZ(PIPE_SIZE));
+        sources.push(out_r);
+        let err_w = if r.merged {
+            out_w.try_clone().map_err(|e| io_err("dup", e))?
+        } else {
+            let (err_r, err_w) = pipe().map_err(|e| io_err("pipe", e))?;
+            let _ = nix::fcntl::fcntl(&err_w, nix::fcntl::FcntlArg::F_SETPIPE_SZ(PIPE_SIZE));
+            sources.push(err_r);
+            err_w
+        };
+        if r.stdin {
+            let (in_r, in_w) = pipe().map_err(|e| io_err("pipe", e))?;
+            cmd.stdin(Stdio::from(in_r));
+            stdin_sink = Some(in_w);
+        } else {
+            cmd.stdin(Stdio::null());
+        }
+        cmd.stdout(Stdio::from(out_w)).stderr(Stdio::from(err_w)).process_group(0);
+    }
+    let cgroup = state.borrow().table.cgroups.create_exec(&format!("exec-{id}")).ok();
+    if let Some(cg) = &cgroup {
+        let fds = cg.procs_fds();
+        // SAFETY: write(2) on descriptors we own is async-signal-safe; `fds` is moved into the closure.
+        unsafe {
+            cmd.pre_exec(move || {
+                for &fd in &fds {
+                    if libc::write(fd, b"0".as_ptr().cast(), 1) < 0 {
+                        return Err(io::Error::last_os_error());
+                    }
+                }
+                Ok(())
+            });
+        }
+    }
+    let child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => {
+            if let Some(cg) = cgroup {
+                cg.remove(Duration::from_millis(10));
+            }
+            return Err(spawn_error(prog, &e).1);
+        }
+    };
+    // Our copies of the child's ends must close now, or the pumps would never see end of file.
+    drop(cmd);
+    let pid = child.id() as i32;
+    let (tx, exit_rx) = oneshot::channel();
+    // Registered before any await, so the reaper (same thread) cannot miss this pid's exit.
+    state.borrow_mut().waiters.insert(pid, tx);
+    state.borrow_mut().live_execs += 1;
+    let sink = match stdin_sink.map(nonblocking).transpose() {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = kill(Pid::from_raw(-pid), Signal::SIGKILL);
+            return Err(io_err("stdin", e));
+        }
+    };
+    {
+        let mut e = exec.borrow_mut();
+        e.pid = pid;
+        e.started = Instant::now();
+        e.stdin_open = sink.is_some();
+        *e.stdin.try_lock().expect("new exec's stdin is free") = sink;
+        e.pty = pty_ctl;
+        e.cgroup = cgroup;
+    }
+    let (exited_tx, exited_rx) = watch::channel(false);
+    let mut pumps = Vec::new();
+    for (i, src) in sources.into_iter().enumerate() {
+        let src = nonblocking(src).map_err(|e| io_err("output", e))?;
+        pumps.push(tokio::task::spawn_local(pump(exec.clone(), i, src, exited_rx.clone())));
+    }
+    if let Some(t) = r.timeout_ms {
+        let e = exec.clone();
+        tokio::task::spawn_local(async move {
+            tokio::time::sleep(Duration::from_millis(t)).await;
+            e.borrow_mut().kill_for(Ending::TimedOut);
+        });
+    }
+    tokio::task::spawn_local(supervise(state.clone(), exec.clone(), exit_rx, pumps, exited_tx));
+    Ok(())
+}
+
+fn set_cloexec(fd: &impl AsFd) {
+    let _ = nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC));
+}
+
+async fn read_some(src: &AsyncFd<OwnedFd>, buf: &mut [u8]) -> io::Result<usize> {
+    loop {
+        let mut guard = src.readable().await?;
+        match guard.try_io(|fd| nix::unistd::read(fd.get_ref(), buf).map_err(io::Error::from)) {
+            Ok(r) => return r,
+            Err(_would_block) => continue,
+        }
+    }
+}
+
+/// Moves one stream's bytes from the process into the journal, pausing while the journal has no room.
+async fn pump(e: ExecRef, i: usize, src: AsyncFd<OwnedFd>, mut exited: watch::Receiver<bool>) {
+    let mut buf = vec![0u8; READ_CHUNK];
+    loop {
+        loop {
+            let space = e.borrow().space.clone();
+            let room = space.notified();
+            tokio::pin!(room);
+            room.as_mut().enable();
+            if !e.borrow_mut().full(i) {
+                break;
+            }
+            room.await;
+        }
+        let got = tokio::select! {
+            r = read_some(&src, &mut buf) => r,
+            _ = async { let _ = exited.wait_for(|x| *x).await; tokio::time::sleep(DRAIN_IDLE).await } => break,
+        };
+        match got {
+            // End of file, or EIO from a terminal whose last holder closed it.
+            Ok(0) | Err(_) => break,
+            Ok(n) => e.borrow_mut().append(i, &buf[..n]),
+        }
+    }
+}
+
+fn usage_of(cg: &Option<hangar_runtime::cgroups::ExecCgroup>) -> hangar_runtime::cgroups::CgroupUsage {
+    cg.as_ref().map(|c| c.usage()).unwrap_or_default()
+}
+
+/// Waits for the process, ends its tree, lets the pumps drain, and records the end.
+async fn supervise(
+    state: Shared,
+    e: ExecRef,
+    exit: oneshot::Receiver<WaitStatus>,
+    pumps: Vec<tokio::task::JoinHandle<()>>,
+    exited: watch::Sender<bool>,
+) {
+    let ws = exit.await.ok();
+    let wall = e.borrow().started.elapsed();
+    {
+        // The exec owns its tree: whatever it left running ends with it.
+        let ex = e.borrow();
+        let _ = kill(Pid::from_raw(-ex.pid), Signal::SIGKILL);
+        if let Some(cg) = &ex.cgroup {
+            cg.kill_all();
+        }
+    }
+    exited.send_replace(true);
+    for p in pumps {
+        let _ = p.await;
+    }
+    let cgroup = e.borrow_mut().cgroup.take();
+    let used = usage_of(&cgroup);
+    if let Some(cg) = cgroup {
+        for _ in 0..1000 {
+            if cg.kill_all() == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        cg.remove(Duration::from_millis(100));
+    }
+    let (code, signal) = match ws {
+        Some(WaitStatus::Exited(_, c)) => (Some(c), None),
+        Some(WaitStatus::Signaled(_, s, _)) => (None, Some(s as i32)),
+        _ => (None, Some(libc::SIGKILL)),
+    };
+    let mut ex = e.borrow_mut();
+    let ending = match (ex.killed_for.clone(), code, signal) {
+        (Some(why), _, _) => why,
+        (None, c, _) if used.oom_kills > 0 && c != Some(0) => Ending::OomKilled,
+        (None, Some(code), _) => Ending::Exited { code },
+        (None, None, s) => Ending::Signaled { signal: s.unwrap_or(libc::SIGKILL) },
+    };
+    ex.end = Some(ExecEnd {
+        ending,
+        code,
+        signal,
+        bytes: [ex.journals[0].written, ex.journals[1].written],
+        crc32: [ex.journals[0].crc.clone().finalize(), ex.journals[1].crc.clone().finalize()],
+        usage: Usage {
+            wall_ms: wall.as_millis() as u64,
+            cpu_user_us: used.cpu_user_ns / 1000,
+            cpu_sys_us: used.cpu_sys_ns / 1000,
+            peak_memory_bytes: used.peak_memory_bytes,
+        },
+    });
+    ex.ended = Some(Instant::now());
+    ex.stdin_open = false;
+    ex.publish();
+    let stdin = ex.stdin.clone();
+    drop(ex);
+    if let Ok(mut s) = stdin.try_lock() {
+        s.take();
+    }
+    state.borrow_mut().live_execs -= 1;
+    retain(state, e).await;
+}
+
+/// Keeps the journal until the exec ended, nobody is attached, and its retention has passed; then deletes it.
+async fn retain(state: Shared, e: ExecRef) {
+    loop {
+        let (attached, due) = {
+            let ex = e.borrow();
+            let since = ex.ended.map_or(ex.left_at, |t| t.max(ex.left_at));
+            (!ex.pins.is_empty(), since + ex.retain)
+        };
+        if !attached && Instant::now() >= due {
+            break;
+        }
+        let wake = if attached { Instant::now() + Duration::from_secs(1) } else { due };
+        tokio::time::sleep_until(wake.into()).await;
+    }
+    let mut ex = e.borrow_mut();
+    ex.expired = true;
+    for j in &mut ex.journals {
+        j.file = None;
+    }
+    remove_journal(&ex.journal);
+    drop(ex);
+    state.borrow_mut().table.forget_expired();
+}
+
+fn lookup(state: &Shared, id: &str) -> Result<ExecRef, (ErrorKind, String)> {
+    state.borrow().table.by_id.get(id).cloned().ok_or_else(|| err(ErrorKind::ExecNotFound, format!("exec {id} not found")))
+}
+
+/// Answers [`Request::ListExecs`].
+pub(crate) fn list(state: &Shared) -> Response {
+    let st = state.borrow();
+    Response::Execs { execs: st.table.order.iter().filter_map(|id| st.table.by_id.get(id)).map(|e| e.borrow().info()).collect() }
+}
+
+/// Answers a [`Request::Signal`] that names its exec.
+pub(crate) fn signal(state: &Shared, id: &str, signal: i32) -> Response {
+    match lookup(state, id).and_then(|e| e.borrow_mut().on_signal(signal)) {
+        Ok(()) => Response::Done,
+        Err((kind, message)) => Response::Error { kind, message },
+    }
+}
+
+/// Serves one reader: the exec's info, then its journal's progress, while taking acks, signals and resizes.
+pub(crate) async fn attach(state: &Shared, conn: Conn, exec: &str, from: [u64; 2]) {
+    let e = match lookup(state, exec) {
+        Ok(e) if e.borrow().expired => {
+            let _ = conn.send(&Response::Error { kind: ErrorKind::ExecExpired, message: format!("exec {exec}: its output expired (retention passed)") }).await;
+            return;
+        }
+        Ok(e) => e,
+        Err((kind, message)) => {
+            let _ = conn.send(&Response::Error { kind, message }).await;
+            return;
+        }
+    };
+    serve_reader(e, conn, from).await
+}
+
+/// Starts (or finds) an exec and serves its first reader.
+pub(crate) async fn start_and_attach(state: &Shared, conn: Conn, r: ExecRequest) {
+    match start(state, r) {
+        Ok(e) => serve_reader(e, conn, [0, 0]).await,
+        Err((kind, message)) => {
+            let _ = conn.send(&Response::Error { kind, message }).await;
+        }
+    }
+}
+
+async fn serve_reader(e: ExecRef, mut conn: Conn, from: [u64; 2]) {
+    let reader = {
+        let mut ex = e.borrow_mut();
+        let id = ex.next_reader;
+        ex.next_reader += 1;
+        ex.pins.insert(id, from);
+        id
+    };
+    let info = e.borrow().info();
+    let mut progress = e.borrow().progress.subscribe();
+    let w = conn.writer();
+    if w.send(&Response::Exec(info)).await.is_ok() {
+        let mut changed = true;
+        loop {
+            if changed {
+                let snapshot = progress.borrow_and_update().clone();
+                if w.send(&Response::Progress(snapshot)).await.is_err() {
+                    break;
+                }
+            }
+            changed = tokio::select! {
+                r = progress.changed() => if r.is_err() { break } else { true },
+                msg = conn.recv::<Request>() => match msg {
+                    Ok(Some(m)) => { on_reader_request(&e, reader, m); false }
+                    Ok(None) | Err(_) => break,
+                },
+            };
+        }
+    }
+    let mut ex = e.borrow_mut();
+    ex.pins.remove(&reader);
+    ex.left_at = Instant::now();
+    ex.space.notify_waiters();
+    if let (true, None, OnDisconnect::Kill { grace_ms }) = (ex.pins.is_empty(), &ex.end, ex.policy) {
+        let e = e.clone();
+        tokio::task::spawn_local(async move {
+            tokio::time::sleep(Duration::from_millis(grace_ms)).await;
+            let mut ex = e.borrow_mut();
+            if ex.pins.is_empty() {
+                ex.kill_for(Ending::Cancelled);
+            }
+        });
+    }
+}
+
+fn on_reader_request(e: &ExecRef, reader: u64, m: Request) {
+    let mut ex = e.borrow_mut();
+    match m {
+        Request::Ack { pos } => {
+            if let Some(p) = ex.pins.get_mut(&reader) {
+                *p = [p[0].max(pos[0]), p[1].max(pos[1])];
+            }
+            ex.space.notify_waiters();
+        }
+        Request::Signal { signal, .. } => {
+            let _ = ex.on_signal(signal);
+        }
+        Request::Resize { rows, cols } => {
+            if let Some(pty) = &ex.pty {
+                let ws = libc::winsize { ws_row: rows, ws_col: cols, ws_xpixel: 0, ws_ypixel: 0 };
+                // SAFETY: TIOCSWINSZ reads one winsize from the pointer, which outlives the call.
+                unsafe { libc::ioctl(pty.as_raw_fd(), libc::TIOCSWINSZ, &ws) };
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Serves a stdin connection: resumes at `offset` (skipping what was already written), then writes each
+/// chunk to the process and acknowledges it.
+pub(crate) async fn stdin(state: &Shared, mut conn: Conn, exec: &str, offset: u64) {
+    let fail = |kind, message: String| Response::Error { kind, message };
+    let e = match lookup(state, exec) {
+        Ok(e) => e,
+        Err((kind, message)) => {
+            let _ = conn.send(&fail(kind, message)).await;
+            return;
+        }
+    };
+    let sink = e.borrow().stdin.clone();
+    let mut sink = sink.lock().await;
+    let (acked, open) = (e.borrow().stdin_acked, e.borrow().stdin_open);
+    if !open || sink.is_none() {
+        let _ = conn.send(&fail(ErrorKind::InvalidArgument, format!("exec {exec}: stdin is closed"))).await;
+        return;
+    }
+    if offset > acked {
+        let msg = format!("exec {exec}: stdin offset {offset} is past the {acked} bytes written so far");
+        let _ = conn.send(&fail(ErrorKind::InvalidArgument, msg)).await;
+        return;
+    }
+    if conn.send(&Response::StdinAck { acked }).await.is_err() {
+        return;
+    }
+    let mut at = offset;
+    let mut buf = Vec::new();
+    loop {
+        let reply = match conn.recv::<Request>().await {
+            Ok(Some(Request::StdinData { len })) => {
+                buf.clear();
+                if conn.recv_raw(len, |c| { buf.extend_from_slice(c); Ok(()) }).await.is_err() {
+                    return;
+                }
+                let acked = e.borrow().stdin_acked;
+                let skip = (acked.saturating_sub(at) as usize).min(buf.len());
+                at += len;
+                match write_all(sink.as_ref().expect("checked open"), &buf[skip..]).await {
+                    Ok(()) => {
+                        let mut ex = e.borrow_mut();
+                        ex.stdin_acked = ex.stdin_acked.max(at);
+                        Response::StdinAck { acked: ex.stdin_acked }
+                    }
+                    Err(er) => {
+                        sink.take();
+                        e.borrow_mut().stdin_open = false;
+                        let _ = conn.send(&fail(ErrorKind::Other, format!("exec {exec}: stdin closed by the command ({er})"))).await;
+                        return;
+                    }
+                }
+            }
+            Ok(Some(Request::StdinClose)) => {
+                let tty = e.borrow().tty;
+                if tty {
+                    // A terminal has no end of file of its own: send its EOF character (^D).
+                    let _ = write_all(sink.as_ref().expect("checked open"), b"\x04").await;
+                } else {
+                    sink.take();
+                    e.borrow_mut().stdin_open = false;
+                }
+                let _ = conn.send(&Response::StdinAck { acked: e.borrow().stdin_acked }).await;
+                return;
+            }
+            _ => return,
+        };
+        if conn.send(&reply).await.is_err() {
+            return;
+        }
+    }
+}
+
+async fn write_all(sink: &AsyncFd<OwnedFd>, mut data: &[u8]) -> io::Result<()> {
+    while !data.is_empty() {
+        let mut guard = sink.writable().await?;
+        match guard.try_io(|fd| nix::unistd::write(fd.get_ref(), data).map_err(io::Error::from)) {
+            Ok(Ok(n)) => data = &data[n..],
+            Ok(Err(e)) => return Err(e),
+            Err(_would_block) => continue,
+        }
+    }
+    Ok(())
+}
+
+/// Marks every running exec as ended by the sandbox's end (called as the sandbox shuts down).
+pub(crate) fn sandbox_ending(state: &Shared) {
+    for e in state.borrow().table.running() {
+        e.borrow_mut().killed_for.get_or_insert(Ending::SandboxGone);
+    }
+}
