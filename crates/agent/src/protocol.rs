@@ -171,6 +171,12 @@ pub enum Ending {
     SandboxGone,
 }
 
+impl Default for Ending {
+    fn default() -> Self {
+        Ending::Exited { code: 0 }
+    }
+}
+
 /// Resources an exec used (its own cgroup).
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
 pub struct Usage {

@@ -4,7 +4,7 @@ mod bench;
 
 use anyhow::{anyhow, bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
-use hangar::{Client, Sandbox, SandboxBuilder};
+use hangar::{Client, Ending, ExecEvent, ExecHandle, OnDisconnect, OutputStream, Sandbox, SandboxBuilder};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -51,17 +51,68 @@ enum Cmd {
     Exec {
         /// Sandbox id.
         id: String,
-        /// Environment variable, KEY=VALUE (repeatable).
-        #[arg(long = "env", short = 'e', value_parser = key_value)]
-        env: Vec<(String, String)>,
-        /// Working directory.
+        #[command(flatten)]
+        exec: ExecArgs,
+        /// Start the command, print its exec id and return; it keeps running (see `hangar attach`).
+        #[arg(long, short = 'd')]
+        detach: bool,
+        /// Forward this process's stdin to the command (its end of file too).
+        #[arg(long, short = 'i')]
+        interactive: bool,
+        /// Run under a pseudo-terminal (with -i on a terminal: raw mode and resizes, like `hangar shell`).
+        #[arg(long, short = 't')]
+        tty: bool,
+        /// stdout and stderr on one pipe, so their order is exact (all output on stdout).
         #[arg(long)]
-        cwd: Option<String>,
-        /// Kill the command after this many seconds.
+        merged: bool,
+        /// Keep the command running when this client goes away (default: it is killed).
         #[arg(long)]
-        timeout: Option<f64>,
+        keep_running: bool,
         /// The command and its arguments.
         #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
+    /// Follow an exec (started with `exec -d`, or by any client): replay its output from the given offsets,
+    /// then live; exits with the command's code.
+    Attach {
+        /// Sandbox id.
+        id: String,
+        /// Exec id.
+        exec: String,
+        /// Start at this stdout byte offset.
+        #[arg(long, default_value_t = 0)]
+        stdout_offset: u64,
+        /// Start at this stderr byte offset.
+        #[arg(long, default_value_t = 0)]
+        stderr_offset: u64,
+        /// Forward this process's stdin to the command.
+        #[arg(long, short = 'i')]
+        interactive: bool,
+    },
+    /// List a sandbox's execs: running ones, and ended ones whose record is kept.
+    Execs {
+        /// Sandbox id.
+        id: String,
+        /// Print JSON lines instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Signal an exec's whole process tree (default SIGKILL, which cancels it).
+    Kill {
+        /// Sandbox id.
+        id: String,
+        /// Exec id.
+        exec: String,
+        /// Signal number.
+        #[arg(long, short = 's', default_value_t = 9)]
+        signal: i32,
+    },
+    /// An interactive terminal in a sandbox (default: bash if it has one, else sh).
+    Shell {
+        /// Sandbox id.
+        id: String,
+        /// Command instead of the shell.
+        #[arg(last = true)]
         command: Vec<String>,
     },
     /// List sandboxes, including ended ones with how they ended.
@@ -136,6 +187,22 @@ enum ImagesCmd {
         #[arg(required = true)]
         references: Vec<String>,
     },
+}
+
+#[derive(Args)]
+struct ExecArgs {
+    /// Environment variable, KEY=VALUE (repeatable).
+    #[arg(long = "env", short = 'e', value_parser = key_value)]
+    env: Vec<(String, String)>,
+    /// Working directory.
+    #[arg(long)]
+    cwd: Option<String>,
+    /// Kill the command after this many seconds.
+    #[arg(long)]
+    timeout: Option<f64>,
+    /// Give the exec this id: running the same id again finds that exec instead of starting a second one.
+    #[arg(long = "exec-id")]
+    exec_id: Option<String>,
 }
 
 #[derive(Args)]
@@ -231,7 +298,7 @@ async fn dispatch(cmd: Cmd) -> Result<u8> {
             }
             let sb = sandbox.builder()?.create().await?;
             let ran = tokio::select! {
-                r = run_streaming(&sb, command, cwd, vec![], timeout) => r,
+                r = run_streaming(&sb, command, cwd, timeout) => r,
                 _ = tokio::signal::ctrl_c() => Ok(130),
             };
             sb.stop_with_grace(Duration::from_secs(1)).await?;
@@ -248,10 +315,93 @@ async fn dispatch(cmd: Cmd) -> Result<u8> {
             println!("{}", b.create().await?.id());
             Ok(0)
         }
-        Cmd::Exec { id, env, cwd, timeout, command } => {
-            let timeout = timeout.map(|t| seconds(t, "--timeout")).transpose()?;
+        Cmd::Exec { id, exec, detach, interactive, tty, merged, keep_running, command } => {
             let sb = Sandbox::from_id(&id).await?;
-            run_streaming(&sb, command, cwd, env, timeout).await
+            let timeout = exec.timeout.map(|t| seconds(t, "--timeout")).transpose()?;
+            let mut x = sb.exec(command).merged(merged);
+            if let Some(c) = exec.cwd {
+                x = x.cwd(c);
+            }
+            for (k, v) in exec.env {
+                x = x.env(k, v);
+            }
+            if let Some(t) = timeout {
+                x = x.timeout(t);
+            }
+            if let Some(i) = exec.exec_id {
+                x = x.id(i);
+            }
+            if interactive {
+                x = x.open_stdin();
+            }
+            let raw = tty && interactive && terminal::is_terminal();
+            if tty {
+                let (rows, cols) = terminal::size();
+                x = x.tty(rows, cols);
+            }
+            // This client is the command's only watcher unless it detaches or asks to keep it.
+            if !(detach || keep_running) {
+                x = x.on_disconnect(OnDisconnect::Kill { grace_ms: 0 });
+            }
+            let h = x.start().await?;
+            if detach {
+                println!("{}", h.id());
+                return Ok(0);
+            }
+            follow(h, interactive, raw, timeout).await
+        }
+        Cmd::Attach { id, exec, stdout_offset, stderr_offset, interactive } => {
+            let sb = Sandbox::from_id(&id).await?;
+            let h = sb.attach(exec).from_offsets(stdout_offset, stderr_offset).start().await?;
+            follow(h, interactive, false, None).await
+        }
+        Cmd::Execs { id, json } => {
+            let execs = Sandbox::from_id(&id).await?.execs().await?;
+            if json {
+                for x in &execs {
+                    println!("{}", serde_json::to_string(x)?);
+                }
+                return Ok(0);
+            }
+            println!("{:<24} {:<10} {:<14} {:>12} {:>12}  COMMAND", "EXEC", "STATE", "ENDING", "STDOUT", "STDERR");
+            for x in execs {
+                let (state, ending) = match &x.end {
+                    None => ("running", "-".to_string()),
+                    Some(e) => ("ended", ending_text(&e.ending)),
+                };
+                let state = if x.expired { "expired" } else { state };
+                println!(
+                    "{:<24} {:<10} {:<14} {:>12} {:>12}  {}",
+                    x.id,
+                    state,
+                    ending,
+                    x.written[0],
+                    x.written[1],
+                    x.argv.join(" ")
+                );
+            }
+            Ok(0)
+        }
+        Cmd::Kill { id, exec, signal } => {
+            Sandbox::from_id(&id).await?.signal_exec(&exec, signal).await?;
+            Ok(0)
+        }
+        Cmd::Shell { id, mut command } => {
+            let sb = Sandbox::from_id(&id).await?;
+            if command.is_empty() {
+                command = ["sh", "-c", "if command -v bash >/dev/null 2>&1; then exec bash; else exec sh; fi"]
+                    .map(String::from)
+                    .to_vec();
+            }
+            let (rows, cols) = terminal::size();
+            let h = sb
+                .exec(command)
+                .tty(rows, cols)
+                .open_stdin()
+                .on_disconnect(OnDisconnect::Kill { grace_ms: 0 })
+                .start()
+                .await?;
+            follow(h, true, terminal::is_terminal(), None).await
         }
         Cmd::Ls { json } => {
             let all = Client::from_env()?.list().await?;
@@ -304,30 +454,153 @@ async fn dispatch(cmd: Cmd) -> Result<u8> {
     }
 }
 
-async fn run_streaming(
-    sb: &Sandbox,
-    command: Vec<String>,
-    cwd: Option<String>,
-    env: Vec<(String, String)>,
-    timeout: Option<Duration>,
-) -> Result<u8> {
-    let mut exec = sb.exec(command).stream_output(true);
+async fn run_streaming(sb: &Sandbox, command: Vec<String>, cwd: Option<String>, timeout: Option<Duration>) -> Result<u8> {
+    let mut exec = sb.exec(command).on_disconnect(OnDisconnect::Kill { grace_ms: 0 });
     if let Some(c) = cwd {
         exec = exec.cwd(c);
-    }
-    for (k, v) in env {
-        exec = exec.env(k, v);
     }
     if let Some(t) = timeout {
         exec = exec.timeout(t);
     }
-    match exec.await {
-        Ok(r) => Ok(shell_code(r.returncode)),
-        Err(hangar::Error::Timeout { timeout, .. }) => {
-            eprintln!("hangar: command timed out after {timeout:?}; its processes were killed");
-            Ok(124)
+    follow(exec.start().await?, false, false, timeout).await
+}
+
+fn ending_text(e: &Ending) -> String {
+    match e {
+        Ending::Exited { code } => format!("exited:{code}"),
+        Ending::Signaled { signal } => format!("signal:{signal}"),
+        Ending::TimedOut => "timed_out".into(),
+        Ending::Cancelled => "cancelled".into(),
+        Ending::OomKilled => "oom_killed".into(),
+        Ending::FailedToStart { .. } => "failed_to_start".into(),
+        Ending::SandboxGone => "sandbox_gone".into(),
+    }
+}
+
+/// Prints an exec's output as it arrives (stdout to stdout, stderr to stderr), optionally feeding it this
+/// process's stdin (raw terminal and resizes for a PTY), and returns the exit code a shell would give.
+async fn follow(mut h: ExecHandle, stdin: bool, raw: bool, timeout: Option<Duration>) -> Result<u8> {
+    use std::io::Write;
+    let _raw = raw.then(terminal::RawMode::enter).transpose()?;
+    let mut feeding = Vec::new();
+    if stdin {
+        let input = h.input();
+        feeding.push(tokio::spawn(async move {
+            use tokio::io::AsyncReadExt;
+            let mut stdin = tokio::io::stdin();
+            let mut buf = vec![0u8; 64 * 1024];
+            loop {
+                match stdin.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        if input.write(&buf[..n]).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+            let _ = input.close().await;
+        }));
+    }
+    if raw {
+        let input = h.input();
+        feeding.push(tokio::spawn(async move {
+            let Ok(mut winch) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::window_change()) else {
+                return;
+            };
+            while winch.recv().await.is_some() {
+                let (rows, cols) = terminal::size();
+                let _ = input.resize(rows, cols).await;
+            }
+        }));
+    }
+    let _stop_feeding = scopeguard(feeding);
+    loop {
+        match h.next_event().await? {
+            Some(ExecEvent::Output { stream: OutputStream::Stdout, data, .. }) => {
+                let mut out = std::io::stdout().lock();
+                out.write_all(&data).and_then(|()| out.flush())?;
+            }
+            Some(ExecEvent::Output { data, .. }) => std::io::stderr().lock().write_all(&data)?,
+            Some(ExecEvent::Gap { stream, from, to }) => {
+                eprintln!("hangar: {stream:?} bytes {from}..{to} were dropped by the journal cap before this client attached")
+            }
+            Some(ExecEvent::Exit(end)) => {
+                drop(_raw);
+                return match end.ending {
+                    Ending::Exited { code } => Ok(shell_code(code)),
+                    Ending::Signaled { signal } => Ok(shell_code(-signal)),
+                    Ending::TimedOut => {
+                        let after = timeout.map(|t| format!(" after {t:?}")).unwrap_or_default();
+                        eprintln!("hangar: command timed out{after}; its processes were killed");
+                        Ok(124)
+                    }
+                    Ending::Cancelled => {
+                        eprintln!("hangar: command cancelled; its processes were killed");
+                        Ok(shell_code(-9))
+                    }
+                    Ending::OomKilled => {
+                        eprintln!("hangar: command killed by the OOM killer (sandbox memory limit)");
+                        Ok(shell_code(-9))
+                    }
+                    Ending::FailedToStart { reason } => bail!("{reason}"),
+                    Ending::SandboxGone => bail!("sandbox {}: it ended while exec {} ran", h.sandbox_id(), h.id()),
+                };
+            }
+            None => bail!("exec {}: the stream ended without an exit", h.id()),
         }
-        Err(e) => Err(e.into()),
+    }
+}
+
+/// Aborts the given tasks when dropped.
+fn scopeguard(tasks: Vec<tokio::task::JoinHandle<()>>) -> impl Drop {
+    struct Abort(Vec<tokio::task::JoinHandle<()>>);
+    impl Drop for Abort {
+        fn drop(&mut self) {
+            self.0.iter().for_each(|t| t.abort());
+        }
+    }
+    Abort(tasks)
+}
+
+mod terminal {
+    //! The controlling terminal: size, and raw mode for interactive sessions.
+    use std::io::IsTerminal;
+
+    nix::ioctl_read_bad!(tiocgwinsz, libc::TIOCGWINSZ, libc::winsize);
+
+    pub fn is_terminal() -> bool {
+        std::io::stdin().is_terminal() && std::io::stdout().is_terminal()
+    }
+
+    /// Rows and columns of this process's terminal; 24×80 when there is none.
+    pub fn size() -> (u16, u16) {
+        let mut ws = libc::winsize { ws_row: 0, ws_col: 0, ws_xpixel: 0, ws_ypixel: 0 };
+        // SAFETY: TIOCGWINSZ writes one winsize into `ws`, which lives across the call.
+        match unsafe { tiocgwinsz(libc::STDOUT_FILENO, &mut ws) } {
+            Ok(_) if ws.ws_row > 0 && ws.ws_col > 0 => (ws.ws_row, ws.ws_col),
+            _ => (24, 80),
+        }
+    }
+
+    /// The terminal in raw mode (keys go to the sandbox as typed, ^C included) until dropped.
+    pub struct RawMode(nix::sys::termios::Termios);
+
+    impl RawMode {
+        pub fn enter() -> anyhow::Result<Self> {
+            use nix::sys::termios::{cfmakeraw, tcgetattr, tcsetattr, SetArg};
+            let saved = tcgetattr(std::io::stdin())?;
+            let mut raw = saved.clone();
+            cfmakeraw(&mut raw);
+            tcsetattr(std::io::stdin(), SetArg::TCSANOW, &raw)?;
+            Ok(Self(saved))
+        }
+    }
+
+    impl Drop for RawMode {
+        fn drop(&mut self) {
+            let _ = nix::sys::termios::tcsetattr(std::io::stdin(), nix::sys::termios::SetArg::TCSANOW, &self.0);
+        }
     }
 }
 

@@ -123,12 +123,41 @@ impl Drop for ExecStream {
     }
 }
 
+/// Signals and resizes for an exec, usable while another task reads its [`ExecStream`].
+#[derive(Clone)]
+pub struct ExecControl {
+    sandbox: String,
+    exec: String,
+    writer: Writer,
+}
+
+impl ExecControl {
+    /// Sends a signal to the exec's whole process tree. SIGKILL cancels it.
+    pub async fn signal(&self, signal: i32) -> Result<()> {
+        self.send(&Request::Signal { exec: String::new(), signal }).await
+    }
+
+    /// Resizes the exec's terminal.
+    pub async fn resize(&self, rows: u16, cols: u16) -> Result<()> {
+        self.send(&Request::Resize { rows, cols }).await
+    }
+
+    async fn send(&self, req: &Request) -> Result<()> {
+        self.writer
+            .send(req)
+            .await
+            .map_err(|e| Error::SandboxGone { id: self.sandbox.clone(), detail: format!("exec {}: {e}", self.exec) })
+    }
+}
+
 /// A writer of one exec's stdin, resumable by offset.
 pub struct StdinWriter {
     sandbox: String,
     exec: String,
     conn: Conn,
     acked: u64,
+    /// Stream offset of the next byte this connection sends.
+    next: u64,
 }
 
 fn validate(spec: &ExecSpec) -> Result<()> {
@@ -176,7 +205,7 @@ impl Engine {
                 stream.feeder = Some(tokio::spawn(async move {
                     let start = w.acked as usize;
                     for chunk in data[start.min(data.len())..].chunks(READ_CHUNK as usize) {
-                        let offset = w.acked;
+                        let offset = w.next_offset();
                         if w.write(offset, chunk).await.is_err() {
                             return;
                         }
@@ -246,7 +275,7 @@ impl Engine {
         conn.send(&Request::Stdin { exec: exec.to_string(), offset }).await.map_err(|e| self.gone(id, "stdin", e))?;
         match conn.recv::<Response>().await.map_err(|e| self.gone(id, "stdin", e))? {
             Some(Response::StdinAck { acked }) => {
-                Ok(StdinWriter { sandbox: id.to_string(), exec: exec.to_string(), conn, acked })
+                Ok(StdinWriter { sandbox: id.to_string(), exec: exec.to_string(), conn, acked, next: offset })
             }
             other => Err(self.unexpected(id, exec, other)),
         }
@@ -273,15 +302,25 @@ impl StdinWriter {
         }
     }
 
-    /// Writes `data`, which starts at stream offset `offset` (at most [`StdinWriter::acked`]); returns once
-    /// the process's stdin has taken it, with the new acknowledged offset.
+    /// Offset of the next byte this writer sends.
+    pub fn next_offset(&self) -> u64 {
+        self.next
+    }
+
+    /// Writes `data`, which starts at stream offset `offset` (bytes this writer already sent are skipped;
+    /// a hole is refused); returns once the process's stdin has taken it, with the new acknowledged offset.
     pub async fn write(&mut self, offset: u64, data: &[u8]) -> Result<u64> {
-        if offset > self.acked {
+        if offset > self.next {
             return Err(Error::InvalidArgument(format!(
-                "stdin offset {offset} is past the {} bytes acknowledged",
-                self.acked
+                "stdin offset {offset} is past the {} bytes sent so far",
+                self.next
             )));
         }
+        let data = &data[((self.next - offset) as usize).min(data.len())..];
+        if data.is_empty() {
+            return Ok(self.acked);
+        }
+        self.next += data.len() as u64;
         let w = self.conn.writer();
         let sent = async {
             w.send(&Request::StdinData { len: data.len() as u64 }).await?;
@@ -318,21 +357,9 @@ impl ExecStream {
         self.pos
     }
 
-    /// Sends a signal to the exec's whole process tree. SIGKILL cancels it.
-    pub async fn signal(&self, signal: i32) -> Result<()> {
-        self.send(&Request::Signal { exec: String::new(), signal }).await
-    }
-
-    /// Resizes the exec's terminal.
-    pub async fn resize(&self, rows: u16, cols: u16) -> Result<()> {
-        self.send(&Request::Resize { rows, cols }).await
-    }
-
-    async fn send(&self, req: &Request) -> Result<()> {
-        self.writer.send(req).await.map_err(|e| Error::SandboxGone {
-            id: self.sandbox.clone(),
-            detail: format!("exec {}: {e}", self.info.id),
-        })
+    /// Signals and resizes for this exec, usable from another task.
+    pub fn control(&self) -> ExecControl {
+        ExecControl { sandbox: self.sandbox.clone(), exec: self.info.id.clone(), writer: self.writer.clone() }
     }
 
     fn read(&mut self, i: usize, len: u64) -> Result<bytes::Bytes> {
@@ -362,7 +389,7 @@ impl ExecStream {
         let data = self.read(i, (limit - pos).min(READ_CHUNK))?;
         self.pos[i] += data.len() as u64;
         // What we hand on is consumed: the journal may drop it and the command may write more.
-        self.send(&Request::Ack { pos: self.pos }).await?;
+        self.control().send(&Request::Ack { pos: self.pos }).await?;
         Ok(Some(ExecEvent::Output { stream: OutputStream::of(i), offset: pos, data }))
     }
 

@@ -1,6 +1,7 @@
-use crate::remote::{Remote, RemoteExec};
+use crate::handle::{ExecHandle, Inner};
+use crate::remote::Remote;
 use crate::{Result, SandboxInfo};
-use hangar_engine::{Engine, EngineConfig, ExecEvent, ExecSpec, ExecStream, SandboxConfig};
+use hangar_engine::{Engine, EngineConfig, ExecInfo, ExecSpec, ExecStream, SandboxConfig};
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -40,20 +41,6 @@ impl std::fmt::Debug for Client {
 }
 
 /// An exec's events, from either backend.
-pub(crate) enum Events {
-    Embedded(ExecStream),
-    Remote(RemoteExec),
-}
-
-impl Events {
-    pub(crate) async fn next(&mut self) -> Result<Option<ExecEvent>> {
-        match self {
-            Events::Embedded(s) => Ok(s.next().await?),
-            Events::Remote(r) => r.next().await,
-        }
-    }
-}
-
 static DEFAULT: OnceLock<Client> = OnceLock::new();
 
 /// Runs the same call on whichever backend the client has, mapping embedded errors on the way out.
@@ -165,10 +152,63 @@ impl Client {
         dispatch!(self, write_file(id, path, data, mode))
     }
 
-    pub(crate) async fn exec(&self, id: &str, spec: ExecSpec) -> Result<Events> {
+    pub(crate) async fn exec(&self, id: &str, spec: ExecSpec, keepalive: Option<Duration>) -> Result<ExecHandle> {
+        let command = spec.argv.clone();
         match &self.backend {
-            Backend::Embedded(e) => Ok(Events::Embedded(e.exec(id, spec).await?)),
-            Backend::Remote(r) => Ok(Events::Remote(r.exec(id, spec).await?)),
+            Backend::Embedded(e) => {
+                let stream = e.exec(id, spec).await?;
+                Ok(self.embedded_handle(id, stream, [0, 0]))
+            }
+            Backend::Remote(r) => {
+                let x = r.exec(id, spec, keepalive).await?;
+                Ok(ExecHandle::new(self.clone(), id, command, Inner::Remote(x), [0, 0]))
+            }
         }
+    }
+
+    pub(crate) async fn attach(
+        &self,
+        id: &str,
+        exec: &str,
+        from: [u64; 2],
+        keepalive: Option<Duration>,
+    ) -> Result<ExecHandle> {
+        match &self.backend {
+            Backend::Embedded(e) => {
+                let stream = e.attach(id, exec, from).await?;
+                Ok(self.embedded_handle(id, stream, from))
+            }
+            Backend::Remote(r) => {
+                let command = r
+                    .execs(id)
+                    .await?
+                    .into_iter()
+                    .find(|x| x.id == exec)
+                    .map(|x| x.argv)
+                    .unwrap_or_default();
+                let x = r.attach(id, exec, from, keepalive).await?;
+                Ok(ExecHandle::new(self.clone(), id, command, Inner::Remote(x), from))
+            }
+        }
+    }
+
+    fn embedded_handle(&self, id: &str, stream: ExecStream, from: [u64; 2]) -> ExecHandle {
+        let command = stream.info().argv.clone();
+        ExecHandle::new(self.clone(), id, command, Inner::Embedded(stream), from)
+    }
+
+    pub(crate) fn engine(&self) -> Option<&Arc<Engine>> {
+        match &self.backend {
+            Backend::Embedded(e) => Some(e),
+            Backend::Remote(_) => None,
+        }
+    }
+
+    pub(crate) async fn execs(&self, id: &str) -> Result<Vec<ExecInfo>> {
+        dispatch!(self, execs(id))
+    }
+
+    pub(crate) async fn signal_exec(&self, id: &str, exec: &str, signal: i32) -> Result<()> {
+        dispatch!(self, signal_exec(id, exec, signal))
     }
 }

@@ -78,6 +78,58 @@ pub enum Error {
         /// What was in flight.
         detail: String,
     },
+    /// No exec with this id in the sandbox.
+    ///
+    /// ```no_run
+    /// # async fn demo(sb: &hangar::Sandbox) {
+    /// match sb.attach("nightly-build").await {
+    ///     Err(hangar::Error::ExecNotFound { message }) => eprintln!("{message}"),
+    ///     other => println!("{other:?}"),
+    /// }
+    /// # }
+    /// ```
+    #[error("{message}")]
+    ExecNotFound {
+        /// Names the sandbox and the exec.
+        message: String,
+    },
+    /// The exec's output was deleted when its retention passed (see [`crate::Exec::retain`]).
+    ///
+    /// ```no_run
+    /// # async fn demo(sb: &hangar::Sandbox) {
+    /// if let Err(hangar::Error::ExecExpired { message }) = sb.attach("ex-1").await {
+    ///     eprintln!("too late: {message}");
+    /// }
+    /// # }
+    /// ```
+    #[error("{message}")]
+    ExecExpired {
+        /// Names the sandbox and the exec.
+        message: String,
+    },
+    /// What arrived does not add up to what the command wrote: bytes were dropped by the journal cap
+    /// while no client was attached, or the totals or checksum in the exec's end do not match. The result
+    /// holds what did arrive; `detail` says exactly what is missing.
+    ///
+    /// ```no_run
+    /// # async fn demo(sb: &hangar::Sandbox) {
+    /// match sb.exec(["python3", "train.py"]).await {
+    ///     Err(hangar::Error::IncompleteOutput { result, detail, .. }) => {
+    ///         eprintln!("{detail}; {} bytes of stdout arrived", result.stdout.len())
+    ///     }
+    ///     other => println!("{other:?}"),
+    /// }
+    /// # }
+    /// ```
+    #[error("command {command:?}: incomplete output: {detail}")]
+    IncompleteOutput {
+        /// The command.
+        command: Vec<String>,
+        /// What arrived, and how the command ended.
+        result: ExecResult,
+        /// What is missing.
+        detail: String,
+    },
     /// A malformed request; the message names the field.
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
@@ -125,6 +177,8 @@ impl From<hangar_engine::Error> for Error {
             E::Image(e) => Error::SandboxFailed { message: e.to_string() },
             e @ E::SandboxFailed { .. } => Error::SandboxFailed { message: e.to_string() },
             E::SandboxGone { id, detail } => Error::SandboxTerminated { id, detail },
+            e @ E::ExecNotFound { .. } => Error::ExecNotFound { message: e.to_string() },
+            e @ E::ExecExpired { .. } => Error::ExecExpired { message: e.to_string() },
             e => Error::Internal(e.to_string()),
         }
     }

@@ -1,5 +1,5 @@
-use crate::{Error, Result, Sandbox};
-use hangar_engine::{ExecEvent, ExecSpec, OutputStream};
+use crate::{Error, ExecHandle, Result, Sandbox};
+use hangar_engine::{Ending, ExecEnd, ExecEvent, ExecSpec, OnDisconnect, OutputStream, Usage};
 use std::borrow::Cow;
 use std::future::{Future, IntoFuture};
 use std::io::Write;
@@ -22,9 +22,24 @@ pub struct ExecResult {
     pub stdout: Vec<u8>,
     /// Every byte written to stderr, exactly.
     pub stderr: Vec<u8>,
+    /// The exec's id (to attach to it again while its journal is kept).
+    pub exec_id: String,
+    /// How it ended: exited, signaled, timed out, cancelled, OOM-killed, ...
+    pub ending: Ending,
+    /// Wall time, CPU time and peak memory of its whole process tree (its own cgroup).
+    pub usage: Usage,
 }
 
 impl ExecResult {
+    pub(crate) fn from_end(exec_id: &str, end: &ExecEnd, stdout: Vec<u8>, stderr: Vec<u8>) -> Self {
+        let returncode = match (&end.ending, end.code) {
+            (Ending::Exited { code }, _) => *code,
+            (Ending::FailedToStart { .. }, _) => 127,
+            (_, _) => -end.signal.unwrap_or(SIGKILL),
+        };
+        ExecResult { returncode, stdout, stderr, exec_id: exec_id.to_string(), ending: end.ending.clone(), usage: end.usage }
+    }
+
     /// stdout decoded as UTF-8, invalid sequences replaced with U+FFFD.
     ///
     /// ```no_run
@@ -67,7 +82,7 @@ type LineFn<'a> = Box<dyn FnMut(&str) + Send + 'a>;
 
 /// Where one stream's output goes as it arrives.
 #[derive(Default)]
-struct Sinks<'a> {
+pub(crate) struct Sinks<'a> {
     chunk: Option<ChunkFn<'a>>,
     line: Option<LineFn<'a>>,
     pending: Vec<u8>,
@@ -131,19 +146,180 @@ impl Sinks<'_> {
 pub struct Exec<'a> {
     sb: &'a Sandbox,
     spec: ExecSpec,
+    /// Set for [`Sandbox::attach`]: the exec to follow and where from.
+    attach: Option<(String, [u64; 2])>,
+    keepalive: Option<Duration>,
     check: bool,
     capture: bool,
     sinks: [Sinks<'a>; 2],
 }
+
+/// The signal a killed exec reports when the kernel gave none.
+const SIGKILL: i32 = 9;
 
 impl<'a> Exec<'a> {
     pub(crate) fn new(sb: &'a Sandbox, argv: Vec<String>) -> Self {
         Self {
             sb,
             spec: ExecSpec { argv, ..ExecSpec::default() },
+            attach: None,
+            keepalive: None,
             check: false,
             capture: true,
             sinks: Default::default(),
+        }
+    }
+
+    pub(crate) fn attach(sb: &'a Sandbox, exec: String) -> Self {
+        let mut e = Self::new(sb, Vec::new());
+        e.attach = Some((exec, [0, 0]));
+        e
+    }
+
+    /// Gives the exec an id of your choosing. Starting an id that exists finds that exec (running or
+    /// finished) instead of running the command again, so a retry after a lost connection is safe.
+    ///
+    /// ```no_run
+    /// # async fn demo(sb: &hangar::Sandbox) -> hangar::Result<()> {
+    /// // Run this twice (say, after a crash): the migration runs once, both calls get its result.
+    /// let r = sb.exec(["python3", "migrate.py"]).id("migrate-2026-11-25").await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn id(mut self, id: impl Into<String>) -> Self {
+        self.spec.id = Some(id.into());
+        self
+    }
+
+    /// Runs the command under a pseudo-terminal of `rows` × `cols`: programs see a TTY (prompts, colours,
+    /// line editing), their output arrives on stdout, and [`ExecHandle::resize`] changes the size.
+    ///
+    /// ```no_run
+    /// # async fn demo(sb: &hangar::Sandbox) -> hangar::Result<()> {
+    /// let r = sb.exec(["stty", "size"]).tty(40, 100).await?;
+    /// assert_eq!(r.stdout_text().trim(), "40 100");
+    /// # Ok(()) }
+    /// ```
+    pub fn tty(mut self, rows: u16, cols: u16) -> Self {
+        self.spec.tty = Some((rows, cols));
+        self
+    }
+
+    /// stdout and stderr share one pipe, so their interleaving is exactly what the command wrote; all output
+    /// then arrives as stdout.
+    ///
+    /// ```no_run
+    /// # async fn demo(sb: &hangar::Sandbox) -> hangar::Result<()> {
+    /// let r = sb.exec(["sh", "-c", "echo 1; echo 2 >&2; echo 3"]).merged(true).await?;
+    /// assert_eq!(r.stdout_text(), "1\n2\n3\n");
+    /// # Ok(()) }
+    /// ```
+    pub fn merged(mut self, on: bool) -> Self {
+        self.spec.merged = on;
+        self
+    }
+
+    /// What happens to the command when no client is attached any more (default: it keeps running and its
+    /// output is kept for [`Sandbox::attach`]; `Kill` ends its tree when nobody re-attached within the
+    /// grace). A dropped `Exec` future or [`ExecHandle`] counts as a client that left.
+    ///
+    /// ```no_run
+    /// # async fn demo(sb: &hangar::Sandbox) -> hangar::Result<()> {
+    /// use hangar::OnDisconnect;
+    /// sb.exec(["python3", "notebook_cell.py"])
+    ///     .on_disconnect(OnDisconnect::Kill { grace_ms: 30_000 })
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn on_disconnect(mut self, policy: OnDisconnect) -> Self {
+        self.spec.on_disconnect = policy;
+        self
+    }
+
+    /// How long the exec's output is kept after it ended and its last client left (default 10 minutes).
+    ///
+    /// ```no_run
+    /// # async fn demo(sb: &hangar::Sandbox) -> hangar::Result<()> {
+    /// use std::time::Duration;
+    /// let h = sb.exec(["make", "all"]).retain(Duration::from_secs(3600)).start().await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn retain(mut self, d: Duration) -> Self {
+        self.spec.retain = Some(d);
+        self
+    }
+
+    /// Bytes of output kept per stream (default 1 GiB). Beyond it, while no client is attached, the oldest
+    /// bytes after the first few MiB are dropped (the head and the tail survive) and a client that attaches
+    /// later is told the exact range ([`ExecEvent::Gap`], [`Error::IncompleteOutput`]); while a client is
+    /// attached nothing is dropped: the command waits for it instead.
+    ///
+    /// ```no_run
+    /// # async fn demo(sb: &hangar::Sandbox) -> hangar::Result<()> {
+    /// sb.exec(["python3", "chatty.py"]).journal_cap(64 << 20).start().await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn journal_cap(mut self, bytes: u64) -> Self {
+        self.spec.journal_cap = Some(bytes);
+        self
+    }
+
+    /// Keeps stdin open for [`ExecHandle::write_stdin`] (use with [`Exec::start`]).
+    ///
+    /// ```no_run
+    /// # async fn demo(sb: &hangar::Sandbox) -> hangar::Result<()> {
+    /// let mut h = sb.exec(["python3", "-u", "repl.py"]).open_stdin().start().await?;
+    /// h.write_stdin("1 + 1\n").await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn open_stdin(mut self) -> Self {
+        self.spec.stdin_pipe = true;
+        self
+    }
+
+    /// Against a server: ask for a keepalive frame after this long without output (default 15 s), so
+    /// proxies never see an idle stream; a stream silent for three periods is resumed on a new connection.
+    ///
+    /// ```no_run
+    /// # async fn demo(sb: &hangar::Sandbox) -> hangar::Result<()> {
+    /// use std::time::Duration;
+    /// sb.exec(["sleep", "7200"]).keepalive(Duration::from_secs(5)).await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn keepalive(mut self, every: Duration) -> Self {
+        self.keepalive = Some(every);
+        self
+    }
+
+    /// For [`Sandbox::attach`]: start from these offsets (stdout, stderr) instead of the beginning, e.g.
+    /// the [`ExecHandle::position`] a previous client reached.
+    ///
+    /// ```no_run
+    /// # async fn demo(sb: &hangar::Sandbox) -> hangar::Result<()> {
+    /// let rest = sb.attach("train-42").from_offsets(1 << 20, 0).await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn from_offsets(mut self, stdout: u64, stderr: u64) -> Self {
+        if let Some((_, from)) = &mut self.attach {
+            *from = [stdout, stderr];
+        }
+        self
+    }
+
+    /// Starts the command (or attaches) and returns a handle for typed events, stdin, resize and signals
+    /// instead of running it to its end. Callbacks set on this `Exec` are not used by the handle.
+    ///
+    /// ```no_run
+    /// # async fn demo(sb: &hangar::Sandbox) -> hangar::Result<()> {
+    /// let h = sb.exec(["python3", "train.py"]).start().await?;
+    /// println!("started exec {}", h.id());
+    /// let r = h.wait().await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn start(self) -> Result<ExecHandle> {
+        let client = &self.sb.client;
+        match self.attach {
+            None => client.exec(&self.sb.id, self.spec, self.keepalive).await,
+            Some((exec, from)) => client.attach(&self.sb.id, &exec, from, self.keepalive).await,
         }
     }
 
@@ -307,38 +483,10 @@ impl<'a> Exec<'a> {
     /// # Ok(()) }
     /// ```
     pub async fn run(mut self) -> Result<ExecResult> {
-        let command = self.spec.argv.clone();
-        let timeout = self.spec.timeout;
-        let mut stream = self.sb.client.exec(&self.sb.id, self.spec).await?;
-        let mut out = [Vec::new(), Vec::new()];
-        loop {
-            match stream.next().await? {
-                Some(ExecEvent::Output { stream: which, data, .. }) => {
-                    let i = (which == OutputStream::Stderr) as usize;
-                    self.sinks[i].deliver(which, &data);
-                    if self.capture {
-                        out[i].extend_from_slice(&data);
-                    }
-                }
-                Some(ExecEvent::Exit(x)) => {
-                    self.sinks.iter_mut().for_each(Sinks::finish);
-                    let [stdout, stderr] = out;
-                    let returncode = x.code.unwrap_or_else(|| -x.signal.unwrap_or(0));
-                    let result = ExecResult { returncode, stdout, stderr };
-                    return match (x.timed_out, self.check && returncode != 0) {
-                        (true, _) => Err(Error::Timeout { command, timeout: timeout.unwrap_or_default(), result }),
-                        (false, true) => Err(Error::ExecutionFailed { command, result }),
-                        (false, false) => Ok(result),
-                    };
-                }
-                None => {
-                    return Err(Error::SandboxTerminated {
-                        id: self.sb.id.clone(),
-                        detail: "the exec stream ended without an exit".into(),
-                    });
-                }
-            }
-        }
+        let (check, capture, timeout) = (self.check, self.capture, self.spec.timeout);
+        let mut sinks = std::mem::take(&mut self.sinks);
+        let handle = self.start().await?;
+        drive(handle, &mut sinks, capture, check, timeout).await
     }
 
     /// Runs the command to its end from synchronous code, on the blocking facade's runtime.
@@ -359,5 +507,57 @@ impl<'a> IntoFuture for Exec<'a> {
     type IntoFuture = Pin<Box<dyn Future<Output = Result<ExecResult>> + Send + 'a>>;
     fn into_future(self) -> Self::IntoFuture {
         Box::pin(self.run())
+    }
+}
+
+/// Follows `h` to its end, handing output to `sinks`, and turns its end into the result or typed error.
+pub(crate) async fn drive(
+    mut h: ExecHandle,
+    sinks: &mut [Sinks<'_>; 2],
+    capture: bool,
+    check: bool,
+    timeout: Option<Duration>,
+) -> Result<ExecResult> {
+    let mut out = [Vec::new(), Vec::new()];
+    let end = loop {
+        match h.next_event().await {
+            Ok(Some(ExecEvent::Output { stream, data, .. })) => {
+                let i = stream.index();
+                sinks[i].deliver(stream, &data);
+                if capture {
+                    out[i].extend_from_slice(&data);
+                }
+            }
+            Ok(Some(ExecEvent::Gap { .. })) => {}
+            Ok(Some(ExecEvent::Exit(end))) => break end,
+            Ok(None) => {
+                return Err(Error::Internal(format!("exec {}: events ended without an exit", h.id())));
+            }
+            Err(Error::IncompleteOutput { command, mut result, detail }) => {
+                sinks.iter_mut().for_each(Sinks::finish);
+                [result.stdout, result.stderr] = out;
+                return Err(Error::IncompleteOutput { command, result, detail });
+            }
+            Err(e) => return Err(e),
+        }
+    };
+    sinks.iter_mut().for_each(Sinks::finish);
+    let [stdout, stderr] = out;
+    let result = ExecResult::from_end(h.id(), &end, stdout, stderr);
+    let command = h.command().to_vec();
+    if !h.gaps.is_empty() {
+        let lost: Vec<String> = h.gaps.iter().map(|(s, from, to)| format!("{s:?} bytes {from}..{to}")).collect();
+        let detail = format!("dropped by the journal cap while no client was attached: {}", lost.join(", "));
+        return Err(Error::IncompleteOutput { command, result, detail });
+    }
+    match &end.ending {
+        Ending::FailedToStart { reason } => Err(Error::CommandNotFound { message: reason.clone() }),
+        Ending::SandboxGone => Err(Error::SandboxTerminated {
+            id: h.sandbox_id().to_string(),
+            detail: format!("the sandbox ended while exec {} ran", h.id()),
+        }),
+        Ending::TimedOut => Err(Error::Timeout { command, timeout: timeout.unwrap_or_default(), result }),
+        _ if check && result.returncode != 0 => Err(Error::ExecutionFailed { command, result }),
+        _ => Ok(result),
     }
 }

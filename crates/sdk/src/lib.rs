@@ -28,11 +28,15 @@ pub mod blocking;
 mod client;
 mod error;
 mod exec;
+mod handle;
 mod remote;
 mod sandbox;
 
 pub use client::Client;
 pub use error::{Error, FileErrorKind, Result};
 pub use exec::{Exec, ExecResult};
-pub use hangar_engine::{EngineConfig, SandboxInfo, SandboxState};
+pub use handle::{ExecHandle, ExecInput};
+pub use hangar_engine::{
+    EngineConfig, Ending, ExecEnd, ExecEvent, ExecInfo, OnDisconnect, OutputStream, SandboxInfo, SandboxState, Usage,
+};
 pub use sandbox::{Sandbox, SandboxBuilder};

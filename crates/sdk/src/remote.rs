@@ -3,7 +3,10 @@
 
 use crate::{Error, Result, SandboxInfo, SandboxState};
 use bytes::Bytes;
-use hangar_engine::{ExecEvent, ExecExit, ExecSpec, OutputStream, SandboxConfig};
+use hangar_engine::{Ending, ExecEnd, ExecEvent, ExecInfo, ExecSpec, OnDisconnect, OutputStream, SandboxConfig, Usage};
+use pb::stream_exec_request::Msg as In;
+use pb::stream_exec_response::Msg as Out;
+use std::sync::Arc;
 use hangar_proto::v1 as pb;
 use pb::sandbox_service_client::SandboxServiceClient;
 use std::time::Duration;
@@ -136,57 +139,96 @@ impl Remote {
         Ok(())
     }
 
-    pub(crate) async fn exec(&self, id: &str, spec: ExecSpec) -> Result<RemoteExec> {
-        use pb::stream_exec_request::Msg as In;
-        let (tx, rx) = tokio::sync::mpsc::channel(4);
+    /// Starts (or finds) an exec and follows it, resuming on new connections whenever one breaks.
+    pub(crate) async fn exec(&self, id: &str, spec: ExecSpec, keepalive: Option<Duration>) -> Result<RemoteExec> {
+        let ka = keepalive.map(|d| d.as_millis().max(1) as u64).unwrap_or(0);
+        let (on_disconnect, disconnect_grace_ms) = match spec.on_disconnect {
+            OnDisconnect::Keep => (pb::OnDisconnect::Keep, 0),
+            OnDisconnect::Kill { grace_ms } => (pb::OnDisconnect::Kill, grace_ms),
+        };
         let init = pb::ExecInit {
             sandbox_id: id.into(),
             argv: spec.argv,
             env: spec.env.into_iter().collect(),
             cwd: spec.cwd.unwrap_or_default(),
             timeout_ms: spec.timeout.map(|t| t.as_millis().max(1) as u64),
-            tty: false,
-            stdin: spec.stdin.is_some(),
+            tty: spec.tty.is_some(),
+            stdin: spec.stdin.is_some() || spec.stdin_pipe,
+            exec_id: spec.id.unwrap_or_default(),
+            tty_size: spec.tty.map(|(rows, cols)| pb::Resize { rows: rows.into(), cols: cols.into() }),
+            merged: spec.merged,
+            on_disconnect: on_disconnect as i32,
+            disconnect_grace_ms,
+            retain_ms: spec.retain.map(|d| d.as_millis() as u64),
+            journal_cap_bytes: spec.journal_cap,
+            keepalive_ms: ka,
         };
-        let msg = |m| pb::StreamExecRequest { msg: Some(m) };
-        let _ = tx.send(msg(In::Init(init))).await;
-        // Feed stdin at the pace the server takes it; closing is end of file. Without stdin the request
-        // stream simply stays open until the exec ends (dropping it would not kill anything either).
-        let feeder = tokio::spawn(async move {
-            if let Some(data) = spec.stdin {
-                for c in chunks(&Bytes::from(data)) {
-                    if tx.send(msg(In::Stdin(c))).await.is_err() {
-                        return;
-                    }
-                }
-                let _ = tx.send(msg(In::Close(pb::Close {}))).await;
-            }
-            tx.closed().await;
-        });
-        let resp = self.grpc().stream_exec(tokio_stream::wrappers::ReceiverStream::new(rx)).await;
-        let mut stream = match resp {
-            Ok(r) => r.into_inner(),
-            Err(s) => {
-                feeder.abort();
-                return Err(self.error(s, id));
-            }
-        };
-        // The server answers `ready` once the command has started, or an error status.
-        match stream.message().await {
-            Ok(Some(pb::StreamExecResponse { msg: Some(pb::stream_exec_response::Msg::Ready(_)) })) => {}
-            Ok(other) => {
-                feeder.abort();
-                return Err(Error::Internal(format!("server {}: expected ready, got {other:?}", self.url)));
-            }
-            Err(s) => {
-                feeder.abort();
-                return Err(self.error(s, id));
-            }
+        let exec = self.follow(id, In::Init(init), [0, 0], ka).await?;
+        if let Some(data) = spec.stdin {
+            exec.stdin.push(&data, true);
         }
-        Ok(RemoteExec { stream, remote: self.clone(), id: id.to_string(), offsets: [0, 0], feeder, done: false })
+        Ok(exec)
     }
 
-    /// Maps a status back to the typed error the embedded engine would have given.
+    /// Follows an existing exec from `from` (stdout, stderr offsets).
+    pub(crate) async fn attach(
+        &self,
+        id: &str,
+        exec: &str,
+        from: [u64; 2],
+        keepalive: Option<Duration>,
+    ) -> Result<RemoteExec> {
+        let ka = keepalive.map(|d| d.as_millis().max(1) as u64).unwrap_or(0);
+        self.follow(id, attach_msg(id, exec, from, ka), from, ka).await
+    }
+
+    async fn follow(&self, id: &str, first: In, from: [u64; 2], keepalive_ms: u64) -> Result<RemoteExec> {
+        let (conn, ready) = self.open_exec(id, first).await?;
+        let stdin = Arc::new(StdinBuffer::new(ready.stdin_acked));
+        let (ev_tx, events) = tokio::sync::mpsc::channel(4);
+        let driver = Driver {
+            remote: self.clone(),
+            sandbox: id.to_string(),
+            exec: ready.exec_id.clone(),
+            pos: from,
+            keepalive_ms,
+            stdin: stdin.clone(),
+            events: ev_tx,
+        };
+        let task = tokio::spawn(driver.run(conn, ready.stdin_acked));
+        Ok(RemoteExec { exec: ready.exec_id, events, stdin, task })
+    }
+
+    /// One StreamExec call: sends `first`, waits for `ready`.
+    async fn open_exec(&self, id: &str, first: In) -> Result<(Connection, pb::Ready)> {
+        let (tx, rx) = tokio::sync::mpsc::channel(8);
+        let _ = tx.send(pb::StreamExecRequest { msg: Some(first) }).await;
+        let mut stream = self
+            .grpc()
+            .stream_exec(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+            .map_err(|s| self.error(s, id))?
+            .into_inner();
+        // The server answers `ready` once the exec is found or started, or an error status.
+        match stream.message().await {
+            Ok(Some(pb::StreamExecResponse { msg: Some(Out::Ready(r)) })) => Ok((Connection { stream, tx }, r)),
+            Ok(other) => Err(Error::Internal(format!("server {}: expected ready, got {other:?}", self.url))),
+            Err(s) => Err(self.error(s, id)),
+        }
+    }
+
+    pub(crate) async fn execs(&self, id: &str) -> Result<Vec<ExecInfo>> {
+        let req = pb::ListExecsRequest { sandbox_id: id.into() };
+        let r = self.grpc().list_execs(req).await.map_err(|s| self.error(s, id))?.into_inner();
+        Ok(r.execs.into_iter().map(exec_from_proto).collect())
+    }
+
+    pub(crate) async fn signal_exec(&self, id: &str, exec: &str, signal: i32) -> Result<()> {
+        let req = pb::SignalExecRequest { sandbox_id: id.into(), exec_id: exec.into(), signal };
+        self.grpc().signal_exec(req).await.map_err(|s| self.error(s, id))?;
+        Ok(())
+    }
+
     pub(crate) fn error(&self, s: Status, id: &str) -> Error {
         let meta = |k: &str| s.metadata().get(k).and_then(|v| v.to_str().ok()).map(str::to_string);
         let message = s.message().to_string();
@@ -205,6 +247,8 @@ impl Remote {
             Some("FILE_ERROR") => file(crate::FileErrorKind::Other),
             Some("SANDBOX_FAILED") => Error::SandboxFailed { message },
             Some("SANDBOX_GONE") => Error::SandboxTerminated { id: id.to_string(), detail: message },
+            Some("EXEC_NOT_FOUND") => Error::ExecNotFound { message },
+            Some("EXEC_EXPIRED") => Error::ExecExpired { message },
             Some("UNAUTHENTICATED") => Error::Unauthenticated(format!("server {}: {message}", self.url)),
             _ => match s.code() {
                 tonic::Code::Unavailable | tonic::Code::Cancelled | tonic::Code::Unknown if !id.is_empty() => {
@@ -219,87 +263,343 @@ impl Remote {
 }
 
 /// An exec running on a server; dropping it cancels the exec there.
-pub(crate) struct RemoteExec {
-    stream: tonic::Streaming<pb::StreamExecResponse>,
-    remote: Remote,
-    id: String,
-    offsets: [u64; 2],
-    feeder: tokio::task::JoinHandle<()>,
-    done: bool,
+fn attach_msg(id: &str, exec: &str, from: [u64; 2], keepalive_ms: u64) -> In {
+    In::Attach(pb::Attach {
+        sandbox_id: id.into(),
+        exec_id: exec.into(),
+        stdout_offset: from[0],
+        stderr_offset: from[1],
+        keepalive_ms,
+    })
 }
 
-impl Drop for RemoteExec {
-    fn drop(&mut self) {
-        self.feeder.abort();
+struct Connection {
+    stream: tonic::Streaming<pb::StreamExecResponse>,
+    tx: tokio::sync::mpsc::Sender<pb::StreamExecRequest>,
+}
+
+/// stdin bytes not yet acknowledged by the exec, so they can be sent again on a new connection.
+pub(crate) struct StdinBuffer {
+    state: std::sync::Mutex<StdinState>,
+    /// Bumped whenever there is something new to send.
+    version: tokio::sync::watch::Sender<u64>,
+    acked: tokio::sync::watch::Sender<u64>,
+}
+
+struct StdinState {
+    /// Stream offset of `buf[0]`.
+    base: u64,
+    buf: std::collections::VecDeque<u8>,
+    closing: bool,
+    /// Terminal size to send (the latest wins).
+    resize: Option<(u16, u16)>,
+}
+
+impl StdinBuffer {
+    fn new(acked: u64) -> Self {
+        Self {
+            state: std::sync::Mutex::new(StdinState {
+                base: acked,
+                buf: Default::default(),
+                closing: false,
+                resize: None,
+            }),
+            version: tokio::sync::watch::channel(0).0,
+            acked: tokio::sync::watch::channel(acked).0,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, StdinState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Queues bytes (and, with `close`, the end of file) for sending.
+    pub(crate) fn push(&self, data: &[u8], close: bool) {
+        let mut st = self.lock();
+        st.buf.extend(data);
+        st.closing |= close;
+        drop(st);
+        self.version.send_modify(|v| *v += 1);
+    }
+
+    /// Queues a terminal resize.
+    pub(crate) fn resize(&self, rows: u16, cols: u16) {
+        self.lock().resize = Some((rows, cols));
+        self.version.send_modify(|v| *v += 1);
+    }
+
+    /// Bytes queued but not yet acknowledged.
+    pub(crate) fn unacked(&self) -> u64 {
+        self.lock().buf.len() as u64
+    }
+
+    /// Waits until fewer than `window` bytes are unacknowledged.
+    pub(crate) async fn wait_below(&self, window: u64) {
+        let mut rx = self.acked.subscribe();
+        while self.unacked() >= window {
+            if rx.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+
+    fn ack(&self, offset: u64) {
+        let mut st = self.lock();
+        if offset > st.base {
+            let n = ((offset - st.base) as usize).min(st.buf.len());
+            st.buf.drain(..n);
+            st.base += n as u64;
+        }
+        drop(st);
+        self.acked.send_replace(offset);
+    }
+
+    /// The next piece to send from `at` on: data, or the end of file once everything is sent.
+    fn next_piece(&self, at: u64) -> Option<(u64, Option<Bytes>)> {
+        let st = self.lock();
+        let at = at.max(st.base);
+        let end = st.base + st.buf.len() as u64;
+        if at < end {
+            let from = (at - st.base) as usize;
+            let to = (from + CHUNK).min(st.buf.len());
+            return Some((at, Some(st.buf.range(from..to).copied().collect::<Vec<u8>>().into())));
+        }
+        st.closing.then_some((at, None))
     }
 }
 
-impl RemoteExec {
-    /// The next event, checked: offsets must follow on, and the exit's byte totals must match what arrived,
-    /// so a stream that broke or lost bytes is never taken for a finished command.
-    pub(crate) async fn next(&mut self) -> Result<Option<ExecEvent>> {
-        use pb::stream_exec_response::Msg as Out;
-        if self.done {
-            return Ok(None);
+/// Sends queued stdin on one connection, from the exec's acknowledged offset on, in order.
+async fn stdin_pump(tx: tokio::sync::mpsc::Sender<pb::StreamExecRequest>, stdin: Arc<StdinBuffer>, mut at: u64) {
+    let mut version = stdin.version.subscribe();
+    loop {
+        version.borrow_and_update();
+        let resize = stdin.lock().resize.take();
+        if let Some((rows, cols)) = resize {
+            let msg = In::Resize(pb::Resize { rows: rows.into(), cols: cols.into() });
+            if tx.send(pb::StreamExecRequest { msg: Some(msg) }).await.is_err() {
+                return;
+            }
         }
-        let broken = |detail: String| Error::SandboxTerminated { id: self.id.clone(), detail };
-        let msg = match self.stream.message().await {
-            Ok(Some(m)) => m.msg,
-            Ok(None) => {
-                self.done = true;
-                return Err(broken("the server's stream ended before the command did".into()));
-            }
-            Err(s) => {
-                self.done = true;
-                return Err(self.remote.error(s, &self.id));
-            }
-        };
-        match msg {
-            Some(Out::Output(o)) => {
-                let (i, stream) = if o.stream == pb::OutputStream::Stderr as i32 {
-                    (1, OutputStream::Stderr)
-                } else {
-                    (0, OutputStream::Stdout)
-                };
-                if o.offset != self.offsets[i] {
-                    self.done = true;
-                    return Err(broken(format!("{stream:?} bytes {}..{} never arrived", self.offsets[i], o.offset)));
+        match stdin.next_piece(at) {
+            Some((offset, Some(data))) => {
+                at = offset + data.len() as u64;
+                let chunk = In::Stdin(pb::StdinChunk { offset, data });
+                if tx.send(pb::StreamExecRequest { msg: Some(chunk) }).await.is_err() {
+                    return;
                 }
-                self.offsets[i] += o.data.len() as u64;
-                Ok(Some(ExecEvent::Output { stream, offset: o.offset, data: o.data }))
+            }
+            Some((_, None)) => {
+                let _ = tx.send(pb::StreamExecRequest { msg: Some(In::Close(pb::Close {})) }).await;
+                // Keep the request stream open: its end would look like a client that left.
+                return std::future::pending().await;
+            }
+            None => {
+                if version.changed().await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// How long a broken exec stream keeps trying to resume before it reports the connection lost.
+const RESUME_WINDOW: Duration = Duration::from_secs(120);
+
+/// Follows one exec for a [`RemoteExec`]: forwards its events, feeds its stdin, and whenever the stream
+/// breaks (connection lost, server restarted, nothing heard for three keepalive periods) attaches again at
+/// the offsets received so far.
+struct Driver {
+    remote: Remote,
+    sandbox: String,
+    exec: String,
+    pos: [u64; 2],
+    keepalive_ms: u64,
+    stdin: Arc<StdinBuffer>,
+    events: tokio::sync::mpsc::Sender<Result<ExecEvent>>,
+}
+
+impl Driver {
+    async fn run(mut self, mut conn: Connection, acked: u64) {
+        let mut pump = AbortOnDrop(tokio::spawn(stdin_pump(conn.tx.clone(), self.stdin.clone(), acked)));
+        let keepalive = if self.keepalive_ms == 0 { Duration::from_secs(15) } else { Duration::from_millis(self.keepalive_ms) };
+        let idle = keepalive * 3 + Duration::from_secs(1);
+        loop {
+            let broken = match tokio::time::timeout(idle, conn.stream.message()).await {
+                Ok(Ok(Some(m))) => match self.on_frame(m.msg).await {
+                    Some(true) => continue,
+                    Some(false) => return,
+                    None => unreachable!(),
+                },
+                Ok(Ok(None)) => "the server's stream ended before the command did".to_string(),
+                // An answer of the server's (it names a reason) is final; anything else is the transport.
+                Ok(Err(s)) if s.metadata().get("hangar-reason").is_some() => {
+                    let _ = self.events.send(Err(self.remote.error(s, &self.sandbox))).await;
+                    return;
+                }
+                Ok(Err(s)) => format!("{:?}: {}", s.code(), s.message()),
+                Err(_) => format!("nothing heard for {idle:?}"),
+            };
+            drop(pump);
+            drop(conn);
+            match self.resume(&broken).await {
+                Ok((c, ready)) => {
+                    self.stdin.ack(ready.stdin_acked);
+                    pump = AbortOnDrop(tokio::spawn(stdin_pump(c.tx.clone(), self.stdin.clone(), ready.stdin_acked)));
+                    conn = c;
+                }
+                Err(e) => {
+                    let _ = self.events.send(Err(e)).await;
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Handles one frame: `Some(true)` to go on, `Some(false)` when the exec's stream is over.
+    async fn on_frame(&mut self, msg: Option<Out>) -> Option<bool> {
+        let ev = match msg {
+            Some(Out::Output(o)) => {
+                let (i, stream) = stream_from(o.stream);
+                let end = o.offset + o.data.len() as u64;
+                if o.offset > self.pos[i] {
+                    let detail = format!("{stream:?} bytes {}..{} never arrived", self.pos[i], o.offset);
+                    let _ = self.events.send(Err(Error::SandboxTerminated { id: self.sandbox.clone(), detail })).await;
+                    return Some(false);
+                }
+                if end <= self.pos[i] {
+                    return Some(true); // already delivered
+                }
+                let data = o.data.slice((self.pos[i] - o.offset) as usize..);
+                let offset = self.pos[i];
+                self.pos[i] = end;
+                ExecEvent::Output { stream, offset, data }
+            }
+            Some(Out::Gap(g)) => {
+                let (i, stream) = stream_from(g.stream);
+                self.pos[i] = self.pos[i].max(g.to);
+                ExecEvent::Gap { stream, from: g.from, to: g.to }
+            }
+            Some(Out::StdinAck(a)) => {
+                self.stdin.ack(a.offset);
+                return Some(true);
             }
             Some(Out::Exit(x)) => {
-                self.done = true;
-                if [x.stdout_bytes, x.stderr_bytes] != self.offsets {
-                    return Err(broken(format!(
-                        "the command wrote {}+{} bytes but {}+{} arrived",
-                        x.stdout_bytes, x.stderr_bytes, self.offsets[0], self.offsets[1]
-                    )));
-                }
-                let reason = pb::ExitReason::try_from(x.reason).unwrap_or(pb::ExitReason::Exited);
-                Ok(Some(ExecEvent::Exit(ExecExit {
-                    code: x.code,
-                    signal: x.signal,
-                    timed_out: reason == pb::ExitReason::TimedOut,
-                    cancelled: reason == pb::ExitReason::Cancelled,
-                    stdout_bytes: x.stdout_bytes,
-                    stderr_bytes: x.stderr_bytes,
-                })))
+                let _ = self.events.send(Ok(ExecEvent::Exit(end_from_proto(&x)))).await;
+                return Some(false);
             }
             Some(Out::Error(e)) => {
-                self.done = true;
                 let mut s = Status::internal(e.message);
                 if let Ok(v) = e.reason.parse() {
                     s.metadata_mut().insert("hangar-reason", v);
                 }
-                Err(self.remote.error(s, &self.id))
+                let _ = self.events.send(Err(self.remote.error(s, &self.sandbox))).await;
+                return Some(false);
             }
-            Some(Out::Ready(_)) | None => Box::pin(self.next()).await,
+            Some(Out::Keepalive(_)) | Some(Out::Ready(_)) | None => return Some(true),
+        };
+        Some(self.events.send(Ok(ev)).await.is_ok())
+    }
+
+    async fn resume(&self, why: &str) -> Result<(Connection, pb::Ready)> {
+        let deadline = tokio::time::Instant::now() + RESUME_WINDOW;
+        let mut backoff = Duration::from_millis(20);
+        loop {
+            let first = attach_msg(&self.sandbox, &self.exec, self.pos, self.keepalive_ms);
+            match self.remote.open_exec(&self.sandbox, first).await {
+                Ok(c) => return Ok(c),
+                Err(e @ (Error::Connection(_) | Error::Internal(_))) => {
+                    if tokio::time::Instant::now() + backoff > deadline {
+                        return Err(Error::Connection(format!(
+                            "exec {} in sandbox {}: stream broke ({why}) and could not resume within {RESUME_WINDOW:?}: {e}",
+                            self.exec, self.sandbox
+                        )));
+                    }
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                }
+                Err(e) => return Err(e),
+            }
         }
     }
 }
 
-/// `data` in message-sized pieces, without copying.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// An exec followed through a server.
+pub(crate) struct RemoteExec {
+    pub(crate) exec: String,
+    events: tokio::sync::mpsc::Receiver<Result<ExecEvent>>,
+    pub(crate) stdin: Arc<StdinBuffer>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for RemoteExec {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl RemoteExec {
+    pub(crate) async fn next(&mut self) -> Result<Option<ExecEvent>> {
+        self.events.recv().await.transpose()
+    }
+}
+
+fn stream_from(s: i32) -> (usize, OutputStream) {
+    if s == pb::OutputStream::Stderr as i32 { (1, OutputStream::Stderr) } else { (0, OutputStream::Stdout) }
+}
+
+fn end_from_proto(x: &pb::Exit) -> ExecEnd {
+    let reason = pb::ExitReason::try_from(x.reason).unwrap_or(pb::ExitReason::Exited);
+    let ending = match reason {
+        pb::ExitReason::TimedOut => Ending::TimedOut,
+        pb::ExitReason::Cancelled => Ending::Cancelled,
+        pb::ExitReason::OomKilled => Ending::OomKilled,
+        pb::ExitReason::FailedToStart => Ending::FailedToStart { reason: x.message.clone() },
+        pb::ExitReason::SandboxGone => Ending::SandboxGone,
+        pb::ExitReason::Signaled => Ending::Signaled { signal: x.signal.unwrap_or(0) },
+        _ => Ending::Exited { code: x.code.unwrap_or(0) },
+    };
+    let u = x.usage.unwrap_or_default();
+    ExecEnd {
+        ending,
+        code: x.code,
+        signal: x.signal,
+        bytes: [x.stdout_bytes, x.stderr_bytes],
+        crc32: [x.stdout_crc32, x.stderr_crc32],
+        usage: Usage {
+            wall_ms: u.wall_ms,
+            cpu_user_us: u.cpu_user_us,
+            cpu_sys_us: u.cpu_sys_us,
+            peak_memory_bytes: u.peak_memory_bytes,
+        },
+    }
+}
+
+fn exec_from_proto(e: pb::ExecStatus) -> ExecInfo {
+    ExecInfo {
+        id: e.exec_id,
+        argv: e.argv,
+        pid: e.pid,
+        started_at_ms: e.started_at_ms,
+        tty: e.tty,
+        merged: e.merged,
+        stdin_open: e.stdin_open,
+        stdin_acked: e.stdin_acked,
+        written: [e.stdout_bytes, e.stderr_bytes],
+        attached: e.attached,
+        end: e.exit.as_ref().map(end_from_proto),
+        expired: e.expired,
+        journal: String::new(),
+    }
+}
+
 fn chunks(data: &Bytes) -> impl Iterator<Item = Bytes> + '_ {
     (0..data.len()).step_by(CHUNK).map(move |at| data.slice(at..data.len().min(at + CHUNK)))
 }

@@ -1,4 +1,4 @@
-use crate::{Client, Exec, Result, SandboxInfo};
+use crate::{Client, Exec, ExecInfo, Result, SandboxInfo};
 use hangar_engine::SandboxConfig;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
@@ -359,6 +359,45 @@ impl Sandbox {
         S: Into<String>,
     {
         Exec::new(self, argv.into_iter().map(Into::into).collect())
+    }
+
+    /// Follows an exec started earlier (by this or any other client or process, e.g. `hangar exec
+    /// --detach`): configure it like an [`Exec`] (callbacks, `stream_output`, `check`, `from_offsets`), then
+    /// `.await` it for its result, or [`Exec::start`] it for a handle. Output is replayed from the journal,
+    /// then followed live.
+    ///
+    /// ```no_run
+    /// # async fn demo(sb: &hangar::Sandbox) -> hangar::Result<()> {
+    /// let r = sb.attach("train-42").stream_output(true).await?;
+    /// println!("exit {}", r.returncode);
+    /// # Ok(()) }
+    /// ```
+    pub fn attach(&self, exec_id: impl Into<String>) -> Exec<'_> {
+        Exec::attach(self, exec_id.into())
+    }
+
+    /// The sandbox's execs, oldest first: running ones, and finished ones whose record is still kept.
+    ///
+    /// ```no_run
+    /// # async fn demo(sb: &hangar::Sandbox) -> hangar::Result<()> {
+    /// for x in sb.execs().await? {
+    ///     println!("{} {:?} running={}", x.id, x.argv, x.end.is_none());
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn execs(&self) -> Result<Vec<ExecInfo>> {
+        self.client.execs(&self.id).await
+    }
+
+    /// Signals an exec's whole process tree by id (SIGKILL, 9, cancels it).
+    ///
+    /// ```no_run
+    /// # async fn demo(sb: &hangar::Sandbox) -> hangar::Result<()> {
+    /// sb.signal_exec("train-42", 2).await?; // SIGINT, like Ctrl-C
+    /// # Ok(()) }
+    /// ```
+    pub async fn signal_exec(&self, exec_id: &str, signal: i32) -> Result<()> {
+        self.client.signal_exec(&self.id, exec_id, signal).await
     }
 
     /// Reads a file from the sandbox. Relative paths are relative to its working directory; every path

@@ -2,14 +2,16 @@
 
 use crate::status::{from_engine, invalid};
 use crate::{Metrics, Tenant};
-use hangar_engine::{Engine, ExecEvent, ExecExit, ExecSpec, OutputStream, SandboxConfig, SandboxInfo, SandboxState};
+use hangar_engine::{
+    Ending, Engine, ExecControl, ExecEnd, ExecEvent, ExecInfo, ExecSpec, ExecStream, OnDisconnect, OutputStream,
+    SandboxConfig, SandboxInfo, SandboxState,
+};
 use hangar_proto::v1 as pb;
 use pb::sandbox_service_server::SandboxService;
 use std::pin::Pin;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::io::AsyncWriteExt;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
 
@@ -18,8 +20,12 @@ const DEFAULT_OUTPUT_CAP: u64 = 16 << 20;
 const MAX_OUTPUT_CAP: u64 = 1 << 30;
 const MAX_PAGE: u32 = 1000;
 const MAX_LIFETIME_MS: u64 = 30 * 24 * 3600 * 1000;
-/// Output events buffered per stream before the exec's pipes stop being read (backpressure).
+/// Output events buffered per stream before the exec's journal stops being read (backpressure).
 const STREAM_BUFFER: usize = 16;
+/// A streamed exec that has sent nothing for this long sends a keepalive frame (unless the client asks
+/// for another interval), so proxies and load balancers never see an idle stream.
+const DEFAULT_KEEPALIVE: Duration = Duration::from_secs(15);
+const MAX_JOURNAL_CAP: u64 = 64 << 30;
 
 /// The service implementation.
 pub struct SandboxApi {
@@ -92,23 +98,103 @@ fn exec_spec(
     })
 }
 
-pub(crate) fn exit_to_proto(x: &ExecExit) -> pb::Exit {
-    let reason = if x.timed_out {
-        pb::ExitReason::TimedOut
-    } else if x.cancelled {
-        pb::ExitReason::Cancelled
-    } else if x.signal.is_some() {
-        pb::ExitReason::Signaled
-    } else {
-        pb::ExitReason::Exited
+/// The spec of a streamed exec, every field checked.
+fn init_spec(i: pb::ExecInit) -> Result<ExecSpec, Status> {
+    let mut spec = exec_spec(i.argv, i.env, i.cwd, i.timeout_ms)?;
+    spec.id = (!i.exec_id.is_empty()).then_some(i.exec_id);
+    spec.stdin_pipe = i.stdin;
+    spec.merged = i.merged;
+    if i.tty {
+        let size = i.tty_size.unwrap_or(pb::Resize { rows: 24, cols: 80 });
+        spec.tty = Some((size_field("tty_size.rows", size.rows)?, size_field("tty_size.cols", size.cols)?));
+    }
+    spec.on_disconnect = match pb::OnDisconnect::try_from(i.on_disconnect) {
+        Ok(pb::OnDisconnect::Keep) => OnDisconnect::Keep,
+        Ok(pb::OnDisconnect::Kill) => OnDisconnect::Kill { grace_ms: i.disconnect_grace_ms },
+        Err(_) => return Err(invalid("on_disconnect", format!("{} is not a policy", i.on_disconnect))),
+    };
+    if i.retain_ms.is_some_and(|ms| ms > MAX_LIFETIME_MS) {
+        return Err(invalid("retain_ms", format!("exceeds {MAX_LIFETIME_MS}")));
+    }
+    spec.retain = i.retain_ms.map(Duration::from_millis);
+    if i.journal_cap_bytes.is_some_and(|c| c > MAX_JOURNAL_CAP) {
+        return Err(invalid("journal_cap_bytes", format!("exceeds {MAX_JOURNAL_CAP}")));
+    }
+    spec.journal_cap = i.journal_cap_bytes;
+    Ok(spec)
+}
+
+fn size_field(field: &str, v: u32) -> Result<u16, Status> {
+    match u16::try_from(v) {
+        Ok(n) if n > 0 => Ok(n),
+        _ => Err(invalid(field, "must be between 1 and 65535")),
+    }
+}
+
+fn keepalive(ms: u64) -> Duration {
+    match ms {
+        0 => DEFAULT_KEEPALIVE,
+        ms => Duration::from_millis(ms.clamp(20, 300_000)),
+    }
+}
+
+pub(crate) fn exit_to_proto(x: &ExecEnd) -> pb::Exit {
+    let (reason, message) = match &x.ending {
+        Ending::Exited { .. } => (pb::ExitReason::Exited, String::new()),
+        Ending::Signaled { .. } => (pb::ExitReason::Signaled, String::new()),
+        Ending::TimedOut => (pb::ExitReason::TimedOut, String::new()),
+        Ending::Cancelled => (pb::ExitReason::Cancelled, String::new()),
+        Ending::OomKilled => (pb::ExitReason::OomKilled, String::new()),
+        Ending::FailedToStart { reason } => (pb::ExitReason::FailedToStart, reason.clone()),
+        Ending::SandboxGone => (pb::ExitReason::SandboxGone, String::new()),
     };
     pb::Exit {
         reason: reason as i32,
         code: x.code,
         signal: x.signal,
-        stdout_bytes: x.stdout_bytes,
-        stderr_bytes: x.stderr_bytes,
+        stdout_bytes: x.bytes[0],
+        stderr_bytes: x.bytes[1],
+        stdout_crc32: x.crc32[0],
+        stderr_crc32: x.crc32[1],
+        message,
+        usage: Some(pb::Usage {
+            wall_ms: x.usage.wall_ms,
+            cpu_user_us: x.usage.cpu_user_us,
+            cpu_sys_us: x.usage.cpu_sys_us,
+            peak_memory_bytes: x.usage.peak_memory_bytes,
+        }),
     }
+}
+
+fn exec_to_proto(e: ExecInfo) -> pb::ExecStatus {
+    pb::ExecStatus {
+        exec_id: e.id,
+        argv: e.argv,
+        pid: e.pid,
+        started_at_ms: e.started_at_ms,
+        tty: e.tty,
+        merged: e.merged,
+        stdin_open: e.stdin_open,
+        stdin_acked: e.stdin_acked,
+        stdout_bytes: e.written[0],
+        stderr_bytes: e.written[1],
+        attached: e.attached,
+        exit: e.end.as_ref().map(exit_to_proto),
+        expired: e.expired,
+    }
+}
+
+fn stream_of(s: OutputStream) -> i32 {
+    match s {
+        OutputStream::Stdout => pb::OutputStream::Stdout as i32,
+        OutputStream::Stderr => pb::OutputStream::Stderr as i32,
+    }
+}
+
+fn error_frame(st: Status) -> pb::stream_exec_response::Msg {
+    let reason =
+        st.metadata().get(crate::REASON_KEY).and_then(|v| v.to_str().ok()).unwrap_or("INTERNAL").to_string();
+    pb::stream_exec_response::Msg::Error(pb::Error { reason, message: st.message().to_string() })
 }
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
@@ -237,12 +323,10 @@ impl SandboxService for SandboxApi {
         self.owned(&tenant, &r.sandbox_id).await?;
         let mut spec = exec_spec(r.argv, r.env, r.cwd, r.timeout_ms)?;
         spec.stdin = r.stdin.map(Vec::from);
+        // A unary caller cannot re-attach: when it goes away, so does its command.
+        spec.on_disconnect = OnDisconnect::Kill { grace_ms: 0 };
         let started = Instant::now();
-        let mut stream = self.engine.exec(&r.sandbox_id, spec).await.map_err(|e| {
-            self.metrics.execs_failed_to_start.fetch_add(1, Relaxed);
-            from_engine(e)
-        })?;
-        self.metrics.execs_started.fetch_add(1, Relaxed);
+        let mut stream = self.start(&r.sandbox_id, spec).await?;
         let mut resp = pb::ExecResponse::default();
         let mut out = [Vec::new(), Vec::new()];
         while let Some(ev) = stream.next().await.map_err(from_engine)? {
@@ -260,7 +344,21 @@ impl SandboxService for SandboxApi {
                     }
                     buf.extend_from_slice(&data[..data.len().min(room)]);
                 }
-                ExecEvent::Exit(x) => resp.exit = Some(exit_to_proto(&x)),
+                // Cannot happen here (a reader is attached all along), but it is a loss all the same.
+                ExecEvent::Gap { stream: which, .. } => match which {
+                    OutputStream::Stdout => resp.stdout_truncated = true,
+                    OutputStream::Stderr => resp.stderr_truncated = true,
+                },
+                ExecEvent::Exit(x) => {
+                    if let Ending::FailedToStart { reason } = &x.ending {
+                        self.metrics.execs_failed_to_start.fetch_add(1, Relaxed);
+                        return Err(from_engine(hangar_engine::Error::CommandNotFound {
+                            id: r.sandbox_id.clone(),
+                            message: reason.clone(),
+                        }));
+                    }
+                    resp.exit = Some(exit_to_proto(&x));
+                }
             }
         }
         self.metrics.exec_seconds.observe(started.elapsed());
@@ -321,81 +419,209 @@ impl SandboxService for SandboxApi {
         use pb::stream_exec_response::Msg as Out;
         let tenant = tenant(&req)?;
         let mut inbound = req.into_inner();
-        let init = match inbound.message().await?.and_then(|m| m.msg) {
-            Some(In::Init(i)) => i,
-            _ => return Err(invalid("init", "the first message of a stream must be init")),
+        let (sandbox, stream, keepalive) = match inbound.message().await?.and_then(|m| m.msg) {
+            Some(In::Init(init)) => {
+                self.owned(&tenant, &init.sandbox_id).await?;
+                let (sandbox, keepalive) = (init.sandbox_id.clone(), keepalive(init.keepalive_ms));
+                (sandbox.clone(), self.start(&sandbox, init_spec(init)?).await?, keepalive)
+            }
+            Some(In::Attach(a)) => {
+                self.owned(&tenant, &a.sandbox_id).await?;
+                if a.exec_id.is_empty() {
+                    return Err(invalid("exec_id", "is empty"));
+                }
+                let from = [a.stdout_offset, a.stderr_offset];
+                let stream = self.engine.attach(&a.sandbox_id, &a.exec_id, from).await.map_err(from_engine)?;
+                (a.sandbox_id, stream, keepalive(a.keepalive_ms))
+            }
+            _ => return Err(invalid("init", "the first message of a stream must be init or attach")),
         };
-        if init.tty {
-            return Err(crate::status::with_reason(
-                Status::unimplemented("tty: PTY execs are not supported yet"),
-                "UNIMPLEMENTED",
-            ));
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<pb::StreamExecResponse, Status>>(STREAM_BUFFER);
+        let out = |m: Out| Ok(pb::StreamExecResponse { msg: Some(m) });
+        let info = stream.info();
+        let ready =
+            pb::Ready { exec_id: info.id.clone(), stdin_acked: info.stdin_acked, stdin_open: info.stdin_open, tty: info.tty, merged: info.merged };
+        let exec_id = info.id.clone();
+        let _ = tx.send(out(Out::Ready(ready))).await;
+        // Client messages flow on their own task, so a command blocked on a full stdin never stalls output.
+        tokio::spawn(client_messages(self.engine.clone(), sandbox, exec_id, inbound, stream.control(), tx.clone()));
+        tokio::spawn(forward_events(stream, tx, keepalive, self.metrics.clone()));
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+    }
+
+    async fn list_execs(&self, req: Request<pb::ListExecsRequest>) -> Result<Response<pb::ListExecsResponse>, Status> {
+        let tenant = tenant(&req)?;
+        let id = &req.get_ref().sandbox_id;
+        self.owned(&tenant, id).await?;
+        let execs = self.engine.execs(id).await.map_err(from_engine)?;
+        Ok(Response::new(pb::ListExecsResponse { execs: execs.into_iter().map(exec_to_proto).collect() }))
+    }
+
+    async fn signal_exec(
+        &self,
+        req: Request<pb::SignalExecRequest>,
+    ) -> Result<Response<pb::SignalExecResponse>, Status> {
+        let tenant = tenant(&req)?;
+        let r = req.into_inner();
+        self.owned(&tenant, &r.sandbox_id).await?;
+        if r.exec_id.is_empty() {
+            return Err(invalid("exec_id", "is empty"));
         }
-        self.owned(&tenant, &init.sandbox_id).await?;
-        let mut spec = exec_spec(init.argv, init.env, init.cwd, init.timeout_ms)?;
-        spec.stdin_pipe = init.stdin;
-        let mut exec = self.engine.exec(&init.sandbox_id, spec).await.map_err(|e| {
+        self.engine.signal_exec(&r.sandbox_id, &r.exec_id, r.signal).await.map_err(from_engine)?;
+        Ok(Response::new(pb::SignalExecResponse {}))
+    }
+}
+
+impl SandboxApi {
+    /// Starts an exec, counting it.
+    async fn start(&self, sandbox: &str, spec: ExecSpec) -> Result<ExecStream, Status> {
+        let stream = self.engine.exec(sandbox, spec).await.map_err(|e| {
             self.metrics.execs_failed_to_start.fetch_add(1, Relaxed);
             from_engine(e)
         })?;
         self.metrics.execs_started.fetch_add(1, Relaxed);
-        let (tx, rx) = tokio::sync::mpsc::channel::<Result<pb::StreamExecResponse, Status>>(STREAM_BUFFER);
-        let out = |m: Out| Ok(pb::StreamExecResponse { msg: Some(m) });
-        let _ = tx.send(out(Out::Ready(pb::Ready { exec_id: exec.id().to_string() }))).await;
-        // stdin flows on its own task, so a process blocked on a full stdout pipe never stalls it.
-        if let Some(mut stdin) = exec.take_stdin() {
-            tokio::spawn(async move {
-                while let Ok(Some(m)) = inbound.message().await {
-                    match m.msg {
-                        Some(In::Stdin(data)) if stdin.write_all(&data).await.is_err() => break,
-                        Some(In::Close(_)) => break,
-                        _ => {}
-                    }
-                }
-            });
+        Ok(stream)
+    }
+}
+
+type Outbound = tokio::sync::mpsc::Sender<Result<pb::StreamExecResponse, Status>>;
+
+/// stdin, resizes and signals from the client. stdin goes through a resumable writer opened at the first
+/// chunk's offset; only an explicit `close` is stdin's end of file (a request stream that ends, cleanly or
+/// not, may be a client about to resume on another connection).
+async fn client_messages(
+    engine: Arc<Engine>,
+    sandbox: String,
+    exec: String,
+    mut inbound: Streaming<pb::StreamExecRequest>,
+    control: ExecControl,
+    tx: Outbound,
+) {
+    use pb::stream_exec_request::Msg as In;
+    use pb::stream_exec_response::Msg as Out;
+    let mut writer: Option<hangar_engine::StdinWriter> = None;
+    let mut stdin_failed = false;
+    loop {
+        let msg = match inbound.message().await {
+            Ok(Some(m)) => m.msg,
+            Ok(None) | Err(_) => return,
+        };
+        let (offset, data, close) = match msg {
+            Some(In::Stdin(c)) => (c.offset, Some(c.data), false),
+            Some(In::Close(_)) => (0, None, true),
+            Some(In::Resize(r)) => {
+                let _ = control.resize(r.rows.min(u16::MAX as u32) as u16, r.cols.min(u16::MAX as u32) as u16).await;
+                continue;
+            }
+            Some(In::Signal(s)) => {
+                let _ = control.signal(s.signal).await;
+                continue;
+            }
+            _ => continue,
+        };
+        if stdin_failed {
+            if close {
+                return;
+            }
+            continue;
         }
-        let metrics = self.metrics.clone();
-        let started = Instant::now();
-        tokio::spawn(async move {
-            loop {
-                // A client that went away closes the channel; dropping `exec` then kills its process tree,
-                // even while the command is quiet.
-                let next = tokio::select! {
-                    next = exec.next() => next,
-                    _ = tx.closed() => return,
-                };
-                let msg = match next {
-                    Ok(Some(ExecEvent::Output { stream, offset, data })) => {
-                        let (s, counter) = match stream {
-                            OutputStream::Stdout => (pb::OutputStream::Stdout, &metrics.stdout_bytes),
-                            OutputStream::Stderr => (pb::OutputStream::Stderr, &metrics.stderr_bytes),
-                        };
-                        counter.fetch_add(data.len() as u64, Relaxed);
-                        out(Out::Output(pb::Output { stream: s as i32, offset, data }))
-                    }
-                    Ok(Some(ExecEvent::Exit(x))) => {
-                        metrics.exec_seconds.observe(started.elapsed());
-                        let _ = tx.send(out(Out::Exit(exit_to_proto(&x)))).await;
-                        return;
-                    }
-                    Ok(None) => return,
-                    Err(e) => {
-                        let st = from_engine(e);
-                        let reason = st
-                            .metadata()
-                            .get(crate::REASON_KEY)
-                            .and_then(|v| v.to_str().ok())
-                            .unwrap_or("INTERNAL")
-                            .to_string();
-                        let _ = tx.send(out(Out::Error(pb::Error { reason, message: st.message().to_string() }))).await;
-                        return;
-                    }
-                };
-                if tx.send(msg).await.is_err() {
-                    return;
+        if writer.is_none() {
+            match engine.open_stdin(&sandbox, &exec, offset).await {
+                Ok(w) => writer = Some(w),
+                Err(e) => {
+                    tracing::debug!(%sandbox, %exec, error = %e, "stdin not writable");
+                    stdin_failed = true;
+                    continue;
                 }
             }
-        });
-        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+        }
+        let w = writer.as_mut().expect("opened above");
+        let acked = match data {
+            Some(d) => w.write(offset, &d).await,
+            None => w.close().await,
+        };
+        match acked {
+            Ok(offset) => {
+                let _ = tx.send(Ok(pb::StreamExecResponse { msg: Some(Out::StdinAck(pb::StdinAck { offset })) })).await;
+            }
+            Err(e) => {
+                tracing::debug!(%sandbox, %exec, error = %e, "stdin closed");
+                stdin_failed = true;
+            }
+        }
+        if close {
+            return;
+        }
+    }
+}
+
+/// Exec events to the client, with a keepalive whenever the stream has been quiet for `keepalive`. A client
+/// that went away drops the stream (detaching; the exec's policy decides what happens to it).
+async fn forward_events(mut stream: ExecStream, tx: Outbound, keepalive: Duration, metrics: Arc<crate::Metrics>) {
+    use pb::stream_exec_response::Msg as Out;
+    let out = |m: Out| Ok(pb::StreamExecResponse { msg: Some(m) });
+    let started = Instant::now();
+    // The journal reader runs on its own task: `ExecStream::next` is not cancel-safe, and the keepalive
+    // timer must be able to fire while it waits.
+    let (ev_tx, mut ev_rx) = tokio::sync::mpsc::channel(1);
+    let reader = tokio::spawn(async move {
+        loop {
+            let ev = stream.next().await;
+            let last = !matches!(ev, Ok(Some(ExecEvent::Output { .. } | ExecEvent::Gap { .. })));
+            if ev_tx.send(ev).await.is_err() || last {
+                return;
+            }
+        }
+    });
+    let _abort_reader = AbortOnDrop(reader);
+    let mut pos = [0u64; 2];
+    loop {
+        let ev = tokio::select! {
+            ev = ev_rx.recv() => ev,
+            _ = tx.closed() => return,
+            _ = tokio::time::sleep(keepalive) => {
+                let k = pb::Keepalive { stdout_offset: pos[0], stderr_offset: pos[1] };
+                if tx.send(out(Out::Keepalive(k))).await.is_err() {
+                    return;
+                }
+                continue;
+            }
+        };
+        let msg = match ev {
+            Some(Ok(Some(ExecEvent::Output { stream, offset, data }))) => {
+                let counter = match stream {
+                    OutputStream::Stdout => &metrics.stdout_bytes,
+                    OutputStream::Stderr => &metrics.stderr_bytes,
+                };
+                counter.fetch_add(data.len() as u64, Relaxed);
+                pos[stream.index()] = offset + data.len() as u64;
+                out(Out::Output(pb::Output { stream: stream_of(stream), offset, data }))
+            }
+            Some(Ok(Some(ExecEvent::Gap { stream, from, to }))) => {
+                pos[stream.index()] = to;
+                out(Out::Gap(pb::Gap { stream: stream_of(stream), from, to }))
+            }
+            Some(Ok(Some(ExecEvent::Exit(x)))) => {
+                metrics.exec_seconds.observe(started.elapsed());
+                let _ = tx.send(out(Out::Exit(exit_to_proto(&x)))).await;
+                return;
+            }
+            Some(Ok(None)) | None => return,
+            Some(Err(e)) => {
+                let _ = tx.send(out(error_frame(from_engine(e)))).await;
+                return;
+            }
+        };
+        if tx.send(msg).await.is_err() {
+            return;
+        }
+    }
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }

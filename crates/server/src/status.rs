@@ -48,6 +48,8 @@ pub(crate) fn from_engine(e: Error) -> Status {
         }
         Error::SandboxFailed { .. } => with_reason(Status::failed_precondition(msg), "SANDBOX_FAILED"),
         Error::SandboxGone { detail, .. } => with_reason(Status::aborted(detail), "SANDBOX_GONE"),
+        Error::ExecNotFound { .. } => with_reason(Status::not_found(msg), "EXEC_NOT_FOUND"),
+        Error::ExecExpired { .. } => with_reason(Status::failed_precondition(msg), "EXEC_EXPIRED"),
         _ => with_reason(Status::internal(msg), "INTERNAL"),
     }
 }

@@ -1,0 +1,450 @@
+//! A running (or finished) exec you hold on to: its typed events, its stdin, its terminal, its signals.
+
+use crate::remote::RemoteExec;
+use crate::{Client, Error, ExecResult, Result};
+use hangar_engine::{Engine, ExecControl, ExecEnd, ExecEvent, ExecStream, OutputStream, StdinWriter};
+use std::sync::Arc;
+
+/// Unacknowledged stdin a remote writer may have in flight before [`ExecHandle::write_stdin`] waits.
+const STDIN_WINDOW: u64 = 8 << 20;
+
+pub(crate) enum Inner {
+    Embedded(ExecStream),
+    Remote(RemoteExec),
+}
+
+/// The input side of an exec: stdin, terminal size and signals, usable from another task while the
+/// [`ExecHandle`] reads events (clone it freely). From [`ExecHandle::input`].
+///
+/// ```no_run
+/// # async fn demo(sb: &hangar::Sandbox) -> hangar::Result<()> {
+/// let mut h = sb.exec(["cat"]).open_stdin().start().await?;
+/// let input = h.input();
+/// tokio::spawn(async move {
+///     input.write(b"hello\n").await?;
+///     input.close().await
+/// });
+/// assert_eq!(h.wait().await?.stdout_text(), "hello\n");
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct ExecInput {
+    sandbox: String,
+    exec: String,
+    client: Client,
+    kind: InputKind,
+}
+
+#[derive(Clone)]
+enum InputKind {
+    Embedded { engine: Arc<Engine>, control: ExecControl, writer: Arc<tokio::sync::Mutex<Option<StdinWriter>>> },
+    Remote(Arc<crate::remote::StdinBuffer>),
+}
+
+/// A handle on one exec, from [`crate::Exec::start`] or [`crate::Sandbox::attach`]: its output as typed
+/// events ([`ExecHandle::next_event`], or [`ExecHandle::into_stream`] as a `Stream`), its stdin, its terminal
+/// size and its signals. Against a server the handle resumes by itself when the connection breaks (or the
+/// server restarts): the events continue at the exact byte where they stopped.
+///
+/// Every event is checked: offsets must follow each other, and at the end the totals (and, for a stream
+/// read from its start without gaps, the CRC-32 of each stream) must match what the command wrote;
+/// otherwise the last item is [`Error::IncompleteOutput`] instead of the exit.
+///
+/// Dropping the handle detaches; the exec keeps running or is killed as its
+/// [`crate::Exec::on_disconnect`] policy says.
+///
+/// ```no_run
+/// # async fn demo(sb: &hangar::Sandbox) -> hangar::Result<()> {
+/// use hangar::{ExecEvent, OutputStream};
+/// let mut h = sb.exec(["sh", "-c", "echo hi; echo oops >&2"]).start().await?;
+/// while let Some(ev) = h.next_event().await? {
+///     match ev {
+///         ExecEvent::Output { stream: OutputStream::Stdout, offset, data } => println!("out@{offset}: {data:?}"),
+///         ExecEvent::Output { offset, data, .. } => eprintln!("err@{offset}: {data:?}"),
+///         ExecEvent::Gap { stream, from, to } => eprintln!("{stream:?} lost {from}..{to}"),
+///         ExecEvent::Exit(end) => println!("ended: {:?}", end.ending),
+///     }
+/// }
+/// # Ok(()) }
+/// ```
+pub struct ExecHandle {
+    sandbox: String,
+    id: String,
+    command: Vec<String>,
+    inner: Inner,
+    input: ExecInput,
+    from: [u64; 2],
+    received: [u64; 2],
+    crc: [crc32fast::Hasher; 2],
+    pub(crate) gaps: Vec<(OutputStream, u64, u64)>,
+    done: bool,
+}
+
+impl ExecHandle {
+    pub(crate) fn new(client: Client, sandbox: &str, command: Vec<String>, inner: Inner, from: [u64; 2]) -> Self {
+        let id = match &inner {
+            Inner::Embedded(s) => s.id().to_string(),
+            Inner::Remote(r) => r.exec.clone(),
+        };
+        let kind = match (&inner, client.engine()) {
+            (Inner::Embedded(s), Some(engine)) => InputKind::Embedded {
+                engine: engine.clone(),
+                control: s.control(),
+                writer: Default::default(),
+            },
+            (Inner::Remote(r), _) => InputKind::Remote(r.stdin.clone()),
+            (Inner::Embedded(_), None) => unreachable!("an embedded stream comes from an embedded client"),
+        };
+        let input = ExecInput { sandbox: sandbox.to_string(), exec: id.clone(), client, kind };
+        Self {
+            sandbox: sandbox.to_string(),
+            id,
+            command,
+            inner,
+            input,
+            from,
+            received: from,
+            crc: Default::default(),
+            gaps: Vec::new(),
+            done: false,
+        }
+    }
+
+    /// The exec's id: attach to it again with [`crate::Sandbox::attach`], from this or another process.
+    ///
+    /// ```no_run
+    /// # async fn demo(sb: &hangar::Sandbox) -> hangar::Result<()> {
+    /// let h = sb.exec(["python3", "train.py"]).start().await?;
+    /// std::fs::write("exec-id.txt", h.id()).ok();
+    /// # Ok(()) }
+    /// ```
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The sandbox the exec runs in.
+    ///
+    /// ```no_run
+    /// # async fn demo(sb: &hangar::Sandbox) -> hangar::Result<()> {
+    /// let h = sb.exec(["true"]).start().await?;
+    /// assert_eq!(h.sandbox_id(), sb.id());
+    /// # Ok(()) }
+    /// ```
+    pub fn sandbox_id(&self) -> &str {
+        &self.sandbox
+    }
+
+    /// The command (argv) the exec runs.
+    ///
+    /// ```no_run
+    /// # async fn demo(sb: &hangar::Sandbox) -> hangar::Result<()> {
+    /// let h = sb.attach("nightly").start().await?;
+    /// println!("{} runs {:?}", h.id(), h.command());
+    /// # Ok(()) }
+    /// ```
+    pub fn command(&self) -> &[String] {
+        &self.command
+    }
+
+    /// Offsets (stdout, stderr) up to which output has been delivered: what to resume from with
+    /// [`crate::Exec::from_offsets`] in another process.
+    ///
+    /// ```no_run
+    /// # async fn demo(sb: &hangar::Sandbox) -> hangar::Result<()> {
+    /// let mut h = sb.exec(["python3", "train.py"]).start().await?;
+    /// h.next_event().await?;
+    /// let [out, err] = h.position();
+    /// println!("resume later with .from_offsets({out}, {err})");
+    /// # Ok(()) }
+    /// ```
+    pub fn position(&self) -> [u64; 2] {
+        self.received
+    }
+
+    /// The next event, `Ok(None)` after the exit. Output chunks are raw bytes (a chunk may end mid-line).
+    /// A stream that does not add up ends with [`Error::IncompleteOutput`] instead of the exit.
+    ///
+    /// ```no_run
+    /// # async fn demo(sb: &hangar::Sandbox) -> hangar::Result<()> {
+    /// let mut h = sb.exec(["seq", "3"]).start().await?;
+    /// let mut total = 0;
+    /// while let Some(ev) = h.next_event().await? {
+    ///     if let hangar::ExecEvent::Output { data, .. } = ev { total += data.len() }
+    /// }
+    /// assert_eq!(total, 6);
+    /// # Ok(()) }
+    /// ```
+    pub async fn next_event(&mut self) -> Result<Option<ExecEvent>> {
+        if self.done {
+            return Ok(None);
+        }
+        let ev = match &mut self.inner {
+            Inner::Embedded(stream) => stream.next().await.map_err(Error::from),
+            Inner::Remote(r) => r.next().await,
+        };
+        let ev = match ev {
+            Ok(Some(ev)) => ev,
+            Ok(None) => {
+                self.done = true;
+                return Err(Error::SandboxTerminated {
+                    id: self.sandbox.clone(),
+                    detail: format!("the stream of exec {} ended without an exit", self.id),
+                });
+            }
+            Err(e) => {
+                self.done = true;
+                return Err(e);
+            }
+        };
+        match &ev {
+            ExecEvent::Output { stream, offset, data } => {
+                let i = stream.index();
+                if *offset != self.received[i] {
+                    self.done = true;
+                    let detail = format!("{stream:?} bytes {}..{offset} never arrived", self.received[i]);
+                    return Err(self.incomplete(None, detail));
+                }
+                self.crc[i].update(data);
+                self.received[i] += data.len() as u64;
+            }
+            ExecEvent::Gap { stream, from, to } => {
+                self.gaps.push((*stream, *from, *to));
+                self.received[stream.index()] = *to;
+            }
+            ExecEvent::Exit(end) => {
+                self.done = true;
+                if let Some(detail) = self.verify(end) {
+                    return Err(self.incomplete(Some(end), detail));
+                }
+            }
+        }
+        Ok(Some(ev))
+    }
+
+    fn verify(&self, end: &ExecEnd) -> Option<String> {
+        if self.received != end.bytes {
+            return Some(format!(
+                "the command wrote {}+{} bytes (stdout+stderr) but {}+{} arrived",
+                end.bytes[0], end.bytes[1], self.received[0], self.received[1]
+            ));
+        }
+        let whole = self.from == [0, 0] && self.gaps.is_empty() && end.ending != hangar_engine::Ending::SandboxGone;
+        for (i, name) in ["stdout", "stderr"].iter().enumerate() {
+            let got = self.crc[i].clone().finalize();
+            if whole && got != end.crc32[i] {
+                return Some(format!("{name} checksum {got:08x} differs from the command's {:08x}", end.crc32[i]));
+            }
+        }
+        None
+    }
+
+    fn incomplete(&self, end: Option<&ExecEnd>, detail: String) -> Error {
+        let result = end.map(|e| ExecResult::from_end(&self.id, e, Vec::new(), Vec::new())).unwrap_or_default();
+        Error::IncompleteOutput { command: self.command.clone(), result, detail }
+    }
+
+    /// The events as a `Stream` (for `StreamExt` combinators); ends after the exit or the first error.
+    ///
+    /// ```no_run
+    /// # async fn demo(sb: &hangar::Sandbox) -> hangar::Result<()> {
+    /// use tokio_stream::StreamExt;
+    /// let h = sb.exec(["seq", "1000"]).start().await?;
+    /// let chunks: Vec<_> = h.into_stream().collect().await;
+    /// println!("{} events", chunks.len());
+    /// # Ok(()) }
+    /// ```
+    pub fn into_stream(self) -> impl tokio_stream::Stream<Item = Result<ExecEvent>> + Send + 'static {
+        futures_util::stream::unfold(Some(self), |h| async move {
+            let mut h = h?;
+            match h.next_event().await {
+                Ok(Some(ev)) => Some((Ok(ev), Some(h))),
+                Ok(None) => None,
+                Err(e) => Some((Err(e), None)),
+            }
+        })
+    }
+
+    /// The input side (stdin, resize, signals) as a separate, cloneable value, for writing from another
+    /// task while this handle reads events.
+    ///
+    /// ```no_run
+    /// # async fn demo(sb: &hangar::Sandbox) -> hangar::Result<()> {
+    /// let h = sb.exec(["python3", "-i"]).tty(24, 80).start().await?;
+    /// let input = h.input();
+    /// input.write("print(40 + 2)\n").await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn input(&self) -> ExecInput {
+        self.input.clone()
+    }
+
+    /// Writes to the exec's stdin (started with [`crate::Exec::open_stdin`] or a terminal). Against a
+    /// server, bytes are kept until the exec acknowledges them and re-sent after a reconnect, so none is
+    /// lost or doubled; this waits when several MiB are still unacknowledged.
+    ///
+    /// ```no_run
+    /// # async fn demo(sb: &hangar::Sandbox) -> hangar::Result<()> {
+    /// let mut h = sb.exec(["sha256sum"]).open_stdin().start().await?;
+    /// for _ in 0..100 {
+    ///     h.write_stdin(vec![b'x'; 1 << 20]).await?;
+    /// }
+    /// h.close_stdin().await?;
+    /// let r = h.wait().await?;
+    /// println!("{}", r.stdout_text());
+    /// # Ok(()) }
+    /// ```
+    pub async fn write_stdin(&mut self, data: impl AsRef<[u8]>) -> Result<()> {
+        self.input.write(data).await
+    }
+
+    /// Ends stdin (for a terminal: sends its end-of-file character, ^D).
+    ///
+    /// ```no_run
+    /// # async fn demo(sb: &hangar::Sandbox) -> hangar::Result<()> {
+    /// let mut h = sb.exec(["wc", "-l"]).open_stdin().start().await?;
+    /// h.write_stdin("a\nb\n").await?;
+    /// h.close_stdin().await?;
+    /// assert_eq!(h.wait().await?.stdout_text().trim(), "2");
+    /// # Ok(()) }
+    /// ```
+    pub async fn close_stdin(&mut self) -> Result<()> {
+        self.input.close().await
+    }
+
+    /// Resizes the exec's terminal (see [`crate::Exec::tty`]).
+    ///
+    /// ```no_run
+    /// # async fn demo(sb: &hangar::Sandbox) -> hangar::Result<()> {
+    /// let h = sb.exec(["bash"]).tty(24, 80).start().await?;
+    /// h.resize(50, 120).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn resize(&self, rows: u16, cols: u16) -> Result<()> {
+        self.input.resize(rows, cols).await
+    }
+
+    /// Sends a signal to the exec's whole process tree (SIGKILL, 9, cancels it).
+    ///
+    /// ```no_run
+    /// # async fn demo(sb: &hangar::Sandbox) -> hangar::Result<()> {
+    /// let h = sb.exec(["python3", "server.py"]).start().await?;
+    /// h.signal(15).await?; // SIGTERM: let it shut down cleanly
+    /// # Ok(()) }
+    /// ```
+    pub async fn signal(&self, signal: i32) -> Result<()> {
+        self.input.signal(signal).await
+    }
+
+    /// Kills the exec's whole process tree; it ends as cancelled.
+    ///
+    /// ```no_run
+    /// # async fn demo(sb: &hangar::Sandbox) -> hangar::Result<()> {
+    /// let h = sb.exec(["sleep", "infinity"]).start().await?;
+    /// h.kill().await?;
+    /// assert_eq!(h.wait().await?.ending, hangar::Ending::Cancelled);
+    /// # Ok(()) }
+    /// ```
+    pub async fn kill(&self) -> Result<()> {
+        self.signal(9).await
+    }
+
+    /// Follows the exec to its end and returns its result (output from the handle's position on), like
+    /// awaiting an [`crate::Exec`] without callbacks.
+    ///
+    /// ```no_run
+    /// # async fn demo(sb: &hangar::Sandbox) -> hangar::Result<()> {
+    /// let h = sb.exec(["python3", "-c", "print(6 * 7)"]).start().await?;
+    /// assert_eq!(h.wait().await?.stdout_text().trim(), "42");
+    /// # Ok(()) }
+    /// ```
+    pub async fn wait(self) -> Result<ExecResult> {
+        crate::exec::drive(self, &mut Default::default(), true, false, None).await
+    }
+}
+
+impl ExecInput {
+    /// Writes to the exec's stdin; see [`ExecHandle::write_stdin`].
+    ///
+    /// ```no_run
+    /// # async fn demo(input: hangar::ExecInput) -> hangar::Result<()> {
+    /// input.write("yes\n").await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn write(&self, data: impl AsRef<[u8]>) -> Result<()> {
+        let data = data.as_ref();
+        match &self.kind {
+            InputKind::Embedded { engine, writer, .. } => {
+                let mut w = writer.lock().await;
+                let w = self.embedded_writer(engine, &mut w).await?;
+                w.write(w.next_offset(), data).await?;
+            }
+            InputKind::Remote(buf) => {
+                buf.wait_below(STDIN_WINDOW).await;
+                buf.push(data, false);
+            }
+        }
+        Ok(())
+    }
+
+    /// Ends stdin; see [`ExecHandle::close_stdin`].
+    ///
+    /// ```no_run
+    /// # async fn demo(input: hangar::ExecInput) -> hangar::Result<()> {
+    /// input.close().await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn close(&self) -> Result<()> {
+        match &self.kind {
+            InputKind::Embedded { engine, writer, .. } => {
+                let mut w = writer.lock().await;
+                self.embedded_writer(engine, &mut w).await?.close().await?;
+            }
+            InputKind::Remote(buf) => buf.push(&[], true),
+        }
+        Ok(())
+    }
+
+    /// Resizes the exec's terminal; see [`ExecHandle::resize`].
+    ///
+    /// ```no_run
+    /// # async fn demo(input: hangar::ExecInput) -> hangar::Result<()> {
+    /// input.resize(50, 132).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn resize(&self, rows: u16, cols: u16) -> Result<()> {
+        match &self.kind {
+            InputKind::Embedded { control, .. } => Ok(control.resize(rows, cols).await?),
+            InputKind::Remote(buf) => {
+                buf.resize(rows, cols);
+                Ok(())
+            }
+        }
+    }
+
+    /// Signals the exec's whole process tree; see [`ExecHandle::signal`].
+    ///
+    /// ```no_run
+    /// # async fn demo(input: hangar::ExecInput) -> hangar::Result<()> {
+    /// input.signal(2).await?; // SIGINT
+    /// # Ok(()) }
+    /// ```
+    pub async fn signal(&self, signal: i32) -> Result<()> {
+        match &self.kind {
+            InputKind::Embedded { control, .. } => Ok(control.signal(signal).await?),
+            InputKind::Remote(_) => self.client.signal_exec(&self.sandbox, &self.exec, signal).await,
+        }
+    }
+
+    async fn embedded_writer<'a>(
+        &self,
+        engine: &Arc<Engine>,
+        slot: &'a mut Option<StdinWriter>,
+    ) -> Result<&'a mut StdinWriter> {
+        if slot.is_none() {
+            // Find where the exec's stdin stands (another writer may have fed it), and go on from there.
+            let acked = engine.attach(&self.sandbox, &self.exec, [u64::MAX, u64::MAX]).await?.info().stdin_acked;
+            *slot = Some(engine.open_stdin(&self.sandbox, &self.exec, acked).await?);
+        }
+        Ok(slot.as_mut().expect("opened above"))
+    }
+}
