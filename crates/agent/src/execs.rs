@@ -203,12 +203,17 @@ impl Exec {
         j.written - (j.dropped_to - self.head)
     }
 
-    /// Drops what the cap asks for, as far as no attached reader still needs it.
+    /// The most one read may add to a stream's journal: room the cap must leave for it.
+    fn room(&self) -> u64 {
+        (self.cap / 4).min(READ_CHUNK as u64)
+    }
+
+    /// Drops what the cap asks for (so that one more read fits), as far as no attached reader still needs it.
     fn try_drop(&mut self, i: usize) -> bool {
-        if self.retained(i) <= self.cap {
+        if self.retained(i) + self.room() <= self.cap {
             return false;
         }
-        let target = self.journals[i].written - (self.cap - self.head);
+        let target = self.journals[i].written - (self.cap - self.head - self.room());
         let needed = self.pins.values().map(|p| p[i]).min().unwrap_or(u64::MAX);
         let j = &mut self.journals[i];
         let to = target.min(needed);
@@ -229,7 +234,7 @@ impl Exec {
         if self.try_drop(i) {
             self.publish();
         }
-        self.retained(i) >= self.cap
+        self.retained(i) + self.room() > self.cap
     }
 
     fn append(&mut self, i: usize, data: &[u8]) {
@@ -539,8 +544,9 @@ async fn pump(e: ExecRef, i: usize, src: AsyncFd<OwnedFd>, mut exited: watch::Re
             }
             room.await;
         }
+        let room = e.borrow().room() as usize;
         let got = tokio::select! {
-            r = read_some(&src, &mut buf) => r,
+            r = read_some(&src, &mut buf[..room]) => r,
             _ = async { let _ = exited.wait_for(|x| *x).await; tokio::time::sleep(DRAIN_IDLE).await } => break,
         };
         match got {

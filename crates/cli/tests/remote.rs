@@ -123,7 +123,10 @@ async fn malformed_requests_name_the_field_and_leave_the_server_healthy() {
             "page_token",
         ),
         (
-            c.stream_exec(tokio_stream_of(pb::stream_exec_request::Msg::Stdin(b"x".to_vec().into())))
+            c.stream_exec(tokio_stream_of(pb::stream_exec_request::Msg::Stdin(pb::StdinChunk {
+                offset: 0,
+                data: b"x".to_vec().into(),
+            })))
                 .await
                 .unwrap_err(),
             tonic::Code::InvalidArgument,

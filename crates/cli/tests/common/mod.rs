@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod images;
+pub mod proxy;
 
 use hangar::{Client, EngineConfig, Sandbox, SandboxBuilder};
 use std::path::PathBuf;

@@ -173,16 +173,20 @@ async fn bad_execs_get_clear_typed_errors() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_caller_that_goes_away_mid_stream_kills_the_exec_tree_and_nothing_else() {
+async fn a_caller_that_goes_away_under_the_kill_policy_kills_the_exec_tree_and_nothing_else() {
     let sb = sandbox().await;
     let (tx, rx) = tokio::sync::oneshot::channel();
     let mut tx = Some(tx);
-    let exec = sb.exec(["sh", "-c", "echo started; sleep 1000 & sleep 1000"]).on_stdout(move |_| {
-        if let Some(tx) = tx.take() {
-            let _ = tx.send(());
-        }
-    });
-    // Drop the exec future as soon as it has printed: the caller is gone.
+    let exec = sb
+        .exec(["sh", "-c", "echo started; setsid sleep 1000 & sleep 1000"])
+        .on_disconnect(hangar::OnDisconnect::Kill { grace_ms: 0 })
+        .on_stdout(move |_| {
+            if let Some(tx) = tx.take() {
+                let _ = tx.send(());
+            }
+        });
+    // Drop the exec future as soon as it has printed: the caller is gone. Even the process that left the
+    // exec's session (setsid) goes: the exec's cgroup holds its whole tree.
     tokio::select! {
         _ = exec.into_future() => panic!("the exec cannot finish on its own"),
         _ = rx => {}

@@ -2,4 +2,5 @@
 //! `remote.rs` through a real server on loopback.
 
 mod exec;
+mod journal;
 mod sandbox;

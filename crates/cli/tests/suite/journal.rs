@@ -1,0 +1,319 @@
+//! The exec journal on every backend: execs as objects (ids, attach, resume by offset), stdin streaming,
+//! PTY, merged output, typed endings, per-exec accounting, backpressure, gaps, retention.
+
+use crate::common::*;
+use hangar::{Ending, Error, ExecEvent, ExecHandle, OnDisconnect, OutputStream};
+use sha2::{Digest, Sha256};
+use std::time::{Duration, Instant};
+
+/// Reads events until the terminal output contains `want`; returns everything read.
+async fn read_until(h: &mut ExecHandle, want: &str, seen: &mut String) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !seen.contains(want) {
+        assert!(Instant::now() < deadline, "never saw {want:?}; got {seen:?}");
+        match tokio::time::timeout(Duration::from_secs(20), h.next_event()).await {
+            Ok(Ok(Some(ExecEvent::Output { data, .. }))) => seen.push_str(&String::from_utf8_lossy(&data)),
+            other => panic!("waiting for {want:?} after {seen:?}: {other:?}"),
+        }
+    }
+}
+
+/// Numbered lines: what `seq 1 n` prints.
+fn seq(n: u64) -> Vec<u8> {
+    (1..=n).flat_map(|i| format!("{i}\n").into_bytes()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stdin_streams_100_mib_through_sha256sum_and_ends_once() {
+    let sb = sandbox().await;
+    // Reads to the end, hashes, then reads again: after the one end of file there is nothing more.
+    let script = "import sys,hashlib\nb=sys.stdin.buffer\nh=hashlib.sha256()\nn=0\nwhile True:\n    c=b.read(1<<20)\n    if not c: break\n    h.update(c); n+=len(c)\nprint(h.hexdigest(), n, repr(b.read()))\n";
+    let h = sb.exec(["python3", "-c", script]).open_stdin().start().await.unwrap();
+    let input = h.input();
+    let mut want = Sha256::new();
+    let writer = tokio::spawn(async move {
+        let mut block = vec![0u8; 1 << 20];
+        for i in 0..100u32 {
+            for (j, b) in block.iter_mut().enumerate() {
+                *b = (j as u32).wrapping_mul(2654435761).wrapping_add(i).to_le_bytes()[1];
+            }
+            want.update(&block);
+            input.write(&block).await.unwrap();
+        }
+        input.close().await.unwrap();
+        // A second close changes nothing: the command has had its one end of file.
+        let _ = input.close().await;
+        format!("{:x}", want.finalize())
+    });
+    let r = h.wait().await.unwrap();
+    let want = writer.await.unwrap();
+    assert_eq!(r.stdout_text().trim(), format!("{want} {} b''", 100 << 20));
+    sb.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pty_session_runs_python_interactively_and_sees_resizes() {
+    let sb = sandbox().await;
+    let mut h = sb.exec(["python3", "-q"]).tty(24, 80).start().await.unwrap();
+    let input = h.input();
+    let mut seen = String::new();
+    read_until(&mut h, ">>> ", &mut seen).await;
+    input.write("print(6 * 7)\n").await.unwrap();
+    read_until(&mut h, "42\r\n>>> ", &mut seen).await;
+    input.write("import os, subprocess; print(os.isatty(0), os.get_terminal_size())\n").await.unwrap();
+    read_until(&mut h, "True os.terminal_size(columns=80, lines=24)", &mut seen).await;
+    h.resize(50, 132).await.unwrap();
+    input.write("subprocess.run(['stty', 'size'])\n").await.unwrap();
+    read_until(&mut h, "50 132\r\n", &mut seen).await;
+    input.write("exit(5)\n").await.unwrap();
+    let r = h.wait().await.unwrap();
+    assert_eq!(r.returncode, 5);
+    assert!(r.stderr.is_empty(), "a terminal is one stream");
+    sb.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn merged_mode_keeps_the_exact_interleaving() {
+    let sb = sandbox().await;
+    let r = sb.exec(["sh", "-c", "for i in $(seq 1 3000); do echo $i; echo e$i >&2; done"]).merged(true).await.unwrap();
+    let want: String = (1..=3000).map(|i| format!("{i}\ne{i}\n")).collect();
+    assert_eq!(r.stdout_text(), want);
+    assert!(r.stderr.is_empty());
+    sb.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn endings_are_typed() {
+    let sb = builder().memory_mb(64).create().await.unwrap();
+    let r = sb.exec(["sh", "-c", "exit 3"]).await.unwrap();
+    assert_eq!((r.returncode, &r.ending), (3, &Ending::Exited { code: 3 }));
+    let r = sb.exec(["sh", "-c", "kill -TERM $$"]).await.unwrap();
+    assert_eq!((r.returncode, &r.ending), (-15, &Ending::Signaled { signal: 15 }));
+    match sb.exec(["sleep", "10"]).timeout(Duration::from_millis(200)).await {
+        Err(Error::Timeout { result, .. }) => assert_eq!((result.ending, result.returncode), (Ending::TimedOut, -9)),
+        other => panic!("{other:?}"),
+    }
+    let h = sb.exec(["sleep", "10"]).start().await.unwrap();
+    h.kill().await.unwrap();
+    assert_eq!(h.wait().await.unwrap().ending, Ending::Cancelled);
+    let hog = "x = bytearray(256 << 20); print(len(x))";
+    let r = sb.exec(["python3", "-c", hog]).await.unwrap();
+    assert_eq!((&r.ending, r.returncode), (&Ending::OomKilled, -9), "stderr: {}", r.stderr_text());
+    let mut h = sb.exec(["no-such-program", "x"]).start().await.unwrap();
+    match h.next_event().await.unwrap() {
+        Some(ExecEvent::Exit(end)) => match end.ending {
+            Ending::FailedToStart { reason } => assert!(reason.contains("no-such-program"), "{reason}"),
+            other => panic!("{other:?}"),
+        },
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(sb.exec(["no-such-program"]).await, Err(Error::CommandNotFound { .. })));
+    // The sandbox ending under a running exec is its own ending, never a success.
+    let running = {
+        let sb = sb.clone();
+        tokio::spawn(async move { sb.exec(["sh", "-c", "echo started; sleep 100"]).await })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    sb.stop_with_grace(Duration::ZERO).await.unwrap();
+    match running.await.unwrap() {
+        Err(Error::SandboxTerminated { detail, .. }) => assert!(detail.contains("ended"), "{detail}"),
+        other => panic!("expected SandboxTerminated, got {other:?}"),
+    }
+    assert_eq!(leftovers(sb.id()), Vec::<String>::new());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_exec_reports_its_wall_time_cpu_and_peak_memory() {
+    let sb = sandbox().await;
+    // A fixed amount of pure computation (user time), and 120 MiB touched (peak memory).
+    let busy = "x = bytearray(120 << 20)\nfor i in range(0, len(x), 4096): x[i] = 1\nfor _ in range(40): sum(range(1000000))\n";
+    let r = sb.exec(["python3", "-c", busy]).await.unwrap();
+    let u = r.usage;
+    assert!(u.cpu_user_us >= 200_000, "{u:?}");
+    assert!(u.wall_ms * 1000 >= (u.cpu_user_us + u.cpu_sys_us) / 2, "one busy thread cannot use much more CPU than wall time: {u:?}");
+    assert!(u.peak_memory_bytes >= 120 << 20, "{u:?}");
+    let small = sb.exec(["true"]).await.unwrap().usage;
+    assert!(small.peak_memory_bytes < 60 << 20 && small.cpu_user_us < 300_000, "{small:?}");
+    sb.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attach_replays_from_any_offset_and_ids_make_retries_idempotent() {
+    let sb = sandbox().await;
+    let n = 400_000;
+    let cmd = format!("seq 1 {n}; echo done >&2; sleep 0.5; echo tail");
+    let mut want = seq(n);
+    want.extend_from_slice(b"tail\n");
+    let mut h = sb.exec(["sh", "-c", &cmd]).id("numbers").start().await.unwrap();
+    assert_eq!(h.id(), "numbers");
+    let mut got = Vec::new();
+    while got.len() < 100_000 {
+        if let Some(ExecEvent::Output { stream: OutputStream::Stdout, data, .. }) = h.next_event().await.unwrap() {
+            got.extend_from_slice(&data);
+        }
+    }
+    let [out, err] = h.position();
+    assert_eq!(out, got.len() as u64);
+    drop(h); // a client that leaves: the command goes on (the default policy)
+    // A second reader from the start, concurrently, gets everything.
+    let whole = {
+        let sb = sb.clone();
+        tokio::spawn(async move { sb.attach("numbers").await.unwrap() })
+    };
+    let rest = sb.attach("numbers").from_offsets(out, err).await.unwrap();
+    got.extend_from_slice(&rest.stdout);
+    assert!(got == want, "resumed output differs ({} vs {} bytes)", got.len(), want.len());
+    let whole = whole.await.unwrap();
+    assert!(whole.stdout == want && whole.stderr == b"done\n");
+    assert_eq!(whole.exec_id, "numbers");
+    // Starting the same id again finds the finished exec instead of running it twice.
+    let again = sb.exec(["sh", "-c", &cmd]).id("numbers").await.unwrap();
+    assert!(again.stdout == want);
+    let once = "echo ran >> /tmp/count; cat /tmp/count";
+    let a = sb.exec(["sh", "-c", once]).id("once").await.unwrap();
+    let b = sb.exec(["sh", "-c", once]).id("once").await.unwrap();
+    assert_eq!((a.stdout_text(), b.stdout_text()), ("ran\n".into(), "ran\n".into()));
+    match sb.exec(["true"]).id("once").await {
+        Err(Error::InvalidArgument(m)) => assert!(m.contains("once"), "{m}"),
+        other => panic!("an id reused for another command must be refused: {other:?}"),
+    }
+    match sb.attach("no-such-exec").await {
+        Err(Error::ExecNotFound { message }) => assert!(message.contains("no-such-exec"), "{message}"),
+        other => panic!("{other:?}"),
+    }
+    let listed = sb.execs().await.unwrap();
+    let numbers = listed.iter().find(|x| x.id == "numbers").unwrap();
+    assert_eq!(numbers.written, [want.len() as u64, 5]);
+    assert!(matches!(numbers.end.as_ref().unwrap().ending, Ending::Exited { code: 0 }));
+    sb.stop().await.unwrap();
+}
+
+/// Resident memory of a host process, in bytes.
+fn rss(pid: i32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse::<u64>().ok())
+        .unwrap_or(0)
+        * 1024
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_reader_loses_nothing_and_memory_stays_flat() {
+    let sb = sandbox().await;
+    let cap = 32u64 << 20;
+    // 256 MiB of numbered lines: far more than the journal keeps while the reader is stalled.
+    let n = 28_000_000;
+    let mut h = sb.exec(["seq", "1", &n.to_string()]).journal_cap(cap).start().await.unwrap();
+    let mut hasher = Sha256::new();
+    let mut got = 0u64;
+    while got == 0 {
+        if let Some(ExecEvent::Output { data, .. }) = h.next_event().await.unwrap() {
+            hasher.update(&data);
+            got += data.len() as u64;
+        }
+    }
+    let agent = host_processes_mentioning(sb.id())
+        .into_iter()
+        .find(|p| std::fs::read(format!("/proc/{p}/cmdline")).is_ok_and(|c| c.starts_with(b"hangar-agent") || String::from_utf8_lossy(&c).contains("hangar-agent")))
+        .expect("the sandbox's agent");
+    let me = std::process::id() as i32;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let before = (rss(me), rss(agent), sb.execs().await.unwrap()[0].written[0]);
+    // The stall: 30 s without reading.
+    tokio::time::sleep(Duration::from_secs(28)).await;
+    let after = (rss(me), rss(agent), sb.execs().await.unwrap()[0].written[0]);
+    assert_eq!(before.2, after.2, "the command is held back (its output is not read) while the reader stalls");
+    assert!(after.2 <= got + cap + (2 << 20), "at most the cap is journaled beyond what was read: {after:?}");
+    assert!(after.0 < before.0 + (32 << 20), "the engine's memory grew: {before:?} → {after:?}");
+    assert!(after.1 < before.1 + (8 << 20), "the agent's memory grew: {before:?} → {after:?}");
+    while let Some(ev) = h.next_event().await.unwrap() {
+        if let ExecEvent::Output { data, .. } = ev {
+            hasher.update(&data);
+            got += data.len() as u64;
+        }
+    }
+    let want = Sha256::digest(seq(n));
+    assert_eq!((got, hasher.finalize()), (seq(n).len() as u64, want), "every byte, once, in order");
+    sb.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn beyond_the_cap_head_and_tail_survive_and_the_gap_is_explicit() {
+    let sb = sandbox().await;
+    let cmd = "seq 1 2000000; echo THE END; echo 'why it failed' >&2; exit 1";
+    let h = sb.exec(["sh", "-c", cmd]).journal_cap(1 << 20).id("chatty").start().await.unwrap();
+    drop(h); // nobody attached: the journal absorbs up to its cap and drops the middle
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while sb.execs().await.unwrap().iter().any(|x| x.id == "chatty" && x.end.is_none()) {
+        assert!(Instant::now() < deadline, "the command was stalled although nobody was reading");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut h = sb.attach("chatty").start().await.unwrap();
+    let (mut head, mut tail, mut gaps) = (Vec::new(), Vec::new(), Vec::new());
+    let end = loop {
+        match h.next_event().await.unwrap().unwrap() {
+            ExecEvent::Output { stream: OutputStream::Stdout, data, .. } if gaps.is_empty() => head.extend_from_slice(&data),
+            ExecEvent::Output { stream: OutputStream::Stdout, data, .. } => tail.extend_from_slice(&data),
+            ExecEvent::Output { data, .. } => assert_eq!(&data[..], b"why it failed\n"),
+            ExecEvent::Gap { stream, from, to } => gaps.push((stream, from, to)),
+            ExecEvent::Exit(end) => break end,
+        }
+    };
+    let all = seq(2_000_000);
+    assert_eq!(gaps.len(), 1, "{gaps:?}");
+    let (stream, from, to) = gaps[0];
+    assert_eq!((stream, from, head.len() as u64), (OutputStream::Stdout, head.len() as u64, from));
+    assert!(head[..] == all[..head.len()], "the head is intact");
+    assert!(tail.ends_with(b"THE END\n") && tail.len() as u64 + to == end.bytes[0], "the tail is intact up to the end");
+    assert!(all[to as usize..] == tail[..tail.len() - 8], "the tail holds exactly the bytes after the gap");
+    assert!(head.len() + tail.len() <= (1 << 20) + (1 << 20), "the journal kept about its cap");
+    match sb.attach("chatty").await {
+        Err(Error::IncompleteOutput { result, detail, .. }) => {
+            assert!(detail.contains(&format!("{from}..{to}")), "{detail}");
+            assert_eq!(result.returncode, 1);
+            assert_eq!(result.stderr, b"why it failed\n");
+        }
+        other => panic!("a result with a hole must not pass as complete: {other:?}"),
+    }
+    sb.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disconnect_policies_and_retention() {
+    let sb = sandbox().await;
+    let h = sb
+        .exec(["sleep", "1000"])
+        .id("doomed")
+        .on_disconnect(OnDisconnect::Kill { grace_ms: 300 })
+        .start()
+        .await
+        .unwrap();
+    let kept = sb.exec(["sh", "-c", "sleep 1; echo kept"]).id("kept").retain(Duration::from_secs(1)).start().await.unwrap();
+    drop((h, kept));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let doomed = sb.execs().await.unwrap().into_iter().find(|x| x.id == "doomed").unwrap();
+    assert!(doomed.end.is_none(), "still within its grace");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let execs = sb.execs().await.unwrap();
+        let doomed = execs.iter().find(|x| x.id == "doomed").unwrap();
+        if let Some(end) = &doomed.end {
+            assert_eq!(end.ending, Ending::Cancelled);
+            break;
+        }
+        assert!(Instant::now() < deadline, "nobody re-attached, yet it kept running");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let r = sb.attach("kept").await.unwrap();
+    assert_eq!(r.stdout, b"kept\n", "a detached exec with the default policy finished and kept its output");
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    match sb.attach("kept").await {
+        Err(Error::ExecExpired { message }) => assert!(message.contains("kept"), "{message}"),
+        other => panic!("{other:?}"),
+    }
+    assert!(sb.execs().await.unwrap().iter().any(|x| x.id == "kept" && x.expired));
+    sb.stop().await.unwrap();
+    assert_eq!(leftovers(sb.id()), Vec::<String>::new());
+}
