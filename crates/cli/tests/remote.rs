@@ -200,8 +200,13 @@ struct ServeProcess {
 
 impl ServeProcess {
     fn start() -> Self {
+        Self::start_on("127.0.0.1:0")
+    }
+
+    /// A server on `listen` (an address a previous server used, to restart "the same" server).
+    fn start_on(listen: &str) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_hangar"))
-            .args(["serve", "--listen", "127.0.0.1:0", "--drain", "1"])
+            .args(["serve", "--listen", listen, "--drain", "1"])
             .env("HANGAR_STATE_DIR", state_dir())
             .env("HANGAR_AGENT_BIN", agent_bin())
             .env("HANGAR_SERVER_TOKENS", format!("a={TOKEN_A}"))
@@ -281,24 +286,23 @@ async fn a_killed_client_kills_only_its_exec_and_sigterm_stops_the_server_cleanl
     let steady = steady.await.unwrap().unwrap();
     assert_eq!(steady.stdout_text(), "1\n2\n3\n4\n5\n6\n", "another exec carried on undisturbed");
 
-    // SIGTERM: in-flight streams end as errors (never as finished commands), the server exits 0, and the
-    // sandboxes live on, owned by their agents, for the next server.
+    // SIGTERM: the server drains and exits 0; sandboxes and their execs live on, owned by their agents, and
+    // a client's stream resumes on the next server exactly where it stopped.
     let running = {
         let v = victim.clone();
-        tokio::spawn(async move { v.exec(["sleep", "1000"]).await })
+        tokio::spawn(async move { v.exec(["sh", "-c", "echo before; sleep 3; echo after"]).await })
     };
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
     let t = Instant::now();
     let mut serve = serve;
+    let addr = serve.url.trim_start_matches("http://").to_string();
     nix::sys::signal::kill(serve.pid(), nix::sys::signal::Signal::SIGTERM).unwrap();
     let status = serve.child.wait().unwrap();
     assert!(status.success(), "{status:?}");
     assert!(t.elapsed() < Duration::from_secs(10), "shutdown took {:?}", t.elapsed());
-    match running.await.unwrap() {
-        Ok(r) => panic!("a stream cut by shutdown was reported as a finished command: {r:?}"),
-        Err(e) => assert!(matches!(e, Error::Connection(_) | Error::SandboxTerminated { .. }), "{e:?}"),
-    }
-    let again = ServeProcess::start();
+    let again = ServeProcess::start_on(&addr);
+    let resumed = running.await.unwrap().expect("the exec survived the restart and its stream resumed");
+    assert_eq!(resumed.stdout_text(), "before\nafter\n");
     let client = Client::connect(&again.url, Some(TOKEN_A)).unwrap();
     let listed = client.list().await.unwrap();
     for sb in [&victim, &bystander] {
@@ -384,4 +388,177 @@ async fn list_filters_by_tags_and_state_and_pages() {
     let metrics = String::from_utf8_lossy(&metrics.stdout);
     assert!(metrics.contains("hangar_sandboxes{state=\"terminated\"}"), "{metrics}");
     assert!(metrics.contains("hangar_sandbox_create_seconds_count"), "{metrics}");
+}
+
+/// `seq 1 n | sha256sum`, computed on the host.
+fn seq_sha256(n: u64) -> String {
+    let out = Command::new("sh").args(["-c", &format!("seq 1 {n} | sha256sum")]).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).split_whitespace().next().unwrap().to_string()
+}
+
+fn hex(d: impl AsRef<[u8]>) -> String {
+    d.as_ref().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gib_of_output_survives_connections_cut_every_few_hundred_ms() {
+    use sha2::Digest;
+    let proxy = std::sync::Arc::new(proxy::Proxy::start(&server().url, None).await);
+    let client = Client::connect(&proxy.url, Some(TOKEN_A)).unwrap();
+    let sb = Sandbox::builder().client(&client).command("sleep").args(["infinity"]).create().await.unwrap();
+    let cutter = {
+        let proxy = proxy.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                proxy.cut_all();
+            }
+        })
+    };
+    // seq 1 120000000: 1.07 GB of numbered lines.
+    let n = 120_000_000u64;
+    let mut hasher = sha2::Sha256::new();
+    let t = Instant::now();
+    let r = sb
+        .exec(["seq", "1", &n.to_string()])
+        .capture(false)
+        .on_stdout(|c| hasher.update(c))
+        .await
+        .expect("the output arrives complete (the SDK checks totals and CRC-32 too)");
+    cutter.abort();
+    let cuts = proxy.cuts.load(std::sync::atomic::Ordering::Relaxed);
+    eprintln!("1 GiB through {cuts} cut connections in {:?}", t.elapsed());
+    assert_eq!(r.returncode, 0);
+    assert!(cuts >= 3, "the connection was cut only {cuts} times");
+    assert_eq!(hex(hasher.finalize()), seq_sha256(n), "exactly the command's output, by checksum");
+
+    // stdin resumes too: 64 MiB through sha256sum while the connections keep breaking.
+    let cutter = {
+        let proxy = proxy.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                proxy.cut_all();
+            }
+        })
+    };
+    let mut h = sb.exec(["sha256sum"]).open_stdin().start().await.unwrap();
+    let mut want = sha2::Sha256::new();
+    for i in 0..64u32 {
+        let block: Vec<u8> = (0..1u32 << 20).map(|j| (j.wrapping_mul(31).wrapping_add(i) >> 3) as u8).collect();
+        want.update(&block);
+        h.write_stdin(block).await.unwrap();
+    }
+    h.close_stdin().await.unwrap();
+    let r = h.wait().await.unwrap();
+    cutter.abort();
+    assert_eq!(r.stdout_text().split_whitespace().next(), Some(hex(want.finalize()).as_str()));
+    sb.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_process_killed_again_and_again_resumes_by_offset() {
+    use sha2::Digest;
+    use std::io::Read;
+    let sb = sandbox().await;
+    let cli = || {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_hangar"));
+        c.env("HANGAR_URL", &server().url).env("HANGAR_TOKEN", TOKEN_A).env_remove("HANGAR_STATE_DIR");
+        c
+    };
+    // 258 MB of numbered lines, in ten bursts with pauses, so that many clients die mid-stream.
+    let n = 30_000_000u64;
+    let cmd = format!("for i in $(seq 0 9); do seq $((i*{m}+1)) $(((i+1)*{m})); sleep 0.3; done", m = n / 10);
+    let out = cli().args(["exec", "-d", sb.id(), "--", "sh", "-c", &cmd]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let exec = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let mut hasher = sha2::Sha256::new();
+    let (mut got, mut kills) = (0u64, 0);
+    loop {
+        let mut child = cli()
+            .args(["attach", sb.id(), &exec, "--stdout-offset", &got.to_string()])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdout = child.stdout.take().unwrap();
+        let killer = {
+            let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(300));
+                nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL).is_ok()
+            })
+        };
+        // Whatever the process printed before it died counts; what it had not printed yet comes next time.
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            match stdout.read(&mut buf).unwrap() {
+                0 => break,
+                k => {
+                    hasher.update(&buf[..k]);
+                    got += k as u64;
+                }
+            }
+        }
+        let status = child.wait().unwrap();
+        killer.join().unwrap();
+        if status.success() {
+            break;
+        }
+        kills += 1;
+        assert!(kills < 1000, "no progress");
+    }
+    eprintln!("{got} bytes over {kills} killed clients");
+    assert!(kills >= 5, "the clients were killed only {kills} times");
+    assert_eq!(hex(hasher.finalize()), seq_sha256(n));
+    sb.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn execs_survive_server_restarts_and_their_streams_resume() {
+    use sha2::Digest;
+    let mut serve = ServeProcess::start();
+    let addr = serve.url.trim_start_matches("http://").to_string();
+    let client = Client::connect(&serve.url, Some(TOKEN_A)).unwrap();
+    let sb = Sandbox::builder().client(&client).command("sleep").args(["infinity"]).create().await.unwrap();
+    // Paced so that it is still running across both restarts: 20 M numbered lines over about 4 s.
+    let n = 20_000_000u64;
+    let cmd = format!("for i in 0 1 2 3 4 5 6 7; do seq $((i*{m}+1)) $(((i+1)*{m})); sleep 0.5; done", m = n / 8);
+    let reader = {
+        let sb = sb.clone();
+        tokio::spawn(async move {
+            let mut hasher = sha2::Sha256::new();
+            let r = sb.exec(["sh", "-c", &cmd]).capture(false).on_stdout(|c| hasher.update(c)).await;
+            (r, hex(hasher.finalize()))
+        })
+    };
+    for _ in 0..2 {
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+        serve.child.kill().unwrap(); // SIGKILL: no drain, no goodbye
+        serve.child.wait().unwrap();
+        serve = ServeProcess::start_on(&addr);
+    }
+    let (r, got) = reader.await.unwrap();
+    assert_eq!(r.expect("the exec outlived two server deaths").returncode, 0);
+    assert_eq!(got, seq_sha256(n));
+    sb.stop().await.unwrap();
+    drop(serve);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keepalives_keep_a_quiet_command_alive_through_an_idle_timeout() {
+    // A proxy that cuts connections idle for 1 s stands for a load balancer's idle timeout; the command is
+    // quiet for 4 s (standing in for hours).
+    let proxy = proxy::Proxy::start(&server().url, Some(Duration::from_secs(1))).await;
+    let client = Client::connect(&proxy.url, Some(TOKEN_A)).unwrap();
+    let sb = Sandbox::builder().client(&client).command("sleep").args(["infinity"]).create().await.unwrap();
+    let cut_before = proxy.cuts.load(std::sync::atomic::Ordering::Relaxed);
+    let r = sb.exec(["sh", "-c", "sleep 4; echo done"]).keepalive(Duration::from_millis(200)).await.unwrap();
+    assert_eq!(r.stdout, b"done\n");
+    let cuts = proxy.cuts.load(std::sync::atomic::Ordering::Relaxed) - cut_before;
+    assert_eq!(cuts, 0, "keepalives every 200 ms never let the connection idle for 1 s");
+    // Without keepalives in time the proxy does cut; the SDK then resumes, and the result is still whole.
+    let r = sb.exec(["sh", "-c", "echo a; sleep 3; echo b"]).keepalive(Duration::from_secs(30)).await.unwrap();
+    assert_eq!(r.stdout, b"a\nb\n");
+    assert!(proxy.cuts.load(std::sync::atomic::Ordering::Relaxed) > cut_before, "the idle connection was cut");
+    sb.stop().await.unwrap();
 }

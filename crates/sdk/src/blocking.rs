@@ -32,6 +32,13 @@ pub(crate) fn shared_runtime() -> Result<&'static tokio::runtime::Runtime> {
     if let Some(rt) = RUNTIME.get() {
         return Ok(rt);
     }
+    // One builder at a time: a runtime built by a thread that lost the race would be dropped, and dropping
+    // a runtime inside another runtime (the caller's async code) panics.
+    static BUILDING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one = BUILDING.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(rt) = RUNTIME.get() {
+        return Ok(rt);
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("hangar-sdk")

@@ -225,7 +225,9 @@ async fn a_stalled_reader_loses_nothing_and_memory_stays_flat() {
     tokio::time::sleep(Duration::from_secs(28)).await;
     let after = (rss(me), rss(agent), sb.execs().await.unwrap()[0].written[0]);
     assert_eq!(before.2, after.2, "the command is held back (its output is not read) while the reader stalls");
-    assert!(after.2 <= got + cap + (2 << 20), "at most the cap is journaled beyond what was read: {after:?}");
+    // Through a server, what is in flight (the server's 16-message buffer, HTTP/2 windows) is read too.
+    let in_flight = if crate::REMOTE { 48 << 20 } else { 2 << 20 };
+    assert!(after.2 <= got + cap + in_flight, "at most the cap is journaled beyond what was read: {after:?}");
     assert!(after.0 < before.0 + (32 << 20), "the engine's memory grew: {before:?} → {after:?}");
     assert!(after.1 < before.1 + (8 << 20), "the agent's memory grew: {before:?} → {after:?}");
     while let Some(ev) = h.next_event().await.unwrap() {
