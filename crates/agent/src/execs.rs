@@ -599,31 +599,32 @@ async fn supervise(
         Some(WaitStatus::Signaled(_, s, _)) => (None, Some(s as i32)),
         _ => (None, Some(libc::SIGKILL)),
     };
-    let mut ex = e.borrow_mut();
-    let ending = match (ex.killed_for.clone(), code, signal) {
-        (Some(why), _, _) => why,
-        (None, c, _) if used.oom_kills > 0 && c != Some(0) => Ending::OomKilled,
-        (None, Some(code), _) => Ending::Exited { code },
-        (None, None, s) => Ending::Signaled { signal: s.unwrap_or(libc::SIGKILL) },
+    let stdin = {
+        let mut ex = e.borrow_mut();
+        let ending = match (ex.killed_for.clone(), code, signal) {
+            (Some(why), _, _) => why,
+            (None, c, _) if used.oom_kills > 0 && c != Some(0) => Ending::OomKilled,
+            (None, Some(code), _) => Ending::Exited { code },
+            (None, None, s) => Ending::Signaled { signal: s.unwrap_or(libc::SIGKILL) },
+        };
+        ex.end = Some(ExecEnd {
+            ending,
+            code,
+            signal,
+            bytes: [ex.journals[0].written, ex.journals[1].written],
+            crc32: [ex.journals[0].crc.clone().finalize(), ex.journals[1].crc.clone().finalize()],
+            usage: Usage {
+                wall_ms: wall.as_millis() as u64,
+                cpu_user_us: used.cpu_user_ns / 1000,
+                cpu_sys_us: used.cpu_sys_ns / 1000,
+                peak_memory_bytes: used.peak_memory_bytes,
+            },
+        });
+        ex.ended = Some(Instant::now());
+        ex.stdin_open = false;
+        ex.publish();
+        ex.stdin.clone()
     };
-    ex.end = Some(ExecEnd {
-        ending,
-        code,
-        signal,
-        bytes: [ex.journals[0].written, ex.journals[1].written],
-        crc32: [ex.journals[0].crc.clone().finalize(), ex.journals[1].crc.clone().finalize()],
-        usage: Usage {
-            wall_ms: wall.as_millis() as u64,
-            cpu_user_us: used.cpu_user_ns / 1000,
-            cpu_sys_us: used.cpu_sys_ns / 1000,
-            peak_memory_bytes: used.peak_memory_bytes,
-        },
-    });
-    ex.ended = Some(Instant::now());
-    ex.stdin_open = false;
-    ex.publish();
-    let stdin = ex.stdin.clone();
-    drop(ex);
     if let Ok(mut s) = stdin.try_lock() {
         s.take();
     }
@@ -656,13 +657,21 @@ async fn retain(state: Shared, e: ExecRef) {
 }
 
 fn lookup(state: &Shared, id: &str) -> Result<ExecRef, (ErrorKind, String)> {
-    state.borrow().table.by_id.get(id).cloned().ok_or_else(|| err(ErrorKind::ExecNotFound, format!("exec {id} not found")))
+    state
+        .borrow()
+        .table
+        .by_id
+        .get(id)
+        .cloned()
+        .ok_or_else(|| err(ErrorKind::ExecNotFound, format!("exec {id} not found")))
 }
 
 /// Answers [`Request::ListExecs`].
 pub(crate) fn list(state: &Shared) -> Response {
     let st = state.borrow();
-    Response::Execs { execs: st.table.order.iter().filter_map(|id| st.table.by_id.get(id)).map(|e| e.borrow().info()).collect() }
+    Response::Execs {
+        execs: st.table.order.iter().filter_map(|id| st.table.by_id.get(id)).map(|e| e.borrow().info()).collect(),
+    }
 }
 
 /// Answers a [`Request::Signal`] that names its exec.
@@ -677,7 +686,12 @@ pub(crate) fn signal(state: &Shared, id: &str, signal: i32) -> Response {
 pub(crate) async fn attach(state: &Shared, conn: Conn, exec: &str, from: [u64; 2]) {
     let e = match lookup(state, exec) {
         Ok(e) if e.borrow().expired => {
-            let _ = conn.send(&Response::Error { kind: ErrorKind::ExecExpired, message: format!("exec {exec}: its output expired (retention passed)") }).await;
+            let _ = conn
+                .send(&Response::Error {
+                    kind: ErrorKind::ExecExpired,
+                    message: format!("exec {exec}: its output expired (retention passed)"),
+                })
+                .await;
             return;
         }
         Ok(e) => e,
@@ -799,7 +813,14 @@ pub(crate) async fn stdin(state: &Shared, mut conn: Conn, exec: &str, offset: u6
         let reply = match conn.recv::<Request>().await {
             Ok(Some(Request::StdinData { len })) => {
                 buf.clear();
-                if conn.recv_raw(len, |c| { buf.extend_from_slice(c); Ok(()) }).await.is_err() {
+                if conn
+                    .recv_raw(len, |c| {
+                        buf.extend_from_slice(c);
+                        Ok(())
+                    })
+                    .await
+                    .is_err()
+                {
                     return;
                 }
                 let acked = e.borrow().stdin_acked;
@@ -814,7 +835,9 @@ pub(crate) async fn stdin(state: &Shared, mut conn: Conn, exec: &str, offset: u6
                     Err(er) => {
                         sink.take();
                         e.borrow_mut().stdin_open = false;
-                        let _ = conn.send(&fail(ErrorKind::Other, format!("exec {exec}: stdin closed by the command ({er})"))).await;
+                        let _ = conn
+                            .send(&fail(ErrorKind::Other, format!("exec {exec}: stdin closed by the command ({er})")))
+                            .await;
                         return;
                     }
                 }
@@ -828,7 +851,8 @@ pub(crate) async fn stdin(state: &Shared, mut conn: Conn, exec: &str, offset: u6
                     sink.take();
                     e.borrow_mut().stdin_open = false;
                 }
-                let _ = conn.send(&Response::StdinAck { acked: e.borrow().stdin_acked }).await;
+                let acked = e.borrow().stdin_acked;
+                let _ = conn.send(&Response::StdinAck { acked }).await;
                 return;
             }
             _ => return,

@@ -454,7 +454,12 @@ async fn dispatch(cmd: Cmd) -> Result<u8> {
     }
 }
 
-async fn run_streaming(sb: &Sandbox, command: Vec<String>, cwd: Option<String>, timeout: Option<Duration>) -> Result<u8> {
+async fn run_streaming(
+    sb: &Sandbox,
+    command: Vec<String>,
+    cwd: Option<String>,
+    timeout: Option<Duration>,
+) -> Result<u8> {
     let mut exec = sb.exec(command).on_disconnect(OnDisconnect::Kill { grace_ms: 0 });
     if let Some(c) = cwd {
         exec = exec.cwd(c);
@@ -523,7 +528,9 @@ async fn follow(mut h: ExecHandle, stdin: bool, raw: bool, timeout: Option<Durat
             }
             Some(ExecEvent::Output { data, .. }) => std::io::stderr().lock().write_all(&data)?,
             Some(ExecEvent::Gap { stream, from, to }) => {
-                eprintln!("hangar: {stream:?} bytes {from}..{to} were dropped by the journal cap before this client attached")
+                eprintln!(
+                    "hangar: {stream:?} bytes {from}..{to} were dropped by the journal cap before this client attached"
+                )
             }
             Some(ExecEvent::Exit(end)) => {
                 drop(_raw);

@@ -127,8 +127,8 @@ async fn malformed_requests_name_the_field_and_leave_the_server_healthy() {
                 offset: 0,
                 data: b"x".to_vec().into(),
             })))
-                .await
-                .unwrap_err(),
+            .await
+            .unwrap_err(),
             tonic::Code::InvalidArgument,
             "init",
         ),
@@ -189,55 +189,6 @@ async fn fifty_concurrent_streams_over_one_client_deliver_every_byte_in_order() 
     }
     for sb in sandboxes {
         sb.stop().await.unwrap();
-    }
-}
-
-/// A `hangar serve` process on an ephemeral loopback port, over this binary's state directory.
-struct ServeProcess {
-    child: std::process::Child,
-    url: String,
-}
-
-impl ServeProcess {
-    fn start() -> Self {
-        Self::start_on("127.0.0.1:0")
-    }
-
-    /// A server on `listen` (an address a previous server used, to restart "the same" server).
-    fn start_on(listen: &str) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_hangar"))
-            .args(["serve", "--listen", listen, "--drain", "1"])
-            .env("HANGAR_STATE_DIR", state_dir())
-            .env("HANGAR_AGENT_BIN", agent_bin())
-            .env("HANGAR_SERVER_TOKENS", format!("a={TOKEN_A}"))
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-        let addr = lines
-            .by_ref()
-            .map_while(|l| l.ok())
-            .find_map(|l| l.strip_prefix("hangar: listening on ").map(str::to_string))
-            .expect("the server says where it listens");
-        std::thread::spawn(move || lines.for_each(drop));
-        Self { child, url: format!("http://{addr}") }
-    }
-
-    fn pid(&self) -> nix::unistd::Pid {
-        nix::unistd::Pid::from_raw(self.child.id() as i32)
-    }
-
-    fn cli(&self) -> Command {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_hangar"));
-        c.env("HANGAR_URL", &self.url).env("HANGAR_TOKEN", TOKEN_A).env_remove("HANGAR_STATE_DIR");
-        c
-    }
-}
-
-impl Drop for ServeProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

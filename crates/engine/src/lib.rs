@@ -15,7 +15,8 @@ mod store;
 
 pub use error::{Error, FileErrorKind, Result};
 pub use exec::{
-    Ending, ExecControl, ExecEnd, ExecEvent, ExecInfo, ExecSpec, ExecStream, OnDisconnect, OutputStream, StdinWriter, Usage,
+    Ending, ExecControl, ExecEnd, ExecEvent, ExecInfo, ExecSpec, ExecStream, OnDisconnect, OutputStream, StdinWriter,
+    Usage,
 };
 pub use hangar_agent::{DEFAULT_CAP as DEFAULT_JOURNAL_CAP, DEFAULT_RETAIN as DEFAULT_EXEC_RETAIN};
 pub use hangar_runtime::{DEFAULT_CAPABILITIES, DENIED_SYSCALLS};

@@ -2,7 +2,7 @@
 
 use crate::store::{Record, Store};
 use crate::{
-    new_id, now_ms, SandboxEnding, EngineConfig, Error, FileErrorKind, Result, SandboxConfig, SandboxInfo, SandboxState,
+    new_id, now_ms, EngineConfig, Error, FileErrorKind, Result, SandboxConfig, SandboxEnding, SandboxInfo, SandboxState,
 };
 use hangar_agent::protocol::{AgentConfig, EndReason, EndRecord, ErrorKind, Request, Response, END_RECORD_FILE};
 use hangar_agent::wire::Conn;
@@ -380,21 +380,33 @@ impl Engine {
             .ok()
             .and_then(|b| serde_json::from_slice::<EndRecord>(&b).ok());
         let ending = match end {
-            Some(EndRecord { reason: EndReason::Exited, code: Some(0), .. }) => {
-                SandboxEnding { state: SandboxState::Completed, code: Some(0), signal: None, reason: "exited", error: None }
-            }
+            Some(EndRecord { reason: EndReason::Exited, code: Some(0), .. }) => SandboxEnding {
+                state: SandboxState::Completed,
+                code: Some(0),
+                signal: None,
+                reason: "exited",
+                error: None,
+            },
             Some(EndRecord { reason: EndReason::Exited, code, signal }) => {
                 SandboxEnding { state: SandboxState::Failed, code, signal, reason: "exited", error: None }
             }
             Some(EndRecord { reason: EndReason::Stopped, code, signal }) => {
                 SandboxEnding { state: SandboxState::Terminated, code, signal, reason: "stopped", error: None }
             }
-            Some(EndRecord { reason: EndReason::LifetimeExceeded, code, signal }) => {
-                SandboxEnding { state: SandboxState::Terminated, code, signal, reason: "lifetime_exceeded", error: None }
-            }
-            None => {
-                SandboxEnding { state: SandboxState::Terminated, code: None, signal: None, reason: "agent_died", error: None }
-            }
+            Some(EndRecord { reason: EndReason::LifetimeExceeded, code, signal }) => SandboxEnding {
+                state: SandboxState::Terminated,
+                code,
+                signal,
+                reason: "lifetime_exceeded",
+                error: None,
+            },
+            None => SandboxEnding {
+                state: SandboxState::Terminated,
+                code: None,
+                signal: None,
+                reason: "agent_died",
+                error: None,
+            },
         };
         // Record first: a concurrent finisher still finds exit.json until the record is final.
         self.store.set_ended(id, &ending)?;

@@ -288,7 +288,8 @@ impl CgroupDirs {
         for f in procs_files {
             let Some(dir) = f.parent() else { continue };
             let Ok(fd) = open_dir_at(None, dir) else { continue };
-            v2 = nix::sys::statfs::fstatfs(&fd).is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::CGROUP2_SUPER_MAGIC);
+            v2 = nix::sys::statfs::fstatfs(&fd)
+                .is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::CGROUP2_SUPER_MAGIC);
             let controller = dir
                 .strip_prefix(CGROUP_ROOT)
                 .ok()
@@ -335,7 +336,9 @@ impl ExecCgroup {
         let mut out: Vec<i32> = self
             .dirs
             .iter()
-            .flat_map(|(_, _, own)| read_at(own, "cgroup.procs").lines().filter_map(|l| l.trim().parse().ok()).collect::<Vec<_>>())
+            .flat_map(|(_, _, own)| {
+                read_at(own, "cgroup.procs").lines().filter_map(|l| l.trim().parse().ok()).collect::<Vec<_>>()
+            })
             .collect();
         out.sort_unstable();
         out.dedup();

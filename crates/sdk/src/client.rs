@@ -179,13 +179,7 @@ impl Client {
                 Ok(self.embedded_handle(id, stream, from))
             }
             Backend::Remote(r) => {
-                let command = r
-                    .execs(id)
-                    .await?
-                    .into_iter()
-                    .find(|x| x.id == exec)
-                    .map(|x| x.argv)
-                    .unwrap_or_default();
+                let command = r.execs(id).await?.into_iter().find(|x| x.id == exec).map(|x| x.argv).unwrap_or_default();
                 let x = r.attach(id, exec, from, keepalive).await?;
                 Ok(ExecHandle::new(self.clone(), id, command, Inner::Remote(x), from))
             }
@@ -194,7 +188,7 @@ impl Client {
 
     fn embedded_handle(&self, id: &str, stream: ExecStream, from: [u64; 2]) -> ExecHandle {
         let command = stream.info().argv.clone();
-        ExecHandle::new(self.clone(), id, command, Inner::Embedded(stream), from)
+        ExecHandle::new(self.clone(), id, command, Inner::Embedded(Box::new(stream)), from)
     }
 
     pub(crate) fn engine(&self) -> Option<&Arc<Engine>> {

@@ -38,7 +38,7 @@ pub enum Error {
         /// The timeout that passed.
         timeout: Duration,
         /// Output produced before the kill (`returncode` is `-9`).
-        result: ExecResult,
+        result: Box<ExecResult>,
     },
     /// `check(true)` was set and the command exited non-zero.
     #[error("command {command:?} failed with exit code {}: {}", result.returncode, result.stderr_text().trim_end())]
@@ -46,7 +46,7 @@ pub enum Error {
         /// The command.
         command: Vec<String>,
         /// Its complete result.
-        result: ExecResult,
+        result: Box<ExecResult>,
     },
     /// The program does not exist in the sandbox or cannot be executed.
     #[error("{message}")]
@@ -126,7 +126,7 @@ pub enum Error {
         /// The command.
         command: Vec<String>,
         /// What arrived, and how the command ended.
-        result: ExecResult,
+        result: Box<ExecResult>,
         /// What is missing.
         detail: String,
     },

@@ -37,7 +37,14 @@ impl ExecResult {
             (Ending::FailedToStart { .. }, _) => 127,
             (_, _) => -end.signal.unwrap_or(SIGKILL),
         };
-        ExecResult { returncode, stdout, stderr, exec_id: exec_id.to_string(), ending: end.ending.clone(), usage: end.usage }
+        ExecResult {
+            returncode,
+            stdout,
+            stderr,
+            exec_id: exec_id.to_string(),
+            ending: end.ending.clone(),
+            usage: end.usage,
+        }
     }
 
     /// stdout decoded as UTF-8, invalid sequences replaced with U+FFFD.
@@ -548,7 +555,7 @@ pub(crate) async fn drive(
     if !h.gaps.is_empty() {
         let lost: Vec<String> = h.gaps.iter().map(|(s, from, to)| format!("{s:?} bytes {from}..{to}")).collect();
         let detail = format!("dropped by the journal cap while no client was attached: {}", lost.join(", "));
-        return Err(Error::IncompleteOutput { command, result, detail });
+        return Err(Error::IncompleteOutput { command, result: Box::new(result), detail });
     }
     match &end.ending {
         Ending::FailedToStart { reason } => Err(Error::CommandNotFound { message: reason.clone() }),
@@ -556,8 +563,10 @@ pub(crate) async fn drive(
             id: h.sandbox_id().to_string(),
             detail: format!("the sandbox ended while exec {} ran", h.id()),
         }),
-        Ending::TimedOut => Err(Error::Timeout { command, timeout: timeout.unwrap_or_default(), result }),
-        _ if check && result.returncode != 0 => Err(Error::ExecutionFailed { command, result }),
+        Ending::TimedOut => {
+            Err(Error::Timeout { command, timeout: timeout.unwrap_or_default(), result: Box::new(result) })
+        }
+        _ if check && result.returncode != 0 => Err(Error::ExecutionFailed { command, result: Box::new(result) }),
         _ => Ok(result),
     }
 }

@@ -9,7 +9,7 @@ use std::sync::Arc;
 const STDIN_WINDOW: u64 = 8 << 20;
 
 pub(crate) enum Inner {
-    Embedded(ExecStream),
+    Embedded(Box<ExecStream>),
     Remote(RemoteExec),
 }
 
@@ -87,11 +87,9 @@ impl ExecHandle {
             Inner::Remote(r) => r.exec.clone(),
         };
         let kind = match (&inner, client.engine()) {
-            (Inner::Embedded(s), Some(engine)) => InputKind::Embedded {
-                engine: engine.clone(),
-                control: s.control(),
-                writer: Default::default(),
-            },
+            (Inner::Embedded(s), Some(engine)) => {
+                InputKind::Embedded { engine: engine.clone(), control: s.control(), writer: Default::default() }
+            }
             (Inner::Remote(r), _) => InputKind::Remote(r.stdin.clone()),
             (Inner::Embedded(_), None) => unreachable!("an embedded stream comes from an embedded client"),
         };
@@ -240,7 +238,7 @@ impl ExecHandle {
 
     fn incomplete(&self, end: Option<&ExecEnd>, detail: String) -> Error {
         let result = end.map(|e| ExecResult::from_end(&self.id, e, Vec::new(), Vec::new())).unwrap_or_default();
-        Error::IncompleteOutput { command: self.command.clone(), result, detail }
+        Error::IncompleteOutput { command: self.command.clone(), result: Box::new(result), detail }
     }
 
     /// The events as a `Stream` (for `StreamExt` combinators); ends after the exit or the first error.

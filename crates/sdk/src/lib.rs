@@ -37,6 +37,6 @@ pub use error::{Error, FileErrorKind, Result};
 pub use exec::{Exec, ExecResult};
 pub use handle::{ExecHandle, ExecInput};
 pub use hangar_engine::{
-    EngineConfig, Ending, ExecEnd, ExecEvent, ExecInfo, OnDisconnect, OutputStream, SandboxInfo, SandboxState, Usage,
+    Ending, EngineConfig, ExecEnd, ExecEvent, ExecInfo, OnDisconnect, OutputStream, SandboxInfo, SandboxState, Usage,
 };
 pub use sandbox::{Sandbox, SandboxBuilder};

@@ -4,11 +4,11 @@
 use crate::{Error, Result, SandboxInfo, SandboxState};
 use bytes::Bytes;
 use hangar_engine::{Ending, ExecEnd, ExecEvent, ExecInfo, ExecSpec, OnDisconnect, OutputStream, SandboxConfig, Usage};
+use hangar_proto::v1 as pb;
+use pb::sandbox_service_client::SandboxServiceClient;
 use pb::stream_exec_request::Msg as In;
 use pb::stream_exec_response::Msg as Out;
 use std::sync::Arc;
-use hangar_proto::v1 as pb;
-use pb::sandbox_service_client::SandboxServiceClient;
 use std::time::Duration;
 use tonic::metadata::MetadataValue;
 use tonic::service::interceptor::InterceptedService;
@@ -421,7 +421,8 @@ struct Driver {
 impl Driver {
     async fn run(mut self, mut conn: Connection, acked: u64) {
         let mut pump = AbortOnDrop(tokio::spawn(stdin_pump(conn.tx.clone(), self.stdin.clone(), acked)));
-        let keepalive = if self.keepalive_ms == 0 { Duration::from_secs(15) } else { Duration::from_millis(self.keepalive_ms) };
+        let keepalive =
+            if self.keepalive_ms == 0 { Duration::from_secs(15) } else { Duration::from_millis(self.keepalive_ms) };
         let idle = keepalive * 3 + Duration::from_secs(1);
         loop {
             let broken = match tokio::time::timeout(idle, conn.stream.message()).await {

@@ -192,8 +192,7 @@ fn stream_of(s: OutputStream) -> i32 {
 }
 
 fn error_frame(st: Status) -> pb::stream_exec_response::Msg {
-    let reason =
-        st.metadata().get(crate::REASON_KEY).and_then(|v| v.to_str().ok()).unwrap_or("INTERNAL").to_string();
+    let reason = st.metadata().get(crate::REASON_KEY).and_then(|v| v.to_str().ok()).unwrap_or("INTERNAL").to_string();
     pb::stream_exec_response::Msg::Error(pb::Error { reason, message: st.message().to_string() })
 }
 
@@ -439,8 +438,13 @@ impl SandboxService for SandboxApi {
         let (tx, rx) = tokio::sync::mpsc::channel::<Result<pb::StreamExecResponse, Status>>(STREAM_BUFFER);
         let out = |m: Out| Ok(pb::StreamExecResponse { msg: Some(m) });
         let info = stream.info();
-        let ready =
-            pb::Ready { exec_id: info.id.clone(), stdin_acked: info.stdin_acked, stdin_open: info.stdin_open, tty: info.tty, merged: info.merged };
+        let ready = pb::Ready {
+            exec_id: info.id.clone(),
+            stdin_acked: info.stdin_acked,
+            stdin_open: info.stdin_open,
+            tty: info.tty,
+            merged: info.merged,
+        };
         let exec_id = info.id.clone();
         let _ = tx.send(out(Out::Ready(ready))).await;
         // Client messages flow on their own task, so a command blocked on a full stdin never stalls output.

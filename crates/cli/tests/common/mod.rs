@@ -6,6 +6,7 @@ pub mod images;
 pub mod proxy;
 
 use hangar::{Client, EngineConfig, Sandbox, SandboxBuilder};
+use std::io::BufRead;
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
@@ -132,4 +133,53 @@ pub fn leftovers(id: &str) -> Vec<String> {
         left.push(format!("directory {}", dir.display()));
     }
     left
+}
+
+/// A `hangar serve` process on an ephemeral loopback port, over this binary's state directory.
+pub struct ServeProcess {
+    pub child: std::process::Child,
+    pub url: String,
+}
+
+impl ServeProcess {
+    pub fn start() -> Self {
+        Self::start_on("127.0.0.1:0")
+    }
+
+    /// A server on `listen` (an address a previous server used, to restart "the same" server).
+    pub fn start_on(listen: &str) -> Self {
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_hangar"))
+            .args(["serve", "--listen", listen, "--drain", "1"])
+            .env("HANGAR_STATE_DIR", state_dir())
+            .env("HANGAR_AGENT_BIN", agent_bin())
+            .env("HANGAR_SERVER_TOKENS", format!("a={TOKEN_A}"))
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
+        let addr = lines
+            .by_ref()
+            .map_while(|l| l.ok())
+            .find_map(|l| l.strip_prefix("hangar: listening on ").map(str::to_string))
+            .expect("the server says where it listens");
+        std::thread::spawn(move || lines.for_each(drop));
+        Self { child, url: format!("http://{addr}") }
+    }
+
+    pub fn pid(&self) -> nix::unistd::Pid {
+        nix::unistd::Pid::from_raw(self.child.id() as i32)
+    }
+
+    pub fn cli(&self) -> std::process::Command {
+        let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_hangar"));
+        c.env("HANGAR_URL", &self.url).env("HANGAR_TOKEN", TOKEN_A).env_remove("HANGAR_STATE_DIR");
+        c
+    }
+}
+
+impl Drop for ServeProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

@@ -165,7 +165,8 @@ async fn fork_bombs_and_memory_hogs_are_contained() {
     let bomb =
         sb.exec(["sh", "-c", "for i in $(seq 200); do sleep 30 & done; wait"]).timeout(Duration::from_secs(60)).await;
     let bomb = match bomb {
-        Ok(r) | Err(Error::Timeout { result: r, .. }) => r,
+        Ok(r) => r,
+        Err(Error::Timeout { result, .. }) => *result,
         Err(e) => panic!("{e}"),
     };
     assert!(
