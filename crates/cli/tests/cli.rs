@@ -117,3 +117,66 @@ fn errors_are_one_clear_line_and_a_non_zero_exit() {
     assert_eq!(text(&out.stdout), "before\n");
     assert!(text(&out.stderr).contains("timed out"));
 }
+
+#[test]
+fn execs_detach_attach_list_kill_and_shell_from_the_command_line() {
+    let sb = text(&run(&["create"]).stdout).trim().to_string();
+    let started = run(&[
+        "exec",
+        "-d",
+        "--exec-id",
+        "ticker",
+        &sb,
+        "--",
+        "sh",
+        "-c",
+        "for i in 1 2 3; do echo t$i; sleep 0.3; done; echo err >&2; exit 4",
+    ]);
+    assert_eq!(
+        (started.status.code(), text(&started.stdout)),
+        (Some(0), "ticker\n".into()),
+        "{}",
+        text(&started.stderr)
+    );
+    // Attach from the start: the whole output, then the command's exit code.
+    let all = run(&["attach", &sb, "ticker"]);
+    assert_eq!(
+        (all.status.code(), text(&all.stdout), text(&all.stderr)),
+        (Some(4), "t1\nt2\nt3\n".into(), "err\n".into())
+    );
+    // Resume from an offset: exactly the rest.
+    let rest = run(&["attach", &sb, "ticker", "--stdout-offset", "3", "--stderr-offset", "3"]);
+    assert_eq!((text(&rest.stdout), text(&rest.stderr)), ("t2\nt3\n".into(), "\n".into()));
+    let sleeper = run(&["exec", "-d", &sb, "--", "sleep", "1000"]);
+    let sleeper = text(&sleeper.stdout).trim().to_string();
+    assert_eq!(run(&["kill", &sb, &sleeper]).status.code(), Some(0));
+    let killed = run(&["attach", &sb, &sleeper]);
+    assert_eq!(killed.status.code(), Some(137), "{}", text(&killed.stderr));
+    assert!(text(&killed.stderr).contains("cancelled"), "{}", text(&killed.stderr));
+    let listed = text(&run(&["execs", &sb]).stdout);
+    assert!(listed.contains("ticker") && listed.contains("exited:4") && listed.contains("cancelled"), "{listed}");
+    // stdin from this process, with its end of file.
+    let mut child = hangar()
+        .args(["exec", "-i", &sb, "--", "wc", "-c"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), &[b'x'; 100_000]).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(text(&out.stdout).trim(), "100000");
+    // A shell on a terminal in the sandbox (fed from a pipe here, so not in raw mode).
+    let mut child = hangar()
+        .args(["shell", &sb])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), b"tty; stty size; exit 3\n").unwrap();
+    let out = child.wait_with_output().unwrap();
+    let shown = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(3), "{shown} {}", text(&out.stderr));
+    assert!(shown.contains("/dev/pts/") && shown.contains("24 80"), "{shown}");
+    assert_eq!(run(&["rm", &sb]).status.code(), Some(0));
+}
