@@ -10,7 +10,9 @@ use crate::protocol::{
     Ending, ErrorKind, ExecEnd, ExecInfo, ExecRequest, OnDisconnect, Progress, Request, Response, Usage, WinSize,
 };
 use crate::server::{as_user, resolve, spawn_error, Shared, STATE_DIR_FD};
+use crate::spare::{self, Order, Spare};
 use crate::wire::Conn;
+use hangar_runtime::cgroups::ExecCgroup;
 use nix::sys::signal::{kill, Signal};
 use nix::sys::wait::WaitStatus;
 use nix::unistd::Pid;
@@ -111,7 +113,7 @@ pub(crate) struct Exec {
     stdin_acked: u64,
     /// The PTY master, for resizes.
     pty: Option<OwnedFd>,
-    cgroup: Option<hangar_runtime::cgroups::ExecCgroup>,
+    cgroup: Option<ExecCgroup>,
     /// Why the agent killed it, when it did.
     killed_for: Option<Ending>,
     end: Option<ExecEnd>,
@@ -396,41 +398,30 @@ fn spawn(state: &Shared, exec: &ExecRef, r: &ExecRequest, cwd: &std::path::Path)
     let id = exec.borrow().id.clone();
     let io_err = |what: &str, e: io::Error| format!("exec {id}: {what}: {e}");
     let prog = &r.argv[0];
-    let mut cmd = Command::new(prog);
-    {
+    let (user, mut env) = {
         let st = state.borrow();
-        as_user(&mut cmd, st.user);
-        cmd.args(&r.argv[1..]).env_clear().envs(st.cfg.env.iter().map(|(k, v)| (k, v)));
-    }
+        (st.user, st.cfg.env.clone())
+    };
     if r.tty.is_some() && !r.env.iter().any(|(k, _)| k == "TERM") {
-        cmd.env("TERM", "xterm-256color");
+        env.push(("TERM".into(), "xterm-256color".into()));
     }
-    cmd.envs(r.env.iter().map(|(k, v)| (k, v))).current_dir(cwd);
+    env.extend(r.env.iter().cloned());
+    // The child's stdio, and our ends: output sources, the stdin sink, the terminal for resizes.
     let mut sources: Vec<OwnedFd> = Vec::new();
     let mut stdin_sink = None;
     let mut pty_ctl = None;
-    if let Some(WinSize { rows, cols }) = r.tty {
+    let stdio: [OwnedFd; 3] = if let Some(WinSize { rows, cols }) = r.tty {
         let ws = nix::pty::Winsize { ws_row: rows, ws_col: cols, ws_xpixel: 0, ws_ypixel: 0 };
         let pty = nix::pty::openpty(Some(&ws), None).map_err(|e| io_err("openpty", e.into()))?;
         for fd in [&pty.master, &pty.slave] {
             set_cloexec(fd);
         }
-        let slave = File::from(pty.slave);
-        let dup = |f: &File| f.try_clone().map(Stdio::from).map_err(|e| io_err("dup pty", e));
-        cmd.stdin(dup(&slave)?).stdout(dup(&slave)?).stderr(Stdio::from(slave));
-        stdin_sink = Some(pty.master.try_clone().map_err(|e| io_err("dup pty", e))?);
-        pty_ctl = Some(pty.master.try_clone().map_err(|e| io_err("dup pty", e))?);
+        let dup = |f: &OwnedFd| f.try_clone().map_err(|e| io_err("dup pty", e));
+        stdin_sink = Some(dup(&pty.master)?);
+        pty_ctl = Some(dup(&pty.master)?);
+        let slave = [dup(&pty.slave)?, dup(&pty.slave)?, pty.slave];
         sources.push(pty.master);
-        // SAFETY: setsid and ioctl are async-signal-safe; the closure touches no memory of the parent.
-        unsafe {
-            cmd.pre_exec(|| {
-                nix::unistd::setsid().map_err(io::Error::from)?;
-                if libc::ioctl(0, libc::TIOCSCTTY as _, 0) < 0 {
-                    return Err(io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
+        slave
     } else {
         let (out_r, out_w) = pipe().map_err(|e| io_err("pipe", e))?;
         let _ = nix::fcntl::fcntl(&out_w, nix::fcntl::FcntlArg::F_SETPIPE_SZ(PIPE_SIZE));
@@ -443,45 +434,32 @@ fn spawn(state: &Shared, exec: &ExecRef, r: &ExecRequest, cwd: &std::path::Path)
             sources.push(err_r);
             err_w
         };
-        if r.stdin {
+        let stdin = if r.stdin {
             let (in_r, in_w) = pipe().map_err(|e| io_err("pipe", e))?;
-            cmd.stdin(Stdio::from(in_r));
             stdin_sink = Some(in_w);
+            in_r
         } else {
-            cmd.stdin(Stdio::null());
-        }
-        cmd.stdout(Stdio::from(out_w)).stderr(Stdio::from(err_w)).process_group(0);
-    }
-    let cgroup = state.borrow().table.cgroups.create_exec(&format!("exec-{id}")).ok();
-    if let Some(cg) = &cgroup {
-        let fds = cg.procs_fds();
-        // SAFETY: write(2) on descriptors we own is async-signal-safe; `fds` is moved into the closure.
-        unsafe {
-            cmd.pre_exec(move || {
-                for &fd in &fds {
-                    if libc::write(fd, b"0".as_ptr().cast(), 1) < 0 {
-                        return Err(io::Error::last_os_error());
-                    }
-                }
-                Ok(())
-            });
-        }
-    }
-    let child = match cmd.spawn() {
-        Ok(c) => c,
-        Err(e) => {
-            if let Some(cg) = cgroup {
-                cg.remove(Duration::from_millis(10));
-            }
+            File::open("/dev/null").map_err(|e| io_err("/dev/null", e))?.into()
+        };
+        [stdin, out_w, err_w]
+    };
+    let order = Order { argv: r.argv.clone(), env, cwd: cwd.display().to_string(), user, tty: r.tty.is_some() };
+    let spare = state.borrow_mut().spare.take();
+    let started = match spare {
+        Some(spare) => give_to_spare(state, spare, &order, &stdio),
+        None => None,
+    };
+    let (pid, exit_rx, cgroup) = match started {
+        Some(Ok(started)) => started,
+        Some(Err(e)) => {
+            refill_spare(state);
             return Err(spawn_error(prog, &e).1);
         }
+        None => spawn_directly(state, &id, &order, stdio.each_ref()).map_err(|e| spawn_error(prog, &e).1)?,
     };
     // Our copies of the child's ends must close now, or the pumps would never see end of file.
-    drop(cmd);
-    let pid = child.id() as i32;
-    let (tx, exit_rx) = oneshot::channel();
-    // Registered before any await, so the reaper (same thread) cannot miss this pid's exit.
-    state.borrow_mut().waiters.insert(pid, tx);
+    drop(stdio);
+    refill_spare(state);
     state.borrow_mut().live_execs += 1;
     let sink = match stdin_sink.map(nonblocking).transpose() {
         Ok(s) => s,
@@ -514,6 +492,121 @@ fn spawn(state: &Shared, exec: &ExecRef, r: &ExecRequest, cwd: &std::path::Path)
     }
     tokio::task::spawn_local(supervise(state.clone(), exec.clone(), exit_rx, pumps, exited_tx));
     Ok(())
+}
+
+type Started = (i32, oneshot::Receiver<WaitStatus>, Option<ExecCgroup>);
+
+/// Registers `pid` with the reaper (before it can possibly exit unseen: same thread, no await in between).
+fn expect_exit(state: &Shared, pid: i32) -> oneshot::Receiver<WaitStatus> {
+    let (tx, rx) = oneshot::channel();
+    state.borrow_mut().waiters.insert(pid, tx);
+    rx
+}
+
+/// Hands the order to the waiting spare. `None` when the spare turned out unusable (start directly
+/// instead); `Some(Err)` when the command cannot be executed.
+fn give_to_spare(state: &Shared, mut spare: Spare, order: &Order, stdio: &[OwnedFd; 3]) -> Option<io::Result<Started>> {
+    let exit_rx = expect_exit(state, spare.pid);
+    match spare.order(order, stdio.each_ref()) {
+        Ok(Ok(())) => Some(Ok((spare.pid, exit_rx, Some(spare.cgroup)))),
+        failed => {
+            // The helper exits (or has died); the reaper collects it as an orphan.
+            state.borrow_mut().waiters.remove(&spare.pid);
+            let _ = kill(Pid::from_raw(spare.pid), Signal::SIGKILL);
+            let cg = spare.cgroup;
+            tokio::task::spawn_blocking(move || cg.remove(Duration::from_millis(500)));
+            match failed {
+                Ok(Err(e)) => Some(Err(e)),
+                _ => None,
+            }
+        }
+    }
+}
+
+/// Starts the command from the agent itself, moving it into a new exec cgroup on the way (the slow path a
+/// spare saves).
+fn spawn_directly(state: &Shared, id: &str, order: &Order, stdio: [&OwnedFd; 3]) -> io::Result<Started> {
+    let (prog, args) = order.argv.split_first().expect("validated non-empty");
+    let mut cmd = Command::new(prog);
+    as_user(&mut cmd, order.user);
+    cmd.args(args).env_clear().envs(order.env.iter().map(|(k, v)| (k, v))).current_dir(&order.cwd);
+    let [i, o, e] = stdio.map(|f| f.try_clone().map(Stdio::from));
+    cmd.stdin(i?).stdout(o?).stderr(e?);
+    if order.tty {
+        // SAFETY: setsid and ioctl are async-signal-safe; the closure touches no memory of the parent.
+        unsafe {
+            cmd.pre_exec(|| {
+                nix::unistd::setsid().map_err(io::Error::from)?;
+                if libc::ioctl(0, libc::TIOCSCTTY as _, 0) < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    } else {
+        cmd.process_group(0);
+    }
+    let cgroup = state.borrow().table.cgroups.create_exec(&format!("exec-{id}")).ok();
+    if let Some(cg) = &cgroup {
+        let fds = cg.procs_fds();
+        // SAFETY: write(2) on descriptors we own is async-signal-safe; `fds` is moved into the closure.
+        unsafe {
+            cmd.pre_exec(move || {
+                for &fd in &fds {
+                    if libc::write(fd, b"0".as_ptr().cast(), 1) < 0 {
+                        return Err(io::Error::last_os_error());
+                    }
+                }
+                Ok(())
+            });
+        }
+    }
+    match cmd.spawn() {
+        Ok(child) => {
+            let pid = child.id() as i32;
+            Ok((pid, expect_exit(state, pid), cgroup))
+        }
+        Err(e) => {
+            if let Some(cg) = cgroup {
+                tokio::task::spawn_blocking(move || cg.remove(Duration::from_millis(500)));
+            }
+            Err(e)
+        }
+    }
+}
+
+/// Prepares the next spare in the background (its cgroup migration off every exec's path).
+pub(crate) fn refill_spare(state: &Shared) {
+    let cgroup = {
+        let mut st = state.borrow_mut();
+        if st.spare.is_some() || st.spare_pending || st.spare_broken || st.stopping {
+            return;
+        }
+        st.spare_count += 1;
+        match st.table.cgroups.create_exec(&format!("exec-s{}", st.spare_count)) {
+            Ok(cg) => cg,
+            Err(_) => return,
+        }
+    };
+    state.borrow_mut().spare_pending = true;
+    let state = state.clone();
+    tokio::task::spawn_local(async move {
+        let made = tokio::task::spawn_blocking(move || spare::prepare(cgroup)).await;
+        let mut st = state.borrow_mut();
+        st.spare_pending = false;
+        match made {
+            Ok(Ok(spare)) if !st.stopping => st.spare = Some(spare),
+            Ok(Ok(spare)) => {
+                let _ = kill(Pid::from_raw(spare.pid), Signal::SIGKILL);
+            }
+            Ok(Err(e)) => {
+                // Execs still start, just without the head start; say so once.
+                eprintln!("hangar-agent: no spare exec helper ({e}); execs start directly");
+                st.spare_broken = true;
+            }
+            Err(_) => st.spare_broken = true,
+        }
+    });
 }
 
 fn set_cloexec(fd: &impl AsFd) {
@@ -557,7 +650,7 @@ async fn pump(e: ExecRef, i: usize, src: AsyncFd<OwnedFd>, mut exited: watch::Re
     }
 }
 
-fn usage_of(cg: &Option<hangar_runtime::cgroups::ExecCgroup>) -> hangar_runtime::cgroups::CgroupUsage {
+fn usage_of(cg: &Option<ExecCgroup>) -> hangar_runtime::cgroups::CgroupUsage {
     cg.as_ref().map(|c| c.usage()).unwrap_or_default()
 }
 
@@ -585,15 +678,6 @@ async fn supervise(
     }
     let cgroup = e.borrow_mut().cgroup.take();
     let used = usage_of(&cgroup);
-    if let Some(cg) = cgroup {
-        for _ in 0..1000 {
-            if cg.kill_all() == 0 {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
-        cg.remove(Duration::from_millis(100));
-    }
     let (code, signal) = match ws {
         Some(WaitStatus::Exited(_, c)) => (Some(c), None),
         Some(WaitStatus::Signaled(_, s, _)) => (None, Some(s as i32)),
@@ -629,6 +713,16 @@ async fn supervise(
         s.take();
     }
     state.borrow_mut().live_execs -= 1;
+    // Removing a memory cgroup takes the kernel ~10 ms: after the end is out, and off the agent's thread.
+    if let Some(cg) = cgroup {
+        for _ in 0..1000 {
+            if cg.kill_all() == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let _ = tokio::task::spawn_blocking(move || cg.remove(Duration::from_millis(500))).await;
+    }
     retain(state, e).await;
 }
 
@@ -749,9 +843,11 @@ async fn serve_reader(e: ExecRef, mut conn: Conn, from: [u64; 2]) {
     if let (true, None, OnDisconnect::Kill { grace_ms }) = (ex.pins.is_empty(), &ex.end, ex.policy) {
         let e = e.clone();
         tokio::task::spawn_local(async move {
-            tokio::time::sleep(Duration::from_millis(grace_ms)).await;
+            let grace = Duration::from_millis(grace_ms);
+            tokio::time::sleep(grace).await;
             let mut ex = e.borrow_mut();
-            if ex.pins.is_empty() {
+            // Nobody came back, and nobody came and left again since (that reader's own timer decides).
+            if ex.pins.is_empty() && ex.left_at.elapsed() >= grace {
                 ex.kill_for(Ending::Cancelled);
             }
         });

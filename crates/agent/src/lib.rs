@@ -12,6 +12,7 @@
 mod execs;
 pub mod protocol;
 mod server;
+mod spare;
 pub mod wire;
 
 pub use execs::{DEFAULT_CAP, DEFAULT_RETAIN};

@@ -27,6 +27,9 @@ const CHUNK: usize = 256 * 1024;
 
 /// Entry point of the `hangar-agent` binary: `hangar-agent CONFIG.json`. Never returns.
 pub fn run() -> ! {
+    if std::env::args().nth(1).as_deref() == Some(crate::spare::HELPER_ARG) {
+        crate::spare::helper();
+    }
     let code = match main_inner() {
         Ok(()) => 0,
         Err(e) => {
@@ -63,7 +66,10 @@ fn main_inner() -> Result<(), String> {
     let _ = writeln!(status, "ok {main_pid}");
     drop(status);
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| format!("tokio: {e}"))?;
-    rt.block_on(serve(cfg, main_pid, user, Table::new(cgroups)))
+    let served = rt.block_on(serve(cfg, main_pid, user, Table::new(cgroups)));
+    // A blocking task (a spare being prepared) must not hold up the agent's exit.
+    rt.shutdown_background();
+    served
 }
 
 /// The image's user as (uid, gid), looked up in the sandbox's own /etc/passwd and /etc/group.
@@ -144,6 +150,11 @@ pub(crate) struct State {
     pub(crate) stopping: bool,
     pub(crate) live_execs: usize,
     pub(crate) table: Table,
+    /// A helper waiting to become the next exec (see `spare`).
+    pub(crate) spare: Option<crate::spare::Spare>,
+    pub(crate) spare_pending: bool,
+    pub(crate) spare_broken: bool,
+    pub(crate) spare_count: u64,
 }
 
 pub(crate) type Shared = Rc<RefCell<State>>;
@@ -168,12 +179,17 @@ async fn serve(cfg: AgentConfig, main_pid: i32, user: Option<(u32, u32)>, table:
         stopping: false,
         live_execs: 0,
         table,
+        spare: None,
+        spare_pending: false,
+        spare_broken: false,
+        spare_count: 0,
     }));
     let main_exited = Rc::new(Notify::new());
     let local = tokio::task::LocalSet::new();
     local
         .run_until(async {
             reap(&state, &main_exited);
+            crate::execs::refill_spare(&state);
             let lifetime_end = tokio::time::sleep(lifetime);
             tokio::pin!(lifetime_end);
             loop {
@@ -254,9 +270,10 @@ async fn shutdown(state: &Shared, main_exited: &Notify, grace: Duration, reason:
             }
         }
     }
-    // Everyone left, including the main command if it ignored SIGTERM.
-    let _ = kill(Pid::from_raw(-1), Signal::SIGKILL);
+    // Everyone left, including the main command if it ignored SIGTERM, and anything started meanwhile
+    // (a spare exec helper being prepared on another thread).
     loop {
+        let _ = kill(Pid::from_raw(-1), Signal::SIGKILL);
         reap(state, main_exited);
         match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
             Err(nix::errno::Errno::ECHILD) => break,

@@ -331,14 +331,23 @@ async fn list_filters_by_tags_and_state_and_pages() {
     for sb in made {
         sb.stop().await.unwrap();
     }
+    let metrics = metrics();
+    assert!(metrics.contains("hangar_sandboxes{state=\"terminated\"}"), "{metrics}");
+    assert!(metrics.contains("hangar_sandbox_create_seconds_count"), "{metrics}");
+}
+
+/// The test server's Prometheus page.
+fn metrics() -> String {
     let url = format!("http://{}/metrics", server().http);
-    let metrics = Command::new("python3")
+    let out = Command::new("python3")
         .args(["-c", &format!("import urllib.request; print(urllib.request.urlopen('{url}').read().decode())")])
         .output()
         .unwrap();
-    let metrics = String::from_utf8_lossy(&metrics.stdout);
-    assert!(metrics.contains("hangar_sandboxes{state=\"terminated\"}"), "{metrics}");
-    assert!(metrics.contains("hangar_sandbox_create_seconds_count"), "{metrics}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn counter(metrics: &str, name: &str) -> u64 {
+    metrics.lines().find_map(|l| l.strip_prefix(name)?.trim().parse().ok()).unwrap_or(0)
 }
 
 /// `seq 1 n | sha256sum`, computed on the host.
@@ -382,6 +391,7 @@ async fn a_gib_of_output_survives_connections_cut_every_few_hundred_ms() {
     assert_eq!(r.returncode, 0);
     assert!(cuts >= 3, "the connection was cut only {cuts} times");
     assert_eq!(hex(hasher.finalize()), seq_sha256(n), "exactly the command's output, by checksum");
+    assert!(counter(&metrics(), "hangar_exec_attaches_total") >= 3, "each resume is an attach");
 
     // stdin resumes too: 64 MiB through sha256sum while the connections keep breaking.
     let cutter = {
@@ -507,6 +517,7 @@ async fn keepalives_keep_a_quiet_command_alive_through_an_idle_timeout() {
     assert_eq!(r.stdout, b"done\n");
     let cuts = proxy.cuts.load(std::sync::atomic::Ordering::Relaxed) - cut_before;
     assert_eq!(cuts, 0, "keepalives every 200 ms never let the connection idle for 1 s");
+    assert!(counter(&metrics(), "hangar_exec_keepalives_total") >= 10, "the server counts its keepalives");
     // Without keepalives in time the proxy does cut; the SDK then resumes, and the result is still whole.
     let r = sb.exec(["sh", "-c", "echo a; sleep 3; echo b"]).keepalive(Duration::from_secs(30)).await.unwrap();
     assert_eq!(r.stdout, b"a\nb\n");

@@ -41,7 +41,7 @@ async fn stall(client: Client, engine: i32, in_flight: u64) {
             got += data.len() as u64;
         }
     }
-    let agent = host_processes_mentioning(sb.id())[0];
+    let agent = agent_pid(sb.id());
     tokio::time::sleep(Duration::from_secs(2)).await;
     let written = |sb: Sandbox| async move { sb.execs().await.unwrap()[0].written[0] };
     let before = (rss(engine), rss(agent), written(sb.clone()).await);

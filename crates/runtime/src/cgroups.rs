@@ -223,6 +223,9 @@ fn kill_procs(dir: &Path) {
     }
 }
 
+/// v1 hierarchies an exec gets a cgroup in: peak memory and OOM kills, CPU time.
+const EXEC_CONTROLLERS: [&str; 2] = ["memory", "cpuacct"];
+
 /// The sandbox's own cgroup directories, opened by its agent before it leaves the host's mount namespace, so
 /// that it can give every exec a cgroup of its own (exact tree kills, CPU time, peak memory, OOM kills).
 #[derive(Debug)]
@@ -309,7 +312,9 @@ impl CgroupDirs {
         use nix::fcntl::{openat, OFlag};
         let mut dirs = Vec::new();
         let mut procs = Vec::new();
-        for (controller, parent) in &self.dirs {
+        // On v1 only the hierarchies that measure (and hold the tree for kills) get one: fewer mkdirs per exec.
+        for (controller, parent) in self.dirs.iter().filter(|(c, _)| self.v2 || EXEC_CONTROLLERS.contains(&c.as_str()))
+        {
             match nix::sys::stat::mkdirat(parent, name, nix::sys::stat::Mode::from_bits_truncate(0o755)) {
                 Ok(()) | Err(nix::errno::Errno::EEXIST) => {}
                 Err(e) => return Err(e.into()),

@@ -18,6 +18,9 @@ pub struct Metrics {
     pub(crate) exec_seconds: Histogram,
     pub(crate) create_seconds: Histogram,
     pub(crate) unauthenticated: AtomicU64,
+    pub(crate) exec_attaches: AtomicU64,
+    pub(crate) gap_bytes: AtomicU64,
+    pub(crate) keepalives: AtomicU64,
 }
 
 /// A fixed-bucket latency histogram.
@@ -74,6 +77,9 @@ impl Metrics {
         let counters = [
             ("hangar_execs_started_total", "Execs started.", &self.execs_started),
             ("hangar_execs_failed_to_start_total", "Execs refused or failed to start.", &self.execs_failed_to_start),
+            ("hangar_exec_attaches_total", "Streams that attached to an existing exec (resumes).", &self.exec_attaches),
+            ("hangar_exec_gap_bytes_total", "Output bytes reported lost to the journal cap.", &self.gap_bytes),
+            ("hangar_exec_keepalives_total", "Keepalive frames sent on quiet exec streams.", &self.keepalives),
             (
                 "hangar_requests_unauthenticated_total",
                 "Requests refused for a missing or wrong token.",

@@ -431,6 +431,7 @@ impl SandboxService for SandboxApi {
                 }
                 let from = [a.stdout_offset, a.stderr_offset];
                 let stream = self.engine.attach(&a.sandbox_id, &a.exec_id, from).await.map_err(from_engine)?;
+                self.metrics.exec_attaches.fetch_add(1, Relaxed);
                 (a.sandbox_id, stream, keepalive(a.keepalive_ms))
             }
             _ => return Err(invalid("init", "the first message of a stream must be init or attach")),
@@ -584,6 +585,7 @@ async fn forward_events(mut stream: ExecStream, tx: Outbound, keepalive: Duratio
             ev = ev_rx.recv() => ev,
             _ = tx.closed() => return,
             _ = tokio::time::sleep(keepalive) => {
+                metrics.keepalives.fetch_add(1, Relaxed);
                 let k = pb::Keepalive { stdout_offset: pos[0], stderr_offset: pos[1] };
                 if tx.send(out(Out::Keepalive(k))).await.is_err() {
                     return;
@@ -603,6 +605,7 @@ async fn forward_events(mut stream: ExecStream, tx: Outbound, keepalive: Duratio
             }
             Some(Ok(Some(ExecEvent::Gap { stream, from, to }))) => {
                 pos[stream.index()] = to;
+                metrics.gap_bytes.fetch_add(to - from, Relaxed);
                 out(Out::Gap(pb::Gap { stream: stream_of(stream), from, to }))
             }
             Some(Ok(Some(ExecEvent::Exit(x)))) => {

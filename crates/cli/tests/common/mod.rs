@@ -110,6 +110,19 @@ pub fn host_processes_mentioning(needle: &str) -> Vec<i32> {
     found
 }
 
+/// The host pid of a sandbox's agent: the one process naming the sandbox whose parent does not (a child the
+/// agent is just forking still shows the agent's command line for a moment).
+pub fn agent_pid(id: &str) -> i32 {
+    let named = host_processes_mentioning(id);
+    let parent = |pid: i32| -> i32 {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        stat.rsplit(')').next().and_then(|rest| rest.split_whitespace().nth(1)?.parse().ok()).unwrap_or(0)
+    };
+    let agents: Vec<i32> = named.iter().copied().filter(|&p| !named.contains(&parent(p))).collect();
+    assert_eq!(agents.len(), 1, "exactly one agent names sandbox {id}: {agents:?} of {named:?}");
+    agents[0]
+}
+
 /// Everything a sandbox could leave on the host: processes, mounts, cgroups, directories.
 pub fn leftovers(id: &str) -> Vec<String> {
     let mut left = vec![];

@@ -1,0 +1,217 @@
+//! A spare exec process, started ahead of time and already moved into a fresh exec cgroup.
+//!
+//! Moving a process into a cgroup v1 hierarchy waits for an RCU grace period when no migration is under way
+//! (about 10 ms here; back-to-back migrations are fast). Paid at exec time, that would make every isolated
+//! exec ~10 ms slower. So the agent keeps one spare: this binary re-executed (`/proc/self/exe`, which works
+//! inside the sandbox) in helper mode, sitting in its exec cgroup, waiting on a socket for a command. An exec
+//! hands it argv, environment, working directory, user and its stdio descriptors; the helper becomes the
+//! command with `execve` (so the exec's pid is the helper's). Then the agent prepares the next spare off the
+//! exec's path.
+
+use hangar_runtime::cgroups::ExecCgroup;
+use serde::{Deserialize, Serialize};
+use std::io::{Read, Write};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Stdio};
+
+/// The argument that puts the agent binary in helper mode.
+pub const HELPER_ARG: &str = "--exec-helper";
+
+/// What the helper becomes.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct Order {
+    pub argv: Vec<String>,
+    pub env: Vec<(String, String)>,
+    pub cwd: String,
+    pub user: Option<(u32, u32)>,
+    /// Start a session with the terminal on stdin as its controlling terminal (else: a process group).
+    pub tty: bool,
+}
+
+/// A waiting helper.
+pub(crate) struct Spare {
+    pub pid: i32,
+    sock: UnixStream,
+    pub cgroup: ExecCgroup,
+}
+
+/// Descriptor numbers the helper finds its cgroup's `cgroup.procs` files at.
+const PROCS_FD_BASE: RawFd = 100;
+
+/// Starts a helper and has it join `cgroup` (the helper writes itself into it once it runs, so the agent's
+/// command line, which names the sandbox, never shows on a process in the cgroup). Blocks for the cgroup
+/// migration: call off the agent's thread.
+pub(crate) fn prepare(cgroup: ExecCgroup) -> std::io::Result<Spare> {
+    let (ours, theirs) = UnixStream::pair()?;
+    let fds = cgroup.procs_fds();
+    if fds.iter().any(|&fd| fd >= PROCS_FD_BASE) {
+        return Err(std::io::Error::other("descriptor numbers too high for the helper's layout"));
+    }
+    let mut cmd = Command::new("/proc/self/exe");
+    cmd.args([HELPER_ARG, &fds.len().to_string()])
+        .stdin(Stdio::from(OwnedFd::from(theirs)))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    // SAFETY: dup2 is async-signal-safe; `fds` is moved into the closure. The copies are inherited
+    // (dup2 clears close-on-exec) at PROCS_FD_BASE.., above every descriptor the agent holds.
+    unsafe {
+        cmd.pre_exec(move || {
+            for (i, &fd) in fds.iter().enumerate() {
+                if libc::dup2(fd, PROCS_FD_BASE + i as RawFd) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+    let child = cmd.spawn()?;
+    // Our copy of the helper's end must close, or a helper that dies would never be noticed.
+    drop(cmd);
+    let mut sock = ours;
+    let mut ready = [0u8; 1];
+    sock.read_exact(&mut ready)?;
+    Ok(Spare { pid: child.id() as i32, sock, cgroup })
+}
+
+impl Spare {
+    /// Hands the helper its command and stdio. `Ok(Ok(()))` once it has become the command; `Ok(Err(why))`
+    /// when the command could not be executed (the helper then exits 127); `Err` when the helper is unusable.
+    pub(crate) fn order(&mut self, order: &Order, stdio: [&OwnedFd; 3]) -> std::io::Result<Result<(), std::io::Error>> {
+        let body = serde_json::to_vec(order)?;
+        let raw: Vec<RawFd> = stdio.iter().map(|f| f.as_raw_fd()).collect();
+        let mut frame = (body.len() as u32).to_le_bytes().to_vec();
+        frame.extend_from_slice(&body);
+        let cmsg = [nix::sys::socket::ControlMessage::ScmRights(&raw)];
+        let iov = [std::io::IoSlice::new(&frame)];
+        let sent = nix::sys::socket::sendmsg::<()>(
+            self.sock.as_raw_fd(),
+            &iov,
+            &cmsg,
+            nix::sys::socket::MsgFlags::MSG_NOSIGNAL,
+            None,
+        )?;
+        if sent < frame.len() {
+            self.sock.write_all(&frame[sent..])?;
+        }
+        // The helper's end closes on a successful exec (close-on-exec); otherwise it explains first.
+        let mut why = String::new();
+        self.sock.read_to_string(&mut why)?;
+        Ok(if why.is_empty() {
+            Ok(())
+        } else {
+            let (kind, msg) = why.split_once(':').unwrap_or(("other", &why));
+            let kind = match kind {
+                "not_found" => std::io::ErrorKind::NotFound,
+                "permission_denied" => std::io::ErrorKind::PermissionDenied,
+                _ => std::io::ErrorKind::Other,
+            };
+            Err(std::io::Error::new(kind, msg.to_string()))
+        })
+    }
+}
+
+/// Helper mode: wait for an order on stdin (a socket), become the command. Never returns.
+pub fn helper() -> ! {
+    // SAFETY: the agent gave us the socket as stdin; nothing else in this fresh process owns fd 0.
+    let stdin = unsafe { OwnedFd::from_raw_fd(0) };
+    // Keep the socket off fd 0 (the command's stdin goes there) and close it on exec.
+    let sock = match nix::fcntl::fcntl(&stdin, nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(3)) {
+        // SAFETY: F_DUPFD_CLOEXEC returned a new descriptor that we now own.
+        Ok(fd) => unsafe { OwnedFd::from_raw_fd(fd) },
+        Err(_) => std::process::exit(126),
+    };
+    drop(stdin);
+    let mut sock = UnixStream::from(sock);
+    // Join the exec cgroup (the slow part a spare exists for), then say so.
+    let joins: RawFd = std::env::args().nth(2).and_then(|n| n.parse().ok()).unwrap_or(0);
+    for fd in PROCS_FD_BASE..PROCS_FD_BASE + joins {
+        // SAFETY: the agent placed these descriptors for us; we own and close them here.
+        let mut procs = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) });
+        if procs.write_all(b"0").is_err() {
+            std::process::exit(126);
+        }
+    }
+    if sock.write_all(b"R").is_err() {
+        std::process::exit(126);
+    }
+    let (order, fds) = match receive(&sock) {
+        Ok(x) => x,
+        Err(_) => std::process::exit(126),
+    };
+    let [stdin, stdout, stderr]: [OwnedFd; 3] = match fds.try_into() {
+        Ok(f) => f,
+        Err(_) => std::process::exit(126),
+    };
+    let Some((prog, args)) = order.argv.split_first() else { std::process::exit(126) };
+    let mut cmd = Command::new(prog);
+    cmd.args(args)
+        .env_clear()
+        .envs(order.env.iter().map(|(k, v)| (k, v)))
+        .current_dir(&order.cwd)
+        .stdin(Stdio::from(stdin))
+        .stdout(Stdio::from(stdout))
+        .stderr(Stdio::from(stderr));
+    if let Some((uid, gid)) = order.user {
+        cmd.uid(uid).gid(gid);
+    }
+    if order.tty {
+        // SAFETY: setsid and ioctl are async-signal-safe; the closure touches no memory of the parent.
+        unsafe {
+            cmd.pre_exec(|| {
+                nix::unistd::setsid().map_err(std::io::Error::from)?;
+                if libc::ioctl(0, libc::TIOCSCTTY as _, 0) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    } else {
+        cmd.process_group(0);
+    }
+    let e = cmd.exec();
+    let kind = match e.kind() {
+        std::io::ErrorKind::NotFound => "not_found",
+        std::io::ErrorKind::PermissionDenied => "permission_denied",
+        _ => "other",
+    };
+    let _ = write!(sock, "{kind}:{e}");
+    std::process::exit(127)
+}
+
+fn receive(sock: &UnixStream) -> std::io::Result<(Order, Vec<OwnedFd>)> {
+    let mut buf = vec![0u8; 1 << 20];
+    let mut got = 0;
+    let mut fds = Vec::new();
+    loop {
+        let mut iov = [std::io::IoSliceMut::new(&mut buf[got..])];
+        let mut space = nix::cmsg_space!([RawFd; 3]);
+        let msg = nix::sys::socket::recvmsg::<()>(
+            sock.as_fd().as_raw_fd(),
+            &mut iov,
+            Some(&mut space),
+            nix::sys::socket::MsgFlags::MSG_CMSG_CLOEXEC,
+        )?;
+        for c in msg.cmsgs()? {
+            if let nix::sys::socket::ControlMessageOwned::ScmRights(raw) = c {
+                // SAFETY: the kernel just installed these descriptors in our table; we own them.
+                fds.extend(raw.into_iter().map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }));
+            }
+        }
+        if msg.bytes == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        got += msg.bytes;
+        if got >= 4 {
+            let len = u32::from_le_bytes(buf[..4].try_into().expect("4 bytes")) as usize;
+            if len > buf.len() - 4 {
+                return Err(std::io::ErrorKind::InvalidData.into());
+            }
+            if got >= 4 + len {
+                let order = serde_json::from_slice(&buf[4..4 + len])?;
+                return Ok((order, fds));
+            }
+        }
+    }
+}
