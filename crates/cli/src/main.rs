@@ -277,6 +277,14 @@ fn main() -> ExitCode {
     }
 }
 
+/// Prints one JSON object per line.
+fn json_lines<T: serde::Serialize>(items: &[T]) -> Result<u8> {
+    for i in items {
+        println!("{}", serde_json::to_string(i)?);
+    }
+    Ok(0)
+}
+
 /// The exit code a shell would give for a command result: its code, or 128+N when killed by signal N.
 fn shell_code(returncode: i32) -> u8 {
     if returncode < 0 {
@@ -358,10 +366,7 @@ async fn dispatch(cmd: Cmd) -> Result<u8> {
         Cmd::Execs { id, json } => {
             let execs = Sandbox::from_id(&id).await?.execs().await?;
             if json {
-                for x in &execs {
-                    println!("{}", serde_json::to_string(x)?);
-                }
-                return Ok(0);
+                return json_lines(&execs);
             }
             println!("{:<24} {:<10} {:<14} {:>12} {:>12}  COMMAND", "EXEC", "STATE", "ENDING", "STDOUT", "STDERR");
             for x in execs {
@@ -406,10 +411,7 @@ async fn dispatch(cmd: Cmd) -> Result<u8> {
         Cmd::Ls { json } => {
             let all = Client::from_env()?.list().await?;
             if json {
-                for i in &all {
-                    println!("{}", serde_json::to_string(i)?);
-                }
-                return Ok(0);
+                return json_lines(&all);
             }
             println!("{:<20} {:<11} {:<8} {:<6} {:<18} COMMAND", "ID", "STATE", "IMAGE", "EXIT", "ENDED BY");
             for i in all {

@@ -154,7 +154,8 @@ impl Remote {
             timeout_ms: spec.timeout.map(|t| t.as_millis().max(1) as u64),
             tty: spec.tty.is_some(),
             stdin: spec.stdin.is_some() || spec.stdin_pipe,
-            exec_id: spec.id.unwrap_or_default(),
+            // Always an id, so that a start whose answer was lost can be sent again without running twice.
+            exec_id: spec.id.unwrap_or_else(fresh_exec_id),
             tty_size: spec.tty.map(|(rows, cols)| pb::Resize { rows: rows.into(), cols: cols.into() }),
             merged: spec.merged,
             on_disconnect: on_disconnect as i32,
@@ -183,7 +184,18 @@ impl Remote {
     }
 
     async fn follow(&self, id: &str, first: In, from: [u64; 2], keepalive_ms: u64) -> Result<RemoteExec> {
-        let (conn, ready) = self.open_exec(id, first).await?;
+        // Starting and attaching are idempotent (the exec has an id), so a broken connection is retried.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        let mut backoff = Duration::from_millis(20);
+        let (conn, ready) = loop {
+            match self.open_exec(id, first.clone()).await {
+                Err(Error::Connection(_)) if tokio::time::Instant::now() + backoff < deadline => {
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                }
+                other => break other?,
+            }
+        };
         let stdin = Arc::new(StdinBuffer::new(ready.stdin_acked));
         let (ev_tx, events) = tokio::sync::mpsc::channel(4);
         let driver = Driver {
@@ -263,6 +275,15 @@ impl Remote {
 }
 
 /// An exec running on a server; dropping it cancels the exec there.
+/// An exec id unique to this process and moment: `ex-` and 16 hex digits.
+fn fresh_exec_id() -> String {
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+    let mixed = (t as u64) ^ (u64::from(std::process::id()) << 40) ^ n.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    format!("ex-{mixed:016x}")
+}
+
 fn attach_msg(id: &str, exec: &str, from: [u64; 2], keepalive_ms: u64) -> In {
     In::Attach(pb::Attach {
         sandbox_id: id.into(),
