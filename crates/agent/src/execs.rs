@@ -459,7 +459,6 @@ fn spawn(state: &Shared, exec: &ExecRef, r: &ExecRequest, cwd: &std::path::Path)
     };
     // Our copies of the child's ends must close now, or the pumps would never see end of file.
     drop(stdio);
-    refill_spare(state);
     state.borrow_mut().live_execs += 1;
     let sink = match stdin_sink.map(nonblocking).transpose() {
         Ok(s) => s,
@@ -713,6 +712,9 @@ async fn supervise(
         s.take();
     }
     state.borrow_mut().live_execs -= 1;
+    // The next spare is prepared now, not while this exec ran: its cgroup migration briefly holds a lock that
+    // process exits wait for, which would slow the exec it was meant to speed up.
+    refill_spare(&state);
     // Removing a memory cgroup takes the kernel ~10 ms: after the end is out, and off the agent's thread.
     if let Some(cg) = cgroup {
         for _ in 0..1000 {
