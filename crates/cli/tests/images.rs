@@ -60,11 +60,19 @@ async fn an_imported_oci_image_runs_with_its_layers_and_config() {
         s.stop().await.unwrap();
         assert_eq!(leftovers(s.id()), Vec::<String>::new());
     }
-    let layer_dirs = || std::fs::read_dir(state_dir().join("images/layers")).unwrap().count();
+    // Names, not counts: the other tests of this binary import layers meanwhile.
+    let layer_dirs = || -> std::collections::HashSet<String> {
+        std::fs::read_dir(state_dir().join("images/layers"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| !n.starts_with(".tmp-"))
+            .collect()
+    };
     let before = layer_dirs();
     let (layers, _) = engine.prune_images().await.unwrap();
     assert!(layers >= 2, "the unreferenced layers go once no sandbox uses them: {layers}");
-    assert_eq!(layer_dirs(), before - layers);
+    let gone = before.difference(&layer_dirs()).count();
+    assert!(gone >= 2 && gone <= layers, "{gone} of the {layers} pruned layers were there before");
     store().import(&archive).unwrap();
     match Sandbox::builder().client(&client()).image("localhost/hangar-test:2").create().await {
         Err(Error::SandboxFailed { message }) => assert!(message.contains("localhost/hangar-test:2"), "{message}"),

@@ -57,21 +57,25 @@ impl Engine {
 
     /// Removes image layers and blobs that no image references and no live sandbox uses; returns the
     /// number of layers and blobs removed.
-    pub async fn prune_images(&self) -> Result<(usize, usize)> {
-        let mut in_use = std::collections::HashSet::new();
-        for info in self.list().await? {
-            if info.state.is_final() {
-                continue;
+    pub async fn prune_images(self: &Arc<Self>) -> Result<(usize, usize)> {
+        let engine = self.clone();
+        // The lower layers of every sandbox not known to be over are in use, read once the store is held
+        // alone: a sandbox being created holds the store until its agent.json names its layers.
+        let in_use = move || {
+            let mut in_use = std::collections::HashSet::new();
+            for rec in engine.store.list()? {
+                let path = engine.sandbox_dir(&rec.info.id).join("agent.json");
+                let cfg = std::fs::read(path).ok().and_then(|b| serde_json::from_slice::<AgentConfig>(&b).ok());
+                if let (false, Some(cfg)) = (rec.info.state.is_final(), cfg) {
+                    in_use.extend(cfg.sandbox.rootfs.root.lower);
+                }
             }
-            let cfg = std::fs::read(self.sandbox_dir(&info.id).join("agent.json")).ok();
-            if let Some(cfg) = cfg.and_then(|b| serde_json::from_slice::<AgentConfig>(&b).ok()) {
-                in_use.extend(cfg.sandbox.rootfs.root.lower);
-            }
-        }
+            Ok::<_, Error>(in_use)
+        };
         let images = self.images.clone();
-        Ok(tokio::task::spawn_blocking(move || images.prune(&in_use))
+        tokio::task::spawn_blocking(move || images.prune(in_use))
             .await
-            .map_err(|e| Error::InvalidArgument(format!("prune panicked: {e}")))??)
+            .map_err(|e| Error::InvalidArgument(format!("prune panicked: {e}")))?
     }
 
     /// The image store sandboxes are made from.
@@ -126,6 +130,11 @@ impl Engine {
             }
             return Err(e);
         }
+        // Held until the sandbox's mounts name the image's layers, so a concurrent prune cannot remove them.
+        let hold = match self.images.hold() {
+            Ok(hold) => hold,
+            Err(e) => return Err(self.fail_start(&id, e.into()).await),
+        };
         let resolved = self.resolve_image(&id, &c.image).await.and_then(|layout| {
             if c.command.is_empty() {
                 c.command = layout.command.clone();
@@ -138,7 +147,9 @@ impl Engine {
         };
         self.store.set_creating(&id, &layout.name, &c.command)?;
         (info.image, info.command, info.state) = (layout.name.clone(), c.command.clone(), SandboxState::Creating);
-        if let Err(e) = self.start(&info, &c, layout).await {
+        let started = self.start(&info, &c, layout).await;
+        drop(hold);
+        if let Err(e) = started {
             return Err(self.fail_start(&id, e).await);
         }
         self.get(&id).await

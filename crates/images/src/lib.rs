@@ -14,7 +14,7 @@ mod unpack;
 
 pub use reference::{Reference, ReferenceError};
 pub use registry::RegistryConfig;
-pub use store::{ImageConfig, ImageRecord};
+pub use store::{ImageConfig, ImageRecord, StoreHold};
 pub use unpack::unpack_layer;
 
 use serde::{Deserialize, Serialize};

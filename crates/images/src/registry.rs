@@ -266,6 +266,7 @@ impl ImageStore {
             pulls.entry(r.to_string()).or_default().clone()
         };
         let _one_at_a_time = lock.lock().unwrap_or_else(|p| p.into_inner());
+        let _hold = self.hold()?;
         let mut tls = ureq::tls::TlsConfig::builder();
         if let Some(ca) = &cfg.ca_file {
             let pem = std::fs::read(ca).map_err(|e| pull_err(reference, format!("CA file {}: {e}", ca.display())))?;

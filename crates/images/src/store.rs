@@ -8,6 +8,13 @@ use std::fs;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
+/// The file whose flock orders prunes against imports, pulls and sandbox starts.
+const LOCK_FILE: &str = ".lock";
+
+/// A shared hold on an image store (see [`ImageStore::hold`]); released on drop.
+#[derive(Debug)]
+pub struct StoreHold(#[allow(dead_code)] fs::File);
+
 /// What Hangar keeps about an image.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ImageRecord {
@@ -113,6 +120,7 @@ impl ImageStore {
     /// Blobs are verified against their digests and each layer is unpacked once; on any error nothing
     /// half-written is left in the store.
     pub fn import(&self, archive: &Path) -> Result<Vec<ImageRecord>, Error> {
+        let _hold = self.hold()?;
         let work = self.root.join(format!(".import-{}-{}", std::process::id(), crate::unique()));
         fs::create_dir_all(&work).map_err(io_err(&work))?;
         let result = self.import_from(archive, &work);
@@ -244,6 +252,21 @@ impl ImageStore {
         }
     }
 
+    fn lock_file(&self) -> Result<fs::File, Error> {
+        fs::create_dir_all(&self.root).map_err(io_err(&self.root))?;
+        let path = self.root.join(LOCK_FILE);
+        fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path).map_err(io_err(&path))
+    }
+
+    /// A shared hold on the store: [`ImageStore::prune`] waits until every hold is dropped. Imports and
+    /// pulls hold one while they write; whoever resolves an image for a sandbox should hold one until the
+    /// sandbox's mounts name its layers. Holds never wait for each other.
+    pub fn hold(&self) -> Result<StoreHold, Error> {
+        let f = self.lock_file()?;
+        f.lock_shared().map_err(io_err(&self.root.join(LOCK_FILE)))?;
+        Ok(StoreHold(f))
+    }
+
     pub(crate) fn has_layer(&self, digest: &str) -> bool {
         self.layer_dir(digest).exists()
     }
@@ -280,7 +303,17 @@ impl ImageStore {
     /// Removes layers and blobs that no image record references and that are not in `in_use` (lower
     /// directories of running sandboxes: deleting a live overlay's lower layer is undefined). Returns the
     /// number of layers and blobs removed.
-    pub fn prune(&self, in_use: &std::collections::HashSet<PathBuf>) -> Result<(usize, usize), Error> {
+    ///
+    /// Prune waits for every [`StoreHold`] (imports, pulls, sandboxes being created) and asks `in_use` only
+    /// once it holds the store alone, so no layer is removed between being unpacked and being recorded or
+    /// mounted.
+    pub fn prune<E: From<Error>>(
+        &self,
+        in_use: impl FnOnce() -> Result<std::collections::HashSet<PathBuf>, E>,
+    ) -> Result<(usize, usize), E> {
+        let lock = self.lock_file()?;
+        lock.lock().map_err(io_err(&self.root.join(LOCK_FILE)))?;
+        let in_use = in_use()?;
         let referenced: std::collections::HashSet<String> = self.list()?.into_iter().flat_map(|r| r.layers).collect();
         let (mut layers, mut blobs) = (0, 0);
         for e in fs::read_dir(self.root.join("layers")).into_iter().flatten().flatten() {
@@ -351,5 +384,32 @@ fn sha256_file(p: &Path) -> Result<String, Error> {
             0 => return Ok(format!("sha256:{:x}", h.finalize())),
             n => h.update(&buf[..n]),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prune_waits_for_holds_and_removes_only_unreferenced_layers() {
+        let dir = std::env::temp_dir().join(format!("hangar-prune-{}", std::process::id()));
+        let store = ImageStore::new(&dir);
+        // A layer that is unpacked but not yet recorded: exactly what an import in flight looks like.
+        let layer = store.layer_dir("sha256:abc");
+        fs::create_dir_all(layer.join("etc")).unwrap();
+        let hold = store.hold().unwrap();
+        let second = store.hold().expect("holds do not wait for each other");
+        let pruner = {
+            let store = store.clone();
+            std::thread::spawn(move || store.prune(|| Ok::<_, Error>(Default::default())))
+        };
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        assert!(!pruner.is_finished(), "prune must wait while the store is held");
+        assert!(layer.exists());
+        drop((hold, second));
+        assert_eq!(pruner.join().unwrap().unwrap(), (1, 0));
+        assert!(!layer.exists());
+        let _ = fs::remove_dir_all(&dir);
     }
 }
