@@ -41,6 +41,8 @@ const READ_CHUNK: usize = 1 << 20;
 const PIPE_SIZE: i32 = 1 << 20;
 /// After the process tree is gone, a pipe still held open (by nothing we can see) is closed after this.
 const DRAIN_IDLE: Duration = Duration::from_millis(100);
+/// How long bytes that cannot be journaled are kept after their process ended, before they are given up.
+const WRITE_GIVE_UP: Duration = Duration::from_secs(30);
 /// Ended execs whose journal expired are forgotten beyond this many.
 const MAX_EXPIRED: usize = 1024;
 
@@ -239,18 +241,23 @@ impl Exec {
         self.retained(i) + self.room() > self.cap
     }
 
-    fn append(&mut self, i: usize, data: &[u8]) {
+    /// Journals `data`; on a write error (the host's disk is full) nothing is counted and the caller keeps
+    /// the bytes, unless `lose` says to count them anyway (a reader then sees the checksum not add up).
+    fn append(&mut self, i: usize, data: &[u8], lose: bool) -> io::Result<()> {
         let j = &mut self.journals[i];
         if let Some(f) = &j.file {
             if let Err(e) = f.write_all_at(data, j.written) {
-                // The host's disk is full: the bytes are lost, and a reader sees the checksum not add up.
-                eprintln!("hangar-agent: exec {}: journal write failed: {e}", self.id);
+                if !lose {
+                    return Err(e);
+                }
+                crate::log!("exec {}: {} bytes lost: journal write failed: {e}", self.id, data.len());
             }
         }
         j.crc.update(data);
         j.written += data.len() as u64;
         self.try_drop(i);
         self.publish();
+        Ok(())
     }
 
     fn publish(&self) {
@@ -600,7 +607,7 @@ pub(crate) fn refill_spare(state: &Shared) {
             }
             Ok(Err(e)) => {
                 // Execs still start, just without the head start; say so once.
-                eprintln!("hangar-agent: no spare exec helper ({e}); execs start directly");
+                crate::log!("no spare exec helper ({e}); execs start directly");
                 st.spare_broken = true;
             }
             Err(_) => st.spare_broken = true,
@@ -644,8 +651,28 @@ async fn pump(e: ExecRef, i: usize, src: AsyncFd<OwnedFd>, mut exited: watch::Re
         match got {
             // End of file, or EIO from a terminal whose last holder closed it.
             Ok(0) | Err(_) => break,
-            Ok(n) => e.borrow_mut().append(i, &buf[..n]),
+            Ok(n) => journal(&e, i, &buf[..n], &exited).await,
         }
+    }
+}
+
+/// Journals what the process wrote. While the journal cannot be written (the host's disk is full) the bytes
+/// are kept and the pipe is not read, so the command waits, as for a slow reader; the bytes are given up
+/// only [`WRITE_GIVE_UP`] after the process ended.
+async fn journal(e: &ExecRef, i: usize, data: &[u8], exited: &watch::Receiver<bool>) {
+    let mut delay = Duration::from_millis(10);
+    let mut ended_at: Option<Instant> = None;
+    loop {
+        let lose = ended_at.is_some_and(|t| t.elapsed() >= WRITE_GIVE_UP);
+        let Err(err) = e.borrow_mut().append(i, data, lose) else { return };
+        if delay == Duration::from_millis(10) {
+            crate::log!("exec {}: journal write failed, holding the command: {err}", e.borrow().id);
+        }
+        if *exited.borrow() {
+            ended_at.get_or_insert_with(Instant::now);
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_secs(1));
     }
 }
 

@@ -9,6 +9,16 @@
 //!
 //! It is not for policy: what a sandbox is, and its records, belong to the engine.
 
+/// Writes a line to the agent's log (its stderr). Never panics, unlike `eprintln!`: the log may live on a
+/// full disk, and losing a log line must not take an exec's output pump down with it.
+macro_rules! log {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), "hangar-agent: {}", format_args!($($arg)*));
+    }};
+}
+pub(crate) use log;
+
 mod execs;
 pub mod protocol;
 mod server;

@@ -33,7 +33,7 @@ pub fn run() -> ! {
     let code = match main_inner() {
         Ok(()) => 0,
         Err(e) => {
-            eprintln!("hangar-agent: {e}");
+            crate::log!("{e}");
             1
         }
     };
