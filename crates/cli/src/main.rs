@@ -10,6 +10,38 @@ use std::time::Duration;
 
 /// Exit code for failures of hangar itself (not of the command), as docker uses.
 const HANGAR_FAILED: u8 = 125;
+/// Exit code when standard output was closed by its reader (`hangar ls | head`): 128 + SIGPIPE, as a shell
+/// reports for any filter that SIGPIPE ended.
+const STDOUT_CLOSED: u8 = 128 + libc::SIGPIPE as u8;
+
+/// Standard output was closed by its reader: Hangar stops quietly, like any Unix filter.
+#[derive(Debug)]
+struct StdoutClosed;
+
+impl std::fmt::Display for StdoutClosed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("standard output was closed")
+    }
+}
+
+impl std::error::Error for StdoutClosed {}
+
+/// Classifies a failed write to standard output.
+fn stdout_error(e: std::io::Error) -> anyhow::Error {
+    match e.kind() {
+        std::io::ErrorKind::BrokenPipe => StdoutClosed.into(),
+        _ => anyhow::Error::new(e).context("write to standard output"),
+    }
+}
+
+/// `println!` that returns [`StdoutClosed`] (or another write error) instead of panicking.
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        writeln!(std::io::stdout(), $($arg)*).map_err(crate::stdout_error)?
+    }};
+}
+pub(crate) use outln;
 /// Default lifetime of the sandbox behind `hangar run` when no timeout is given.
 const RUN_LIFETIME: Duration = Duration::from_secs(24 * 3600);
 
@@ -270,6 +302,7 @@ fn main() -> ExitCode {
     };
     match rt.block_on(dispatch(cli.cmd)) {
         Ok(code) => ExitCode::from(code),
+        Err(e) if e.is::<StdoutClosed>() => ExitCode::from(STDOUT_CLOSED),
         Err(e) => {
             eprintln!("hangar: {e:#}");
             ExitCode::from(HANGAR_FAILED)
@@ -280,7 +313,7 @@ fn main() -> ExitCode {
 /// Prints one JSON object per line.
 fn json_lines<T: serde::Serialize>(items: &[T]) -> Result<u8> {
     for i in items {
-        println!("{}", serde_json::to_string(i)?);
+        outln!("{}", serde_json::to_string(i)?);
     }
     Ok(0)
 }
@@ -320,7 +353,7 @@ async fn dispatch(cmd: Cmd) -> Result<u8> {
             if let Some((program, args)) = command.split_first() {
                 b = b.command(program.clone()).args(args.iter().cloned());
             }
-            println!("{}", b.create().await?.id());
+            outln!("{}", b.create().await?.id());
             Ok(0)
         }
         Cmd::Exec { id, exec, detach, interactive, tty, merged, keep_running, command } => {
@@ -353,7 +386,7 @@ async fn dispatch(cmd: Cmd) -> Result<u8> {
             }
             let h = x.start().await?;
             if detach {
-                println!("{}", h.id());
+                outln!("{}", h.id());
                 return Ok(0);
             }
             follow(h, interactive, raw, timeout).await
@@ -368,14 +401,14 @@ async fn dispatch(cmd: Cmd) -> Result<u8> {
             if json {
                 return json_lines(&execs);
             }
-            println!("{:<24} {:<10} {:<14} {:>12} {:>12}  COMMAND", "EXEC", "STATE", "ENDING", "STDOUT", "STDERR");
+            outln!("{:<24} {:<10} {:<14} {:>12} {:>12}  COMMAND", "EXEC", "STATE", "ENDING", "STDOUT", "STDERR");
             for x in execs {
                 let (state, ending) = match &x.end {
                     None => ("running", "-".to_string()),
                     Some(e) => ("ended", ending_text(&e.ending)),
                 };
                 let state = if x.expired { "expired" } else { state };
-                println!(
+                outln!(
                     "{:<24} {:<10} {:<14} {:>12} {:>12}  {}",
                     x.id,
                     state,
@@ -413,7 +446,7 @@ async fn dispatch(cmd: Cmd) -> Result<u8> {
             if json {
                 return json_lines(&all);
             }
-            println!("{:<20} {:<11} {:<8} {:<6} {:<18} COMMAND", "ID", "STATE", "IMAGE", "EXIT", "ENDED BY");
+            outln!("{:<20} {:<11} {:<8} {:<6} {:<18} COMMAND", "ID", "STATE", "IMAGE", "EXIT", "ENDED BY");
             for i in all {
                 let exit = match (i.exit_code, i.exit_signal) {
                     (Some(c), _) => c.to_string(),
@@ -421,15 +454,7 @@ async fn dispatch(cmd: Cmd) -> Result<u8> {
                     _ => "-".into(),
                 };
                 let ended = i.end_reason.as_deref().unwrap_or("-");
-                println!(
-                    "{:<20} {:<11} {:<8} {:<6} {:<18} {}",
-                    i.id,
-                    i.state,
-                    i.image,
-                    exit,
-                    ended,
-                    i.command.join(" ")
-                );
+                outln!("{:<20} {:<11} {:<8} {:<6} {:<18} {}", i.id, i.state, i.image, exit, ended, i.command.join(" "));
             }
             Ok(0)
         }
@@ -438,14 +463,14 @@ async fn dispatch(cmd: Cmd) -> Result<u8> {
                 Duration::try_from_secs_f64(grace).map_err(|_| anyhow!("--grace {grace}: not a number of seconds"))?;
             for id in ids {
                 let info = Sandbox::from_id(&id).await?.stop_with_grace(grace).await?;
-                println!("{id} {}", info.state);
+                outln!("{id} {}", info.state);
             }
             Ok(0)
         }
         Cmd::Rm { ids } => {
             for id in ids {
                 Sandbox::from_id(&id).await?.delete().await?;
-                println!("{id}");
+                outln!("{id}");
             }
             Ok(0)
         }
@@ -526,7 +551,7 @@ async fn follow(mut h: ExecHandle, stdin: bool, raw: bool, timeout: Option<Durat
         match h.next_event().await? {
             Some(ExecEvent::Output { stream: OutputStream::Stdout, data, .. }) => {
                 let mut out = std::io::stdout().lock();
-                out.write_all(&data).and_then(|()| out.flush())?;
+                out.write_all(&data).and_then(|()| out.flush()).map_err(stdout_error)?;
             }
             Some(ExecEvent::Output { data, .. }) => std::io::stderr().lock().write_all(&data)?,
             Some(ExecEvent::Gap { stream, from, to }) => {
@@ -674,7 +699,7 @@ async fn images(cmd: ImagesCmd) -> Result<u8> {
     let engine = hangar_engine::Engine::open(hangar_engine::EngineConfig::from_env()?)?;
     if let ImagesCmd::Prune = cmd {
         let (layers, blobs) = engine.prune_images().await?;
-        println!("removed {layers} layers and {blobs} blobs");
+        outln!("removed {layers} layers and {blobs} blobs");
         return Ok(0);
     }
     let store = engine.images().clone();
@@ -682,14 +707,14 @@ async fn images(cmd: ImagesCmd) -> Result<u8> {
         match cmd {
             ImagesCmd::Import { archive } => {
                 for rec in store.import(&archive)? {
-                    println!("{} {}", rec.reference, rec.id);
+                    outln!("{} {}", rec.reference, rec.id);
                 }
             }
             ImagesCmd::Ls => {
-                println!("{:<50} {:<20} {:>6}  COMMAND", "REFERENCE", "ID", "LAYERS");
+                outln!("{:<50} {:<20} {:>6}  COMMAND", "REFERENCE", "ID", "LAYERS");
                 for rec in store.list()? {
                     let cmd: Vec<_> = rec.config.entrypoint.iter().chain(&rec.config.cmd).cloned().collect();
-                    println!(
+                    outln!(
                         "{:<50} {:<20} {:>6}  {}",
                         rec.reference,
                         &rec.id[..rec.id.len().min(19)],
@@ -710,12 +735,12 @@ async fn images(cmd: ImagesCmd) -> Result<u8> {
                         last = digest.to_string();
                     }
                 })?;
-                println!("{} {}", rec.reference, rec.id);
+                outln!("{} {}", rec.reference, rec.id);
             }
             ImagesCmd::Rm { references } => {
                 for r in references {
                     store.remove(&r)?;
-                    println!("{r}");
+                    outln!("{r}");
                 }
             }
         }

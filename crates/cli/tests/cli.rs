@@ -118,6 +118,30 @@ fn errors_are_one_clear_line_and_a_non_zero_exit() {
     assert!(text(&out.stderr).contains("timed out"));
 }
 
+/// `hangar run ... | head`: like any Unix filter, Hangar stops quietly with 128 + SIGPIPE when its reader
+/// goes, and the command in the sandbox is killed with it (its sandbox is stopped).
+#[test]
+fn a_closed_stdout_ends_quietly_like_a_filter() {
+    let mut child = hangar()
+        .args(["run", "--", "seq", "1", "100000123"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut first).unwrap();
+    assert_eq!(first, "1\n");
+    let out = child.wait_with_output().unwrap();
+    assert_eq!((out.status.code(), text(&out.stderr)), (Some(141), String::new()));
+    assert_eq!(host_processes_mentioning("100000123"), Vec::<i32>::new(), "the command dies with its reader");
+    // Listing to a closed pipe too (many lines, so that writes happen after the reader left).
+    let mut ls = hangar().args(["ls", "--json"]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    drop(ls.stdout.take());
+    let out = ls.wait_with_output().unwrap();
+    assert!(matches!(out.status.code(), Some(0 | 141)), "{:?} {}", out.status, text(&out.stderr));
+    assert_eq!(text(&out.stderr), "");
+}
+
 #[test]
 fn execs_detach_attach_list_kill_and_shell_from_the_command_line() {
     let sb = text(&run(&["create"]).stdout).trim().to_string();
