@@ -86,7 +86,8 @@ impl Table {
 }
 
 struct Journal {
-    /// `None` once the journal expired.
+    /// Open while the exec runs; `None` once it ended (readers open the files by path: an agent holding
+    /// two descriptors per retained exec would run out of them).
     file: Option<File>,
     written: u64,
     dropped_to: u64,
@@ -731,6 +732,9 @@ async fn supervise(
             },
         });
         ex.ended = Some(Instant::now());
+        for j in &mut ex.journals {
+            j.file = None;
+        }
         ex.stdin_open = false;
         ex.publish();
         ex.stdin.clone()
@@ -771,9 +775,6 @@ async fn retain(state: Shared, e: ExecRef) {
     }
     let mut ex = e.borrow_mut();
     ex.expired = true;
-    for j in &mut ex.journals {
-        j.file = None;
-    }
     remove_journal(&ex.journal);
     drop(ex);
     state.borrow_mut().table.forget_expired();

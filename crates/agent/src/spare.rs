@@ -37,29 +37,26 @@ pub(crate) struct Spare {
     pub cgroup: ExecCgroup,
 }
 
-/// Descriptor numbers the helper finds its cgroup's `cgroup.procs` files at.
-const PROCS_FD_BASE: RawFd = 100;
-
 /// Starts a helper and has it join `cgroup` (the helper writes itself into it once it runs, so the agent's
 /// command line, which names the sandbox, never shows on a process in the cgroup). Blocks for the cgroup
 /// migration: call off the agent's thread.
 pub(crate) fn prepare(cgroup: ExecCgroup) -> std::io::Result<Spare> {
     let (ours, theirs) = UnixStream::pair()?;
     let fds = cgroup.procs_fds();
-    if fds.iter().any(|&fd| fd >= PROCS_FD_BASE) {
-        return Err(std::io::Error::other("descriptor numbers too high for the helper's layout"));
-    }
+    // The helper finds its cgroup's `cgroup.procs` files at base, base + 1, ...: above every descriptor
+    // copied, so that no copy lands on a descriptor still to be copied (however many the agent holds).
+    let base = fds.iter().copied().max().unwrap_or(2) + 1;
     let mut cmd = Command::new("/proc/self/exe");
-    cmd.args([HELPER_ARG, &fds.len().to_string()])
+    cmd.args([HELPER_ARG, &base.to_string(), &fds.len().to_string()])
         .stdin(Stdio::from(OwnedFd::from(theirs)))
         .stdout(Stdio::null())
         .stderr(Stdio::null());
     // SAFETY: dup2 is async-signal-safe; `fds` is moved into the closure. The copies are inherited
-    // (dup2 clears close-on-exec) at PROCS_FD_BASE.., above every descriptor the agent holds.
+    // (dup2 clears close-on-exec) at base.., after the child's stdio is in place.
     unsafe {
         cmd.pre_exec(move || {
             for (i, &fd) in fds.iter().enumerate() {
-                if libc::dup2(fd, PROCS_FD_BASE + i as RawFd) < 0 {
+                if libc::dup2(fd, base + i as RawFd) < 0 {
                     return Err(std::io::Error::last_os_error());
                 }
             }
@@ -125,8 +122,12 @@ pub fn helper() -> ! {
     drop(stdin);
     let mut sock = UnixStream::from(sock);
     // Join the exec cgroup (the slow part a spare exists for), then say so.
-    let joins: RawFd = std::env::args().nth(2).and_then(|n| n.parse().ok()).unwrap_or(0);
-    for fd in PROCS_FD_BASE..PROCS_FD_BASE + joins {
+    let arg = |n: usize| -> RawFd { std::env::args().nth(n).and_then(|a| a.parse().ok()).unwrap_or(0) };
+    let (base, joins) = (arg(2), arg(3));
+    if base < 3 {
+        std::process::exit(126);
+    }
+    for fd in base..base + joins {
         // SAFETY: the agent placed these descriptors for us; we own and close them here.
         let mut procs = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) });
         if procs.write_all(b"0").is_err() {

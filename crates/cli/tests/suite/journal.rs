@@ -140,6 +140,42 @@ async fn each_exec_reports_its_wall_time_cpu_and_peak_memory() {
     sb.stop().await.unwrap();
 }
 
+/// Retained execs cost the agent no descriptors, and its spare exec helper keeps working however many
+/// execs came before (it once broke for good past ~45 retained execs, making every later exec ~10 ms slower).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_retained_execs_leave_the_agent_lean() {
+    let sb = sandbox().await;
+    sb.exec(["true"]).check(true).await.unwrap();
+    let agent = agent_pid(sb.id());
+    let fds = || std::fs::read_dir(format!("/proc/{agent}/fd")).unwrap().count();
+    let helper = || {
+        host_processes_mentioning("--exec-helper").into_iter().any(|p| {
+            let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).unwrap_or_default();
+            stat.rsplit(')').next().and_then(|r| r.split_whitespace().nth(1)?.parse::<i32>().ok()) == Some(agent)
+        })
+    };
+    let wait_for_helper = || async {
+        for _ in 0..100 {
+            if helper() {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        false
+    };
+    assert!(wait_for_helper().await, "a spare helper waits for the next exec");
+    let before = fds();
+    for i in 0..150 {
+        let r = sb.exec(["echo", &i.to_string()]).check(true).await.unwrap();
+        assert_eq!(r.stdout_text(), format!("{i}\n"));
+    }
+    assert_eq!(sb.execs().await.unwrap().len(), 151, "every exec is retained");
+    assert!(wait_for_helper().await, "after 150 more execs a spare helper still waits");
+    let after = fds();
+    assert!(after <= before + 4, "the agent's descriptors grew with retained execs: {before} → {after}");
+    sb.stop().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn attach_replays_from_any_offset_and_ids_make_retries_idempotent() {
     let sb = sandbox().await;
