@@ -43,6 +43,8 @@ const PIPE_SIZE: i32 = 1 << 20;
 const DRAIN_IDLE: Duration = Duration::from_millis(100);
 /// How long bytes that cannot be journaled are kept after their process ended, before they are given up.
 const WRITE_GIVE_UP: Duration = Duration::from_secs(30);
+/// After a spare helper could not be prepared, how long execs start directly before another is tried.
+const SPARE_RETRY: Duration = Duration::from_secs(5);
 /// Ended execs whose journal expired are forgotten beyond this many.
 const MAX_EXPIRED: usize = 1024;
 
@@ -382,10 +384,10 @@ pub(crate) fn start(state: &Shared, r: ExecRequest) -> Result<ExecRef, (ErrorKin
     }
     match spawn(state, &exec, &r, &cwd) {
         Ok(()) => {}
-        Err(reason) => {
+        Err((reason, missing)) => {
             let mut e = exec.borrow_mut();
             e.end = Some(ExecEnd {
-                ending: Ending::FailedToStart { reason },
+                ending: Ending::FailedToStart { reason, missing },
                 code: None,
                 signal: None,
                 bytes: [0, 0],
@@ -402,10 +404,15 @@ pub(crate) fn start(state: &Shared, r: ExecRequest) -> Result<ExecRef, (ErrorKin
 }
 
 /// Starts the process with its pipes (or terminal) and cgroup, and the tasks that journal and supervise it.
-fn spawn(state: &Shared, exec: &ExecRef, r: &ExecRequest, cwd: &std::path::Path) -> Result<(), String> {
+/// Starts the exec's process. On failure: why, and whether the program is missing or not executable (rather
+/// than the sandbox lacking room for it).
+fn spawn(state: &Shared, exec: &ExecRef, r: &ExecRequest, cwd: &std::path::Path) -> Result<(), (String, bool)> {
     let id = exec.borrow().id.clone();
-    let io_err = |what: &str, e: io::Error| format!("exec {id}: {what}: {e}");
-    let prog = &r.argv[0];
+    let io_err = |what: &str, e: io::Error| (format!("exec {id}: {what}: {e}"), false);
+    let start_err = |e: io::Error| {
+        let (kind, message) = spawn_error(&r.argv[0], &e);
+        (message, kind == ErrorKind::CommandNotFound)
+    };
     let (user, mut env) = {
         let st = state.borrow();
         (st.user, st.cfg.env.clone())
@@ -461,9 +468,9 @@ fn spawn(state: &Shared, exec: &ExecRef, r: &ExecRequest, cwd: &std::path::Path)
         Some(Ok(started)) => started,
         Some(Err(e)) => {
             refill_spare(state);
-            return Err(spawn_error(prog, &e).1);
+            return Err(start_err(e));
         }
-        None => spawn_directly(state, &id, &order, stdio.each_ref()).map_err(|e| spawn_error(prog, &e).1)?,
+        None => spawn_directly(state, &id, &order, stdio.each_ref()).map_err(start_err)?,
     };
     // Our copies of the child's ends must close now, or the pumps would never see end of file.
     drop(stdio);
@@ -586,7 +593,8 @@ fn spawn_directly(state: &Shared, id: &str, order: &Order, stdio: [&OwnedFd; 3])
 pub(crate) fn refill_spare(state: &Shared) {
     let cgroup = {
         let mut st = state.borrow_mut();
-        if st.spare.is_some() || st.spare_pending || st.spare_broken || st.stopping {
+        let resting = st.spare_failed.is_some_and(|t| t.elapsed() < SPARE_RETRY);
+        if st.spare.is_some() || st.spare_pending || resting || st.stopping {
             return;
         }
         st.spare_count += 1;
@@ -602,16 +610,21 @@ pub(crate) fn refill_spare(state: &Shared) {
         let mut st = state.borrow_mut();
         st.spare_pending = false;
         match made {
-            Ok(Ok(spare)) if !st.stopping => st.spare = Some(spare),
+            Ok(Ok(spare)) if !st.stopping => {
+                st.spare = Some(spare);
+                st.spare_failed = None;
+            }
             Ok(Ok(spare)) => {
                 let _ = kill(Pid::from_raw(spare.pid), Signal::SIGKILL);
             }
             Ok(Err(e)) => {
-                // Execs still start, just without the head start; say so once.
-                crate::log!("no spare exec helper ({e}); execs start directly");
-                st.spare_broken = true;
+                // Execs still start, just without the head start (a full pids limit, say); say so once a spell.
+                if st.spare_failed.is_none() {
+                    crate::log!("no spare exec helper ({e}); execs start directly for now");
+                }
+                st.spare_failed = Some(Instant::now());
             }
-            Err(_) => st.spare_broken = true,
+            Err(_) => st.spare_failed = Some(Instant::now()),
         }
     });
 }

@@ -166,6 +166,10 @@ pub enum Ending {
     FailedToStart {
         /// Why, naming the program.
         reason: String,
+        /// The program does not exist or cannot be executed; else the sandbox had no room for the process
+        /// (its pids limit, say).
+        #[serde(default)]
+        missing: bool,
     },
     /// The sandbox ended (or its agent died) before the exec did.
     SandboxGone,

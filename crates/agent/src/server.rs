@@ -153,7 +153,8 @@ pub(crate) struct State {
     /// A helper waiting to become the next exec (see `spare`).
     pub(crate) spare: Option<crate::spare::Spare>,
     pub(crate) spare_pending: bool,
-    pub(crate) spare_broken: bool,
+    /// When preparing a spare last failed (none is tried for a while after).
+    pub(crate) spare_failed: Option<std::time::Instant>,
     pub(crate) spare_count: u64,
 }
 
@@ -181,7 +182,7 @@ async fn serve(cfg: AgentConfig, main_pid: i32, user: Option<(u32, u32)>, table:
         table,
         spare: None,
         spare_pending: false,
-        spare_broken: false,
+        spare_failed: None,
         spare_count: 0,
     }));
     let main_exited = Rc::new(Notify::new());
@@ -354,6 +355,9 @@ pub(crate) fn spawn_error(prog: &str, e: &std::io::Error) -> (ErrorKind, String)
         std::io::ErrorKind::NotFound => (ErrorKind::CommandNotFound, format!("command not found: {prog}")),
         std::io::ErrorKind::PermissionDenied => {
             (ErrorKind::CommandNotFound, format!("permission denied: {prog} is not executable"))
+        }
+        _ if e.raw_os_error() == Some(libc::EAGAIN) => {
+            (ErrorKind::Other, format!("cannot start {prog}: the sandbox's process limit (pids) is reached"))
         }
         _ => (ErrorKind::Other, format!("cannot start {prog}: {e}")),
     }

@@ -577,7 +577,7 @@ async fn follow(mut h: ExecHandle, stdin: bool, raw: bool, timeout: Option<Durat
                         eprintln!("hangar: command killed by the OOM killer (sandbox memory limit)");
                         Ok(shell_code(-9))
                     }
-                    Ending::FailedToStart { reason } => bail!("{reason}"),
+                    Ending::FailedToStart { reason, .. } => bail!("{reason}"),
                     Ending::SandboxGone => bail!("sandbox {}: it ended while exec {} ran", h.sandbox_id(), h.id()),
                 };
             }

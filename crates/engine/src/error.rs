@@ -26,6 +26,14 @@ pub enum Error {
         /// What the agent said, naming the command.
         message: String,
     },
+    /// The program exists but its process could not be started (the sandbox's pids limit is full, say).
+    #[error("sandbox {id}: {message}")]
+    StartFailed {
+        /// Sandbox id.
+        id: String,
+        /// What the agent said, naming the command.
+        message: String,
+    },
     /// No exec with this id in the sandbox.
     #[error("sandbox {id}: exec {exec} not found")]
     ExecNotFound {

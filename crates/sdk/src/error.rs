@@ -54,6 +54,21 @@ pub enum Error {
         /// What failed, naming the command.
         message: String,
     },
+    /// The program exists, but the sandbox had no room to start it: its process limit (pids) is full, say.
+    /// Usually passes once other processes end.
+    ///
+    /// ```no_run
+    /// # async fn demo(sb: &hangar::Sandbox) {
+    /// if let Err(hangar::Error::StartFailed { message }) = sb.exec(["true"]).await {
+    ///     eprintln!("try again later: {message}");
+    /// }
+    /// # }
+    /// ```
+    #[error("{message}")]
+    StartFailed {
+        /// What failed, naming the command.
+        message: String,
+    },
     /// A file operation failed.
     #[error("{message}")]
     File {
@@ -173,6 +188,7 @@ impl From<hangar_engine::Error> for Error {
             E::NotRunning { id, state } => Error::NotRunning { id, state },
             E::InvalidArgument(m) => Error::InvalidArgument(m),
             E::CommandNotFound { message, .. } => Error::CommandNotFound { message },
+            E::StartFailed { message, .. } => Error::StartFailed { message },
             E::File { path, kind, message, .. } => Error::File { path, kind, message },
             E::Image(e) => Error::SandboxFailed { message: e.to_string() },
             e @ E::SandboxFailed { .. } => Error::SandboxFailed { message: e.to_string() },

@@ -558,7 +558,8 @@ pub(crate) async fn drive(
         return Err(Error::IncompleteOutput { command, result: Box::new(result), detail });
     }
     match &end.ending {
-        Ending::FailedToStart { reason } => Err(Error::CommandNotFound { message: reason.clone() }),
+        Ending::FailedToStart { reason, missing: true } => Err(Error::CommandNotFound { message: reason.clone() }),
+        Ending::FailedToStart { reason, missing: false } => Err(Error::StartFailed { message: reason.clone() }),
         Ending::SandboxGone => Err(Error::SandboxTerminated {
             id: h.sandbox_id().to_string(),
             detail: format!("the sandbox ended while exec {} ran", h.id()),

@@ -253,6 +253,7 @@ impl Remote {
             },
             Some("INVALID_ARGUMENT") => Error::InvalidArgument(message),
             Some("COMMAND_NOT_FOUND") => Error::CommandNotFound { message },
+            Some("START_FAILED") => Error::StartFailed { message },
             Some("FILE_NOT_FOUND") => file(crate::FileErrorKind::NotFound),
             Some("PERMISSION_DENIED") => file(crate::FileErrorKind::PermissionDenied),
             Some("IS_A_DIRECTORY") => file(crate::FileErrorKind::IsADirectory),
@@ -583,7 +584,9 @@ fn end_from_proto(x: &pb::Exit) -> ExecEnd {
         pb::ExitReason::TimedOut => Ending::TimedOut,
         pb::ExitReason::Cancelled => Ending::Cancelled,
         pb::ExitReason::OomKilled => Ending::OomKilled,
-        pb::ExitReason::FailedToStart => Ending::FailedToStart { reason: x.message.clone() },
+        pb::ExitReason::FailedToStart => {
+            Ending::FailedToStart { reason: x.message.clone(), missing: x.command_missing }
+        }
         pb::ExitReason::SandboxGone => Ending::SandboxGone,
         pb::ExitReason::Signaled => Ending::Signaled { signal: x.signal.unwrap_or(0) },
         _ => Ending::Exited { code: x.code.unwrap_or(0) },

@@ -145,7 +145,7 @@ pub(crate) fn exit_to_proto(x: &ExecEnd) -> pb::Exit {
         Ending::TimedOut => (pb::ExitReason::TimedOut, String::new()),
         Ending::Cancelled => (pb::ExitReason::Cancelled, String::new()),
         Ending::OomKilled => (pb::ExitReason::OomKilled, String::new()),
-        Ending::FailedToStart { reason } => (pb::ExitReason::FailedToStart, reason.clone()),
+        Ending::FailedToStart { reason, .. } => (pb::ExitReason::FailedToStart, reason.clone()),
         Ending::SandboxGone => (pb::ExitReason::SandboxGone, String::new()),
     };
     pb::Exit {
@@ -157,6 +157,7 @@ pub(crate) fn exit_to_proto(x: &ExecEnd) -> pb::Exit {
         stdout_crc32: x.crc32[0],
         stderr_crc32: x.crc32[1],
         message,
+        command_missing: matches!(x.ending, Ending::FailedToStart { missing: true, .. }),
         usage: Some(pb::Usage {
             wall_ms: x.usage.wall_ms,
             cpu_user_us: x.usage.cpu_user_us,
@@ -349,11 +350,12 @@ impl SandboxService for SandboxApi {
                     OutputStream::Stderr => resp.stderr_truncated = true,
                 },
                 ExecEvent::Exit(x) => {
-                    if let Ending::FailedToStart { reason } = &x.ending {
+                    if let Ending::FailedToStart { reason, missing } = &x.ending {
                         self.metrics.execs_failed_to_start.fetch_add(1, Relaxed);
-                        return Err(from_engine(hangar_engine::Error::CommandNotFound {
-                            id: r.sandbox_id.clone(),
-                            message: reason.clone(),
+                        let (id, message) = (r.sandbox_id.clone(), reason.clone());
+                        return Err(from_engine(match missing {
+                            true => hangar_engine::Error::CommandNotFound { id, message },
+                            false => hangar_engine::Error::StartFailed { id, message },
                         }));
                     }
                     resp.exit = Some(exit_to_proto(&x));

@@ -33,6 +33,7 @@ pub(crate) fn from_engine(e: Error) -> Status {
         Error::InvalidArgument(m) => with_reason(Status::invalid_argument(m), "INVALID_ARGUMENT"),
         Error::Image(_) => with_reason(Status::failed_precondition(msg), "SANDBOX_FAILED"),
         Error::CommandNotFound { .. } => with_reason(Status::failed_precondition(msg), "COMMAND_NOT_FOUND"),
+        Error::StartFailed { .. } => with_reason(Status::resource_exhausted(msg), "START_FAILED"),
         Error::File { kind, path, message, .. } => {
             let (code, reason) = match kind {
                 FileErrorKind::NotFound => (Code::NotFound, "FILE_NOT_FOUND"),

@@ -123,6 +123,21 @@ pub fn agent_pid(id: &str) -> i32 {
     agents[0]
 }
 
+/// Whether a spare exec helper of the agent `agent` is waiting, polling for up to 2 s.
+pub async fn spare_helper_waits(agent: i32) -> bool {
+    let parent_is_agent = |p: i32| {
+        let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).unwrap_or_default();
+        stat.rsplit(')').next().and_then(|r| r.split_whitespace().nth(1)?.parse::<i32>().ok()) == Some(agent)
+    };
+    for _ in 0..100 {
+        if host_processes_mentioning("--exec-helper").into_iter().any(parent_is_agent) {
+            return true;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    false
+}
+
 /// Everything a sandbox could leave on the host: processes, mounts, cgroups, directories.
 pub fn leftovers(id: &str) -> Vec<String> {
     let mut left = vec![];

@@ -102,7 +102,9 @@ async fn endings_are_typed() {
     let mut h = sb.exec(["no-such-program", "x"]).start().await.unwrap();
     match h.next_event().await.unwrap() {
         Some(ExecEvent::Exit(end)) => match end.ending {
-            Ending::FailedToStart { reason } => assert!(reason.contains("no-such-program"), "{reason}"),
+            Ending::FailedToStart { reason, missing } => {
+                assert!(missing && reason.contains("no-such-program"), "{reason}")
+            }
             other => panic!("{other:?}"),
         },
         other => panic!("{other:?}"),
@@ -148,29 +150,14 @@ async fn many_retained_execs_leave_the_agent_lean() {
     sb.exec(["true"]).check(true).await.unwrap();
     let agent = agent_pid(sb.id());
     let fds = || std::fs::read_dir(format!("/proc/{agent}/fd")).unwrap().count();
-    let helper = || {
-        host_processes_mentioning("--exec-helper").into_iter().any(|p| {
-            let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).unwrap_or_default();
-            stat.rsplit(')').next().and_then(|r| r.split_whitespace().nth(1)?.parse::<i32>().ok()) == Some(agent)
-        })
-    };
-    let wait_for_helper = || async {
-        for _ in 0..100 {
-            if helper() {
-                return true;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        false
-    };
-    assert!(wait_for_helper().await, "a spare helper waits for the next exec");
+    assert!(spare_helper_waits(agent).await, "a spare helper waits for the next exec");
     let before = fds();
     for i in 0..150 {
         let r = sb.exec(["echo", &i.to_string()]).check(true).await.unwrap();
         assert_eq!(r.stdout_text(), format!("{i}\n"));
     }
     assert_eq!(sb.execs().await.unwrap().len(), 151, "every exec is retained");
-    assert!(wait_for_helper().await, "after 150 more execs a spare helper still waits");
+    assert!(spare_helper_waits(agent).await, "after 150 more execs a spare helper still waits");
     let after = fds();
     assert!(after <= before + 4, "the agent's descriptors grew with retained execs: {before} → {after}");
     sb.stop().await.unwrap();
@@ -307,4 +294,46 @@ async fn disconnect_policies_and_retention() {
     assert!(sb.execs().await.unwrap().iter().any(|x| x.id == "kept" && x.expired));
     sb.stop().await.unwrap();
     assert_eq!(leftovers(sb.id()), Vec::<String>::new());
+}
+
+/// A full pids limit is a typed, named start failure (not "command not found"), and the sandbox works again
+/// once there is room.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_pids_limit_is_a_start_failure_and_passes() {
+    let sb = hangar::Sandbox::builder()
+        .client(&client())
+        .pids_limit(24)
+        .command("sleep")
+        .args(["infinity"])
+        .create()
+        .await
+        .unwrap();
+    sb.exec(["true"]).check(true).await.unwrap();
+    let fill = "import os, time\nwhile True:\n    try:\n        if os.fork() == 0:\n            time.sleep(1000)\n            os._exit(0)\n    except OSError:\n        break\nprint('full', flush=True)\ntime.sleep(1000)\n";
+    let mut hog = sb.exec(["python3", "-c", fill]).start().await.unwrap();
+    while let Some(ev) = hog.next_event().await.unwrap() {
+        if matches!(ev, hangar::ExecEvent::Output { ref data, .. } if data.starts_with(b"full")) {
+            break;
+        }
+    }
+    match sb.exec(["true"]).await {
+        Err(hangar::Error::StartFailed { message }) => {
+            assert!(message.contains("true") && message.contains("process limit"), "{message}")
+        }
+        other => panic!("expected StartFailed, got {other:?}"),
+    }
+    hog.kill().await.unwrap();
+    assert_eq!(hog.wait().await.unwrap().ending, Ending::Cancelled);
+    // Its orphans are reaped by the sandbox's init a moment later: retry, as a caller of StartFailed would.
+    let mut again = sb.exec(["echo", "room again"]).check(true).await;
+    for _ in 0..100 {
+        if !matches!(again, Err(Error::StartFailed { .. })) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        again = sb.exec(["echo", "room again"]).check(true).await;
+    }
+    assert_eq!(again.unwrap().stdout_text(), "room again\n");
+    assert!(spare_helper_waits(agent_pid(sb.id())).await, "and the spare exec helper is back");
+    sb.stop().await.unwrap();
 }
