@@ -112,25 +112,26 @@ pub fn host_processes_mentioning(needle: &str) -> Vec<i32> {
 
 /// The host pid of a sandbox's agent: the one process naming the sandbox whose parent does not (a child the
 /// agent is just forking still shows the agent's command line for a moment).
+/// The parent of a host process (0 when it is gone).
+pub fn parent_of(pid: i32) -> i32 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    stat.rsplit(')').next().and_then(|rest| rest.split_whitespace().nth(1)?.parse().ok()).unwrap_or(0)
+}
+
 pub fn agent_pid(id: &str) -> i32 {
     let named = host_processes_mentioning(id);
-    let parent = |pid: i32| -> i32 {
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-        stat.rsplit(')').next().and_then(|rest| rest.split_whitespace().nth(1)?.parse().ok()).unwrap_or(0)
-    };
-    let agents: Vec<i32> = named.iter().copied().filter(|&p| !named.contains(&parent(p))).collect();
+    let agents: Vec<i32> = named.iter().copied().filter(|&p| !named.contains(&parent_of(p))).collect();
     assert_eq!(agents.len(), 1, "exactly one agent names sandbox {id}: {agents:?} of {named:?}");
     agents[0]
 }
 
 /// Whether a spare exec helper of the agent `agent` is waiting, polling for up to 2 s.
 pub async fn spare_helper_waits(agent: i32) -> bool {
-    let parent_is_agent = |p: i32| {
-        let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).unwrap_or_default();
-        stat.rsplit(')').next().and_then(|r| r.split_whitespace().nth(1)?.parse::<i32>().ok()) == Some(agent)
-    };
+    // Ready once it sits in its exec cgroup (then the agent takes it on within moments).
+    let ready = |p: i32| std::fs::read_to_string(format!("/proc/{p}/cgroup")).is_ok_and(|c| c.contains("/exec-s"));
     for _ in 0..100 {
-        if host_processes_mentioning("--exec-helper").into_iter().any(parent_is_agent) {
+        if host_processes_mentioning("--exec-helper").into_iter().any(|p| parent_of(p) == agent && ready(p)) {
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
             return true;
         }
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
