@@ -43,20 +43,19 @@ pub(crate) struct Spare {
 pub(crate) fn prepare(cgroup: ExecCgroup) -> std::io::Result<Spare> {
     let (ours, theirs) = UnixStream::pair()?;
     let fds = cgroup.procs_fds();
-    // The helper finds its cgroup's `cgroup.procs` files at base, base + 1, ...: above every descriptor
-    // copied, so that no copy lands on a descriptor still to be copied (however many the agent holds).
-    let base = fds.iter().copied().max().unwrap_or(2) + 1;
+    // The helper inherits its cgroup's `cgroup.procs` descriptors under the same numbers (only its copies
+    // lose close-on-exec: the flag belongs to each process's descriptor table) and is told which they are.
+    let numbers: Vec<String> = fds.iter().map(|fd| fd.to_string()).collect();
     let mut cmd = Command::new("/proc/self/exe");
-    cmd.args([HELPER_ARG, &base.to_string(), &fds.len().to_string()])
+    cmd.args([HELPER_ARG, &numbers.join(",")])
         .stdin(Stdio::from(OwnedFd::from(theirs)))
         .stdout(Stdio::null())
         .stderr(Stdio::null());
-    // SAFETY: dup2 is async-signal-safe; `fds` is moved into the closure. The copies are inherited
-    // (dup2 clears close-on-exec) at base.., after the child's stdio is in place.
+    // SAFETY: fcntl is async-signal-safe; `fds` is moved into the closure and names descriptors we hold open.
     unsafe {
         cmd.pre_exec(move || {
-            for (i, &fd) in fds.iter().enumerate() {
-                if libc::dup2(fd, base + i as RawFd) < 0 {
+            for &fd in &fds {
+                if libc::fcntl(fd, libc::F_SETFD, 0) < 0 {
                     return Err(std::io::Error::last_os_error());
                 }
             }
@@ -122,13 +121,10 @@ pub fn helper() -> ! {
     drop(stdin);
     let mut sock = UnixStream::from(sock);
     // Join the exec cgroup (the slow part a spare exists for), then say so.
-    let arg = |n: usize| -> RawFd { std::env::args().nth(n).and_then(|a| a.parse().ok()).unwrap_or(0) };
-    let (base, joins) = (arg(2), arg(3));
-    if base < 3 {
-        std::process::exit(126);
-    }
-    for fd in base..base + joins {
-        // SAFETY: the agent placed these descriptors for us; we own and close them here.
+    let numbers = std::env::args().nth(2).unwrap_or_default();
+    for fd in numbers.split(',').filter(|n| !n.is_empty()) {
+        let Some(fd) = fd.parse::<RawFd>().ok().filter(|&fd| fd > 2) else { std::process::exit(126) };
+        // SAFETY: the agent left these descriptors open for us (and named them); we own and close them here.
         let mut procs = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) });
         if procs.write_all(b"0").is_err() {
             std::process::exit(126);
