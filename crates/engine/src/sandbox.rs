@@ -131,9 +131,12 @@ impl Engine {
             return Err(e);
         }
         // Held until the sandbox's mounts name the image's layers, so a concurrent prune cannot remove them.
-        let hold = match self.images.hold() {
-            Ok(hold) => hold,
-            Err(e) => return Err(self.fail_start(&id, e.into()).await),
+        // (Off the async threads: it waits while a prune runs.)
+        let images = self.images.clone();
+        let hold = match tokio::task::spawn_blocking(move || images.hold()).await {
+            Ok(Ok(hold)) => hold,
+            Ok(Err(e)) => return Err(self.fail_start(&id, e.into()).await),
+            Err(e) => return Err(self.fail_start(&id, Error::InvalidArgument(format!("image hold: {e}"))).await),
         };
         let resolved = self.resolve_image(&id, &c.image).await.and_then(|layout| {
             if c.command.is_empty() {
