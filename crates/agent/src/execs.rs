@@ -404,8 +404,8 @@ pub(crate) fn start(state: &Shared, r: ExecRequest) -> Result<ExecRef, (ErrorKin
 }
 
 /// Starts the process with its pipes (or terminal) and cgroup, and the tasks that journal and supervise it.
-/// Starts the exec's process. On failure: why, and whether the program is missing or not executable (rather
-/// than the sandbox lacking room for it).
+/// On failure: why, and whether the program is missing or not executable (rather than the sandbox lacking
+/// room for it).
 fn spawn(state: &Shared, exec: &ExecRef, r: &ExecRequest, cwd: &std::path::Path) -> Result<(), (String, bool)> {
     let id = exec.borrow().id.clone();
     let io_err = |what: &str, e: io::Error| (format!("exec {id}: {what}: {e}"), false);

@@ -118,6 +118,14 @@ pub enum FileErrorKind {
 }
 
 impl Error {
+    /// The error an exec of sandbox `id` that ended with `ending` stands for, when it never started:
+    /// [`Error::CommandNotFound`] for a missing or non-executable program, else [`Error::StartFailed`].
+    pub fn from_start_failure(id: &str, ending: &crate::Ending) -> Option<Self> {
+        let crate::Ending::FailedToStart { reason, missing } = ending else { return None };
+        let (id, message) = (id.to_string(), reason.clone());
+        Some(if *missing { Error::CommandNotFound { id, message } } else { Error::StartFailed { id, message } })
+    }
+
     pub(crate) fn io(op: &'static str, path: impl std::fmt::Display, source: std::io::Error) -> Self {
         Error::Io { op, path: path.to_string(), source }
     }

@@ -557,9 +557,10 @@ pub(crate) async fn drive(
         let detail = format!("dropped by the journal cap while no client was attached: {}", lost.join(", "));
         return Err(Error::IncompleteOutput { command, result: Box::new(result), detail });
     }
+    if let Some(e) = hangar_engine::Error::from_start_failure(h.sandbox_id(), &end.ending) {
+        return Err(e.into());
+    }
     match &end.ending {
-        Ending::FailedToStart { reason, missing: true } => Err(Error::CommandNotFound { message: reason.clone() }),
-        Ending::FailedToStart { reason, missing: false } => Err(Error::StartFailed { message: reason.clone() }),
         Ending::SandboxGone => Err(Error::SandboxTerminated {
             id: h.sandbox_id().to_string(),
             detail: format!("the sandbox ended while exec {} ran", h.id()),

@@ -350,13 +350,9 @@ impl SandboxService for SandboxApi {
                     OutputStream::Stderr => resp.stderr_truncated = true,
                 },
                 ExecEvent::Exit(x) => {
-                    if let Ending::FailedToStart { reason, missing } = &x.ending {
+                    if let Some(e) = hangar_engine::Error::from_start_failure(&r.sandbox_id, &x.ending) {
                         self.metrics.execs_failed_to_start.fetch_add(1, Relaxed);
-                        let (id, message) = (r.sandbox_id.clone(), reason.clone());
-                        return Err(from_engine(match missing {
-                            true => hangar_engine::Error::CommandNotFound { id, message },
-                            false => hangar_engine::Error::StartFailed { id, message },
-                        }));
+                        return Err(from_engine(e));
                     }
                     resp.exit = Some(exit_to_proto(&x));
                 }
