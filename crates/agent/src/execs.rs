@@ -9,8 +9,8 @@
 use crate::protocol::{
     Ending, ErrorKind, ExecEnd, ExecInfo, ExecRequest, OnDisconnect, Progress, Request, Response, Usage, WinSize,
 };
-use crate::server::{as_user, resolve, spawn_error, Shared, STATE_DIR_FD};
-use crate::spare::{self, Order, Spare};
+use crate::server::{spawn_error, Shared, STATE_DIR_FD};
+use crate::spare::{self, Handover, Order, Spare};
 use crate::wire::Conn;
 use hangar_runtime::cgroups::ExecCgroup;
 use nix::sys::signal::{kill, Signal};
@@ -22,8 +22,6 @@ use std::fs::File;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::FileExt;
-use std::os::unix::process::CommandExt;
-use std::process::{Command, Stdio};
 use std::rc::Rc;
 use std::time::{Duration, Instant, SystemTime};
 use tokio::io::unix::AsyncFd;
@@ -303,7 +301,8 @@ impl Exec {
     }
 }
 
-fn validate(state: &Shared, r: &ExecRequest) -> Result<std::path::PathBuf, (ErrorKind, String)> {
+/// Checks the request; the working directory it names, resolved inside the sandbox.
+fn validate(state: &Shared, r: &ExecRequest) -> Result<OwnedFd, (ErrorKind, String)> {
     let st = state.borrow();
     if st.stopping {
         return Err(err(ErrorKind::Stopping, "the sandbox is stopping"));
@@ -319,11 +318,7 @@ fn validate(state: &Shared, r: &ExecRequest) -> Result<std::path::PathBuf, (Erro
     if r.tty.is_some() && r.merged {
         return Err(err(ErrorKind::InvalidArgument, "tty and merged are exclusive (a terminal is one stream)"));
     }
-    let cwd = resolve(&st.cfg.workdir, r.cwd.as_deref().unwrap_or(&st.cfg.workdir));
-    if !cwd.is_dir() {
-        return Err(err(ErrorKind::NotFound, format!("working directory {} does not exist", cwd.display())));
-    }
-    Ok(cwd)
+    st.root.open_dir(r.cwd.as_deref().unwrap_or(&st.cfg.workdir))
 }
 
 /// The exec `r` names, started now, or the existing one when its id is taken by the same command.
@@ -406,7 +401,7 @@ pub(crate) fn start(state: &Shared, r: ExecRequest) -> Result<ExecRef, (ErrorKin
 /// Starts the process with its pipes (or terminal) and cgroup, and the tasks that journal and supervise it.
 /// On failure: why, and whether the program is missing or not executable (rather than the sandbox lacking
 /// room for it).
-fn spawn(state: &Shared, exec: &ExecRef, r: &ExecRequest, cwd: &std::path::Path) -> Result<(), (String, bool)> {
+fn spawn(state: &Shared, exec: &ExecRef, r: &ExecRequest, cwd: &OwnedFd) -> Result<(), (String, bool)> {
     let id = exec.borrow().id.clone();
     let io_err = |what: &str, e: io::Error| (format!("exec {id}: {what}: {e}"), false);
     let start_err = |e: io::Error| {
@@ -458,19 +453,29 @@ fn spawn(state: &Shared, exec: &ExecRef, r: &ExecRequest, cwd: &std::path::Path)
         };
         [stdin, out_w, err_w]
     };
-    let order = Order { argv: r.argv.clone(), env, cwd: cwd.display().to_string(), user, tty: r.tty.is_some() };
+    let order = Order { argv: r.argv.clone(), env, user, tty: r.tty.is_some() };
+    let with = || Handover { stdio: stdio.each_ref(), cwd };
     let spare = state.borrow_mut().spare.take();
     let started = match spare {
-        Some(spare) => give_to_spare(state, spare, &order, &stdio),
+        Some(spare) => give_to_helper(state, spare, &order, with()),
         None => None,
     };
+    let started = match started {
+        Some(started) => started,
+        // No spare (or it was unusable): one made now, paying the cgroup migration on this exec's path.
+        None => {
+            let cgroup = state.borrow().table.cgroups.create_exec(&format!("exec-{id}")).ok();
+            let helper = spare::prepare(cgroup).map_err(start_err)?;
+            give_to_helper(state, helper, &order, with())
+                .unwrap_or_else(|| Err(io::Error::other("the exec helper died before it took its command")))
+        }
+    };
     let (pid, exit_rx, cgroup) = match started {
-        Some(Ok(started)) => started,
-        Some(Err(e)) => {
+        Ok(started) => started,
+        Err(e) => {
             refill_spare(state);
             return Err(start_err(e));
         }
-        None => spawn_directly(state, &id, &order, stdio.each_ref()).map_err(start_err)?,
     };
     // Our copies of the child's ends must close now, or the pumps would never see end of file.
     drop(stdio);
@@ -517,74 +522,23 @@ fn expect_exit(state: &Shared, pid: i32) -> oneshot::Receiver<WaitStatus> {
     rx
 }
 
-/// Hands the order to the waiting spare. `None` when the spare turned out unusable (start directly
-/// instead); `Some(Err)` when the command cannot be executed.
-fn give_to_spare(state: &Shared, mut spare: Spare, order: &Order, stdio: &[OwnedFd; 3]) -> Option<io::Result<Started>> {
-    let exit_rx = expect_exit(state, spare.pid);
-    match spare.order(order, stdio.each_ref()) {
-        Ok(Ok(())) => Some(Ok((spare.pid, exit_rx, Some(spare.cgroup)))),
+/// Hands the order to a waiting helper. `None` when the helper turned out unusable; `Some(Err)` when the
+/// command cannot be executed.
+fn give_to_helper(state: &Shared, mut helper: Spare, order: &Order, with: Handover<'_>) -> Option<io::Result<Started>> {
+    let exit_rx = expect_exit(state, helper.pid);
+    match helper.order(order, with) {
+        Ok(Ok(())) => Some(Ok((helper.pid, exit_rx, helper.cgroup))),
         failed => {
             // The helper exits (or has died); the reaper collects it as an orphan.
-            state.borrow_mut().waiters.remove(&spare.pid);
-            let _ = kill(Pid::from_raw(spare.pid), Signal::SIGKILL);
-            let cg = spare.cgroup;
-            tokio::task::spawn_blocking(move || cg.remove(Duration::from_millis(500)));
+            state.borrow_mut().waiters.remove(&helper.pid);
+            let _ = kill(Pid::from_raw(helper.pid), Signal::SIGKILL);
+            if let Some(cg) = helper.cgroup {
+                tokio::task::spawn_blocking(move || cg.remove(Duration::from_millis(500)));
+            }
             match failed {
                 Ok(Err(e)) => Some(Err(e)),
                 _ => None,
             }
-        }
-    }
-}
-
-/// Starts the command from the agent itself, moving it into a new exec cgroup on the way (the slow path a
-/// spare saves).
-fn spawn_directly(state: &Shared, id: &str, order: &Order, stdio: [&OwnedFd; 3]) -> io::Result<Started> {
-    let (prog, args) = order.argv.split_first().expect("validated non-empty");
-    let mut cmd = Command::new(prog);
-    as_user(&mut cmd, order.user);
-    cmd.args(args).env_clear().envs(order.env.iter().map(|(k, v)| (k, v))).current_dir(&order.cwd);
-    let [i, o, e] = stdio.map(|f| f.try_clone().map(Stdio::from));
-    cmd.stdin(i?).stdout(o?).stderr(e?);
-    if order.tty {
-        // SAFETY: setsid and ioctl are async-signal-safe; the closure touches no memory of the parent.
-        unsafe {
-            cmd.pre_exec(|| {
-                nix::unistd::setsid().map_err(io::Error::from)?;
-                if libc::ioctl(0, libc::TIOCSCTTY as _, 0) < 0 {
-                    return Err(io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-    } else {
-        cmd.process_group(0);
-    }
-    let cgroup = state.borrow().table.cgroups.create_exec(&format!("exec-{id}")).ok();
-    if let Some(cg) = &cgroup {
-        let fds = cg.procs_fds();
-        // SAFETY: write(2) on descriptors we own is async-signal-safe; `fds` is moved into the closure.
-        unsafe {
-            cmd.pre_exec(move || {
-                for &fd in &fds {
-                    if libc::write(fd, b"0".as_ptr().cast(), 1) < 0 {
-                        return Err(io::Error::last_os_error());
-                    }
-                }
-                Ok(())
-            });
-        }
-    }
-    match cmd.spawn() {
-        Ok(child) => {
-            let pid = child.id() as i32;
-            Ok((pid, expect_exit(state, pid), cgroup))
-        }
-        Err(e) => {
-            if let Some(cg) = cgroup {
-                tokio::task::spawn_blocking(move || cg.remove(Duration::from_millis(500)));
-            }
-            Err(e)
         }
     }
 }
@@ -606,7 +560,7 @@ pub(crate) fn refill_spare(state: &Shared) {
     state.borrow_mut().spare_pending = true;
     let state = state.clone();
     tokio::task::spawn_local(async move {
-        let made = tokio::task::spawn_blocking(move || spare::prepare(cgroup)).await;
+        let made = tokio::task::spawn_blocking(move || spare::prepare(Some(cgroup))).await;
         let mut st = state.borrow_mut();
         st.spare_pending = false;
         match made {

@@ -19,6 +19,7 @@ macro_rules! log {
 }
 pub(crate) use log;
 
+mod confined;
 mod execs;
 pub mod protocol;
 mod server;

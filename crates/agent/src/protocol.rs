@@ -316,6 +316,10 @@ pub enum ErrorKind {
     ExecExpired,
     /// An exec id was reused for a different command.
     ExecConflict,
+    /// The path is a FIFO, socket or device: only regular files are read or written.
+    NotARegularFile,
+    /// The path leads outside the sandbox (through a `/proc` magic link): refused.
+    NotAllowed,
     /// Anything else.
     Other,
 }

@@ -1,7 +1,9 @@
 //! The agent's life: build the sandbox, start the main command, serve the engine, reap, stop.
 
+use crate::confined::SandboxRoot;
 use crate::execs::Table;
 use crate::protocol::{AgentConfig, EndReason, EndRecord, ErrorKind, Request, Response, END_RECORD_FILE};
+use crate::spare::{Handover, Order};
 use crate::wire::Conn;
 use nix::sys::signal::{kill, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
@@ -11,9 +13,6 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::io::{Read, Write};
 use std::os::fd::{AsFd, FromRawFd};
-use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::rc::Rc;
 use std::time::Duration;
 use tokio::net::UnixListener;
@@ -23,9 +22,11 @@ use tokio::sync::{oneshot, Notify};
 const LISTENER_FD: i32 = 3;
 const STATUS_FD: i32 = 4;
 pub(crate) const STATE_DIR_FD: i32 = 5;
+const CONFIG_FD: i32 = 6;
 const CHUNK: usize = 256 * 1024;
 
-/// Entry point of the `hangar-agent` binary: `hangar-agent CONFIG.json`. Never returns.
+/// Entry point of the `hangar-agent` binary, as started by `hangar_runtime::spawn_agent` (its configuration on
+/// descriptor 6). Never returns.
 pub fn run() -> ! {
     if std::env::args().nth(1).as_deref() == Some(crate::spare::HELPER_ARG) {
         crate::spare::helper();
@@ -46,17 +47,20 @@ fn main_inner() -> Result<(), String> {
         // SAFETY: the runtime placed these descriptors; we only borrow them to set a flag.
         set_cloexec(&unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) });
     }
-    let path = std::env::args().nth(1).ok_or("usage: hangar-agent CONFIG.json")?;
-    let cfg: AgentConfig = std::fs::read(&path)
-        .map_err(|e| format!("read {path}: {e}"))
-        .and_then(|b| serde_json::from_slice(&b).map_err(|e| format!("parse {path}: {e}")))?;
+    // SAFETY: the runtime placed the configuration file at this number; nothing else owns it.
+    let mut config = unsafe { File::from_raw_fd(CONFIG_FD) };
+    let mut body = Vec::new();
+    config.read_to_end(&mut body).map_err(|e| format!("read the configuration: {e}"))?;
+    drop(config);
+    let cfg: AgentConfig = serde_json::from_slice(&body).map_err(|e| format!("parse the configuration: {e}"))?;
     // SAFETY: the runtime placed the write end of the status pipe at this number; nothing else owns it.
     let mut status = unsafe { File::from_raw_fd(STATUS_FD) };
     let started = hangar_runtime::enter(&cfg.sandbox).map_err(|e| e.to_string()).and_then(|cgroups| {
+        let root = SandboxRoot::open(&cfg.workdir).map_err(|e| format!("open the sandbox's root: {e}"))?;
         let user = resolve_user(&cfg.user)?;
-        spawn_main(&cfg, user).map(|pid| (pid, user, cgroups))
+        spawn_main(&cfg, &root, user).map(|pid| (pid, user, cgroups, root))
     });
-    let (main_pid, user, cgroups) = match started {
+    let (main_pid, user, cgroups, root) = match started {
         Ok(started) => started,
         Err(e) => {
             let _ = writeln!(status, "error: {e}");
@@ -66,7 +70,7 @@ fn main_inner() -> Result<(), String> {
     let _ = writeln!(status, "ok {main_pid}");
     drop(status);
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| format!("tokio: {e}"))?;
-    let served = rt.block_on(serve(cfg, main_pid, user, Table::new(cgroups)));
+    let served = rt.block_on(serve(cfg, root, main_pid, user, Table::new(cgroups)));
     // A blocking task (a spare being prepared) must not hold up the agent's exit.
     rt.shutdown_background();
     served
@@ -115,33 +119,25 @@ fn lookup_by_uid(uid: u32) -> Option<u32> {
     })
 }
 
-/// Runs `cmd` as the image's user, when it names one (std drops supplementary groups with the uid).
-pub(crate) fn as_user(cmd: &mut Command, user: Option<(u32, u32)>) -> &mut Command {
-    if let Some((uid, gid)) = user {
-        cmd.uid(uid).gid(gid);
+/// Starts the main command through a helper, like every process of the sandbox (see `spare`).
+fn spawn_main(cfg: &AgentConfig, root: &SandboxRoot, user: Option<(u32, u32)>) -> Result<i32, String> {
+    let prog = cfg.main.first().ok_or("the sandbox's command is empty")?;
+    let cwd = root.open_dir(&cfg.workdir).map_err(|(_, m)| m)?;
+    let null = File::options().read(true).write(true).open("/dev/null").map_err(|e| format!("/dev/null: {e}"))?;
+    let null = std::os::fd::OwnedFd::from(null);
+    let order = Order { argv: cfg.main.clone(), env: cfg.env.clone(), user, tty: false };
+    let mut helper = crate::spare::prepare(None).map_err(|e| format!("cannot start {prog}: {e}"))?;
+    match helper.order(&order, Handover { stdio: [&null, &null, &null], cwd: &cwd }) {
+        Ok(Ok(())) => Ok(helper.pid),
+        Ok(Err(e)) => Err(spawn_error(prog, &e).1),
+        Err(e) => Err(format!("cannot start {prog}: {e}")),
     }
-    cmd
-}
-
-fn spawn_main(cfg: &AgentConfig, user: Option<(u32, u32)>) -> Result<i32, String> {
-    let argv = &cfg.main;
-    let (prog, args) = argv.split_first().ok_or("the sandbox's command is empty")?;
-    let child = as_user(&mut Command::new(prog), user)
-        .args(args)
-        .env_clear()
-        .envs(cfg.env.iter().map(|(k, v)| (k, v)))
-        .current_dir(&cfg.workdir)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .process_group(0)
-        .spawn()
-        .map_err(|e| spawn_error(prog, &e).1)?;
-    Ok(child.id() as i32)
 }
 
 pub(crate) struct State {
     pub(crate) cfg: AgentConfig,
+    /// Where every path a user gives is resolved.
+    pub(crate) root: SandboxRoot,
     pub(crate) user: Option<(u32, u32)>,
     main_pid: i32,
     /// Exec processes waiting for their exit status, by pid.
@@ -160,7 +156,13 @@ pub(crate) struct State {
 
 pub(crate) type Shared = Rc<RefCell<State>>;
 
-async fn serve(cfg: AgentConfig, main_pid: i32, user: Option<(u32, u32)>, table: Table) -> Result<(), String> {
+async fn serve(
+    cfg: AgentConfig,
+    root: SandboxRoot,
+    main_pid: i32,
+    user: Option<(u32, u32)>,
+    table: Table,
+) -> Result<(), String> {
     // SAFETY: the runtime placed the listening control socket at this number; nothing else owns it.
     let std_listener = unsafe { std::os::unix::net::UnixListener::from_raw_fd(LISTENER_FD) };
     std_listener.set_nonblocking(true).map_err(|e| format!("listener: {e}"))?;
@@ -171,8 +173,10 @@ async fn serve(cfg: AgentConfig, main_pid: i32, user: Option<(u32, u32)>, table:
         tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).map_err(|e| e.to_string())?;
     let lifetime = Duration::from_millis(cfg.lifetime_ms);
     let grace = Duration::from_millis(cfg.stop_grace_ms);
+    watchdog(lifetime + grace + WATCHDOG_SLACK);
     let state: Shared = Rc::new(RefCell::new(State {
         cfg,
+        root,
         user,
         main_pid,
         waiters: HashMap::new(),
@@ -219,6 +223,26 @@ async fn serve(cfg: AgentConfig, main_pid: i32, user: Option<(u32, u32)>, table:
             }
         })
         .await
+}
+
+/// How long after the lifetime and grace the watchdog waits for the normal shutdown before it acts.
+const WATCHDOG_SLACK: Duration = Duration::from_secs(5);
+
+/// A thread of its own that ends the sandbox at `deadline` even when the event loop is stuck (a file
+/// operation blocked in the kernel, a bug): whatever the workload does, the lifetime holds. The normal
+/// shutdown ends the process long before; this only ever fires on a wedged agent.
+fn watchdog(deadline: Duration) {
+    let spawned = std::thread::Builder::new().name("watchdog".into()).spawn(move || {
+        std::thread::sleep(deadline);
+        crate::log!("the lifetime passed and the agent did not shut down: killing the sandbox");
+        let _ = kill(Pid::from_raw(-1), Signal::SIGKILL);
+        record_end(&EndRecord { reason: EndReason::LifetimeExceeded, code: None, signal: Some(libc::SIGKILL) });
+        // SAFETY: _exit ends the process at once; nothing of ours needs unwinding or flushing.
+        unsafe { libc::_exit(0) }
+    });
+    if let Err(e) = spawned {
+        crate::log!("no watchdog thread ({e}); the lifetime relies on the event loop alone");
+    }
 }
 
 fn set_cloexec(fd: &impl AsFd) {
@@ -363,10 +387,6 @@ pub(crate) fn spawn_error(prog: &str, e: &std::io::Error) -> (ErrorKind, String)
     }
 }
 
-pub(crate) fn resolve(workdir: &str, path: &str) -> PathBuf {
-    Path::new(workdir).join(path)
-}
-
 fn file_error(path: &str, e: &std::io::Error) -> Response {
     let kind = match e.kind() {
         std::io::ErrorKind::NotFound => ErrorKind::NotFound,
@@ -378,18 +398,11 @@ fn file_error(path: &str, e: &std::io::Error) -> Response {
 }
 
 async fn read_file(state: &Shared, conn: Conn, path: &str) {
-    let full = resolve(&state.borrow().cfg.workdir, path);
-    let opened = File::open(&full).and_then(|f| {
-        let md = f.metadata()?;
-        if md.is_dir() {
-            return Err(std::io::Error::from(std::io::ErrorKind::IsADirectory));
-        }
-        Ok((f, md.len()))
-    });
+    let opened = state.borrow().root.open_read(path);
     let (mut file, len) = match opened {
         Ok(x) => x,
-        Err(e) => {
-            let _ = conn.send(&file_error(path, &e)).await;
+        Err((kind, message)) => {
+            let _ = conn.send(&err(kind, message)).await;
             return;
         }
     };
@@ -415,22 +428,12 @@ async fn read_file(state: &Shared, conn: Conn, path: &str) {
 }
 
 async fn write_file(state: &Shared, conn: &mut Conn, path: &str, len: u64, mode: u32) -> Response {
-    use std::os::unix::fs::OpenOptionsExt;
-    let full = resolve(&state.borrow().cfg.workdir, path);
-    let opened = (|| {
-        if let Some(parent) = full.parent() {
-            std::fs::create_dir_all(parent)?;
-        }
-        if full.is_dir() {
-            return Err(std::io::Error::from(std::io::ErrorKind::IsADirectory));
-        }
-        std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(mode).open(&full)
-    })();
+    let opened = state.borrow().root.open_write(path, mode);
     let mut failure = None;
     let mut file = match opened {
         Ok(f) => Some(f),
-        Err(e) => {
-            failure = Some(file_error(path, &e));
+        Err((kind, message)) => {
+            failure = Some(err(kind, message));
             None
         }
     };

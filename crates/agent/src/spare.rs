@@ -7,6 +7,13 @@
 //! hands it argv, environment, working directory, user and its stdio descriptors; the helper becomes the
 //! command with `execve` (so the exec's pid is the helper's). Then the agent prepares the next spare off the
 //! exec's path.
+//!
+//! Every process of the sandbox starts this way, the main command and execs alike, also when no spare is
+//! waiting (one is then made on the spot): the helper is a fresh image of the agent's binary that inherited
+//! none of the agent's host-side descriptors, it is not dumpable until it becomes the command (so no sandbox
+//! process can trace it or open its `/proc/PID/exe`, which is the host's agent binary), its working directory
+//! is a descriptor the agent resolved inside the sandbox (`fchdir`, never a path looked up again), and it
+//! closes every descriptor but the command's stdio on the way.
 
 use hangar_runtime::cgroups::ExecCgroup;
 use serde::{Deserialize, Serialize};
@@ -24,7 +31,6 @@ pub const HELPER_ARG: &str = "--exec-helper";
 pub(crate) struct Order {
     pub argv: Vec<String>,
     pub env: Vec<(String, String)>,
-    pub cwd: String,
     pub user: Option<(u32, u32)>,
     /// Start a session with the terminal on stdin as its controlling terminal (else: a process group).
     pub tty: bool,
@@ -34,15 +40,21 @@ pub(crate) struct Order {
 pub(crate) struct Spare {
     pub pid: i32,
     sock: UnixStream,
-    pub cgroup: ExecCgroup,
+    pub cgroup: Option<ExecCgroup>,
 }
 
-/// Starts a helper and has it join `cgroup` (the helper writes itself into it once it runs, so the agent's
-/// command line, which names the sandbox, never shows on a process in the cgroup). Blocks for the cgroup
-/// migration: call off the agent's thread.
-pub(crate) fn prepare(cgroup: ExecCgroup) -> std::io::Result<Spare> {
+/// What the helper is handed besides its order: the command's stdin, stdout, stderr and working directory.
+pub(crate) struct Handover<'a> {
+    pub stdio: [&'a OwnedFd; 3],
+    pub cwd: &'a OwnedFd,
+}
+
+/// Starts a helper and has it join `cgroup` if given (the helper writes itself into it once it runs, so the
+/// agent's command line never shows on a process in the cgroup). Blocks for the cgroup migration: call off
+/// the agent's thread when there is time to.
+pub(crate) fn prepare(cgroup: Option<ExecCgroup>) -> std::io::Result<Spare> {
     let (ours, theirs) = UnixStream::pair()?;
-    let fds = cgroup.procs_fds();
+    let fds = cgroup.as_ref().map(|c| c.procs_fds()).unwrap_or_default();
     // The helper inherits its cgroup's `cgroup.procs` descriptors under the same numbers (only its copies
     // lose close-on-exec: the flag belongs to each process's descriptor table) and is told which they are.
     let numbers: Vec<String> = fds.iter().map(|fd| fd.to_string()).collect();
@@ -74,9 +86,9 @@ pub(crate) fn prepare(cgroup: ExecCgroup) -> std::io::Result<Spare> {
 impl Spare {
     /// Hands the helper its command and stdio. `Ok(Ok(()))` once it has become the command; `Ok(Err(why))`
     /// when the command could not be executed (the helper then exits 127); `Err` when the helper is unusable.
-    pub(crate) fn order(&mut self, order: &Order, stdio: [&OwnedFd; 3]) -> std::io::Result<Result<(), std::io::Error>> {
+    pub(crate) fn order(&mut self, order: &Order, with: Handover<'_>) -> std::io::Result<Result<(), std::io::Error>> {
         let body = serde_json::to_vec(order)?;
-        let raw: Vec<RawFd> = stdio.iter().map(|f| f.as_raw_fd()).collect();
+        let raw: Vec<RawFd> = with.stdio.iter().chain([&with.cwd]).map(|f| f.as_raw_fd()).collect();
         let mut frame = (body.len() as u32).to_le_bytes().to_vec();
         frame.extend_from_slice(&body);
         let cmsg = [nix::sys::socket::ControlMessage::ScmRights(&raw)];
@@ -110,6 +122,11 @@ impl Spare {
 
 /// Helper mode: wait for an order on stdin (a socket), become the command. Never returns.
 pub fn helper() -> ! {
+    // Until the exec, this process runs the host's agent binary: nobody in the sandbox may trace it or open
+    // its /proc entries (execve of the command makes the command dumpable again, as usual).
+    if nix::sys::prctl::set_dumpable(false).is_err() {
+        std::process::exit(126);
+    }
     // SAFETY: the agent gave us the socket as stdin; nothing else in this fresh process owns fd 0.
     let stdin = unsafe { OwnedFd::from_raw_fd(0) };
     // Keep the socket off fd 0 (the command's stdin goes there) and close it on exec.
@@ -137,7 +154,7 @@ pub fn helper() -> ! {
         Ok(x) => x,
         Err(_) => std::process::exit(126),
     };
-    let [stdin, stdout, stderr]: [OwnedFd; 3] = match fds.try_into() {
+    let [stdin, stdout, stderr, cwd]: [OwnedFd; 4] = match fds.try_into() {
         Ok(f) => f,
         Err(_) => std::process::exit(126),
     };
@@ -146,12 +163,25 @@ pub fn helper() -> ! {
     cmd.args(args)
         .env_clear()
         .envs(order.env.iter().map(|(k, v)| (k, v)))
-        .current_dir(&order.cwd)
         .stdin(Stdio::from(stdin))
         .stdout(Stdio::from(stdout))
         .stderr(Stdio::from(stderr));
     if let Some((uid, gid)) = order.user {
         cmd.uid(uid).gid(gid);
+    }
+    let cwd_fd = cwd.as_raw_fd();
+    // SAFETY: fchdir and close_range are async-signal-safe; `cwd` stays open until the exec closes it.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::fchdir(cwd_fd) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // Nothing but stdio survives the exec (std's own error pipe is close-on-exec already).
+            if hangar_runtime::cloexec_descriptors_from(3) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
     }
     if order.tty {
         // SAFETY: setsid and ioctl are async-signal-safe; the closure touches no memory of the parent.
@@ -183,7 +213,7 @@ fn receive(sock: &UnixStream) -> std::io::Result<(Order, Vec<OwnedFd>)> {
     let mut fds = Vec::new();
     loop {
         let mut iov = [std::io::IoSliceMut::new(&mut buf[got..])];
-        let mut space = nix::cmsg_space!([RawFd; 3]);
+        let mut space = nix::cmsg_space!([RawFd; 4]);
         let msg = nix::sys::socket::recvmsg::<()>(
             sock.as_fd().as_raw_fd(),
             &mut iov,

@@ -113,8 +113,36 @@ pub enum FileErrorKind {
     PermissionDenied,
     /// The path is a directory.
     IsADirectory,
+    /// The path is a FIFO, socket or device: only regular files are read or written.
+    NotARegularFile,
+    /// The path leads outside the sandbox (through a `/proc` link to a process's files): refused.
+    NotAllowed,
+    /// The file is larger than the transfer limit.
+    TooLarge,
     /// Anything else.
     Other,
+}
+
+impl FileErrorKind {
+    const REASONS: [(FileErrorKind, &'static str); 7] = [
+        (FileErrorKind::NotFound, "FILE_NOT_FOUND"),
+        (FileErrorKind::PermissionDenied, "PERMISSION_DENIED"),
+        (FileErrorKind::IsADirectory, "IS_A_DIRECTORY"),
+        (FileErrorKind::NotARegularFile, "NOT_A_REGULAR_FILE"),
+        (FileErrorKind::NotAllowed, "PATH_NOT_ALLOWED"),
+        (FileErrorKind::TooLarge, "FILE_TOO_LARGE"),
+        (FileErrorKind::Other, "FILE_ERROR"),
+    ];
+
+    /// The machine-readable reason this kind travels as over an API (`hangar-reason`).
+    pub fn reason(self) -> &'static str {
+        Self::REASONS.iter().find(|(k, _)| *k == self).map_or("FILE_ERROR", |(_, r)| r)
+    }
+
+    /// The kind a reason from [`FileErrorKind::reason`] stands for.
+    pub fn from_reason(reason: &str) -> Option<Self> {
+        Self::REASONS.iter().find(|(_, r)| *r == reason).map(|(k, _)| *k)
+    }
 }
 
 impl Error {

@@ -43,6 +43,11 @@ impl Engine {
         for d in [cfg.state_dir.clone(), cfg.state_dir.join("sandboxes")] {
             std::fs::create_dir_all(&d).map_err(|e| Error::io("create state directory", d.display(), e))?;
         }
+        // Closed to every other host user: sandboxes' writable layers and image layers hold files that a
+        // sandbox (or an image's author) made setuid, and journals hold other tenants' output.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&cfg.state_dir, std::fs::Permissions::from_mode(0o700))
+            .map_err(|e| Error::io("chmod 0700", cfg.state_dir.display(), e))?;
         let store = Store::open(&cfg.state_dir.join("hangar.db"))?;
         let registries = hangar_images::RegistryConfig::load(Some(&cfg.state_dir.join("registries.json")));
         let images = ImageStore::new(cfg.state_dir.join("images")).with_registries(registries);
@@ -262,19 +267,20 @@ impl Engine {
         let state_dir = std::fs::File::open(&dir).map_err(|e| Error::io("open", dir.display(), e))?;
         let (status_r, status_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
             .map_err(|e| Error::io("pipe", "agent status", e.into()))?;
-        let cfg_arg = cfg_path.to_string_lossy().into_owned();
+        let config = std::fs::File::open(&cfg_path).map_err(|e| Error::io("open", cfg_path.display(), e))?;
         let spawned = hangar_runtime::spawn_agent(
             &self.cfg.agent_bin,
-            &[&cfg_arg],
+            &[id],
             &[("RUST_BACKTRACE", "1")],
             AgentFds {
                 log: log.as_fd(),
                 listener: listener.as_fd(),
                 status: status_w.as_fd(),
                 state_dir: state_dir.as_fd(),
+                config: config.as_fd(),
             },
         )?;
-        drop((listener, log, state_dir, status_w));
+        drop((listener, log, state_dir, status_w, config));
         let pid = spawned.pid.as_raw();
         let agent_start = hangar_runtime::process::process_start(pid).map(|(s, _)| s).unwrap_or(0);
         self.watch_agent(id.clone(), pid);
@@ -504,6 +510,12 @@ impl Engine {
         let mut conn = self.connect(id).await?;
         conn.send(&Request::ReadFile { path: path.to_string() }).await.map_err(|e| self.gone(id, "read_file", e))?;
         match conn.recv::<Response>().await.map_err(|e| self.gone(id, "read_file", e))? {
+            Some(Response::FileData { len }) if len > MAX_FILE_BYTES => Err(Error::File {
+                id: id.to_string(),
+                path: path.to_string(),
+                kind: FileErrorKind::TooLarge,
+                message: format!("{path}: {len} bytes exceeds the {MAX_FILE_BYTES}-byte transfer limit"),
+            }),
             Some(Response::FileData { len }) => {
                 let mut data = Vec::with_capacity(len.min(MAX_FILE_BYTES) as usize);
                 conn.recv_raw(len, |c| {
@@ -563,6 +575,8 @@ pub(crate) fn agent_error(id: &str, subject: &str, kind: ErrorKind, message: Str
         ErrorKind::NotFound => file(FileErrorKind::NotFound),
         ErrorKind::PermissionDenied => file(FileErrorKind::PermissionDenied),
         ErrorKind::IsADirectory => file(FileErrorKind::IsADirectory),
+        ErrorKind::NotARegularFile => file(FileErrorKind::NotARegularFile),
+        ErrorKind::NotAllowed => file(FileErrorKind::NotAllowed),
         ErrorKind::CommandNotFound => Error::CommandNotFound { id: id.to_string(), message },
         ErrorKind::InvalidArgument => Error::InvalidArgument(message),
         ErrorKind::Stopping => Error::NotRunning { id: id.to_string(), state: SandboxState::Terminated },

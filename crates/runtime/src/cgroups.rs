@@ -25,8 +25,23 @@ pub struct Cgroups {
 }
 
 /// v1 hierarchies a sandbox joins. `cpuacct` gives per-exec CPU time; where it is co-mounted with `cpu`
-/// both names lead to the same directory, which is harmless.
-const V1_CONTROLLERS: [&str; 4] = ["memory", "cpu", "cpuacct", "pids"];
+/// both names lead to the same directory, which is harmless. `devices` holds the device allow-list.
+const V1_CONTROLLERS: [&str; 5] = ["memory", "cpu", "cpuacct", "pids", "devices"];
+
+/// The devices a sandbox may open (read, write; never mknod), as runc's default less the mknod wildcard:
+/// the nodes bind-mounted into its `/dev` and its own pseudo-terminals. Everything else is denied by the
+/// kernel, whatever node a process finds or makes. (cgroup v1 `devices`; on v2 hosts, where this takes a BPF
+/// program, `nodev` mounts and the dropped CAP_MKNOD stand alone for now.)
+const DEVICE_ALLOW: &[&str] = &[
+    "c 1:3 rw",   // null
+    "c 1:5 rw",   // zero
+    "c 1:7 rw",   // full
+    "c 1:8 rw",   // random
+    "c 1:9 rw",   // urandom
+    "c 5:0 rw",   // tty
+    "c 5:2 rw",   // ptmx
+    "c 136:* rw", // pts
+];
 
 impl Cgroups {
     /// Detects the host's cgroup layout. `parent` is the directory (relative to each hierarchy's root) under
@@ -134,6 +149,13 @@ impl SandboxCgroup {
         }
         if let Some(n) = limits.pids {
             write(&pids.join("pids.max"), &n.to_string())?;
+        }
+        if !self.v2 {
+            let devices = self.dir_of("devices");
+            write(&devices.join("devices.deny"), "a")?;
+            for rule in DEVICE_ALLOW {
+                write(&devices.join("devices.allow"), rule)?;
+            }
         }
         Ok(())
     }

@@ -18,8 +18,8 @@ mod spawn;
 mod spec;
 
 pub use error::{Error, Result};
-pub use security::{DEFAULT_CAPABILITIES, DENIED_SYSCALLS};
-pub use spawn::{spawn_agent, AgentFds, SpawnedAgent};
+pub use security::{DEFAULT_CAPABILITIES, DENIED_SOCKET_FAMILIES, DENIED_SYSCALLS};
+pub use spawn::{cloexec_descriptors_from, close_descriptors_from, spawn_agent, AgentFds, SpawnedAgent};
 pub use spec::{Limits, MountSpec, OverlaySpec, RootfsSpec, SandboxSpec};
 
 /// Turns the calling process (freshly cloned by [`spawn_agent`], still seeing the host's mounts) into the

@@ -26,7 +26,7 @@ const MASKED_PATHS: &[&str] = &[
 const READONLY_PATHS: &[&str] = &["proc/bus", "proc/fs", "proc/irq", "proc/sys", "proc/sysrq-trigger"];
 
 /// Host device nodes bind-mounted into the sandbox's tmpfs /dev (bind, not mknod, so this also works
-/// without CAP_MKNOD in a user namespace later).
+/// without CAP_MKNOD in a user namespace later). Keep in step with `cgroups::DEVICE_ALLOW`.
 const DEVICES: &[&str] = &["null", "zero", "full", "random", "urandom", "tty"];
 
 pub(crate) fn unshare_cgroup_namespace() -> Result<()> {
@@ -65,11 +65,13 @@ pub(crate) fn build_and_pivot(spec: &RootfsSpec) -> Result<()> {
     pivot(root)
 }
 
+/// Overlays are `nodev` (a device node in an image layer or made in the sandbox opens nothing) and `nosuid`
+/// (no_new_privs already makes setuid bits inert inside; this says so to the kernel too).
 fn mount_overlay(o: &OverlaySpec, target: &Path) -> Result<()> {
     let lower = o.lower.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(":");
     let data = format!("lowerdir={lower},upperdir={},workdir={}", o.upper.display(), o.work.display());
     mkdir_p(target)?;
-    mnt(Some("overlay"), target, Some("overlay"), MsFlags::empty(), Some(&data))
+    mnt(Some("overlay"), target, Some("overlay"), MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some(&data))
 }
 
 fn mount_proc_and_sys(root: &Path) -> Result<()> {
@@ -105,7 +107,8 @@ fn mount_dev(root: &Path) -> Result<()> {
         Some("tmpfs"),
         &dev,
         Some("tmpfs"),
-        MsFlags::MS_NOSUID | MsFlags::MS_STRICTATIME,
+        // nodev: the devices below are bind mounts, which keep their own flags; a node made here opens nothing.
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_STRICTATIME,
         Some("mode=755,size=65536k"),
     )?;
     for d in DEVICES {

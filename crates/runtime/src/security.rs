@@ -8,8 +8,10 @@ use seccompiler::{
 };
 use std::collections::{BTreeMap, HashSet};
 
-/// Capabilities a sandbox keeps: Docker's long-standing default set. None of them reaches outside the
-/// sandbox's namespaces; notably absent are SYS_ADMIN (mounts, namespaces), SYS_PTRACE, SYS_MODULE,
+/// Capabilities a sandbox keeps: Docker's long-standing default set less MKNOD. None of them reaches outside
+/// the sandbox's namespaces; MKNOD is dropped because a device node is the one file that names something of
+/// the host (the root, `/dev` and every other mount are `nodev` and the device cgroup allows only the devices
+/// in `/dev` besides). Notably absent too are SYS_ADMIN (mounts, namespaces), SYS_PTRACE, SYS_MODULE,
 /// SYS_RAWIO, SYS_TIME, NET_ADMIN, SYS_RESOURCE, SYS_BOOT, MAC_ADMIN, BPF, PERFMON and DAC_READ_SEARCH
 /// (open_by_handle_at, the "shocker" escape).
 pub const DEFAULT_CAPABILITIES: &[Capability] = &[
@@ -17,7 +19,6 @@ pub const DEFAULT_CAPABILITIES: &[Capability] = &[
     Capability::CAP_DAC_OVERRIDE,
     Capability::CAP_FSETID,
     Capability::CAP_FOWNER,
-    Capability::CAP_MKNOD,
     Capability::CAP_NET_RAW,
     Capability::CAP_SETGID,
     Capability::CAP_SETUID,
@@ -38,8 +39,9 @@ pub const DEFAULT_CAPABILITIES: &[Capability] = &[
 ///   `keyctl`, `add_key`, `request_key`, `open_by_handle_at`, `name_to_handle_at`, `lookup_dcookie`,
 ///   `process_vm_writev` is allowed: the pid namespace already confines it, as it does `ptrace`).
 ///
-/// `clone` with any namespace flag is refused too, and `clone3` reports ENOSYS so that libcs fall back to
-/// `clone`, whose flags the filter can inspect.
+/// `clone` with any namespace flag is refused too, and so is `socket` for the families in
+/// [`DENIED_SOCKET_FAMILIES`]; `clone3` reports ENOSYS so that libcs fall back to `clone`, whose flags the
+/// filter can inspect.
 pub const DENIED_SYSCALLS: &[(&str, i64)] = &[
     ("mount", libc::SYS_mount),
     ("umount2", libc::SYS_umount2),
@@ -80,6 +82,10 @@ pub const DENIED_SYSCALLS: &[(&str, i64)] = &[
     ("name_to_handle_at", libc::SYS_name_to_handle_at),
     ("lookup_dcookie", libc::SYS_lookup_dcookie),
 ];
+
+/// Socket families a sandbox may not open, as in Docker's profile: `AF_VSOCK` talks to the hypervisor and
+/// other VMs on the host, which no namespace confines.
+pub const DENIED_SOCKET_FAMILIES: &[(&str, i32)] = &[("AF_VSOCK", libc::AF_VSOCK)];
 
 const NAMESPACE_FLAGS: [u64; 7] = [
     libc::CLONE_NEWNS as u64,
@@ -130,6 +136,15 @@ fn seccomp_programs() -> Result<Vec<BpfProgram>> {
         })
         .collect::<Result<Vec<_>>>()?;
     deny.insert(libc::SYS_clone, ns_rules);
+    let family_rules = DENIED_SOCKET_FAMILIES
+        .iter()
+        .map(|(_, family)| {
+            let cond = SeccompCondition::new(0, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, *family as u64)
+                .map_err(|e| Error::Seccomp(e.to_string()))?;
+            SeccompRule::new(vec![cond]).map_err(|e| Error::Seccomp(e.to_string()))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    deny.insert(libc::SYS_socket, family_rules);
     let filter = |rules, errno: i32| -> Result<BpfProgram> {
         let f = SeccompFilter::new(rules, SeccompAction::Allow, SeccompAction::Errno(errno as u32), arch()?)
             .map_err(|e| Error::Seccomp(e.to_string()))?;

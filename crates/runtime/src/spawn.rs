@@ -8,10 +8,12 @@ use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
-/// The file descriptors the agent starts with. They are placed at fixed numbers in the child:
-/// stdin `/dev/null`, stdout and stderr the agent's log, 3 the listening control socket, 4 the status pipe
-/// (the agent writes one line, `ok` or an error, once its sandbox is built), 5 the sandbox's host-side state
-/// directory (where it records how the sandbox ended).
+/// The file descriptors the agent starts with, and the only ones: they are placed at fixed numbers in the
+/// child and every other descriptor of the caller is closed before the agent runs (a caller's open files must
+/// never reach a sandbox). stdin `/dev/null`, stdout and stderr the agent's log, 3 the listening control
+/// socket, 4 the status pipe (the agent writes one line, `ok` or an error, once its sandbox is built), 5 the
+/// sandbox's host-side state directory (journals, how the sandbox ended), 6 the agent's configuration (read
+/// from a descriptor so that no host path shows in the sandbox's `/proc/1/cmdline`).
 pub struct AgentFds<'a> {
     /// The agent's log file (stdout and stderr).
     pub log: BorrowedFd<'a>,
@@ -21,7 +23,12 @@ pub struct AgentFds<'a> {
     pub status: BorrowedFd<'a>,
     /// The sandbox's state directory on the host.
     pub state_dir: BorrowedFd<'a>,
+    /// The agent's configuration file, opened for reading.
+    pub config: BorrowedFd<'a>,
 }
+
+/// The first descriptor number above those of [`AgentFds`].
+const FIRST_UNUSED_FD: u32 = 7;
 
 /// A freshly spawned agent.
 #[derive(Debug)]
@@ -39,12 +46,13 @@ const SANDBOX_NAMESPACES: CloneFlags = CloneFlags::CLONE_NEWNS
     .union(CloneFlags::CLONE_NEWNET);
 
 /// Clones a process into new mount, pid, uts, ipc and net namespaces and execs `agent_bin` there with
-/// `args`, as PID 1 of the new pid namespace, in a session of its own (so a terminal's Ctrl-C never reaches
-/// it). The child runs only async-signal-safe code (dup2, setsid, execve) between clone and exec: all
-/// strings are prepared before the clone.
+/// `args` (`argv[0]` is `hangar-agent`, not the host path), as PID 1 of the new pid namespace, in a session
+/// of its own (so a terminal's Ctrl-C never reaches it), holding exactly the descriptors of [`AgentFds`].
+/// The child runs only async-signal-safe code (dup2, close_range, setsid, execve) between clone and exec:
+/// all strings are prepared before the clone.
 pub fn spawn_agent(agent_bin: &Path, args: &[&str], env: &[(&str, &str)], fds: AgentFds<'_>) -> Result<SpawnedAgent> {
     let bin = cstring(agent_bin.as_os_str().as_bytes(), "agent path")?;
-    let mut argv = vec![bin.clone()];
+    let mut argv = vec![cstring(b"hangar-agent", "agent name")?];
     for a in args {
         argv.push(cstring(a.as_bytes(), "agent argument")?);
     }
@@ -74,6 +82,7 @@ pub fn spawn_agent(agent_bin: &Path, args: &[&str], env: &[(&str, &str)], fds: A
         high(fds.listener)?,
         high(fds.status)?,
         high(fds.state_dir)?,
+        high(fds.config)?,
     ];
     let plan: Vec<(RawFd, RawFd)> =
         sources.iter().enumerate().map(|(target, src)| (src.as_raw_fd(), target as RawFd)).collect();
@@ -93,6 +102,10 @@ pub fn spawn_agent(agent_bin: &Path, args: &[&str], env: &[(&str, &str)], fds: A
                 return 126;
             }
         }
+        // Everything else the caller had open (its own files, a server's sockets, our high copies) goes.
+        if close_descriptors_from(FIRST_UNUSED_FD) < 0 {
+            return 126;
+        }
         // SAFETY: setsid has no memory-safety preconditions.
         unsafe { libc::setsid() };
         // SAFETY: the path and both arrays are NUL-terminated and outlive this call.
@@ -104,6 +117,20 @@ pub fn spawn_agent(agent_bin: &Path, args: &[&str], env: &[(&str, &str)], fds: A
     let pid = unsafe { nix::sched::clone(child, &mut stack, SANDBOX_NAMESPACES, Some(libc::SIGCHLD)) }
         .map_err(|e| Error::sys("clone sandbox namespaces", agent_bin.display(), e))?;
     Ok(SpawnedAgent { pid })
+}
+
+/// Closes every descriptor numbered `first` or above. Async-signal-safe (one system call), so it may run
+/// between fork and exec. Returns the system call's result (negative on failure).
+pub fn close_descriptors_from(first: u32) -> i32 {
+    // SAFETY: close_range takes two numbers and flags and touches no memory.
+    unsafe { libc::syscall(libc::SYS_close_range, first, u32::MAX, 0) as i32 }
+}
+
+/// Marks every descriptor numbered `first` or above close-on-exec (the descriptors stay usable until the
+/// exec). Async-signal-safe. Returns the system call's result (negative on failure).
+pub fn cloexec_descriptors_from(first: u32) -> i32 {
+    // SAFETY: close_range takes two numbers and flags and touches no memory.
+    unsafe { libc::syscall(libc::SYS_close_range, first, u32::MAX, libc::CLOSE_RANGE_CLOEXEC) as i32 }
 }
 
 fn cstring(b: &[u8], what: &str) -> Result<CString> {

@@ -245,7 +245,11 @@ impl Remote {
         let meta = |k: &str| s.metadata().get(k).and_then(|v| v.to_str().ok()).map(str::to_string);
         let message = s.message().to_string();
         let file = |kind| Error::File { path: meta("hangar-path").unwrap_or_default(), kind, message: message.clone() };
-        match meta("hangar-reason").as_deref() {
+        let reason = meta("hangar-reason");
+        if let Some(kind) = reason.as_deref().and_then(crate::FileErrorKind::from_reason) {
+            return file(kind);
+        }
+        match reason.as_deref() {
             Some("NOT_FOUND") => Error::NotFound { id: id.to_string() },
             Some("NOT_RUNNING") => Error::NotRunning {
                 id: id.to_string(),
@@ -254,10 +258,6 @@ impl Remote {
             Some("INVALID_ARGUMENT") => Error::InvalidArgument(message),
             Some("COMMAND_NOT_FOUND") => Error::CommandNotFound { message },
             Some("START_FAILED") => Error::StartFailed { message },
-            Some("FILE_NOT_FOUND") => file(crate::FileErrorKind::NotFound),
-            Some("PERMISSION_DENIED") => file(crate::FileErrorKind::PermissionDenied),
-            Some("IS_A_DIRECTORY") => file(crate::FileErrorKind::IsADirectory),
-            Some("FILE_ERROR") => file(crate::FileErrorKind::Other),
             Some("SANDBOX_FAILED") => Error::SandboxFailed { message },
             Some("SANDBOX_GONE") => Error::SandboxTerminated { id: id.to_string(), detail: message },
             Some("EXEC_NOT_FOUND") => Error::ExecNotFound { message },

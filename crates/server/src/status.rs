@@ -35,13 +35,14 @@ pub(crate) fn from_engine(e: Error) -> Status {
         Error::CommandNotFound { .. } => with_reason(Status::failed_precondition(msg), "COMMAND_NOT_FOUND"),
         Error::StartFailed { .. } => with_reason(Status::resource_exhausted(msg), "START_FAILED"),
         Error::File { kind, path, message, .. } => {
-            let (code, reason) = match kind {
-                FileErrorKind::NotFound => (Code::NotFound, "FILE_NOT_FOUND"),
-                FileErrorKind::PermissionDenied => (Code::PermissionDenied, "PERMISSION_DENIED"),
-                FileErrorKind::IsADirectory => (Code::FailedPrecondition, "IS_A_DIRECTORY"),
-                FileErrorKind::Other => (Code::Internal, "FILE_ERROR"),
+            let code = match kind {
+                FileErrorKind::NotFound => Code::NotFound,
+                FileErrorKind::PermissionDenied | FileErrorKind::NotAllowed => Code::PermissionDenied,
+                FileErrorKind::IsADirectory | FileErrorKind::NotARegularFile => Code::FailedPrecondition,
+                FileErrorKind::TooLarge => Code::OutOfRange,
+                FileErrorKind::Other => Code::Internal,
             };
-            let mut s = with_reason(Status::new(code, message), reason);
+            let mut s = with_reason(Status::new(code, message), kind.reason());
             if let Ok(v) = path.parse() {
                 s.metadata_mut().insert(PATH_KEY, v);
             }

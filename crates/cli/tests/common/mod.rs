@@ -147,7 +147,7 @@ pub fn leftovers(id: &str) -> Vec<String> {
     }
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
     left.extend(mounts.lines().filter(|l| l.contains(id)).map(|l| format!("mount {l}")));
-    for ctrl in ["memory", "cpu", "pids"] {
+    for ctrl in ["memory", "cpu", "cpuacct", "pids", "devices"] {
         let p = PathBuf::from("/sys/fs/cgroup").join(ctrl).join("hangar").join(id);
         if p.exists() {
             left.push(format!("cgroup {}", p.display()));
