@@ -462,12 +462,18 @@ fn spawn(state: &Shared, exec: &ExecRef, r: &ExecRequest, cwd: &OwnedFd) -> Resu
     };
     let started = match started {
         Some(started) => started,
-        // No spare (or it was unusable): one made now, paying the cgroup migration on this exec's path.
+        // No spare (or it was unusable): started from the agent, paying the cgroup migration on this path.
         None => {
             let cgroup = state.borrow().table.cgroups.create_exec(&format!("exec-{id}")).ok();
-            let helper = spare::prepare(cgroup).map_err(start_err)?;
-            give_to_helper(state, helper, &order, with())
-                .unwrap_or_else(|| Err(io::Error::other("the exec helper died before it took its command")))
+            match spare::start_directly(&order, with(), cgroup.as_ref()) {
+                Ok(pid) => Ok((pid, expect_exit(state, pid), cgroup)),
+                Err(e) => {
+                    if let Some(cg) = cgroup {
+                        tokio::task::spawn_blocking(move || cg.remove(Duration::from_millis(500)));
+                    }
+                    Err(e)
+                }
+            }
         }
     };
     let (pid, exit_rx, cgroup) = match started {
@@ -527,14 +533,13 @@ fn expect_exit(state: &Shared, pid: i32) -> oneshot::Receiver<WaitStatus> {
 fn give_to_helper(state: &Shared, mut helper: Spare, order: &Order, with: Handover<'_>) -> Option<io::Result<Started>> {
     let exit_rx = expect_exit(state, helper.pid);
     match helper.order(order, with) {
-        Ok(Ok(())) => Some(Ok((helper.pid, exit_rx, helper.cgroup))),
+        Ok(Ok(())) => Some(Ok((helper.pid, exit_rx, Some(helper.cgroup)))),
         failed => {
             // The helper exits (or has died); the reaper collects it as an orphan.
             state.borrow_mut().waiters.remove(&helper.pid);
             let _ = kill(Pid::from_raw(helper.pid), Signal::SIGKILL);
-            if let Some(cg) = helper.cgroup {
-                tokio::task::spawn_blocking(move || cg.remove(Duration::from_millis(500)));
-            }
+            let cg = helper.cgroup;
+            tokio::task::spawn_blocking(move || cg.remove(Duration::from_millis(500)));
             match failed {
                 Ok(Err(e)) => Some(Err(e)),
                 _ => None,
@@ -560,7 +565,7 @@ pub(crate) fn refill_spare(state: &Shared) {
     state.borrow_mut().spare_pending = true;
     let state = state.clone();
     tokio::task::spawn_local(async move {
-        let made = tokio::task::spawn_blocking(move || spare::prepare(Some(cgroup))).await;
+        let made = tokio::task::spawn_blocking(move || spare::prepare(cgroup)).await;
         let mut st = state.borrow_mut();
         st.spare_pending = false;
         match made {

@@ -58,7 +58,7 @@ fn main_inner() -> Result<(), String> {
     let started = hangar_runtime::enter(&cfg.sandbox).map_err(|e| e.to_string()).and_then(|cgroups| {
         let root = SandboxRoot::open(&cfg.workdir).map_err(|e| format!("open the sandbox's root: {e}"))?;
         let user = resolve_user(&cfg.user)?;
-        spawn_main(&cfg, &root, user).map(|pid| (pid, user, cgroups, root))
+        spawn_main(&cfg, &root, &cgroups, user).map(|pid| (pid, user, cgroups, root))
     });
     let (main_pid, user, cgroups, root) = match started {
         Ok(started) => started,
@@ -119,19 +119,21 @@ fn lookup_by_uid(uid: u32) -> Option<u32> {
     })
 }
 
-/// Starts the main command through a helper, like every process of the sandbox (see `spare`).
-fn spawn_main(cfg: &AgentConfig, root: &SandboxRoot, user: Option<(u32, u32)>) -> Result<i32, String> {
+/// Starts the main command (see `spare::start_directly`), in a cgroup of its own in the workload's.
+fn spawn_main(
+    cfg: &AgentConfig,
+    root: &SandboxRoot,
+    cgroups: &hangar_runtime::cgroups::CgroupDirs,
+    user: Option<(u32, u32)>,
+) -> Result<i32, String> {
     let prog = cfg.main.first().ok_or("the sandbox's command is empty")?;
+    let cgroup = cgroups.create_exec("main").map_err(|e| format!("cannot make the main command's cgroup: {e}"))?;
     let cwd = root.open_dir(&cfg.workdir).map_err(|(_, m)| m)?;
     let null = File::options().read(true).write(true).open("/dev/null").map_err(|e| format!("/dev/null: {e}"))?;
     let null = std::os::fd::OwnedFd::from(null);
     let order = Order { argv: cfg.main.clone(), env: cfg.env.clone(), user, tty: false };
-    let mut helper = crate::spare::prepare(None).map_err(|e| format!("cannot start {prog}: {e}"))?;
-    match helper.order(&order, Handover { stdio: [&null, &null, &null], cwd: &cwd }) {
-        Ok(Ok(())) => Ok(helper.pid),
-        Ok(Err(e)) => Err(spawn_error(prog, &e).1),
-        Err(e) => Err(format!("cannot start {prog}: {e}")),
-    }
+    let with = Handover { stdio: [&null, &null, &null], cwd: &cwd };
+    crate::spare::start_directly(&order, with, Some(&cgroup)).map_err(|e| spawn_error(prog, &e).1)
 }
 
 pub(crate) struct State {
@@ -437,11 +439,17 @@ async fn write_file(state: &Shared, conn: &mut Conn, path: &str, len: u64, mode:
             None
         }
     };
-    // Always consume the announced bytes, so the reply is read in order even when the write failed.
+    // Always consume the announced bytes, so the reply is read in order even when the write failed. Runs of
+    // zeros are skipped (a hole), so a sparse file stays sparse and costs the sandbox no disk for them.
     let received = conn
         .recv_raw(len, |chunk| {
             if let Some(f) = file.as_mut() {
-                if let Err(e) = f.write_all(chunk) {
+                let written = if chunk.iter().all(|&b| b == 0) {
+                    std::io::Seek::seek(f, std::io::SeekFrom::Current(chunk.len() as i64)).map(drop)
+                } else {
+                    f.write_all(chunk)
+                };
+                if let Err(e) = written {
                     failure.get_or_insert_with(|| file_error(path, &e));
                     file = None;
                 }
@@ -449,6 +457,12 @@ async fn write_file(state: &Shared, conn: &mut Conn, path: &str, len: u64, mode:
             Ok(())
         })
         .await;
+    // The length covers a trailing hole.
+    if let (Ok(()), Some(f)) = (&received, file.as_ref()) {
+        if let Err(e) = f.set_len(len) {
+            failure.get_or_insert_with(|| file_error(path, &e));
+        }
+    }
     match (received, failure) {
         (Err(e), _) => err(ErrorKind::Other, format!("{path}: upload ended early: {e}")),
         (Ok(()), Some(f)) => f,

@@ -8,12 +8,13 @@
 //! command with `execve` (so the exec's pid is the helper's). Then the agent prepares the next spare off the
 //! exec's path.
 //!
-//! Every process of the sandbox starts this way, the main command and execs alike, also when no spare is
-//! waiting (one is then made on the spot): the helper is a fresh image of the agent's binary that inherited
-//! none of the agent's host-side descriptors, it is not dumpable until it becomes the command (so no sandbox
-//! process can trace it or open its `/proc/PID/exe`, which is the host's agent binary), its working directory
-//! is a descriptor the agent resolved inside the sandbox (`fchdir`, never a path looked up again), and it
-//! closes every descriptor but the command's stdio on the way.
+//! The helper is a fresh image of the agent's binary that inherited none of the agent's host-side
+//! descriptors, it is not dumpable until it becomes the command (so no sandbox process can trace it or open
+//! its `/proc/PID/exe`, which is the host's agent binary), its working directory is a descriptor the agent
+//! resolved inside the sandbox (`fchdir`, never a path looked up again), and it closes every descriptor but
+//! the command's stdio on the way. The agent's binary needs the host's C library, which an image may lack:
+//! where no helper can run (and for the main command), [`start_directly`] carries out the same order from a
+//! fork of the agent that closes everything but stdio before its exec.
 
 use hangar_runtime::cgroups::ExecCgroup;
 use serde::{Deserialize, Serialize};
@@ -40,7 +41,7 @@ pub(crate) struct Order {
 pub(crate) struct Spare {
     pub pid: i32,
     sock: UnixStream,
-    pub cgroup: Option<ExecCgroup>,
+    pub cgroup: ExecCgroup,
 }
 
 /// What the helper is handed besides its order: the command's stdin, stdout, stderr and working directory.
@@ -49,12 +50,12 @@ pub(crate) struct Handover<'a> {
     pub cwd: &'a OwnedFd,
 }
 
-/// Starts a helper and has it join `cgroup` if given (the helper writes itself into it once it runs, so the
-/// agent's command line never shows on a process in the cgroup). Blocks for the cgroup migration: call off
-/// the agent's thread when there is time to.
-pub(crate) fn prepare(cgroup: Option<ExecCgroup>) -> std::io::Result<Spare> {
+/// Starts a helper and has it join `cgroup` (the helper writes itself into it once it runs, so the agent's
+/// command line, which names the sandbox, never shows on a process in the cgroup). Blocks for the cgroup
+/// migration: call off the agent's thread.
+pub(crate) fn prepare(cgroup: ExecCgroup) -> std::io::Result<Spare> {
     let (ours, theirs) = UnixStream::pair()?;
-    let fds = cgroup.as_ref().map(|c| c.procs_fds()).unwrap_or_default();
+    let fds = cgroup.procs_fds();
     // The helper inherits its cgroup's `cgroup.procs` descriptors under the same numbers (only its copies
     // lose close-on-exec: the flag belongs to each process's descriptor table) and is told which they are.
     let numbers: Vec<String> = fds.iter().map(|fd| fd.to_string()).collect();
@@ -119,6 +120,38 @@ impl Spare {
         })
     }
 }
+
+/// Carries out `order` from a fork of the agent (see `hangar_runtime::spawn_process`), joining `cgroup` on
+/// the way: the path a spare saves, and the one that works in any image. Returns the command's pid.
+pub(crate) fn start_directly(order: &Order, with: Handover<'_>, cgroup: Option<&ExecCgroup>) -> std::io::Result<i32> {
+    use std::ffi::CString;
+    let c = |s: &str| CString::new(s).map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput));
+    let prog = order.argv.first().ok_or(std::io::ErrorKind::InvalidInput)?;
+    let path = order.env.iter().rev().find(|(k, _)| k == "PATH").map_or(DEFAULT_PATH, |(_, v)| v.as_str());
+    // Like execvp: a name with a slash is a path; otherwise each PATH entry in turn (the kernel resolves
+    // them in the child, which by then holds nothing but stdio).
+    let candidates = if prog.contains('/') {
+        vec![c(prog)?]
+    } else {
+        path.split(':')
+            .map(|dir| if dir.is_empty() { c(prog) } else { c(&format!("{}/{prog}", dir.trim_end_matches('/'))) })
+            .collect::<std::io::Result<_>>()?
+    };
+    let spec = hangar_runtime::ProcessSpec {
+        candidates,
+        argv: order.argv.iter().map(|a| c(a)).collect::<std::io::Result<_>>()?,
+        env: order.env.iter().map(|(k, v)| c(&format!("{k}={v}"))).collect::<std::io::Result<_>>()?,
+        stdio: with.stdio.map(|f| f.as_fd()),
+        cwd: with.cwd.as_fd(),
+        cgroup_procs: cgroup.map(|cg| cg.procs_fds()).unwrap_or_default(),
+        user: order.user,
+        tty: order.tty,
+    };
+    hangar_runtime::spawn_process(&spec)
+}
+
+/// `PATH` for a command whose environment sets none (Docker's default).
+const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// Helper mode: wait for an order on stdin (a socket), become the command. Never returns.
 pub fn helper() -> ! {

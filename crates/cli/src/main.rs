@@ -646,13 +646,23 @@ fn remote(s: &str) -> Option<(&str, &str)> {
 
 async fn copy(src: &str, dst: &str) -> Result<u8> {
     match (remote(src), remote(dst)) {
+        // Both ways streamed in chunks: memory stays small whatever the file's size.
         (Some((id, path)), None) => {
-            let data = Sandbox::from_id(id).await?.read_file(path).await?;
-            tokio::fs::write(dst, data).await.with_context(|| format!("write {dst}"))?;
+            let sb = Sandbox::from_id(id).await?;
+            let mut out = tokio::fs::File::create(dst).await.with_context(|| format!("create {dst}"))?;
+            if let Err(e) = sb.read_file_to(path, &mut out).await {
+                // No partial file is left to be mistaken for the whole.
+                let _ = tokio::fs::remove_file(dst).await;
+                return Err(e.into());
+            }
         }
         (None, Some((id, path))) => {
-            let data = tokio::fs::read(src).await.with_context(|| format!("read {src}"))?;
-            Sandbox::from_id(id).await?.write_file(path, data).await?;
+            let mut file = tokio::fs::File::open(src).await.with_context(|| format!("open {src}"))?;
+            let meta = file.metadata().await.with_context(|| format!("stat {src}"))?;
+            if !meta.is_file() {
+                bail!("{src} is not a regular file");
+            }
+            Sandbox::from_id(id).await?.write_file_from(path, &mut file, meta.len()).await?;
         }
         (Some(_), Some(_)) => {
             bail!("copying between two sandboxes is not supported: copy through a local file")

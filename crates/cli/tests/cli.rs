@@ -204,3 +204,101 @@ fn execs_detach_attach_list_kill_and_shell_from_the_command_line() {
     assert!(shown.contains("/dev/pts/") && shown.contains("24 80"), "{shown}");
     assert_eq!(run(&["rm", &sb]).status.code(), Some(0));
 }
+
+/// The caller's open descriptors never reach the sandbox: a file the shell opened as fd 7 is not readable
+/// from inside, and the sandbox's processes hold only their stdio.
+#[test]
+fn the_callers_descriptors_do_not_pass_into_the_sandbox() {
+    let marker = format!("/tmp/hangar-fd-marker-{}", std::process::id());
+    std::fs::write(&marker, "host secret via an inherited descriptor").unwrap();
+    let bin = env!("CARGO_BIN_EXE_hangar");
+    let script = format!(
+        "exec 7<{marker}; exec 9>>{marker}; {bin} run -- sh -c 'cat <&7; echo leak >&9; ls /proc/self/fd; ls /proc/1/fd 2>&1 | wc -l'"
+    );
+    let out = Command::new("sh")
+        .args(["-c", &script])
+        .env("HANGAR_STATE_DIR", state_dir())
+        .env("HANGAR_AGENT_BIN", agent_bin())
+        .env_remove("HANGAR_URL")
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert!(!stdout.contains("host secret"), "the sandbox read the caller's fd 7: {stdout}");
+    assert!(stderr.contains("Bad file descriptor") || stderr.contains("bad file descriptor"), "{stderr}");
+    assert!(stdout.starts_with("0\n1\n2\n3\n"), "only stdio (and ls's own directory): {stdout}");
+    assert_eq!(
+        std::fs::read_to_string(&marker).unwrap(),
+        "host secret via an inherited descriptor",
+        "fd 9 was written"
+    );
+    std::fs::remove_file(&marker).unwrap();
+}
+
+/// Peak memory (KiB) of a process from its /proc status (VmHWM), 0 when it is gone.
+fn peak_rss_kib(pid: i32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status.lines().find_map(|l| l.strip_prefix("VmHWM:")?.trim().strip_suffix("kB")?.trim().parse().ok()).unwrap_or(0)
+}
+
+/// `hangar ARGS` with its own peak memory (KiB, from getrusage of the child) and exit status.
+fn run_measured(args: &[&str]) -> (std::process::ExitStatus, u64, String) {
+    let mut child = hangar().args(args).stderr(Stdio::piped()).spawn().unwrap();
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    let mut status = 0;
+    // SAFETY: a zeroed rusage is valid; wait4 fills it for our own child.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    let pid = unsafe { libc::wait4(child.id() as i32, &mut status, 0, &mut usage) };
+    assert_eq!(pid, child.id() as i32);
+    (std::os::unix::process::ExitStatusExt::from_raw(status), usage.ru_maxrss as u64, err)
+}
+
+/// A 4 GiB file (sparse, with a marker at its end) copied into a sandbox and back out: both copies stream, so
+/// the CLI's and the agent's memory stay small, the content arrives whole, and the sandbox stays responsive.
+#[test]
+fn a_4_gib_file_copies_both_ways_in_bounded_memory() {
+    const SIZE: u64 = 4 << 30;
+    let dir = std::env::temp_dir().join(format!("hangar-bigcp-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (src, back) = (dir.join("big"), dir.join("back"));
+    {
+        use std::io::{Seek, Write};
+        let mut f = std::fs::File::create(&src).unwrap();
+        f.seek(std::io::SeekFrom::Start(SIZE - 4)).unwrap();
+        f.write_all(b"END!").unwrap();
+    }
+    let id = text(&run(&["create"]).stdout).trim().to_string();
+    let agent = agent_pid(&id);
+    let (status, cli_in, err) = run_measured(&["cp", src.to_str().unwrap(), &format!("{id}:/tmp/big")]);
+    assert!(status.success(), "{err}");
+    let size = run(&[
+        "exec",
+        &id,
+        "--",
+        "sh",
+        "-c",
+        "stat -c %s /tmp/big; tail -c 4 /tmp/big; echo; du -k /tmp/big | cut -f1",
+    ]);
+    let lines: Vec<String> = text(&size.stdout).lines().map(str::to_string).collect();
+    assert_eq!(lines[..2], [SIZE.to_string(), "END!".to_string()], "the sandbox has the whole file");
+    assert!(lines[2].parse::<u64>().unwrap() < 1024, "the hole stayed a hole: {} KiB on disk", lines[2]);
+    let (status, cli_out, err) = run_measured(&["cp", &format!("{id}:/tmp/big"), back.to_str().unwrap()]);
+    assert!(status.success(), "{err}");
+    assert_eq!(std::fs::metadata(&back).unwrap().len(), SIZE);
+    {
+        use std::io::{Read, Seek};
+        let mut f = std::fs::File::open(&back).unwrap();
+        f.seek(std::io::SeekFrom::Start(SIZE - 4)).unwrap();
+        let mut tail = String::new();
+        f.read_to_string(&mut tail).unwrap();
+        assert_eq!(tail, "END!");
+    }
+    let agent_peak = peak_rss_kib(agent);
+    eprintln!("peak RSS: cli in {cli_in} KiB, cli out {cli_out} KiB, agent {agent_peak} KiB");
+    for (what, kib) in [("cli in", cli_in), ("cli out", cli_out), ("agent", agent_peak)] {
+        assert!(kib > 0 && kib < 64 << 10, "{what} peaked at {kib} KiB for a 4 GiB copy");
+    }
+    assert_eq!(text(&run(&["exec", &id, "--", "echo", "responsive"]).stdout), "responsive\n");
+    run(&["rm", &id]);
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -18,11 +18,8 @@ async fn a_full_disk_holds_the_command_instead_of_losing_output() {
     let dir = std::env::temp_dir().join(format!("hangar-diskfull-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     mount(Some("tmpfs"), &dir, Some("tmpfs"), MsFlags::empty(), Some("size=32m")).unwrap();
-    let client = hangar::Client::with_config(hangar::EngineConfig {
-        state_dir: dir.join("state"),
-        agent_bin: common::agent_bin(),
-    })
-    .unwrap();
+    let client =
+        hangar::Client::with_config(hangar::EngineConfig::new(dir.join("state"), common::agent_bin())).unwrap();
     let sb = hangar::Sandbox::builder().client(&client).command("sleep").args(["infinity"]).create().await.unwrap();
     // Fill the disk to the last byte.
     let filler = dir.join("filler");

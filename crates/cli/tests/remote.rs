@@ -8,7 +8,7 @@ mod suite;
 pub const REMOTE: bool = true;
 
 use common::*;
-use hangar::{Client, Error, Sandbox};
+use hangar::{Client, Error, FileErrorKind, Sandbox};
 use hangar_proto::v1 as pb;
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -60,6 +60,50 @@ async fn tokens_and_tenants_are_enforced() {
     }
     assert_eq!(sb.exec(["echo", "mine"]).await.unwrap().stdout, b"mine\n", "the owner is unaffected");
     sb.stop().await.unwrap();
+}
+
+/// A second tenant, from inside its own sandbox, tries to reach tenant A's journals and files through the
+/// host-side paths its agent could name: nothing of A's is read, and every attempt is refused clearly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_tenant_cannot_reach_a_tenants_output_or_files_through_its_sandbox() {
+    let a = sandbox().await;
+    let secret = format!("tenant-a-secret-{}", std::process::id());
+    a.exec(["sh", "-c", &format!("echo {secret}; echo {secret} > /tmp/secret")]).id("a-secret").await.unwrap();
+    let b_client = Client::connect(&server().url, Some(TOKEN_B)).unwrap();
+    let b = Sandbox::builder().client(&b_client).command("sleep").args(["infinity"]).create().await.unwrap();
+    let a_id = a.id();
+    let paths = [
+        format!("/proc/self/fd/5/../{a_id}/execs/a-secret/stdout"),
+        format!("/proc/1/fd/5/../{a_id}/upper/root/tmp/secret"),
+        format!("/proc/self/root/../../{a_id}/upper/root/tmp/secret"),
+        format!("../../../../{a_id}/execs/a-secret/stdout"),
+    ];
+    for path in &paths {
+        match b.read_file(path).await {
+            Ok(data) => panic!("tenant b read {path}: {:?}", String::from_utf8_lossy(&data)),
+            Err(Error::File { kind, message, .. }) => {
+                assert!(matches!(kind, FileErrorKind::NotAllowed | FileErrorKind::NotFound), "{path}: {kind:?}");
+                assert!(message.contains(path.as_str()), "{message}");
+            }
+            Err(e) => panic!("{path}: unexpected {e}"),
+        }
+        let _ = b.write_file(path, "overwritten by b").await;
+    }
+    // Nor from a process inside B.
+    let r = b
+        .exec([
+            "sh",
+            "-c",
+            &format!("cat /proc/1/fd/5/../{a_id}/execs/a-secret/stdout; grep -rs --devices=skip {secret} /tmp /root /etc; true"),
+        ])
+        .await
+        .unwrap();
+    assert!(!r.stdout_text().contains(&secret), "{r:?}");
+    assert_eq!(a.read_file("/tmp/secret").await.unwrap(), format!("{secret}\n").as_bytes(), "A's file is untouched");
+    let replay = a.attach("a-secret").await.unwrap();
+    assert_eq!(replay.stdout, format!("{secret}\n").as_bytes(), "A's journal is untouched");
+    a.stop().await.unwrap();
+    b.stop().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -333,17 +377,30 @@ async fn list_filters_by_tags_and_state_and_pages() {
     }
     let metrics = metrics();
     assert!(metrics.contains("hangar_sandboxes{state=\"terminated\"}"), "{metrics}");
+    for token in [None, Some("not-a-token")] {
+        let (code, body) = metrics_with(token);
+        assert_eq!(code, 401, "/metrics without a valid token: {body}");
+        assert!(!body.contains("hangar_sandboxes"), "nothing is counted for a stranger: {body}");
+    }
     assert!(metrics.contains("hangar_sandbox_create_seconds_count"), "{metrics}");
 }
 
-/// The test server's Prometheus page.
+/// The test server's Prometheus page, fetched with tenant A's token.
 fn metrics() -> String {
+    metrics_with(Some(TOKEN_A)).1
+}
+
+/// `/metrics` with `token` (or none): the HTTP status and the body.
+fn metrics_with(token: Option<&str>) -> (u16, String) {
     let url = format!("http://{}/metrics", server().http);
-    let out = Command::new("python3")
-        .args(["-c", &format!("import urllib.request; print(urllib.request.urlopen('{url}').read().decode())")])
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    let headers = token.map(|t| format!("{{'Authorization': 'Bearer {t}'}}")).unwrap_or("{}".into());
+    let script = format!(
+        "import urllib.request, urllib.error\ntry:\n r = urllib.request.urlopen(urllib.request.Request('{url}', headers={headers})); print(r.status); print(r.read().decode())\nexcept urllib.error.HTTPError as e:\n print(e.code); print(e.read().decode())"
+    );
+    let out = Command::new("python3").args(["-c", &script]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (code, body) = text.split_once('\n').unwrap_or((&text, ""));
+    (code.trim().parse().unwrap_or(0), body.to_string())
 }
 
 fn counter(metrics: &str, name: &str) -> u64 {

@@ -10,6 +10,7 @@
 
 mod error;
 mod exec;
+mod files;
 mod sandbox;
 mod store;
 
@@ -190,16 +191,30 @@ pub struct EngineConfig {
     pub state_dir: PathBuf,
     /// The `hangar-agent` binary.
     pub agent_bin: PathBuf,
+    /// Largest file a read or write moves, either way ([`DEFAULT_MAX_FILE_BYTES`] unless set). Transfers are
+    /// streamed, so this bounds time and disk, not memory.
+    pub max_file_bytes: u64,
 }
 
 impl EngineConfig {
     /// The defaults: `$HANGAR_STATE_DIR` or `/var/lib/hangar`, and `$HANGAR_AGENT_BIN` or a `hangar-agent`
     /// found next to the current executable (or its parent directory, for test and example binaries) or on
-    /// `PATH`.
+    /// `PATH`; `$HANGAR_MAX_FILE_BYTES` or [`DEFAULT_MAX_FILE_BYTES`].
     pub fn from_env() -> Result<Self> {
         let state_dir =
             std::env::var_os("HANGAR_STATE_DIR").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/var/lib/hangar"));
-        Ok(Self { state_dir, agent_bin: find_agent()? })
+        let max_file_bytes = match std::env::var("HANGAR_MAX_FILE_BYTES") {
+            Ok(v) => v.trim().parse().map_err(|_| {
+                Error::InvalidArgument(format!("HANGAR_MAX_FILE_BYTES: {v:?} is not a number of bytes"))
+            })?,
+            Err(_) => DEFAULT_MAX_FILE_BYTES,
+        };
+        Ok(Self { state_dir, agent_bin: find_agent()?, max_file_bytes })
+    }
+
+    /// A configuration with this state directory and agent binary, and the defaults for the rest.
+    pub fn new(state_dir: impl Into<PathBuf>, agent_bin: impl Into<PathBuf>) -> Self {
+        Self { state_dir: state_dir.into(), agent_bin: agent_bin.into(), max_file_bytes: DEFAULT_MAX_FILE_BYTES }
     }
 }
 
@@ -224,7 +239,8 @@ fn find_agent() -> Result<PathBuf> {
     })
 }
 
-pub use sandbox::{Engine, MAX_FILE_BYTES};
+pub use files::{FileDownload, DEFAULT_MAX_FILE_BYTES};
+pub use sandbox::Engine;
 
 pub(crate) fn now_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)

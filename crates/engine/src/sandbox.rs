@@ -19,8 +19,8 @@ use tokio::io::AsyncReadExt;
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 /// A sandbox still `pulling` after this long, with nobody finishing it, is considered abandoned.
 const PULL_TIMEOUT: Duration = Duration::from_secs(3600);
-/// Largest file moved in one read or write call.
-pub const MAX_FILE_BYTES: u64 = 1 << 32;
+/// Largest memory limit a sandbox may ask for (anything larger is a unit mistake or an overflow).
+const MAX_MEMORY_BYTES: u64 = 1 << 40;
 
 /// The engine: one per state directory per process; cheap to share behind an `Arc`.
 pub struct Engine {
@@ -247,7 +247,13 @@ impl Engine {
         }
         env.push(("HOSTNAME".into(), id.clone()));
         let agent_cfg = AgentConfig {
-            sandbox: SandboxSpec { id: id.clone(), hostname: id.clone(), rootfs, cgroup_procs: cgroup.procs_files() },
+            sandbox: SandboxSpec {
+                id: id.clone(),
+                hostname: id.clone(),
+                rootfs,
+                cgroup_procs: cgroup.agent_procs_files(),
+                exec_cgroup_parents: cgroup.exec_parents(),
+            },
             main: c.command.clone(),
             env,
             workdir: c.workdir.clone().unwrap_or(layout.workdir),
@@ -351,6 +357,7 @@ impl Engine {
             return Ok(rec.info);
         }
         if self.agent_alive(&rec) {
+            self.enforce_lifetime(&rec);
             return Ok(rec.info);
         }
         self.finish_if_ended(id).await?;
@@ -362,12 +369,44 @@ impl Engine {
         let mut out = vec![];
         for rec in self.store.list()? {
             if rec.info.state.is_final() || self.agent_alive(&rec) {
+                if !rec.info.state.is_final() {
+                    self.enforce_lifetime(&rec);
+                }
                 out.push(rec.info);
             } else {
                 out.push(self.get(&rec.info.id).await?);
             }
         }
         Ok(out)
+    }
+
+    /// The host side's hold on a sandbox's lifetime: the agent ends its sandbox on time itself (its event loop,
+    /// and a watchdog thread besides), so this only acts on an agent that is wedged for good, killing it
+    /// (and with it the pid namespace) well past its lifetime and stop grace.
+    fn enforce_lifetime(&self, rec: &Record) {
+        const SLACK: Duration = Duration::from_secs(30);
+        let (Some(pid), Some(start)) = (rec.agent_pid, rec.agent_start) else { return };
+        let cfg_path = self.sandbox_dir(&rec.info.id).join("agent.json");
+        // The agent's clock starts when it is spawned, just after its configuration is written.
+        let Ok(spawned) = std::fs::metadata(&cfg_path).and_then(|m| m.modified()) else { return };
+        if spawned.elapsed().unwrap_or_default() < Duration::from_millis(rec.info.max_lifetime_ms) {
+            return;
+        }
+        let grace = std::fs::read(&cfg_path)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<AgentConfig>(&b).ok())
+            .map_or(crate::DEFAULT_STOP_GRACE, |c| Duration::from_millis(c.stop_grace_ms));
+        let deadline = Duration::from_millis(rec.info.max_lifetime_ms) + grace + SLACK;
+        if spawned.elapsed().unwrap_or_default() >= deadline && hangar_runtime::process::process_alive(pid, start) {
+            tracing::warn!(sandbox = rec.info.id, "the agent outlived the sandbox's lifetime: killing it");
+            // Recorded as the agent would have: the sandbox ended because its lifetime passed.
+            let end = EndRecord { reason: EndReason::LifetimeExceeded, code: None, signal: Some(libc::SIGKILL) };
+            let _ = std::fs::write(
+                self.sandbox_dir(&rec.info.id).join(END_RECORD_FILE),
+                serde_json::to_vec(&end).unwrap_or_default(),
+            );
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+        }
     }
 
     fn agent_alive(&self, rec: &Record) -> bool {
@@ -503,56 +542,6 @@ impl Engine {
         }
     }
 
-    /// Reads a whole file from inside a running sandbox. Paths resolve inside the sandbox's own root, so
-    /// `..` and symlinks cannot reach the host.
-    pub async fn read_file(&self, id: &str, path: &str) -> Result<Vec<u8>> {
-        check_path(path)?;
-        let mut conn = self.connect(id).await?;
-        conn.send(&Request::ReadFile { path: path.to_string() }).await.map_err(|e| self.gone(id, "read_file", e))?;
-        match conn.recv::<Response>().await.map_err(|e| self.gone(id, "read_file", e))? {
-            Some(Response::FileData { len }) if len > MAX_FILE_BYTES => Err(Error::File {
-                id: id.to_string(),
-                path: path.to_string(),
-                kind: FileErrorKind::TooLarge,
-                message: format!("{path}: {len} bytes exceeds the {MAX_FILE_BYTES}-byte transfer limit"),
-            }),
-            Some(Response::FileData { len }) => {
-                let mut data = Vec::with_capacity(len.min(MAX_FILE_BYTES) as usize);
-                conn.recv_raw(len, |c| {
-                    data.extend_from_slice(c);
-                    Ok(())
-                })
-                .await
-                .map_err(|e| self.gone(id, &format!("read_file {path}"), e))?;
-                Ok(data)
-            }
-            other => Err(self.unexpected(id, path, other)),
-        }
-    }
-
-    /// Writes a whole file inside a running sandbox (parent directories are created).
-    pub async fn write_file(&self, id: &str, path: &str, data: &[u8], mode: u32) -> Result<()> {
-        check_path(path)?;
-        if data.len() as u64 > MAX_FILE_BYTES {
-            return Err(Error::InvalidArgument(format!(
-                "data: {} bytes exceeds the {MAX_FILE_BYTES}-byte limit",
-                data.len()
-            )));
-        }
-        let mut conn = self.connect(id).await?;
-        let w = conn.writer();
-        let sent = async {
-            w.send(&Request::WriteFile { path: path.to_string(), len: data.len() as u64, mode }).await?;
-            w.send_raw(data).await
-        }
-        .await;
-        match conn.recv::<Response>().await {
-            Ok(Some(Response::Done)) if sent.is_ok() => Ok(()),
-            Ok(other) => Err(self.unexpected(id, path, other)),
-            Err(e) => Err(self.gone(id, &format!("write_file {path}"), e)),
-        }
-    }
-
     pub(crate) fn gone(&self, id: &str, what: &str, e: std::io::Error) -> Error {
         Error::SandboxGone { id: id.to_string(), detail: format!("{what}: {e}") }
     }
@@ -587,16 +576,6 @@ pub(crate) fn agent_error(id: &str, subject: &str, kind: ErrorKind, message: Str
     }
 }
 
-fn check_path(path: &str) -> Result<()> {
-    if path.is_empty() {
-        return Err(Error::InvalidArgument("path is empty".into()));
-    }
-    if path.contains('\0') {
-        return Err(Error::InvalidArgument(format!("path {path:?} contains a NUL byte")));
-    }
-    Ok(())
-}
-
 /// The main command, once the image has filled it in if the caller gave none.
 fn validate_command(c: &SandboxConfig) -> Result<()> {
     let bad = |m: String| Err(Error::InvalidArgument(m));
@@ -629,7 +608,10 @@ fn validate(c: &SandboxConfig) -> Result<()> {
     }
     if let Some(m) = c.memory_bytes {
         if m < 8 << 20 {
-            return bad(format!("memory: {m} bytes is below the 8 MiB minimum"));
+            return bad(format!("memory_bytes: {m} bytes is below the 8 MiB minimum"));
+        }
+        if m > MAX_MEMORY_BYTES {
+            return bad(format!("memory_bytes: {m} bytes exceeds the 1 TiB maximum"));
         }
     }
     if c.max_lifetime.is_zero() {

@@ -7,6 +7,7 @@
 //! fresh `passwd`/`group` files. Nothing else of the host is in it: no `/root`, `/home`, `/etc/shadow`,
 //! ssh keys, `/var` or Hangar's own state. Pulling OCI images into a layer store is the next step (issue 4).
 
+mod archive;
 mod reference;
 mod registry;
 mod store;
@@ -81,6 +82,28 @@ pub enum Error {
         layer: String,
         /// The offending entry.
         message: String,
+    },
+    /// Part of an image archive's own structure (`manifest.json`, `index.json`, `oci-layout`, a manifest,
+    /// a config or a layer blob) is not a regular file of the archive: a symlink, hard link, device, FIFO or
+    /// directory. It is neither followed nor read.
+    #[error("image archive {}: archive entry {entry} is a {kind}; only regular files are read", archive.display())]
+    ArchiveEntryNotRegular {
+        /// The archive being imported.
+        archive: PathBuf,
+        /// The entry's name inside the archive.
+        entry: String,
+        /// What it is instead (`symlink`, `hard link`, `directory`, ...).
+        kind: String,
+    },
+    /// An entry of an image archive is larger than import reads for it (see the limits in `archive.rs`).
+    #[error("image archive {}: archive entry {entry} is larger than {limit} bytes", archive.display())]
+    ArchiveEntryTooLarge {
+        /// The archive being imported.
+        archive: PathBuf,
+        /// The entry's name inside the archive.
+        entry: String,
+        /// The most that is read for it.
+        limit: u64,
     },
     /// Assembling an image on disk failed.
     #[error("image store {}: {source}", path.display())]
@@ -250,14 +273,6 @@ impl ImageStore {
 pub(crate) fn unique() -> usize {
     static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-}
-
-/// `root/rel` when `rel` is a plain relative path (no `..`, not absolute).
-pub(crate) fn safe_join(root: &Path, rel: &str) -> Option<PathBuf> {
-    let p = Path::new(rel);
-    p.components()
-        .all(|c| matches!(c, std::path::Component::Normal(_) | std::path::Component::CurDir))
-        .then(|| root.join(p))
 }
 
 /// Copies a file, symlink (as a symlink) or directory tree.

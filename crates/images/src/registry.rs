@@ -341,7 +341,7 @@ impl ImageStore {
                      size: u64,
                      progress: &mut dyn FnMut(&str, u64, u64)|
          -> Result<PathBuf, String> {
-            let tmp = tmp_dir.join(format!(".pull-{}-{}", std::process::id(), crate::unique()));
+            let tmp = tmp_dir.join(format!("{}{}-{}", crate::store::PULL_PREFIX, std::process::id(), crate::unique()));
             let got = ep.blob(digest, &tmp, |n| progress(digest, n, size));
             if got.is_err() {
                 let _ = std::fs::remove_file(&tmp);

@@ -13,16 +13,7 @@ const OPAQUE_MARKER: &str = ".wh..wh..opq";
 /// Unpacks a layer read from `r` into `dest` (which must exist and be empty). `what` names the layer in
 /// errors.
 pub fn unpack_layer(r: impl Read, dest: &Path, what: &str) -> Result<(), Error> {
-    let mut r = BufReader::with_capacity(256 * 1024, r);
-    let head = r.fill_buf().map_err(|e| layer_err(what, format!("read: {e}")))?;
-    let stream: Box<dyn Read> = match head {
-        [0x1f, 0x8b, ..] => Box::new(flate2::read::GzDecoder::new(r)),
-        [0x28, 0xb5, 0x2f, 0xfd, ..] => {
-            Box::new(ruzstd::decoding::StreamingDecoder::new(r).map_err(|e| layer_err(what, format!("zstd: {e}")))?)
-        }
-        _ => Box::new(r),
-    };
-    let mut archive = tar::Archive::new(stream);
+    let mut archive = tar::Archive::new(decompressed(r, what)?);
     archive.set_preserve_permissions(true);
     archive.set_preserve_ownerships(true);
     archive.set_preserve_mtime(true);
@@ -78,8 +69,21 @@ pub fn unpack_layer(r: impl Read, dest: &Path, what: &str) -> Result<(), Error> 
     Ok(())
 }
 
+/// `r` decompressed by its magic bytes: gzip, zstd, or as it is. `what` names the stream in errors.
+pub(crate) fn decompressed<'a>(r: impl Read + 'a, what: &str) -> Result<Box<dyn Read + 'a>, Error> {
+    let mut r = BufReader::with_capacity(256 * 1024, r);
+    let head = r.fill_buf().map_err(|e| layer_err(what, format!("read: {e}")))?;
+    Ok(match head {
+        [0x1f, 0x8b, ..] => Box::new(flate2::read::GzDecoder::new(r)),
+        [0x28, 0xb5, 0x2f, 0xfd, ..] => {
+            Box::new(ruzstd::decoding::StreamingDecoder::new(r).map_err(|e| layer_err(what, format!("zstd: {e}")))?)
+        }
+        _ => Box::new(r),
+    })
+}
+
 /// The entry's path with `.` removed, or `None` if it is absolute or climbs with `..`.
-fn safe_relative(p: &Path) -> Option<PathBuf> {
+pub(crate) fn safe_relative(p: &Path) -> Option<PathBuf> {
     let mut out = PathBuf::new();
     for c in p.components() {
         match c {

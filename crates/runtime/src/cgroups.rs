@@ -11,11 +11,22 @@ const CGROUP_ROOT: &str = "/sys/fs/cgroup";
 const CPU_PERIOD_US: u64 = 100_000;
 
 /// One sandbox's cgroup: a directory per controller hierarchy (v1) or a single directory (v2).
+///
+/// The workload (the main command and every exec) lives in a `workload` child that holds the memory and
+/// process limits, and the agent outside it, so that an out-of-memory kill or a full pids limit always hits
+/// the workload and never the agent that journals its output and reports how it ended. On v1 the agent sits
+/// in the sandbox's own directory; on v2, which allows no processes in a cgroup that delegates controllers,
+/// in an `agent` child. CPU and the device allow-list apply to the whole sandbox, agent included.
 #[derive(Debug, Clone)]
 pub struct SandboxCgroup {
     dirs: Vec<PathBuf>,
     v2: bool,
 }
+
+/// The child of a sandbox's cgroup that holds its workload.
+const WORKLOAD: &str = "workload";
+/// The child that holds the agent on v2.
+const AGENT_V2: &str = "agent";
 
 /// Which cgroup layout the host has; chosen once by [`Cgroups::detect`].
 #[derive(Debug, Clone)]
@@ -23,6 +34,11 @@ pub struct Cgroups {
     v2: bool,
     parent: String,
 }
+
+/// v1 hierarchies where the workload has a child cgroup of its own, apart from the agent: memory, so that
+/// the OOM killer never picks the agent. (The pids limit stays on the whole sandbox on v1: execs would need a
+/// pids cgroup each to be held in a child, one more migration per exec.)
+const V1_WORKLOAD_CONTROLLERS: [&str; 1] = ["memory"];
 
 /// v1 hierarchies a sandbox joins. `cpuacct` gives per-exec CPU time; where it is co-mounted with `cpu`
 /// both names lead to the same directory, which is harmless. `devices` holds the device allow-list.
@@ -98,6 +114,13 @@ impl Cgroups {
             }
             mkdir(d)?;
         }
+        if self.v2 {
+            write(&cg.dirs[0].join("cgroup.subtree_control"), "+memory +pids")?;
+            mkdir(&cg.dirs[0].join(AGENT_V2))?;
+        }
+        for d in cg.workload_dirs() {
+            mkdir(&d)?;
+        }
         let made = cg.apply(limits);
         if made.is_err() {
             let _ = cg.remove(Duration::from_secs(1));
@@ -107,9 +130,36 @@ impl Cgroups {
 }
 
 impl SandboxCgroup {
-    /// The `cgroup.procs` files a process writes itself into to join this cgroup.
-    pub fn procs_files(&self) -> Vec<PathBuf> {
-        self.dirs.iter().map(|d| d.join("cgroup.procs")).collect()
+    /// The `cgroup.procs` files the sandbox's agent writes itself into.
+    pub fn agent_procs_files(&self) -> Vec<PathBuf> {
+        let agent = if self.v2 { vec![self.dirs[0].join(AGENT_V2)] } else { self.dirs.clone() };
+        agent.iter().map(|d| d.join("cgroup.procs")).collect()
+    }
+
+    /// The directories the workload's processes get their cgroups under (one per exec, see
+    /// [`CgroupDirs::create_exec`]): `workload` where the limits that must spare the agent apply, the
+    /// sandbox's own directory elsewhere.
+    pub fn exec_parents(&self) -> Vec<PathBuf> {
+        if self.v2 {
+            return vec![self.dirs[0].join(WORKLOAD)];
+        }
+        V1_CONTROLLERS
+            .iter()
+            .zip(&self.dirs)
+            .map(|(c, d)| if V1_WORKLOAD_CONTROLLERS.contains(c) { d.join(WORKLOAD) } else { d.clone() })
+            .collect()
+    }
+
+    fn workload_dirs(&self) -> Vec<PathBuf> {
+        if self.v2 {
+            return vec![self.dirs[0].join(WORKLOAD)];
+        }
+        V1_CONTROLLERS
+            .iter()
+            .zip(&self.dirs)
+            .filter(|(c, _)| V1_WORKLOAD_CONTROLLERS.contains(c))
+            .map(|(_, d)| d.join(WORKLOAD))
+            .collect()
     }
 
     /// The directories of this cgroup (one per v1 hierarchy, one on v2).
@@ -127,7 +177,8 @@ impl SandboxCgroup {
     }
 
     fn apply(&self, limits: &Limits) -> Result<()> {
-        let (mem, cpu, pids) = (self.dir_of("memory"), self.dir_of("cpu"), self.dir_of("pids"));
+        let (mem, cpu) = (self.dir_of("memory").join(WORKLOAD), self.dir_of("cpu"));
+        let pids = if self.v2 { self.dir_of("pids").join(WORKLOAD) } else { self.dir_of("pids").to_path_buf() };
         if let Some(bytes) = limits.memory_bytes {
             if self.v2 {
                 write(&mem.join("memory.max"), &bytes.to_string())?;
@@ -160,28 +211,6 @@ impl SandboxCgroup {
         Ok(())
     }
 
-    /// Process ids (in the caller's pid namespace) still in this cgroup.
-    pub fn pids(&self) -> Vec<i32> {
-        let mut out = Vec::new();
-        for d in &self.dirs {
-            if let Ok(s) = fs::read_to_string(d.join("cgroup.procs")) {
-                out.extend(s.lines().filter_map(|l| l.trim().parse::<i32>().ok()));
-            }
-        }
-        out.sort_unstable();
-        out.dedup();
-        out
-    }
-
-    /// Number of times the kernel's OOM killer fired in this cgroup.
-    pub fn oom_kills(&self) -> u64 {
-        let (file, key) = if self.v2 { ("memory.events", "oom_kill") } else { ("memory.oom_control", "oom_kill") };
-        fs::read_to_string(self.dir_of("memory").join(file))
-            .ok()
-            .and_then(|s| s.lines().find_map(|l| l.strip_prefix(key).and_then(|v| v.trim().parse().ok())))
-            .unwrap_or(0)
-    }
-
     /// SIGKILLs every process left in the cgroup, then removes its directories, waiting up to `wait` for the
     /// kernel to let go of them. Missing directories are not an error.
     pub fn remove(&self, wait: Duration) -> Result<()> {
@@ -195,17 +224,10 @@ impl SandboxCgroup {
             }
             let mut busy = None;
             for d in &self.dirs {
-                // Per-exec cgroups an agent left behind (it was killed mid-exec) go first.
-                for child in fs::read_dir(d).into_iter().flatten().flatten() {
-                    if child.file_type().is_ok_and(|t| t.is_dir()) {
-                        kill_procs(&child.path());
-                        let _ = fs::remove_dir(child.path());
-                    }
-                }
-                match fs::remove_dir(d) {
-                    Ok(()) => {}
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                    Err(e) => busy = Some(Error::io("rmdir", d, e)),
+                // The workload's, the agent's and per-exec cgroups an agent left behind (it was killed
+                // mid-exec) go first, deepest first.
+                if let Err(e) = remove_tree(d) {
+                    busy = Some(e);
                 }
             }
             match busy {
@@ -235,6 +257,22 @@ fn mkdir(p: &Path) -> Result<()> {
 
 fn write(p: &Path, v: &str) -> Result<()> {
     fs::write(p, v).map_err(|e| Error::io("write cgroup file", p, e))
+}
+
+/// Kills what is left in `dir` and below and removes the directories, children first. A missing directory
+/// is not an error.
+fn remove_tree(dir: &Path) -> Result<()> {
+    kill_procs(dir);
+    for child in fs::read_dir(dir).into_iter().flatten().flatten() {
+        if child.file_type().is_ok_and(|t| t.is_dir()) {
+            let _ = remove_tree(&child.path());
+        }
+    }
+    match fs::remove_dir(dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(Error::io("rmdir", dir, e)),
+    }
 }
 
 fn kill_procs(dir: &Path) {
@@ -305,13 +343,12 @@ fn keyed(text: &str, key: &str) -> u64 {
 }
 
 impl CgroupDirs {
-    /// Opens the directories of the `cgroup.procs` files a sandbox joined. Directories that cannot be opened
-    /// are skipped: per-exec accounting is then partial, never fatal.
-    pub fn open(procs_files: &[PathBuf]) -> Self {
+    /// Opens the directories execs get their cgroups under ([`SandboxCgroup::exec_parents`]). Directories
+    /// that cannot be opened are skipped: per-exec accounting is then partial, never fatal.
+    pub fn open(parents: &[PathBuf]) -> Self {
         let mut dirs = Vec::new();
         let mut v2 = false;
-        for f in procs_files {
-            let Some(dir) = f.parent() else { continue };
+        for dir in parents {
             let Ok(fd) = open_dir_at(None, dir) else { continue };
             v2 = nix::sys::statfs::fstatfs(&fd)
                 .is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::CGROUP2_SUPER_MAGIC);

@@ -19,7 +19,9 @@ mod spec;
 
 pub use error::{Error, Result};
 pub use security::{DEFAULT_CAPABILITIES, DENIED_SOCKET_FAMILIES, DENIED_SYSCALLS};
-pub use spawn::{cloexec_descriptors_from, close_descriptors_from, spawn_agent, AgentFds, SpawnedAgent};
+pub use spawn::{
+    cloexec_descriptors_from, close_descriptors_from, spawn_agent, spawn_process, AgentFds, ProcessSpec, SpawnedAgent,
+};
 pub use spec::{Limits, MountSpec, OverlaySpec, RootfsSpec, SandboxSpec};
 
 /// Turns the calling process (freshly cloned by [`spawn_agent`], still seeing the host's mounts) into the
@@ -31,7 +33,7 @@ pub use spec::{Limits, MountSpec, OverlaySpec, RootfsSpec, SandboxSpec};
 /// Returns the sandbox's cgroup directories, opened while they are still reachable, for per-exec cgroups.
 pub fn enter(spec: &SandboxSpec) -> Result<cgroups::CgroupDirs> {
     cgroups::join(&spec.cgroup_procs)?;
-    let dirs = cgroups::CgroupDirs::open(&spec.cgroup_procs);
+    let dirs = cgroups::CgroupDirs::open(&spec.exec_cgroup_parents);
     rootfs::unshare_cgroup_namespace()?;
     rootfs::build_and_pivot(&spec.rootfs)?;
     nix::unistd::sethostname(&spec.hostname).map_err(|e| Error::sys("sethostname", &spec.hostname, e))?;

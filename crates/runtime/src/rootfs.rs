@@ -39,10 +39,14 @@ pub(crate) fn build_and_pivot(spec: &RootfsSpec) -> Result<()> {
     // Stop mount events from propagating back to the host's namespace.
     mnt(None, Path::new("/"), None, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None)?;
     let root = &spec.mountpoint;
-    mount_overlay(&spec.root, root)?;
+    // Overlay options are shown in the sandbox's /proc/*/mountinfo as given: given relative to the directory
+    // that holds both the image layers and the sandbox's own (the state directory), they show no host path.
+    let base = common_ancestor(&spec.root.upper, spec.root.lower.first().unwrap_or(&spec.root.upper));
+    nix::unistd::chdir(&base).map_err(|e| Error::sys("chdir", base.display(), e))?;
+    mount_overlay(&spec.root, root, &base)?;
     for m in &spec.mounts {
         match m {
-            MountSpec::Overlay { target, overlay } => mount_overlay(overlay, &inside(root, target)?)?,
+            MountSpec::Overlay { target, overlay } => mount_overlay(overlay, &inside(root, target)?, &base)?,
             MountSpec::Tmpfs { target, size } => {
                 let t = inside(root, target)?;
                 mkdir_p(&t)?;
@@ -67,9 +71,13 @@ pub(crate) fn build_and_pivot(spec: &RootfsSpec) -> Result<()> {
 
 /// Overlays are `nodev` (a device node in an image layer or made in the sandbox opens nothing) and `nosuid`
 /// (no_new_privs already makes setuid bits inert inside; this says so to the kernel too).
-fn mount_overlay(o: &OverlaySpec, target: &Path) -> Result<()> {
-    let lower = o.lower.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(":");
-    let data = format!("lowerdir={lower},upperdir={},workdir={}", o.upper.display(), o.work.display());
+fn mount_overlay(o: &OverlaySpec, target: &Path, base: &Path) -> Result<()> {
+    let rel = |p: &Path| match p.strip_prefix(base) {
+        Ok(r) if !r.as_os_str().is_empty() && base != Path::new("/") => r.display().to_string(),
+        _ => p.display().to_string(),
+    };
+    let lower = o.lower.iter().map(|p| rel(p)).collect::<Vec<_>>().join(":");
+    let data = format!("lowerdir={lower},upperdir={},workdir={}", rel(&o.upper), rel(&o.work));
     mkdir_p(target)?;
     mnt(Some("overlay"), target, Some("overlay"), MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some(&data))
 }
@@ -181,6 +189,11 @@ pub(crate) fn loopback_up() -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The deepest directory both paths are under.
+fn common_ancestor(a: &Path, b: &Path) -> PathBuf {
+    a.components().zip(b.components()).take_while(|(x, y)| x == y).map(|(x, _)| x).collect()
 }
 
 /// `root/rel`, refusing relative paths that would climb out of `root`.

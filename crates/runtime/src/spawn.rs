@@ -136,3 +136,153 @@ pub fn cloexec_descriptors_from(first: u32) -> i32 {
 fn cstring(b: &[u8], what: &str) -> Result<CString> {
     CString::new(b).map_err(|_| Error::Unsupported(format!("{what} contains a NUL byte")))
 }
+
+/// A process to start inside the sandbox, from its init agent: everything is prepared by the caller so that
+/// the child runs only async-signal-safe code between fork and exec.
+pub struct ProcessSpec<'a> {
+    /// Program paths to try in order (the `PATH` candidates of `argv[0]`, or `argv[0]` itself when it holds a
+    /// `/`), as `execvp` would.
+    pub candidates: Vec<CString>,
+    /// The argument vector.
+    pub argv: Vec<CString>,
+    /// The whole environment, `KEY=VALUE`.
+    pub env: Vec<CString>,
+    /// stdin, stdout, stderr.
+    pub stdio: [BorrowedFd<'a>; 3],
+    /// The working directory, already resolved inside the sandbox (`fchdir`, never a path looked up again).
+    pub cwd: BorrowedFd<'a>,
+    /// `cgroup.procs` files to write `0` to (joining those cgroups before anything runs).
+    pub cgroup_procs: Vec<RawFd>,
+    /// Run as this (uid, gid), with no supplementary groups.
+    pub user: Option<(u32, u32)>,
+    /// A session of its own with stdin (a terminal) as its controlling terminal; else a process group of its
+    /// own.
+    pub tty: bool,
+}
+
+/// Forks and execs `spec`. The child keeps exactly its three stdio descriptors: everything else the caller
+/// holds (host directories, journals, sockets) is closed before the exec, so no path the program is given can
+/// reach them. Returns the child's pid, or why it could not be executed (the errno of the last candidate that
+/// mattered, as `execvp` reports it).
+pub fn spawn_process(spec: &ProcessSpec<'_>) -> std::io::Result<i32> {
+    use std::os::fd::FromRawFd;
+    if spec.candidates.is_empty() {
+        return Err(std::io::Error::from_raw_os_error(libc::ENOENT));
+    }
+    // The error pipe, stdio and cwd are raised above a floor so that the child's dup2 onto 0-2 never clobbers
+    // one with another, and the error pipe is the one descriptor left above 2 (close-on-exec).
+    const FLOOR: i32 = 64;
+    let raise = |fd: RawFd| -> std::io::Result<OwnedFd> {
+        // SAFETY: F_DUPFD_CLOEXEC makes a new descriptor that only we own.
+        let n = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, FLOOR) };
+        if n < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: just created above; nothing else owns it.
+        Ok(unsafe { OwnedFd::from_raw_fd(n) })
+    };
+    let (err_r, err_w_low) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(std::io::Error::from)?;
+    let err_w = raise(err_w_low.as_raw_fd())?;
+    // Only the raised copy may stay open in the parent until the fork, or the read below never ends.
+    drop(err_w_low);
+    let stdio =
+        [raise(spec.stdio[0].as_raw_fd())?, raise(spec.stdio[1].as_raw_fd())?, raise(spec.stdio[2].as_raw_fd())?];
+    let stdio_raw = [stdio[0].as_raw_fd(), stdio[1].as_raw_fd(), stdio[2].as_raw_fd()];
+    let cwd = spec.cwd.as_raw_fd();
+    let err_fd = err_w.as_raw_fd();
+    let ptrs = |v: &[CString]| -> Vec<*const libc::c_char> {
+        v.iter().map(|a| a.as_ptr()).chain(std::iter::once(std::ptr::null())).collect()
+    };
+    let (argv_p, envp_p) = (ptrs(&spec.argv), ptrs(&spec.env));
+    let cands: Vec<*const libc::c_char> = spec.candidates.iter().map(|c| c.as_ptr()).collect();
+
+    // SAFETY: the child calls only async-signal-safe functions on memory prepared before the fork, then
+    // execs or _exits; the parent only reads the error pipe.
+    match unsafe { nix::unistd::fork() }.map_err(std::io::Error::from)? {
+        nix::unistd::ForkResult::Child => {
+            // SAFETY: every call below is a raw, async-signal-safe system call on descriptors and buffers that
+            // were prepared before the fork and stay valid in the child's copy of memory.
+            unsafe {
+                let fail = |step: i32| -> ! {
+                    let e = *libc::__errno_location();
+                    let report = [step, e];
+                    libc::write(err_fd, report.as_ptr().cast(), 8);
+                    libc::_exit(127)
+                };
+                for (target, &src) in stdio_raw.iter().enumerate() {
+                    if libc::dup2(src, target as i32) < 0 {
+                        fail(1);
+                    }
+                }
+                for &fd in &spec.cgroup_procs {
+                    if libc::write(fd, b"0".as_ptr().cast(), 1) < 0 {
+                        fail(2);
+                    }
+                }
+                if spec.tty {
+                    if libc::setsid() < 0 || libc::ioctl(0, libc::TIOCSCTTY as _, 0) < 0 {
+                        fail(3);
+                    }
+                } else if libc::setpgid(0, 0) < 0 {
+                    fail(3);
+                }
+                if libc::fchdir(cwd) < 0 {
+                    fail(4);
+                }
+                if let Some((uid, gid)) = spec.user {
+                    if libc::setgroups(0, std::ptr::null()) < 0 || libc::setgid(gid) < 0 || libc::setuid(uid) < 0 {
+                        fail(5);
+                    }
+                }
+                // The agent ignores SIGPIPE and may block signals; a command starts with the defaults.
+                let mut empty: libc::sigset_t = std::mem::zeroed();
+                libc::sigemptyset(&mut empty);
+                libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
+                libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+                // Only stdio and the error pipe (close-on-exec) survive.
+                if close_range_raw(3, err_fd as u32 - 1) < 0 || close_range_raw(err_fd as u32 + 1, u32::MAX) < 0 {
+                    fail(6);
+                }
+                // execvp's rule: ENOENT/ENOTDIR move on to the next candidate; EACCES is remembered.
+                let mut errno = libc::ENOENT;
+                for &path in &cands {
+                    libc::execve(path, argv_p.as_ptr(), envp_p.as_ptr());
+                    let e = *libc::__errno_location();
+                    if e == libc::EACCES {
+                        errno = e;
+                    } else if e != libc::ENOENT && e != libc::ENOTDIR {
+                        errno = e;
+                        break;
+                    }
+                }
+                *libc::__errno_location() = errno;
+                fail(7)
+            }
+        }
+        nix::unistd::ForkResult::Parent { child } => {
+            drop(err_w);
+            drop(stdio);
+            let mut report = [0u8; 8];
+            let mut got = 0;
+            while got < report.len() {
+                match nix::unistd::read(&err_r, &mut report[got..]) {
+                    Ok(0) => break,
+                    Ok(n) => got += n,
+                    Err(nix::Error::EINTR) => continue,
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            if got == 0 {
+                return Ok(child.as_raw());
+            }
+            // The child failed and exits 127; the caller's reaper collects it.
+            let errno = i32::from_ne_bytes(report[4..8].try_into().unwrap_or([0; 4]));
+            Err(std::io::Error::from_raw_os_error(errno))
+        }
+    }
+}
+
+fn close_range_raw(first: u32, last: u32) -> i32 {
+    // SAFETY: close_range takes two numbers and flags and touches no memory.
+    unsafe { libc::syscall(libc::SYS_close_range, first, last, 0) as i32 }
+}

@@ -12,6 +12,8 @@ pub struct SandboxSpec {
     pub rootfs: RootfsSpec,
     /// `cgroup.procs` files the agent writes itself into, one per controller hierarchy.
     pub cgroup_procs: Vec<PathBuf>,
+    /// Directories the workload's processes get their cgroups under, one per hierarchy.
+    pub exec_cgroup_parents: Vec<PathBuf>,
 }
 
 /// An overlay filesystem: read-only lower layers (topmost first) under a writable upper directory.

@@ -144,12 +144,35 @@ impl Client {
         dispatch!(self, remove(id))
     }
 
-    pub(crate) async fn read_file(&self, id: &str, path: &str) -> Result<Vec<u8>> {
-        dispatch!(self, read_file(id, path))
+    pub(crate) async fn read_file_to(
+        &self,
+        id: &str,
+        path: &str,
+        sink: &mut (impl tokio::io::AsyncWrite + Unpin + Send),
+    ) -> Result<u64> {
+        use tokio::io::AsyncWriteExt;
+        match &self.backend {
+            Backend::Embedded(e) => {
+                let mut f = e.open_file(id, path).await?;
+                while let Some(chunk) = f.next_chunk().await? {
+                    sink.write_all(&chunk).await.map_err(|e| local(path, e))?;
+                }
+                sink.flush().await.map_err(|e| local(path, e))?;
+                Ok(f.len())
+            }
+            Backend::Remote(r) => r.read_file_to(id, path, sink).await,
+        }
     }
 
-    pub(crate) async fn write_file(&self, id: &str, path: &str, data: &[u8], mode: u32) -> Result<()> {
-        dispatch!(self, write_file(id, path, data, mode))
+    pub(crate) async fn write_file_from(
+        &self,
+        id: &str,
+        path: &str,
+        source: &mut (impl tokio::io::AsyncRead + Unpin + Send),
+        len: u64,
+        mode: u32,
+    ) -> Result<()> {
+        dispatch!(self, write_file_from(id, path, len, mode, source))
     }
 
     pub(crate) async fn exec(&self, id: &str, spec: ExecSpec, keepalive: Option<Duration>) -> Result<ExecHandle> {
@@ -205,4 +228,9 @@ impl Client {
     pub(crate) async fn signal_exec(&self, id: &str, exec: &str, signal: i32) -> Result<()> {
         dispatch!(self, signal_exec(id, exec, signal))
     }
+}
+
+/// A failure of the caller's own reader or writer during a transfer of `path`.
+pub(crate) fn local(path: &str, e: std::io::Error) -> crate::Error {
+    crate::Error::LocalIo(format!("transferring {path}: {e}"))
 }

@@ -157,6 +157,19 @@ pub enum Error {
     /// A failure of the engine or host (I/O, store, isolation setup).
     #[error("internal error: {0}")]
     Internal(String),
+    /// A local reader or writer the caller handed over failed (the file being uploaded, the one being
+    /// downloaded into); the sandbox is fine.
+    ///
+    /// ```no_run
+    /// # async fn demo(sb: &hangar::Sandbox) {
+    /// let mut out = tokio::fs::File::create("/full-disk/model.bin").await.unwrap();
+    /// if let Err(hangar::Error::LocalIo(m)) = sb.read_file_to("/work/model.bin", &mut out).await {
+    ///     eprintln!("{m}");
+    /// }
+    /// # }
+    /// ```
+    #[error("local I/O: {0}")]
+    LocalIo(String),
 }
 
 /// What kind of failure an [`Error::File`] is, to tell a missing file from a real error.

@@ -120,23 +120,72 @@ impl Remote {
         Ok(())
     }
 
-    pub(crate) async fn read_file(&self, id: &str, path: &str) -> Result<Vec<u8>> {
+    pub(crate) async fn read_file_to(
+        &self,
+        id: &str,
+        path: &str,
+        sink: &mut (impl tokio::io::AsyncWrite + Unpin + Send),
+    ) -> Result<u64> {
+        use tokio::io::AsyncWriteExt;
         let req = pb::ReadFileRequest { sandbox_id: id.into(), path: path.into() };
         let mut stream = self.grpc().read_file(req).await.map_err(|s| self.error(s, id))?.into_inner();
-        let mut data = vec![];
+        let mut n = 0u64;
         while let Some(chunk) = stream.message().await.map_err(|s| self.error(s, id))? {
-            data.extend_from_slice(&chunk.data);
+            sink.write_all(&chunk.data).await.map_err(|e| crate::client::local(path, e))?;
+            n += chunk.data.len() as u64;
         }
-        Ok(data)
+        sink.flush().await.map_err(|e| crate::client::local(path, e))?;
+        Ok(n)
     }
 
-    pub(crate) async fn write_file(&self, id: &str, path: &str, data: &[u8], mode: u32) -> Result<()> {
-        let mut msgs =
-            vec![pb::WriteFileRequest { sandbox_id: id.into(), path: path.into(), mode, data: Bytes::new() }];
-        let data = Bytes::copy_from_slice(data);
-        msgs.extend(chunks(&data).map(|c| pb::WriteFileRequest { data: c, ..Default::default() }));
-        self.grpc().write_file(tokio_stream::iter(msgs)).await.map_err(|s| self.error(s, id))?;
-        Ok(())
+    /// Streams `len` bytes of `source` as the request stream, read while the call runs (memory: a few
+    /// chunks in flight).
+    pub(crate) async fn write_file_from(
+        &self,
+        id: &str,
+        path: &str,
+        len: u64,
+        mode: u32,
+        source: &mut (impl tokio::io::AsyncRead + Unpin + Send),
+    ) -> Result<()> {
+        use tokio::io::AsyncReadExt;
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let first = pb::WriteFileRequest {
+            sandbox_id: id.into(),
+            path: path.into(),
+            mode,
+            size: Some(len),
+            ..Default::default()
+        };
+        let _ = tx.send(first).await;
+        let pump = async move {
+            let mut left = len;
+            let mut buf = vec![0u8; CHUNK];
+            while left > 0 {
+                let want = (left as usize).min(buf.len());
+                let n = source.read(&mut buf[..want]).await.map_err(|e| crate::client::local(path, e))?;
+                if n == 0 {
+                    return Err(crate::client::local(
+                        path,
+                        std::io::Error::new(
+                            std::io::ErrorKind::UnexpectedEof,
+                            format!("the data ended after {} of {len} bytes", len - left),
+                        ),
+                    ));
+                }
+                let msg = pb::WriteFileRequest { data: Bytes::copy_from_slice(&buf[..n]), ..Default::default() };
+                if tx.send(msg).await.is_err() {
+                    break; // the call ended first; its answer says why
+                }
+                left -= n as u64;
+            }
+            Ok(())
+        };
+        let mut grpc = self.grpc();
+        let call = grpc.write_file(tokio_stream::wrappers::ReceiverStream::new(rx));
+        let (pumped, answered) = tokio::join!(pump, call);
+        answered.map_err(|s| self.error(s, id))?;
+        pumped
     }
 
     /// Starts (or finds) an exec and follows it, resuming on new connections whenever one breaks.
@@ -623,10 +672,6 @@ fn exec_from_proto(e: pb::ExecStatus) -> ExecInfo {
         expired: e.expired,
         journal: String::new(),
     }
-}
-
-fn chunks(data: &Bytes) -> impl Iterator<Item = Bytes> + '_ {
-    (0..data.len()).step_by(CHUNK).map(move |at| data.slice(at..data.len().min(at + CHUNK)))
 }
 
 fn from_proto(s: pb::Sandbox) -> SandboxInfo {

@@ -149,7 +149,8 @@ impl SandboxBuilder {
     /// # Ok(()) }
     /// ```
     pub fn memory_mb(mut self, mib: u64) -> Self {
-        self.cfg.memory_bytes = Some(mib << 20);
+        // An overflowing size stays too large (the engine refuses it) instead of wrapping to a small one.
+        self.cfg.memory_bytes = Some(mib.checked_mul(1 << 20).unwrap_or(u64::MAX));
         self
     }
     /// Limit on processes and threads (a fork bomb stops here).
@@ -409,7 +410,49 @@ impl Sandbox {
     /// # Ok(()) }
     /// ```
     pub async fn read_file(&self, path: &str) -> Result<Vec<u8>> {
-        self.client.read_file(&self.id, path).await
+        let mut data = Vec::new();
+        self.client.read_file_to(&self.id, path, &mut data).await?;
+        Ok(data)
+    }
+
+    /// Streams a file out of the sandbox into `sink` (a local file, a socket, ...) in chunks, so memory stays
+    /// at a few hundred KiB whatever the size; returns its length. The same rules as [`Sandbox::read_file`]
+    /// apply, and the engine's (or server's) transfer limit (16 GiB unless `HANGAR_MAX_FILE_BYTES` says
+    /// otherwise).
+    ///
+    /// ```no_run
+    /// # async fn demo(sb: &hangar::Sandbox) -> hangar::Result<()> {
+    /// let mut out = tokio::fs::File::create("checkpoint.pt").await.unwrap();
+    /// let n = sb.read_file_to("/work/checkpoint.pt", &mut out).await?;
+    /// println!("{n} bytes");
+    /// # Ok(()) }
+    /// ```
+    pub async fn read_file_to(
+        &self,
+        path: &str,
+        sink: &mut (impl tokio::io::AsyncWrite + Unpin + Send),
+    ) -> Result<u64> {
+        self.client.read_file_to(&self.id, path, sink).await
+    }
+
+    /// Streams `len` bytes from `source` into a file in the sandbox (created with mode 0644 and its parent
+    /// directories when missing), in chunks. A source that ends early fails the write with
+    /// [`crate::Error::LocalIo`].
+    ///
+    /// ```no_run
+    /// # async fn demo(sb: &hangar::Sandbox) -> hangar::Result<()> {
+    /// let mut data = tokio::fs::File::open("dataset.tar").await.unwrap();
+    /// let len = data.metadata().await.unwrap().len();
+    /// sb.write_file_from("/work/dataset.tar", &mut data, len).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn write_file_from(
+        &self,
+        path: &str,
+        source: &mut (impl tokio::io::AsyncRead + Unpin + Send),
+        len: u64,
+    ) -> Result<()> {
+        self.client.write_file_from(&self.id, path, source, len, 0o644).await
     }
 
     /// Writes a file into the sandbox (mode 0644, parent directories created).
@@ -420,7 +463,8 @@ impl Sandbox {
     /// # Ok(()) }
     /// ```
     pub async fn write_file(&self, path: &str, data: impl AsRef<[u8]>) -> Result<()> {
-        self.client.write_file(&self.id, path, data.as_ref(), 0o644).await
+        let data = data.as_ref();
+        self.client.write_file_from(&self.id, path, &mut &data[..], data.len() as u64, 0o644).await
     }
 
     /// Stops the sandbox with the default 10 s grace: SIGTERM to its processes, SIGKILL after the grace.

@@ -31,7 +31,15 @@ impl Tokens {
                 .ok_or_else(|| {
                     Error::Tokens(format!("entry {} is not TENANT=TOKEN with a token of 8+ characters", n + 1))
                 })?;
-            by_token.insert(token.to_string(), tenant.to_string());
+            // A token names one tenant: the same token given to two would let one act as the other.
+            if let Some(other) = by_token.insert(token.to_string(), tenant.to_string()) {
+                if other != tenant {
+                    return Err(Error::Tokens(format!(
+                        "entry {}: tenants {other} and {tenant} share a token; each tenant needs its own",
+                        n + 1
+                    )));
+                }
+            }
         }
         if by_token.is_empty() {
             return Err(Error::Tokens("no tokens given".into()));
@@ -48,6 +56,14 @@ impl Tokens {
     fn tenant(&self, token: &str) -> Option<&str> {
         self.by_token.get(token).map(String::as_str)
     }
+
+    /// The tenant an `authorization` header value (`Bearer TOKEN`) authenticates, if any.
+    pub(crate) fn authenticate(&self, header: Option<&str>) -> Result<&str, &'static str> {
+        let token = header
+            .and_then(|h| h.strip_prefix("Bearer "))
+            .ok_or("missing bearer token (authorization: Bearer TOKEN)")?;
+        self.tenant(token).ok_or("invalid token")
+    }
 }
 
 pub(crate) fn interceptor(
@@ -60,11 +76,25 @@ pub(crate) fn interceptor(
             crate::status::with_reason(Status::unauthenticated(msg), "UNAUTHENTICATED")
         };
         let header = req.metadata().get("authorization").and_then(|v| v.to_str().ok());
-        let token = header
-            .and_then(|h| h.strip_prefix("Bearer "))
-            .ok_or_else(|| refused("missing bearer token (authorization: Bearer TOKEN)"))?;
-        let tenant = tokens.tenant(token).ok_or_else(|| refused("invalid token"))?.to_string();
+        let tenant = tokens.authenticate(header).map_err(refused)?.to_string();
         req.extensions_mut().insert(Tenant(tenant));
         Ok(req)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Tokens;
+
+    #[test]
+    fn a_token_names_one_tenant() {
+        let t = Tokens::parse("a=token-aaaa\nb=token-bbbb").unwrap();
+        assert_eq!(t.authenticate(Some("Bearer token-bbbb")), Ok("b"));
+        assert!(t.authenticate(Some("Bearer token-cccc")).is_err());
+        assert!(t.authenticate(Some("token-aaaa")).is_err(), "the Bearer scheme is required");
+        assert!(t.authenticate(None).is_err());
+        let shared = Tokens::parse("a=same-token,b=same-token").unwrap_err().to_string();
+        assert!(shared.contains("tenants a and b share a token"), "{shared}");
+        assert!(Tokens::parse("a=same-token,a=same-token").is_ok(), "a repeated line is harmless");
     }
 }

@@ -62,11 +62,12 @@ pub async fn bind(
     let grpc = tokio::net::TcpListener::bind(listen).await.map_err(|source| Error::Listen { addr: listen, source })?;
     let grpc_addr = grpc.local_addr().map_err(|source| Error::Listen { addr: listen, source })?;
     let metrics = Arc::new(Metrics::default());
+    let tokens = Arc::new(tokens);
     let http = match http_listen {
         Some(addr) => {
             let l = tokio::net::TcpListener::bind(addr).await.map_err(|source| Error::Listen { addr, source })?;
             let bound = l.local_addr().map_err(|source| Error::Listen { addr, source })?;
-            tokio::spawn(metrics::serve_http(l, engine.clone(), metrics.clone()));
+            tokio::spawn(metrics::serve_http(l, engine.clone(), metrics.clone(), tokens.clone()));
             Some(bound)
         }
         None => None,
@@ -74,7 +75,7 @@ pub async fn bind(
     let api = SandboxApi::new(engine, metrics.clone());
     let svc =
         SandboxServiceServer::new(api).max_decoding_message_size(MAX_MESSAGE).max_encoding_message_size(MAX_MESSAGE);
-    let svc = tonic::service::interceptor::InterceptedService::new(svc, auth::interceptor(Arc::new(tokens), metrics));
+    let svc = tonic::service::interceptor::InterceptedService::new(svc, auth::interceptor(tokens, metrics));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let serve = async move {
         // Small frames (ready, a short output, exit) must not wait on Nagle and delayed ACKs.

@@ -100,18 +100,29 @@ impl Metrics {
     }
 }
 
-/// Serves `GET /healthz` (200 `ok` while the engine's store answers) and `GET /metrics`.
-pub(crate) async fn serve_http(listener: tokio::net::TcpListener, engine: Arc<Engine>, metrics: Arc<Metrics>) {
+/// Serves `GET /healthz` (200 `ok` while the engine's store answers; open, for load balancers) and
+/// `GET /metrics`, which needs a tenant's bearer token like the gRPC API (it counts every tenant's sandboxes).
+pub(crate) async fn serve_http(
+    listener: tokio::net::TcpListener,
+    engine: Arc<Engine>,
+    metrics: Arc<Metrics>,
+    tokens: Arc<crate::Tokens>,
+) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             continue;
         };
-        let (engine, metrics) = (engine.clone(), metrics.clone());
+        let (engine, metrics, tokens) = (engine.clone(), metrics.clone(), tokens.clone());
         tokio::spawn(async move {
             let svc = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                let (engine, metrics) = (engine.clone(), metrics.clone());
+                let (engine, metrics, tokens) = (engine.clone(), metrics.clone(), tokens.clone());
                 async move {
+                    let auth = req.headers().get("authorization").and_then(|v| v.to_str().ok());
                     let (code, body) = match req.uri().path() {
+                        "/metrics" if tokens.authenticate(auth).is_err() => {
+                            metrics.unauthenticated.fetch_add(1, Relaxed);
+                            (401, "unauthenticated: /metrics needs authorization: Bearer TOKEN\n".to_string())
+                        }
                         "/healthz" => match engine.list().await {
                             Ok(_) => (200, "ok\n".to_string()),
                             Err(e) => (503, format!("unhealthy: {e}\n")),

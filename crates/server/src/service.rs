@@ -207,9 +207,6 @@ impl SandboxService for SandboxApi {
         if r.max_lifetime_ms.is_some_and(|ms| ms == 0 || ms > MAX_LIFETIME_MS) {
             return Err(invalid("max_lifetime_ms", format!("must be between 1 and {MAX_LIFETIME_MS}")));
         }
-        if r.memory_bytes.is_some_and(|m| m > 1 << 40) {
-            return Err(invalid("memory_bytes", "exceeds 1 TiB"));
-        }
         if r.cpus.is_some_and(|c| c > 1024.0) {
             return Err(invalid("cpus", "exceeds 1024"));
         }
@@ -370,17 +367,26 @@ impl SandboxService for SandboxApi {
         let tenant = tenant(&req)?;
         let r = req.into_inner();
         self.owned(&tenant, &r.sandbox_id).await?;
-        let data = self.engine.read_file(&r.sandbox_id, &r.path).await.map_err(from_engine)?;
-        let data = bytes::Bytes::from(data);
-        let chunks: Vec<Result<pb::FileChunk, Status>> = if data.is_empty() {
-            vec![Ok(pb::FileChunk { data })]
-        } else {
-            (0..data.len())
-                .step_by(FILE_CHUNK)
-                .map(|at| Ok(pb::FileChunk { data: data.slice(at..data.len().min(at + FILE_CHUNK)) }))
-                .collect()
-        };
-        Ok(Response::new(Box::pin(tokio_stream::iter(chunks))))
+        let mut file = self.engine.open_file(&r.sandbox_id, &r.path).await.map_err(from_engine)?;
+        // A few chunks in flight: the server's memory stays the same for a 10 GiB file as for a small one.
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        tokio::spawn(async move {
+            if file.is_empty() {
+                let _ = tx.send(Ok(pb::FileChunk { data: bytes::Bytes::new() })).await;
+            }
+            loop {
+                let msg = match file.next_chunk().await {
+                    Ok(Some(chunk)) => Ok(pb::FileChunk { data: chunk.into() }),
+                    Ok(None) => return,
+                    Err(e) => Err(from_engine(e)),
+                };
+                let failed = msg.is_err();
+                if tx.send(msg).await.is_err() || failed {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
     }
 
     async fn write_file(
@@ -394,16 +400,71 @@ impl SandboxService for SandboxApi {
             return Err(invalid("path", "is empty"));
         }
         self.owned(&tenant, &first.sandbox_id).await?;
-        let mut data = Vec::from(first.data);
-        while let Some(m) = inbound.message().await? {
-            if data.len() as u64 + m.data.len() as u64 > hangar_engine::MAX_FILE_BYTES {
-                return Err(invalid("data", format!("exceeds {} bytes", hangar_engine::MAX_FILE_BYTES)));
-            }
-            data.extend_from_slice(&m.data);
-        }
         let mode = if first.mode == 0 { 0o644 } else { first.mode & 0o7777 };
-        self.engine.write_file(&first.sandbox_id, &first.path, &data, mode).await.map_err(from_engine)?;
-        Ok(Response::new(pb::WriteFileResponse { bytes_written: data.len() as u64 }))
+        let limit = self.engine.config().max_file_bytes;
+        let (id, path) = (first.sandbox_id.clone(), first.path.clone());
+        let too_large = |n: u64| {
+            from_engine(hangar_engine::Error::File {
+                id: id.clone(),
+                path: path.clone(),
+                kind: hangar_engine::FileErrorKind::TooLarge,
+                message: format!("{path}: {n} bytes exceeds the {limit}-byte transfer limit"),
+            })
+        };
+        let written = match first.size {
+            Some(size) => {
+                if size > limit {
+                    return Err(too_large(size));
+                }
+                // Straight through: the request stream feeds a pipe the engine reads from.
+                let (mut pipe_w, mut pipe_r) = tokio::io::duplex(FILE_CHUNK * 2);
+                let feed = async move {
+                    use tokio::io::AsyncWriteExt;
+                    let mut n = first.data.len() as u64;
+                    pipe_w.write_all(&first.data).await.ok();
+                    while let Some(m) = inbound.message().await? {
+                        n += m.data.len() as u64;
+                        if n > size {
+                            return Err(invalid("data", format!("more than the {size} bytes announced in size")));
+                        }
+                        if pipe_w.write_all(&m.data).await.is_err() {
+                            break; // the engine stopped reading; its answer says why
+                        }
+                    }
+                    Ok::<u64, Status>(n)
+                };
+                let write = self.engine.write_file_from(&id, &path, size, mode, &mut pipe_r);
+                let (fed, wrote) = tokio::join!(feed, write);
+                let n = fed?;
+                wrote.map_err(from_engine)?;
+                n
+            }
+            None => {
+                // No size given: spool to the server's disk (bounded memory), then stream from there.
+                let spool = spool_file(&self.engine.config().state_dir)
+                    .map_err(|e| Status::internal(format!("spooling the upload: {e}")))?;
+                let mut file = tokio::fs::File::from_std(spool);
+                let mut n = 0u64;
+                let mut chunk = first.data;
+                loop {
+                    use tokio::io::AsyncWriteExt;
+                    n += chunk.len() as u64;
+                    if n > limit {
+                        return Err(too_large(n));
+                    }
+                    file.write_all(&chunk).await.map_err(|e| Status::internal(format!("spooling the upload: {e}")))?;
+                    match inbound.message().await? {
+                        Some(m) => chunk = m.data,
+                        None => break,
+                    }
+                }
+                use tokio::io::AsyncSeekExt;
+                file.seek(std::io::SeekFrom::Start(0)).await.map_err(|e| Status::internal(e.to_string()))?;
+                self.engine.write_file_from(&id, &path, n, mode, &mut file).await.map_err(from_engine)?;
+                n
+            }
+        };
+        Ok(Response::new(pb::WriteFileResponse { bytes_written: written }))
     }
 
     type StreamExecStream = BoxStream<pb::StreamExecResponse>;
@@ -629,4 +690,16 @@ impl Drop for AbortOnDrop {
     fn drop(&mut self) {
         self.0.abort();
     }
+}
+
+/// A file for an upload spooled to the server's disk while it arrives, unlinked at once (so nothing is left
+/// whatever happens to the call or the server). The directory is under the 0700 state directory.
+fn spool_file(state_dir: &std::path::Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let dir = state_dir.join("uploads");
+    std::fs::create_dir_all(&dir)?;
+    let path = dir.join(format!("upload-{}-{:?}", std::process::id(), std::time::Instant::now()));
+    let file = std::fs::OpenOptions::new().read(true).write(true).create_new(true).mode(0o600).open(&path)?;
+    std::fs::remove_file(&path)?;
+    Ok(file)
 }

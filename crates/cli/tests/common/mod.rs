@@ -46,7 +46,7 @@ pub fn client() -> Client {
 }
 
 pub fn engine_config() -> EngineConfig {
-    EngineConfig { state_dir: state_dir(), agent_bin: agent_bin() }
+    EngineConfig::new(state_dir(), agent_bin())
 }
 
 /// Tenants of the test server.

@@ -160,7 +160,11 @@ async fn the_sandbox_is_isolated_from_the_host() {
     let seccomp = sb.exec(["python3", "-c", unshare]).await.unwrap();
     assert_eq!(seccomp.stdout_text(), "-1 1\n", "unshare(CLONE_NEWNS) fails with EPERM");
     let caps = run("grep CapEff /proc/self/status").await;
-    assert_eq!(caps.stdout_text().trim(), "CapEff:\t00000000a00425fb", "only the default capability set (Docker's, less MKNOD)");
+    assert_eq!(
+        caps.stdout_text().trim(),
+        "CapEff:\t00000000a00425fb",
+        "only the default capability set (Docker's, less MKNOD)"
+    );
     assert_eq!(run("grep NoNewPrivs /proc/self/status").await.stdout_text().trim(), "NoNewPrivs:\t1");
     sb.stop().await.unwrap();
 }
