@@ -553,7 +553,7 @@ pub(crate) fn refill_spare(state: &Shared) {
     let cgroup = {
         let mut st = state.borrow_mut();
         let resting = st.spare_failed.is_some_and(|t| t.elapsed() < SPARE_RETRY);
-        if st.spare.is_some() || st.spare_pending || resting || st.stopping {
+        if st.spare.is_some() || st.spare_pending || resting || st.stopping || st.spare_unusable {
             return;
         }
         st.spare_count += 1;
@@ -575,6 +575,12 @@ pub(crate) fn refill_spare(state: &Shared) {
             }
             Ok(Ok(spare)) => {
                 let _ = kill(Pid::from_raw(spare.pid), Signal::SIGKILL);
+            }
+            Ok(Err(e)) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                // The helper died before it was ready: the agent's binary cannot run on this image's C library
+                // (or lack of one). That will not change; execs start directly from now on.
+                crate::log!("the exec helper cannot run in this image ({e}); execs start directly");
+                st.spare_unusable = true;
             }
             Ok(Err(e)) => {
                 // Execs still start, just without the head start (a full pids limit, say); say so once a spell.

@@ -153,6 +153,8 @@ pub(crate) struct State {
     pub(crate) spare_pending: bool,
     /// When preparing a spare last failed (none is tried for a while after).
     pub(crate) spare_failed: Option<std::time::Instant>,
+    /// The helper cannot run in this sandbox's image: no spare is tried again.
+    pub(crate) spare_unusable: bool,
     pub(crate) spare_count: u64,
 }
 
@@ -189,6 +191,7 @@ async fn serve(
         spare: None,
         spare_pending: false,
         spare_failed: None,
+        spare_unusable: false,
         spare_count: 0,
     }));
     let main_exited = Rc::new(Notify::new());

@@ -54,6 +54,17 @@ pub(crate) struct Handover<'a> {
 /// command line, which names the sandbox, never shows on a process in the cgroup). Blocks for the cgroup
 /// migration: call off the agent's thread.
 pub(crate) fn prepare(cgroup: ExecCgroup) -> std::io::Result<Spare> {
+    match prepare_helper(&cgroup) {
+        Ok((pid, sock)) => Ok(Spare { pid, sock, cgroup }),
+        Err(e) => {
+            // The helper is gone (or never ran): its cgroup goes too.
+            cgroup.remove(std::time::Duration::from_millis(500));
+            Err(e)
+        }
+    }
+}
+
+fn prepare_helper(cgroup: &ExecCgroup) -> std::io::Result<(i32, UnixStream)> {
     let (ours, theirs) = UnixStream::pair()?;
     let fds = cgroup.procs_fds();
     // The helper inherits its cgroup's `cgroup.procs` descriptors under the same numbers (only its copies
@@ -81,7 +92,7 @@ pub(crate) fn prepare(cgroup: ExecCgroup) -> std::io::Result<Spare> {
     let mut sock = ours;
     let mut ready = [0u8; 1];
     sock.read_exact(&mut ready)?;
-    Ok(Spare { pid: child.id() as i32, sock, cgroup })
+    Ok((child.id() as i32, sock))
 }
 
 impl Spare {

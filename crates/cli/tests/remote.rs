@@ -581,3 +581,29 @@ async fn keepalives_keep_a_quiet_command_alive_through_an_idle_timeout() {
     assert!(proxy.cuts.load(std::sync::atomic::Ordering::Relaxed) > cut_before, "the idle connection was cut");
     sb.stop().await.unwrap();
 }
+
+/// Files through a `hangar serve` process stream both ways: 1 GiB in and out leaves the server's peak memory
+/// where it was, and the content arrives whole.
+#[test]
+fn a_gib_file_through_the_server_keeps_its_memory_flat() {
+    const SIZE: u64 = 1 << 30;
+    let serve = ServeProcess::start();
+    let dir = std::env::temp_dir().join(format!("hangar-servecp-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (src, back) = (dir.join("big"), dir.join("back"));
+    sparse_file_with_marker(&src, SIZE);
+    let created = serve.cli().args(["create"]).output().unwrap();
+    let id = String::from_utf8_lossy(&created.stdout).trim().to_string();
+    assert!(id.starts_with("sb-"), "{}", String::from_utf8_lossy(&created.stderr));
+    let before = peak_rss_kib(serve.pid().as_raw());
+    for (from, to) in [(src.display().to_string(), format!("{id}:/tmp/big")), (format!("{id}:/tmp/big"), back.display().to_string())] {
+        let out = serve.cli().args(["cp", &from, &to]).output().unwrap();
+        assert!(out.status.success(), "cp {from} {to}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let after = peak_rss_kib(serve.pid().as_raw());
+    eprintln!("server peak RSS: {before} KiB before, {after} KiB after 1 GiB each way");
+    assert!(has_marker(&back, SIZE), "the copy out is whole");
+    assert!(after < before + (32 << 10), "the server buffered: peak {before} -> {after} KiB");
+    let _ = serve.cli().args(["rm", &id]).output();
+    std::fs::remove_dir_all(&dir).unwrap();
+}

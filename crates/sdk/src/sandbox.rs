@@ -150,7 +150,7 @@ impl SandboxBuilder {
     /// ```
     pub fn memory_mb(mut self, mib: u64) -> Self {
         // An overflowing size stays too large (the engine refuses it) instead of wrapping to a small one.
-        self.cfg.memory_bytes = Some(mib.checked_mul(1 << 20).unwrap_or(u64::MAX));
+        self.cfg.memory_bytes = Some(mib.saturating_mul(1 << 20));
         self
     }
     /// Limit on processes and threads (a fork bomb stops here).

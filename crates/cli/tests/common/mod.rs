@@ -112,6 +112,31 @@ pub fn host_processes_mentioning(needle: &str) -> Vec<i32> {
 
 /// The host pid of a sandbox's agent: the one process naming the sandbox whose parent does not (a child the
 /// agent is just forking still shows the agent's command line for a moment).
+/// Peak memory (KiB) of a process from its /proc status (VmHWM), 0 when it is gone.
+pub fn peak_rss_kib(pid: i32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status.lines().find_map(|l| l.strip_prefix("VmHWM:")?.trim().strip_suffix("kB")?.trim().parse().ok()).unwrap_or(0)
+}
+
+/// A sparse file of `size` bytes ending in `END!`, for transfers whose content can be checked cheaply.
+pub fn sparse_file_with_marker(path: &std::path::Path, size: u64) {
+    use std::io::{Seek, Write};
+    let mut f = std::fs::File::create(path).unwrap();
+    f.seek(std::io::SeekFrom::Start(size - 4)).unwrap();
+    f.write_all(b"END!").unwrap();
+}
+
+/// Whether `path` is `size` bytes long and ends in `END!`.
+pub fn has_marker(path: &std::path::Path, size: u64) -> bool {
+    use std::io::{Read, Seek};
+    let Ok(mut f) = std::fs::File::open(path) else { return false };
+    let mut tail = String::new();
+    f.metadata().is_ok_and(|m| m.len() == size)
+        && f.seek(std::io::SeekFrom::Start(size - 4)).is_ok()
+        && f.read_to_string(&mut tail).is_ok()
+        && tail == "END!"
+}
+
 /// The parent of a host process (0 when it is gone).
 pub fn parent_of(pid: i32) -> i32 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
