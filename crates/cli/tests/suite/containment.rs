@@ -376,3 +376,34 @@ async fn a_memory_limit_that_overflows_is_refused_not_wrapped() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_symlink_swapped_back_and_forth_during_copies_never_leads_outside() {
+    let marker = HostMarker::new("swap");
+    let sb = sandbox().await;
+    // The workload swaps /tmp/x between a regular file and a link into the agent's state directory (and a
+    // racing rename of a directory on the way), as fast as it can, while files are read and written.
+    let swapper = "mkdir -p /tmp/d; echo inside > /tmp/d/f; while true; do \
+        ln -sfn /proc/1/fd/5/../marker-swap /tmp/x.l; mv -T /tmp/x.l /tmp/x; \
+        echo inside > /tmp/x.f; mv -T /tmp/x.f /tmp/x; \
+        mv -T /tmp/d /tmp/d2 2>/dev/null; ln -sfn /proc/self/root /tmp/d 2>/dev/null; rm -f /tmp/d; mv -T /tmp/d2 /tmp/d 2>/dev/null; done";
+    let racing = sb.exec(["sh", "-c", swapper]).id("swapper").start().await.unwrap();
+    let (mut inside, mut refused) = (0, 0);
+    for i in 0..300 {
+        let path = if i % 2 == 0 { "/tmp/x" } else { "/tmp/d/f" };
+        match sb.read_file(path).await {
+            Ok(data) => {
+                assert!(!String::from_utf8_lossy(&data).contains(&marker.content), "{path}: read the host marker");
+                inside += 1;
+            }
+            Err(Error::File { .. }) => refused += 1,
+            Err(e) => panic!("{path}: unexpected {e}"),
+        }
+        let _ = sb.write_file(path, "pwned").await;
+    }
+    marker.assert_untouched();
+    assert!(inside > 0 && refused > 0, "the race was run both ways: {inside} read inside, {refused} refused");
+    sb.signal_exec("swapper", 9).await.unwrap();
+    drop(racing);
+    sb.stop().await.unwrap();
+}
