@@ -75,6 +75,18 @@ impl SandboxRoot {
         Ok((std::fs::File::from(fd), len))
     }
 
+    /// A small text file of the image (`/etc/passwd`, say), read whole: `None` when it is missing, not a
+    /// regular file, larger than 1 MiB or not UTF-8.
+    pub(crate) fn read_small(&self, path: &str) -> Option<String> {
+        let (file, len) = self.open_read(path).ok()?;
+        if len > 1 << 20 {
+            return None;
+        }
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut std::io::Read::take(file, 1 << 20), &mut text).ok()?;
+        Some(text)
+    }
+
     /// A regular file opened for writing and emptied (created with `mode`, with its parent directories, when
     /// missing).
     pub(crate) fn open_write(&self, path: &str, mode: u32) -> Result<std::fs::File, PathError> {

@@ -57,7 +57,7 @@ fn main_inner() -> Result<(), String> {
     let mut status = unsafe { File::from_raw_fd(STATUS_FD) };
     let started = hangar_runtime::enter(&cfg.sandbox).map_err(|e| e.to_string()).and_then(|cgroups| {
         let root = SandboxRoot::open(&cfg.workdir).map_err(|e| format!("open the sandbox's root: {e}"))?;
-        let user = resolve_user(&cfg.user)?;
+        let user = resolve_user(&root, &cfg.user)?;
         spawn_main(&cfg, &root, &cgroups, user).map(|pid| (pid, user, cgroups, root))
     });
     let (main_pid, user, cgroups, root) = match started {
@@ -77,13 +77,13 @@ fn main_inner() -> Result<(), String> {
 }
 
 /// The image's user as (uid, gid), looked up in the sandbox's own /etc/passwd and /etc/group.
-fn resolve_user(spec: &str) -> Result<Option<(u32, u32)>, String> {
+fn resolve_user(root: &SandboxRoot, spec: &str) -> Result<Option<(u32, u32)>, String> {
     if spec.is_empty() {
         return Ok(None);
     }
     let (user, group) = spec.split_once(':').map_or((spec, None), |(u, g)| (u, Some(g)));
     let lookup = |file: &str, name: &str| -> Option<(u32, u32)> {
-        std::fs::read_to_string(file).ok()?.lines().find_map(|l| {
+        root.read_small(file)?.lines().find_map(|l| {
             let f: Vec<&str> = l.split(':').collect();
             if f.first() != Some(&name) {
                 return None;
@@ -92,7 +92,7 @@ fn resolve_user(spec: &str) -> Result<Option<(u32, u32)>, String> {
         })
     };
     let (uid, primary_gid) = match user.parse::<u32>() {
-        Ok(uid) => (uid, lookup_by_uid(uid).unwrap_or(uid)),
+        Ok(uid) => (uid, lookup_by_uid(root, uid).unwrap_or(uid)),
         Err(_) => {
             lookup("/etc/passwd", user).ok_or_else(|| format!("user {user:?} of the image is not in /etc/passwd"))?
         }
@@ -109,8 +109,8 @@ fn resolve_user(spec: &str) -> Result<Option<(u32, u32)>, String> {
     Ok(Some((uid, gid)))
 }
 
-fn lookup_by_uid(uid: u32) -> Option<u32> {
-    std::fs::read_to_string("/etc/passwd").ok()?.lines().find_map(|l| {
+fn lookup_by_uid(root: &SandboxRoot, uid: u32) -> Option<u32> {
+    root.read_small("/etc/passwd")?.lines().find_map(|l| {
         let f: Vec<&str> = l.split(':').collect();
         if f.get(2)?.parse::<u32>().ok()? != uid {
             return None;
