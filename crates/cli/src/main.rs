@@ -651,8 +651,11 @@ async fn copy(src: &str, dst: &str) -> Result<u8> {
             let sb = Sandbox::from_id(id).await?;
             let mut out = tokio::fs::File::create(dst).await.with_context(|| format!("create {dst}"))?;
             if let Err(e) = sb.read_file_to(path, &mut out).await {
-                // No partial file is left to be mistaken for the whole.
-                let _ = tokio::fs::remove_file(dst).await;
+                // No partial file is left to be mistaken for the whole (only a regular file: `dst` may be
+                // /dev/null or a FIFO).
+                if tokio::fs::metadata(dst).await.is_ok_and(|m| m.is_file()) {
+                    let _ = tokio::fs::remove_file(dst).await;
+                }
                 return Err(e.into());
             }
         }

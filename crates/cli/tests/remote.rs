@@ -596,7 +596,9 @@ fn a_gib_file_through_the_server_keeps_its_memory_flat() {
     let id = String::from_utf8_lossy(&created.stdout).trim().to_string();
     assert!(id.starts_with("sb-"), "{}", String::from_utf8_lossy(&created.stderr));
     let before = peak_rss_kib(serve.pid().as_raw());
-    for (from, to) in [(src.display().to_string(), format!("{id}:/tmp/big")), (format!("{id}:/tmp/big"), back.display().to_string())] {
+    for (from, to) in
+        [(src.display().to_string(), format!("{id}:/tmp/big")), (format!("{id}:/tmp/big"), back.display().to_string())]
+    {
         let out = serve.cli().args(["cp", &from, &to]).output().unwrap();
         assert!(out.status.success(), "cp {from} {to}: {}", String::from_utf8_lossy(&out.stderr));
     }
