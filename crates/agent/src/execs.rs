@@ -91,6 +91,8 @@ struct Journal {
     file: Option<File>,
     written: u64,
     dropped_to: u64,
+    /// Ranges that could not be written (see [`Progress::lost`]).
+    lost: Vec<(u64, u64)>,
     crc: crc32fast::Hasher,
 }
 
@@ -252,6 +254,11 @@ impl Exec {
                     return Err(e);
                 }
                 crate::log!("exec {}: {} bytes lost: journal write failed: {e}", self.id, data.len());
+                let end = j.written + data.len() as u64;
+                match j.lost.last_mut() {
+                    Some(last) if last.1 == j.written => last.1 = end,
+                    _ => j.lost.push((j.written, end)),
+                }
             }
         }
         j.crc.update(data);
@@ -266,6 +273,7 @@ impl Exec {
             written: [self.journals[0].written, self.journals[1].written],
             head: self.head,
             dropped_to: [self.journals[0].dropped_to, self.journals[1].dropped_to],
+            lost: [self.journals[0].lost.clone(), self.journals[1].lost.clone()],
             end: self.end.clone(),
         });
     }
@@ -342,7 +350,8 @@ pub(crate) fn start(state: &Shared, r: ExecRequest) -> Result<ExecRef, (ErrorKin
     let cap = r.journal_cap.unwrap_or(DEFAULT_CAP).max(MIN_CAP);
     let head = (cap / 4).min(MAX_HEAD);
     let [out_file, err_file] = files;
-    let journal = |file| Journal { file: Some(file), written: 0, dropped_to: head, crc: crc32fast::Hasher::new() };
+    let journal =
+        |file| Journal { file: Some(file), written: 0, dropped_to: head, lost: vec![], crc: crc32fast::Hasher::new() };
     let exec = Rc::new(RefCell::new(Exec {
         id: id.clone(),
         argv: r.argv.clone(),

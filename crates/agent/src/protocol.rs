@@ -251,6 +251,10 @@ pub struct Progress {
     pub head: u64,
     /// Bytes `head..dropped_to` of each stream were dropped to respect the journal cap.
     pub dropped_to: [u64; 2],
+    /// Ranges `from..to` of each stream that could not be journaled at all (the host's disk stayed full past
+    /// the command's end): readers get them as gaps, never as bytes.
+    #[serde(default)]
+    pub lost: [Vec<(u64, u64)>; 2],
     /// Set once the exec ended and every byte is journaled.
     pub end: Option<ExecEnd>,
 }

@@ -45,3 +45,40 @@ async fn a_full_disk_holds_the_command_instead_of_losing_output() {
     umount2(&dir, MntFlags::MNT_DETACH).unwrap();
     std::fs::remove_dir(&dir).unwrap();
 }
+
+/// When the host's disk stays full past the command's end, what could not be journaled is reported as lost
+/// (exact ranges), and the command's real exit code still arrives with what was kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_disk_that_stays_full_loses_output_explicitly_and_keeps_the_exit_code() {
+    use nix::mount::{mount, umount2, MntFlags, MsFlags};
+    use std::io::Write;
+    common::require_root();
+    let dir = std::env::temp_dir().join(format!("hangar-diskfull2-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    mount(Some("tmpfs"), &dir, Some("tmpfs"), MsFlags::empty(), Some("size=16m")).unwrap();
+    let client =
+        hangar::Client::with_config(hangar::EngineConfig::new(dir.join("state"), common::agent_bin())).unwrap();
+    let sb = hangar::Sandbox::builder().client(&client).command("sleep").args(["infinity"]).create().await.unwrap();
+    let mut f = std::fs::File::create(dir.join("filler")).unwrap();
+    let block = vec![7u8; 64 << 10];
+    while f.write_all(&block).is_ok() {}
+    for len in [4096, 512, 1] {
+        while f.write_all(&block[..len]).is_ok() {}
+    }
+    match sb.exec(["sh", "-c", "echo hi; echo err >&2; exit 3"]).await {
+        Err(hangar::Error::IncompleteOutput { result, detail, .. }) => {
+            assert_eq!(result.returncode, 3, "the real exit code: {result:?}");
+            assert!(detail.contains("Stdout bytes 0..3") && detail.contains("Stderr bytes 0..4"), "{detail}");
+            assert!(detail.contains("disk"), "{detail}");
+        }
+        other => panic!("expected IncompleteOutput naming the lost bytes, got {other:?}"),
+    }
+    drop(f);
+    std::fs::remove_file(dir.join("filler")).unwrap();
+    // With room again, output is whole again.
+    assert_eq!(sb.exec(["echo", "back"]).await.unwrap().stdout, b"back\n");
+    sb.stop().await.unwrap();
+    drop(client);
+    umount2(&dir, MntFlags::MNT_DETACH).unwrap();
+    std::fs::remove_dir(&dir).unwrap();
+}

@@ -382,7 +382,15 @@ impl ExecStream {
             self.pos[i] = dropped_to;
             return Ok(Some(ExecEvent::Gap { stream: OutputStream::of(i), from: pos, to: dropped_to }));
         }
-        let limit = if pos < head && dropped_to > head { written.min(head) } else { written };
+        if let Some(&(_, to)) = p.lost[i].iter().find(|(from, to)| pos >= *from && pos < *to) {
+            self.pos[i] = to;
+            return Ok(Some(ExecEvent::Gap { stream: OutputStream::of(i), from: pos, to }));
+        }
+        let mut limit = if pos < head && dropped_to > head { written.min(head) } else { written };
+        // Up to the next lost range, which is then reported as a gap.
+        if let Some(&(from, _)) = p.lost[i].iter().filter(|(from, _)| *from > pos).min() {
+            limit = limit.min(from);
+        }
         if pos >= limit {
             return Ok(None);
         }

@@ -554,7 +554,11 @@ pub(crate) async fn drive(
     let command = h.command().to_vec();
     if !h.gaps.is_empty() {
         let lost: Vec<String> = h.gaps.iter().map(|(s, from, to)| format!("{s:?} bytes {from}..{to}")).collect();
-        let detail = format!("dropped by the journal cap while no client was attached: {}", lost.join(", "));
+        let detail = format!(
+            "lost: {} (dropped by the journal cap while no client was attached, or never journaled because the \
+             host's disk stayed full)",
+            lost.join(", ")
+        );
         return Err(Error::IncompleteOutput { command, result: Box::new(result), detail });
     }
     if let Some(e) = hangar_engine::Error::from_start_failure(h.sandbox_id(), &end.ending) {
