@@ -287,3 +287,26 @@ fn big_files_copy_both_ways_in_bounded_memory() {
     run(&["rm", &id]);
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// `hangar cp` out of and into paths that lead through the agent's descriptors: a clear one-line refusal, exit
+/// 125, and no local file made from host content.
+#[test]
+fn cp_through_a_magic_link_is_refused_clearly() {
+    let id = text(&run(&["create"]).stdout).trim().to_string();
+    let local = std::env::temp_dir().join(format!("hangar-cp-escape-{}", std::process::id()));
+    let out = run(&["cp", &format!("{id}:/proc/self/fd/5/../../../../etc/shadow"), local.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(125));
+    let err = text(&out.stderr);
+    assert!(
+        err.starts_with("hangar: ") && err.contains("/proc/self/fd/5") && err.contains("only inside the sandbox"),
+        "{err}"
+    );
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(!local.exists(), "a local file was left");
+    std::fs::write(&local, "x").unwrap();
+    let up = run(&["cp", local.to_str().unwrap(), &format!("{id}:/proc/1/fd/5/pwned")]);
+    assert_eq!(up.status.code(), Some(125), "{}", text(&up.stderr));
+    assert!(!state_dir().join("sandboxes").join(&id).join("pwned").exists(), "the upload reached the host");
+    std::fs::remove_file(&local).unwrap();
+    run(&["rm", &id]);
+}

@@ -407,3 +407,33 @@ async fn a_symlink_swapped_back_and_forth_during_copies_never_leads_outside() {
     drop(racing);
     sb.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_memory_limit_cannot_be_lifted_through_the_agents_cgroup_descriptors() {
+    let sb = builder().memory_mb(64).create().await.unwrap();
+    let limit_file =
+        |dir: &str| PathBuf::from("/sys/fs/cgroup/memory/hangar").join(sb.id()).join(dir).join("memory.limit_in_bytes");
+    let unified = PathBuf::from("/sys/fs/cgroup/hangar").join(sb.id()).join("workload/memory.max");
+    let read_limit =
+        || std::fs::read_to_string(limit_file("workload")).or_else(|_| std::fs::read_to_string(&unified)).unwrap();
+    let before = read_limit();
+    for fd in 0..40 {
+        for name in [
+            "memory.limit_in_bytes",
+            "memory.max",
+            "workload/memory.limit_in_bytes",
+            "workload/memory.max",
+            "cgroup.procs",
+        ] {
+            let path = format!("/proc/self/fd/{fd}/{name}");
+            if let Ok(()) = sb.write_file(&path, "-1").await {
+                // Wherever that landed, it was inside the sandbox.
+                assert!(!path.contains("/proc/self/fd/"), "{path} was written");
+            }
+        }
+    }
+    assert_eq!(read_limit(), before, "the workload's memory limit changed");
+    let hog = sb.exec(["python3", "-c", "a = bytearray(256 << 20); print('survived')"]).await.unwrap();
+    assert_eq!(hog.returncode, -9, "the 64 MiB limit still holds: {hog:?}");
+    sb.stop().await.unwrap();
+}
