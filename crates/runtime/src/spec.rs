@@ -12,7 +12,9 @@ pub struct SandboxSpec {
     pub rootfs: RootfsSpec,
     /// `cgroup.procs` files the agent writes itself into, one per controller hierarchy.
     pub cgroup_procs: Vec<PathBuf>,
-    /// Directories the workload's processes get their cgroups under, one per hierarchy.
+    /// Directories the workload's processes get their cgroups under, one per hierarchy. (Absent in the
+    /// configurations of sandboxes made before the workload had a cgroup of its own: still readable.)
+    #[serde(default)]
     pub exec_cgroup_parents: Vec<PathBuf>,
 }
 
