@@ -99,7 +99,7 @@ impl SandboxRoot {
         let fd = self.openat2(&abs, flags, Mode::from_bits_truncate(mode)).map_err(|e| path_error(&abs, e))?;
         regular(&fd, &abs)?;
         let file = std::fs::File::from(fd);
-        file.set_len(0).map_err(|e| path_error(&abs, nix::Error::from_raw(e.raw_os_error().unwrap_or(libc::EIO))))?;
+        file.set_len(0).map_err(|e| io_error(&abs, &e))?;
         Ok(file)
     }
 
@@ -148,8 +148,9 @@ fn file_type(t: SFlag) -> &'static str {
     }
 }
 
-/// What a failed confined open means, naming the path.
-fn path_error(path: &str, e: nix::Error) -> PathError {
+/// What a failed file operation inside the sandbox means, naming the path: the one mapping from an errno to
+/// the kind a client can branch on.
+pub(crate) fn path_error(path: &str, e: nix::Error) -> PathError {
     match e {
         nix::Error::ENOENT => (ErrorKind::NotFound, format!("{path}: no such file or directory")),
         nix::Error::EACCES | nix::Error::EPERM => (ErrorKind::PermissionDenied, format!("{path}: permission denied")),
@@ -164,6 +165,14 @@ fn path_error(path: &str, e: nix::Error) -> PathError {
             ),
         ),
         nix::Error::EXDEV => (ErrorKind::NotAllowed, format!("{path}: refused: it leads outside the sandbox")),
+        nix::Error::ENOSPC | nix::Error::EDQUOT => {
+            (ErrorKind::NoSpace, format!("{path}: no space left for the sandbox's files"))
+        }
         e => (ErrorKind::Other, format!("{path}: {}", e.desc())),
     }
+}
+
+/// [`path_error`] for a `std::io::Error`.
+pub(crate) fn io_error(path: &str, e: &std::io::Error) -> PathError {
+    path_error(path, nix::Error::from_raw(e.raw_os_error().unwrap_or(libc::EIO)))
 }

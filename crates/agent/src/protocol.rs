@@ -324,6 +324,8 @@ pub enum ErrorKind {
     NotARegularFile,
     /// The path leads outside the sandbox (through a `/proc` magic link): refused.
     NotAllowed,
+    /// No space (or quota) left on the filesystem that holds the sandbox's files.
+    NoSpace,
     /// Anything else.
     Other,
 }

@@ -393,13 +393,8 @@ pub(crate) fn spawn_error(prog: &str, e: &std::io::Error) -> (ErrorKind, String)
 }
 
 fn file_error(path: &str, e: &std::io::Error) -> Response {
-    let kind = match e.kind() {
-        std::io::ErrorKind::NotFound => ErrorKind::NotFound,
-        std::io::ErrorKind::PermissionDenied => ErrorKind::PermissionDenied,
-        std::io::ErrorKind::IsADirectory => ErrorKind::IsADirectory,
-        _ => ErrorKind::Other,
-    };
-    err(kind, format!("{path}: {e}"))
+    let (kind, message) = crate::confined::io_error(path, e);
+    err(kind, message)
 }
 
 async fn read_file(state: &Shared, conn: Conn, path: &str) {

@@ -65,6 +65,12 @@ async fn a_disk_that_stays_full_loses_output_explicitly_and_keeps_the_exit_code(
     for len in [4096, 512, 1] {
         while f.write_all(&block[..len]).is_ok() {}
     }
+    match sb.write_file("/tmp/upload", vec![1u8; 1 << 20]).await {
+        Err(hangar::Error::File { kind: hangar::FileErrorKind::NoSpace, message, .. }) => {
+            assert!(message.contains("/tmp/upload") && message.contains("no space"), "{message}")
+        }
+        other => panic!("expected NoSpace, got {other:?}"),
+    }
     match sb.exec(["sh", "-c", "echo hi; echo err >&2; exit 3"]).await {
         Err(hangar::Error::IncompleteOutput { result, detail, .. }) => {
             assert_eq!(result.returncode, 3, "the real exit code: {result:?}");

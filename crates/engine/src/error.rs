@@ -119,18 +119,21 @@ pub enum FileErrorKind {
     NotAllowed,
     /// The file is larger than the transfer limit.
     TooLarge,
+    /// No space left for the sandbox's files (the disk that holds them is full).
+    NoSpace,
     /// Anything else.
     Other,
 }
 
 impl FileErrorKind {
-    const REASONS: [(FileErrorKind, &'static str); 7] = [
+    const REASONS: [(FileErrorKind, &'static str); 8] = [
         (FileErrorKind::NotFound, "FILE_NOT_FOUND"),
         (FileErrorKind::PermissionDenied, "PERMISSION_DENIED"),
         (FileErrorKind::IsADirectory, "IS_A_DIRECTORY"),
         (FileErrorKind::NotARegularFile, "NOT_A_REGULAR_FILE"),
         (FileErrorKind::NotAllowed, "PATH_NOT_ALLOWED"),
         (FileErrorKind::TooLarge, "FILE_TOO_LARGE"),
+        (FileErrorKind::NoSpace, "NO_SPACE"),
         (FileErrorKind::Other, "FILE_ERROR"),
     ];
 

@@ -566,6 +566,7 @@ pub(crate) fn agent_error(id: &str, subject: &str, kind: ErrorKind, message: Str
         ErrorKind::IsADirectory => file(FileErrorKind::IsADirectory),
         ErrorKind::NotARegularFile => file(FileErrorKind::NotARegularFile),
         ErrorKind::NotAllowed => file(FileErrorKind::NotAllowed),
+        ErrorKind::NoSpace => file(FileErrorKind::NoSpace),
         ErrorKind::CommandNotFound => Error::CommandNotFound { id: id.to_string(), message },
         ErrorKind::InvalidArgument => Error::InvalidArgument(message),
         ErrorKind::Stopping => Error::NotRunning { id: id.to_string(), state: SandboxState::Terminated },

@@ -40,6 +40,7 @@ pub(crate) fn from_engine(e: Error) -> Status {
                 FileErrorKind::PermissionDenied | FileErrorKind::NotAllowed => Code::PermissionDenied,
                 FileErrorKind::IsADirectory | FileErrorKind::NotARegularFile => Code::FailedPrecondition,
                 FileErrorKind::TooLarge => Code::OutOfRange,
+                FileErrorKind::NoSpace => Code::ResourceExhausted,
                 FileErrorKind::Other => Code::Internal,
             };
             let mut s = with_reason(Status::new(code, message), kind.reason());
