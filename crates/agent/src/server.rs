@@ -178,6 +178,7 @@ async fn serve(
     let lifetime = Duration::from_millis(cfg.lifetime_ms);
     let grace = Duration::from_millis(cfg.stop_grace_ms);
     watchdog(lifetime + grace + WATCHDOG_SLACK);
+    reserve_end_record();
     let state: Shared = Rc::new(RefCell::new(State {
         cfg,
         root,
@@ -333,18 +334,35 @@ async fn shutdown(state: &Shared, main_exited: &Notify, grace: Duration, reason:
     record_end(&EndRecord { reason, code, signal });
 }
 
+/// The file the end record is written to before it is renamed into place.
+const END_RECORD_TMP: &str = "exit.json.tmp";
+
+/// Allocates the end record's file now, while there is room: a workload that fills its disk budget must not
+/// keep the agent from recording how the sandbox ended.
+fn reserve_end_record() {
+    use nix::fcntl::{openat, OFlag};
+    // SAFETY: the runtime placed the state directory at this number; we only borrow it.
+    let dir = unsafe { std::os::fd::BorrowedFd::borrow_raw(STATE_DIR_FD) };
+    let flags = OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_CLOEXEC;
+    if let Ok(fd) = openat(dir, END_RECORD_TMP, flags, nix::sys::stat::Mode::from_bits_truncate(0o644)) {
+        let _ = nix::fcntl::fallocate(&fd, nix::fcntl::FallocateFlags::empty(), 0, 4096);
+    }
+}
+
 fn record_end(rec: &EndRecord) {
     use nix::fcntl::{openat, renameat, OFlag};
     use nix::sys::stat::Mode;
+    use std::os::unix::fs::FileExt;
     // SAFETY: the runtime placed the state directory at this number; we only borrow it.
     let dir = unsafe { std::os::fd::BorrowedFd::borrow_raw(STATE_DIR_FD) };
-    let tmp = format!("{END_RECORD_FILE}.tmp");
     let body = serde_json::to_vec(rec).unwrap_or_default();
-    let flags = OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_TRUNC | OFlag::O_CLOEXEC;
-    if let Ok(fd) = openat(dir, tmp.as_str(), flags, Mode::from_bits_truncate(0o644)) {
-        let mut f = File::from(fd);
-        if f.write_all(&body).and_then(|()| f.sync_all()).is_ok() {
-            let _ = renameat(dir, tmp.as_str(), dir, END_RECORD_FILE);
+    // Written into the reserved block (no O_TRUNC, which would free it), then cut to length.
+    let flags = OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_CLOEXEC;
+    if let Ok(fd) = openat(dir, END_RECORD_TMP, flags, Mode::from_bits_truncate(0o644)) {
+        let f = File::from(fd);
+        let written = f.write_all_at(&body, 0).and_then(|()| f.set_len(body.len() as u64)).and_then(|()| f.sync_all());
+        if written.is_ok() {
+            let _ = renameat(dir, END_RECORD_TMP, dir, END_RECORD_FILE);
         }
     }
 }
