@@ -251,6 +251,9 @@ struct SandboxArgs {
     /// Memory limit in MiB.
     #[arg(long)]
     memory: Option<u64>,
+    /// Disk budget of the writable layers in MiB (at most the engine's or server's `HANGAR_DISK_BUDGET`).
+    #[arg(long)]
+    disk: Option<u64>,
     /// Maximum lifetime in seconds.
     #[arg(long)]
     lifetime: Option<f64>,
@@ -267,6 +270,9 @@ impl SandboxArgs {
         }
         if let Some(m) = self.memory {
             b = b.memory_mb(m);
+        }
+        if let Some(d) = self.disk {
+            b = b.disk_mb(d);
         }
         if let Some(l) = self.lifetime {
             b = b.max_lifetime(seconds(l, "--lifetime")?);

@@ -96,3 +96,62 @@ async fn a_disk_that_stays_full_loses_output_explicitly_and_keeps_the_exit_code(
     umount2(&dir, MntFlags::MNT_DETACH).unwrap();
     std::fs::remove_dir(&dir).unwrap();
 }
+
+/// With a disk budget, each sandbox's writable layers and journals live in a subvolume of their own with a
+/// quota: a workload that writes past its budget gets "Disk quota exceeded" (a flood of files too), an upload
+/// past it is a typed NoSpace, another sandbox keeps its own room, and nothing is left after a stop.
+/// Embedded: the engine has a state directory (and volume) of its own, unmounted at the end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disk_budgets_hold_per_sandbox() {
+    common::require_root();
+    let dir = std::env::temp_dir().join(format!("hangar-budget-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut cfg = hangar::EngineConfig::new(dir.join("state"), common::agent_bin());
+    cfg.disk_budget_bytes = Some(64 << 20);
+    let client = hangar::Client::with_config(cfg).unwrap();
+    let volume = dir.join("state/sandboxes");
+    let result = async {
+        let new = || hangar::Sandbox::builder().client(&client).command("sleep").args(["infinity"]).create();
+        let (sb, other) = (new().await?, new().await?);
+        let dd = sb.exec(["sh", "-c", "dd if=/dev/zero of=/tmp/fill bs=1M count=100 2>&1; echo rc=$?"]).await?;
+        assert!(dd.stdout_text().contains("Disk quota exceeded"), "{}", dd.stdout_text());
+        assert!(!dd.stdout_text().contains("rc=0"), "{}", dd.stdout_text());
+        let du = sb.exec(["du", "-sm", "/tmp/fill"]).await?;
+        let mib: u64 = du.stdout_text().split_whitespace().next().unwrap_or("0").parse().unwrap_or(0);
+        assert!(mib <= 64, "the sandbox kept {mib} MiB past its 64 MiB budget");
+        match sb.write_file("/tmp/upload", vec![1u8; 8 << 20]).await {
+            Err(hangar::Error::File { kind: hangar::FileErrorKind::NoSpace, .. }) => {}
+            other => panic!("expected NoSpace, got {other:?}"),
+        }
+        let ok = other.exec(["sh", "-c", "dd if=/dev/zero of=/tmp/f bs=1M count=20 2>/dev/null && echo fine"]).await?;
+        assert_eq!(ok.stdout_text(), "fine\n", "the other sandbox has its own budget");
+        let files = "import os\nn = 0\ntry:\n    while n < 2000000:\n        open(f'/tmp/i{n}', 'w').write('x'); n += 1\nexcept OSError as e:\n    print(n, e.strerror)";
+        let r = other.exec(["python3", "-c", files]).timeout(std::time::Duration::from_secs(120)).await?;
+        assert!(r.stdout_text().contains("Disk quota exceeded"), "a flood of files ends at the budget: {r:?}");
+        // A sandbox may ask for less than the engine's budget, never more.
+        let small = hangar::Sandbox::builder().client(&client).command("sleep").args(["infinity"]).disk_mb(16);
+        let small = small.create().await?;
+        let dd16 = small.exec(["sh", "-c", "dd if=/dev/zero of=/tmp/f bs=1M count=40 2>&1"]).await?;
+        assert!(dd16.stdout_text().contains("Disk quota exceeded"), "{}", dd16.stdout_text());
+        small.stop().await?;
+        let big = hangar::Sandbox::builder().client(&client).command("sleep").args(["infinity"]).disk_mb(1024);
+        match big.create().await {
+            Err(hangar::Error::InvalidArgument(m)) => assert!(m.contains("disk_bytes"), "{m}"),
+            other => panic!("expected InvalidArgument, got {other:?}"),
+        }
+        sb.exec(["rm", "/tmp/fill"]).check(true).await?;
+        assert_eq!(sb.exec(["sh", "-c", "echo again > /tmp/again && cat /tmp/again"]).await?.stdout, b"again\n");
+        for s in [sb, other] {
+            let id = s.id().to_string();
+            s.stop().await?;
+            assert!(!volume.join(&id).exists(), "sandbox {id}'s subvolume is left");
+        }
+        Ok::<(), hangar::Error>(())
+    }
+    .await;
+    drop(client);
+    // The volume belongs to the state directory; a test that made one unmounts it.
+    let _ = nix::mount::umount2(&volume, nix::mount::MntFlags::MNT_DETACH);
+    std::fs::remove_dir_all(&dir).unwrap();
+    result.unwrap();
+}

@@ -107,6 +107,9 @@ pub struct SandboxConfig {
     pub memory_bytes: Option<u64>,
     /// Process limit ([`DEFAULT_PIDS_LIMIT`] when `None`).
     pub pids: Option<u64>,
+    /// What the writable layers may keep on disk: at most, and by default, the engine's
+    /// [`EngineConfig::disk_budget_bytes`] (an error when the engine has none).
+    pub disk_bytes: Option<u64>,
     /// The sandbox is stopped after this long.
     pub max_lifetime: Duration,
     /// Grace used when the lifetime ends.
@@ -128,6 +131,7 @@ impl Default for SandboxConfig {
             cpus: None,
             memory_bytes: None,
             pids: None,
+            disk_bytes: None,
             max_lifetime: DEFAULT_MAX_LIFETIME,
             stop_grace: DEFAULT_STOP_GRACE,
             tenant: String::new(),
@@ -194,12 +198,36 @@ pub struct EngineConfig {
     /// Largest file a read or write moves, either way ([`DEFAULT_MAX_FILE_BYTES`] unless set). Transfers are
     /// streamed, so this bounds time and disk, not memory.
     pub max_file_bytes: u64,
+    /// What each sandbox may keep on disk (its writable layers and exec journals), in bytes, enforced by btrfs
+    /// quota groups on a volume Hangar makes under the state directory (see `hangar_runtime::disk`); `None`
+    /// for no budget, the default for now.
+    pub disk_budget_bytes: Option<u64>,
+}
+
+/// Parses a size such as `20G`, `512M`, `4096K` or a number of bytes (at least 1 MiB).
+pub fn parse_size(size: &str) -> Result<u64> {
+    let s = size.trim();
+    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let mult: u64 = match unit.to_ascii_uppercase().as_str() {
+        "" => 1,
+        "K" => 1 << 10,
+        "M" => 1 << 20,
+        "G" => 1 << 30,
+        "T" => 1 << 40,
+        _ => return Err(Error::InvalidArgument(format!("size {size:?}: use a size like 20G or 512M"))),
+    };
+    num.parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(mult))
+        .filter(|&b| b >= 1 << 20)
+        .ok_or_else(|| Error::InvalidArgument(format!("size {size:?}: a size of at least 1M")))
 }
 
 impl EngineConfig {
     /// The defaults: `$HANGAR_STATE_DIR` or `/var/lib/hangar`, and `$HANGAR_AGENT_BIN` or a `hangar-agent`
     /// found next to the current executable (or its parent directory, for test and example binaries) or on
-    /// `PATH`; `$HANGAR_MAX_FILE_BYTES` or [`DEFAULT_MAX_FILE_BYTES`].
+    /// `PATH`; `$HANGAR_MAX_FILE_BYTES` or [`DEFAULT_MAX_FILE_BYTES`]; a disk budget per sandbox when
+    /// `$HANGAR_DISK_BUDGET` is set (`20G`, say; needs `mkfs.btrfs`).
     pub fn from_env() -> Result<Self> {
         let state_dir =
             std::env::var_os("HANGAR_STATE_DIR").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/var/lib/hangar"));
@@ -209,12 +237,21 @@ impl EngineConfig {
             })?,
             Err(_) => DEFAULT_MAX_FILE_BYTES,
         };
-        Ok(Self { state_dir, agent_bin: find_agent()?, max_file_bytes })
+        let disk_budget_bytes = match std::env::var("HANGAR_DISK_BUDGET") {
+            Ok(v) if !v.is_empty() && v != "off" => Some(parse_size(&v)?),
+            _ => None,
+        };
+        Ok(Self { state_dir, agent_bin: find_agent()?, max_file_bytes, disk_budget_bytes })
     }
 
     /// A configuration with this state directory and agent binary, and the defaults for the rest.
     pub fn new(state_dir: impl Into<PathBuf>, agent_bin: impl Into<PathBuf>) -> Self {
-        Self { state_dir: state_dir.into(), agent_bin: agent_bin.into(), max_file_bytes: DEFAULT_MAX_FILE_BYTES }
+        Self {
+            state_dir: state_dir.into(),
+            agent_bin: agent_bin.into(),
+            max_file_bytes: DEFAULT_MAX_FILE_BYTES,
+            disk_budget_bytes: None,
+        }
     }
 }
 

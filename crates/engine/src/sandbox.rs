@@ -28,6 +28,8 @@ pub struct Engine {
     store: Store,
     images: ImageStore,
     cgroups: Cgroups,
+    /// The volume that holds sandbox directories, when disk budgets are on.
+    volume: Option<hangar_runtime::disk::DiskVolume>,
     /// Serialises recording ends within this process, so whoever returns from a stop finds the cleanup done.
     finishing: tokio::sync::Mutex<()>,
 }
@@ -52,7 +54,18 @@ impl Engine {
         let registries = hangar_images::RegistryConfig::load(Some(&cfg.state_dir.join("registries.json")));
         let images = ImageStore::new(cfg.state_dir.join("images")).with_registries(registries);
         let cgroups = Cgroups::detect("hangar")?;
-        Ok(Arc::new(Self { cfg, store, images, cgroups, finishing: tokio::sync::Mutex::new(()) }))
+        let volume = match cfg.disk_budget_bytes {
+            Some(_) => {
+                // Sparse: as large as the host filesystem, so only the budgets (and the host disk) limit it.
+                let st = nix::sys::statvfs::statvfs(&cfg.state_dir)
+                    .map_err(|e| Error::io("statvfs", cfg.state_dir.display(), e.into()))?;
+                let size = st.blocks() as u64 * st.fragment_size() as u64;
+                let (dir, image) = (cfg.state_dir.join("sandboxes"), cfg.state_dir.join("sandboxes.img"));
+                Some(hangar_runtime::disk::DiskVolume::ensure(&dir, &image, size)?)
+            }
+            None => None,
+        };
+        Ok(Arc::new(Self { cfg, store, images, cgroups, volume, finishing: tokio::sync::Mutex::new(()) }))
     }
 
     /// The engine's configuration.
@@ -100,6 +113,19 @@ impl Engine {
     /// with the sandbox listed as `pulling` (and its progress) meanwhile.
     pub async fn create(self: &Arc<Self>, mut c: SandboxConfig) -> Result<SandboxInfo> {
         validate(&c)?;
+        match (c.disk_bytes, self.cfg.disk_budget_bytes) {
+            (Some(_), None) => {
+                return Err(Error::InvalidArgument(
+                    "disk_bytes: this engine has no disk budgets (set HANGAR_DISK_BUDGET)".into(),
+                ))
+            }
+            (Some(d), Some(max)) if d > max || d < 1 << 20 => {
+                return Err(Error::InvalidArgument(format!(
+                    "disk_bytes: {d} is not between 1 MiB and the engine's budget of {max} bytes"
+                )))
+            }
+            _ => {}
+        }
         if let Some(rid) = &c.request_id {
             if let Some(rec) = self.store.by_request(&c.tenant, rid)? {
                 return self.await_started(&rec.info.id).await;
@@ -214,8 +240,16 @@ impl Engine {
         let id = &info.id;
         let dir = self.sandbox_dir(id);
         let mkdir = |p: &Path| std::fs::create_dir_all(p).map_err(|e| Error::io("mkdir", p.display(), e));
+        // The writable layers live in `disk/`: with a budget, a subvolume of its own whose quota they count
+        // against. (Journals stay outside it, bounded by their own caps, so a workload that fills its disk
+        // still gets its output, and its error, to the caller.)
+        let disk = dir.join("disk");
+        mkdir(&dir)?;
+        if let (Some(volume), Some(budget)) = (&self.volume, self.cfg.disk_budget_bytes) {
+            volume.create_with_budget(&disk, c.disk_bytes.unwrap_or(budget))?;
+        }
         let overlay = |name: &str, lower: Vec<PathBuf>| -> Result<OverlaySpec> {
-            let (upper, work) = (dir.join("upper").join(name), dir.join("work").join(name));
+            let (upper, work) = (disk.join("upper").join(name), disk.join("work").join(name));
             mkdir(&upper)?;
             mkdir(&work)?;
             Ok(OverlaySpec { lower, upper, work })

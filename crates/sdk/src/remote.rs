@@ -84,6 +84,7 @@ impl Remote {
             memory_bytes: c.memory_bytes,
             pids: c.pids,
             max_lifetime_ms: Some(c.max_lifetime.as_millis() as u64),
+            disk_bytes: c.disk_bytes,
         };
         let r = self.grpc().create_sandbox(req).await.map_err(|s| self.error(s, ""))?;
         Ok(from_proto(r.into_inner()))

@@ -153,6 +153,19 @@ impl SandboxBuilder {
         self.cfg.memory_bytes = Some(mib.saturating_mul(1 << 20));
         self
     }
+    /// What the sandbox's writable layers may keep on disk, in MiB: at most, and by default, the engine's (or
+    /// server's) disk budget (`HANGAR_DISK_BUDGET`); refused where there is none. A workload past it gets
+    /// "Disk quota exceeded".
+    ///
+    /// ```no_run
+    /// # async fn demo() -> hangar::Result<()> {
+    /// let sb = hangar::Sandbox::builder().disk_mb(2048).create().await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn disk_mb(mut self, mib: u64) -> Self {
+        self.cfg.disk_bytes = Some(mib.saturating_mul(1 << 20));
+        self
+    }
     /// Limit on processes and threads (a fork bomb stops here).
     ///
     /// ```no_run

@@ -227,6 +227,7 @@ impl SandboxService for SandboxApi {
         cfg.cpus = r.cpus;
         cfg.memory_bytes = r.memory_bytes;
         cfg.pids = r.pids;
+        cfg.disk_bytes = r.disk_bytes;
         if let Some(ms) = r.max_lifetime_ms {
             cfg.max_lifetime = Duration::from_millis(ms);
         }
