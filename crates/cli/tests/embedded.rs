@@ -6,65 +6,83 @@ mod suite;
 /// Which backend `common::client()` gives.
 pub const REMOTE: bool = false;
 
+/// An engine whose state directory is a small tmpfs of its own, which a test can fill to the last byte.
+struct SmallDisk {
+    dir: std::path::PathBuf,
+    client: hangar::Client,
+}
+
+impl SmallDisk {
+    fn new(tag: &str, size: &str) -> Self {
+        common::require_root();
+        let dir = std::env::temp_dir().join(format!("hangar-{tag}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let opts = format!("size={size}");
+        nix::mount::mount(Some("tmpfs"), &dir, Some("tmpfs"), nix::mount::MsFlags::empty(), Some(opts.as_str()))
+            .unwrap();
+        let client =
+            hangar::Client::with_config(hangar::EngineConfig::new(dir.join("state"), common::agent_bin())).unwrap();
+        Self { dir, client }
+    }
+
+    async fn sandbox(&self) -> hangar::Sandbox {
+        hangar::Sandbox::builder().client(&self.client).command("sleep").args(["infinity"]).create().await.unwrap()
+    }
+
+    /// Fills the disk to the last byte; dropping the file (and removing it) gives the room back.
+    fn fill(&self) -> std::fs::File {
+        use std::io::Write;
+        let mut f = std::fs::File::create(self.dir.join("filler")).unwrap();
+        let block = vec![7u8; 64 << 10];
+        while f.write_all(&block).is_ok() {}
+        for len in [4096, 512, 1] {
+            while f.write_all(&block[..len]).is_ok() {}
+        }
+        f
+    }
+
+    fn unfill(&self, f: std::fs::File) {
+        drop(f);
+        std::fs::remove_file(self.dir.join("filler")).unwrap();
+    }
+
+    fn remove(self) {
+        drop(self.client);
+        nix::mount::umount2(&self.dir, nix::mount::MntFlags::MNT_DETACH).unwrap();
+        std::fs::remove_dir(&self.dir).unwrap();
+    }
+}
+
 /// When the host's disk is full, a command's output is held, not lost: the command waits (its pipe is not
 /// read) until the journal can be written again, then every byte arrives. Embedded only: it needs an engine
 /// whose state directory is a small tmpfs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_holds_the_command_instead_of_losing_output() {
-    use nix::mount::{mount, umount2, MntFlags, MsFlags};
     use sha2::{Digest, Sha256};
-    use std::io::Write;
-    common::require_root();
-    let dir = std::env::temp_dir().join(format!("hangar-diskfull-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    mount(Some("tmpfs"), &dir, Some("tmpfs"), MsFlags::empty(), Some("size=32m")).unwrap();
-    let client =
-        hangar::Client::with_config(hangar::EngineConfig::new(dir.join("state"), common::agent_bin())).unwrap();
-    let sb = hangar::Sandbox::builder().client(&client).command("sleep").args(["infinity"]).create().await.unwrap();
-    // Fill the disk to the last byte.
-    let filler = dir.join("filler");
-    let mut f = std::fs::File::create(&filler).unwrap();
-    let block = vec![7u8; 64 << 10];
-    while f.write_all(&block).is_ok() {}
-    for len in [4096, 512, 1] {
-        while f.write_all(&block[..len]).is_ok() {}
-    }
+    let disk = SmallDisk::new("diskfull", "32m");
+    let sb = disk.sandbox().await;
+    let f = disk.fill();
     let n = "2000000"; // 14.9 MB of numbered lines
     let h = sb.exec(["seq", "1", n]).start().await.unwrap();
     tokio::time::sleep(std::time::Duration::from_secs(1)).await;
     let held = sb.execs().await.unwrap().remove(0);
     assert!(held.end.is_none() && held.written[0] < 1 << 20, "the command is held while the disk is full: {held:?}");
-    drop(f);
-    std::fs::remove_file(&filler).unwrap();
+    disk.unfill(f);
     let r = h.wait().await.expect("every byte arrives once the disk has room");
     let want = std::process::Command::new("seq").args(["1", n]).output().unwrap().stdout;
     assert_eq!((r.stdout.len(), Sha256::digest(&r.stdout)), (want.len(), Sha256::digest(&want)));
     assert_eq!(r.returncode, 0);
     sb.stop().await.unwrap();
-    drop(client);
-    umount2(&dir, MntFlags::MNT_DETACH).unwrap();
-    std::fs::remove_dir(&dir).unwrap();
+    disk.remove();
 }
 
 /// When the host's disk stays full past the command's end, what could not be journaled is reported as lost
 /// (exact ranges), and the command's real exit code still arrives with what was kept.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_disk_that_stays_full_loses_output_explicitly_and_keeps_the_exit_code() {
-    use nix::mount::{mount, umount2, MntFlags, MsFlags};
-    use std::io::Write;
-    common::require_root();
-    let dir = std::env::temp_dir().join(format!("hangar-diskfull2-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    mount(Some("tmpfs"), &dir, Some("tmpfs"), MsFlags::empty(), Some("size=16m")).unwrap();
-    let client =
-        hangar::Client::with_config(hangar::EngineConfig::new(dir.join("state"), common::agent_bin())).unwrap();
-    let sb = hangar::Sandbox::builder().client(&client).command("sleep").args(["infinity"]).create().await.unwrap();
-    let mut f = std::fs::File::create(dir.join("filler")).unwrap();
-    let block = vec![7u8; 64 << 10];
-    while f.write_all(&block).is_ok() {}
-    for len in [4096, 512, 1] {
-        while f.write_all(&block[..len]).is_ok() {}
-    }
+    let disk = SmallDisk::new("diskfull2", "16m");
+    let sb = disk.sandbox().await;
+    let f = disk.fill();
     match sb.write_file("/tmp/upload", vec![1u8; 1 << 20]).await {
         Err(hangar::Error::File { kind: hangar::FileErrorKind::NoSpace, message, .. }) => {
             assert!(message.contains("/tmp/upload") && message.contains("no space"), "{message}")
@@ -84,21 +102,17 @@ async fn a_disk_that_stays_full_loses_output_explicitly_and_keeps_the_exit_code(
     if let Err(e) = sb.stop().await {
         assert!(e.to_string().contains("full"), "{e}");
     }
-    drop(f);
-    std::fs::remove_file(dir.join("filler")).unwrap();
+    disk.unfill(f);
     let info = sb.info().await.unwrap();
     assert_eq!((info.state, info.end_reason.as_deref()), (hangar::SandboxState::Terminated, Some("stopped")));
     // With room again, output is whole again.
-    let again = hangar::Sandbox::builder().client(&client).command("sleep").args(["infinity"]).create().await.unwrap();
+    let again = disk.sandbox().await;
     assert_eq!(again.exec(["echo", "back"]).await.unwrap().stdout, b"back\n");
     again.stop().await.unwrap();
-    drop(client);
-    umount2(&dir, MntFlags::MNT_DETACH).unwrap();
-    std::fs::remove_dir(&dir).unwrap();
+    disk.remove();
 }
 
-/// With a disk budget, each sandbox's writable layers and journals live in a subvolume of their own with a
-/// quota: a workload that writes past its budget gets "Disk quota exceeded" (a flood of files too), an upload
+/// With a disk budget, each sandbox's writable layers live in a subvolume of their own with a quota: a workload that writes past its budget gets "Disk quota exceeded" (a flood of files too), an upload
 /// past it is a typed NoSpace, another sandbox keeps its own room, and nothing is left after a stop.
 /// Embedded: the engine has a state directory (and volume) of its own, unmounted at the end.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
