@@ -609,3 +609,36 @@ fn a_gib_file_through_the_server_keeps_its_memory_flat() {
     let _ = serve.cli().args(["rm", &id]).output();
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// `WriteFile` as a foreign client sends it (no `size`: the server spools the upload to its disk) and with a
+/// `size` that the data does not add up to (refused, naming the field); `ReadFile` streams the result back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn write_file_without_a_size_is_spooled_and_a_wrong_size_is_refused() {
+    let sb = sandbox().await;
+    let id = sb.id().to_string();
+    let mut c = raw(TOKEN_A);
+    let chunk = |data: &[u8], first: bool, size: Option<u64>| pb::WriteFileRequest {
+        sandbox_id: if first { id.clone() } else { String::new() },
+        path: if first { "/tmp/spooled".into() } else { String::new() },
+        mode: 0,
+        data: data.to_vec().into(),
+        size,
+    };
+    let parts: Vec<Vec<u8>> = (0..5u8).map(|i| vec![b'a' + i; 300_000]).collect();
+    let msgs: Vec<_> = parts.iter().enumerate().map(|(i, p)| chunk(p, i == 0, None)).collect();
+    let written = c.write_file(tokio_stream::iter(msgs)).await.unwrap().into_inner().bytes_written;
+    assert_eq!(written, 1_500_000);
+    assert_eq!(sb.read_file("/tmp/spooled").await.unwrap(), parts.concat(), "the spooled upload arrives whole");
+    let spool_dir = state_dir().join("uploads");
+    assert_eq!(std::fs::read_dir(&spool_dir).map(|d| d.count()).unwrap_or(0), 0, "no spool file is left");
+    for (size, data) in [(Some(10u64), &b"only five"[..5]), (Some(3), &b"too long"[..])] {
+        let err = c.write_file(tokio_stream::iter(vec![chunk(data, true, size)])).await.unwrap_err();
+        assert!(
+            matches!(err.code(), tonic::Code::InvalidArgument)
+                && (err.message().contains("size") || err.message().contains("ended after")),
+            "{size:?} with {} bytes: {err:?}",
+            data.len()
+        );
+    }
+    sb.stop().await.unwrap();
+}

@@ -421,16 +421,17 @@ impl SandboxService for SandboxApi {
                 let (mut pipe_w, mut pipe_r) = tokio::io::duplex(FILE_CHUNK * 2);
                 let feed = async move {
                     use tokio::io::AsyncWriteExt;
-                    let mut n = first.data.len() as u64;
-                    pipe_w.write_all(&first.data).await.ok();
-                    while let Some(m) = inbound.message().await? {
-                        n += m.data.len() as u64;
+                    let mut n = 0u64;
+                    let mut chunk = Some(first.data);
+                    while let Some(data) = chunk {
+                        n += data.len() as u64;
                         if n > size {
                             return Err(invalid("data", format!("more than the {size} bytes announced in size")));
                         }
-                        if pipe_w.write_all(&m.data).await.is_err() {
+                        if pipe_w.write_all(&data).await.is_err() {
                             break; // the engine stopped reading; its answer says why
                         }
+                        chunk = inbound.message().await?.map(|m| m.data);
                     }
                     Ok::<u64, Status>(n)
                 };
@@ -699,7 +700,9 @@ fn spool_file(state_dir: &std::path::Path) -> std::io::Result<std::fs::File> {
     use std::os::unix::fs::OpenOptionsExt;
     let dir = state_dir.join("uploads");
     std::fs::create_dir_all(&dir)?;
-    let path = dir.join(format!("upload-{}-{:?}", std::process::id(), std::time::Instant::now()));
+    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let path = dir.join(format!("upload-{}-{n}", std::process::id()));
     let file = std::fs::OpenOptions::new().read(true).write(true).create_new(true).mode(0o600).open(&path)?;
     std::fs::remove_file(&path)?;
     Ok(file)
