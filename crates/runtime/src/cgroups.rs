@@ -44,21 +44,6 @@ const V1_WORKLOAD_CONTROLLERS: [&str; 1] = ["memory"];
 /// both names lead to the same directory, which is harmless. `devices` holds the device allow-list.
 const V1_CONTROLLERS: [&str; 5] = ["memory", "cpu", "cpuacct", "pids", "devices"];
 
-/// The devices a sandbox may open (read, write; never mknod), as runc's default less the mknod wildcard:
-/// the nodes bind-mounted into its `/dev` and its own pseudo-terminals. Everything else is denied by the
-/// kernel, whatever node a process finds or makes. (cgroup v1 `devices`; on v2 hosts, where this takes a BPF
-/// program, `nodev` mounts and the dropped CAP_MKNOD stand alone for now.)
-const DEVICE_ALLOW: &[&str] = &[
-    "c 1:3 rw",   // null
-    "c 1:5 rw",   // zero
-    "c 1:7 rw",   // full
-    "c 1:8 rw",   // random
-    "c 1:9 rw",   // urandom
-    "c 5:0 rw",   // tty
-    "c 5:2 rw",   // ptmx
-    "c 136:* rw", // pts
-];
-
 impl Cgroups {
     /// Detects the host's cgroup layout. `parent` is the directory (relative to each hierarchy's root) under
     /// which sandbox cgroups are made, e.g. `hangar`.
@@ -201,11 +186,16 @@ impl SandboxCgroup {
         if let Some(n) = limits.pids {
             write(&pids.join("pids.max"), &n.to_string())?;
         }
-        if !self.v2 {
+        // The device allow-list: the `devices` controller on v1, a BPF program on v2.
+        if self.v2 {
+            let dir = self.dirs[0].as_path();
+            let fd = fs::File::open(dir).map_err(|e| Error::io("open cgroup", dir, e))?;
+            crate::devices::attach_v2_filter(std::os::fd::AsFd::as_fd(&fd), &dir.display().to_string())?;
+        } else {
             let devices = self.dir_of("devices");
             write(&devices.join("devices.deny"), "a")?;
-            for rule in DEVICE_ALLOW {
-                write(&devices.join("devices.allow"), rule)?;
+            for d in crate::devices::ALLOWED_DEVICES {
+                write(&devices.join("devices.allow"), &d.v1_rule())?;
             }
         }
         Ok(())

@@ -9,6 +9,7 @@
 //! agent does that). All `unsafe` in Hangar lives here and in the agent, each block with a `SAFETY` comment.
 
 pub mod cgroups;
+pub mod devices;
 pub mod disk;
 mod error;
 pub mod overlay;

@@ -26,7 +26,7 @@ const MASKED_PATHS: &[&str] = &[
 const READONLY_PATHS: &[&str] = &["proc/bus", "proc/fs", "proc/irq", "proc/sys", "proc/sysrq-trigger"];
 
 /// Host device nodes bind-mounted into the sandbox's tmpfs /dev (bind, not mknod, so this also works
-/// without CAP_MKNOD in a user namespace later). Keep in step with `cgroups::DEVICE_ALLOW`.
+/// without CAP_MKNOD in a user namespace later). Keep in step with `devices::ALLOWED_DEVICES`.
 const DEVICES: &[&str] = &["null", "zero", "full", "random", "urandom", "tty"];
 
 pub(crate) fn unshare_cgroup_namespace() -> Result<()> {

@@ -10,8 +10,8 @@ use std::collections::{BTreeMap, HashSet};
 
 /// Capabilities a sandbox keeps: Docker's long-standing default set less MKNOD. None of them reaches outside
 /// the sandbox's namespaces; MKNOD is dropped because a device node is the one file that names something of
-/// the host (the root, `/dev` and every other mount are `nodev` and the device cgroup allows only the devices
-/// in `/dev` besides). Notably absent too are SYS_ADMIN (mounts, namespaces), SYS_PTRACE, SYS_MODULE,
+/// the host (the root, `/dev` and every other mount are `nodev` and the device allow-list (cgroup v1 `devices`, a
+/// BPF program on v2) admits only the devices in `/dev` besides). Notably absent too are SYS_ADMIN (mounts, namespaces), SYS_PTRACE, SYS_MODULE,
 /// SYS_RAWIO, SYS_TIME, NET_ADMIN, SYS_RESOURCE, SYS_BOOT, MAC_ADMIN, BPF, PERFMON and DAC_READ_SEARCH
 /// (open_by_handle_at, the "shocker" escape).
 pub const DEFAULT_CAPABILITIES: &[Capability] = &[
