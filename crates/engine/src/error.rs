@@ -94,6 +94,15 @@ pub enum Error {
         /// The cause.
         source: std::io::Error,
     },
+    /// The data given for a file write failed or ended before its announced length (the caller's reader,
+    /// or a client's upload stream); the sandbox is fine.
+    #[error("write_file {path}: {message}")]
+    DataSource {
+        /// The path inside the sandbox.
+        path: String,
+        /// What went wrong with the data.
+        message: String,
+    },
     /// The agent answered something unexpected.
     #[error("sandbox {id}: agent protocol error: {message}")]
     Agent {

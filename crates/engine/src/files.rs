@@ -118,25 +118,20 @@ impl Engine {
         }
         let mut conn = self.connect(id).await?;
         let w = conn.writer();
-        let sent = async {
-            w.send(&Request::WriteFile { path: path.to_string(), len, mode }).await.map_err(|e| e.to_string())?;
-            let mut buf = vec![0u8; CHUNK as usize];
-            let mut left = len;
-            while left > 0 {
-                let want = left.min(CHUNK) as usize;
-                let n = source.read(&mut buf[..want]).await.map_err(|e| format!("reading the data: {e}"))?;
-                if n == 0 {
-                    return Err(format!("the data ended after {} of {len} bytes", len - left));
-                }
-                w.send_raw(&buf[..n]).await.map_err(|e| e.to_string())?;
-                left -= n as u64;
+        let data_err = |message: String| Error::DataSource { path: path.to_string(), message };
+        let gone = |e: std::io::Error| self.gone(id, &format!("write_file {path}"), e);
+        w.send(&Request::WriteFile { path: path.to_string(), len, mode }).await.map_err(gone)?;
+        let mut buf = vec![0u8; CHUNK as usize];
+        let mut left = len;
+        while left > 0 {
+            let want = left.min(CHUNK) as usize;
+            // Closing the connection early tells the agent the upload ended; the cause is the data's.
+            let n = source.read(&mut buf[..want]).await.map_err(|e| data_err(format!("reading the data: {e}")))?;
+            if n == 0 {
+                return Err(data_err(format!("the data ended after {} of {len} bytes", len - left)));
             }
-            Ok(())
-        }
-        .await;
-        if let Err(why) = sent {
-            // The agent sees the upload end early and reports nothing we need: the cause is ours.
-            return Err(Error::InvalidArgument(format!("write_file {path}: {why}")));
+            w.send_raw(&buf[..n]).await.map_err(gone)?;
+            left -= n as u64;
         }
         match conn.recv::<Response>().await {
             Ok(Some(Response::Done)) => Ok(()),

@@ -211,7 +211,7 @@ mod tests {
 
     #[test]
     fn o_nofollow_refuses_a_symlink() {
-        // The constant is per architecture; a wrong one would let `open` follow the link.
+        // The import's own copies are reopened with O_NOFOLLOW: a symlink in their place is refused.
         let dir = std::env::temp_dir().join(format!("hangar-nofollow-{}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(&dir).unwrap();

@@ -103,7 +103,8 @@ impl Cgroups {
             write(&cg.dirs[0].join("cgroup.subtree_control"), "+memory +pids")?;
             mkdir(&cg.dirs[0].join(AGENT_V2))?;
         }
-        for d in cg.workload_dirs() {
+        // The workload's directories (the others among the exec parents exist already).
+        for d in cg.exec_parents() {
             mkdir(&d)?;
         }
         let made = cg.apply(limits);
@@ -132,18 +133,6 @@ impl SandboxCgroup {
             .iter()
             .zip(&self.dirs)
             .map(|(c, d)| if V1_WORKLOAD_CONTROLLERS.contains(c) { d.join(WORKLOAD) } else { d.clone() })
-            .collect()
-    }
-
-    fn workload_dirs(&self) -> Vec<PathBuf> {
-        if self.v2 {
-            return vec![self.dirs[0].join(WORKLOAD)];
-        }
-        V1_CONTROLLERS
-            .iter()
-            .zip(&self.dirs)
-            .filter(|(c, _)| V1_WORKLOAD_CONTROLLERS.contains(c))
-            .map(|(_, d)| d.join(WORKLOAD))
             .collect()
     }
 

@@ -208,6 +208,7 @@ impl From<hangar_engine::Error> for Error {
             E::SandboxGone { id, detail } => Error::SandboxTerminated { id, detail },
             e @ E::ExecNotFound { .. } => Error::ExecNotFound { message: e.to_string() },
             e @ E::ExecExpired { .. } => Error::ExecExpired { message: e.to_string() },
+            e @ E::DataSource { .. } => Error::LocalIo(e.to_string()),
             e => Error::Internal(e.to_string()),
         }
     }

@@ -185,8 +185,10 @@ impl Remote {
         let mut grpc = self.grpc();
         let call = grpc.write_file(tokio_stream::wrappers::ReceiverStream::new(rx));
         let (pumped, answered) = tokio::join!(pump, call);
+        // Our own reader failing explains the server's refusal of the short stream, not the other way round.
+        pumped?;
         answered.map_err(|s| self.error(s, id))?;
-        pumped
+        Ok(())
     }
 
     /// Starts (or finds) an exec and follows it, resuming on new connections whenever one breaks.

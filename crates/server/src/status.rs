@@ -50,6 +50,8 @@ pub(crate) fn from_engine(e: Error) -> Status {
             s
         }
         Error::SandboxFailed { .. } => with_reason(Status::failed_precondition(msg), "SANDBOX_FAILED"),
+        // The client's upload stream was short (or failed): its request was wrong, not the server.
+        Error::DataSource { .. } => with_reason(Status::invalid_argument(msg), "INVALID_ARGUMENT"),
         Error::SandboxGone { detail, .. } => with_reason(Status::aborted(detail), "SANDBOX_GONE"),
         Error::ExecNotFound { .. } => with_reason(Status::not_found(msg), "EXEC_NOT_FOUND"),
         Error::ExecExpired { .. } => with_reason(Status::failed_precondition(msg), "EXEC_EXPIRED"),

@@ -253,3 +253,17 @@ async fn create_with_a_request_id_is_idempotent() {
     a.stop().await.unwrap();
     other.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_short_upload_source_is_a_local_error_on_both_backends() {
+    let sb = sandbox().await;
+    let mut short: &[u8] = b"only eleven";
+    match sb.write_file_from("/tmp/short", &mut short, 100).await {
+        Err(Error::LocalIo(m)) => assert!(m.contains("/tmp/short") && m.contains("11 of 100"), "{m}"),
+        other => panic!("expected LocalIo, got {other:?}"),
+    }
+    let mut whole: &[u8] = b"exactly";
+    sb.write_file_from("/tmp/whole", &mut whole, 7).await.unwrap();
+    assert_eq!(sb.read_file("/tmp/whole").await.unwrap(), b"exactly");
+    sb.stop().await.unwrap();
+}
