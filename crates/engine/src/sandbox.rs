@@ -420,11 +420,6 @@ impl Engine {
     fn enforce_lifetime(&self, rec: &Record) {
         const SLACK: Duration = Duration::from_secs(30);
         let (Some(pid), Some(start)) = (rec.agent_pid, rec.agent_start) else { return };
-        // The record is made before the agent is spawned: until its lifetime has passed, the agent's has not
-        // either, and this (called on every `get`, so on every exec) costs no system call.
-        if now_ms().saturating_sub(rec.info.created_at_ms) < rec.info.max_lifetime_ms {
-            return;
-        }
         let cfg_path = self.sandbox_dir(&rec.info.id).join("agent.json");
         // The agent's clock starts when it is spawned, just after its configuration is written.
         let Ok(spawned) = std::fs::metadata(&cfg_path).and_then(|m| m.modified()) else { return };
