@@ -8,7 +8,7 @@
 //! block on a FIFO or a device: they are non-blocking, and anything but a regular file (or a directory where
 //! one is asked for) is refused.
 
-use crate::protocol::ErrorKind;
+use hangar_agent_protocol::ErrorKind;
 use nix::fcntl::{openat2, OFlag, OpenHow, ResolveFlag};
 use nix::sys::stat::{fstat, Mode, SFlag};
 use std::os::fd::{AsFd, OwnedFd};

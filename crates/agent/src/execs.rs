@@ -6,12 +6,13 @@
 //! them, the oldest bytes after a kept head are dropped (hole-punched) and readers are told the exact range;
 //! while an attached reader still needs them, the pipe is simply not read, so the command blocks on write.
 
-use crate::protocol::{
-    Ending, ErrorKind, ExecEnd, ExecInfo, ExecRequest, OnDisconnect, Progress, Request, Response, Usage, WinSize,
+use hangar_agent_protocol::{
+    journal_dir, Ending, ErrorKind, ExecEnd, ExecInfo, ExecSpec, OnDisconnect, Progress, Request, Response, StartFailure, Usage,
 };
-use crate::server::{spawn_error, Shared, STATE_DIR_FD};
+use hangar_types::Output;
+use crate::server::{start_failure, Shared, STATE_DIR_FD};
 use crate::spare::{self, Handover, Order, Spare};
-use crate::wire::Conn;
+use hangar_agent_protocol::codec::Conn;
 use hangar_runtime::cgroups::ExecCgroup;
 use nix::sys::signal::{kill, Signal};
 use nix::sys::wait::WaitStatus;
@@ -27,10 +28,7 @@ use std::time::{Duration, Instant, SystemTime};
 use tokio::io::unix::AsyncFd;
 use tokio::sync::{oneshot, watch, Notify};
 
-/// How long a journal is kept after its exec ended and its last reader left, unless the exec says otherwise.
-pub const DEFAULT_RETAIN: Duration = Duration::from_secs(600);
-/// Bytes retained per stream unless the exec says otherwise.
-pub const DEFAULT_CAP: u64 = 1 << 30;
+use hangar_types::{DEFAULT_EXEC_RETAIN as DEFAULT_RETAIN, DEFAULT_JOURNAL_CAP as DEFAULT_CAP};
 const MIN_CAP: u64 = 64 << 10;
 /// The head of a stream that is never dropped (so the first lines survive too), at most this.
 const MAX_HEAD: u64 = 8 << 20;
@@ -139,12 +137,6 @@ fn state_dir() -> BorrowedFd<'static> {
     unsafe { BorrowedFd::borrow_raw(STATE_DIR_FD) }
 }
 
-fn valid_id(id: &str) -> bool {
-    (1..=128).contains(&id.len())
-        && !id.starts_with('.')
-        && id.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
-}
-
 fn nonblocking(fd: OwnedFd) -> io::Result<AsyncFd<OwnedFd>> {
     use nix::fcntl::{fcntl, FcntlArg, OFlag};
     let flags = OFlag::from_bits_truncate(fcntl(&fd, FcntlArg::F_GETFL)?);
@@ -201,7 +193,6 @@ impl Exec {
             attached: self.pins.len() as u32,
             end: self.end.clone(),
             expired: self.expired,
-            journal: self.journal.clone(),
         }
     }
 
@@ -310,41 +301,32 @@ impl Exec {
 }
 
 /// Checks the request; the working directory it names, resolved inside the sandbox.
-fn validate(state: &Shared, r: &ExecRequest) -> Result<OwnedFd, (ErrorKind, String)> {
+fn validate(state: &Shared, r: &ExecSpec) -> Result<OwnedFd, (ErrorKind, String)> {
     let st = state.borrow();
     if st.stopping {
         return Err(err(ErrorKind::Stopping, "the sandbox is stopping"));
-    }
-    match r.argv.first() {
-        None => return Err(err(ErrorKind::InvalidArgument, "argv is empty")),
-        Some(p) if p.is_empty() => return Err(err(ErrorKind::InvalidArgument, "argv[0] is empty")),
-        _ => {}
-    }
-    if let Some(a) = r.argv.iter().find(|a| a.contains('\0')) {
-        return Err(err(ErrorKind::InvalidArgument, format!("argument {a:?} contains a NUL byte")));
-    }
-    if r.tty.is_some() && r.merged {
-        return Err(err(ErrorKind::InvalidArgument, "tty and merged are exclusive (a terminal is one stream)"));
     }
     st.root.open_dir(r.cwd.as_deref().unwrap_or(&st.cfg.workdir))
 }
 
 /// The exec `r` names, started now, or the existing one when its id is taken by the same command.
-pub(crate) fn start(state: &Shared, r: ExecRequest) -> Result<ExecRef, (ErrorKind, String)> {
-    if !r.id.is_empty() {
-        if !valid_id(&r.id) {
-            return Err(err(ErrorKind::InvalidArgument, format!("exec id {:?}: use 1-128 of [A-Za-z0-9._-]", r.id)));
-        }
-        if let Some(e) = state.borrow().table.by_id.get(&r.id) {
+pub(crate) fn start(state: &Shared, r: ExecSpec) -> Result<ExecRef, (ErrorKind, String)> {
+    // The engine checked already; an agent trusts no peer with its journal paths.
+    r.validate().map_err(|e| err(ErrorKind::InvalidArgument, e.to_string()))?;
+    if let Some(id) = &r.id {
+        if let Some(e) = state.borrow().table.by_id.get(id) {
             if e.borrow().argv != r.argv {
-                return Err(err(ErrorKind::ExecConflict, format!("exec id {} is taken by another command", r.id)));
+                return Err(err(ErrorKind::ExecConflict, format!("exec id {id} is taken by another command")));
             }
             return Ok(e.clone());
         }
     }
     let cwd = validate(state, &r)?;
-    let id = if r.id.is_empty() { state.borrow_mut().table.fresh_id() } else { r.id.clone() };
-    let rel = format!("execs/{id}");
+    let id = match &r.id {
+        Some(id) => id.clone(),
+        None => state.borrow_mut().table.fresh_id(),
+    };
+    let rel = journal_dir(&id);
     let io_err = |what: &str, e: io::Error| err(ErrorKind::Other, format!("exec {id}: {what}: {e}"));
     let files = make_journal(&rel).map_err(|e| io_err("journal", e))?;
     let cap = r.journal_cap.unwrap_or(DEFAULT_CAP).max(MIN_CAP);
@@ -358,8 +340,8 @@ pub(crate) fn start(state: &Shared, r: ExecRequest) -> Result<ExecRef, (ErrorKin
         pid: 0,
         started_at_ms: now_ms(),
         started: Instant::now(),
-        tty: r.tty.is_some(),
-        merged: r.merged,
+        tty: r.output.is_pty(),
+        merged: r.output == Output::Merged,
         journals: [journal(out_file), journal(err_file)],
         head,
         cap,
@@ -377,7 +359,7 @@ pub(crate) fn start(state: &Shared, r: ExecRequest) -> Result<ExecRef, (ErrorKin
         ended: None,
         expired: false,
         policy: r.on_disconnect,
-        retain: r.retain_ms.map(Duration::from_millis).unwrap_or(DEFAULT_RETAIN),
+        retain: r.retain.unwrap_or(DEFAULT_RETAIN),
         left_at: Instant::now(),
         journal: rel,
     }));
@@ -388,16 +370,9 @@ pub(crate) fn start(state: &Shared, r: ExecRequest) -> Result<ExecRef, (ErrorKin
     }
     match spawn(state, &exec, &r, &cwd) {
         Ok(()) => {}
-        Err((reason, missing)) => {
+        Err(failure) => {
             let mut e = exec.borrow_mut();
-            e.end = Some(ExecEnd {
-                ending: Ending::FailedToStart { reason, missing },
-                code: None,
-                signal: None,
-                bytes: [0, 0],
-                crc32: [0, 0],
-                usage: Usage::default(),
-            });
+            e.end = Some(ExecEnd::failed_to_start(failure));
             e.ended = Some(Instant::now());
             e.publish();
             drop(e);
@@ -408,20 +383,18 @@ pub(crate) fn start(state: &Shared, r: ExecRequest) -> Result<ExecRef, (ErrorKin
 }
 
 /// Starts the process with its pipes (or terminal) and cgroup, and the tasks that journal and supervise it.
-/// On failure: why, and whether the program is missing or not executable (rather than the sandbox lacking
-/// room for it).
-fn spawn(state: &Shared, exec: &ExecRef, r: &ExecRequest, cwd: &OwnedFd) -> Result<(), (String, bool)> {
+/// On failure: why, typed.
+fn spawn(state: &Shared, exec: &ExecRef, r: &ExecSpec, cwd: &OwnedFd) -> Result<(), StartFailure> {
     let id = exec.borrow().id.clone();
-    let io_err = |what: &str, e: io::Error| (format!("exec {id}: {what}: {e}"), false);
-    let start_err = |e: io::Error| {
-        let (kind, message) = spawn_error(&r.argv[0], &e);
-        (message, kind == ErrorKind::CommandNotFound)
+    let io_err = |what: &str, e: io::Error| {
+        StartFailure::new(hangar_types::StartFailureKind::Other, format!("exec {id}: {what}: {e}"))
     };
+    let start_err = |e: io::Error| start_failure(&r.argv[0], &e);
     let (user, mut env) = {
         let st = state.borrow();
         (st.user, st.cfg.env.clone())
     };
-    if r.tty.is_some() && !r.env.iter().any(|(k, _)| k == "TERM") {
+    if r.output.is_pty() && !r.env.iter().any(|(k, _)| k == "TERM") {
         env.push(("TERM".into(), "xterm-256color".into()));
     }
     env.extend(r.env.iter().cloned());
@@ -429,7 +402,7 @@ fn spawn(state: &Shared, exec: &ExecRef, r: &ExecRequest, cwd: &OwnedFd) -> Resu
     let mut sources: Vec<OwnedFd> = Vec::new();
     let mut stdin_sink = None;
     let mut pty_ctl = None;
-    let stdio: [OwnedFd; 3] = if let Some(WinSize { rows, cols }) = r.tty {
+    let stdio: [OwnedFd; 3] = if let Output::Pty { rows, cols } = r.output {
         let ws = nix::pty::Winsize { ws_row: rows, ws_col: cols, ws_xpixel: 0, ws_ypixel: 0 };
         let pty = nix::pty::openpty(Some(&ws), None).map_err(|e| io_err("openpty", e.into()))?;
         for fd in [&pty.master, &pty.slave] {
@@ -445,7 +418,7 @@ fn spawn(state: &Shared, exec: &ExecRef, r: &ExecRequest, cwd: &OwnedFd) -> Resu
         let (out_r, out_w) = pipe().map_err(|e| io_err("pipe", e))?;
         let _ = nix::fcntl::fcntl(&out_w, nix::fcntl::FcntlArg::F_SETPIPE_SZ(PIPE_SIZE));
         sources.push(out_r);
-        let err_w = if r.merged {
+        let err_w = if r.output == Output::Merged {
             out_w.try_clone().map_err(|e| io_err("dup", e))?
         } else {
             let (err_r, err_w) = pipe().map_err(|e| io_err("pipe", e))?;
@@ -462,7 +435,7 @@ fn spawn(state: &Shared, exec: &ExecRef, r: &ExecRequest, cwd: &OwnedFd) -> Resu
         };
         [stdin, out_w, err_w]
     };
-    let order = Order { argv: r.argv.clone(), env, user, tty: r.tty.is_some() };
+    let order = Order { argv: r.argv.clone(), env, user, tty: r.output.is_pty() };
     let with = || Handover { stdio: stdio.each_ref(), cwd };
     let spare = state.borrow_mut().spare.take();
     let started = match spare {
@@ -517,10 +490,10 @@ fn spawn(state: &Shared, exec: &ExecRef, r: &ExecRequest, cwd: &OwnedFd) -> Resu
         let src = nonblocking(src).map_err(|e| io_err("output", e))?;
         pumps.push(tokio::task::spawn_local(pump(exec.clone(), i, src, exited_rx.clone())));
     }
-    if let Some(t) = r.timeout_ms {
+    if let Some(t) = r.timeout {
         let e = exec.clone();
         tokio::task::spawn_local(async move {
-            tokio::time::sleep(Duration::from_millis(t)).await;
+            tokio::time::sleep(t).await;
             e.borrow_mut().kill_for(Ending::TimedOut);
         });
     }
@@ -815,7 +788,7 @@ pub(crate) async fn attach(state: &Shared, conn: Conn, exec: &str, from: [u64; 2
 }
 
 /// Starts (or finds) an exec and serves its first reader.
-pub(crate) async fn start_and_attach(state: &Shared, conn: Conn, r: ExecRequest) {
+pub(crate) async fn start_and_attach(state: &Shared, conn: Conn, r: ExecSpec) {
     match start(state, r) {
         Ok(e) => serve_reader(e, conn, [0, 0]).await,
         Err((kind, message)) => {

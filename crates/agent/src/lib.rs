@@ -1,4 +1,4 @@
-//! The init agent: PID 1 of every Hangar sandbox, and the protocol the engine speaks to it.
+//! The init agent: PID 1 of every Hangar sandbox. The engine speaks to it in `hangar-agent-protocol`.
 //!
 //! The agent builds its sandbox (through `hangar_runtime::enter`), starts the sandbox's main command, reaps
 //! orphans, and serves requests on a unix socket that lives on the host side only: run execs, each in a
@@ -21,10 +21,7 @@ pub(crate) use log;
 
 mod confined;
 mod execs;
-pub mod protocol;
 mod server;
 mod spare;
-pub mod wire;
 
-pub use execs::{DEFAULT_CAP, DEFAULT_RETAIN};
 pub use server::run;

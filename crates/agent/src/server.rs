@@ -2,9 +2,12 @@
 
 use crate::confined::SandboxRoot;
 use crate::execs::Table;
-use crate::protocol::{AgentConfig, EndReason, EndRecord, ErrorKind, Request, Response, END_RECORD_FILE};
+use hangar_agent_protocol::{
+    AgentConfig, EndReason, EndRecord, ErrorKind, Request, Response, StartFailure, StartFailureKind, StartReport,
+    END_RECORD_FILE, VERSION,
+};
 use crate::spare::{Handover, Order};
-use crate::wire::Conn;
+use hangar_agent_protocol::codec::Conn;
 use nix::sys::signal::{kill, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
@@ -55,19 +58,20 @@ fn main_inner() -> Result<(), String> {
     let cfg: AgentConfig = serde_json::from_slice(&body).map_err(|e| format!("parse the configuration: {e}"))?;
     // SAFETY: the runtime placed the write end of the status pipe at this number; nothing else owns it.
     let mut status = unsafe { File::from_raw_fd(STATUS_FD) };
-    let started = hangar_runtime::enter(&cfg.sandbox).map_err(|e| e.to_string()).and_then(|cgroups| {
-        let root = SandboxRoot::open(&cfg.workdir).map_err(|e| format!("open the sandbox's root: {e}"))?;
-        let user = resolve_user(&root, &cfg.user)?;
+    let started = hangar_runtime::enter(&cfg.sandbox).map_err(|e| StartReport::Failed(e.to_string())).and_then(|cgroups| {
+        let root = SandboxRoot::open(&cfg.workdir)
+            .map_err(|e| StartReport::Failed(format!("open the sandbox's root: {e}")))?;
+        let user = resolve_user(&root, &cfg.user).map_err(StartReport::Failed)?;
         spawn_main(&cfg, &root, &cgroups, user).map(|pid| (pid, user, cgroups, root))
     });
     let (main_pid, user, cgroups, root) = match started {
         Ok(started) => started,
-        Err(e) => {
-            let _ = writeln!(status, "error: {e}");
-            return Err(e);
+        Err(report) => {
+            let _ = writeln!(status, "{}", report.line());
+            return Err(report.line());
         }
     };
-    let _ = writeln!(status, "ok {main_pid}");
+    let _ = writeln!(status, "{}", StartReport::Ready { main_pid, version: VERSION }.line());
     drop(status);
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| format!("tokio: {e}"))?;
     let served = rt.block_on(serve(cfg, root, main_pid, user, Table::new(cgroups)));
@@ -125,15 +129,19 @@ fn spawn_main(
     root: &SandboxRoot,
     cgroups: &hangar_runtime::cgroups::CgroupDirs,
     user: Option<(u32, u32)>,
-) -> Result<i32, String> {
-    let prog = cfg.main.first().ok_or("the sandbox's command is empty")?;
-    let cgroup = cgroups.create_exec("main").map_err(|e| format!("cannot make the main command's cgroup: {e}"))?;
-    let cwd = root.open_dir(&cfg.workdir).map_err(|(_, m)| m)?;
-    let null = File::options().read(true).write(true).open("/dev/null").map_err(|e| format!("/dev/null: {e}"))?;
+) -> Result<i32, StartReport> {
+    let failed = StartReport::Failed;
+    let prog = cfg.main.first().ok_or_else(|| failed("the sandbox's command is empty".into()))?;
+    let cgroup =
+        cgroups.create_exec("main").map_err(|e| failed(format!("cannot make the main command's cgroup: {e}")))?;
+    let cwd = root.open_dir(&cfg.workdir).map_err(|(_, m)| failed(m))?;
+    let null =
+        File::options().read(true).write(true).open("/dev/null").map_err(|e| failed(format!("/dev/null: {e}")))?;
     let null = std::os::fd::OwnedFd::from(null);
     let order = Order { argv: cfg.main.clone(), env: cfg.env.clone(), user, tty: false };
     let with = Handover { stdio: [&null, &null, &null], cwd: &cwd };
-    crate::spare::start_directly(&order, with, Some(&cgroup)).map_err(|e| spawn_error(prog, &e).1)
+    crate::spare::start_directly(&order, with, Some(&cgroup))
+        .map_err(|e| StartReport::CommandFailed(start_failure(prog, &e)))
 }
 
 pub(crate) struct State {
@@ -397,17 +405,18 @@ fn err(kind: ErrorKind, message: String) -> Response {
     Response::Error { kind, message }
 }
 
-pub(crate) fn spawn_error(prog: &str, e: &std::io::Error) -> (ErrorKind, String) {
-    match e.kind() {
-        std::io::ErrorKind::NotFound => (ErrorKind::CommandNotFound, format!("command not found: {prog}")),
-        std::io::ErrorKind::PermissionDenied => {
-            (ErrorKind::CommandNotFound, format!("permission denied: {prog} is not executable"))
-        }
-        _ if e.raw_os_error() == Some(libc::EAGAIN) => {
-            (ErrorKind::Other, format!("cannot start {prog}: the sandbox's process limit (pids) is reached"))
-        }
-        _ => (ErrorKind::Other, format!("cannot start {prog}: {e}")),
-    }
+/// Why `prog` could not be started, from the error of its exec (or of the fork before it).
+pub(crate) fn start_failure(prog: &str, e: &std::io::Error) -> StartFailure {
+    use StartFailureKind as K;
+    let (kind, message) = match (e.kind(), e.raw_os_error()) {
+        (std::io::ErrorKind::NotFound, _) => (K::NotFound, format!("command not found: {prog}")),
+        (std::io::ErrorKind::PermissionDenied, _) => (K::PermissionDenied, format!("permission denied: {prog} is not executable")),
+        (_, Some(libc::ENOEXEC)) => (K::NotExecutable, format!("cannot run {prog}: not an executable format")),
+        (_, Some(libc::EAGAIN)) => (K::ResourceLimit, format!("cannot start {prog}: the sandbox's process limit (pids) is reached")),
+        (_, Some(libc::ENOMEM | libc::EMFILE | libc::ENFILE)) => (K::ResourceLimit, format!("cannot start {prog}: {e}")),
+        _ => (K::Other, format!("cannot start {prog}: {e}")),
+    };
+    StartFailure::new(kind, message)
 }
 
 fn file_error(path: &str, e: &std::io::Error) -> Response {

@@ -16,6 +16,7 @@
 //! where no helper can run (and for the main command), [`start_directly`] carries out the same order from a
 //! fork of the agent that closes everything but stdio before its exec.
 
+use hangar_agent_protocol::codec;
 use hangar_runtime::cgroups::ExecCgroup;
 use serde::{Deserialize, Serialize};
 use std::io::{Read, Write};
@@ -99,10 +100,8 @@ impl Spare {
     /// Hands the helper its command and stdio. `Ok(Ok(()))` once it has become the command; `Ok(Err(why))`
     /// when the command could not be executed (the helper then exits 127); `Err` when the helper is unusable.
     pub(crate) fn order(&mut self, order: &Order, with: Handover<'_>) -> std::io::Result<Result<(), std::io::Error>> {
-        let body = serde_json::to_vec(order)?;
+        let frame = codec::encode(order)?;
         let raw: Vec<RawFd> = with.stdio.iter().chain([&with.cwd]).map(|f| f.as_raw_fd()).collect();
-        let mut frame = (body.len() as u32).to_le_bytes().to_vec();
-        frame.extend_from_slice(&body);
         let cmsg = [nix::sys::socket::ControlMessage::ScmRights(&raw)];
         let iov = [std::io::IoSlice::new(&frame)];
         let sent = nix::sys::socket::sendmsg::<()>(
@@ -115,19 +114,13 @@ impl Spare {
         if sent < frame.len() {
             self.sock.write_all(&frame[sent..])?;
         }
-        // The helper's end closes on a successful exec (close-on-exec); otherwise it explains first.
-        let mut why = String::new();
-        self.sock.read_to_string(&mut why)?;
-        Ok(if why.is_empty() {
-            Ok(())
-        } else {
-            let (kind, msg) = why.split_once(':').unwrap_or(("other", &why));
-            let kind = match kind {
-                "not_found" => std::io::ErrorKind::NotFound,
-                "permission_denied" => std::io::ErrorKind::PermissionDenied,
-                _ => std::io::ErrorKind::Other,
-            };
-            Err(std::io::Error::new(kind, msg.to_string()))
+        // The helper's end closes on a successful exec (close-on-exec); otherwise it sends the exec's errno.
+        let mut why = Vec::new();
+        self.sock.read_to_end(&mut why)?;
+        Ok(match codec::decode_prefix::<i32>(&why)? {
+            None if why.is_empty() => Ok(()),
+            None => Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "the helper's answer was cut short")),
+            Some((errno, _)) => Err(std::io::Error::from_raw_os_error(errno)),
         })
     }
 }
@@ -242,12 +235,9 @@ pub fn helper() -> ! {
         cmd.process_group(0);
     }
     let e = cmd.exec();
-    let kind = match e.kind() {
-        std::io::ErrorKind::NotFound => "not_found",
-        std::io::ErrorKind::PermissionDenied => "permission_denied",
-        _ => "other",
-    };
-    let _ = write!(sock, "{kind}:{e}");
+    if let Ok(frame) = codec::encode(&e.raw_os_error().unwrap_or(libc::EIO)) {
+        let _ = sock.write_all(&frame);
+    }
     std::process::exit(127)
 }
 
@@ -274,15 +264,11 @@ fn receive(sock: &UnixStream) -> std::io::Result<(Order, Vec<OwnedFd>)> {
             return Err(std::io::ErrorKind::UnexpectedEof.into());
         }
         got += msg.bytes;
-        if got >= 4 {
-            let len = u32::from_le_bytes(buf[..4].try_into().expect("4 bytes")) as usize;
-            if len > buf.len() - 4 {
-                return Err(std::io::ErrorKind::InvalidData.into());
-            }
-            if got >= 4 + len {
-                let order = serde_json::from_slice(&buf[4..4 + len])?;
-                return Ok((order, fds));
-            }
+        if let Some((order, _)) = codec::decode_prefix(&buf[..got])? {
+            return Ok((order, fds));
+        }
+        if got == buf.len() {
+            return Err(std::io::ErrorKind::InvalidData.into());
         }
     }
 }

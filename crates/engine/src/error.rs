@@ -1,3 +1,5 @@
+use crate::{FileErrorKind, Reason};
+
 /// Everything that can go wrong in the engine, each naming the sandbox, path or command involved.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -81,6 +83,18 @@ pub enum Error {
     /// Isolation setup or teardown failed on the host.
     #[error(transparent)]
     Runtime(#[from] hangar_runtime::Error),
+    /// The sandbox's agent speaks a protocol version this engine does not.
+    #[error("sandbox {id}: its agent speaks protocol version {version}; this engine speaks {min} to {max} (stop and recreate the sandbox, or use a matching engine)")]
+    AgentVersion {
+        /// Sandbox id.
+        id: String,
+        /// The agent's version.
+        version: u32,
+        /// Oldest version this engine speaks.
+        min: u32,
+        /// Newest version this engine speaks.
+        max: u32,
+    },
     /// The sandbox store failed.
     #[error("sandbox store: {0}")]
     Store(#[from] rusqlite::Error),
@@ -113,57 +127,33 @@ pub enum Error {
     },
 }
 
-/// Kinds of file failure, so callers can branch without parsing messages.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FileErrorKind {
-    /// No such file or directory.
-    NotFound,
-    /// Permission denied.
-    PermissionDenied,
-    /// The path is a directory.
-    IsADirectory,
-    /// The path is a FIFO, socket or device: only regular files are read or written.
-    NotARegularFile,
-    /// The path leads outside the sandbox (through a `/proc` link to a process's files): refused.
-    NotAllowed,
-    /// The file is larger than the transfer limit.
-    TooLarge,
-    /// No space left for the sandbox's files (the disk that holds them is full).
-    NoSpace,
-    /// Anything else.
-    Other,
-}
-
-impl FileErrorKind {
-    const REASONS: [(FileErrorKind, &'static str); 8] = [
-        (FileErrorKind::NotFound, "FILE_NOT_FOUND"),
-        (FileErrorKind::PermissionDenied, "PERMISSION_DENIED"),
-        (FileErrorKind::IsADirectory, "IS_A_DIRECTORY"),
-        (FileErrorKind::NotARegularFile, "NOT_A_REGULAR_FILE"),
-        (FileErrorKind::NotAllowed, "PATH_NOT_ALLOWED"),
-        (FileErrorKind::TooLarge, "FILE_TOO_LARGE"),
-        (FileErrorKind::NoSpace, "NO_SPACE"),
-        (FileErrorKind::Other, "FILE_ERROR"),
-    ];
-
-    /// The machine-readable reason this kind travels as over an API (`hangar-reason`).
-    pub fn reason(self) -> &'static str {
-        Self::REASONS.iter().find(|(k, _)| *k == self).map_or("FILE_ERROR", |(_, r)| r)
-    }
-
-    /// The kind a reason from [`FileErrorKind::reason`] stands for.
-    pub fn from_reason(reason: &str) -> Option<Self> {
-        Self::REASONS.iter().find(|(_, r)| *r == reason).map(|(k, _)| *k)
-    }
-}
-
 impl Error {
     /// The error an exec of sandbox `id` that ended with `ending` stands for, when it never started:
     /// [`Error::CommandNotFound`] for a missing or non-executable program, else [`Error::StartFailed`].
     pub fn from_start_failure(id: &str, ending: &crate::Ending) -> Option<Self> {
-        let crate::Ending::FailedToStart { reason, missing } = ending else { return None };
-        let (id, message) = (id.to_string(), reason.clone());
-        Some(if *missing { Error::CommandNotFound { id, message } } else { Error::StartFailed { id, message } })
+        let crate::Ending::FailedToStart(f) = ending else { return None };
+        let (id, message) = (id.to_string(), f.message.clone());
+        Some(match f.kind.is_command_problem() {
+            true => Error::CommandNotFound { id, message },
+            false => Error::StartFailed { id, message },
+        })
+    }
+
+    /// The reason code this error travels as over every API.
+    pub fn reason(&self) -> Reason {
+        match self {
+            Error::NotFound(_) => Reason::NotFound,
+            Error::NotRunning { .. } => Reason::NotRunning,
+            Error::InvalidArgument(_) | Error::DataSource { .. } => Reason::InvalidArgument,
+            Error::Image(_) | Error::SandboxFailed { .. } => Reason::SandboxFailed,
+            Error::CommandNotFound { .. } => Reason::CommandNotFound,
+            Error::StartFailed { .. } => Reason::StartFailed,
+            Error::ExecNotFound { .. } => Reason::ExecNotFound,
+            Error::ExecExpired { .. } => Reason::ExecExpired,
+            Error::File { kind, .. } => Reason::File(*kind),
+            Error::SandboxGone { .. } => Reason::SandboxGone,
+            Error::Runtime(_) | Error::AgentVersion { .. } | Error::Store(_) | Error::Io { .. } | Error::Agent { .. } => Reason::Internal,
+        }
     }
 
     pub(crate) fn io(op: &'static str, path: impl std::fmt::Display, source: std::io::Error) -> Self {
@@ -173,3 +163,9 @@ impl Error {
 
 /// Result alias for this crate.
 pub type Result<T> = std::result::Result<T, Error>;
+
+impl From<hangar_types::Invalid> for Error {
+    fn from(e: hangar_types::Invalid) -> Self {
+        Error::InvalidArgument(e.to_string())
+    }
+}

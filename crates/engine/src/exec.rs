@@ -8,96 +8,15 @@
 
 use crate::sandbox::agent_error;
 use crate::{Engine, Error, Result};
-use hangar_agent::protocol::{ExecRequest, Progress, Request, Response, WinSize};
-use hangar_agent::wire::{Conn, Writer};
+use crate::{ExecEnd, ExecEvent, ExecInfo, ExecSpec, OutputStream};
+use hangar_agent_protocol::codec::{Conn, Writer};
+use hangar_agent_protocol::{journal_dir, Progress, Request, Response};
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
-use std::time::Duration;
-
-pub use hangar_agent::protocol::{Ending, ExecEnd, ExecInfo, OnDisconnect, Usage};
 
 /// Largest chunk handed out in one [`ExecEvent::Output`].
 const READ_CHUNK: u64 = 1024 * 1024;
-
-/// What to run.
-#[derive(Debug, Clone, Default)]
-pub struct ExecSpec {
-    /// Exec id chosen by the caller: starting the same id again finds the running (or finished) exec
-    /// instead of running the command twice. The agent picks one when `None`.
-    pub id: Option<String>,
-    /// Program and arguments (no shell).
-    pub argv: Vec<String>,
-    /// Extra environment.
-    pub env: Vec<(String, String)>,
-    /// Working directory.
-    pub cwd: Option<String>,
-    /// Kill the whole process tree after this long.
-    pub timeout: Option<Duration>,
-    /// Bytes to feed on stdin (then end of file); stdin is `/dev/null` when `None` and `stdin_pipe` is off.
-    pub stdin: Option<Vec<u8>>,
-    /// Keep stdin open for [`Engine::open_stdin`] writers.
-    pub stdin_pipe: bool,
-    /// Run under a terminal of (rows, cols): output is the terminal's, on stdout.
-    pub tty: Option<(u16, u16)>,
-    /// One pipe for stdout and stderr (all on stdout), keeping their interleaving exactly.
-    pub merged: bool,
-    /// What happens when no client is attached.
-    pub on_disconnect: OnDisconnect,
-    /// How long the journal is kept after the exec ended and its last reader left.
-    pub retain: Option<Duration>,
-    /// Bytes retained per stream (see the agent's journal).
-    pub journal_cap: Option<u64>,
-}
-
-/// Which output stream a chunk came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum OutputStream {
-    /// Standard output.
-    Stdout,
-    /// Standard error.
-    Stderr,
-}
-
-impl OutputStream {
-    /// The stream's index in `[stdout, stderr]` pairs.
-    pub fn index(self) -> usize {
-        self as usize
-    }
-
-    fn of(i: usize) -> Self {
-        if i == 0 {
-            OutputStream::Stdout
-        } else {
-            OutputStream::Stderr
-        }
-    }
-}
-
-/// One event of an exec's stream.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ExecEvent {
-    /// Bytes written by the process, in order per stream; `offset` is the stream position of `data[0]`.
-    Output {
-        /// Which stream.
-        stream: OutputStream,
-        /// Byte offset within that stream.
-        offset: u64,
-        /// The bytes (shared, so handing a chunk on to a callback or the network never copies it).
-        data: bytes::Bytes,
-    },
-    /// Bytes `from..to` of a stream were dropped by the journal cap while no reader was attached.
-    Gap {
-        /// Which stream.
-        stream: OutputStream,
-        /// First dropped offset.
-        from: u64,
-        /// First offset after the dropped range.
-        to: u64,
-    },
-    /// The exec ended and every byte before has been delivered; always the last event.
-    Exit(ExecEnd),
-}
 
 /// A reader of one exec's journal. Dropping it detaches (what happens to the exec then is its
 /// [`OnDisconnect`] policy).
@@ -160,46 +79,22 @@ pub struct StdinWriter {
     next: u64,
 }
 
-fn validate(spec: &ExecSpec) -> Result<()> {
-    match spec.argv.first() {
-        None => return Err(Error::InvalidArgument("argv: the command is empty".into())),
-        Some(a) if a.is_empty() => return Err(Error::InvalidArgument("argv: argv[0] is empty".into())),
-        _ => {}
-    }
-    if let Some(a) = spec.argv.iter().find(|a| a.contains('\0')) {
-        return Err(Error::InvalidArgument(format!("argv: argument {a:?} contains a NUL byte")));
-    }
-    if spec.timeout.is_some_and(|t| t.is_zero()) {
-        return Err(Error::InvalidArgument("timeout: must be positive".into()));
-    }
-    if spec.tty.is_some_and(|(r, c)| r == 0 || c == 0) {
-        return Err(Error::InvalidArgument("tty: rows and columns must be positive".into()));
-    }
-    Ok(())
-}
-
 impl Engine {
     /// Starts `spec` in sandbox `id` (or, when `spec.id` names an exec that exists with the same command,
     /// finds it) and follows its output from the start. Fails with a typed error when the sandbox is unknown
     /// or not running or the request is invalid; a command that cannot be started is an exec that ended
     /// with [`Ending::FailedToStart`].
     pub async fn exec(&self, id: &str, spec: ExecSpec) -> Result<ExecStream> {
-        validate(&spec)?;
-        let req = ExecRequest {
-            id: spec.id.clone().unwrap_or_default(),
-            argv: spec.argv.clone(),
-            env: spec.env,
-            cwd: spec.cwd,
-            timeout_ms: spec.timeout.map(|t| t.as_millis().max(1) as u64),
-            stdin: spec.stdin.is_some() || spec.stdin_pipe,
-            tty: spec.tty.map(|(rows, cols)| WinSize { rows, cols }),
-            merged: spec.merged,
-            on_disconnect: spec.on_disconnect,
-            retain_ms: spec.retain.map(|d| d.as_millis() as u64),
-            journal_cap: spec.journal_cap,
-        };
-        let mut stream = self.follow(id, Request::Exec(req), &spec.argv[0], [0, 0]).await?;
-        if let Some(data) = spec.stdin {
+        spec.validate()?;
+        let subject = spec.argv[0].clone();
+        self.follow(id, Request::Exec(spec), &subject, [0, 0]).await
+    }
+
+    /// Like [`Engine::exec`], with `data` fed to the command's stdin (then end of file) by a task of the
+    /// stream's; bytes the exec already took (a retried start of the same id) are not sent again.
+    pub async fn exec_with_input(&self, id: &str, spec: ExecSpec, data: Vec<u8>) -> Result<ExecStream> {
+        let mut stream = self.exec(id, ExecSpec { stdin: true, ..spec }).await?;
+        {
             if stream.info.stdin_open {
                 let mut w = self.open_stdin(id, &stream.info.id, stream.info.stdin_acked).await?;
                 stream.feeder = Some(tokio::spawn(async move {
@@ -230,7 +125,7 @@ impl Engine {
             Some(Response::Exec(info)) => info,
             other => return Err(self.unexpected(id, subject, other)),
         };
-        let dir = self.sandbox_dir(id).join(&info.journal);
+        let dir = self.sandbox_dir(id).join(journal_dir(&info.id));
         let writer = conn.writer();
         Ok(ExecStream {
             sandbox: id.to_string(),
@@ -380,11 +275,11 @@ impl ExecStream {
         let pos = self.pos[i];
         if pos >= head && pos < dropped_to {
             self.pos[i] = dropped_to;
-            return Ok(Some(ExecEvent::Gap { stream: OutputStream::of(i), from: pos, to: dropped_to }));
+            return Ok(Some(ExecEvent::Gap { stream: OutputStream::BOTH[i], from: pos, to: dropped_to }));
         }
         if let Some(&(_, to)) = p.lost[i].iter().find(|(from, to)| pos >= *from && pos < *to) {
             self.pos[i] = to;
-            return Ok(Some(ExecEvent::Gap { stream: OutputStream::of(i), from: pos, to }));
+            return Ok(Some(ExecEvent::Gap { stream: OutputStream::BOTH[i], from: pos, to }));
         }
         let mut limit = if pos < head && dropped_to > head { written.min(head) } else { written };
         // Up to the next lost range, which is then reported as a gap.
@@ -398,7 +293,7 @@ impl ExecStream {
         self.pos[i] += data.len() as u64;
         // What we hand on is consumed: the journal may drop it and the command may write more.
         self.control().send(&Request::Ack { pos: self.pos }).await?;
-        Ok(Some(ExecEvent::Output { stream: OutputStream::of(i), offset: pos, data }))
+        Ok(Some(ExecEvent::Output { stream: OutputStream::BOTH[i], offset: pos, data }))
     }
 
     /// The next event; `Ok(None)` after [`ExecEvent::Exit`]. Output arrives as soon as the agent has
@@ -434,14 +329,7 @@ impl ExecStream {
                 Ok(None) | Err(_) if self.progress.end.is_none() => {
                     // The agent is gone, and the sandbox with it: the exec ended with it. What it journaled is
                     // still delivered; the end's totals say how much that was.
-                    self.progress.end = Some(ExecEnd {
-                        ending: Ending::SandboxGone,
-                        code: None,
-                        signal: None,
-                        bytes: self.progress.written,
-                        crc32: [0, 0],
-                        usage: Usage::default(),
-                    });
+                    self.progress.end = Some(ExecEnd::sandbox_gone(self.progress.written));
                 }
                 Ok(None) | Err(_) => {
                     self.done = true;

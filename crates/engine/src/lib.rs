@@ -14,170 +14,12 @@ mod files;
 mod sandbox;
 mod store;
 
-pub use error::{Error, FileErrorKind, Result};
-pub use exec::{
-    Ending, ExecControl, ExecEnd, ExecEvent, ExecInfo, ExecSpec, ExecStream, OnDisconnect, OutputStream, StdinWriter,
-    Usage,
-};
-pub use hangar_agent::{DEFAULT_CAP as DEFAULT_JOURNAL_CAP, DEFAULT_RETAIN as DEFAULT_EXEC_RETAIN};
+pub use error::{Error, Result};
+pub use exec::{ExecControl, ExecStream, StdinWriter};
 pub use hangar_runtime::{DEFAULT_CAPABILITIES, DENIED_SYSCALLS};
+pub use hangar_types::*;
 
-use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::time::Duration;
-
-/// Default grace between SIGTERM and SIGKILL when stopping a sandbox.
-pub const DEFAULT_STOP_GRACE: Duration = Duration::from_secs(10);
-/// Default maximum lifetime of a sandbox.
-pub const DEFAULT_MAX_LIFETIME: Duration = Duration::from_secs(3600);
-/// Default limit on processes and threads in a sandbox (a fork bomb stops here).
-pub const DEFAULT_PIDS_LIMIT: u64 = 4096;
-
-/// Lifecycle of a sandbox: `creating → running → completed | failed | terminated`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum SandboxState {
-    /// Its image is being pulled (see [`SandboxInfo::progress`]).
-    Pulling,
-    /// Being built.
-    Creating,
-    /// Its main command is running; execs are accepted.
-    Running,
-    /// Its main command exited with code 0.
-    Completed,
-    /// Its main command exited non-zero or was killed, or the sandbox could not start.
-    Failed,
-    /// It was stopped, or its lifetime ran out.
-    Terminated,
-}
-
-impl SandboxState {
-    /// The state's name, as stored and printed.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Pulling => "pulling",
-            Self::Creating => "creating",
-            Self::Running => "running",
-            Self::Completed => "completed",
-            Self::Failed => "failed",
-            Self::Terminated => "terminated",
-        }
-    }
-    /// The state named `s` (as printed by [`SandboxState::as_str`]); unknown names read as `failed`.
-    pub fn parse(s: &str) -> Self {
-        match s {
-            "pulling" => Self::Pulling,
-            "creating" => Self::Creating,
-            "running" => Self::Running,
-            "completed" => Self::Completed,
-            "terminated" => Self::Terminated,
-            _ => Self::Failed,
-        }
-    }
-    /// Whether the sandbox has ended for good.
-    pub fn is_final(self) -> bool {
-        !matches!(self, Self::Pulling | Self::Creating | Self::Running)
-    }
-}
-
-impl std::fmt::Display for SandboxState {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.pad(self.as_str())
-    }
-}
-
-/// What to create.
-#[derive(Debug, Clone)]
-pub struct SandboxConfig {
-    /// Image reference.
-    pub image: String,
-    /// Main command; the sandbox ends when it does. Empty means the image's default (entrypoint + cmd;
-    /// `sleep infinity` for the built-in image).
-    pub command: Vec<String>,
-    /// Environment for every process in the sandbox, over the image's.
-    pub env: Vec<(String, String)>,
-    /// Free-form labels.
-    pub tags: BTreeMap<String, String>,
-    /// Working directory (the image's when `None`).
-    pub workdir: Option<String>,
-    /// CPU limit in cores.
-    pub cpus: Option<f64>,
-    /// Memory limit in bytes.
-    pub memory_bytes: Option<u64>,
-    /// Process limit ([`DEFAULT_PIDS_LIMIT`] when `None`).
-    pub pids: Option<u64>,
-    /// What the writable layers may keep on disk: at most, and by default, the engine's
-    /// [`EngineConfig::disk_budget_bytes`] (an error when the engine has none).
-    pub disk_bytes: Option<u64>,
-    /// The sandbox is stopped after this long.
-    pub max_lifetime: Duration,
-    /// Grace used when the lifetime ends.
-    pub stop_grace: Duration,
-    /// Owner of the sandbox (the server's tenant; empty for local use).
-    pub tenant: String,
-    /// Client-chosen id making creation idempotent per tenant: a retry returns the first sandbox.
-    pub request_id: Option<String>,
-}
-
-impl Default for SandboxConfig {
-    fn default() -> Self {
-        Self {
-            image: hangar_images::BUILTIN.into(),
-            command: vec![],
-            env: vec![],
-            tags: BTreeMap::new(),
-            workdir: None,
-            cpus: None,
-            memory_bytes: None,
-            pids: None,
-            disk_bytes: None,
-            max_lifetime: DEFAULT_MAX_LIFETIME,
-            stop_grace: DEFAULT_STOP_GRACE,
-            tenant: String::new(),
-            request_id: None,
-        }
-    }
-}
-
-/// A sandbox's record.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct SandboxInfo {
-    /// Sandbox id (`sb-` and 16 hex digits).
-    pub id: String,
-    /// Current state.
-    pub state: SandboxState,
-    /// Image it was made from.
-    pub image: String,
-    /// Main command.
-    pub command: Vec<String>,
-    /// Labels.
-    pub tags: BTreeMap<String, String>,
-    /// CPU limit in cores.
-    pub cpus: Option<f64>,
-    /// Memory limit in bytes.
-    pub memory_bytes: Option<u64>,
-    /// Process limit.
-    pub pids: Option<u64>,
-    /// Maximum lifetime in milliseconds.
-    pub max_lifetime_ms: u64,
-    /// Creation time, Unix milliseconds.
-    pub created_at_ms: u64,
-    /// End time, Unix milliseconds.
-    pub ended_at_ms: Option<u64>,
-    /// Exit code of the main command, when it exited.
-    pub exit_code: Option<i32>,
-    /// Signal that killed the main command.
-    pub exit_signal: Option<i32>,
-    /// Why it ended: `exited`, `stopped`, `lifetime_exceeded`, `agent_died`, `start_failed`.
-    pub end_reason: Option<String>,
-    /// Why it failed to start.
-    pub error: Option<String>,
-    /// Owner (the server's tenant; empty for local use).
-    pub tenant: String,
-    /// While pulling: how far the pull has come, e.g. `pulled 12.5 of 40.1 MB`.
-    pub progress: Option<String>,
-}
 
 /// How a sandbox ended (internal, written once to the store).
 pub(crate) struct SandboxEnding {
@@ -279,9 +121,6 @@ fn find_agent() -> Result<PathBuf> {
 pub use files::{FileDownload, DEFAULT_MAX_FILE_BYTES};
 pub use sandbox::Engine;
 
-pub(crate) fn now_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
-}
 
 /// A fresh random identifier with the given prefix, e.g. `sb-1f2e3d4c5b6a7988`.
 pub(crate) fn new_id(prefix: &str) -> String {

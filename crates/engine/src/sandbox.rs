@@ -4,8 +4,9 @@ use crate::store::{Record, Store};
 use crate::{
     new_id, now_ms, EngineConfig, Error, FileErrorKind, Result, SandboxConfig, SandboxEnding, SandboxInfo, SandboxState,
 };
-use hangar_agent::protocol::{AgentConfig, EndReason, EndRecord, ErrorKind, Request, Response, END_RECORD_FILE};
-use hangar_agent::wire::Conn;
+use hangar_agent_protocol as protocol;
+use hangar_agent_protocol::{AgentConfig, EndReason, EndRecord, ErrorKind, Request, Response, END_RECORD_FILE};
+use hangar_agent_protocol::codec::Conn;
 use hangar_images::ImageStore;
 use hangar_runtime::cgroups::Cgroups;
 use hangar_runtime::{AgentFds, Limits, MountSpec, OverlaySpec, RootfsSpec, SandboxSpec};
@@ -19,8 +20,6 @@ use tokio::io::AsyncReadExt;
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 /// A sandbox still `pulling` after this long, with nobody finishing it, is considered abandoned.
 const PULL_TIMEOUT: Duration = Duration::from_secs(3600);
-/// Largest memory limit a sandbox may ask for (anything larger is a unit mistake or an overflow).
-const MAX_MEMORY_BYTES: u64 = 1 << 40;
 
 /// The engine: one per state directory per process; cheap to share behind an `Arc`.
 pub struct Engine {
@@ -112,7 +111,7 @@ impl Engine {
     /// Creates a sandbox and waits until its main command is running. A missing image is pulled first,
     /// with the sandbox listed as `pulling` (and its progress) meanwhile.
     pub async fn create(self: &Arc<Self>, mut c: SandboxConfig) -> Result<SandboxInfo> {
-        validate(&c)?;
+        c.validate()?;
         match (c.disk_bytes, self.cfg.disk_budget_bytes) {
             (Some(_), None) => {
                 return Err(Error::InvalidArgument(
@@ -329,23 +328,24 @@ impl Engine {
         let mut rx = tokio::net::unix::pipe::Receiver::from_owned_fd(status_r)
             .map_err(|e| Error::io("read", "agent status", e))?;
         let read = tokio::time::timeout(START_TIMEOUT, rx.read_to_string(&mut status)).await;
-        let line = status.lines().next().unwrap_or("").to_string();
-        if line.starts_with("ok") {
-            self.store.set_running(id, pid, agent_start)?;
-            return Ok(());
-        }
-        let reason = match (read, line.strip_prefix("error: ")) {
+        let report = status.lines().next().and_then(protocol::StartReport::parse);
+        let reason = match (read, report) {
+            (_, Some(protocol::StartReport::Ready { version, .. })) => {
+                self.store.set_running(id, pid, agent_start, version)?;
+                return Ok(());
+            }
             (Err(_), _) => format!("the agent did not report within {START_TIMEOUT:?}"),
-            (_, Some(msg)) => msg.to_string(),
-            _ => {
+            (_, Some(protocol::StartReport::Failed(msg))) => msg,
+            (_, Some(protocol::StartReport::CommandFailed(f))) => {
+                let _ = nix::sys::signal::kill(spawned.pid, nix::sys::signal::Signal::SIGKILL);
+                return Err(Error::from_start_failure(id, &crate::Ending::FailedToStart(f)).expect("a start failure"));
+            }
+            (Ok(_), None) => {
                 let log = std::fs::read_to_string(&log_path).unwrap_or_default();
                 format!("the agent exited during setup: {}", log.trim())
             }
         };
         let _ = nix::sys::signal::kill(spawned.pid, nix::sys::signal::Signal::SIGKILL);
-        if reason.starts_with("command not found") || reason.starts_with("permission denied") {
-            return Err(Error::CommandNotFound { id: id.clone(), message: reason });
-        }
         Err(Error::SandboxFailed { id: id.clone(), reason })
     }
 
@@ -382,20 +382,25 @@ impl Engine {
 
     /// A sandbox's record, brought up to date (a sandbox whose agent is gone is marked ended and cleaned up).
     pub async fn get(&self, id: &str) -> Result<SandboxInfo> {
+        Ok(self.record(id).await?.info)
+    }
+
+    /// Sandbox `id`'s record, brought up to date.
+    async fn record(&self, id: &str) -> Result<Record> {
         let rec = self.store.get(id)?.ok_or_else(|| Error::NotFound(id.to_string()))?;
         if rec.info.state.is_final() {
             // An end is recorded before its cleanup finishes: whoever sees it here also sees nothing left.
             if self.finishing.try_lock().is_err() {
                 drop(self.finishing.lock().await);
             }
-            return Ok(rec.info);
+            return Ok(rec);
         }
         if self.agent_alive(&rec) {
             self.enforce_lifetime(&rec);
-            return Ok(rec.info);
+            return Ok(rec);
         }
         self.finish_if_ended(id).await?;
-        Ok(self.store.get(id)?.ok_or_else(|| Error::NotFound(id.to_string()))?.info)
+        self.store.get(id)?.ok_or_else(|| Error::NotFound(id.to_string()))
     }
 
     /// All sandboxes, oldest first, brought up to date.
@@ -560,9 +565,13 @@ impl Engine {
 
     /// Connects to a running sandbox's agent.
     pub(crate) async fn connect(&self, id: &str) -> Result<Conn> {
-        let info = self.get(id).await?;
-        if info.state != SandboxState::Running {
-            return Err(Error::NotRunning { id: id.to_string(), state: info.state });
+        let rec = self.record(id).await?;
+        if rec.info.state != SandboxState::Running {
+            return Err(Error::NotRunning { id: id.to_string(), state: rec.info.state });
+        }
+        if !(protocol::MIN_VERSION..=protocol::VERSION).contains(&rec.agent_protocol) {
+            let (min, max) = (protocol::MIN_VERSION, protocol::VERSION);
+            return Err(Error::AgentVersion { id: id.to_string(), version: rec.agent_protocol, min, max });
         }
         match Conn::connect(&self.socket_path(id)).await {
             Ok(c) => Ok(c),
@@ -613,44 +622,11 @@ pub(crate) fn agent_error(id: &str, subject: &str, kind: ErrorKind, message: Str
 
 /// The main command, once the image has filled it in if the caller gave none.
 fn validate_command(c: &SandboxConfig) -> Result<()> {
-    let bad = |m: String| Err(Error::InvalidArgument(m));
-    match c.command.first() {
-        None => return bad(format!("command: none given and image {} has no default command", c.image)),
-        Some(p) if p.is_empty() => return bad("command: argv[0] is empty".into()),
-        _ => {}
+    if c.command.is_empty() {
+        return Err(Error::InvalidArgument(format!(
+            "command: none given and image {} has no default command",
+            c.image
+        )));
     }
-    if let Some(a) = c.command.iter().find(|a| a.contains('\0')) {
-        return bad(format!("command: argument {a:?} contains a NUL byte"));
-    }
-    Ok(())
-}
-
-/// Everything about a request that can be checked before anything is recorded.
-fn validate(c: &SandboxConfig) -> Result<()> {
-    let bad = |m: String| Err(Error::InvalidArgument(m));
-    if !c.command.is_empty() {
-        validate_command(c)?;
-    }
-    for (k, v) in &c.env {
-        if k.is_empty() || k.contains('=') || k.contains('\0') || v.contains('\0') {
-            return bad(format!("env: {k:?} is not a valid variable"));
-        }
-    }
-    if let Some(cpus) = c.cpus {
-        if !(cpus.is_finite() && cpus >= 0.01) {
-            return bad(format!("cpus: {cpus} is not a positive number of cores (at least 0.01)"));
-        }
-    }
-    if let Some(m) = c.memory_bytes {
-        if m < 8 << 20 {
-            return bad(format!("memory_bytes: {m} bytes is below the 8 MiB minimum"));
-        }
-        if m > MAX_MEMORY_BYTES {
-            return bad(format!("memory_bytes: {m} bytes exceeds the 1 TiB maximum"));
-        }
-    }
-    if c.max_lifetime.is_zero() {
-        return bad("max_lifetime: must be positive".into());
-    }
-    Ok(())
+    Ok(c.validate()?)
 }

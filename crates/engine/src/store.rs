@@ -16,10 +16,12 @@ pub(crate) struct Record {
     pub info: SandboxInfo,
     pub agent_pid: Option<i32>,
     pub agent_start: Option<u64>,
+    /// The agent's protocol version (1 for sandboxes recorded before versions were).
+    pub agent_protocol: u32,
 }
 
 const COLUMNS: &str = "id, state, image, command, tags, cpus, memory_bytes, pids, lifetime_ms, created_at, \
-                       ended_at, exit_code, exit_signal, end_reason, error, agent_pid, agent_start, tenant, request_id, progress";
+                       ended_at, exit_code, exit_signal, end_reason, error, agent_pid, agent_start, tenant, request_id, progress, agent_protocol";
 
 impl Store {
     /// Opens the store. Switching to WAL and creating the schema can meet SQLITE_BUSY without the busy
@@ -65,11 +67,21 @@ impl Store {
                 agent_start INTEGER,
                 tenant TEXT NOT NULL DEFAULT '',
                 request_id TEXT,
-                progress TEXT
+                progress TEXT,
+                agent_protocol INTEGER
             );
             CREATE UNIQUE INDEX IF NOT EXISTS sandboxes_request ON sandboxes (tenant, request_id)
                 WHERE request_id IS NOT NULL;",
         )?;
+        // Stores made before protocol versions existed lack the column; their agents speak version 1.
+        let has_protocol: bool = db.query_row(
+            "SELECT COUNT(*) > 0 FROM pragma_table_info('sandboxes') WHERE name = 'agent_protocol'",
+            [],
+            |r| r.get(0),
+        )?;
+        if !has_protocol {
+            db.execute_batch("ALTER TABLE sandboxes ADD COLUMN agent_protocol INTEGER")?;
+        }
         Ok(Self { db: Mutex::new(db) })
     }
 
@@ -116,10 +128,10 @@ impl Store {
         Ok(())
     }
 
-    pub fn set_running(&self, id: &str, agent_pid: i32, agent_start: u64) -> Result<()> {
+    pub fn set_running(&self, id: &str, agent_pid: i32, agent_start: u64, agent_protocol: u32) -> Result<()> {
         self.db().execute(
-            "UPDATE sandboxes SET state = 'running', agent_pid = ?2, agent_start = ?3 WHERE id = ?1",
-            params![id, agent_pid, agent_start as i64],
+            "UPDATE sandboxes SET state = 'running', agent_pid = ?2, agent_start = ?3, agent_protocol = ?4 WHERE id = ?1",
+            params![id, agent_pid, agent_start as i64, agent_protocol],
         )?;
         Ok(())
     }
@@ -172,7 +184,7 @@ fn row_to_record(r: &Row<'_>) -> rusqlite::Result<Record> {
     Ok(Record {
         info: SandboxInfo {
             id: r.get(0)?,
-            state: SandboxState::parse(&state),
+            state: SandboxState::parse(&state).unwrap_or(SandboxState::Failed),
             image: r.get(2)?,
             command,
             tags,
@@ -191,5 +203,6 @@ fn row_to_record(r: &Row<'_>) -> rusqlite::Result<Record> {
         },
         agent_pid: r.get(15)?,
         agent_start: r.get::<_, Option<i64>>(16)?.map(|v| v as u64),
+        agent_protocol: r.get::<_, Option<u32>>(20)?.unwrap_or(1),
     })
 }

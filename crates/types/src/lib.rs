@@ -41,6 +41,10 @@ pub const MIN_MEMORY_BYTES: u64 = 8 << 20;
 pub const MAX_CPUS: f64 = 1024.0;
 /// Largest journal cap per stream an exec may ask for (64 GiB).
 pub const MAX_JOURNAL_CAP: u64 = 64 << 30;
+/// How long an exec's journal is kept after it ended and its last reader left, unless the exec says otherwise.
+pub const DEFAULT_EXEC_RETAIN: Duration = Duration::from_secs(600);
+/// Bytes of output an exec's journal keeps per stream unless the exec says otherwise.
+pub const DEFAULT_JOURNAL_CAP: u64 = 1 << 30;
 /// Longest client-chosen request id.
 pub const MAX_REQUEST_ID: usize = 256;
 

@@ -1,7 +1,84 @@
-//! Messages between the engine and the agent. Each is one frame (see [`crate::wire`]); file contents travel
-//! as raw bytes right after the frame that announces their length.
+//! The engine ⇄ agent protocol: the messages, their one framing ([`codec`]), and the protocol version.
+//!
+//! Sandboxes outlive engine upgrades, so an engine meets agents older than itself. Each agent states its
+//! [`VERSION`] when it reports ready ([`ready_line`]); the engine keeps it with the sandbox's record and
+//! speaks to it only if it lies in [`MIN_VERSION`]`..=`[`VERSION`]. Version 1 (unversioned, before this
+//! crate existed) sends the same JSON shapes; version 2 adds typed start failures. A change that an older
+//! peer cannot read needs a new version, and the test `wire_format_is_pinned` shows what each message looks
+//! like on the wire.
+//!
+//! Exec specs, endings and infos are the shared `hangar-types` values themselves: nothing is translated
+//! between the engine and the agent.
 
 use serde::{Deserialize, Serialize};
+
+pub mod codec;
+pub use codec::{Conn, Writer};
+pub use hangar_types::{
+    Ending, ExecEnd, ExecInfo, ExecSpec, OnDisconnect, StartFailure, StartFailureKind, Usage};
+
+/// The protocol version this build speaks.
+pub const VERSION: u32 = 2;
+/// The oldest agent version this build still speaks to.
+pub const MIN_VERSION: u32 = 1;
+
+/// What an agent reports, once, on its status pipe: its sandbox runs, or why it could not start. One line
+/// of text ([`StartReport::line`]), so that a failure is readable in a log too.
+///
+/// ```
+/// use hangar_agent_protocol::{StartReport, StartFailure, StartFailureKind, VERSION};
+/// let ready = StartReport::Ready { main_pid: 7, version: VERSION };
+/// assert_eq!(StartReport::parse(&ready.line()), Some(ready));
+/// assert_eq!(StartReport::parse("ok 7"), Some(StartReport::Ready { main_pid: 7, version: 1 }));
+/// let missing = StartReport::CommandFailed(StartFailure::new(StartFailureKind::NotFound, "command not found: x"));
+/// assert_eq!(StartReport::parse(&missing.line()), Some(missing));
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StartReport {
+    /// The sandbox runs its main command; the agent speaks protocol `version`.
+    Ready {
+        /// The main command's pid inside the sandbox.
+        main_pid: i32,
+        /// The agent's protocol version (1 for agents that did not say).
+        version: u32,
+    },
+    /// The main command could not be started.
+    CommandFailed(StartFailure),
+    /// The sandbox could not be built.
+    Failed(String),
+}
+
+impl StartReport {
+    /// The report as its status line (without the newline).
+    pub fn line(&self) -> String {
+        match self {
+            StartReport::Ready { main_pid, version } => format!("ok {main_pid} protocol={version}"),
+            StartReport::CommandFailed(f) => {
+                format!("command {}", serde_json::to_string(f).unwrap_or_else(|_| "{}".into()))
+            }
+            StartReport::Failed(message) => format!("error: {}", message.replace('\n', " ")),
+        }
+    }
+
+    /// The report a status line states, or `None` when it is not one.
+    pub fn parse(line: &str) -> Option<Self> {
+        if let Some(rest) = line.strip_prefix("ok ") {
+            let mut words = rest.split_whitespace();
+            let main_pid = words.next()?.parse().ok()?;
+            let version = words.find_map(|w| w.strip_prefix("protocol=")).and_then(|v| v.parse().ok()).unwrap_or(1);
+            return Some(StartReport::Ready { main_pid, version });
+        }
+        if let Some(json) = line.strip_prefix("command ") {
+            return serde_json::from_str(json).ok().map(StartReport::CommandFailed);
+        }
+        line.strip_prefix("error: ").map(|m| StartReport::Failed(m.to_string()))
+    }
+}
+
+/// The directory of exec `exec`'s journal, relative to the sandbox's state directory.
+pub fn journal_dir(exec: &str) -> String {
+    format!("execs/{exec}")
+}
 
 /// Engine → agent. One request opens a connection; an exec's attachment and stdin connections then carry
 /// the follow-up requests documented on each variant.
@@ -12,7 +89,7 @@ pub enum Request {
     Ping,
     /// Start a command (or, when an exec with the same id exists, find it again). Answered with
     /// [`Response::Exec`]; the connection then is an attachment from offset 0 (see [`Request::Attach`]).
-    Exec(ExecRequest),
+    Exec(ExecSpec),
     /// Follow an exec's journal from the given offsets. Answered with [`Response::Exec`], then
     /// [`Response::Progress`] whenever the journal grows or the exec ends. While attached, the engine reads
     /// the journal files itself and reports how far it has read with [`Request::Ack`]: bytes not yet acked
@@ -83,163 +160,6 @@ pub enum Request {
         /// Grace period in milliseconds.
         grace_ms: u64,
     },
-}
-
-/// What happens to a running exec when no client is attached to it any more.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
-#[serde(tag = "policy", rename_all = "snake_case")]
-pub enum OnDisconnect {
-    /// Keep running; the journal keeps its output for a later attach.
-    #[default]
-    Keep,
-    /// Kill its process tree when nobody has re-attached within `grace_ms`.
-    Kill {
-        /// Grace period in milliseconds.
-        grace_ms: u64,
-    },
-}
-
-/// A terminal size.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
-pub struct WinSize {
-    /// Rows.
-    pub rows: u16,
-    /// Columns.
-    pub cols: u16,
-}
-
-/// One command to run inside the sandbox.
-#[derive(Debug, Clone, Serialize, Deserialize, Default)]
-pub struct ExecRequest {
-    /// Exec id chosen by the client (for idempotent retries); the agent makes one up when empty.
-    #[serde(default)]
-    pub id: String,
-    /// Program and arguments; no shell is involved.
-    pub argv: Vec<String>,
-    /// Environment variables added to the sandbox's.
-    pub env: Vec<(String, String)>,
-    /// Working directory; the sandbox's default when `None`.
-    pub cwd: Option<String>,
-    /// Kill the process tree after this many milliseconds.
-    pub timeout_ms: Option<u64>,
-    /// Whether stdin is a pipe the client writes (otherwise it is `/dev/null`, or the terminal for a PTY).
-    pub stdin: bool,
-    /// Run under a pseudo-terminal of this size (stdout carries the terminal's output; stderr is empty).
-    #[serde(default)]
-    pub tty: Option<WinSize>,
-    /// stdout and stderr share one pipe, so their interleaving is kept exactly (all output is on stdout).
-    #[serde(default)]
-    pub merged: bool,
-    /// What to do when no client is attached.
-    #[serde(default)]
-    pub on_disconnect: OnDisconnect,
-    /// How long the journal is kept after the exec ended and its last reader left.
-    #[serde(default)]
-    pub retain_ms: Option<u64>,
-    /// Bytes of output retained per stream; beyond it the middle is dropped (head and tail kept) when no
-    /// reader is attached, and the command is slowed while one is.
-    #[serde(default)]
-    pub journal_cap: Option<u64>,
-}
-
-/// How an exec ended.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(tag = "kind", rename_all = "snake_case")]
-pub enum Ending {
-    /// It exited with a code.
-    Exited {
-        /// Exit code.
-        code: i32,
-    },
-    /// A signal killed it (not one the agent sent for a timeout, cancel or OOM).
-    Signaled {
-        /// Signal number.
-        signal: i32,
-    },
-    /// Its timeout passed and the agent killed its tree.
-    TimedOut,
-    /// It was cancelled (killed on request, or nobody re-attached within its disconnect grace).
-    Cancelled,
-    /// The kernel's OOM killer killed a process of it.
-    OomKilled,
-    /// It never started.
-    FailedToStart {
-        /// Why, naming the program.
-        reason: String,
-        /// The program does not exist or cannot be executed; else the sandbox had no room for the process
-        /// (its pids limit, say).
-        #[serde(default)]
-        missing: bool,
-    },
-    /// The sandbox ended (or its agent died) before the exec did.
-    SandboxGone,
-}
-
-impl Default for Ending {
-    fn default() -> Self {
-        Ending::Exited { code: 0 }
-    }
-}
-
-/// Resources an exec used (its own cgroup).
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
-pub struct Usage {
-    /// Wall-clock time from start to end, milliseconds.
-    pub wall_ms: u64,
-    /// CPU time in user mode, microseconds.
-    pub cpu_user_us: u64,
-    /// CPU time in kernel mode, microseconds.
-    pub cpu_sys_us: u64,
-    /// Peak memory of its processes (including page cache), bytes.
-    pub peak_memory_bytes: u64,
-}
-
-/// An exec's end: why, its wait status, and totals the reader checks what it received against.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct ExecEnd {
-    /// Why it ended.
-    pub ending: Ending,
-    /// Exit code, when it exited.
-    pub code: Option<i32>,
-    /// Signal that killed it, when one did.
-    pub signal: Option<i32>,
-    /// Total bytes written (stdout, stderr).
-    pub bytes: [u64; 2],
-    /// CRC-32 (IEEE) of everything written (stdout, stderr).
-    pub crc32: [u32; 2],
-    /// Resources used.
-    pub usage: Usage,
-}
-
-/// What an exec is and how far it has come.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct ExecInfo {
-    /// Exec id.
-    pub id: String,
-    /// Program and arguments.
-    pub argv: Vec<String>,
-    /// Pid inside the sandbox (0 when it never started).
-    pub pid: i32,
-    /// Start time, milliseconds since the Unix epoch.
-    pub started_at_ms: u64,
-    /// Whether it runs under a PTY.
-    pub tty: bool,
-    /// Whether stdout and stderr are merged.
-    pub merged: bool,
-    /// Whether its stdin is open for writing.
-    pub stdin_open: bool,
-    /// Bytes of stdin written to the process so far.
-    pub stdin_acked: u64,
-    /// Bytes journaled so far (stdout, stderr).
-    pub written: [u64; 2],
-    /// Clients attached now.
-    pub attached: u32,
-    /// Its end, once it ended.
-    pub end: Option<ExecEnd>,
-    /// The journal was deleted (retention passed); the output cannot be read any more.
-    pub expired: bool,
-    /// Journal directory, relative to the sandbox's state directory.
-    pub journal: String,
 }
 
 /// The state of an exec's journal, sent to attached readers whenever it changes.
@@ -375,3 +295,68 @@ pub struct EndRecord {
 
 /// File name of the [`EndRecord`] in the sandbox's state directory.
 pub const END_RECORD_FILE: &str = "exit.json";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    /// What each message looks like on the wire. An engine must read every one of these from agents of
+    /// [`MIN_VERSION`] on: a change here needs a new [`VERSION`] and an engine that still reads the old shape.
+    #[test]
+    fn wire_format_is_pinned() {
+        let requests = [
+            (Request::Ping, json!({"op": "ping"})),
+            (Request::Attach { exec: "ex-1".into(), from: [1, 2] }, json!({"op": "attach", "exec": "ex-1", "from": [1, 2]})),
+            (Request::Ack { pos: [3, 4] }, json!({"op": "ack", "pos": [3, 4]})),
+            (Request::Signal { exec: String::new(), signal: 9 }, json!({"op": "signal", "exec": "", "signal": 9})),
+            (Request::Resize { rows: 1, cols: 2 }, json!({"op": "resize", "rows": 1, "cols": 2})),
+            (Request::Stdin { exec: "e".into(), offset: 5 }, json!({"op": "stdin", "exec": "e", "offset": 5})),
+            (Request::StdinData { len: 6 }, json!({"op": "stdin_data", "len": 6})),
+            (Request::ReadFile { path: "/a".into() }, json!({"op": "read_file", "path": "/a"})),
+            (
+                Request::WriteFile { path: "/b".into(), len: 7, mode: 0o644 },
+                json!({"op": "write_file", "path": "/b", "len": 7, "mode": 420}),
+            ),
+            (Request::Stop { grace_ms: 8 }, json!({"op": "stop", "grace_ms": 8})),
+            (
+                Request::Exec(ExecSpec { id: Some("x".into()), ..ExecSpec::new(["true"]) }),
+                json!({"op": "exec", "id": "x", "argv": ["true"], "env": [], "cwd": null, "timeout_ms": null,
+                    "stdin": false, "tty": null, "merged": false, "on_disconnect": {"policy": "keep"},
+                    "retain_ms": null, "journal_cap": null}),
+            ),
+        ];
+        for (req, want) in requests {
+            assert_eq!(serde_json::to_value(&req).unwrap(), want);
+        }
+        let end = ExecEnd {
+            ending: Ending::Exited { code: 3 },
+            code: Some(3),
+            bytes: [10, 0],
+            crc32: [1, 0],
+            ..ExecEnd::default()
+        };
+        let end_json = json!({"ending": {"kind": "exited", "code": 3}, "code": 3, "signal": null, "bytes": [10, 0],
+            "crc32": [1, 0], "usage": {"wall_ms": 0, "cpu_user_us": 0, "cpu_sys_us": 0, "peak_memory_bytes": 0}});
+        let progress = Progress { written: [10, 0], end: Some(end), ..Progress::default() };
+        assert_eq!(
+            serde_json::to_value(Response::Progress(progress)).unwrap(),
+            json!({"op": "progress", "written": [10, 0], "head": 0, "dropped_to": [0, 0], "lost": [[], []],
+                "end": end_json})
+        );
+        assert_eq!(
+            serde_json::to_value(Response::Error { kind: ErrorKind::ExecNotFound, message: "m".into() }).unwrap(),
+            json!({"op": "error", "kind": "exec_not_found", "message": "m"})
+        );
+    }
+
+    /// A version-1 agent's exec info (with the journal path it used to send) still reads.
+    #[test]
+    fn version_1_exec_info_reads() {
+        let v1 = json!({"op": "exec", "id": "ex-1", "argv": ["sh"], "pid": 5, "started_at_ms": 1, "tty": false,
+            "merged": false, "stdin_open": false, "stdin_acked": 0, "written": [0, 0], "attached": 1, "end": null,
+            "expired": false, "journal": "execs/ex-1"});
+        let Response::Exec(info) = serde_json::from_value(v1).unwrap() else { panic!("not an exec") };
+        assert_eq!((info.id.as_str(), info.pid, info.attached), ("ex-1", 5, 1));
+    }
+}

@@ -1,0 +1,194 @@
+//! The one framing of every agent connection (and of the agent's spare exec helpers): each message is a
+//! little-endian `u32` length and a JSON body; file and stdin contents follow the frame that announced their
+//! length as raw bytes. [`encode`] and [`decode_prefix`] are the format; [`Conn`] and [`Writer`] carry it over
+//! a tokio unix stream, and the spare helper over a blocking socket.
+
+use serde::{de::DeserializeOwned, Serialize};
+use std::io;
+use std::sync::Arc;
+use tokio::net::UnixStream;
+
+/// Frames larger than this are refused: a frame is a small JSON message, never bulk data.
+pub const MAX_FRAME: usize = 1 << 20;
+
+/// One message as a frame.
+pub fn encode<T: Serialize>(msg: &T) -> io::Result<Vec<u8>> {
+    let mut frame = vec![0u8; 4];
+    serde_json::to_writer(&mut frame, msg).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+    let len = frame.len() - 4;
+    if len > MAX_FRAME {
+        return Err(io::Error::new(io::ErrorKind::InvalidData, format!("frame of {len} bytes exceeds {MAX_FRAME}")));
+    }
+    frame[..4].copy_from_slice(&(len as u32).to_le_bytes());
+    Ok(frame)
+}
+
+/// The message at the start of `buf` and the bytes it took, or `None` while the frame is incomplete.
+pub fn decode_prefix<T: DeserializeOwned>(buf: &[u8]) -> io::Result<Option<(T, usize)>> {
+    let Some(len) = buf.get(..4).map(|b| u32::from_le_bytes(b.try_into().expect("4 bytes")) as usize) else {
+        return Ok(None);
+    };
+    if len > MAX_FRAME {
+        return Err(io::Error::new(io::ErrorKind::InvalidData, format!("frame of {len} bytes exceeds {MAX_FRAME}")));
+    }
+    let Some(body) = buf.get(4..4 + len) else { return Ok(None) };
+    let msg = serde_json::from_slice(body).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+    Ok(Some((msg, 4 + len)))
+}
+
+/// One end of an agent connection: reads frames and writes them.
+pub struct Conn {
+    stream: Arc<UnixStream>,
+    buf: Vec<u8>,
+    start: usize,
+}
+
+/// A cloneable writing handle on a [`Conn`], for sending while another task reads.
+#[derive(Clone)]
+pub struct Writer {
+    stream: Arc<UnixStream>,
+}
+
+impl Conn {
+    /// Wraps a connected stream.
+    pub fn new(stream: UnixStream) -> Self {
+        Self { stream: Arc::new(stream), buf: Vec::with_capacity(8192), start: 0 }
+    }
+
+    /// Connects to the agent listening at `path`.
+    pub async fn connect(path: &std::path::Path) -> io::Result<Self> {
+        Ok(Self::new(UnixStream::connect(path).await?))
+    }
+
+    /// A writing handle.
+    pub fn writer(&self) -> Writer {
+        Writer { stream: self.stream.clone() }
+    }
+
+    /// Sends one frame.
+    pub async fn send<T: Serialize>(&self, msg: &T) -> io::Result<()> {
+        self.writer().send(msg).await
+    }
+
+    /// Receives the next frame; `None` on a clean end of stream between frames.
+    ///
+    /// Cancel-safe: bytes are appended to the buffer only in the same synchronous step that receives them,
+    /// so a `select!` that drops this future mid-wait loses nothing.
+    pub async fn recv<T: DeserializeOwned>(&mut self) -> io::Result<Option<T>> {
+        loop {
+            if let Some((msg, used)) = decode_prefix(&self.buf[self.start..])? {
+                self.start += used;
+                return Ok(Some(msg));
+            }
+            if self.read_more().await? == 0 {
+                return match self.buf.len() - self.start {
+                    0 => Ok(None),
+                    _ => Err(io::ErrorKind::UnexpectedEof.into()),
+                };
+            }
+        }
+    }
+
+    /// Reads exactly `len` raw bytes, handing them to `sink` in pieces as they arrive.
+    pub async fn recv_raw(&mut self, mut len: u64, mut sink: impl FnMut(&[u8]) -> io::Result<()>) -> io::Result<()> {
+        while len > 0 {
+            if self.start == self.buf.len() && self.read_more().await? == 0 {
+                return Err(io::ErrorKind::UnexpectedEof.into());
+            }
+            let avail = (self.buf.len() - self.start).min(len as usize);
+            sink(&self.buf[self.start..self.start + avail])?;
+            self.start += avail;
+            len -= avail as u64;
+        }
+        Ok(())
+    }
+
+    async fn read_more(&mut self) -> io::Result<usize> {
+        if self.start > 0 {
+            self.buf.drain(..self.start);
+            self.start = 0;
+        }
+        let have = self.buf.len();
+        self.buf.resize(have + 64 * 1024, 0);
+        let got = loop {
+            if let Err(e) = self.stream.readable().await {
+                self.buf.truncate(have);
+                return Err(e);
+            }
+            match self.stream.try_read(&mut self.buf[have..]) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => {
+                    self.buf.truncate(have);
+                    return Err(e);
+                }
+                Ok(n) => break n,
+            }
+        };
+        self.buf.truncate(have + got);
+        Ok(got)
+    }
+}
+
+impl Writer {
+    /// Sends one frame.
+    pub async fn send<T: Serialize>(&self, msg: &T) -> io::Result<()> {
+        self.send_raw(&encode(msg)?).await
+    }
+
+    /// Writes raw bytes (file contents after a frame that announced them).
+    pub async fn send_raw(&self, mut data: &[u8]) -> io::Result<()> {
+        while !data.is_empty() {
+            self.stream.writable().await?;
+            match self.stream.try_write(data) {
+                Ok(n) => data = &data[n..],
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_decode_only_when_whole() {
+        let frame = encode(&serde_json::json!({"op": "ping"})).unwrap();
+        assert_eq!(&frame[..4], &(frame.len() as u32 - 4).to_le_bytes());
+        for cut in 0..frame.len() {
+            assert!(decode_prefix::<serde_json::Value>(&frame[..cut]).unwrap().is_none(), "cut at {cut}");
+        }
+        let mut two = frame.clone();
+        two.extend_from_slice(&frame);
+        let (v, used) = decode_prefix::<serde_json::Value>(&two).unwrap().unwrap();
+        assert_eq!((v, used), (serde_json::json!({"op": "ping"}), frame.len()));
+        let huge = ((MAX_FRAME + 1) as u32).to_le_bytes();
+        assert!(decode_prefix::<serde_json::Value>(&huge).is_err());
+    }
+
+    #[tokio::test]
+    async fn messages_and_raw_bytes_cross_a_socket_in_order() {
+        let (a, b) = UnixStream::pair().unwrap();
+        let (a, mut b) = (Conn::new(a), Conn::new(b));
+        let w = a.writer();
+        let big = vec![7u8; 300_000];
+        let send = async {
+            w.send(&1u32).await.unwrap();
+            w.send_raw(&big).await.unwrap();
+            w.send(&"after").await.unwrap();
+            drop(a);
+        };
+        let recv = async {
+            assert_eq!(b.recv::<u32>().await.unwrap(), Some(1));
+            let mut got = Vec::new();
+            b.recv_raw(big.len() as u64, |c| Ok(got.extend_from_slice(c))).await.unwrap();
+            assert_eq!(got, big);
+            assert_eq!(b.recv::<String>().await.unwrap().as_deref(), Some("after"));
+        };
+        tokio::join!(send, recv);
+        drop(w);
+        assert_eq!(b.recv::<u32>().await.unwrap(), None);
+    }
+}
