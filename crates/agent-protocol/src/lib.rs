@@ -14,8 +14,7 @@ use serde::{Deserialize, Serialize};
 
 pub mod codec;
 pub use codec::{Conn, Writer};
-pub use hangar_types::{
-    Ending, ExecEnd, ExecInfo, ExecSpec, OnDisconnect, StartFailure, StartFailureKind, Usage};
+pub use hangar_types::{Ending, ExecEnd, ExecInfo, ExecSpec, OnDisconnect, StartFailure, StartFailureKind, Usage};
 
 /// The protocol version this build speaks.
 pub const VERSION: u32 = 2;
@@ -307,7 +306,10 @@ mod tests {
     fn wire_format_is_pinned() {
         let requests = [
             (Request::Ping, json!({"op": "ping"})),
-            (Request::Attach { exec: "ex-1".into(), from: [1, 2] }, json!({"op": "attach", "exec": "ex-1", "from": [1, 2]})),
+            (
+                Request::Attach { exec: "ex-1".into(), from: [1, 2] },
+                json!({"op": "attach", "exec": "ex-1", "from": [1, 2]}),
+            ),
             (Request::Ack { pos: [3, 4] }, json!({"op": "ack", "pos": [3, 4]})),
             (Request::Signal { exec: String::new(), signal: 9 }, json!({"op": "signal", "exec": "", "signal": 9})),
             (Request::Resize { rows: 1, cols: 2 }, json!({"op": "resize", "rows": 1, "cols": 2})),

@@ -6,14 +6,15 @@
 //! them, the oldest bytes after a kept head are dropped (hole-punched) and readers are told the exact range;
 //! while an attached reader still needs them, the pipe is simply not read, so the command blocks on write.
 
-use hangar_agent_protocol::{
-    journal_dir, Ending, ErrorKind, ExecEnd, ExecInfo, ExecSpec, OnDisconnect, Progress, Request, Response, StartFailure, Usage,
-};
-use hangar_types::Output;
 use crate::server::{start_failure, Shared, STATE_DIR_FD};
 use crate::spare::{self, Handover, Order, Spare};
 use hangar_agent_protocol::codec::Conn;
+use hangar_agent_protocol::{
+    journal_dir, Ending, ErrorKind, ExecEnd, ExecInfo, ExecSpec, OnDisconnect, Progress, Request, Response,
+    StartFailure, Usage,
+};
 use hangar_runtime::cgroups::ExecCgroup;
+use hangar_types::Output;
 use nix::sys::signal::{kill, Signal};
 use nix::sys::wait::WaitStatus;
 use nix::unistd::Pid;

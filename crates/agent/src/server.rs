@@ -2,12 +2,12 @@
 
 use crate::confined::SandboxRoot;
 use crate::execs::Table;
+use crate::spare::{Handover, Order};
+use hangar_agent_protocol::codec::Conn;
 use hangar_agent_protocol::{
     AgentConfig, EndReason, EndRecord, ErrorKind, Request, Response, StartFailure, StartFailureKind, StartReport,
     END_RECORD_FILE, VERSION,
 };
-use crate::spare::{Handover, Order};
-use hangar_agent_protocol::codec::Conn;
 use nix::sys::signal::{kill, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
@@ -58,12 +58,13 @@ fn main_inner() -> Result<(), String> {
     let cfg: AgentConfig = serde_json::from_slice(&body).map_err(|e| format!("parse the configuration: {e}"))?;
     // SAFETY: the runtime placed the write end of the status pipe at this number; nothing else owns it.
     let mut status = unsafe { File::from_raw_fd(STATUS_FD) };
-    let started = hangar_runtime::enter(&cfg.sandbox).map_err(|e| StartReport::Failed(e.to_string())).and_then(|cgroups| {
-        let root = SandboxRoot::open(&cfg.workdir)
-            .map_err(|e| StartReport::Failed(format!("open the sandbox's root: {e}")))?;
-        let user = resolve_user(&root, &cfg.user).map_err(StartReport::Failed)?;
-        spawn_main(&cfg, &root, &cgroups, user).map(|pid| (pid, user, cgroups, root))
-    });
+    let started =
+        hangar_runtime::enter(&cfg.sandbox).map_err(|e| StartReport::Failed(e.to_string())).and_then(|cgroups| {
+            let root = SandboxRoot::open(&cfg.workdir)
+                .map_err(|e| StartReport::Failed(format!("open the sandbox's root: {e}")))?;
+            let user = resolve_user(&root, &cfg.user).map_err(StartReport::Failed)?;
+            spawn_main(&cfg, &root, &cgroups, user).map(|pid| (pid, user, cgroups, root))
+        });
     let (main_pid, user, cgroups, root) = match started {
         Ok(started) => started,
         Err(report) => {
@@ -410,10 +411,16 @@ pub(crate) fn start_failure(prog: &str, e: &std::io::Error) -> StartFailure {
     use StartFailureKind as K;
     let (kind, message) = match (e.kind(), e.raw_os_error()) {
         (std::io::ErrorKind::NotFound, _) => (K::NotFound, format!("command not found: {prog}")),
-        (std::io::ErrorKind::PermissionDenied, _) => (K::PermissionDenied, format!("permission denied: {prog} is not executable")),
+        (std::io::ErrorKind::PermissionDenied, _) => {
+            (K::PermissionDenied, format!("permission denied: {prog} is not executable"))
+        }
         (_, Some(libc::ENOEXEC)) => (K::NotExecutable, format!("cannot run {prog}: not an executable format")),
-        (_, Some(libc::EAGAIN)) => (K::ResourceLimit, format!("cannot start {prog}: the sandbox's process limit (pids) is reached")),
-        (_, Some(libc::ENOMEM | libc::EMFILE | libc::ENFILE)) => (K::ResourceLimit, format!("cannot start {prog}: {e}")),
+        (_, Some(libc::EAGAIN)) => {
+            (K::ResourceLimit, format!("cannot start {prog}: the sandbox's process limit (pids) is reached"))
+        }
+        (_, Some(libc::ENOMEM | libc::EMFILE | libc::ENFILE)) => {
+            (K::ResourceLimit, format!("cannot start {prog}: {e}"))
+        }
         _ => (K::Other, format!("cannot start {prog}: {e}")),
     };
     StartFailure::new(kind, message)

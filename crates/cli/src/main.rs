@@ -324,15 +324,6 @@ fn json_lines<T: serde::Serialize>(items: &[T]) -> Result<u8> {
     Ok(0)
 }
 
-/// The exit code a shell would give for a command result: its code, or 128+N when killed by signal N.
-fn shell_code(returncode: i32) -> u8 {
-    if returncode < 0 {
-        (128 - returncode).min(255) as u8
-    } else {
-        returncode.min(255) as u8
-    }
-}
-
 async fn dispatch(cmd: Cmd) -> Result<u8> {
     match cmd {
         Cmd::Run { mut sandbox, timeout, cwd, command } => {
@@ -411,7 +402,7 @@ async fn dispatch(cmd: Cmd) -> Result<u8> {
             for x in execs {
                 let (state, ending) = match &x.end {
                     None => ("running", "-".to_string()),
-                    Some(e) => ("ended", ending_text(&e.ending)),
+                    Some(e) => ("ended", e.ending.to_string()),
                 };
                 let state = if x.expired { "expired" } else { state };
                 outln!(
@@ -503,18 +494,6 @@ async fn run_streaming(
     follow(exec.start().await?, false, false, timeout).await
 }
 
-fn ending_text(e: &Ending) -> String {
-    match e {
-        Ending::Exited { code } => format!("exited:{code}"),
-        Ending::Signaled { signal } => format!("signal:{signal}"),
-        Ending::TimedOut => "timed_out".into(),
-        Ending::Cancelled => "cancelled".into(),
-        Ending::OomKilled => "oom_killed".into(),
-        Ending::FailedToStart { .. } => "failed_to_start".into(),
-        Ending::SandboxGone => "sandbox_gone".into(),
-    }
-}
-
 /// Prints an exec's output as it arrives (stdout to stdout, stderr to stderr), optionally feeding it this
 /// process's stdin (raw terminal and resizes for a PTY), and returns the exit code a shell would give.
 async fn follow(mut h: ExecHandle, stdin: bool, raw: bool, timeout: Option<Duration>) -> Result<u8> {
@@ -567,9 +546,8 @@ async fn follow(mut h: ExecHandle, stdin: bool, raw: bool, timeout: Option<Durat
             }
             Some(ExecEvent::Exit(end)) => {
                 drop(_raw);
-                return match end.ending {
-                    Ending::Exited { code } => Ok(shell_code(code)),
-                    Ending::Signaled { signal } => Ok(shell_code(-signal)),
+                return match &end.ending {
+                    Ending::Exited { .. } | Ending::Signaled { .. } => Ok(end.shell_code()),
                     Ending::TimedOut => {
                         let after = timeout.map(|t| format!(" after {t:?}")).unwrap_or_default();
                         eprintln!("hangar: command timed out{after}; its processes were killed");
@@ -577,13 +555,13 @@ async fn follow(mut h: ExecHandle, stdin: bool, raw: bool, timeout: Option<Durat
                     }
                     Ending::Cancelled => {
                         eprintln!("hangar: command cancelled; its processes were killed");
-                        Ok(shell_code(-9))
+                        Ok(end.shell_code())
                     }
                     Ending::OomKilled => {
                         eprintln!("hangar: command killed by the OOM killer (sandbox memory limit)");
-                        Ok(shell_code(-9))
+                        Ok(end.shell_code())
                     }
-                    Ending::FailedToStart { reason, .. } => bail!("{reason}"),
+                    Ending::FailedToStart(f) => bail!("{}", f.message),
                     Ending::SandboxGone => bail!("sandbox {}: it ended while exec {} ran", h.sandbox_id(), h.id()),
                 };
             }

@@ -152,7 +152,11 @@ impl Error {
             Error::ExecExpired { .. } => Reason::ExecExpired,
             Error::File { kind, .. } => Reason::File(*kind),
             Error::SandboxGone { .. } => Reason::SandboxGone,
-            Error::Runtime(_) | Error::AgentVersion { .. } | Error::Store(_) | Error::Io { .. } | Error::Agent { .. } => Reason::Internal,
+            Error::Runtime(_)
+            | Error::AgentVersion { .. }
+            | Error::Store(_)
+            | Error::Io { .. }
+            | Error::Agent { .. } => Reason::Internal,
         }
     }
 

@@ -94,20 +94,18 @@ impl Engine {
     /// stream's; bytes the exec already took (a retried start of the same id) are not sent again.
     pub async fn exec_with_input(&self, id: &str, spec: ExecSpec, data: Vec<u8>) -> Result<ExecStream> {
         let mut stream = self.exec(id, ExecSpec { stdin: true, ..spec }).await?;
-        {
-            if stream.info.stdin_open {
-                let mut w = self.open_stdin(id, &stream.info.id, stream.info.stdin_acked).await?;
-                stream.feeder = Some(tokio::spawn(async move {
-                    let start = w.acked as usize;
-                    for chunk in data[start.min(data.len())..].chunks(READ_CHUNK as usize) {
-                        let offset = w.next_offset();
-                        if w.write(offset, chunk).await.is_err() {
-                            return;
-                        }
+        if stream.info.stdin_open {
+            let mut w = self.open_stdin(id, &stream.info.id, stream.info.stdin_acked).await?;
+            stream.feeder = Some(tokio::spawn(async move {
+                let start = w.acked as usize;
+                for chunk in data[start.min(data.len())..].chunks(READ_CHUNK as usize) {
+                    let offset = w.next_offset();
+                    if w.write(offset, chunk).await.is_err() {
+                        return;
                     }
-                    let _ = w.close().await;
-                }));
-            }
+                }
+                let _ = w.close().await;
+            }));
         }
         Ok(stream)
     }

@@ -3,8 +3,8 @@
 //! inside the sandbox (see the agent's `confined` module); this side moves bytes.
 
 use crate::{Engine, Error, FileErrorKind, Result};
-use hangar_agent_protocol::{Request, Response};
 use hangar_agent_protocol::codec::Conn;
+use hangar_agent_protocol::{Request, Response};
 use tokio::io::{AsyncRead, AsyncReadExt};
 
 /// The transfer limit unless configured: 16 GiB.

@@ -121,7 +121,6 @@ fn find_agent() -> Result<PathBuf> {
 pub use files::{FileDownload, DEFAULT_MAX_FILE_BYTES};
 pub use sandbox::Engine;
 
-
 /// A fresh random identifier with the given prefix, e.g. `sb-1f2e3d4c5b6a7988`.
 pub(crate) fn new_id(prefix: &str) -> String {
     let mut b = [0u8; 8];

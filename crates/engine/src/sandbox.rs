@@ -5,8 +5,8 @@ use crate::{
     new_id, now_ms, EngineConfig, Error, FileErrorKind, Result, SandboxConfig, SandboxEnding, SandboxInfo, SandboxState,
 };
 use hangar_agent_protocol as protocol;
-use hangar_agent_protocol::{AgentConfig, EndReason, EndRecord, ErrorKind, Request, Response, END_RECORD_FILE};
 use hangar_agent_protocol::codec::Conn;
+use hangar_agent_protocol::{AgentConfig, EndReason, EndRecord, ErrorKind, Request, Response, END_RECORD_FILE};
 use hangar_images::ImageStore;
 use hangar_runtime::cgroups::Cgroups;
 use hangar_runtime::{AgentFds, Limits, MountSpec, OverlaySpec, RootfsSpec, SandboxSpec};

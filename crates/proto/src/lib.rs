@@ -1,6 +1,9 @@
-//! Hangar's public wire API, `hangar.v1`, as `.proto` files (under `proto/`) and the tonic/prost code
-//! generated from them. The server implements [`v1::sandbox_service_server::SandboxService`]; the SDK
-//! uses [`v1::sandbox_service_client::SandboxServiceClient`].
+//! Hangar's public wire API, `hangar.v1`, as `.proto` files (under `proto/`), the tonic/prost code
+//! generated from them, and the one translation between it and the shared types ([`convert`]). The server
+//! implements [`v1::sandbox_service_server::SandboxService`]; the SDK uses
+//! [`v1::sandbox_service_client::SandboxServiceClient`].
+
+pub mod convert;
 
 /// Package `hangar.v1`.
 #[allow(missing_docs, clippy::all)]

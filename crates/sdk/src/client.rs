@@ -1,9 +1,14 @@
 use crate::handle::{ExecHandle, Inner};
 use crate::remote::Remote;
 use crate::{Result, SandboxInfo};
-use hangar_engine::{Engine, EngineConfig, ExecInfo, ExecSpec, ExecStream, SandboxConfig};
+#[cfg(feature = "embedded")]
+use hangar_engine::{Engine, EngineConfig, ExecStream};
+use hangar_types::{ExecInfo, ExecSpec, SandboxConfig};
+#[cfg(feature = "embedded")]
 use std::path::PathBuf;
-use std::sync::{Arc, OnceLock};
+#[cfg(feature = "embedded")]
+use std::sync::Arc;
+use std::sync::OnceLock;
 use std::time::Duration;
 
 /// A connection to where sandboxes run: a Hangar server (`HANGAR_URL`, `HANGAR_TOKEN`) over one HTTP/2
@@ -27,6 +32,7 @@ pub struct Client {
 
 #[derive(Clone)]
 enum Backend {
+    #[cfg(feature = "embedded")]
     Embedded(Arc<Engine>),
     Remote(Box<Remote>),
 }
@@ -34,6 +40,7 @@ enum Backend {
 impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match &self.backend {
+            #[cfg(feature = "embedded")]
             Backend::Embedded(e) => f.debug_struct("Client").field("state_dir", &e.config().state_dir).finish(),
             Backend::Remote(r) => f.debug_struct("Client").field("url", &r.url).finish(),
         }
@@ -47,6 +54,7 @@ static DEFAULT: OnceLock<Client> = OnceLock::new();
 macro_rules! dispatch {
     ($self:ident, $method:ident($($arg:expr),*)) => {
         match &$self.backend {
+            #[cfg(feature = "embedded")]
             Backend::Embedded(e) => Ok(e.$method($($arg),*).await?),
             Backend::Remote(r) => r.$method($($arg),*).await,
         }
@@ -69,7 +77,15 @@ impl Client {
         }
         let client = match std::env::var("HANGAR_URL").ok().filter(|u| !u.is_empty()) {
             Some(url) => Self::connect(&url, std::env::var("HANGAR_TOKEN").ok().as_deref())?,
+            #[cfg(feature = "embedded")]
             None => Self::with_config(EngineConfig::from_env()?)?,
+            #[cfg(not(feature = "embedded"))]
+            None => {
+                return Err(crate::Error::InvalidArgument(
+                    "HANGAR_URL is not set, and this build of the SDK has no embedded engine (feature `embedded`)"
+                        .into(),
+                ));
+            }
         };
         Ok(DEFAULT.get_or_init(|| client).clone())
     }
@@ -83,6 +99,7 @@ impl Client {
     /// let sb = hangar::Sandbox::builder().client(&client).create().await?;
     /// # Ok(()) }
     /// ```
+    #[cfg(feature = "embedded")]
     pub fn embedded(state_dir: impl Into<PathBuf>) -> Result<Client> {
         let mut cfg = EngineConfig::from_env()?;
         cfg.state_dir = state_dir.into();
@@ -98,6 +115,7 @@ impl Client {
     /// let client = hangar::Client::with_config(cfg)?;
     /// # Ok(()) }
     /// ```
+    #[cfg(feature = "embedded")]
     pub fn with_config(cfg: EngineConfig) -> Result<Client> {
         Ok(Client { backend: Backend::Embedded(Engine::open(cfg)?) })
     }
@@ -150,9 +168,10 @@ impl Client {
         path: &str,
         sink: &mut (impl tokio::io::AsyncWrite + Unpin + Send),
     ) -> Result<u64> {
-        use tokio::io::AsyncWriteExt;
         match &self.backend {
+            #[cfg(feature = "embedded")]
             Backend::Embedded(e) => {
+                use tokio::io::AsyncWriteExt;
                 let mut f = e.open_file(id, path).await?;
                 while let Some(chunk) = f.next_chunk().await? {
                     sink.write_all(&chunk).await.map_err(|e| local(path, e))?;
@@ -175,15 +194,25 @@ impl Client {
         dispatch!(self, write_file_from(id, path, len, mode, source))
     }
 
-    pub(crate) async fn exec(&self, id: &str, spec: ExecSpec, keepalive: Option<Duration>) -> Result<ExecHandle> {
+    pub(crate) async fn exec(
+        &self,
+        id: &str,
+        spec: ExecSpec,
+        input: Option<Vec<u8>>,
+        keepalive: Option<Duration>,
+    ) -> Result<ExecHandle> {
         let command = spec.argv.clone();
         match &self.backend {
+            #[cfg(feature = "embedded")]
             Backend::Embedded(e) => {
-                let stream = e.exec(id, spec).await?;
+                let stream = match input {
+                    Some(data) => e.exec_with_input(id, spec, data).await?,
+                    None => e.exec(id, spec).await?,
+                };
                 Ok(self.embedded_handle(id, stream, [0, 0]))
             }
             Backend::Remote(r) => {
-                let x = r.exec(id, spec, keepalive).await?;
+                let x = r.exec(id, spec, input, keepalive).await?;
                 Ok(ExecHandle::new(self.clone(), id, command, Inner::Remote(x), [0, 0]))
             }
         }
@@ -197,6 +226,7 @@ impl Client {
         keepalive: Option<Duration>,
     ) -> Result<ExecHandle> {
         match &self.backend {
+            #[cfg(feature = "embedded")]
             Backend::Embedded(e) => {
                 let stream = e.attach(id, exec, from).await?;
                 Ok(self.embedded_handle(id, stream, from))
@@ -209,11 +239,13 @@ impl Client {
         }
     }
 
+    #[cfg(feature = "embedded")]
     fn embedded_handle(&self, id: &str, stream: ExecStream, from: [u64; 2]) -> ExecHandle {
         let command = stream.info().argv.clone();
         ExecHandle::new(self.clone(), id, command, Inner::Embedded(Box::new(stream)), from)
     }
 
+    #[cfg(feature = "embedded")]
     pub(crate) fn engine(&self) -> Option<&Arc<Engine>> {
         match &self.backend {
             Backend::Embedded(e) => Some(e),

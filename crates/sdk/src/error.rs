@@ -172,6 +172,18 @@ pub enum Error {
     LocalIo(String),
 }
 
+impl Error {
+    /// The error a command that never started stands for: [`Error::CommandNotFound`] when the program is at
+    /// fault, [`Error::StartFailed`] when the sandbox had no room for it.
+    pub(crate) fn from_start_failure(f: &hangar_types::StartFailure) -> Self {
+        let message = f.message.clone();
+        match f.kind.is_command_problem() {
+            true => Error::CommandNotFound { message },
+            false => Error::StartFailed { message },
+        }
+    }
+}
+
 /// What kind of failure an [`Error::File`] is, to tell a missing file from a real error.
 ///
 /// ```no_run
@@ -182,7 +194,7 @@ pub enum Error {
 /// };
 /// # Ok(()) }
 /// ```
-pub use hangar_engine::FileErrorKind;
+pub use hangar_types::FileErrorKind;
 
 /// Result alias for the SDK.
 ///
@@ -193,6 +205,7 @@ pub use hangar_engine::FileErrorKind;
 /// ```
 pub type Result<T> = std::result::Result<T, Error>;
 
+#[cfg(feature = "embedded")]
 impl From<hangar_engine::Error> for Error {
     fn from(e: hangar_engine::Error) -> Self {
         use hangar_engine::Error as E;

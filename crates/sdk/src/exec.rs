@@ -1,5 +1,5 @@
 use crate::{Error, ExecHandle, Result, Sandbox};
-use hangar_engine::{Ending, ExecEnd, ExecEvent, ExecSpec, OnDisconnect, OutputStream, Usage};
+use hangar_types::{Ending, ExecEnd, ExecEvent, ExecSpec, OnDisconnect, Output, OutputStream, Usage};
 use std::borrow::Cow;
 use std::future::{Future, IntoFuture};
 use std::io::Write;
@@ -32,13 +32,8 @@ pub struct ExecResult {
 
 impl ExecResult {
     pub(crate) fn from_end(exec_id: &str, end: &ExecEnd, stdout: Vec<u8>, stderr: Vec<u8>) -> Self {
-        let returncode = match (&end.ending, end.code) {
-            (Ending::Exited { code }, _) => *code,
-            (Ending::FailedToStart { .. }, _) => 127,
-            (_, _) => -end.signal.unwrap_or(SIGKILL),
-        };
         ExecResult {
-            returncode,
+            returncode: end.returncode(),
             stdout,
             stderr,
             exec_id: exec_id.to_string(),
@@ -153,6 +148,8 @@ impl Sinks<'_> {
 pub struct Exec<'a> {
     sb: &'a Sandbox,
     spec: ExecSpec,
+    /// Bytes to feed on stdin, then end of file.
+    input: Option<Vec<u8>>,
     /// Set for [`Sandbox::attach`]: the exec to follow and where from.
     attach: Option<(String, [u64; 2])>,
     keepalive: Option<Duration>,
@@ -161,14 +158,12 @@ pub struct Exec<'a> {
     sinks: [Sinks<'a>; 2],
 }
 
-/// The signal a killed exec reports when the kernel gave none.
-const SIGKILL: i32 = 9;
-
 impl<'a> Exec<'a> {
     pub(crate) fn new(sb: &'a Sandbox, argv: Vec<String>) -> Self {
         Self {
             sb,
-            spec: ExecSpec { argv, ..ExecSpec::default() },
+            spec: ExecSpec::new(argv),
+            input: None,
             attach: None,
             keepalive: None,
             check: false,
@@ -207,7 +202,7 @@ impl<'a> Exec<'a> {
     /// # Ok(()) }
     /// ```
     pub fn tty(mut self, rows: u16, cols: u16) -> Self {
-        self.spec.tty = Some((rows, cols));
+        self.spec.output = Output::Pty { rows, cols };
         self
     }
 
@@ -221,7 +216,11 @@ impl<'a> Exec<'a> {
     /// # Ok(()) }
     /// ```
     pub fn merged(mut self, on: bool) -> Self {
-        self.spec.merged = on;
+        match (on, self.spec.output) {
+            (true, _) => self.spec.output = Output::Merged,
+            (false, Output::Merged) => self.spec.output = Output::Split,
+            (false, _) => {}
+        }
         self
     }
 
@@ -279,7 +278,7 @@ impl<'a> Exec<'a> {
     /// # Ok(()) }
     /// ```
     pub fn open_stdin(mut self) -> Self {
-        self.spec.stdin_pipe = true;
+        self.spec.stdin = true;
         self
     }
 
@@ -325,7 +324,7 @@ impl<'a> Exec<'a> {
     pub async fn start(self) -> Result<ExecHandle> {
         let client = &self.sb.client;
         match self.attach {
-            None => client.exec(&self.sb.id, self.spec, self.keepalive).await,
+            None => client.exec(&self.sb.id, self.spec, self.input, self.keepalive).await,
             Some((exec, from)) => client.attach(&self.sb.id, &exec, from, self.keepalive).await,
         }
     }
@@ -458,7 +457,8 @@ impl<'a> Exec<'a> {
     /// # Ok(()) }
     /// ```
     pub fn stdin(mut self, data: impl Into<Vec<u8>>) -> Self {
-        self.spec.stdin = Some(data.into());
+        self.spec.stdin = true;
+        self.input = Some(data.into());
         self
     }
 
@@ -561,10 +561,8 @@ pub(crate) async fn drive(
         );
         return Err(Error::IncompleteOutput { command, result: Box::new(result), detail });
     }
-    if let Some(e) = hangar_engine::Error::from_start_failure(h.sandbox_id(), &end.ending) {
-        return Err(e.into());
-    }
     match &end.ending {
+        Ending::FailedToStart(f) => Err(Error::from_start_failure(f)),
         Ending::SandboxGone => Err(Error::SandboxTerminated {
             id: h.sandbox_id().to_string(),
             detail: format!("the sandbox ended while exec {} ran", h.id()),

@@ -2,13 +2,16 @@
 
 use crate::remote::RemoteExec;
 use crate::{Client, Error, ExecResult, Result};
-use hangar_engine::{Engine, ExecControl, ExecEnd, ExecEvent, ExecStream, OutputStream, StdinWriter};
+#[cfg(feature = "embedded")]
+use hangar_engine::{Engine, ExecControl, ExecStream, StdinWriter};
+use hangar_types::{Ending, ExecEnd, ExecEvent, OutputStream};
 use std::sync::Arc;
 
 /// Unacknowledged stdin a remote writer may have in flight before [`ExecHandle::write_stdin`] waits.
 const STDIN_WINDOW: u64 = 8 << 20;
 
 pub(crate) enum Inner {
+    #[cfg(feature = "embedded")]
     Embedded(Box<ExecStream>),
     Remote(RemoteExec),
 }
@@ -37,7 +40,12 @@ pub struct ExecInput {
 
 #[derive(Clone)]
 enum InputKind {
-    Embedded { engine: Arc<Engine>, control: ExecControl, writer: Arc<tokio::sync::Mutex<Option<StdinWriter>>> },
+    #[cfg(feature = "embedded")]
+    Embedded {
+        engine: Arc<Engine>,
+        control: ExecControl,
+        writer: Arc<tokio::sync::Mutex<Option<StdinWriter>>>,
+    },
     Remote(Arc<crate::remote::StdinBuffer>),
 }
 
@@ -83,15 +91,17 @@ pub struct ExecHandle {
 impl ExecHandle {
     pub(crate) fn new(client: Client, sandbox: &str, command: Vec<String>, inner: Inner, from: [u64; 2]) -> Self {
         let id = match &inner {
+            #[cfg(feature = "embedded")]
             Inner::Embedded(s) => s.id().to_string(),
             Inner::Remote(r) => r.exec.clone(),
         };
-        let kind = match (&inner, client.engine()) {
-            (Inner::Embedded(s), Some(engine)) => {
-                InputKind::Embedded { engine: engine.clone(), control: s.control(), writer: Default::default() }
+        let kind = match &inner {
+            #[cfg(feature = "embedded")]
+            Inner::Embedded(s) => {
+                let engine = client.engine().expect("an embedded stream comes from an embedded client").clone();
+                InputKind::Embedded { engine, control: s.control(), writer: Default::default() }
             }
-            (Inner::Remote(r), _) => InputKind::Remote(r.stdin.clone()),
-            (Inner::Embedded(_), None) => unreachable!("an embedded stream comes from an embedded client"),
+            Inner::Remote(r) => InputKind::Remote(r.stdin.clone()),
         };
         let input = ExecInput { sandbox: sandbox.to_string(), exec: id.clone(), client, kind };
         Self {
@@ -177,6 +187,7 @@ impl ExecHandle {
             return Ok(None);
         }
         let ev = match &mut self.inner {
+            #[cfg(feature = "embedded")]
             Inner::Embedded(stream) => stream.next().await.map_err(Error::from),
             Inner::Remote(r) => r.next().await,
         };
@@ -226,7 +237,7 @@ impl ExecHandle {
                 end.bytes[0], end.bytes[1], self.received[0], self.received[1]
             ));
         }
-        let whole = self.from == [0, 0] && self.gaps.is_empty() && end.ending != hangar_engine::Ending::SandboxGone;
+        let whole = self.from == [0, 0] && self.gaps.is_empty() && end.ending != Ending::SandboxGone;
         for (i, name) in ["stdout", "stderr"].iter().enumerate() {
             let got = self.crc[i].clone().finalize();
             if whole && got != end.crc32[i] {
@@ -371,6 +382,7 @@ impl ExecInput {
     pub async fn write(&self, data: impl AsRef<[u8]>) -> Result<()> {
         let data = data.as_ref();
         match &self.kind {
+            #[cfg(feature = "embedded")]
             InputKind::Embedded { engine, writer, .. } => {
                 let mut w = writer.lock().await;
                 let w = self.embedded_writer(engine, &mut w).await?;
@@ -393,6 +405,7 @@ impl ExecInput {
     /// ```
     pub async fn close(&self) -> Result<()> {
         match &self.kind {
+            #[cfg(feature = "embedded")]
             InputKind::Embedded { engine, writer, .. } => {
                 let mut w = writer.lock().await;
                 self.embedded_writer(engine, &mut w).await?.close().await?;
@@ -411,6 +424,7 @@ impl ExecInput {
     /// ```
     pub async fn resize(&self, rows: u16, cols: u16) -> Result<()> {
         match &self.kind {
+            #[cfg(feature = "embedded")]
             InputKind::Embedded { control, .. } => Ok(control.resize(rows, cols).await?),
             InputKind::Remote(buf) => {
                 buf.resize(rows, cols);
@@ -428,11 +442,13 @@ impl ExecInput {
     /// ```
     pub async fn signal(&self, signal: i32) -> Result<()> {
         match &self.kind {
+            #[cfg(feature = "embedded")]
             InputKind::Embedded { control, .. } => Ok(control.signal(signal).await?),
             InputKind::Remote(_) => self.client.signal_exec(&self.sandbox, &self.exec, signal).await,
         }
     }
 
+    #[cfg(feature = "embedded")]
     async fn embedded_writer<'a>(
         &self,
         engine: &Arc<Engine>,

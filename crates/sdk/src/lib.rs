@@ -36,7 +36,10 @@ pub use client::Client;
 pub use error::{Error, FileErrorKind, Result};
 pub use exec::{Exec, ExecResult};
 pub use handle::{ExecHandle, ExecInput};
-pub use hangar_engine::{
-    Ending, EngineConfig, ExecEnd, ExecEvent, ExecInfo, OnDisconnect, OutputStream, SandboxInfo, SandboxState, Usage,
+#[cfg(feature = "embedded")]
+pub use hangar_engine::EngineConfig;
+pub use hangar_types::{
+    Ending, ExecEnd, ExecEvent, ExecInfo, OnDisconnect, Output, OutputStream, SandboxInfo, SandboxState, StartFailure,
+    StartFailureKind, Usage,
 };
 pub use sandbox::{Sandbox, SandboxBuilder};

@@ -3,8 +3,9 @@
 
 use crate::{Error, Result, SandboxInfo, SandboxState};
 use bytes::Bytes;
-use hangar_engine::{Ending, ExecEnd, ExecEvent, ExecInfo, ExecSpec, OnDisconnect, OutputStream, SandboxConfig, Usage};
+use hangar_proto::convert::{self, PATH_KEY, REASON_KEY, STATE_KEY};
 use hangar_proto::v1 as pb;
+use hangar_types::{ExecEvent, ExecInfo, ExecSpec, FileErrorKind, Reason, SandboxConfig};
 use pb::sandbox_service_client::SandboxServiceClient;
 use pb::stream_exec_request::Msg as In;
 use pb::stream_exec_response::Msg as Out;
@@ -73,27 +74,14 @@ impl Remote {
     }
 
     pub(crate) async fn create(&self, c: SandboxConfig) -> Result<SandboxInfo> {
-        let req = pb::CreateSandboxRequest {
-            request_id: c.request_id.unwrap_or_default(),
-            image: c.image,
-            command: c.command,
-            env: c.env.into_iter().collect(),
-            tags: c.tags.into_iter().collect(),
-            workdir: c.workdir.unwrap_or_default(),
-            cpus: c.cpus,
-            memory_bytes: c.memory_bytes,
-            pids: c.pids,
-            max_lifetime_ms: Some(c.max_lifetime.as_millis() as u64),
-            disk_bytes: c.disk_bytes,
-        };
-        let r = self.grpc().create_sandbox(req).await.map_err(|s| self.error(s, ""))?;
-        Ok(from_proto(r.into_inner()))
+        let r = self.grpc().create_sandbox(pb::CreateSandboxRequest::from(c)).await.map_err(|s| self.error(s, ""))?;
+        Ok(r.into_inner().into())
     }
 
     pub(crate) async fn get(&self, id: &str) -> Result<SandboxInfo> {
         let r =
             self.grpc().get_sandbox(pb::GetSandboxRequest { id: id.into() }).await.map_err(|s| self.error(s, id))?;
-        Ok(from_proto(r.into_inner()))
+        Ok(r.into_inner().into())
     }
 
     pub(crate) async fn list(&self) -> Result<Vec<SandboxInfo>> {
@@ -102,7 +90,7 @@ impl Remote {
         loop {
             let req = pb::ListSandboxesRequest { page_size: 1000, page_token, ..Default::default() };
             let r = self.grpc().list_sandboxes(req).await.map_err(|s| self.error(s, ""))?.into_inner();
-            out.extend(r.sandboxes.into_iter().map(from_proto));
+            out.extend(r.sandboxes.into_iter().map(SandboxInfo::from));
             if r.next_page_token.is_empty() {
                 return Ok(out);
             }
@@ -113,7 +101,7 @@ impl Remote {
     pub(crate) async fn stop(&self, id: &str, grace: Duration) -> Result<SandboxInfo> {
         let req = pb::StopSandboxRequest { id: id.into(), grace_ms: Some(grace.as_millis() as u64) };
         let r = self.grpc().stop_sandbox(req).await.map_err(|s| self.error(s, id))?;
-        Ok(from_proto(r.into_inner()))
+        Ok(r.into_inner().into())
     }
 
     pub(crate) async fn remove(&self, id: &str) -> Result<()> {
@@ -192,32 +180,18 @@ impl Remote {
     }
 
     /// Starts (or finds) an exec and follows it, resuming on new connections whenever one breaks.
-    pub(crate) async fn exec(&self, id: &str, spec: ExecSpec, keepalive: Option<Duration>) -> Result<RemoteExec> {
+    pub(crate) async fn exec(
+        &self,
+        id: &str,
+        mut spec: ExecSpec,
+        input: Option<Vec<u8>>,
+        keepalive: Option<Duration>,
+    ) -> Result<RemoteExec> {
         let ka = keepalive.map(|d| d.as_millis().max(1) as u64).unwrap_or(0);
-        let (on_disconnect, disconnect_grace_ms) = match spec.on_disconnect {
-            OnDisconnect::Keep => (pb::OnDisconnect::Keep, 0),
-            OnDisconnect::Kill { grace_ms } => (pb::OnDisconnect::Kill, grace_ms),
-        };
-        let init = pb::ExecInit {
-            sandbox_id: id.into(),
-            argv: spec.argv,
-            env: spec.env.into_iter().collect(),
-            cwd: spec.cwd.unwrap_or_default(),
-            timeout_ms: spec.timeout.map(|t| t.as_millis().max(1) as u64),
-            tty: spec.tty.is_some(),
-            stdin: spec.stdin.is_some() || spec.stdin_pipe,
-            // Always an id, so that a start whose answer was lost can be sent again without running twice.
-            exec_id: spec.id.unwrap_or_else(fresh_exec_id),
-            tty_size: spec.tty.map(|(rows, cols)| pb::Resize { rows: rows.into(), cols: cols.into() }),
-            merged: spec.merged,
-            on_disconnect: on_disconnect as i32,
-            disconnect_grace_ms,
-            retain_ms: spec.retain.map(|d| d.as_millis() as u64),
-            journal_cap_bytes: spec.journal_cap,
-            keepalive_ms: ka,
-        };
-        let exec = self.follow(id, In::Init(init), [0, 0], ka).await?;
-        if let Some(data) = spec.stdin {
+        // Always an id, so that a start whose answer was lost can be sent again without running twice.
+        spec.id = Some(spec.id.unwrap_or_else(fresh_exec_id));
+        let exec = self.follow(id, In::Init(convert::exec_init(id, spec, ka)), [0, 0], ka).await?;
+        if let Some(data) = input {
             exec.stdin.push(&data, true);
         }
         Ok(exec)
@@ -284,7 +258,7 @@ impl Remote {
     pub(crate) async fn execs(&self, id: &str) -> Result<Vec<ExecInfo>> {
         let req = pb::ListExecsRequest { sandbox_id: id.into() };
         let r = self.grpc().list_execs(req).await.map_err(|s| self.error(s, id))?.into_inner();
-        Ok(r.execs.into_iter().map(exec_from_proto).collect())
+        Ok(r.execs.into_iter().map(ExecInfo::from).collect())
     }
 
     pub(crate) async fn signal_exec(&self, id: &str, exec: &str, signal: i32) -> Result<()> {
@@ -296,26 +270,27 @@ impl Remote {
     pub(crate) fn error(&self, s: Status, id: &str) -> Error {
         let meta = |k: &str| s.metadata().get(k).and_then(|v| v.to_str().ok()).map(str::to_string);
         let message = s.message().to_string();
-        let file = |kind| Error::File { path: meta("hangar-path").unwrap_or_default(), kind, message: message.clone() };
-        let reason = meta("hangar-reason");
-        if let Some(kind) = reason.as_deref().and_then(crate::FileErrorKind::from_reason) {
-            return file(kind);
-        }
-        match reason.as_deref() {
-            Some("NOT_FOUND") => Error::NotFound { id: id.to_string() },
-            Some("NOT_RUNNING") => Error::NotRunning {
+        let file = |kind: FileErrorKind| Error::File {
+            path: meta(PATH_KEY).unwrap_or_default(),
+            kind,
+            message: message.clone(),
+        };
+        match meta(REASON_KEY).as_deref().and_then(Reason::parse) {
+            Some(Reason::File(kind)) => file(kind),
+            Some(Reason::NotFound) => Error::NotFound { id: id.to_string() },
+            Some(Reason::NotRunning) => Error::NotRunning {
                 id: id.to_string(),
-                state: SandboxState::parse(&meta("hangar-state").unwrap_or_default()),
+                state: meta(STATE_KEY).as_deref().and_then(SandboxState::parse).unwrap_or(SandboxState::Failed),
             },
-            Some("INVALID_ARGUMENT") => Error::InvalidArgument(message),
-            Some("COMMAND_NOT_FOUND") => Error::CommandNotFound { message },
-            Some("START_FAILED") => Error::StartFailed { message },
-            Some("SANDBOX_FAILED") => Error::SandboxFailed { message },
-            Some("SANDBOX_GONE") => Error::SandboxTerminated { id: id.to_string(), detail: message },
-            Some("EXEC_NOT_FOUND") => Error::ExecNotFound { message },
-            Some("EXEC_EXPIRED") => Error::ExecExpired { message },
-            Some("UNAUTHENTICATED") => Error::Unauthenticated(format!("server {}: {message}", self.url)),
-            _ => match s.code() {
+            Some(Reason::InvalidArgument) => Error::InvalidArgument(message),
+            Some(Reason::CommandNotFound) => Error::CommandNotFound { message },
+            Some(Reason::StartFailed) => Error::StartFailed { message },
+            Some(Reason::SandboxFailed) => Error::SandboxFailed { message },
+            Some(Reason::SandboxGone) => Error::SandboxTerminated { id: id.to_string(), detail: message },
+            Some(Reason::ExecNotFound) => Error::ExecNotFound { message },
+            Some(Reason::ExecExpired) => Error::ExecExpired { message },
+            Some(Reason::Unauthenticated) => Error::Unauthenticated(format!("server {}: {message}", self.url)),
+            Some(Reason::Internal) | None => match s.code() {
                 tonic::Code::Unavailable | tonic::Code::Cancelled | tonic::Code::Unknown if !id.is_empty() => {
                     Error::Connection(format!("server {} (sandbox {id}): {message}", self.url))
                 }
@@ -327,7 +302,6 @@ impl Remote {
     }
 }
 
-/// An exec running on a server; dropping it cancels the exec there.
 /// An exec id unique to this process and moment: `ex-` and 16 hex digits.
 fn fresh_exec_id() -> String {
     static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
@@ -507,7 +481,7 @@ impl Driver {
                 },
                 Ok(Ok(None)) => "the server's stream ended before the command did".to_string(),
                 // An answer of the server's (it names a reason) is final; anything else is the transport.
-                Ok(Err(s)) if s.metadata().get("hangar-reason").is_some() => {
+                Ok(Err(s)) if s.metadata().get(REASON_KEY).is_some() => {
                     let _ = self.events.send(Err(self.remote.error(s, &self.sandbox))).await;
                     return;
                 }
@@ -530,47 +504,49 @@ impl Driver {
         }
     }
 
-    /// Handles one frame: `Some(true)` to go on, `Some(false)` when the exec's stream is over.
+    /// Handles one frame: `Some(true)` to go on, `Some(false)` when the exec's stream is over. Output is
+    /// passed on from where this client stands: a frame that starts before it (replayed after a resume) is
+    /// trimmed; one that starts after it is passed on as is, and the handle reports the hole exactly as the
+    /// embedded engine would ([`Error::IncompleteOutput`]).
     async fn on_frame(&mut self, msg: Option<Out>) -> Option<bool> {
         let ev = match msg {
-            Some(Out::Output(o)) => {
-                let (i, stream) = stream_from(o.stream);
-                let end = o.offset + o.data.len() as u64;
-                if o.offset > self.pos[i] {
-                    let detail = format!("{stream:?} bytes {}..{} never arrived", self.pos[i], o.offset);
-                    let _ = self.events.send(Err(Error::SandboxTerminated { id: self.sandbox.clone(), detail })).await;
-                    return Some(false);
-                }
-                if end <= self.pos[i] {
-                    return Some(true); // already delivered
-                }
-                let data = o.data.slice((self.pos[i] - o.offset) as usize..);
-                let offset = self.pos[i];
-                self.pos[i] = end;
-                ExecEvent::Output { stream, offset, data }
-            }
-            Some(Out::Gap(g)) => {
-                let (i, stream) = stream_from(g.stream);
-                self.pos[i] = self.pos[i].max(g.to);
-                ExecEvent::Gap { stream, from: g.from, to: g.to }
-            }
             Some(Out::StdinAck(a)) => {
                 self.stdin.ack(a.offset);
                 return Some(true);
             }
-            Some(Out::Exit(x)) => {
-                let _ = self.events.send(Ok(ExecEvent::Exit(end_from_proto(&x)))).await;
-                return Some(false);
-            }
             Some(Out::Error(e)) => {
                 let mut s = Status::internal(e.message);
                 if let Ok(v) = e.reason.parse() {
-                    s.metadata_mut().insert("hangar-reason", v);
+                    s.metadata_mut().insert(REASON_KEY, v);
                 }
                 let _ = self.events.send(Err(self.remote.error(s, &self.sandbox))).await;
                 return Some(false);
             }
-            Some(Out::Keepalive(_)) | Some(Out::Ready(_)) | None => return Some(true),
+            Some(m) => match convert::exec_event(&m) {
+                Some(ev) => ev,
+                None => return Some(true), // ready, keepalive
+            },
+            None => return Some(true),
+        };
+        let ev = match ev {
+            ExecEvent::Output { stream, offset, data } => {
+                let i = stream.index();
+                let end = offset + data.len() as u64;
+                if end <= self.pos[i] {
+                    return Some(true); // already delivered
+                }
+                let skip = self.pos[i].saturating_sub(offset);
+                self.pos[i] = end;
+                ExecEvent::Output { stream, offset: offset + skip, data: data.slice(skip as usize..) }
+            }
+            ExecEvent::Gap { stream, from, to } => {
+                self.pos[stream.index()] = self.pos[stream.index()].max(to);
+                ExecEvent::Gap { stream, from, to }
+            }
+            ExecEvent::Exit(end) => {
+                let _ = self.events.send(Ok(ExecEvent::Exit(end))).await;
+                return Some(false);
+            }
         };
         Some(self.events.send(Ok(ev)).await.is_ok())
     }
@@ -623,78 +599,5 @@ impl Drop for RemoteExec {
 impl RemoteExec {
     pub(crate) async fn next(&mut self) -> Result<Option<ExecEvent>> {
         self.events.recv().await.transpose()
-    }
-}
-
-fn stream_from(s: i32) -> (usize, OutputStream) {
-    if s == pb::OutputStream::Stderr as i32 { (1, OutputStream::Stderr) } else { (0, OutputStream::Stdout) }
-}
-
-fn end_from_proto(x: &pb::Exit) -> ExecEnd {
-    let reason = pb::ExitReason::try_from(x.reason).unwrap_or(pb::ExitReason::Exited);
-    let ending = match reason {
-        pb::ExitReason::TimedOut => Ending::TimedOut,
-        pb::ExitReason::Cancelled => Ending::Cancelled,
-        pb::ExitReason::OomKilled => Ending::OomKilled,
-        pb::ExitReason::FailedToStart => {
-            Ending::FailedToStart { reason: x.message.clone(), missing: x.command_missing }
-        }
-        pb::ExitReason::SandboxGone => Ending::SandboxGone,
-        pb::ExitReason::Signaled => Ending::Signaled { signal: x.signal.unwrap_or(0) },
-        _ => Ending::Exited { code: x.code.unwrap_or(0) },
-    };
-    let u = x.usage.unwrap_or_default();
-    ExecEnd {
-        ending,
-        code: x.code,
-        signal: x.signal,
-        bytes: [x.stdout_bytes, x.stderr_bytes],
-        crc32: [x.stdout_crc32, x.stderr_crc32],
-        usage: Usage {
-            wall_ms: u.wall_ms,
-            cpu_user_us: u.cpu_user_us,
-            cpu_sys_us: u.cpu_sys_us,
-            peak_memory_bytes: u.peak_memory_bytes,
-        },
-    }
-}
-
-fn exec_from_proto(e: pb::ExecStatus) -> ExecInfo {
-    ExecInfo {
-        id: e.exec_id,
-        argv: e.argv,
-        pid: e.pid,
-        started_at_ms: e.started_at_ms,
-        tty: e.tty,
-        merged: e.merged,
-        stdin_open: e.stdin_open,
-        stdin_acked: e.stdin_acked,
-        written: [e.stdout_bytes, e.stderr_bytes],
-        attached: e.attached,
-        end: e.exit.as_ref().map(end_from_proto),
-        expired: e.expired,
-        journal: String::new(),
-    }
-}
-
-fn from_proto(s: pb::Sandbox) -> SandboxInfo {
-    SandboxInfo {
-        id: s.id,
-        state: SandboxState::parse(&s.state),
-        image: s.image,
-        command: s.command,
-        tags: s.tags.into_iter().collect(),
-        cpus: s.cpus,
-        memory_bytes: s.memory_bytes,
-        pids: s.pids,
-        max_lifetime_ms: s.max_lifetime_ms,
-        created_at_ms: s.created_at_ms,
-        ended_at_ms: s.ended_at_ms,
-        exit_code: s.exit_code,
-        exit_signal: s.exit_signal,
-        end_reason: (!s.end_reason.is_empty()).then_some(s.end_reason),
-        error: (!s.error.is_empty()).then_some(s.error),
-        tenant: String::new(),
-        progress: (!s.progress.is_empty()).then_some(s.progress),
     }
 }

@@ -1,5 +1,5 @@
 use crate::{Client, Exec, ExecInfo, Result, SandboxInfo};
-use hangar_engine::SandboxConfig;
+use hangar_types::SandboxConfig;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
@@ -490,7 +490,7 @@ impl Sandbox {
     /// # Ok(()) }
     /// ```
     pub async fn stop(&self) -> Result<SandboxInfo> {
-        self.stop_with_grace(hangar_engine::DEFAULT_STOP_GRACE).await
+        self.stop_with_grace(hangar_types::DEFAULT_STOP_GRACE).await
     }
 
     /// Stops the sandbox with an explicit grace period.

@@ -73,7 +73,7 @@ pub(crate) fn interceptor(
     move |mut req: Request<()>| {
         let refused = |msg: &'static str| {
             metrics.unauthenticated.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            crate::status::with_reason(Status::unauthenticated(msg), "UNAUTHENTICATED")
+            crate::status::with_reason(Status::unauthenticated(msg), hangar_types::Reason::Unauthenticated)
         };
         let header = req.metadata().get("authorization").and_then(|v| v.to_str().ok());
         let tenant = tokens.authenticate(header).map_err(refused)?.to_string();

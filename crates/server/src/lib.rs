@@ -13,9 +13,9 @@ mod service;
 mod status;
 
 pub use auth::{Tenant, Tokens};
+pub use hangar_proto::convert::{PATH_KEY, REASON_KEY};
 pub use metrics::Metrics;
 pub use service::SandboxApi;
-pub use status::{PATH_KEY, REASON_KEY};
 
 use hangar_engine::Engine;
 use hangar_proto::v1::sandbox_service_server::SandboxServiceServer;

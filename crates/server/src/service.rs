@@ -1,10 +1,9 @@
 //! `hangar.v1.SandboxService` over the engine.
 
-use crate::status::{from_engine, invalid};
+use crate::status::{from_engine, invalid, refused};
 use crate::{Metrics, Tenant};
 use hangar_engine::{
-    Ending, Engine, ExecControl, ExecEnd, ExecEvent, ExecInfo, ExecSpec, ExecStream, OnDisconnect, OutputStream,
-    SandboxConfig, SandboxInfo, SandboxState,
+    Engine, ExecControl, ExecEvent, ExecSpec, ExecStream, OutputStream, SandboxConfig, SandboxInfo, SandboxState,
 };
 use hangar_proto::v1 as pb;
 use pb::sandbox_service_server::SandboxService;
@@ -19,13 +18,11 @@ const FILE_CHUNK: usize = 1 << 20;
 const DEFAULT_OUTPUT_CAP: u64 = 16 << 20;
 const MAX_OUTPUT_CAP: u64 = 1 << 30;
 const MAX_PAGE: u32 = 1000;
-const MAX_LIFETIME_MS: u64 = 30 * 24 * 3600 * 1000;
 /// Output events buffered per stream before the exec's journal stops being read (backpressure).
 const STREAM_BUFFER: usize = 16;
 /// A streamed exec that has sent nothing for this long sends a keepalive frame (unless the client asks
 /// for another interval), so proxies and load balancers never see an idle stream.
 const DEFAULT_KEEPALIVE: Duration = Duration::from_secs(15);
-const MAX_JOURNAL_CAP: u64 = 64 << 30;
 
 /// The service implementation.
 pub struct SandboxApi {
@@ -56,139 +53,10 @@ fn tenant<T>(req: &Request<T>) -> Result<Tenant, Status> {
     req.extensions().get::<Tenant>().cloned().ok_or_else(|| Status::unauthenticated("no tenant"))
 }
 
-pub(crate) fn to_proto(i: SandboxInfo) -> pb::Sandbox {
-    pb::Sandbox {
-        id: i.id,
-        state: i.state.as_str().into(),
-        image: i.image,
-        command: i.command,
-        tags: i.tags.into_iter().collect(),
-        cpus: i.cpus,
-        memory_bytes: i.memory_bytes,
-        pids: i.pids,
-        max_lifetime_ms: i.max_lifetime_ms,
-        created_at_ms: i.created_at_ms,
-        ended_at_ms: i.ended_at_ms,
-        exit_code: i.exit_code,
-        exit_signal: i.exit_signal,
-        end_reason: i.end_reason.unwrap_or_default(),
-        error: i.error.unwrap_or_default(),
-        progress: i.progress.unwrap_or_default(),
-    }
-}
-
-fn exec_spec(
-    argv: Vec<String>,
-    env: std::collections::HashMap<String, String>,
-    cwd: String,
-    timeout_ms: Option<u64>,
-) -> Result<ExecSpec, Status> {
-    if argv.is_empty() {
-        return Err(invalid("argv", "the command is empty"));
-    }
-    if timeout_ms == Some(0) {
-        return Err(invalid("timeout_ms", "must be positive"));
-    }
-    Ok(ExecSpec {
-        argv,
-        env: env.into_iter().collect(),
-        cwd: (!cwd.is_empty()).then_some(cwd),
-        timeout: timeout_ms.map(Duration::from_millis),
-        ..ExecSpec::default()
-    })
-}
-
-/// The spec of a streamed exec, every field checked.
-fn init_spec(i: pb::ExecInit) -> Result<ExecSpec, Status> {
-    let mut spec = exec_spec(i.argv, i.env, i.cwd, i.timeout_ms)?;
-    spec.id = (!i.exec_id.is_empty()).then_some(i.exec_id);
-    spec.stdin_pipe = i.stdin;
-    spec.merged = i.merged;
-    if i.tty {
-        let size = i.tty_size.unwrap_or(pb::Resize { rows: 24, cols: 80 });
-        spec.tty = Some((size_field("tty_size.rows", size.rows)?, size_field("tty_size.cols", size.cols)?));
-    }
-    spec.on_disconnect = match pb::OnDisconnect::try_from(i.on_disconnect) {
-        Ok(pb::OnDisconnect::Keep) => OnDisconnect::Keep,
-        Ok(pb::OnDisconnect::Kill) => OnDisconnect::Kill { grace_ms: i.disconnect_grace_ms },
-        Err(_) => return Err(invalid("on_disconnect", format!("{} is not a policy", i.on_disconnect))),
-    };
-    if i.retain_ms.is_some_and(|ms| ms > MAX_LIFETIME_MS) {
-        return Err(invalid("retain_ms", format!("exceeds {MAX_LIFETIME_MS}")));
-    }
-    spec.retain = i.retain_ms.map(Duration::from_millis);
-    if i.journal_cap_bytes.is_some_and(|c| c > MAX_JOURNAL_CAP) {
-        return Err(invalid("journal_cap_bytes", format!("exceeds {MAX_JOURNAL_CAP}")));
-    }
-    spec.journal_cap = i.journal_cap_bytes;
-    Ok(spec)
-}
-
-fn size_field(field: &str, v: u32) -> Result<u16, Status> {
-    match u16::try_from(v) {
-        Ok(n) if n > 0 => Ok(n),
-        _ => Err(invalid(field, "must be between 1 and 65535")),
-    }
-}
-
 fn keepalive(ms: u64) -> Duration {
     match ms {
         0 => DEFAULT_KEEPALIVE,
         ms => Duration::from_millis(ms.clamp(20, 300_000)),
-    }
-}
-
-pub(crate) fn exit_to_proto(x: &ExecEnd) -> pb::Exit {
-    let (reason, message) = match &x.ending {
-        Ending::Exited { .. } => (pb::ExitReason::Exited, String::new()),
-        Ending::Signaled { .. } => (pb::ExitReason::Signaled, String::new()),
-        Ending::TimedOut => (pb::ExitReason::TimedOut, String::new()),
-        Ending::Cancelled => (pb::ExitReason::Cancelled, String::new()),
-        Ending::OomKilled => (pb::ExitReason::OomKilled, String::new()),
-        Ending::FailedToStart { reason, .. } => (pb::ExitReason::FailedToStart, reason.clone()),
-        Ending::SandboxGone => (pb::ExitReason::SandboxGone, String::new()),
-    };
-    pb::Exit {
-        reason: reason as i32,
-        code: x.code,
-        signal: x.signal,
-        stdout_bytes: x.bytes[0],
-        stderr_bytes: x.bytes[1],
-        stdout_crc32: x.crc32[0],
-        stderr_crc32: x.crc32[1],
-        message,
-        command_missing: matches!(x.ending, Ending::FailedToStart { missing: true, .. }),
-        usage: Some(pb::Usage {
-            wall_ms: x.usage.wall_ms,
-            cpu_user_us: x.usage.cpu_user_us,
-            cpu_sys_us: x.usage.cpu_sys_us,
-            peak_memory_bytes: x.usage.peak_memory_bytes,
-        }),
-    }
-}
-
-fn exec_to_proto(e: ExecInfo) -> pb::ExecStatus {
-    pb::ExecStatus {
-        exec_id: e.id,
-        argv: e.argv,
-        pid: e.pid,
-        started_at_ms: e.started_at_ms,
-        tty: e.tty,
-        merged: e.merged,
-        stdin_open: e.stdin_open,
-        stdin_acked: e.stdin_acked,
-        stdout_bytes: e.written[0],
-        stderr_bytes: e.written[1],
-        attached: e.attached,
-        exit: e.end.as_ref().map(exit_to_proto),
-        expired: e.expired,
-    }
-}
-
-fn stream_of(s: OutputStream) -> i32 {
-    match s {
-        OutputStream::Stdout => pb::OutputStream::Stdout as i32,
-        OutputStream::Stderr => pb::OutputStream::Stderr as i32,
     }
 }
 
@@ -203,46 +71,17 @@ type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 impl SandboxService for SandboxApi {
     async fn create_sandbox(&self, req: Request<pb::CreateSandboxRequest>) -> Result<Response<pb::Sandbox>, Status> {
         let tenant = tenant(&req)?;
-        let r = req.into_inner();
-        if r.max_lifetime_ms.is_some_and(|ms| ms == 0 || ms > MAX_LIFETIME_MS) {
-            return Err(invalid("max_lifetime_ms", format!("must be between 1 and {MAX_LIFETIME_MS}")));
-        }
-        if r.cpus.is_some_and(|c| c > 1024.0) {
-            return Err(invalid("cpus", "exceeds 1024"));
-        }
-        if r.request_id.len() > 256 {
-            return Err(invalid("request_id", "exceeds 256 bytes"));
-        }
-        let mut cfg = SandboxConfig::default();
-        if !r.image.is_empty() {
-            cfg.image = r.image;
-        }
-        if !r.command.is_empty() {
-            cfg.command = r.command;
-        }
-        cfg.env = r.env.into_iter().collect();
-        cfg.env.sort();
-        cfg.tags = r.tags.into_iter().collect();
-        cfg.workdir = (!r.workdir.is_empty()).then_some(r.workdir);
-        cfg.cpus = r.cpus;
-        cfg.memory_bytes = r.memory_bytes;
-        cfg.pids = r.pids;
-        cfg.disk_bytes = r.disk_bytes;
-        if let Some(ms) = r.max_lifetime_ms {
-            cfg.max_lifetime = Duration::from_millis(ms);
-        }
-        cfg.tenant = tenant.0;
-        cfg.request_id = (!r.request_id.is_empty()).then_some(r.request_id);
+        let cfg = SandboxConfig { tenant: tenant.0, ..req.into_inner().into() };
         let t = Instant::now();
         let info = self.engine.create(cfg).await.map_err(from_engine)?;
         self.metrics.create_seconds.observe(t.elapsed());
         tracing::info!(sandbox = %info.id, tenant = %info.tenant, "created");
-        Ok(Response::new(to_proto(info)))
+        Ok(Response::new(info.into()))
     }
 
     async fn get_sandbox(&self, req: Request<pb::GetSandboxRequest>) -> Result<Response<pb::Sandbox>, Status> {
         let tenant = tenant(&req)?;
-        Ok(Response::new(to_proto(self.owned(&tenant, &req.get_ref().id).await?)))
+        Ok(Response::new(self.owned(&tenant, &req.get_ref().id).await?.into()))
     }
 
     async fn list_sandboxes(
@@ -253,19 +92,7 @@ impl SandboxService for SandboxApi {
         let r = req.into_inner();
         let state = match r.state.as_str() {
             "" => None,
-            s => Some(
-                [
-                    SandboxState::Pulling,
-                    SandboxState::Creating,
-                    SandboxState::Running,
-                    SandboxState::Completed,
-                    SandboxState::Failed,
-                    SandboxState::Terminated,
-                ]
-                .into_iter()
-                .find(|st| st.as_str() == s)
-                .ok_or_else(|| invalid("state", format!("{s:?} is not a sandbox state")))?,
-            ),
+            s => Some(SandboxState::parse(s).ok_or_else(|| invalid("state", format!("{s:?} is not a sandbox state")))?),
         };
         let page = match r.page_size {
             0 => 100,
@@ -284,7 +111,7 @@ impl SandboxService for SandboxApi {
             .filter(|i| r.tags.iter().all(|(k, v)| i.tags.get(k) == Some(v)))
             .collect();
         let next = if skip + page < matching.len() { (skip + page).to_string() } else { String::new() };
-        let sandboxes = matching.into_iter().skip(skip).take(page).map(to_proto).collect();
+        let sandboxes = matching.into_iter().skip(skip).take(page).map(Into::into).collect();
         Ok(Response::new(pb::ListSandboxesResponse { sandboxes, next_page_token: next }))
     }
 
@@ -293,10 +120,10 @@ impl SandboxService for SandboxApi {
         let r = req.into_inner();
         self.owned(&tenant, &r.id).await?;
         let grace = r.grace_ms.map(Duration::from_millis).unwrap_or(hangar_engine::DEFAULT_STOP_GRACE);
-        if grace > Duration::from_secs(3600) {
+        if grace > hangar_types::MAX_STOP_GRACE {
             return Err(invalid("grace_ms", "exceeds one hour"));
         }
-        Ok(Response::new(to_proto(self.engine.stop(&r.id, grace).await.map_err(from_engine)?)))
+        Ok(Response::new(self.engine.stop(&r.id, grace).await.map_err(from_engine)?.into()))
     }
 
     async fn delete_sandbox(
@@ -319,12 +146,9 @@ impl SandboxService for SandboxApi {
             c => c,
         };
         self.owned(&tenant, &r.sandbox_id).await?;
-        let mut spec = exec_spec(r.argv, r.env, r.cwd, r.timeout_ms)?;
-        spec.stdin = r.stdin.map(Vec::from);
-        // A unary caller cannot re-attach: when it goes away, so does its command.
-        spec.on_disconnect = OnDisconnect::Kill { grace_ms: 0 };
+        let spec = ExecSpec::from(&r);
         let started = Instant::now();
-        let mut stream = self.start(&r.sandbox_id, spec).await?;
+        let mut stream = self.start(&r.sandbox_id, spec, r.stdin.map(Vec::from)).await?;
         let mut resp = pb::ExecResponse::default();
         let mut out = [Vec::new(), Vec::new()];
         while let Some(ev) = stream.next().await.map_err(from_engine)? {
@@ -352,7 +176,7 @@ impl SandboxService for SandboxApi {
                         self.metrics.execs_failed_to_start.fetch_add(1, Relaxed);
                         return Err(from_engine(e));
                     }
-                    resp.exit = Some(exit_to_proto(&x));
+                    resp.exit = Some((&x).into());
                 }
             }
         }
@@ -483,7 +307,8 @@ impl SandboxService for SandboxApi {
             Some(In::Init(init)) => {
                 self.owned(&tenant, &init.sandbox_id).await?;
                 let (sandbox, keepalive) = (init.sandbox_id.clone(), keepalive(init.keepalive_ms));
-                (sandbox.clone(), self.start(&sandbox, init_spec(init)?).await?, keepalive)
+                let spec = ExecSpec::try_from(init).map_err(refused)?;
+                (sandbox.clone(), self.start(&sandbox, spec, None).await?, keepalive)
             }
             Some(In::Attach(a)) => {
                 self.owned(&tenant, &a.sandbox_id).await?;
@@ -520,7 +345,7 @@ impl SandboxService for SandboxApi {
         let id = &req.get_ref().sandbox_id;
         self.owned(&tenant, id).await?;
         let execs = self.engine.execs(id).await.map_err(from_engine)?;
-        Ok(Response::new(pb::ListExecsResponse { execs: execs.into_iter().map(exec_to_proto).collect() }))
+        Ok(Response::new(pb::ListExecsResponse { execs: execs.into_iter().map(Into::into).collect() }))
     }
 
     async fn signal_exec(
@@ -539,9 +364,13 @@ impl SandboxService for SandboxApi {
 }
 
 impl SandboxApi {
-    /// Starts an exec, counting it.
-    async fn start(&self, sandbox: &str, spec: ExecSpec) -> Result<ExecStream, Status> {
-        let stream = self.engine.exec(sandbox, spec).await.map_err(|e| {
+    /// Starts an exec (feeding it `input`, when given), counting it.
+    async fn start(&self, sandbox: &str, spec: ExecSpec, input: Option<Vec<u8>>) -> Result<ExecStream, Status> {
+        let started = match input {
+            Some(data) => self.engine.exec_with_input(sandbox, spec, data).await,
+            None => self.engine.exec(sandbox, spec).await,
+        };
+        let stream = started.map_err(|e| {
             self.metrics.execs_failed_to_start.fetch_add(1, Relaxed);
             from_engine(e)
         })?;
@@ -655,24 +484,27 @@ async fn forward_events(mut stream: ExecStream, tx: Outbound, keepalive: Duratio
             }
         };
         let msg = match ev {
-            Some(Ok(Some(ExecEvent::Output { stream, offset, data }))) => {
-                let counter = match stream {
-                    OutputStream::Stdout => &metrics.stdout_bytes,
-                    OutputStream::Stderr => &metrics.stderr_bytes,
-                };
-                counter.fetch_add(data.len() as u64, Relaxed);
-                pos[stream.index()] = offset + data.len() as u64;
-                out(Out::Output(pb::Output { stream: stream_of(stream), offset, data }))
-            }
-            Some(Ok(Some(ExecEvent::Gap { stream, from, to }))) => {
-                pos[stream.index()] = to;
-                metrics.gap_bytes.fetch_add(to - from, Relaxed);
-                out(Out::Gap(pb::Gap { stream: stream_of(stream), from, to }))
-            }
-            Some(Ok(Some(ExecEvent::Exit(x)))) => {
-                metrics.exec_seconds.observe(started.elapsed());
-                let _ = tx.send(out(Out::Exit(exit_to_proto(&x)))).await;
-                return;
+            Some(Ok(Some(ev))) => {
+                match &ev {
+                    ExecEvent::Output { stream, offset, data } => {
+                        let counter = match stream {
+                            OutputStream::Stdout => &metrics.stdout_bytes,
+                            OutputStream::Stderr => &metrics.stderr_bytes,
+                        };
+                        counter.fetch_add(data.len() as u64, Relaxed);
+                        pos[stream.index()] = offset + data.len() as u64;
+                    }
+                    ExecEvent::Gap { stream, from, to } => {
+                        pos[stream.index()] = *to;
+                        metrics.gap_bytes.fetch_add(to - from, Relaxed);
+                    }
+                    ExecEvent::Exit(_) => {
+                        metrics.exec_seconds.observe(started.elapsed());
+                        let _ = tx.send(out(ev.into())).await;
+                        return;
+                    }
+                }
+                out(ev.into())
             }
             Some(Ok(None)) | None => return,
             Some(Err(e)) => {

@@ -1,60 +1,68 @@
-//! Engine errors → gRPC status, once, at this boundary.
+//! Engine errors → gRPC status, once, at this boundary. The reason codes are the shared
+//! [`hangar_types::Reason`]s, in the metadata keys of `hangar_proto::convert`.
 
 use hangar_engine::{Error, FileErrorKind};
+use hangar_proto::convert::{PATH_KEY, REASON_KEY, STATE_KEY};
+use hangar_types::{Invalid, Reason};
+use tonic::metadata::MetadataValue;
 use tonic::{Code, Status};
 
-/// Metadata key of the machine-readable reason on every error.
-pub const REASON_KEY: &str = "hangar-reason";
-/// Metadata key of the failing path on file errors.
-pub const PATH_KEY: &str = "hangar-path";
-
-pub(crate) fn with_reason(mut s: Status, reason: &'static str) -> Status {
-    s.metadata_mut().insert(REASON_KEY, tonic::metadata::MetadataValue::from_static(reason));
+pub(crate) fn with_reason(mut s: Status, reason: Reason) -> Status {
+    s.metadata_mut().insert(REASON_KEY, MetadataValue::from_static(reason.as_str()));
     s
 }
 
 pub(crate) fn invalid(field: &str, what: impl std::fmt::Display) -> Status {
-    with_reason(Status::invalid_argument(format!("{field}: {what}")), "INVALID_ARGUMENT")
+    with_reason(Status::invalid_argument(format!("{field}: {what}")), Reason::InvalidArgument)
 }
 
-/// Metadata key of the sandbox's state on NOT_RUNNING errors.
-pub const STATE_KEY: &str = "hangar-state";
+/// A request the wire conversion refused.
+pub(crate) fn refused(e: Invalid) -> Status {
+    invalid(e.field, e.message)
+}
 
 pub(crate) fn from_engine(e: Error) -> Status {
-    let msg = e.to_string();
-    match e {
-        Error::NotFound(_) => with_reason(Status::not_found(msg), "NOT_FOUND"),
-        Error::NotRunning { state, .. } => {
-            let mut s = with_reason(Status::failed_precondition(msg), "NOT_RUNNING");
-            s.metadata_mut().insert(STATE_KEY, tonic::metadata::MetadataValue::from_static(state.as_str()));
-            s
+    let code = match &e {
+        Error::NotFound(_) | Error::ExecNotFound { .. } => Code::NotFound,
+        Error::NotRunning { .. }
+        | Error::Image(_)
+        | Error::CommandNotFound { .. }
+        | Error::SandboxFailed { .. }
+        | Error::ExecExpired { .. } => Code::FailedPrecondition,
+        Error::InvalidArgument(_) | Error::DataSource { .. } => Code::InvalidArgument,
+        Error::StartFailed { .. } => Code::ResourceExhausted,
+        Error::SandboxGone { .. } => Code::Aborted,
+        Error::File { kind, .. } => match kind {
+            FileErrorKind::NotFound => Code::NotFound,
+            FileErrorKind::PermissionDenied | FileErrorKind::NotAllowed => Code::PermissionDenied,
+            FileErrorKind::IsADirectory | FileErrorKind::NotARegularFile => Code::FailedPrecondition,
+            FileErrorKind::TooLarge => Code::OutOfRange,
+            FileErrorKind::NoSpace => Code::ResourceExhausted,
+            FileErrorKind::Other => Code::Internal,
+        },
+        _ => Code::Internal,
+    };
+    let reason = e.reason();
+    let mut extra: Vec<(&'static str, String)> = vec![];
+    // The message alone where a client rebuilds the typed error from it, so it does not repeat a prefix.
+    let message = match e {
+        Error::InvalidArgument(m) => m,
+        Error::SandboxGone { detail, .. } => detail,
+        Error::File { path, message, .. } => {
+            extra.push((PATH_KEY, path));
+            message
         }
-        // The message alone, so a client rebuilding the typed error does not repeat its prefix.
-        Error::InvalidArgument(m) => with_reason(Status::invalid_argument(m), "INVALID_ARGUMENT"),
-        Error::Image(_) => with_reason(Status::failed_precondition(msg), "SANDBOX_FAILED"),
-        Error::CommandNotFound { .. } => with_reason(Status::failed_precondition(msg), "COMMAND_NOT_FOUND"),
-        Error::StartFailed { .. } => with_reason(Status::resource_exhausted(msg), "START_FAILED"),
-        Error::File { kind, path, message, .. } => {
-            let code = match kind {
-                FileErrorKind::NotFound => Code::NotFound,
-                FileErrorKind::PermissionDenied | FileErrorKind::NotAllowed => Code::PermissionDenied,
-                FileErrorKind::IsADirectory | FileErrorKind::NotARegularFile => Code::FailedPrecondition,
-                FileErrorKind::TooLarge => Code::OutOfRange,
-                FileErrorKind::NoSpace => Code::ResourceExhausted,
-                FileErrorKind::Other => Code::Internal,
-            };
-            let mut s = with_reason(Status::new(code, message), kind.reason());
-            if let Ok(v) = path.parse() {
-                s.metadata_mut().insert(PATH_KEY, v);
-            }
-            s
+        e @ Error::NotRunning { state, .. } => {
+            extra.push((STATE_KEY, state.as_str().to_string()));
+            e.to_string()
         }
-        Error::SandboxFailed { .. } => with_reason(Status::failed_precondition(msg), "SANDBOX_FAILED"),
-        // The client's upload stream was short (or failed): its request was wrong, not the server.
-        Error::DataSource { .. } => with_reason(Status::invalid_argument(msg), "INVALID_ARGUMENT"),
-        Error::SandboxGone { detail, .. } => with_reason(Status::aborted(detail), "SANDBOX_GONE"),
-        Error::ExecNotFound { .. } => with_reason(Status::not_found(msg), "EXEC_NOT_FOUND"),
-        Error::ExecExpired { .. } => with_reason(Status::failed_precondition(msg), "EXEC_EXPIRED"),
-        _ => with_reason(Status::internal(msg), "INTERNAL"),
+        e => e.to_string(),
+    };
+    let mut s = with_reason(Status::new(code, message), reason);
+    for (key, value) in extra {
+        if let Ok(v) = value.parse() {
+            s.metadata_mut().insert(key, v);
+        }
     }
+    s
 }

@@ -226,6 +226,34 @@ pub enum StartFailureKind {
 }
 
 impl StartFailureKind {
+    const NAMES: [(StartFailureKind, &'static str); 6] = [
+        (Self::NotFound, "not_found"),
+        (Self::PermissionDenied, "permission_denied"),
+        (Self::NotExecutable, "not_executable"),
+        (Self::BadCwd, "bad_cwd"),
+        (Self::ResourceLimit, "resource_limit"),
+        (Self::Other, "other"),
+    ];
+
+    /// The kind's name, as every API spells it (`not_found`, `resource_limit`, ...).
+    ///
+    /// ```
+    /// use hangar_types::StartFailureKind;
+    /// assert_eq!(StartFailureKind::parse(StartFailureKind::BadCwd.as_str()), Some(StartFailureKind::BadCwd));
+    /// ```
+    pub fn as_str(self) -> &'static str {
+        Self::NAMES.iter().find(|(k, _)| *k == self).map_or("other", |(_, n)| n)
+    }
+
+    /// Every kind.
+    pub const ALL: [StartFailureKind; 6] =
+        [Self::NotFound, Self::PermissionDenied, Self::NotExecutable, Self::BadCwd, Self::ResourceLimit, Self::Other];
+
+    /// The kind a name from [`StartFailureKind::as_str`] stands for.
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::NAMES.iter().find(|(_, n)| *n == name).map(|(k, _)| *k)
+    }
+
     /// Whether the program itself is at fault (missing or not runnable), rather than the sandbox's room.
     pub fn is_command_problem(self) -> bool {
         matches!(self, Self::NotFound | Self::PermissionDenied | Self::NotExecutable | Self::BadCwd)
@@ -515,7 +543,8 @@ mod wire {
 
     impl From<StartFailure> for super::StartFailure {
         fn from(f: StartFailure) -> Self {
-            let kind = f.failure.unwrap_or(if f.missing { StartFailureKind::NotFound } else { StartFailureKind::Other });
+            let kind =
+                f.failure.unwrap_or(if f.missing { StartFailureKind::NotFound } else { StartFailureKind::Other });
             super::StartFailure { kind, message: f.reason }
         }
     }
@@ -582,11 +611,23 @@ mod tests {
         let cases: Vec<(ExecSpec, &str)> = vec![
             (ExecSpec::new([""]), "argv: argv[0] is empty"),
             (ExecSpec::new(["a\0b"]), "argv: argument \"a\\0b\" contains a NUL byte"),
-            (ExecSpec { env: vec![("A=B".into(), String::new())], ..ExecSpec::new(["x"]) }, "env: \"A=B\" is not a valid variable"),
-            (ExecSpec { output: Output::Pty { rows: 0, cols: 80 }, ..ExecSpec::new(["x"]) }, "tty_size: rows and columns must be between 1 and 65535"),
-            (ExecSpec { journal_cap: Some(MAX_JOURNAL_CAP + 1), ..ExecSpec::new(["x"]) }, "journal_cap: exceeds 68719476736 bytes"),
+            (
+                ExecSpec { env: vec![("A=B".into(), String::new())], ..ExecSpec::new(["x"]) },
+                "env: \"A=B\" is not a valid variable",
+            ),
+            (
+                ExecSpec { output: Output::Pty { rows: 0, cols: 80 }, ..ExecSpec::new(["x"]) },
+                "tty_size: rows and columns must be between 1 and 65535",
+            ),
+            (
+                ExecSpec { journal_cap: Some(MAX_JOURNAL_CAP + 1), ..ExecSpec::new(["x"]) },
+                "journal_cap: exceeds 68719476736 bytes",
+            ),
             (ExecSpec { retain: Some(MAX_LIFETIME * 2), ..ExecSpec::new(["x"]) }, "retain: exceeds 30 days"),
-            (ExecSpec { id: Some("../x".into()), ..ExecSpec::new(["x"]) }, "exec_id: \"../x\": use 1-128 of [A-Za-z0-9._-], not starting with '.'"),
+            (
+                ExecSpec { id: Some("../x".into()), ..ExecSpec::new(["x"]) },
+                "exec_id: \"../x\": use 1-128 of [A-Za-z0-9._-], not starting with '.'",
+            ),
         ];
         for (spec, want) in cases {
             assert_eq!(spec.validate().unwrap_err().to_string(), want);

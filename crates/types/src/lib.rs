@@ -13,8 +13,8 @@ mod reason;
 mod sandbox;
 
 pub use exec::{
-    Ending, ExecEnd, ExecEvent, ExecInfo, ExecSpec, OnDisconnect, Output, OutputStream, StartFailure,
-    StartFailureKind, Usage, valid_exec_id,
+    valid_exec_id, Ending, ExecEnd, ExecEvent, ExecInfo, ExecSpec, OnDisconnect, Output, OutputStream, StartFailure,
+    StartFailureKind, Usage,
 };
 pub use reason::{FileErrorKind, Reason};
 pub use sandbox::{SandboxConfig, SandboxInfo, SandboxState};

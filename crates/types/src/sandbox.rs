@@ -238,9 +238,15 @@ mod tests {
         let d = SandboxConfig::default;
         let cases = [
             (SandboxConfig { command: vec![String::new()], ..d() }, "command: argv[0] is empty"),
-            (SandboxConfig { cpus: Some(f64::NAN), ..d() }, "cpus: NaN is not a positive number of cores (at least 0.01)"),
+            (
+                SandboxConfig { cpus: Some(f64::NAN), ..d() },
+                "cpus: NaN is not a positive number of cores (at least 0.01)",
+            ),
             (SandboxConfig { cpus: Some(2000.0), ..d() }, "cpus: 2000 exceeds 1024"),
-            (SandboxConfig { memory_bytes: Some(u64::MAX), ..d() }, "memory_bytes: 18446744073709551615 bytes exceeds the 1 TiB maximum"),
+            (
+                SandboxConfig { memory_bytes: Some(u64::MAX), ..d() },
+                "memory_bytes: 18446744073709551615 bytes exceeds the 1 TiB maximum",
+            ),
             (SandboxConfig { max_lifetime: Duration::ZERO, ..d() }, "max_lifetime: must be between 1 ms and 30 days"),
             (SandboxConfig { request_id: Some("x".repeat(300)), ..d() }, "request_id: exceeds 256 bytes"),
             (SandboxConfig { env: vec![(String::new(), String::new())], ..d() }, "env: \"\" is not a valid variable"),

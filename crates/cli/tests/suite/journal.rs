@@ -2,7 +2,7 @@
 //! PTY, merged output, typed endings, per-exec accounting, backpressure, gaps, retention.
 
 use crate::common::*;
-use hangar::{Ending, Error, ExecEvent, ExecHandle, OnDisconnect, OutputStream};
+use hangar::{Ending, Error, ExecEvent, ExecHandle, OnDisconnect, OutputStream, StartFailureKind};
 use sha2::{Digest, Sha256};
 use std::time::{Duration, Instant};
 
@@ -99,15 +99,28 @@ async fn endings_are_typed() {
     let hog = "x = bytearray(256 << 20); print(len(x))";
     let r = sb.exec(["python3", "-c", hog]).await.unwrap();
     assert_eq!((&r.ending, r.returncode), (&Ending::OomKilled, -9), "stderr: {}", r.stderr_text());
-    let mut h = sb.exec(["no-such-program", "x"]).start().await.unwrap();
-    match h.next_event().await.unwrap() {
-        Some(ExecEvent::Exit(end)) => match end.ending {
-            Ending::FailedToStart { reason, missing } => {
-                assert!(missing && reason.contains("no-such-program"), "{reason}")
-            }
+    // Start failures are typed, and the type crosses every boundary (agent, engine, gRPC) unchanged.
+    sb.exec(["sh", "-c", "printf 'echo hi' > /tmp/plain; printf '\\001\\002junk' > /tmp/junk; chmod +x /tmp/junk"])
+        .check(true)
+        .await
+        .unwrap();
+    for (argv, kind, names) in [
+        ("no-such-program", StartFailureKind::NotFound, "no-such-program"),
+        ("/tmp/plain", StartFailureKind::PermissionDenied, "/tmp/plain"),
+        ("/tmp/junk", StartFailureKind::NotExecutable, "/tmp/junk"),
+    ] {
+        let mut h = sb.exec([argv, "x"]).start().await.unwrap();
+        match h.next_event().await.unwrap() {
+            Some(ExecEvent::Exit(end)) => match &end.ending {
+                Ending::FailedToStart(f) => {
+                    assert_eq!(f.kind, kind, "{argv}: {}", f.message);
+                    assert!(f.message.contains(names), "{}", f.message);
+                    assert_eq!(end.returncode(), 127);
+                }
+                other => panic!("{other:?}"),
+            },
             other => panic!("{other:?}"),
-        },
-        other => panic!("{other:?}"),
+        }
     }
     assert!(matches!(sb.exec(["no-such-program"]).await, Err(Error::CommandNotFound { .. })));
     // The sandbox ending under a running exec is its own ending, never a success.
