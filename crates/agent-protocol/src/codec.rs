@@ -70,10 +70,7 @@ impl Conn {
         self.writer().send(msg).await
     }
 
-    /// Receives the next frame; `None` on a clean end of stream between frames.
-    ///
-    /// Cancel-safe: bytes are appended to the buffer only in the same synchronous step that receives them,
-    /// so a `select!` that drops this future mid-wait loses nothing.
+    /// Receives the next frame; `None` on a clean end of stream between frames. Cancel-safe.
     pub async fn recv<T: DeserializeOwned>(&mut self) -> io::Result<Option<T>> {
         loop {
             if let Some((msg, used)) = decode_prefix(&self.buf[self.start..])? {
@@ -103,29 +100,24 @@ impl Conn {
         Ok(())
     }
 
+    /// Appends what the socket has to the buffer. Cancel-safe: the buffer changes only in the synchronous
+    /// step after the wait, so a `select!` that drops this future mid-wait loses and adds nothing.
     async fn read_more(&mut self) -> io::Result<usize> {
         if self.start > 0 {
             self.buf.drain(..self.start);
             self.start = 0;
         }
-        let have = self.buf.len();
-        self.buf.resize(have + 64 * 1024, 0);
-        let got = loop {
-            if let Err(e) = self.stream.readable().await {
-                self.buf.truncate(have);
-                return Err(e);
-            }
-            match self.stream.try_read(&mut self.buf[have..]) {
+        loop {
+            self.stream.readable().await?;
+            let have = self.buf.len();
+            self.buf.resize(have + 64 * 1024, 0);
+            let got = self.stream.try_read(&mut self.buf[have..]);
+            self.buf.truncate(have + *got.as_ref().unwrap_or(&0));
+            match got {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                Err(e) => {
-                    self.buf.truncate(have);
-                    return Err(e);
-                }
-                Ok(n) => break n,
+                other => return other,
             }
-        };
-        self.buf.truncate(have + got);
-        Ok(got)
+        }
     }
 }
 
@@ -190,5 +182,18 @@ mod tests {
         tokio::join!(send, recv);
         drop(w);
         assert_eq!(b.recv::<u32>().await.unwrap(), None);
+    }
+
+    /// A receive abandoned mid-wait (as `select!` does) loses nothing and adds nothing.
+    #[tokio::test]
+    async fn an_abandoned_receive_leaves_the_stream_intact() {
+        let (a, b) = UnixStream::pair().unwrap();
+        let (a, mut b) = (Conn::new(a), Conn::new(b));
+        for _ in 0..3 {
+            let idle = tokio::time::timeout(std::time::Duration::from_millis(5), b.recv::<u32>()).await;
+            assert!(idle.is_err(), "nothing was sent yet");
+        }
+        a.send(&42u32).await.unwrap();
+        assert_eq!(b.recv::<u32>().await.unwrap(), Some(42));
     }
 }

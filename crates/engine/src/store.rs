@@ -93,7 +93,7 @@ impl Store {
     /// a constraint violation, which [`Store::by_request`] then resolves to the first sandbox.
     pub fn insert(&self, i: &SandboxInfo, request_id: Option<&str>) -> Result<()> {
         self.db().execute(
-            &format!("INSERT INTO sandboxes ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, NULL, NULL, NULL, NULL, NULL, NULL, NULL, ?11, ?12, NULL)"),
+            &format!("INSERT INTO sandboxes ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, NULL, NULL, NULL, NULL, NULL, NULL, NULL, ?11, ?12, NULL, NULL)"),
             params![
                 i.id,
                 i.state.as_str(),
