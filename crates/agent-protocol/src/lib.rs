@@ -99,6 +99,17 @@ pub enum Request {
         /// Offsets (stdout, stderr) the reader starts at.
         from: [u64; 2],
     },
+    /// On an attachment: the reader leaves deliberately (its client went away); the exec's
+    /// [`OnDisconnect`] policy applies from now. An attachment that just breaks, without this, is a reader
+    /// that died (an engine or server process), and may be given longer ([`Request::Hold`]). Version 2.
+    Detach,
+    /// On an attachment: if this attachment breaks without [`Request::Detach`], wait at least `grace_ms`
+    /// before applying the exec's disconnect policy, so that a server that restarts finds its clients' execs
+    /// still running. Version 2.
+    Hold {
+        /// Milliseconds.
+        grace_ms: u64,
+    },
     /// On an attachment: the reader has consumed everything before these offsets.
     Ack {
         /// Offsets (stdout, stderr).
@@ -321,6 +332,8 @@ mod tests {
                 json!({"op": "write_file", "path": "/b", "len": 7, "mode": 420}),
             ),
             (Request::Stop { grace_ms: 8 }, json!({"op": "stop", "grace_ms": 8})),
+            (Request::Detach, json!({"op": "detach"})),
+            (Request::Hold { grace_ms: 9 }, json!({"op": "hold", "grace_ms": 9})),
             (
                 Request::Exec(ExecSpec { id: Some("x".into()), ..ExecSpec::new(["true"]) }),
                 json!({"op": "exec", "id": "x", "argv": ["true"], "env": [], "cwd": null, "timeout_ms": null,

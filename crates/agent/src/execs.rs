@@ -809,6 +809,8 @@ async fn serve_reader(e: ExecRef, mut conn: Conn, from: [u64; 2]) {
     let info = e.borrow().info();
     let mut progress = e.borrow().progress.subscribe();
     let w = conn.writer();
+    // How long to wait before the disconnect policy applies when this attachment breaks without a goodbye.
+    let mut hold = Duration::ZERO;
     if w.send(&Response::Exec(info)).await.is_ok() {
         let mut changed = true;
         loop {
@@ -821,6 +823,14 @@ async fn serve_reader(e: ExecRef, mut conn: Conn, from: [u64; 2]) {
             changed = tokio::select! {
                 r = progress.changed() => if r.is_err() { break } else { true },
                 msg = conn.recv::<Request>() => match msg {
+                    Ok(Some(Request::Detach)) => {
+                        hold = Duration::ZERO;
+                        break;
+                    }
+                    Ok(Some(Request::Hold { grace_ms })) => {
+                        hold = Duration::from_millis(grace_ms);
+                        false
+                    }
                     Ok(Some(m)) => { on_reader_request(&e, reader, m); false }
                     Ok(None) | Err(_) => break,
                 },
@@ -834,7 +844,7 @@ async fn serve_reader(e: ExecRef, mut conn: Conn, from: [u64; 2]) {
     if let (true, None, OnDisconnect::Kill { grace_ms }) = (ex.pins.is_empty(), &ex.end, ex.policy) {
         let e = e.clone();
         tokio::task::spawn_local(async move {
-            let grace = Duration::from_millis(grace_ms);
+            let grace = Duration::from_millis(grace_ms).max(hold);
             tokio::time::sleep(grace).await;
             let mut ex = e.borrow_mut();
             // Nobody came back, and nobody came and left again since (that reader's own timer decides).

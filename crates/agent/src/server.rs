@@ -395,7 +395,12 @@ async fn handle(state: Shared, main_exited: Rc<Notify>, mut conn: Conn) {
             let _ = conn.send(&Response::Done).await;
             std::process::exit(0);
         }
-        Request::Ack { .. } | Request::Resize { .. } | Request::StdinData { .. } | Request::StdinClose => {
+        Request::Ack { .. }
+        | Request::Detach
+        | Request::Hold { .. }
+        | Request::Resize { .. }
+        | Request::StdinData { .. }
+        | Request::StdinClose => {
             err(ErrorKind::InvalidArgument, "this request is only valid on an exec's attachment or stdin".into())
         }
     };

@@ -20,7 +20,7 @@ use hangar_agent_protocol::codec;
 use hangar_runtime::cgroups::ExecCgroup;
 use serde::{Deserialize, Serialize};
 use std::io::{Read, Write};
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
@@ -114,13 +114,10 @@ impl Spare {
         if sent < frame.len() {
             self.sock.write_all(&frame[sent..])?;
         }
-        // The helper's end closes on a successful exec (close-on-exec); otherwise it sends the exec's errno.
-        let mut why = Vec::new();
-        self.sock.read_to_end(&mut why)?;
-        Ok(match codec::decode_prefix::<i32>(&why)? {
-            None if why.is_empty() => Ok(()),
-            None => Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "the helper's answer was cut short")),
-            Some((errno, _)) => Err(std::io::Error::from_raw_os_error(errno)),
+        // The helper's end closes on a successful exec (close-on-exec); otherwise it reports why first.
+        Ok(match hangar_runtime::exec_report(self.sock.as_fd())? {
+            None => Ok(()),
+            Some(why) => Err(why),
         })
     }
 }
@@ -128,6 +125,18 @@ impl Spare {
 /// Carries out `order` from a fork of the agent (see `hangar_runtime::spawn_process`), joining `cgroup` on
 /// the way: the path a spare saves, and the one that works in any image. Returns the command's pid.
 pub(crate) fn start_directly(order: &Order, with: Handover<'_>, cgroup: Option<&ExecCgroup>) -> std::io::Result<i32> {
+    let stdio = with.stdio.map(|f| f.as_fd());
+    let cgroup_procs = cgroup.map(|cg| cg.procs_fds()).unwrap_or_default();
+    hangar_runtime::spawn_process(&process_spec(order, stdio, with.cwd.as_fd(), cgroup_procs)?)
+}
+
+/// The order as the runtime's process recipe (shared by both ways of starting a command).
+fn process_spec<'a>(
+    order: &Order,
+    stdio: [BorrowedFd<'a>; 3],
+    cwd: BorrowedFd<'a>,
+    cgroup_procs: Vec<RawFd>,
+) -> std::io::Result<hangar_runtime::ProcessSpec<'a>> {
     use std::ffi::CString;
     let c = |s: &str| CString::new(s).map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput));
     let prog = order.argv.first().ok_or(std::io::ErrorKind::InvalidInput)?;
@@ -141,17 +150,16 @@ pub(crate) fn start_directly(order: &Order, with: Handover<'_>, cgroup: Option<&
             .map(|dir| if dir.is_empty() { c(prog) } else { c(&format!("{}/{prog}", dir.trim_end_matches('/'))) })
             .collect::<std::io::Result<_>>()?
     };
-    let spec = hangar_runtime::ProcessSpec {
+    Ok(hangar_runtime::ProcessSpec {
         candidates,
         argv: order.argv.iter().map(|a| c(a)).collect::<std::io::Result<_>>()?,
         env: order.env.iter().map(|(k, v)| c(&format!("{k}={v}"))).collect::<std::io::Result<_>>()?,
-        stdio: with.stdio.map(|f| f.as_fd()),
-        cwd: with.cwd.as_fd(),
-        cgroup_procs: cgroup.map(|cg| cg.procs_fds()).unwrap_or_default(),
+        stdio,
+        cwd,
+        cgroup_procs,
         user: order.user,
         tty: order.tty,
-    };
-    hangar_runtime::spawn_process(&spec)
+    })
 }
 
 /// `PATH` for a command whose environment sets none (Docker's default).
@@ -195,50 +203,11 @@ pub fn helper() -> ! {
         Ok(f) => f,
         Err(_) => std::process::exit(126),
     };
-    let Some((prog, args)) = order.argv.split_first() else { std::process::exit(126) };
-    let mut cmd = Command::new(prog);
-    cmd.args(args)
-        .env_clear()
-        .envs(order.env.iter().map(|(k, v)| (k, v)))
-        .stdin(Stdio::from(stdin))
-        .stdout(Stdio::from(stdout))
-        .stderr(Stdio::from(stderr));
-    if let Some((uid, gid)) = order.user {
-        cmd.uid(uid).gid(gid);
+    let stdio = [stdin.as_fd(), stdout.as_fd(), stderr.as_fd()];
+    match process_spec(&order, stdio, cwd.as_fd(), vec![]) {
+        Ok(spec) => hangar_runtime::exec_process(&spec, sock.as_fd()),
+        Err(_) => std::process::exit(126),
     }
-    let cwd_fd = cwd.as_raw_fd();
-    // SAFETY: fchdir and close_range are async-signal-safe; `cwd` stays open until the exec closes it.
-    unsafe {
-        cmd.pre_exec(move || {
-            if libc::fchdir(cwd_fd) < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            // Nothing but stdio survives the exec (std's own error pipe is close-on-exec already).
-            if hangar_runtime::cloexec_descriptors_from(3) < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    if order.tty {
-        // SAFETY: setsid and ioctl are async-signal-safe; the closure touches no memory of the parent.
-        unsafe {
-            cmd.pre_exec(|| {
-                nix::unistd::setsid().map_err(std::io::Error::from)?;
-                if libc::ioctl(0, libc::TIOCSCTTY as _, 0) < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-    } else {
-        cmd.process_group(0);
-    }
-    let e = cmd.exec();
-    if let Ok(frame) = codec::encode(&e.raw_os_error().unwrap_or(libc::EIO)) {
-        let _ = sock.write_all(&frame);
-    }
-    std::process::exit(127)
 }
 
 fn receive(sock: &UnixStream) -> std::io::Result<(Order, Vec<OwnedFd>)> {

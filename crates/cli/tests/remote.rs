@@ -562,6 +562,54 @@ async fn execs_survive_server_restarts_and_their_streams_resume() {
     drop(serve);
 }
 
+/// `hangar exec` through a server that restarts keeps its command and resumes its output where it stopped;
+/// a CLI that dies still takes its command with it, at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_outlives_a_server_restart_but_not_its_own_end() {
+    let mut serve = ServeProcess::start();
+    let addr = serve.url.trim_start_matches("http://").to_string();
+    let created = serve.cli().args(["create"]).output().unwrap();
+    let id = String::from_utf8_lossy(&created.stdout).trim().to_string();
+    assert!(id.starts_with("sb-"), "{}", String::from_utf8_lossy(&created.stderr));
+    let lines = "for i in $(seq 1 20); do echo $i; sleep 0.2; done";
+    let cli = serve.cli().args(["exec", &id, "--", "sh", "-c", lines]).stdout(Stdio::piped()).spawn().unwrap();
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    serve.child.kill().unwrap(); // SIGKILL: no drain, no goodbye
+    serve.child.wait().unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    serve = ServeProcess::start_on(&addr);
+    let out = tokio::task::spawn_blocking(move || cli.wait_with_output()).await.unwrap().unwrap();
+    let want: String = (1..=20).map(|i| format!("{i}\n")).collect();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), want, "every line, once, in order");
+    assert_eq!(out.status.code(), Some(0), "the command's own exit code");
+
+    let mut cli = serve
+        .cli()
+        .args(["exec", "--exec-id", "doomed", &id, "--", "sh", "-c", "echo started; sleep 60"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    BufReader::new(cli.stdout.take().unwrap()).read_line(&mut first).unwrap();
+    assert_eq!(first, "started\n");
+    cli.kill().unwrap(); // SIGKILL: no goodbye from the CLI, only its connection closing
+    tokio::task::spawn_blocking(move || cli.wait()).await.unwrap().unwrap();
+    let client = Client::connect(&serve.url, Some(TOKEN_A)).unwrap();
+    let sb = Sandbox::from_id_with(&client, &id).await.unwrap();
+    let mut end = None;
+    for _ in 0..100 {
+        let doomed = sb.execs().await.unwrap().into_iter().find(|x| x.id == "doomed").expect("the exec is listed");
+        end = doomed.end;
+        if end.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(end.expect("the dead CLI's command ended within 2 s").ending, hangar::Ending::Cancelled);
+    sb.stop().await.unwrap();
+    drop(serve);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keepalives_keep_a_quiet_command_alive_through_an_idle_timeout() {
     // A proxy that cuts connections idle for 1 s stands for a load balancer's idle timeout; the command is

@@ -14,6 +14,7 @@ use hangar_agent_protocol::{journal_dir, Progress, Request, Response};
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
+use std::time::Duration;
 
 /// Largest chunk handed out in one [`ExecEvent::Output`].
 const READ_CHUNK: u64 = 1024 * 1024;
@@ -22,6 +23,8 @@ const READ_CHUNK: u64 = 1024 * 1024;
 /// [`OnDisconnect`] policy).
 pub struct ExecStream {
     sandbox: String,
+    /// The agent's protocol version.
+    protocol: u32,
     info: ExecInfo,
     conn: Conn,
     writer: Writer,
@@ -48,6 +51,7 @@ pub struct ExecControl {
     sandbox: String,
     exec: String,
     writer: Writer,
+    protocol: u32,
 }
 
 impl ExecControl {
@@ -59,6 +63,25 @@ impl ExecControl {
     /// Resizes the exec's terminal.
     pub async fn resize(&self, rows: u16, cols: u16) -> Result<()> {
         self.send(&Request::Resize { rows, cols }).await
+    }
+
+    /// Says that this reader's client left deliberately: the exec's [`crate::OnDisconnect`] policy applies
+    /// from now, not after [`ExecControl::hold_across_restarts`]'s grace. Call it before dropping the stream.
+    pub async fn detach(&self) -> Result<()> {
+        match self.protocol >= 2 {
+            true => self.send(&Request::Detach).await,
+            false => Ok(()),
+        }
+    }
+
+    /// Should this reader's process die (a server restarting), the exec's disconnect policy waits at least
+    /// `grace` for a new reader: a server holding its clients' streams calls this, so that a restart does not
+    /// cost a command whose client asked for a short grace. A no-op with agents older than version 2.
+    pub async fn hold_across_restarts(&self, grace: Duration) -> Result<()> {
+        match self.protocol >= 2 {
+            true => self.send(&Request::Hold { grace_ms: grace.as_millis() as u64 }).await,
+            false => Ok(()),
+        }
     }
 
     async fn send(&self, req: &Request) -> Result<()> {
@@ -117,7 +140,7 @@ impl Engine {
     }
 
     async fn follow(&self, id: &str, req: Request, subject: &str, from: [u64; 2]) -> Result<ExecStream> {
-        let mut conn = self.connect(id).await?;
+        let (mut conn, protocol) = self.connect_versioned(id).await?;
         conn.send(&req).await.map_err(|e| self.gone(id, "exec", e))?;
         let info = match conn.recv::<Response>().await.map_err(|e| self.gone(id, "exec", e))? {
             Some(Response::Exec(info)) => info,
@@ -127,6 +150,7 @@ impl Engine {
         let writer = conn.writer();
         Ok(ExecStream {
             sandbox: id.to_string(),
+            protocol,
             info,
             conn,
             writer,
@@ -252,7 +276,12 @@ impl ExecStream {
 
     /// Signals and resizes for this exec, usable from another task.
     pub fn control(&self) -> ExecControl {
-        ExecControl { sandbox: self.sandbox.clone(), exec: self.info.id.clone(), writer: self.writer.clone() }
+        ExecControl {
+            sandbox: self.sandbox.clone(),
+            exec: self.info.id.clone(),
+            writer: self.writer.clone(),
+            protocol: self.protocol,
+        }
     }
 
     fn read(&mut self, i: usize, len: u64) -> Result<bytes::Bytes> {

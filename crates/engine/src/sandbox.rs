@@ -565,6 +565,11 @@ impl Engine {
 
     /// Connects to a running sandbox's agent.
     pub(crate) async fn connect(&self, id: &str) -> Result<Conn> {
+        Ok(self.connect_versioned(id).await?.0)
+    }
+
+    /// A connection to sandbox `id`'s agent, and the protocol version that agent speaks.
+    pub(crate) async fn connect_versioned(&self, id: &str) -> Result<(Conn, u32)> {
         let rec = self.record(id).await?;
         if rec.info.state != SandboxState::Running {
             return Err(Error::NotRunning { id: id.to_string(), state: rec.info.state });
@@ -574,7 +579,7 @@ impl Engine {
             return Err(Error::AgentVersion { id: id.to_string(), version: rec.agent_protocol, min, max });
         }
         match Conn::connect(&self.socket_path(id)).await {
-            Ok(c) => Ok(c),
+            Ok(c) => Ok((c, rec.agent_protocol)),
             Err(e) => {
                 let info = self.get(id).await?;
                 if info.state != SandboxState::Running {

@@ -1,11 +1,13 @@
-//! Hangar's image store.
+//! Hangar's image store: OCI images pulled from registries (the distribution API over HTTPS, token auth,
+//! mirrors) or imported from `docker save` / OCI-layout archives, kept content-addressed, verified, unpacked
+//! once and shared read-only as overlay lower layers; and the built-in image.
 //!
-//! For now it holds one image, [`BUILTIN`]: a zero-setup image assembled from the host's own userland, so
+//! The built-in image, [`BUILTIN`], is a zero-setup image assembled from the host's own userland, so
 //! the first command works on a fresh machine with no registry. It is honestly *not* an OCI image: it is
 //! the host's `/usr` (copy-on-write, with `/usr/local` hidden) under a small generated root that carries a
 //! whitelisted handful of `/etc` files (dynamic linker cache, alternatives, CA certificates, time zone) and
 //! fresh `passwd`/`group` files. Nothing else of the host is in it: no `/root`, `/home`, `/etc/shadow`,
-//! ssh keys, `/var` or Hangar's own state. Pulling OCI images into a layer store is the next step (issue 4).
+//! ssh keys, `/var` or Hangar's own state.
 
 mod archive;
 mod reference;
@@ -57,7 +59,7 @@ const ETC_WHITELIST: &[&str] = &[
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// No image by that name is available.
-    #[error("unknown image {0:?}: not imported (`hangar images import FILE`; registry pulls are not supported yet)")]
+    #[error("unknown image {0:?}: not in the store (pull it from a registry, or `hangar images import FILE`)")]
     UnknownImage(String),
     /// An image could not be pulled from any of its registries; the message lists each attempt.
     #[error("pull {reference}: {message}")]

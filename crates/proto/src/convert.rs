@@ -16,6 +16,24 @@ pub const PATH_KEY: &str = "hangar-path";
 /// Metadata key of the sandbox's state on `NOT_RUNNING` errors.
 pub const STATE_KEY: &str = "hangar-state";
 
+/// The `hangar.v1` name of a field that [`hangar_types`] validation names: the wire spells durations and
+/// sizes with their unit.
+///
+/// ```
+/// assert_eq!(hangar_proto::convert::wire_field("timeout"), "timeout_ms");
+/// assert_eq!(hangar_proto::convert::wire_field("argv"), "argv");
+/// ```
+pub fn wire_field(field: &'static str) -> &'static str {
+    match field {
+        "timeout" => "timeout_ms",
+        "max_lifetime" => "max_lifetime_ms",
+        "retain" => "retain_ms",
+        "journal_cap" => "journal_cap_bytes",
+        "stop_grace" => "grace_ms",
+        other => other,
+    }
+}
+
 /// A terminal size when an init asks for a terminal without one.
 const DEFAULT_TTY: (u16, u16) = (24, 80);
 

@@ -6,7 +6,8 @@
 //! `/dev`, `pivot_root`, loopback-only networking, a capability drop, `no_new_privs` and a seccomp filter.
 //!
 //! It is not for deciding *what* a sandbox is (the engine does that) or for running commands in it (the
-//! agent does that). All `unsafe` in Hangar lives here and in the agent, each block with a `SAFETY` comment.
+//! agent does that). All `unsafe` in Hangar lives here and in the agent (the CLI's two terminal ioctls aside), each block with
+//! a `SAFETY` comment.
 
 pub mod cgroups;
 pub mod devices;
@@ -22,7 +23,8 @@ mod spec;
 pub use error::{Error, Result};
 pub use security::{DEFAULT_CAPABILITIES, DENIED_SOCKET_FAMILIES, DENIED_SYSCALLS};
 pub use spawn::{
-    cloexec_descriptors_from, close_descriptors_from, spawn_agent, spawn_process, AgentFds, ProcessSpec, SpawnedAgent,
+    cloexec_descriptors_from, close_descriptors_from, exec_process, exec_report, spawn_agent, spawn_process, AgentFds,
+    ProcessSpec, SpawnedAgent,
 };
 pub use spec::{Limits, MountSpec, OverlaySpec, RootfsSpec, SandboxSpec};
 

@@ -22,3 +22,18 @@ pub fn opaque(dir: &Path) -> Result<()> {
     }
     Ok(())
 }
+
+/// Whether directory `dir` carries the opaque marker of [`opaque`].
+pub fn is_opaque(dir: &Path) -> Result<bool> {
+    let c = std::ffi::CString::new(std::os::unix::ffi::OsStrExt::as_bytes(dir.as_os_str()))
+        .map_err(|_| Error::Unsupported(format!("{} contains a NUL byte", dir.display())))?;
+    let mut v = [0u8; 4];
+    // SAFETY: both strings are NUL-terminated and live across the call; the kernel writes at most `v.len()`
+    // bytes into `v`.
+    let n = unsafe { libc::lgetxattr(c.as_ptr(), c"trusted.overlay.opaque".as_ptr(), v.as_mut_ptr().cast(), v.len()) };
+    match n {
+        n if n >= 0 => Ok(&v[..n as usize] == b"y"),
+        _ if nix::Error::last() == nix::Error::ENODATA => Ok(false),
+        _ => Err(Error::sys("read opaque xattr of", dir.display(), nix::Error::last())),
+    }
+}

@@ -160,126 +160,178 @@ pub struct ProcessSpec<'a> {
     pub tty: bool,
 }
 
+/// Descriptors are raised above this number before the child's sequence, so that its dup2 onto 0-2 never
+/// clobbers one with another, and the error report is the one descriptor left above 2 (close-on-exec).
+const FLOOR: i32 = 64;
+
+fn raise(fd: RawFd) -> std::io::Result<OwnedFd> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: F_DUPFD_CLOEXEC makes a new descriptor that only we own.
+    let n = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, FLOOR) };
+    if n < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: just created above; nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(n) })
+}
+
+/// Everything the child's sequence touches, prepared before it runs: descriptors raised above [`FLOOR`] and
+/// the NUL-terminated pointer arrays of `execve` (allocating after a fork of a multi-threaded process can
+/// deadlock).
+struct Prepared<'a> {
+    spec: &'a ProcessSpec<'a>,
+    stdio: [OwnedFd; 3],
+    argv: Vec<*const libc::c_char>,
+    envp: Vec<*const libc::c_char>,
+    candidates: Vec<*const libc::c_char>,
+}
+
+impl<'a> Prepared<'a> {
+    fn new(spec: &'a ProcessSpec<'a>) -> std::io::Result<Self> {
+        if spec.candidates.is_empty() {
+            return Err(std::io::Error::from_raw_os_error(libc::ENOENT));
+        }
+        let stdio =
+            [raise(spec.stdio[0].as_raw_fd())?, raise(spec.stdio[1].as_raw_fd())?, raise(spec.stdio[2].as_raw_fd())?];
+        let ptrs = |v: &[CString]| -> Vec<*const libc::c_char> {
+            v.iter().map(|a| a.as_ptr()).chain(std::iter::once(std::ptr::null())).collect()
+        };
+        let candidates = spec.candidates.iter().map(|c| c.as_ptr()).collect();
+        Ok(Self { spec, stdio, argv: ptrs(&spec.argv), envp: ptrs(&spec.env), candidates })
+    }
+
+    /// The recipe, in the process that becomes the command: stdio onto 0-2, cgroups joined, session or
+    /// process group, working directory, user, default signals, every other descriptor closed, then `execve`
+    /// of each candidate in turn. On failure it writes `[step, errno]` to `report` and exits 127.
+    ///
+    /// # Safety
+    /// Only async-signal-safe calls on memory prepared before; `report` must be close-on-exec and above 2.
+    unsafe fn become_command(&self, report: RawFd) -> ! {
+        let fail = |step: i32| -> ! {
+            let e = *libc::__errno_location();
+            let msg = [step, e];
+            libc::write(report, msg.as_ptr().cast(), 8);
+            libc::_exit(127)
+        };
+        for (target, src) in self.stdio.iter().enumerate() {
+            if libc::dup2(src.as_raw_fd(), target as i32) < 0 {
+                fail(1);
+            }
+        }
+        for &fd in &self.spec.cgroup_procs {
+            if libc::write(fd, b"0".as_ptr().cast(), 1) < 0 {
+                fail(2);
+            }
+        }
+        if self.spec.tty {
+            if libc::setsid() < 0 || libc::ioctl(0, libc::TIOCSCTTY as _, 0) < 0 {
+                fail(3);
+            }
+        } else if libc::setpgid(0, 0) < 0 {
+            fail(3);
+        }
+        if libc::fchdir(self.spec.cwd.as_raw_fd()) < 0 {
+            fail(4);
+        }
+        if let Some((uid, gid)) = self.spec.user {
+            if libc::setgroups(0, std::ptr::null()) < 0 || libc::setgid(gid) < 0 || libc::setuid(uid) < 0 {
+                fail(5);
+            }
+        }
+        // The agent ignores SIGPIPE and may block signals; a command starts with the defaults.
+        let mut empty: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut empty);
+        libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        // Only stdio and the report (close-on-exec) survive.
+        if close_range_raw(3, report as u32 - 1) < 0 || close_range_raw(report as u32 + 1, u32::MAX) < 0 {
+            fail(6);
+        }
+        // execvp's rule: ENOENT/ENOTDIR move on to the next candidate; EACCES is remembered. Unlike execvp, a
+        // file the kernel cannot execute (ENOEXEC) is an error, never handed to /bin/sh.
+        let mut errno = libc::ENOENT;
+        for &path in &self.candidates {
+            libc::execve(path, self.argv.as_ptr(), self.envp.as_ptr());
+            let e = *libc::__errno_location();
+            if e == libc::EACCES {
+                errno = e;
+            } else if e != libc::ENOENT && e != libc::ENOTDIR {
+                errno = e;
+                break;
+            }
+        }
+        *libc::__errno_location() = errno;
+        fail(7)
+    }
+}
+
 /// Forks and execs `spec`. The child keeps exactly its three stdio descriptors: everything else the caller
 /// holds (host directories, journals, sockets) is closed before the exec, so no path the program is given can
 /// reach them. Returns the child's pid, or why it could not be executed (the errno of the last candidate that
 /// mattered, as `execvp` reports it).
 pub fn spawn_process(spec: &ProcessSpec<'_>) -> std::io::Result<i32> {
-    use std::os::fd::FromRawFd;
-    if spec.candidates.is_empty() {
-        return Err(std::io::Error::from_raw_os_error(libc::ENOENT));
-    }
-    // The error pipe, stdio and cwd are raised above a floor so that the child's dup2 onto 0-2 never clobbers
-    // one with another, and the error pipe is the one descriptor left above 2 (close-on-exec).
-    const FLOOR: i32 = 64;
-    let raise = |fd: RawFd| -> std::io::Result<OwnedFd> {
-        // SAFETY: F_DUPFD_CLOEXEC makes a new descriptor that only we own.
-        let n = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, FLOOR) };
-        if n < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        // SAFETY: just created above; nothing else owns it.
-        Ok(unsafe { OwnedFd::from_raw_fd(n) })
-    };
     let (err_r, err_w_low) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(std::io::Error::from)?;
     let err_w = raise(err_w_low.as_raw_fd())?;
     // Only the raised copy may stay open in the parent until the fork, or the read below never ends.
     drop(err_w_low);
-    let stdio =
-        [raise(spec.stdio[0].as_raw_fd())?, raise(spec.stdio[1].as_raw_fd())?, raise(spec.stdio[2].as_raw_fd())?];
-    let stdio_raw = [stdio[0].as_raw_fd(), stdio[1].as_raw_fd(), stdio[2].as_raw_fd()];
-    let cwd = spec.cwd.as_raw_fd();
-    let err_fd = err_w.as_raw_fd();
-    let ptrs = |v: &[CString]| -> Vec<*const libc::c_char> {
-        v.iter().map(|a| a.as_ptr()).chain(std::iter::once(std::ptr::null())).collect()
-    };
-    let (argv_p, envp_p) = (ptrs(&spec.argv), ptrs(&spec.env));
-    let cands: Vec<*const libc::c_char> = spec.candidates.iter().map(|c| c.as_ptr()).collect();
-
-    // SAFETY: the child calls only async-signal-safe functions on memory prepared before the fork, then
-    // execs or _exits; the parent only reads the error pipe.
+    let prepared = Prepared::new(spec)?;
+    // SAFETY: the child runs only `become_command` (async-signal-safe calls on memory prepared before the
+    // fork), which execs or _exits; the parent only reads the error pipe.
     match unsafe { nix::unistd::fork() }.map_err(std::io::Error::from)? {
-        nix::unistd::ForkResult::Child => {
-            // SAFETY: every call below is a raw, async-signal-safe system call on descriptors and buffers that
-            // were prepared before the fork and stay valid in the child's copy of memory.
-            unsafe {
-                let fail = |step: i32| -> ! {
-                    let e = *libc::__errno_location();
-                    let report = [step, e];
-                    libc::write(err_fd, report.as_ptr().cast(), 8);
-                    libc::_exit(127)
-                };
-                for (target, &src) in stdio_raw.iter().enumerate() {
-                    if libc::dup2(src, target as i32) < 0 {
-                        fail(1);
-                    }
-                }
-                for &fd in &spec.cgroup_procs {
-                    if libc::write(fd, b"0".as_ptr().cast(), 1) < 0 {
-                        fail(2);
-                    }
-                }
-                if spec.tty {
-                    if libc::setsid() < 0 || libc::ioctl(0, libc::TIOCSCTTY as _, 0) < 0 {
-                        fail(3);
-                    }
-                } else if libc::setpgid(0, 0) < 0 {
-                    fail(3);
-                }
-                if libc::fchdir(cwd) < 0 {
-                    fail(4);
-                }
-                if let Some((uid, gid)) = spec.user {
-                    if libc::setgroups(0, std::ptr::null()) < 0 || libc::setgid(gid) < 0 || libc::setuid(uid) < 0 {
-                        fail(5);
-                    }
-                }
-                // The agent ignores SIGPIPE and may block signals; a command starts with the defaults.
-                let mut empty: libc::sigset_t = std::mem::zeroed();
-                libc::sigemptyset(&mut empty);
-                libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
-                libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-                // Only stdio and the error pipe (close-on-exec) survive.
-                if close_range_raw(3, err_fd as u32 - 1) < 0 || close_range_raw(err_fd as u32 + 1, u32::MAX) < 0 {
-                    fail(6);
-                }
-                // execvp's rule: ENOENT/ENOTDIR move on to the next candidate; EACCES is remembered.
-                let mut errno = libc::ENOENT;
-                for &path in &cands {
-                    libc::execve(path, argv_p.as_ptr(), envp_p.as_ptr());
-                    let e = *libc::__errno_location();
-                    if e == libc::EACCES {
-                        errno = e;
-                    } else if e != libc::ENOENT && e != libc::ENOTDIR {
-                        errno = e;
-                        break;
-                    }
-                }
-                *libc::__errno_location() = errno;
-                fail(7)
-            }
-        }
+        // SAFETY: the report pipe is close-on-exec and above 2 (raised).
+        nix::unistd::ForkResult::Child => unsafe { prepared.become_command(err_w.as_raw_fd()) },
         nix::unistd::ForkResult::Parent { child } => {
             drop(err_w);
-            drop(stdio);
-            let mut report = [0u8; 8];
-            let mut got = 0;
-            while got < report.len() {
-                match nix::unistd::read(&err_r, &mut report[got..]) {
-                    Ok(0) => break,
-                    Ok(n) => got += n,
-                    Err(nix::Error::EINTR) => continue,
-                    Err(e) => return Err(e.into()),
-                }
+            drop(prepared);
+            match exec_report(std::os::fd::AsFd::as_fd(&err_r))? {
+                None => Ok(child.as_raw()),
+                // The child failed and exits 127; the caller's reaper collects it.
+                Some(e) => Err(e),
             }
-            if got == 0 {
-                return Ok(child.as_raw());
-            }
-            // The child failed and exits 127; the caller's reaper collects it.
-            let errno = i32::from_ne_bytes(report[4..8].try_into().unwrap_or([0; 4]));
-            Err(std::io::Error::from_raw_os_error(errno))
         }
     }
+}
+
+/// Becomes `spec` in this process (a helper that exists to be the command): the same recipe as
+/// [`spawn_process`]'s child, reporting a failure on `report` (read it with [`exec_report`]) and exiting 127.
+pub fn exec_process(spec: &ProcessSpec<'_>, report: BorrowedFd<'_>) -> ! {
+    let raised = raise(report.as_raw_fd());
+    let prepared = raised
+        .as_ref()
+        .map_err(|e| e.raw_os_error())
+        .and_then(|r| Prepared::new(spec).map(|p| (p, r.as_raw_fd())).map_err(|e| e.raw_os_error()));
+    match prepared {
+        // SAFETY: single-threaded helper; the report descriptor is raised and close-on-exec.
+        Ok((p, fd)) => unsafe { p.become_command(fd) },
+        Err(errno) => {
+            let msg = [0, errno.unwrap_or(libc::EIO)];
+            // SAFETY: writes 8 bytes from a local array to a descriptor the caller holds open.
+            unsafe {
+                libc::write(report.as_raw_fd(), msg.as_ptr().cast(), 8);
+                libc::_exit(127)
+            }
+        }
+    }
+}
+
+/// Reads what a command's start reported on `report` until it closes: `None` when the command was executed
+/// (the report closed on exec without a word), else why it could not be.
+pub fn exec_report(report: BorrowedFd<'_>) -> std::io::Result<Option<std::io::Error>> {
+    let mut msg = [0u8; 8];
+    let mut got = 0;
+    while got < msg.len() {
+        match nix::unistd::read(report, &mut msg[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(nix::Error::EINTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(match got {
+        0 => None,
+        8 => Some(std::io::Error::from_raw_os_error(i32::from_ne_bytes(msg[4..8].try_into().expect("4 bytes")))),
+        _ => Some(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "the start report was cut short")),
+    })
 }
 
 fn close_range_raw(first: u32, last: u32) -> i32 {

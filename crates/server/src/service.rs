@@ -20,6 +20,9 @@ const MAX_OUTPUT_CAP: u64 = 1 << 30;
 const MAX_PAGE: u32 = 1000;
 /// Output events buffered per stream before the exec's journal stops being read (backpressure).
 const STREAM_BUFFER: usize = 16;
+/// How long a streamed exec whose server dies (a restart, an upgrade) waits for a client to resume before its
+/// disconnect policy applies: as long as the SDK keeps trying to resume.
+const RESTART_HOLD: Duration = Duration::from_secs(120);
 /// A streamed exec that has sent nothing for this long sends a keepalive frame (unless the client asks
 /// for another interval), so proxies and load balancers never see an idle stream.
 const DEFAULT_KEEPALIVE: Duration = Duration::from_secs(15);
@@ -72,6 +75,8 @@ impl SandboxService for SandboxApi {
     async fn create_sandbox(&self, req: Request<pb::CreateSandboxRequest>) -> Result<Response<pb::Sandbox>, Status> {
         let tenant = tenant(&req)?;
         let cfg = SandboxConfig { tenant: tenant.0, ..req.into_inner().into() };
+        // The engine checks too; checked here, the error names the field as this API spells it.
+        cfg.validate().map_err(refused)?;
         let t = Instant::now();
         let info = self.engine.create(cfg).await.map_err(from_engine)?;
         self.metrics.create_seconds.observe(t.elapsed());
@@ -147,6 +152,7 @@ impl SandboxService for SandboxApi {
         };
         self.owned(&tenant, &r.sandbox_id).await?;
         let spec = ExecSpec::from(&r);
+        spec.validate().map_err(refused)?;
         let started = Instant::now();
         let mut stream = self.start(&r.sandbox_id, spec, r.stdin.map(Vec::from)).await?;
         let mut resp = pb::ExecResponse::default();
@@ -308,6 +314,7 @@ impl SandboxService for SandboxApi {
                 self.owned(&tenant, &init.sandbox_id).await?;
                 let (sandbox, keepalive) = (init.sandbox_id.clone(), keepalive(init.keepalive_ms));
                 let spec = ExecSpec::try_from(init).map_err(refused)?;
+                spec.validate().map_err(refused)?;
                 (sandbox.clone(), self.start(&sandbox, spec, None).await?, keepalive)
             }
             Some(In::Attach(a)) => {
@@ -333,6 +340,8 @@ impl SandboxService for SandboxApi {
             merged: info.merged,
         };
         let exec_id = info.id.clone();
+        // Best effort: an agent that cannot take it applies the client's policy as it always did.
+        let _ = stream.control().hold_across_restarts(RESTART_HOLD).await;
         let _ = tx.send(out(Out::Ready(ready))).await;
         // Client messages flow on their own task, so a command blocked on a full stdin never stalls output.
         tokio::spawn(client_messages(self.engine.clone(), sandbox, exec_id, inbound, stream.control(), tx.clone()));
@@ -456,6 +465,7 @@ async fn forward_events(mut stream: ExecStream, tx: Outbound, keepalive: Duratio
     use pb::stream_exec_response::Msg as Out;
     let out = |m: Out| Ok(pb::StreamExecResponse { msg: Some(m) });
     let started = Instant::now();
+    let control = stream.control();
     // The journal reader runs on its own task: `ExecStream::next` is not cancel-safe, and the keepalive
     // timer must be able to fire while it waits.
     let (ev_tx, mut ev_rx) = tokio::sync::mpsc::channel(1);
@@ -473,11 +483,12 @@ async fn forward_events(mut stream: ExecStream, tx: Outbound, keepalive: Duratio
     loop {
         let ev = tokio::select! {
             ev = ev_rx.recv() => ev,
-            _ = tx.closed() => return,
+            _ = tx.closed() => { let _ = control.detach().await; return; }
             _ = tokio::time::sleep(keepalive) => {
                 metrics.keepalives.fetch_add(1, Relaxed);
                 let k = pb::Keepalive { stdout_offset: pos[0], stderr_offset: pos[1] };
                 if tx.send(out(Out::Keepalive(k))).await.is_err() {
+                    let _ = control.detach().await;
                     return;
                 }
                 continue;
@@ -513,6 +524,8 @@ async fn forward_events(mut stream: ExecStream, tx: Outbound, keepalive: Duratio
             }
         };
         if tx.send(msg).await.is_err() {
+            // The client went away: its exec's policy applies now (a server that dies instead holds it).
+            let _ = control.detach().await;
             return;
         }
     }

@@ -16,9 +16,9 @@ pub(crate) fn invalid(field: &str, what: impl std::fmt::Display) -> Status {
     with_reason(Status::invalid_argument(format!("{field}: {what}")), Reason::InvalidArgument)
 }
 
-/// A request the wire conversion refused.
+/// A request that breaks a rule, naming the field as the wire spells it.
 pub(crate) fn refused(e: Invalid) -> Status {
-    invalid(e.field, e.message)
+    invalid(hangar_proto::convert::wire_field(e.field), e.message)
 }
 
 pub(crate) fn from_engine(e: Error) -> Status {

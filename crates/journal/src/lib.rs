@@ -1,0 +1,318 @@
+//! An exec's output journal: what the agent writes as the command prints, and what readers replay and follow
+//! from any offset. Writer and reader live together here because they share one set of rules: the file
+//! layout, the cap with its kept head and dropped middle, the ranges lost to a full disk, and how all of that
+//! turns into output and explicit gaps for a reader.
+//!
+//! Layout: `execs/<exec id>/{stdout,stderr}` under the sandbox's host-side state directory ([`dir`]); byte
+//! `n` of a stream is at file offset `n`, so a reader resumes at any offset with one `pread`. Beyond the cap
+//! per stream ([`Writer::create`]), while no attached reader still needs them, the oldest bytes after a kept
+//! head are hole-punched out and reported as a gap; while a reader still needs them nothing is dropped and
+//! the writer waits ([`Writer::is_full`]), so a slow reader slows the command instead of losing output.
+//!
+//! The writer is the agent's, the reader the engine's: they share no memory, only the files and the
+//! [`Progress`] snapshots the agent sends.
+
+use hangar_types::{ExecEnd, ExecEvent, OutputStream};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::fs::File;
+use std::io;
+use std::os::fd::BorrowedFd;
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+
+/// The journal's file names, per stream (`[stdout, stderr]`).
+pub const FILES: [&str; 2] = ["stdout", "stderr"];
+/// Most bytes one [`Writer::append`] takes, and one [`Reader::next`] hands out.
+pub const CHUNK: usize = 1 << 20;
+/// Smallest cap per stream a journal accepts (smaller caps are raised to it).
+pub const MIN_CAP: u64 = 64 << 10;
+/// Most of a stream's start that is kept whatever the cap drops (a quarter of the cap, at most this).
+pub const MAX_HEAD: u64 = 4 << 20;
+
+/// The directory of exec `exec`'s journal, relative to the sandbox's state directory.
+///
+/// ```
+/// assert_eq!(hangar_journal::dir("ex-1"), "execs/ex-1");
+/// ```
+pub fn dir(exec: &str) -> String {
+    format!("execs/{exec}")
+}
+
+/// A journal's state, as the writer publishes it to readers whenever it changes.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default)]
+pub struct Progress {
+    /// Bytes written so far (stdout, stderr): everything below is in the journal files, except dropped bytes.
+    pub written: [u64; 2],
+    /// Retained head of each stream: bytes below this are never dropped.
+    pub head: u64,
+    /// Bytes `head..dropped_to` of each stream were dropped to respect the journal cap.
+    pub dropped_to: [u64; 2],
+    /// Ranges `from..to` of each stream that could not be journaled at all (the host's disk stayed full past
+    /// the command's end): readers get them as gaps, never as bytes.
+    #[serde(default)]
+    pub lost: [Vec<(u64, u64)>; 2],
+    /// Set once the exec ended and every byte is journaled.
+    pub end: Option<ExecEnd>,
+}
+
+struct Stream {
+    /// Open while the exec runs; `None` once it ended (readers open the files by path: an agent holding two
+    /// descriptors per retained exec would run out of them).
+    file: Option<File>,
+    written: u64,
+    dropped_to: u64,
+    lost: Vec<(u64, u64)>,
+    crc: crc32fast::Hasher,
+}
+
+/// An attached reader, for [`Writer::ack`] and [`Writer::detach`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ReaderId(u64);
+
+/// The writing side of one exec's journal (both streams).
+pub struct Writer {
+    streams: [Stream; 2],
+    head: u64,
+    cap: u64,
+    /// Attached readers' positions: bytes at or after them are never dropped.
+    pins: HashMap<ReaderId, [u64; 2]>,
+    next_reader: u64,
+}
+
+impl Writer {
+    /// Creates exec `exec`'s journal files under `state_dir` (a descriptor of the sandbox's state
+    /// directory), empty, keeping up to `cap` bytes per stream.
+    pub fn create(state_dir: BorrowedFd<'_>, exec: &str, cap: u64) -> io::Result<Self> {
+        use nix::fcntl::{openat, OFlag};
+        use nix::sys::stat::{mkdirat, Mode};
+        let rel = dir(exec);
+        for d in ["execs", rel.as_str()] {
+            match mkdirat(state_dir, d, Mode::from_bits_truncate(0o700)) {
+                Ok(()) | Err(nix::errno::Errno::EEXIST) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        let open = |name: &str| -> io::Result<File> {
+            let flags = OFlag::O_RDWR | OFlag::O_CREAT | OFlag::O_TRUNC | OFlag::O_CLOEXEC;
+            let path = format!("{rel}/{name}");
+            Ok(File::from(openat(state_dir, path.as_str(), flags, Mode::from_bits_truncate(0o600))?))
+        };
+        Ok(Self::with_files([open(FILES[0])?, open(FILES[1])?], cap))
+    }
+
+    fn with_files(files: [File; 2], cap: u64) -> Self {
+        let cap = cap.max(MIN_CAP);
+        let head = (cap / 4).min(MAX_HEAD);
+        let stream =
+            |file| Stream { file: Some(file), written: 0, dropped_to: head, lost: vec![], crc: Default::default() };
+        let [out, err] = files;
+        Self { streams: [stream(out), stream(err)], head, cap, pins: HashMap::new(), next_reader: 0 }
+    }
+
+    /// Deletes exec `exec`'s journal files under `state_dir`.
+    pub fn remove(state_dir: BorrowedFd<'_>, exec: &str) {
+        use nix::unistd::{unlinkat, UnlinkatFlags};
+        let rel = dir(exec);
+        for name in FILES {
+            let _ = unlinkat(state_dir, format!("{rel}/{name}").as_str(), UnlinkatFlags::NoRemoveDir);
+        }
+        let _ = unlinkat(state_dir, rel.as_str(), UnlinkatFlags::RemoveDir);
+    }
+
+    fn retained(&self, i: usize) -> u64 {
+        let s = &self.streams[i];
+        s.written - (s.dropped_to - self.head)
+    }
+
+    /// The most one append may add to a stream: the room the cap must leave for it.
+    pub fn room(&self) -> usize {
+        (self.cap / 4).min(CHUNK as u64) as usize
+    }
+
+    /// Drops what the cap asks for so that one more append fits, as far as no attached reader still needs
+    /// it. Whether it dropped anything (the caller then publishes the new [`Writer::progress`]).
+    pub fn make_room(&mut self, i: usize) -> bool {
+        let room = self.room() as u64;
+        if self.retained(i) + room <= self.cap {
+            return false;
+        }
+        let target = self.streams[i].written - (self.cap - self.head - room);
+        let needed = self.pins.values().map(|p| p[i]).min().unwrap_or(u64::MAX);
+        let s = &mut self.streams[i];
+        let to = target.min(needed);
+        if to <= s.dropped_to {
+            return false;
+        }
+        if let Some(f) = &s.file {
+            use nix::fcntl::{fallocate, FallocateFlags};
+            let flags = FallocateFlags::FALLOC_FL_PUNCH_HOLE | FallocateFlags::FALLOC_FL_KEEP_SIZE;
+            let _ = fallocate(f, flags, s.dropped_to as i64, (to - s.dropped_to) as i64);
+        }
+        s.dropped_to = to;
+        true
+    }
+
+    /// Whether stream `i` has no room for another append until an attached reader moves on (after
+    /// [`Writer::make_room`] did what it could).
+    pub fn is_full(&self, i: usize) -> bool {
+        self.retained(i) + self.room() as u64 > self.cap
+    }
+
+    /// Journals `data` (at most [`Writer::room`] bytes) at the end of stream `i`. On a write error (the
+    /// host's disk is full) nothing is counted and the caller keeps the bytes, unless `lose` says to count
+    /// them anyway as a lost range (readers get a gap for it).
+    pub fn append(&mut self, i: usize, data: &[u8], lose: bool) -> io::Result<()> {
+        let s = &mut self.streams[i];
+        if let Some(f) = &s.file {
+            if let Err(e) = f.write_all_at(data, s.written) {
+                if !lose {
+                    return Err(e);
+                }
+                let end = s.written + data.len() as u64;
+                match s.lost.last_mut() {
+                    Some(last) if last.1 == s.written => last.1 = end,
+                    _ => s.lost.push((s.written, end)),
+                }
+            }
+        }
+        s.crc.update(data);
+        s.written += data.len() as u64;
+        self.make_room(i);
+        Ok(())
+    }
+
+    /// Bytes written so far (stdout, stderr).
+    pub fn written(&self) -> [u64; 2] {
+        [self.streams[0].written, self.streams[1].written]
+    }
+
+    /// CRC-32 (IEEE) of everything written so far (stdout, stderr).
+    pub fn crc32(&self) -> [u32; 2] {
+        [self.streams[0].crc.clone().finalize(), self.streams[1].crc.clone().finalize()]
+    }
+
+    /// The journal's state for readers, with the exec's end once it ended.
+    pub fn progress(&self, end: Option<ExecEnd>) -> Progress {
+        Progress {
+            written: self.written(),
+            head: self.head,
+            dropped_to: [self.streams[0].dropped_to, self.streams[1].dropped_to],
+            lost: [self.streams[0].lost.clone(), self.streams[1].lost.clone()],
+            end,
+        }
+    }
+
+    /// The exec ended: closes the files (readers open them by path).
+    pub fn close(&mut self) {
+        for s in &mut self.streams {
+            s.file = None;
+        }
+    }
+
+    /// Registers a reader starting at `from`: nothing at or after its position is dropped until it acks.
+    pub fn attach(&mut self, from: [u64; 2]) -> ReaderId {
+        let id = ReaderId(self.next_reader);
+        self.next_reader += 1;
+        self.pins.insert(id, from);
+        id
+    }
+
+    /// Reader `id` has consumed everything before `pos`.
+    pub fn ack(&mut self, id: ReaderId, pos: [u64; 2]) {
+        if let Some(p) = self.pins.get_mut(&id) {
+            *p = [p[0].max(pos[0]), p[1].max(pos[1])];
+        }
+    }
+
+    /// Reader `id` left.
+    pub fn detach(&mut self, id: ReaderId) {
+        self.pins.remove(&id);
+    }
+
+    /// Readers attached now.
+    pub fn readers(&self) -> usize {
+        self.pins.len()
+    }
+}
+
+/// The reading side: follows one exec's journal files from given offsets, turning [`Progress`] snapshots
+/// into output (read straight from the files) and explicit gaps, both streams alternating so neither starves.
+pub struct Reader {
+    dir: PathBuf,
+    files: [Option<File>; 2],
+    pos: [u64; 2],
+    next_stream: usize,
+}
+
+impl Reader {
+    /// A reader of the journal in directory `dir` (the sandbox's state directory joined with [`dir`]),
+    /// starting at offsets `from` (stdout, stderr).
+    pub fn new(dir: PathBuf, from: [u64; 2]) -> Self {
+        Self { dir, files: [None, None], pos: from, next_stream: 0 }
+    }
+
+    /// Offsets (stdout, stderr) up to which events have been handed out.
+    pub fn position(&self) -> [u64; 2] {
+        self.pos
+    }
+
+    /// The next event `p` makes available: output or a gap of either stream, or — once every byte of both
+    /// streams is handed out — the exec's end. `None` when there is nothing new (wait for the next snapshot).
+    pub fn next(&mut self, p: &Progress) -> io::Result<Option<ExecEvent>> {
+        for k in 0..2 {
+            let i = (self.next_stream + k) % 2;
+            if let Some(ev) = self.available(i, p)? {
+                self.next_stream = (i + 1) % 2;
+                return Ok(Some(ev));
+            }
+        }
+        match &p.end {
+            Some(end) if self.pos[0] >= end.bytes[0] && self.pos[1] >= end.bytes[1] => {
+                Ok(Some(ExecEvent::Exit(end.clone())))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    fn available(&mut self, i: usize, p: &Progress) -> io::Result<Option<ExecEvent>> {
+        let stream = OutputStream::BOTH[i];
+        let (head, dropped_to, written) = (p.head, p.dropped_to[i], p.written[i]);
+        let pos = self.pos[i];
+        if pos >= head && pos < dropped_to {
+            self.pos[i] = dropped_to;
+            return Ok(Some(ExecEvent::Gap { stream, from: pos, to: dropped_to }));
+        }
+        if let Some(&(_, to)) = p.lost[i].iter().find(|(from, to)| pos >= *from && pos < *to) {
+            self.pos[i] = to;
+            return Ok(Some(ExecEvent::Gap { stream, from: pos, to }));
+        }
+        let mut limit = if pos < head && dropped_to > head { written.min(head) } else { written };
+        // Up to the next lost range, which is then reported as a gap.
+        if let Some(&(from, _)) = p.lost[i].iter().filter(|(from, _)| *from > pos).min() {
+            limit = limit.min(from);
+        }
+        if pos >= limit {
+            return Ok(None);
+        }
+        let data = self.read(i, (limit - pos).min(CHUNK as u64))?;
+        self.pos[i] += data.len() as u64;
+        Ok(Some(ExecEvent::Output { stream, offset: pos, data }))
+    }
+
+    fn read(&mut self, i: usize, len: u64) -> io::Result<bytes::Bytes> {
+        if self.files[i].is_none() {
+            let path = self.dir.join(FILES[i]);
+            let f = File::open(&path).map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
+            self.files[i] = Some(f);
+        }
+        let mut buf = vec![0u8; len as usize];
+        let file = self.files[i].as_ref().expect("opened above");
+        file.read_exact_at(&mut buf, self.pos[i])
+            .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", self.dir.join(FILES[i]).display())))?;
+        Ok(buf.into())
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,277 @@
+//! The journal's edges, on a temp directory (no root needed).
+
+use super::*;
+use hangar_types::Ending;
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+/// A fresh state directory, removed when dropped.
+struct Dir {
+    path: PathBuf,
+    fd: OwnedFd,
+}
+
+impl Dir {
+    fn new() -> Self {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let path = std::env::temp_dir().join(format!(
+            "hangar-journal-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&path).unwrap();
+        let fd = nix::fcntl::open(&path, nix::fcntl::OFlag::O_DIRECTORY, nix::sys::stat::Mode::empty()).unwrap();
+        Self { path, fd }
+    }
+
+    fn writer(&self, cap: u64) -> Writer {
+        Writer::create(self.fd.as_fd(), "ex-1", cap).unwrap()
+    }
+
+    fn reader(&self, from: [u64; 2]) -> Reader {
+        Reader::new(self.path.join(dir("ex-1")), from)
+    }
+}
+
+impl Drop for Dir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
+/// Byte `n` of a test stream: every offset has its own recognisable value.
+fn byte(n: u64) -> u8 {
+    (n % 251) as u8
+}
+
+fn bytes_from(from: u64, len: usize) -> Vec<u8> {
+    (from..from + len as u64).map(byte).collect()
+}
+
+/// Appends `len` bytes of the test pattern to stream `i`, in pieces the writer has room for, dropping as it
+/// goes (no reader attached) or failing when it would have to wait.
+fn fill(w: &mut Writer, i: usize, len: u64) {
+    let mut at = w.written()[i];
+    let end = at + len;
+    while at < end {
+        w.make_room(i);
+        assert!(!w.is_full(i), "stream {i} is full at {at} with {} readers", w.readers());
+        let n = (w.room() as u64).min(end - at) as usize;
+        w.append(i, &bytes_from(at, n), false).unwrap();
+        at += n as u64;
+    }
+}
+
+fn end_of(w: &Writer) -> ExecEnd {
+    ExecEnd {
+        ending: Ending::Exited { code: 0 },
+        code: Some(0),
+        bytes: w.written(),
+        crc32: w.crc32(),
+        ..Default::default()
+    }
+}
+
+/// Everything a reader gets until the exit: per stream, (offset, bytes) runs and gaps.
+#[derive(Debug, Default, PartialEq)]
+struct Received {
+    data: [Vec<u8>; 2],
+    gaps: [Vec<(u64, u64)>; 2],
+    end: Option<ExecEnd>,
+}
+
+fn drain(r: &mut Reader, p: &Progress) -> Received {
+    let mut got = Received::default();
+    let mut expect = r.position();
+    while let Some(ev) = r.next(p).unwrap() {
+        match ev {
+            ExecEvent::Output { stream, offset, data } => {
+                let i = stream.index();
+                assert_eq!(offset, expect[i], "output follows on without a hole");
+                assert!(data.len() <= CHUNK);
+                expect[i] += data.len() as u64;
+                got.data[i].extend_from_slice(&data);
+            }
+            ExecEvent::Gap { stream, from, to } => {
+                let i = stream.index();
+                assert_eq!(from, expect[i], "a gap starts where the output stopped");
+                expect[i] = to;
+                got.gaps[i].push((from, to));
+            }
+            ExecEvent::Exit(end) => {
+                got.end = Some(end);
+                return got;
+            }
+        }
+    }
+    got
+}
+
+#[test]
+fn below_the_cap_every_byte_arrives_in_order_then_the_exit() {
+    let d = Dir::new();
+    let mut w = d.writer(1 << 20);
+    fill(&mut w, 0, 300_000);
+    fill(&mut w, 1, 1000);
+    let mut r = d.reader([0, 0]);
+    let before_end = drain(&mut r, &w.progress(None));
+    assert_eq!(before_end.end, None, "no exit before the end is known");
+    assert_eq!(before_end.data[0], bytes_from(0, 300_000));
+    let end = end_of(&w);
+    w.close();
+    let rest = drain(&mut r, &w.progress(Some(end.clone())));
+    assert_eq!(rest.end, Some(end.clone()));
+    assert_eq!(rest.data, [vec![], vec![]], "nothing twice");
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(&bytes_from(0, 300_000));
+    assert_eq!(end.crc32[0], crc.finalize());
+}
+
+#[test]
+fn a_stream_that_reaches_its_cap_exactly_loses_nothing() {
+    let d = Dir::new();
+    let cap = MIN_CAP * 4;
+    let mut w = d.writer(cap);
+    // Up to exactly the cap less the room one more append needs: nothing is dropped yet.
+    let fits = cap - w.room() as u64;
+    fill(&mut w, 0, fits);
+    let p = w.progress(None);
+    assert_eq!(p.dropped_to[0], p.head, "nothing dropped at the cap");
+    // A reader attached at 0 pins everything: the stream is full and waits for it.
+    let reader = w.attach([0, 0]);
+    let room = w.room() as u64;
+    fill(&mut w, 0, room);
+    w.make_room(0);
+    assert_eq!(w.progress(None).dropped_to[0], p.head, "a pinned byte is never dropped");
+    assert!(w.is_full(0), "the writer must wait for the reader");
+    w.ack(reader, [cap, 0]);
+    w.make_room(0);
+    assert!(!w.is_full(0), "an ack frees room");
+    let mut r = d.reader([0, 0]);
+    let got = drain(&mut r, &w.progress(Some(end_of(&w))));
+    let total = w.written()[0];
+    let dropped: u64 = got.gaps[0].iter().map(|(a, b)| b - a).sum();
+    assert_eq!(got.data[0].len() as u64 + dropped, total, "bytes plus gaps add up to what was written");
+}
+
+#[test]
+fn beyond_the_cap_the_head_and_tail_survive_and_the_middle_is_one_gap() {
+    let d = Dir::new();
+    let cap = MIN_CAP * 4;
+    let mut w = d.writer(cap);
+    let total = cap * 10;
+    fill(&mut w, 1, total);
+    let p = w.progress(Some(end_of(&w)));
+    let mut r = d.reader([0, 0]);
+    let got = drain(&mut r, &p);
+    let head = p.head;
+    assert_eq!(got.gaps[1], vec![(head, p.dropped_to[1])], "one explicit gap");
+    let tail = total - p.dropped_to[1];
+    assert!(tail > 0 && head + tail <= cap, "head {head} + tail {tail} within the cap {cap}");
+    let mut want = bytes_from(0, head as usize);
+    want.extend(bytes_from(p.dropped_to[1], tail as usize));
+    assert_eq!(got.data[1], want);
+    assert_eq!(got.end.unwrap().bytes, [0, total]);
+    // The dropped range is a hole on disk: the file's blocks stay near the cap, not the total.
+    let blocks = std::fs::metadata(d.path.join("execs/ex-1/stderr")).unwrap();
+    assert!(std::os::unix::fs::MetadataExt::blocks(&blocks) * 512 <= cap + (64 << 10), "punched out");
+}
+
+#[test]
+fn a_reader_behind_the_drop_point_gets_the_gap_then_the_tail() {
+    let d = Dir::new();
+    let cap = MIN_CAP * 4;
+    let mut w = d.writer(cap);
+    fill(&mut w, 0, cap * 3);
+    let p = w.progress(Some(end_of(&w)));
+    for from in [p.head, p.head + 1, (p.head + p.dropped_to[0]) / 2, p.dropped_to[0] - 1] {
+        let mut r = d.reader([from, 0]);
+        let got = drain(&mut r, &p);
+        assert_eq!(got.gaps[0], vec![(from, p.dropped_to[0])], "from {from}");
+        assert_eq!(got.data[0], bytes_from(p.dropped_to[0], (cap * 3 - p.dropped_to[0]) as usize));
+    }
+}
+
+#[test]
+fn resume_at_every_offset_gives_exactly_the_rest() {
+    let d = Dir::new();
+    let mut w = d.writer(MIN_CAP);
+    let (n0, n1) = (3000u64, 17u64);
+    fill(&mut w, 0, n0);
+    fill(&mut w, 1, n1);
+    let p = w.progress(Some(end_of(&w)));
+    for a in 0..=n0 {
+        let b = a % (n1 + 1);
+        let got = drain(&mut d.reader([a, b]), &p);
+        assert_eq!(got.data[0], bytes_from(a, (n0 - a) as usize), "stdout from {a}");
+        assert_eq!(got.data[1], bytes_from(b, (n1 - b) as usize), "stderr from {b}");
+        assert!(got.end.is_some());
+    }
+}
+
+#[test]
+fn concurrent_readers_each_hold_back_the_drop_and_each_get_everything() {
+    let d = Dir::new();
+    let cap = MIN_CAP * 4;
+    let mut w = d.writer(cap);
+    let (slow, fast) = (w.attach([0, 0]), w.attach([0, 0]));
+    let (mut rs, mut rf) = (d.reader([0, 0]), d.reader([0, 0]));
+    let (mut got_slow, mut got_fast) = (Vec::<u8>::new(), Vec::<u8>::new());
+    let total = cap * 3;
+    let mut at = 0u64;
+    while at < total {
+        // The fast reader keeps up; the slow one reads only when the writer has to wait for it.
+        w.make_room(0);
+        if w.is_full(0) {
+            let got = drain(&mut rs, &w.progress(None));
+            got_slow.extend(got.data[0].iter());
+            w.ack(slow, rs.position());
+            continue;
+        }
+        let n = (w.room() as u64).min(total - at) as usize;
+        w.append(0, &bytes_from(at, n), false).unwrap();
+        at += n as u64;
+        let got = drain(&mut rf, &w.progress(None));
+        assert!(got.gaps[0].is_empty(), "an attached reader never sees a gap");
+        got_fast.extend(got.data[0].iter());
+        w.ack(fast, rf.position());
+    }
+    let p = w.progress(Some(end_of(&w)));
+    got_slow.extend(drain(&mut rs, &p).data[0].iter());
+    got_fast.extend(drain(&mut rf, &p).data[0].iter());
+    assert_eq!(got_slow, bytes_from(0, total as usize));
+    assert_eq!(got_fast, bytes_from(0, total as usize));
+    w.detach(slow);
+    w.detach(fast);
+    assert_eq!(w.readers(), 0);
+}
+
+#[test]
+fn bytes_that_could_not_be_written_are_a_gap_never_data() {
+    let d = Dir::new();
+    // Files opened read-only stand for a disk that stays full: every write fails.
+    let path = d.path.join("ro");
+    std::fs::write(&path, b"").unwrap();
+    let ro = || File::open(&path).unwrap();
+    let mut w = Writer::with_files([ro(), ro()], 1 << 20);
+    assert!(w.append(0, b"held", false).is_err(), "the caller keeps the bytes and waits");
+    assert_eq!(w.written(), [0, 0], "nothing counted");
+    w.append(0, b"lost", true).unwrap();
+    w.append(0, b"more", true).unwrap();
+    let p = w.progress(Some(end_of(&w)));
+    assert_eq!(p.lost[0], vec![(0, 8)], "adjacent losses are one range");
+    let mut r = Reader::new(d.path.clone(), [0, 0]);
+    let got = drain(&mut r, &p);
+    assert_eq!((got.gaps[0].clone(), got.data[0].clone()), (vec![(0, 8)], vec![]));
+    assert_eq!(got.end.unwrap().bytes, [8, 0], "the totals still say what the command wrote");
+}
+
+#[test]
+fn removal_leaves_nothing() {
+    let d = Dir::new();
+    let mut w = d.writer(MIN_CAP);
+    fill(&mut w, 0, 10);
+    w.close();
+    Writer::remove(d.fd.as_fd(), "ex-1");
+    assert!(!d.path.join("execs/ex-1").exists());
+}
