@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 
 pub mod codec;
 pub use codec::{Conn, Writer};
+pub use hangar_journal::Progress;
 pub use hangar_types::{Ending, ExecEnd, ExecInfo, ExecSpec, OnDisconnect, StartFailure, StartFailureKind, Usage};
 
 /// The protocol version this build speaks.
@@ -72,11 +73,6 @@ impl StartReport {
         }
         line.strip_prefix("error: ").map(|m| StartReport::Failed(m.to_string()))
     }
-}
-
-/// The directory of exec `exec`'s journal, relative to the sandbox's state directory.
-pub fn journal_dir(exec: &str) -> String {
-    format!("execs/{exec}")
 }
 
 /// Engine → agent. One request opens a connection; an exec's attachment and stdin connections then carry
@@ -170,23 +166,6 @@ pub enum Request {
         /// Grace period in milliseconds.
         grace_ms: u64,
     },
-}
-
-/// The state of an exec's journal, sent to attached readers whenever it changes.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default)]
-pub struct Progress {
-    /// Bytes written so far (stdout, stderr): everything below is in the journal files, except dropped bytes.
-    pub written: [u64; 2],
-    /// Retained head of each stream: bytes below this are never dropped.
-    pub head: u64,
-    /// Bytes `head..dropped_to` of each stream were dropped to respect the journal cap.
-    pub dropped_to: [u64; 2],
-    /// Ranges `from..to` of each stream that could not be journaled at all (the host's disk stayed full past
-    /// the command's end): readers get them as gaps, never as bytes.
-    #[serde(default)]
-    pub lost: [Vec<(u64, u64)>; 2],
-    /// Set once the exec ended and every byte is journaled.
-    pub end: Option<ExecEnd>,
 }
 
 /// Agent → engine.

@@ -10,8 +10,7 @@ use crate::server::{start_failure, Shared, STATE_DIR_FD};
 use crate::spare::{self, Handover, Order, Spare};
 use hangar_agent_protocol::codec::Conn;
 use hangar_agent_protocol::{
-    journal_dir, Ending, ErrorKind, ExecEnd, ExecInfo, ExecSpec, OnDisconnect, Progress, Request, Response,
-    StartFailure, Usage,
+    Ending, ErrorKind, ExecEnd, ExecInfo, ExecSpec, OnDisconnect, Progress, Request, Response, StartFailure, Usage,
 };
 use hangar_runtime::cgroups::ExecCgroup;
 use hangar_types::Output;
@@ -23,17 +22,12 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
-use std::os::unix::fs::FileExt;
 use std::rc::Rc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 use tokio::io::unix::AsyncFd;
 use tokio::sync::{oneshot, watch, Notify};
 
 use hangar_types::{DEFAULT_EXEC_RETAIN as DEFAULT_RETAIN, DEFAULT_JOURNAL_CAP as DEFAULT_CAP};
-const MIN_CAP: u64 = 64 << 10;
-/// The head of a stream that is never dropped (so the first lines survive too), at most this.
-const MAX_HEAD: u64 = 8 << 20;
-const READ_CHUNK: usize = 1 << 20;
 /// Pipes are enlarged to this so a fast writer makes fewer round trips through the agent.
 const PIPE_SIZE: i32 = 1 << 20;
 /// After the process tree is gone, a pipe still held open (by nothing we can see) is closed after this.
@@ -84,17 +78,6 @@ impl Table {
     }
 }
 
-struct Journal {
-    /// Open while the exec runs; `None` once it ended (readers open the files by path: an agent holding
-    /// two descriptors per retained exec would run out of them).
-    file: Option<File>,
-    written: u64,
-    dropped_to: u64,
-    /// Ranges that could not be written (see [`Progress::lost`]).
-    lost: Vec<(u64, u64)>,
-    crc: crc32fast::Hasher,
-}
-
 pub(crate) struct Exec {
     id: String,
     argv: Vec<String>,
@@ -103,12 +86,7 @@ pub(crate) struct Exec {
     started: Instant,
     tty: bool,
     merged: bool,
-    journals: [Journal; 2],
-    head: u64,
-    cap: u64,
-    /// Attached readers' positions: bytes at or after them are never dropped.
-    pins: HashMap<u64, [u64; 2]>,
-    next_reader: u64,
+    journal: hangar_journal::Writer,
     progress: watch::Sender<Progress>,
     /// Woken when readers advance or leave, so a pump waiting for room re-checks.
     space: Rc<Notify>,
@@ -126,7 +104,6 @@ pub(crate) struct Exec {
     policy: OnDisconnect,
     retain: Duration,
     left_at: Instant,
-    journal: String,
 }
 
 fn err(kind: ErrorKind, message: impl Into<String>) -> (ErrorKind, String) {
@@ -150,35 +127,6 @@ fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
     nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(io::Error::from)
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
-}
-
-/// Creates `execs/<id>/{stdout,stderr}` in the state directory.
-fn make_journal(rel: &str) -> io::Result<[File; 2]> {
-    use nix::fcntl::{openat, OFlag};
-    use nix::sys::stat::{mkdirat, Mode};
-    for d in ["execs", rel] {
-        match mkdirat(state_dir(), d, Mode::from_bits_truncate(0o700)) {
-            Ok(()) | Err(nix::errno::Errno::EEXIST) => {}
-            Err(e) => return Err(e.into()),
-        }
-    }
-    let open = |name: &str| -> io::Result<File> {
-        let flags = OFlag::O_RDWR | OFlag::O_CREAT | OFlag::O_TRUNC | OFlag::O_CLOEXEC;
-        Ok(File::from(openat(state_dir(), format!("{rel}/{name}").as_str(), flags, Mode::from_bits_truncate(0o600))?))
-    };
-    Ok([open("stdout")?, open("stderr")?])
-}
-
-fn remove_journal(rel: &str) {
-    use nix::unistd::{unlinkat, UnlinkatFlags};
-    for name in ["stdout", "stderr"] {
-        let _ = unlinkat(state_dir(), format!("{rel}/{name}").as_str(), UnlinkatFlags::NoRemoveDir);
-    }
-    let _ = unlinkat(state_dir(), rel, UnlinkatFlags::RemoveDir);
-}
-
 impl Exec {
     fn info(&self) -> ExecInfo {
         ExecInfo {
@@ -190,84 +138,31 @@ impl Exec {
             merged: self.merged,
             stdin_open: self.stdin_open,
             stdin_acked: self.stdin_acked,
-            written: [self.journals[0].written, self.journals[1].written],
-            attached: self.pins.len() as u32,
+            written: self.journal.written(),
+            attached: self.journal.readers() as u32,
             end: self.end.clone(),
             expired: self.expired,
         }
     }
 
-    fn retained(&self, i: usize) -> u64 {
-        let j = &self.journals[i];
-        j.written - (j.dropped_to - self.head)
-    }
-
-    /// The most one read may add to a stream's journal: room the cap must leave for it.
-    fn room(&self) -> u64 {
-        (self.cap / 4).min(READ_CHUNK as u64)
-    }
-
-    /// Drops what the cap asks for (so that one more read fits), as far as no attached reader still needs it.
-    fn try_drop(&mut self, i: usize) -> bool {
-        if self.retained(i) + self.room() <= self.cap {
-            return false;
-        }
-        let target = self.journals[i].written - (self.cap - self.head - self.room());
-        let needed = self.pins.values().map(|p| p[i]).min().unwrap_or(u64::MAX);
-        let j = &mut self.journals[i];
-        let to = target.min(needed);
-        if to <= j.dropped_to {
-            return false;
-        }
-        if let Some(f) = &j.file {
-            use nix::fcntl::{fallocate, FallocateFlags};
-            let flags = FallocateFlags::FALLOC_FL_PUNCH_HOLE | FallocateFlags::FALLOC_FL_KEEP_SIZE;
-            let _ = fallocate(f, flags, j.dropped_to as i64, (to - j.dropped_to) as i64);
-        }
-        j.dropped_to = to;
-        true
-    }
-
     /// Whether the stream has no room for more until a reader moves on.
     fn full(&mut self, i: usize) -> bool {
-        if self.try_drop(i) {
+        if self.journal.make_room(i) {
             self.publish();
         }
-        self.retained(i) + self.room() > self.cap
+        self.journal.is_full(i)
     }
 
     /// Journals `data`; on a write error (the host's disk is full) nothing is counted and the caller keeps
-    /// the bytes, unless `lose` says to count them anyway (a reader then sees the checksum not add up).
+    /// the bytes, unless `lose` says to count them anyway (readers then get a gap for them).
     fn append(&mut self, i: usize, data: &[u8], lose: bool) -> io::Result<()> {
-        let j = &mut self.journals[i];
-        if let Some(f) = &j.file {
-            if let Err(e) = f.write_all_at(data, j.written) {
-                if !lose {
-                    return Err(e);
-                }
-                crate::log!("exec {}: {} bytes lost: journal write failed: {e}", self.id, data.len());
-                let end = j.written + data.len() as u64;
-                match j.lost.last_mut() {
-                    Some(last) if last.1 == j.written => last.1 = end,
-                    _ => j.lost.push((j.written, end)),
-                }
-            }
-        }
-        j.crc.update(data);
-        j.written += data.len() as u64;
-        self.try_drop(i);
+        self.journal.append(i, data, lose)?;
         self.publish();
         Ok(())
     }
 
     fn publish(&self) {
-        self.progress.send_replace(Progress {
-            written: [self.journals[0].written, self.journals[1].written],
-            head: self.head,
-            dropped_to: [self.journals[0].dropped_to, self.journals[1].dropped_to],
-            lost: [self.journals[0].lost.clone(), self.journals[1].lost.clone()],
-            end: self.end.clone(),
-        });
+        self.progress.send_replace(self.journal.progress(self.end.clone()));
     }
 
     fn signal(&self, sig: Signal) {
@@ -327,27 +222,18 @@ pub(crate) fn start(state: &Shared, r: ExecSpec) -> Result<ExecRef, (ErrorKind, 
         Some(id) => id.clone(),
         None => state.borrow_mut().table.fresh_id(),
     };
-    let rel = journal_dir(&id);
     let io_err = |what: &str, e: io::Error| err(ErrorKind::Other, format!("exec {id}: {what}: {e}"));
-    let files = make_journal(&rel).map_err(|e| io_err("journal", e))?;
-    let cap = r.journal_cap.unwrap_or(DEFAULT_CAP).max(MIN_CAP);
-    let head = (cap / 4).min(MAX_HEAD);
-    let [out_file, err_file] = files;
-    let journal =
-        |file| Journal { file: Some(file), written: 0, dropped_to: head, lost: vec![], crc: crc32fast::Hasher::new() };
+    let journal = hangar_journal::Writer::create(state_dir(), &id, r.journal_cap.unwrap_or(DEFAULT_CAP))
+        .map_err(|e| io_err("journal", e))?;
     let exec = Rc::new(RefCell::new(Exec {
         id: id.clone(),
         argv: r.argv.clone(),
         pid: 0,
-        started_at_ms: now_ms(),
+        started_at_ms: hangar_types::now_ms(),
         started: Instant::now(),
         tty: r.output.is_pty(),
         merged: r.output == Output::Merged,
-        journals: [journal(out_file), journal(err_file)],
-        head,
-        cap,
-        pins: HashMap::new(),
-        next_reader: 0,
+        journal,
         progress: watch::channel(Progress::default()).0,
         space: Rc::new(Notify::new()),
         stdin: Rc::new(tokio::sync::Mutex::new(None)),
@@ -362,7 +248,6 @@ pub(crate) fn start(state: &Shared, r: ExecSpec) -> Result<ExecRef, (ErrorKind, 
         policy: r.on_disconnect,
         retain: r.retain.unwrap_or(DEFAULT_RETAIN),
         left_at: Instant::now(),
-        journal: rel,
     }));
     {
         let mut st = state.borrow_mut();
@@ -593,7 +478,7 @@ async fn read_some(src: &AsyncFd<OwnedFd>, buf: &mut [u8]) -> io::Result<usize> 
 
 /// Moves one stream's bytes from the process into the journal, pausing while the journal has no room.
 async fn pump(e: ExecRef, i: usize, src: AsyncFd<OwnedFd>, mut exited: watch::Receiver<bool>) {
-    let mut buf = vec![0u8; READ_CHUNK];
+    let mut buf = vec![0u8; hangar_journal::CHUNK];
     loop {
         loop {
             let space = e.borrow().space.clone();
@@ -605,7 +490,7 @@ async fn pump(e: ExecRef, i: usize, src: AsyncFd<OwnedFd>, mut exited: watch::Re
             }
             room.await;
         }
-        let room = e.borrow().room() as usize;
+        let room = e.borrow().journal.room();
         let got = tokio::select! {
             r = read_some(&src, &mut buf[..room]) => r,
             _ = async { let _ = exited.wait_for(|x| *x).await; tokio::time::sleep(DRAIN_IDLE).await } => break,
@@ -626,6 +511,9 @@ async fn journal(e: &ExecRef, i: usize, data: &[u8], exited: &watch::Receiver<bo
     let mut ended_at: Option<Instant> = None;
     loop {
         let lose = ended_at.is_some_and(|t| t.elapsed() >= WRITE_GIVE_UP);
+        if lose {
+            crate::log!("exec {}: {} bytes given up: the journal could not be written", e.borrow().id, data.len());
+        }
         let Err(err) = e.borrow_mut().append(i, data, lose) else { return };
         if delay == Duration::from_millis(10) {
             crate::log!("exec {}: journal write failed, holding the command: {err}", e.borrow().id);
@@ -683,8 +571,8 @@ async fn supervise(
             ending,
             code,
             signal,
-            bytes: [ex.journals[0].written, ex.journals[1].written],
-            crc32: [ex.journals[0].crc.clone().finalize(), ex.journals[1].crc.clone().finalize()],
+            bytes: ex.journal.written(),
+            crc32: ex.journal.crc32(),
             usage: Usage {
                 wall_ms: wall.as_millis() as u64,
                 cpu_user_us: used.cpu_user_ns / 1000,
@@ -693,9 +581,7 @@ async fn supervise(
             },
         });
         ex.ended = Some(Instant::now());
-        for j in &mut ex.journals {
-            j.file = None;
-        }
+        ex.journal.close();
         ex.stdin_open = false;
         ex.publish();
         ex.stdin.clone()
@@ -726,7 +612,7 @@ async fn retain(state: Shared, e: ExecRef) {
         let (attached, due) = {
             let ex = e.borrow();
             let since = ex.ended.map_or(ex.left_at, |t| t.max(ex.left_at));
-            (!ex.pins.is_empty(), since + ex.retain)
+            (ex.journal.readers() > 0, since + ex.retain)
         };
         if !attached && Instant::now() >= due {
             break;
@@ -736,7 +622,7 @@ async fn retain(state: Shared, e: ExecRef) {
     }
     let mut ex = e.borrow_mut();
     ex.expired = true;
-    remove_journal(&ex.journal);
+    hangar_journal::Writer::remove(state_dir(), &ex.id);
     drop(ex);
     state.borrow_mut().table.forget_expired();
 }
@@ -801,10 +687,7 @@ pub(crate) async fn start_and_attach(state: &Shared, conn: Conn, r: ExecSpec) {
 async fn serve_reader(e: ExecRef, mut conn: Conn, from: [u64; 2]) {
     let reader = {
         let mut ex = e.borrow_mut();
-        let id = ex.next_reader;
-        ex.next_reader += 1;
-        ex.pins.insert(id, from);
-        id
+        ex.journal.attach(from)
     };
     let info = e.borrow().info();
     let mut progress = e.borrow().progress.subscribe();
@@ -838,30 +721,28 @@ async fn serve_reader(e: ExecRef, mut conn: Conn, from: [u64; 2]) {
         }
     }
     let mut ex = e.borrow_mut();
-    ex.pins.remove(&reader);
+    ex.journal.detach(reader);
     ex.left_at = Instant::now();
     ex.space.notify_waiters();
-    if let (true, None, OnDisconnect::Kill { grace_ms }) = (ex.pins.is_empty(), &ex.end, ex.policy) {
+    if let (0, None, OnDisconnect::Kill { grace_ms }) = (ex.journal.readers(), &ex.end, ex.policy) {
         let e = e.clone();
         tokio::task::spawn_local(async move {
             let grace = Duration::from_millis(grace_ms).max(hold);
             tokio::time::sleep(grace).await;
             let mut ex = e.borrow_mut();
             // Nobody came back, and nobody came and left again since (that reader's own timer decides).
-            if ex.pins.is_empty() && ex.left_at.elapsed() >= grace {
+            if ex.journal.readers() == 0 && ex.left_at.elapsed() >= grace {
                 ex.kill_for(Ending::Cancelled);
             }
         });
     }
 }
 
-fn on_reader_request(e: &ExecRef, reader: u64, m: Request) {
+fn on_reader_request(e: &ExecRef, reader: hangar_journal::ReaderId, m: Request) {
     let mut ex = e.borrow_mut();
     match m {
         Request::Ack { pos } => {
-            if let Some(p) = ex.pins.get_mut(&reader) {
-                *p = [p[0].max(pos[0]), p[1].max(pos[1])];
-            }
+            ex.journal.ack(reader, pos);
             ex.space.notify_waiters();
         }
         Request::Signal { signal, .. } => {

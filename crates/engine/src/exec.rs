@@ -8,16 +8,10 @@
 
 use crate::sandbox::agent_error;
 use crate::{Engine, Error, Result};
-use crate::{ExecEnd, ExecEvent, ExecInfo, ExecSpec, OutputStream};
+use crate::{ExecEnd, ExecEvent, ExecInfo, ExecSpec};
 use hangar_agent_protocol::codec::{Conn, Writer};
-use hangar_agent_protocol::{journal_dir, Progress, Request, Response};
-use std::fs::File;
-use std::os::unix::fs::FileExt;
-use std::path::PathBuf;
+use hangar_agent_protocol::{Progress, Request, Response};
 use std::time::Duration;
-
-/// Largest chunk handed out in one [`ExecEvent::Output`].
-const READ_CHUNK: u64 = 1024 * 1024;
 
 /// A reader of one exec's journal. Dropping it detaches (what happens to the exec then is its
 /// [`OnDisconnect`] policy).
@@ -28,11 +22,8 @@ pub struct ExecStream {
     info: ExecInfo,
     conn: Conn,
     writer: Writer,
-    dir: PathBuf,
-    files: [Option<File>; 2],
-    pos: [u64; 2],
+    reader: hangar_journal::Reader,
     progress: Progress,
-    next_stream: usize,
     feeder: Option<tokio::task::JoinHandle<()>>,
     done: bool,
 }
@@ -121,7 +112,7 @@ impl Engine {
             let mut w = self.open_stdin(id, &stream.info.id, stream.info.stdin_acked).await?;
             stream.feeder = Some(tokio::spawn(async move {
                 let start = w.acked as usize;
-                for chunk in data[start.min(data.len())..].chunks(READ_CHUNK as usize) {
+                for chunk in data[start.min(data.len())..].chunks(hangar_journal::CHUNK) {
                     let offset = w.next_offset();
                     if w.write(offset, chunk).await.is_err() {
                         return;
@@ -146,7 +137,7 @@ impl Engine {
             Some(Response::Exec(info)) => info,
             other => return Err(self.unexpected(id, subject, other)),
         };
-        let dir = self.sandbox_dir(id).join(journal_dir(&info.id));
+        let reader = hangar_journal::Reader::new(self.sandbox_dir(id).join(hangar_journal::dir(&info.id)), from);
         let writer = conn.writer();
         Ok(ExecStream {
             sandbox: id.to_string(),
@@ -154,11 +145,8 @@ impl Engine {
             info,
             conn,
             writer,
-            dir,
-            files: [None, None],
-            pos: from,
+            reader,
             progress: Progress::default(),
-            next_stream: 0,
             feeder: None,
             done: false,
         })
@@ -271,7 +259,7 @@ impl ExecStream {
 
     /// Offsets (stdout, stderr) up to which output has been delivered.
     pub fn position(&self) -> [u64; 2] {
-        self.pos
+        self.reader.position()
     }
 
     /// Signals and resizes for this exec, usable from another task.
@@ -284,45 +272,6 @@ impl ExecStream {
         }
     }
 
-    fn read(&mut self, i: usize, len: u64) -> Result<bytes::Bytes> {
-        if self.files[i].is_none() {
-            let path = self.dir.join(["stdout", "stderr"][i]);
-            self.files[i] = Some(File::open(&path).map_err(|e| Error::io("open journal", path.display(), e))?);
-        }
-        let mut buf = vec![0u8; len as usize];
-        let file = self.files[i].as_ref().expect("opened above");
-        file.read_exact_at(&mut buf, self.pos[i]).map_err(|e| Error::io("read journal", self.dir.display(), e))?;
-        Ok(buf.into())
-    }
-
-    /// The next available event of stream `i`, if any.
-    async fn available(&mut self, i: usize) -> Result<Option<ExecEvent>> {
-        let p = &self.progress;
-        let (head, dropped_to, written) = (p.head, p.dropped_to[i], p.written[i]);
-        let pos = self.pos[i];
-        if pos >= head && pos < dropped_to {
-            self.pos[i] = dropped_to;
-            return Ok(Some(ExecEvent::Gap { stream: OutputStream::BOTH[i], from: pos, to: dropped_to }));
-        }
-        if let Some(&(_, to)) = p.lost[i].iter().find(|(from, to)| pos >= *from && pos < *to) {
-            self.pos[i] = to;
-            return Ok(Some(ExecEvent::Gap { stream: OutputStream::BOTH[i], from: pos, to }));
-        }
-        let mut limit = if pos < head && dropped_to > head { written.min(head) } else { written };
-        // Up to the next lost range, which is then reported as a gap.
-        if let Some(&(from, _)) = p.lost[i].iter().filter(|(from, _)| *from > pos).min() {
-            limit = limit.min(from);
-        }
-        if pos >= limit {
-            return Ok(None);
-        }
-        let data = self.read(i, (limit - pos).min(READ_CHUNK))?;
-        self.pos[i] += data.len() as u64;
-        // What we hand on is consumed: the journal may drop it and the command may write more.
-        self.control().send(&Request::Ack { pos: self.pos }).await?;
-        Ok(Some(ExecEvent::Output { stream: OutputStream::BOTH[i], offset: pos, data }))
-    }
-
     /// The next event; `Ok(None)` after [`ExecEvent::Exit`]. Output arrives as soon as the agent has
     /// journaled it; the exit comes only after every byte of both streams.
     pub async fn next(&mut self) -> Result<Option<ExecEvent>> {
@@ -330,19 +279,21 @@ impl ExecStream {
             if self.done {
                 return Ok(None);
             }
-            // Alternate between the streams so neither starves the other.
-            for k in 0..2 {
-                let i = (self.next_stream + k) % 2;
-                if let Some(ev) = self.available(i).await? {
-                    self.next_stream = (i + 1) % 2;
+            let ev =
+                self.reader.next(&self.progress).map_err(|e| Error::io("read journal of exec", &self.info.id, e))?;
+            match ev {
+                Some(ExecEvent::Exit(end)) => {
+                    self.done = true;
+                    return Ok(Some(ExecEvent::Exit(end)));
+                }
+                Some(ev) => {
+                    if matches!(ev, ExecEvent::Output { .. }) {
+                        // What we hand on is consumed: the journal may drop it and the command may write more.
+                        self.control().send(&Request::Ack { pos: self.reader.position() }).await?;
+                    }
                     return Ok(Some(ev));
                 }
-            }
-            if let Some(end) = &self.progress.end {
-                if self.pos[0] >= end.bytes[0] && self.pos[1] >= end.bytes[1] {
-                    self.done = true;
-                    return Ok(Some(ExecEvent::Exit(end.clone())));
-                }
+                None => {}
             }
             match self.conn.recv::<Response>().await {
                 Ok(Some(Response::Progress(p))) => self.progress = p,

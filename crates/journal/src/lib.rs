@@ -28,7 +28,7 @@ pub const CHUNK: usize = 1 << 20;
 /// Smallest cap per stream a journal accepts (smaller caps are raised to it).
 pub const MIN_CAP: u64 = 64 << 10;
 /// Most of a stream's start that is kept whatever the cap drops (a quarter of the cap, at most this).
-pub const MAX_HEAD: u64 = 4 << 20;
+pub const MAX_HEAD: u64 = 8 << 20;
 
 /// The directory of exec `exec`'s journal, relative to the sandbox's state directory.
 ///
