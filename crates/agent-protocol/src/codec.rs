@@ -175,7 +175,12 @@ mod tests {
         let recv = async {
             assert_eq!(b.recv::<u32>().await.unwrap(), Some(1));
             let mut got = Vec::new();
-            b.recv_raw(big.len() as u64, |c| Ok(got.extend_from_slice(c))).await.unwrap();
+            b.recv_raw(big.len() as u64, |c| {
+                got.extend_from_slice(c);
+                Ok(())
+            })
+            .await
+            .unwrap();
             assert_eq!(got, big);
             assert_eq!(b.recv::<String>().await.unwrap().as_deref(), Some("after"));
         };

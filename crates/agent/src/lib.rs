@@ -23,5 +23,6 @@ mod confined;
 mod execs;
 mod server;
 mod spare;
+mod state;
 
 pub use server::run;

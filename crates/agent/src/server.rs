@@ -1,12 +1,12 @@
 //! The agent's life: build the sandbox, start the main command, serve the engine, reap, stop.
 
 use crate::confined::SandboxRoot;
-use crate::execs::Table;
+use crate::execs::{start_failure, Table};
 use crate::spare::{Handover, Order};
+use crate::state::{set_cloexec, Shared, State, STATE_DIR_FD};
 use hangar_agent_protocol::codec::Conn;
 use hangar_agent_protocol::{
-    AgentConfig, EndReason, EndRecord, ErrorKind, Request, Response, StartFailure, StartFailureKind, StartReport,
-    END_RECORD_FILE, VERSION,
+    AgentConfig, EndReason, EndRecord, ErrorKind, Request, Response, StartReport, END_RECORD_FILE, VERSION,
 };
 use nix::sys::signal::{kill, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
@@ -15,16 +15,15 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::{Read, Write};
-use std::os::fd::{AsFd, FromRawFd};
+use std::os::fd::FromRawFd;
 use std::rc::Rc;
 use std::time::Duration;
 use tokio::net::UnixListener;
-use tokio::sync::{oneshot, Notify};
+use tokio::sync::Notify;
 
 /// Descriptor numbers the runtime places the agent's inherited resources at (see `hangar_runtime::AgentFds`).
 const LISTENER_FD: i32 = 3;
 const STATUS_FD: i32 = 4;
-pub(crate) const STATE_DIR_FD: i32 = 5;
 const CONFIG_FD: i32 = 6;
 const CHUNK: usize = 256 * 1024;
 
@@ -145,30 +144,6 @@ fn spawn_main(
         .map_err(|e| StartReport::CommandFailed(start_failure(prog, &e)))
 }
 
-pub(crate) struct State {
-    pub(crate) cfg: AgentConfig,
-    /// Where every path a user gives is resolved.
-    pub(crate) root: SandboxRoot,
-    pub(crate) user: Option<(u32, u32)>,
-    main_pid: i32,
-    /// Exec processes waiting for their exit status, by pid.
-    pub(crate) waiters: HashMap<i32, oneshot::Sender<WaitStatus>>,
-    main_status: Option<WaitStatus>,
-    pub(crate) stopping: bool,
-    pub(crate) live_execs: usize,
-    pub(crate) table: Table,
-    /// A helper waiting to become the next exec (see `spare`).
-    pub(crate) spare: Option<crate::spare::Spare>,
-    pub(crate) spare_pending: bool,
-    /// When preparing a spare last failed (none is tried for a while after).
-    pub(crate) spare_failed: Option<std::time::Instant>,
-    /// The helper cannot run in this sandbox's image: no spare is tried again.
-    pub(crate) spare_unusable: bool,
-    pub(crate) spare_count: u64,
-}
-
-pub(crate) type Shared = Rc<RefCell<State>>;
-
 async fn serve(
     cfg: AgentConfig,
     root: SandboxRoot,
@@ -260,10 +235,6 @@ fn watchdog(deadline: Duration) {
     }
 }
 
-fn set_cloexec(fd: &impl AsFd) {
-    let _ = nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC));
-}
-
 /// Collects every exited child: execs get their status, the main command's end starts the shutdown,
 /// orphans re-parented to us are simply reaped.
 fn reap(state: &Shared, main_exited: &Notify) {
@@ -335,11 +306,7 @@ async fn shutdown(state: &Shared, main_exited: &Notify, grace: Duration, reason:
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
     let main = state.borrow().main_status;
-    let (code, signal) = match main {
-        Some(WaitStatus::Exited(_, c)) => (Some(c), None),
-        Some(WaitStatus::Signaled(_, s, _)) => (None, Some(s as i32)),
-        _ => (None, Some(libc::SIGKILL)),
-    };
+    let (code, signal) = crate::state::exit_of(main);
     record_end(&EndRecord { reason, code, signal });
 }
 
@@ -409,26 +376,6 @@ async fn handle(state: Shared, main_exited: Rc<Notify>, mut conn: Conn) {
 
 fn err(kind: ErrorKind, message: String) -> Response {
     Response::Error { kind, message }
-}
-
-/// Why `prog` could not be started, from the error of its exec (or of the fork before it).
-pub(crate) fn start_failure(prog: &str, e: &std::io::Error) -> StartFailure {
-    use StartFailureKind as K;
-    let (kind, message) = match (e.kind(), e.raw_os_error()) {
-        (std::io::ErrorKind::NotFound, _) => (K::NotFound, format!("command not found: {prog}")),
-        (std::io::ErrorKind::PermissionDenied, _) => {
-            (K::PermissionDenied, format!("permission denied: {prog} is not executable"))
-        }
-        (_, Some(libc::ENOEXEC)) => (K::NotExecutable, format!("cannot run {prog}: not an executable format")),
-        (_, Some(libc::EAGAIN)) => {
-            (K::ResourceLimit, format!("cannot start {prog}: the sandbox's process limit (pids) is reached"))
-        }
-        (_, Some(libc::ENOMEM | libc::EMFILE | libc::ENFILE)) => {
-            (K::ResourceLimit, format!("cannot start {prog}: {e}"))
-        }
-        _ => (K::Other, format!("cannot start {prog}: {e}")),
-    };
-    StartFailure::new(kind, message)
 }
 
 fn file_error(path: &str, e: &std::io::Error) -> Response {

@@ -95,6 +95,9 @@ pub enum Error {
         /// Newest version this engine speaks.
         max: u32,
     },
+    /// A bug or an impossible state in the engine itself (a task that panicked, say).
+    #[error("internal error: {0}")]
+    Internal(String),
     /// The sandbox store failed.
     #[error("sandbox store: {0}")]
     Store(#[from] rusqlite::Error),
@@ -154,6 +157,7 @@ impl Error {
             Error::SandboxGone { .. } => Reason::SandboxGone,
             Error::Runtime(_)
             | Error::AgentVersion { .. }
+            | Error::Internal(_)
             | Error::Store(_)
             | Error::Io { .. }
             | Error::Agent { .. } => Reason::Internal,

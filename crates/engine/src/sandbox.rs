@@ -92,7 +92,7 @@ impl Engine {
         let images = self.images.clone();
         tokio::task::spawn_blocking(move || images.prune(in_use))
             .await
-            .map_err(|e| Error::InvalidArgument(format!("prune panicked: {e}")))?
+            .map_err(|e| Error::Internal(format!("pruning the image store panicked: {e}")))?
     }
 
     /// The image store sandboxes are made from.
@@ -206,7 +206,8 @@ impl Engine {
 
     /// Resolves the image, pulling it if needed and recording the pull's progress on the sandbox.
     async fn resolve_image(self: &Arc<Self>, id: &str, image: &str) -> Result<hangar_images::ImageLayout> {
-        let (engine, id, image) = (self.clone(), id.to_string(), image.to_string());
+        let (engine, id, what) = (self.clone(), id.to_string(), format!("resolving image {image}"));
+        let image = image.to_string();
         tokio::task::spawn_blocking(move || {
             let mut last = std::time::Instant::now() - Duration::from_secs(1);
             let mut layers: std::collections::BTreeMap<String, (u64, u64)> = Default::default();
@@ -226,7 +227,7 @@ impl Engine {
             })
         })
         .await
-        .map_err(|e| Error::InvalidArgument(format!("image resolution panicked: {e}")))?
+        .map_err(|e| Error::Internal(format!("{what}: the task panicked: {e}")))?
         .map_err(Error::from)
     }
 
@@ -295,8 +296,9 @@ impl Engine {
             user: layout.user.clone(),
         };
         let cfg_path = dir.join("agent.json");
-        std::fs::write(&cfg_path, serde_json::to_vec(&agent_cfg).unwrap_or_default())
-            .map_err(|e| Error::io("write", cfg_path.display(), e))?;
+        let body = serde_json::to_vec(&agent_cfg)
+            .map_err(|e| Error::Internal(format!("sandbox {id}: encoding the agent's configuration: {e}")))?;
+        std::fs::write(&cfg_path, body).map_err(|e| Error::io("write", cfg_path.display(), e))?;
 
         let sock = self.socket_path(id);
         let listener = std::os::unix::net::UnixListener::bind(&sock)

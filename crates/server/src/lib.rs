@@ -11,6 +11,7 @@ mod auth;
 mod metrics;
 mod service;
 mod status;
+mod stream;
 
 pub use auth::{Tenant, Tokens};
 pub use hangar_proto::convert::{PATH_KEY, REASON_KEY};

@@ -1,0 +1,296 @@
+//! Starting an exec: its request checked, its pipes or terminal, its cgroup, and the hand-off to a spare
+//! helper (or a direct start when none is waiting).
+
+use super::*;
+use hangar_types::StartFailureKind;
+
+/// Checks the request; the working directory it names, resolved inside the sandbox.
+pub(super) fn validate(state: &Shared, r: &ExecSpec) -> Result<OwnedFd, (ErrorKind, String)> {
+    let st = state.borrow();
+    if st.stopping {
+        return Err(err(ErrorKind::Stopping, "the sandbox is stopping"));
+    }
+    st.root.open_dir(r.cwd.as_deref().unwrap_or(&st.cfg.workdir))
+}
+
+/// The exec `r` names, started now, or the existing one when its id is taken by the same command.
+pub(crate) fn start(state: &Shared, r: ExecSpec) -> Result<ExecRef, (ErrorKind, String)> {
+    // The engine checked already; an agent trusts no peer with its journal paths.
+    r.validate().map_err(|e| err(ErrorKind::InvalidArgument, e.to_string()))?;
+    if let Some(id) = &r.id {
+        if let Some(e) = state.borrow().table.by_id.get(id) {
+            if e.borrow().argv != r.argv {
+                return Err(err(ErrorKind::ExecConflict, format!("exec id {id} is taken by another command")));
+            }
+            return Ok(e.clone());
+        }
+    }
+    let cwd = validate(state, &r)?;
+    let id = match &r.id {
+        Some(id) => id.clone(),
+        None => state.borrow_mut().table.fresh_id(),
+    };
+    let io_err = |what: &str, e: io::Error| err(ErrorKind::Other, format!("exec {id}: {what}: {e}"));
+    let journal = hangar_journal::Writer::create(state_dir(), &id, r.journal_cap.unwrap_or(DEFAULT_CAP))
+        .map_err(|e| io_err("journal", e))?;
+    let exec = Rc::new(RefCell::new(Exec {
+        id: id.clone(),
+        argv: r.argv.clone(),
+        pid: 0,
+        started_at_ms: hangar_types::now_ms(),
+        started: Instant::now(),
+        tty: r.output.is_pty(),
+        merged: r.output == Output::Merged,
+        journal,
+        progress: watch::channel(Progress::default()).0,
+        space: Rc::new(Notify::new()),
+        stdin: Rc::new(tokio::sync::Mutex::new(None)),
+        stdin_open: false,
+        stdin_acked: 0,
+        pty: None,
+        cgroup: None,
+        killed_for: None,
+        end: None,
+        ended: None,
+        expired: false,
+        policy: r.on_disconnect,
+        retain: r.retain.unwrap_or(DEFAULT_RETAIN),
+        left_at: Instant::now(),
+    }));
+    {
+        let mut st = state.borrow_mut();
+        st.table.by_id.insert(id.clone(), exec.clone());
+        st.table.order.push(id.clone());
+    }
+    match spawn(state, &exec, &r, &cwd) {
+        Ok(()) => {}
+        Err(failure) => {
+            let mut e = exec.borrow_mut();
+            e.end = Some(ExecEnd::failed_to_start(failure));
+            e.ended = Some(Instant::now());
+            e.publish();
+            drop(e);
+            tokio::task::spawn_local(retain(state.clone(), exec.clone()));
+        }
+    }
+    Ok(exec)
+}
+
+/// Starts the process with its pipes (or terminal) and cgroup, and the tasks that journal and supervise it.
+/// On failure: why, typed.
+pub(super) fn spawn(state: &Shared, exec: &ExecRef, r: &ExecSpec, cwd: &OwnedFd) -> Result<(), StartFailure> {
+    let id = exec.borrow().id.clone();
+    let io_err = |what: &str, e: io::Error| {
+        StartFailure::new(hangar_types::StartFailureKind::Other, format!("exec {id}: {what}: {e}"))
+    };
+    let start_err = |e: io::Error| start_failure(&r.argv[0], &e);
+    let (user, mut env) = {
+        let st = state.borrow();
+        (st.user, st.cfg.env.clone())
+    };
+    if r.output.is_pty() && !r.env.iter().any(|(k, _)| k == "TERM") {
+        env.push(("TERM".into(), "xterm-256color".into()));
+    }
+    env.extend(r.env.iter().cloned());
+    // The child's stdio, and our ends: output sources, the stdin sink, the terminal for resizes.
+    let mut sources: Vec<OwnedFd> = Vec::new();
+    let mut stdin_sink = None;
+    let mut pty_ctl = None;
+    let stdio: [OwnedFd; 3] = if let Output::Pty { rows, cols } = r.output {
+        let ws = nix::pty::Winsize { ws_row: rows, ws_col: cols, ws_xpixel: 0, ws_ypixel: 0 };
+        let pty = nix::pty::openpty(Some(&ws), None).map_err(|e| io_err("openpty", e.into()))?;
+        for fd in [&pty.master, &pty.slave] {
+            set_cloexec(fd);
+        }
+        let dup = |f: &OwnedFd| f.try_clone().map_err(|e| io_err("dup pty", e));
+        stdin_sink = Some(dup(&pty.master)?);
+        pty_ctl = Some(dup(&pty.master)?);
+        let slave = [dup(&pty.slave)?, dup(&pty.slave)?, pty.slave];
+        sources.push(pty.master);
+        slave
+    } else {
+        let (out_r, out_w) = pipe().map_err(|e| io_err("pipe", e))?;
+        let _ = nix::fcntl::fcntl(&out_w, nix::fcntl::FcntlArg::F_SETPIPE_SZ(PIPE_SIZE));
+        sources.push(out_r);
+        let err_w = if r.output == Output::Merged {
+            out_w.try_clone().map_err(|e| io_err("dup", e))?
+        } else {
+            let (err_r, err_w) = pipe().map_err(|e| io_err("pipe", e))?;
+            let _ = nix::fcntl::fcntl(&err_w, nix::fcntl::FcntlArg::F_SETPIPE_SZ(PIPE_SIZE));
+            sources.push(err_r);
+            err_w
+        };
+        let stdin = if r.stdin {
+            let (in_r, in_w) = pipe().map_err(|e| io_err("pipe", e))?;
+            stdin_sink = Some(in_w);
+            in_r
+        } else {
+            File::open("/dev/null").map_err(|e| io_err("/dev/null", e))?.into()
+        };
+        [stdin, out_w, err_w]
+    };
+    let order = Order { argv: r.argv.clone(), env, user, tty: r.output.is_pty() };
+    let with = || Handover { stdio: stdio.each_ref(), cwd };
+    let spare = state.borrow_mut().spare.take();
+    let started = match spare {
+        Some(spare) => give_to_helper(state, spare, &order, with()),
+        None => None,
+    };
+    let started = match started {
+        Some(started) => started,
+        // No spare (or it was unusable): started from the agent, paying the cgroup migration on this path.
+        None => {
+            let cgroup = state.borrow().table.cgroups.create_exec(&format!("exec-{id}")).ok();
+            match spare::start_directly(&order, with(), cgroup.as_ref()) {
+                Ok(pid) => Ok((pid, expect_exit(state, pid), cgroup)),
+                Err(e) => {
+                    if let Some(cg) = cgroup {
+                        tokio::task::spawn_blocking(move || cg.remove(Duration::from_millis(500)));
+                    }
+                    Err(e)
+                }
+            }
+        }
+    };
+    let (pid, exit_rx, cgroup) = match started {
+        Ok(started) => started,
+        Err(e) => {
+            refill_spare(state);
+            return Err(start_err(e));
+        }
+    };
+    // Our copies of the child's ends must close now, or the pumps would never see end of file.
+    drop(stdio);
+    state.borrow_mut().live_execs += 1;
+    let sink = match stdin_sink.map(nonblocking).transpose() {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = kill(Pid::from_raw(-pid), Signal::SIGKILL);
+            return Err(io_err("stdin", e));
+        }
+    };
+    {
+        let mut e = exec.borrow_mut();
+        e.pid = pid;
+        e.started = Instant::now();
+        e.stdin_open = sink.is_some();
+        *e.stdin.try_lock().expect("new exec's stdin is free") = sink;
+        e.pty = pty_ctl;
+        e.cgroup = cgroup;
+    }
+    let (exited_tx, exited_rx) = watch::channel(false);
+    let mut pumps = Vec::new();
+    for (i, src) in sources.into_iter().enumerate() {
+        let src = nonblocking(src).map_err(|e| io_err("output", e))?;
+        pumps.push(tokio::task::spawn_local(pump(exec.clone(), i, src, exited_rx.clone())));
+    }
+    if let Some(t) = r.timeout {
+        let e = exec.clone();
+        tokio::task::spawn_local(async move {
+            tokio::time::sleep(t).await;
+            e.borrow_mut().kill_for(Ending::TimedOut);
+        });
+    }
+    tokio::task::spawn_local(supervise(state.clone(), exec.clone(), exit_rx, pumps, exited_tx));
+    Ok(())
+}
+
+pub(super) type Started = (i32, oneshot::Receiver<WaitStatus>, Option<ExecCgroup>);
+
+/// Registers `pid` with the reaper (before it can possibly exit unseen: same thread, no await in between).
+pub(super) fn expect_exit(state: &Shared, pid: i32) -> oneshot::Receiver<WaitStatus> {
+    let (tx, rx) = oneshot::channel();
+    state.borrow_mut().waiters.insert(pid, tx);
+    rx
+}
+
+/// Hands the order to a waiting helper. `None` when the helper turned out unusable; `Some(Err)` when the
+/// command cannot be executed.
+pub(super) fn give_to_helper(
+    state: &Shared,
+    mut helper: Spare,
+    order: &Order,
+    with: Handover<'_>,
+) -> Option<io::Result<Started>> {
+    let exit_rx = expect_exit(state, helper.pid);
+    match helper.order(order, with) {
+        Ok(Ok(())) => Some(Ok((helper.pid, exit_rx, Some(helper.cgroup)))),
+        failed => {
+            // The helper exits (or has died); the reaper collects it as an orphan.
+            state.borrow_mut().waiters.remove(&helper.pid);
+            let _ = kill(Pid::from_raw(helper.pid), Signal::SIGKILL);
+            let cg = helper.cgroup;
+            tokio::task::spawn_blocking(move || cg.remove(Duration::from_millis(500)));
+            match failed {
+                Ok(Err(e)) => Some(Err(e)),
+                _ => None,
+            }
+        }
+    }
+}
+
+/// Prepares the next spare in the background (its cgroup migration off every exec's path).
+pub(crate) fn refill_spare(state: &Shared) {
+    let cgroup = {
+        let mut st = state.borrow_mut();
+        let resting = st.spare_failed.is_some_and(|t| t.elapsed() < SPARE_RETRY);
+        if st.spare.is_some() || st.spare_pending || resting || st.stopping || st.spare_unusable {
+            return;
+        }
+        st.spare_count += 1;
+        match st.table.cgroups.create_exec(&format!("exec-s{}", st.spare_count)) {
+            Ok(cg) => cg,
+            Err(_) => return,
+        }
+    };
+    state.borrow_mut().spare_pending = true;
+    let state = state.clone();
+    tokio::task::spawn_local(async move {
+        let made = tokio::task::spawn_blocking(move || spare::prepare(cgroup)).await;
+        let mut st = state.borrow_mut();
+        st.spare_pending = false;
+        match made {
+            Ok(Ok(spare)) if !st.stopping => {
+                st.spare = Some(spare);
+                st.spare_failed = None;
+            }
+            Ok(Ok(spare)) => {
+                let _ = kill(Pid::from_raw(spare.pid), Signal::SIGKILL);
+            }
+            Ok(Err(e)) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                // The helper died before it was ready: the agent's binary cannot run on this image's C library
+                // (or lack of one). That will not change; execs start directly from now on.
+                crate::log!("the exec helper cannot run in this image ({e}); execs start directly");
+                st.spare_unusable = true;
+            }
+            Ok(Err(e)) => {
+                // Execs still start, just without the head start (a full pids limit, say); say so once a spell.
+                if st.spare_failed.is_none() {
+                    crate::log!("no spare exec helper ({e}); execs start directly for now");
+                }
+                st.spare_failed = Some(Instant::now());
+            }
+            Err(_) => st.spare_failed = Some(Instant::now()),
+        }
+    });
+}
+
+/// Why `prog` could not be started, from the error of its exec (or of the fork before it).
+pub(crate) fn start_failure(prog: &str, e: &std::io::Error) -> StartFailure {
+    use StartFailureKind as K;
+    let (kind, message) = match (e.kind(), e.raw_os_error()) {
+        (std::io::ErrorKind::NotFound, _) => (K::NotFound, format!("command not found: {prog}")),
+        (std::io::ErrorKind::PermissionDenied, _) => {
+            (K::PermissionDenied, format!("permission denied: {prog} is not executable"))
+        }
+        (_, Some(libc::ENOEXEC)) => (K::NotExecutable, format!("cannot run {prog}: not an executable format")),
+        (_, Some(libc::EAGAIN)) => {
+            (K::ResourceLimit, format!("cannot start {prog}: the sandbox's process limit (pids) is reached"))
+        }
+        (_, Some(libc::ENOMEM | libc::EMFILE | libc::ENFILE)) => {
+            (K::ResourceLimit, format!("cannot start {prog}: {e}"))
+        }
+        _ => (K::Other, format!("cannot start {prog}: {e}")),
+    };
+    StartFailure::new(kind, message)
+}

@@ -1,0 +1,242 @@
+//! Execs: commands run for clients. Each exec's output goes into a journal (one file per stream in the
+//! sandbox's host-side state directory) that outlives any client: readers attach and resume from any offset,
+//! a slow reader slows the command instead of losing bytes, and a reader that is gone does not stall it.
+//!
+//! Retention per stream: everything up to the journal cap. Past the cap, when no attached reader still needs
+//! them, the oldest bytes after a kept head are dropped (hole-punched) and readers are told the exact range;
+//! while an attached reader still needs them, the pipe is simply not read, so the command blocks on write.
+
+use crate::spare::{self, Handover, Order, Spare};
+use crate::state::{set_cloexec, Shared, STATE_DIR_FD};
+use hangar_agent_protocol::codec::Conn;
+use hangar_agent_protocol::{
+    Ending, ErrorKind, ExecEnd, ExecInfo, ExecSpec, OnDisconnect, Progress, Request, Response, StartFailure, Usage,
+};
+use hangar_runtime::cgroups::ExecCgroup;
+use hangar_types::Output;
+use nix::sys::signal::{kill, Signal};
+use nix::sys::wait::WaitStatus;
+use nix::unistd::Pid;
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+use tokio::io::unix::AsyncFd;
+use tokio::sync::{oneshot, watch, Notify};
+
+use hangar_types::{DEFAULT_EXEC_RETAIN as DEFAULT_RETAIN, DEFAULT_JOURNAL_CAP as DEFAULT_CAP};
+/// Pipes are enlarged to this so a fast writer makes fewer round trips through the agent.
+const PIPE_SIZE: i32 = 1 << 20;
+/// After the process tree is gone, a pipe still held open (by nothing we can see) is closed after this.
+const DRAIN_IDLE: Duration = Duration::from_millis(100);
+/// How long bytes that cannot be journaled are kept after their process ended, before they are given up.
+const WRITE_GIVE_UP: Duration = Duration::from_secs(30);
+/// After a spare helper could not be prepared, how long execs start directly before another is tried.
+const SPARE_RETRY: Duration = Duration::from_secs(5);
+/// Ended execs whose journal expired are forgotten beyond this many.
+const MAX_EXPIRED: usize = 1024;
+
+mod launch;
+mod running;
+mod serve;
+mod stdin;
+
+use launch::start;
+use running::{pump, retain, supervise};
+
+pub(crate) use launch::{refill_spare, start_failure};
+pub(crate) use serve::{attach, start_and_attach};
+pub(crate) use stdin::stdin;
+
+pub(crate) type ExecRef = Rc<RefCell<Exec>>;
+
+/// The sandbox's execs, oldest first.
+pub(crate) struct Table {
+    by_id: HashMap<String, ExecRef>,
+    order: Vec<String>,
+    next: u64,
+    pub(crate) cgroups: hangar_runtime::cgroups::CgroupDirs,
+}
+
+impl Table {
+    pub(crate) fn new(cgroups: hangar_runtime::cgroups::CgroupDirs) -> Self {
+        Self { by_id: HashMap::new(), order: Vec::new(), next: 1, cgroups }
+    }
+
+    fn fresh_id(&mut self) -> String {
+        loop {
+            let id = format!("ex-{}", self.next);
+            self.next += 1;
+            if !self.by_id.contains_key(&id) {
+                return id;
+            }
+        }
+    }
+
+    pub(crate) fn running(&self) -> Vec<ExecRef> {
+        self.by_id.values().filter(|e| e.borrow().end.is_none()).cloned().collect()
+    }
+
+    fn forget_expired(&mut self) {
+        let expired: Vec<String> =
+            self.order.iter().filter(|id| self.by_id.get(*id).is_some_and(|e| e.borrow().expired)).cloned().collect();
+        for id in expired.iter().take(expired.len().saturating_sub(MAX_EXPIRED)) {
+            self.by_id.remove(id);
+            self.order.retain(|o| o != id);
+        }
+    }
+}
+
+pub(crate) struct Exec {
+    id: String,
+    argv: Vec<String>,
+    pid: i32,
+    started_at_ms: u64,
+    started: Instant,
+    tty: bool,
+    merged: bool,
+    journal: hangar_journal::Writer,
+    progress: watch::Sender<Progress>,
+    /// Woken when readers advance or leave, so a pump waiting for room re-checks.
+    space: Rc<Notify>,
+    stdin: Rc<tokio::sync::Mutex<Option<AsyncFd<OwnedFd>>>>,
+    stdin_open: bool,
+    stdin_acked: u64,
+    /// The PTY master, for resizes.
+    pty: Option<OwnedFd>,
+    cgroup: Option<ExecCgroup>,
+    /// Why the agent killed it, when it did.
+    killed_for: Option<Ending>,
+    end: Option<ExecEnd>,
+    ended: Option<Instant>,
+    expired: bool,
+    policy: OnDisconnect,
+    retain: Duration,
+    left_at: Instant,
+}
+
+fn err(kind: ErrorKind, message: impl Into<String>) -> (ErrorKind, String) {
+    (kind, message.into())
+}
+
+fn state_dir() -> BorrowedFd<'static> {
+    // SAFETY: the runtime placed the state directory at this number and nothing closes it while we run.
+    unsafe { BorrowedFd::borrow_raw(STATE_DIR_FD) }
+}
+
+fn nonblocking(fd: OwnedFd) -> io::Result<AsyncFd<OwnedFd>> {
+    use nix::fcntl::{fcntl, FcntlArg, OFlag};
+    let flags = OFlag::from_bits_truncate(fcntl(&fd, FcntlArg::F_GETFL)?);
+    fcntl(&fd, FcntlArg::F_SETFL(flags | OFlag::O_NONBLOCK))?;
+    // SAFETY: the AsyncFd owns `fd`, so it stays open and means the same file for the AsyncFd's lifetime.
+    Ok(unsafe { AsyncFd::register(fd) }?)
+}
+
+fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(io::Error::from)
+}
+
+impl Exec {
+    fn info(&self) -> ExecInfo {
+        ExecInfo {
+            id: self.id.clone(),
+            argv: self.argv.clone(),
+            pid: self.pid,
+            started_at_ms: self.started_at_ms,
+            tty: self.tty,
+            merged: self.merged,
+            stdin_open: self.stdin_open,
+            stdin_acked: self.stdin_acked,
+            written: self.journal.written(),
+            attached: self.journal.readers() as u32,
+            end: self.end.clone(),
+            expired: self.expired,
+        }
+    }
+
+    /// Whether the stream has no room for more until a reader moves on.
+    fn full(&mut self, i: usize) -> bool {
+        if self.journal.make_room(i) {
+            self.publish();
+        }
+        self.journal.is_full(i)
+    }
+
+    /// Journals `data`; on a write error (the host's disk is full) nothing is counted and the caller keeps
+    /// the bytes, unless `lose` says to count them anyway (readers then get a gap for them).
+    fn append(&mut self, i: usize, data: &[u8], lose: bool) -> io::Result<()> {
+        self.journal.append(i, data, lose)?;
+        self.publish();
+        Ok(())
+    }
+
+    fn publish(&self) {
+        self.progress.send_replace(self.journal.progress(self.end.clone()));
+    }
+
+    fn signal(&self, sig: Signal) {
+        if self.end.is_some() || self.pid <= 0 {
+            return;
+        }
+        let _ = kill(Pid::from_raw(-self.pid), sig);
+        if sig == Signal::SIGKILL {
+            if let Some(cg) = &self.cgroup {
+                cg.kill_all();
+            }
+        }
+    }
+
+    /// Kills the whole tree (process group and cgroup) for `why`, unless it already ended.
+    pub(crate) fn kill_for(&mut self, why: Ending) {
+        if self.end.is_none() {
+            self.killed_for.get_or_insert(why);
+            self.signal(Signal::SIGKILL);
+        }
+    }
+
+    fn on_signal(&mut self, signal: i32) -> Result<(), (ErrorKind, String)> {
+        let sig = Signal::try_from(signal).map_err(|_| err(ErrorKind::InvalidArgument, format!("signal {signal}")))?;
+        if sig == Signal::SIGKILL {
+            self.kill_for(Ending::Cancelled);
+        } else {
+            self.signal(sig);
+        }
+        Ok(())
+    }
+}
+
+fn lookup(state: &Shared, id: &str) -> Result<ExecRef, (ErrorKind, String)> {
+    state
+        .borrow()
+        .table
+        .by_id
+        .get(id)
+        .cloned()
+        .ok_or_else(|| err(ErrorKind::ExecNotFound, format!("exec {id} not found")))
+}
+
+/// Answers [`Request::ListExecs`].
+pub(crate) fn list(state: &Shared) -> Response {
+    let st = state.borrow();
+    Response::Execs {
+        execs: st.table.order.iter().filter_map(|id| st.table.by_id.get(id)).map(|e| e.borrow().info()).collect(),
+    }
+}
+
+/// Answers a [`Request::Signal`] that names its exec.
+pub(crate) fn signal(state: &Shared, id: &str, signal: i32) -> Response {
+    match lookup(state, id).and_then(|e| e.borrow_mut().on_signal(signal)) {
+        Ok(()) => Response::Done,
+        Err((kind, message)) => Response::Error { kind, message },
+    }
+}
+
+/// Marks every running exec as ended by the sandbox's end (called as the sandbox shuts down).
+pub(crate) fn sandbox_ending(state: &Shared) {
+    for e in state.borrow().table.running() {
+        e.borrow_mut().killed_for.get_or_insert(Ending::SandboxGone);
+    }
+}

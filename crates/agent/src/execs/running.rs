@@ -1,0 +1,161 @@
+//! An exec's life after its start: its output pumped into the journal, its end recorded, its journal kept
+//! for the retention time.
+
+use super::*;
+
+pub(super) async fn read_some(src: &AsyncFd<OwnedFd>, buf: &mut [u8]) -> io::Result<usize> {
+    loop {
+        let mut guard = src.readable().await?;
+        match guard.try_io(|fd| nix::unistd::read(fd.get_ref(), buf).map_err(io::Error::from)) {
+            Ok(r) => return r,
+            Err(_would_block) => continue,
+        }
+    }
+}
+
+/// Moves one stream's bytes from the process into the journal, pausing while the journal has no room.
+pub(super) async fn pump(e: ExecRef, i: usize, src: AsyncFd<OwnedFd>, mut exited: watch::Receiver<bool>) {
+    let mut buf = vec![0u8; hangar_journal::CHUNK];
+    loop {
+        loop {
+            let space = e.borrow().space.clone();
+            let room = space.notified();
+            tokio::pin!(room);
+            room.as_mut().enable();
+            if !e.borrow_mut().full(i) {
+                break;
+            }
+            room.await;
+        }
+        let room = e.borrow().journal.room();
+        let got = tokio::select! {
+            r = read_some(&src, &mut buf[..room]) => r,
+            _ = async { let _ = exited.wait_for(|x| *x).await; tokio::time::sleep(DRAIN_IDLE).await } => break,
+        };
+        match got {
+            // End of file, or EIO from a terminal whose last holder closed it.
+            Ok(0) | Err(_) => break,
+            Ok(n) => journal(&e, i, &buf[..n], &exited).await,
+        }
+    }
+}
+
+/// Journals what the process wrote. While the journal cannot be written (the host's disk is full) the bytes
+/// are kept and the pipe is not read, so the command waits, as for a slow reader; the bytes are given up
+/// only [`WRITE_GIVE_UP`] after the process ended.
+pub(super) async fn journal(e: &ExecRef, i: usize, data: &[u8], exited: &watch::Receiver<bool>) {
+    let mut delay = Duration::from_millis(10);
+    let mut ended_at: Option<Instant> = None;
+    loop {
+        let lose = ended_at.is_some_and(|t| t.elapsed() >= WRITE_GIVE_UP);
+        if lose {
+            crate::log!("exec {}: {} bytes given up: the journal could not be written", e.borrow().id, data.len());
+        }
+        let Err(err) = e.borrow_mut().append(i, data, lose) else { return };
+        if delay == Duration::from_millis(10) {
+            crate::log!("exec {}: journal write failed, holding the command: {err}", e.borrow().id);
+        }
+        if *exited.borrow() {
+            ended_at.get_or_insert_with(Instant::now);
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_secs(1));
+    }
+}
+
+pub(super) fn usage_of(cg: &Option<ExecCgroup>) -> hangar_runtime::cgroups::CgroupUsage {
+    cg.as_ref().map(|c| c.usage()).unwrap_or_default()
+}
+
+/// Waits for the process, ends its tree, lets the pumps drain, and records the end.
+pub(super) async fn supervise(
+    state: Shared,
+    e: ExecRef,
+    exit: oneshot::Receiver<WaitStatus>,
+    pumps: Vec<tokio::task::JoinHandle<()>>,
+    exited: watch::Sender<bool>,
+) {
+    let ws = exit.await.ok();
+    let wall = e.borrow().started.elapsed();
+    {
+        // The exec owns its tree: whatever it left running ends with it.
+        let ex = e.borrow();
+        let _ = kill(Pid::from_raw(-ex.pid), Signal::SIGKILL);
+        if let Some(cg) = &ex.cgroup {
+            cg.kill_all();
+        }
+    }
+    exited.send_replace(true);
+    for p in pumps {
+        let _ = p.await;
+    }
+    let cgroup = e.borrow_mut().cgroup.take();
+    let used = usage_of(&cgroup);
+    let (code, signal) = crate::state::exit_of(ws);
+    let stdin = {
+        let mut ex = e.borrow_mut();
+        let ending = match (ex.killed_for.clone(), code, signal) {
+            (Some(why), _, _) => why,
+            (None, c, _) if used.oom_kills > 0 && c != Some(0) => Ending::OomKilled,
+            (None, Some(code), _) => Ending::Exited { code },
+            (None, None, s) => Ending::Signaled { signal: s.unwrap_or(libc::SIGKILL) },
+        };
+        ex.end = Some(ExecEnd {
+            ending,
+            code,
+            signal,
+            bytes: ex.journal.written(),
+            crc32: ex.journal.crc32(),
+            usage: Usage {
+                wall_ms: wall.as_millis() as u64,
+                cpu_user_us: used.cpu_user_ns / 1000,
+                cpu_sys_us: used.cpu_sys_ns / 1000,
+                peak_memory_bytes: used.peak_memory_bytes,
+            },
+        });
+        ex.ended = Some(Instant::now());
+        ex.journal.close();
+        ex.stdin_open = false;
+        ex.publish();
+        ex.stdin.clone()
+    };
+    if let Ok(mut s) = stdin.try_lock() {
+        s.take();
+    }
+    state.borrow_mut().live_execs -= 1;
+    // The next spare is prepared now, not while this exec ran: its cgroup migration briefly holds a lock that
+    // process exits wait for, which would slow the exec it was meant to speed up.
+    refill_spare(&state);
+    // Removing a memory cgroup takes the kernel ~10 ms: after the end is out, and off the agent's thread.
+    if let Some(cg) = cgroup {
+        for _ in 0..1000 {
+            if cg.kill_all() == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let _ = tokio::task::spawn_blocking(move || cg.remove(Duration::from_millis(500))).await;
+    }
+    retain(state, e).await;
+}
+
+/// Keeps the journal until the exec ended, nobody is attached, and its retention has passed; then deletes it.
+pub(super) async fn retain(state: Shared, e: ExecRef) {
+    loop {
+        let (attached, due) = {
+            let ex = e.borrow();
+            let since = ex.ended.map_or(ex.left_at, |t| t.max(ex.left_at));
+            (ex.journal.readers() > 0, since + ex.retain)
+        };
+        if !attached && Instant::now() >= due {
+            break;
+        }
+        let wake = if attached { Instant::now() + Duration::from_secs(1) } else { due };
+        tokio::time::sleep_until(wake.into()).await;
+    }
+    let mut ex = e.borrow_mut();
+    ex.expired = true;
+    hangar_journal::Writer::remove(state_dir(), &ex.id);
+    drop(ex);
+    state.borrow_mut().table.forget_expired();
+}

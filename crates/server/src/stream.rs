@@ -1,0 +1,187 @@
+//! The streaming half of `StreamExec`: the client's messages (stdin, resizes, signals) into the exec, and
+//! the exec's events out to the client with keepalives, each on a task of its own.
+
+use crate::status::from_engine;
+use hangar_engine::{Engine, ExecControl, ExecEvent, ExecStream, OutputStream};
+use hangar_proto::v1 as pb;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tonic::{Status, Streaming};
+
+/// Output events buffered per stream before the exec's journal stops being read (backpressure).
+pub(crate) const STREAM_BUFFER: usize = 16;
+/// How long a streamed exec whose server dies (a restart, an upgrade) waits for a client to resume before its
+/// disconnect policy applies: as long as the SDK keeps trying to resume.
+pub(crate) const RESTART_HOLD: Duration = Duration::from_secs(120);
+/// A streamed exec that has sent nothing for this long sends a keepalive frame (unless the client asks
+/// for another interval), so proxies and load balancers never see an idle stream.
+pub(crate) const DEFAULT_KEEPALIVE: Duration = Duration::from_secs(15);
+
+pub(crate) fn keepalive(ms: u64) -> Duration {
+    match ms {
+        0 => DEFAULT_KEEPALIVE,
+        ms => Duration::from_millis(ms.clamp(20, 300_000)),
+    }
+}
+
+fn error_frame(st: Status) -> pb::stream_exec_response::Msg {
+    let reason = st.metadata().get(crate::REASON_KEY).and_then(|v| v.to_str().ok()).unwrap_or("INTERNAL").to_string();
+    pb::stream_exec_response::Msg::Error(pb::Error { reason, message: st.message().to_string() })
+}
+
+type Outbound = tokio::sync::mpsc::Sender<Result<pb::StreamExecResponse, Status>>;
+
+/// stdin, resizes and signals from the client. stdin goes through a resumable writer opened at the first
+/// chunk's offset; only an explicit `close` is stdin's end of file (a request stream that ends, cleanly or
+/// not, may be a client about to resume on another connection).
+pub(crate) async fn client_messages(
+    engine: Arc<Engine>,
+    sandbox: String,
+    exec: String,
+    mut inbound: Streaming<pb::StreamExecRequest>,
+    control: ExecControl,
+    tx: Outbound,
+) {
+    use pb::stream_exec_request::Msg as In;
+    use pb::stream_exec_response::Msg as Out;
+    let mut writer: Option<hangar_engine::StdinWriter> = None;
+    let mut stdin_failed = false;
+    loop {
+        let msg = match inbound.message().await {
+            Ok(Some(m)) => m.msg,
+            Ok(None) | Err(_) => return,
+        };
+        let (offset, data, close) = match msg {
+            Some(In::Stdin(c)) => (c.offset, Some(c.data), false),
+            Some(In::Close(_)) => (0, None, true),
+            Some(In::Resize(r)) => {
+                let _ = control.resize(r.rows.min(u16::MAX as u32) as u16, r.cols.min(u16::MAX as u32) as u16).await;
+                continue;
+            }
+            Some(In::Signal(s)) => {
+                let _ = control.signal(s.signal).await;
+                continue;
+            }
+            _ => continue,
+        };
+        if stdin_failed {
+            if close {
+                return;
+            }
+            continue;
+        }
+        if writer.is_none() {
+            match engine.open_stdin(&sandbox, &exec, offset).await {
+                Ok(w) => writer = Some(w),
+                Err(e) => {
+                    tracing::debug!(%sandbox, %exec, error = %e, "stdin not writable");
+                    stdin_failed = true;
+                    continue;
+                }
+            }
+        }
+        let w = writer.as_mut().expect("opened above");
+        let acked = match data {
+            Some(d) => w.write(offset, &d).await,
+            None => w.close().await,
+        };
+        match acked {
+            Ok(offset) => {
+                let _ = tx.send(Ok(pb::StreamExecResponse { msg: Some(Out::StdinAck(pb::StdinAck { offset })) })).await;
+            }
+            Err(e) => {
+                tracing::debug!(%sandbox, %exec, error = %e, "stdin closed");
+                stdin_failed = true;
+            }
+        }
+        if close {
+            return;
+        }
+    }
+}
+
+/// Exec events to the client, with a keepalive whenever the stream has been quiet for `keepalive`. A client
+/// that went away drops the stream (detaching; the exec's policy decides what happens to it).
+pub(crate) async fn forward_events(
+    mut stream: ExecStream,
+    tx: Outbound,
+    keepalive: Duration,
+    metrics: Arc<crate::Metrics>,
+) {
+    use pb::stream_exec_response::Msg as Out;
+    let out = |m: Out| Ok(pb::StreamExecResponse { msg: Some(m) });
+    let started = Instant::now();
+    let control = stream.control();
+    // The journal reader runs on its own task: `ExecStream::next` is not cancel-safe, and the keepalive
+    // timer must be able to fire while it waits.
+    let (ev_tx, mut ev_rx) = tokio::sync::mpsc::channel(1);
+    let reader = tokio::spawn(async move {
+        loop {
+            let ev = stream.next().await;
+            let last = !matches!(ev, Ok(Some(ExecEvent::Output { .. } | ExecEvent::Gap { .. })));
+            if ev_tx.send(ev).await.is_err() || last {
+                return;
+            }
+        }
+    });
+    let _abort_reader = AbortOnDrop(reader);
+    let mut pos = [0u64; 2];
+    loop {
+        let ev = tokio::select! {
+            ev = ev_rx.recv() => ev,
+            _ = tx.closed() => { let _ = control.detach().await; return; }
+            _ = tokio::time::sleep(keepalive) => {
+                metrics.keepalives.fetch_add(1, Relaxed);
+                let k = pb::Keepalive { stdout_offset: pos[0], stderr_offset: pos[1] };
+                if tx.send(out(Out::Keepalive(k))).await.is_err() {
+                    let _ = control.detach().await;
+                    return;
+                }
+                continue;
+            }
+        };
+        let msg = match ev {
+            Some(Ok(Some(ev))) => {
+                match &ev {
+                    ExecEvent::Output { stream, offset, data } => {
+                        let counter = match stream {
+                            OutputStream::Stdout => &metrics.stdout_bytes,
+                            OutputStream::Stderr => &metrics.stderr_bytes,
+                        };
+                        counter.fetch_add(data.len() as u64, Relaxed);
+                        pos[stream.index()] = offset + data.len() as u64;
+                    }
+                    ExecEvent::Gap { stream, from, to } => {
+                        pos[stream.index()] = *to;
+                        metrics.gap_bytes.fetch_add(to - from, Relaxed);
+                    }
+                    ExecEvent::Exit(_) => {
+                        metrics.exec_seconds.observe(started.elapsed());
+                        let _ = tx.send(out(ev.into())).await;
+                        return;
+                    }
+                }
+                out(ev.into())
+            }
+            Some(Ok(None)) | None => return,
+            Some(Err(e)) => {
+                let _ = tx.send(out(error_frame(from_engine(e)))).await;
+                return;
+            }
+        };
+        if tx.send(msg).await.is_err() {
+            // The client went away: its exec's policy applies now (a server that dies instead holds it).
+            let _ = control.detach().await;
+            return;
+        }
+    }
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
