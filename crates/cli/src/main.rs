@@ -1,10 +1,11 @@
 //! `hangar`: the command line. A thin user of the SDK: argument parsing, printing, exit codes.
 
 mod bench;
+mod commands;
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, Result};
 use clap::{Args, Parser, Subcommand};
-use hangar::{Client, Ending, ExecEvent, ExecHandle, OnDisconnect, OutputStream, Sandbox, SandboxBuilder};
+use hangar::{Sandbox, SandboxBuilder};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -325,423 +326,37 @@ fn json_lines<T: serde::Serialize>(items: &[T]) -> Result<u8> {
 }
 
 async fn dispatch(cmd: Cmd) -> Result<u8> {
+    use commands::{exec, files, images, sandboxes, serve};
     match cmd {
-        Cmd::Run { mut sandbox, timeout, cwd, command } => {
-            let timeout = timeout.map(|t| seconds(t, "--timeout")).transpose()?;
-            // `run` stops its sandbox itself; the lifetime is only a safety net should this process die, so
-            // it must not cut a long command short: a day, or the timeout plus a minute.
-            if sandbox.lifetime.is_none() {
-                let net = timeout.map_or(RUN_LIFETIME, |t| t + Duration::from_secs(60));
-                sandbox.lifetime = Some(net.as_secs_f64());
-            }
-            let sb = sandbox.builder()?.create().await?;
-            let ran = tokio::select! {
-                r = run_streaming(&sb, command, cwd, timeout) => r,
-                _ = tokio::signal::ctrl_c() => Ok(130),
-            };
-            sb.stop_with_grace(Duration::from_secs(1)).await?;
-            ran
+        Cmd::Run { sandbox, timeout, cwd, command } => exec::run(sandbox, timeout, cwd, command).await,
+        Cmd::Create { sandbox, tags, command } => sandboxes::create(sandbox, tags, command).await,
+        Cmd::Exec { id, exec: args, detach, interactive, tty, merged, keep_running, command } => {
+            let flags = ExecFlags { detach, interactive, tty, merged, keep_running };
+            exec::exec(id, args, flags, command).await
         }
-        Cmd::Create { sandbox, tags, command } => {
-            let mut b = sandbox.builder()?;
-            for (k, v) in tags {
-                b = b.tag(k, v);
-            }
-            if let Some((program, args)) = command.split_first() {
-                b = b.command(program.clone()).args(args.iter().cloned());
-            }
-            outln!("{}", b.create().await?.id());
-            Ok(0)
+        Cmd::Attach { id, exec: x, stdout_offset, stderr_offset, interactive } => {
+            exec::attach(id, x, [stdout_offset, stderr_offset], interactive).await
         }
-        Cmd::Exec { id, exec, detach, interactive, tty, merged, keep_running, command } => {
-            let sb = Sandbox::from_id(&id).await?;
-            let timeout = exec.timeout.map(|t| seconds(t, "--timeout")).transpose()?;
-            let mut x = sb.exec(command).merged(merged);
-            if let Some(c) = exec.cwd {
-                x = x.cwd(c);
-            }
-            for (k, v) in exec.env {
-                x = x.env(k, v);
-            }
-            if let Some(t) = timeout {
-                x = x.timeout(t);
-            }
-            if let Some(i) = exec.exec_id {
-                x = x.id(i);
-            }
-            if interactive {
-                x = x.open_stdin();
-            }
-            let raw = tty && interactive && terminal::is_terminal();
-            if tty {
-                let (rows, cols) = terminal::size();
-                x = x.tty(rows, cols);
-            }
-            // This client is the command's only watcher unless it detaches or asks to keep it.
-            if !(detach || keep_running) {
-                x = x.on_disconnect(OnDisconnect::Kill { grace_ms: 0 });
-            }
-            let h = x.start().await?;
-            if detach {
-                outln!("{}", h.id());
-                return Ok(0);
-            }
-            follow(h, interactive, raw, timeout).await
-        }
-        Cmd::Attach { id, exec, stdout_offset, stderr_offset, interactive } => {
-            let sb = Sandbox::from_id(&id).await?;
-            let h = sb.attach(exec).from_offsets(stdout_offset, stderr_offset).start().await?;
-            follow(h, interactive, false, None).await
-        }
-        Cmd::Execs { id, json } => {
-            let execs = Sandbox::from_id(&id).await?.execs().await?;
-            if json {
-                return json_lines(&execs);
-            }
-            outln!("{:<24} {:<10} {:<14} {:>12} {:>12}  COMMAND", "EXEC", "STATE", "ENDING", "STDOUT", "STDERR");
-            for x in execs {
-                let (state, ending) = match &x.end {
-                    None => ("running", "-".to_string()),
-                    Some(e) => ("ended", e.ending.to_string()),
-                };
-                let state = if x.expired { "expired" } else { state };
-                outln!(
-                    "{:<24} {:<10} {:<14} {:>12} {:>12}  {}",
-                    x.id,
-                    state,
-                    ending,
-                    x.written[0],
-                    x.written[1],
-                    x.argv.join(" ")
-                );
-            }
-            Ok(0)
-        }
-        Cmd::Kill { id, exec, signal } => {
-            Sandbox::from_id(&id).await?.signal_exec(&exec, signal).await?;
-            Ok(0)
-        }
-        Cmd::Shell { id, mut command } => {
-            let sb = Sandbox::from_id(&id).await?;
-            if command.is_empty() {
-                command = ["sh", "-c", "if command -v bash >/dev/null 2>&1; then exec bash; else exec sh; fi"]
-                    .map(String::from)
-                    .to_vec();
-            }
-            let (rows, cols) = terminal::size();
-            let h = sb
-                .exec(command)
-                .tty(rows, cols)
-                .open_stdin()
-                .on_disconnect(OnDisconnect::Kill { grace_ms: 0 })
-                .start()
-                .await?;
-            follow(h, true, terminal::is_terminal(), None).await
-        }
-        Cmd::Ls { json } => {
-            let all = Client::from_env()?.list().await?;
-            if json {
-                return json_lines(&all);
-            }
-            outln!("{:<20} {:<11} {:<8} {:<6} {:<18} COMMAND", "ID", "STATE", "IMAGE", "EXIT", "ENDED BY");
-            for i in all {
-                let exit = match (i.exit_code, i.exit_signal) {
-                    (Some(c), _) => c.to_string(),
-                    (None, Some(s)) => format!("sig{s}"),
-                    _ => "-".into(),
-                };
-                let ended = i.end_reason.as_deref().unwrap_or("-");
-                outln!("{:<20} {:<11} {:<8} {:<6} {:<18} {}", i.id, i.state, i.image, exit, ended, i.command.join(" "));
-            }
-            Ok(0)
-        }
-        Cmd::Stop { ids, grace } => {
-            let grace =
-                Duration::try_from_secs_f64(grace).map_err(|_| anyhow!("--grace {grace}: not a number of seconds"))?;
-            for id in ids {
-                let info = Sandbox::from_id(&id).await?.stop_with_grace(grace).await?;
-                outln!("{id} {}", info.state);
-            }
-            Ok(0)
-        }
-        Cmd::Rm { ids } => {
-            for id in ids {
-                Sandbox::from_id(&id).await?.delete().await?;
-                outln!("{id}");
-            }
-            Ok(0)
-        }
-        Cmd::Cp { src, dst } => copy(&src, &dst).await,
+        Cmd::Execs { id, json } => exec::execs(id, json).await,
+        Cmd::Kill { id, exec: x, signal } => exec::kill(id, x, signal).await,
+        Cmd::Shell { id, command } => exec::shell(id, command).await,
+        Cmd::Ls { json } => sandboxes::ls(json).await,
+        Cmd::Stop { ids, grace } => sandboxes::stop(ids, grace).await,
+        Cmd::Rm { ids } => sandboxes::rm(ids).await,
+        Cmd::Cp { src, dst } => files::copy(&src, &dst).await,
         Cmd::Bench(args) => bench::run(args).await,
-        Cmd::Images(cmd) => images(cmd).await,
-        Cmd::Serve { listen, http_listen, token_file, drain } => serve(listen, http_listen, token_file, drain).await,
-    }
-}
-
-async fn run_streaming(
-    sb: &Sandbox,
-    command: Vec<String>,
-    cwd: Option<String>,
-    timeout: Option<Duration>,
-) -> Result<u8> {
-    let mut exec = sb.exec(command).on_disconnect(OnDisconnect::Kill { grace_ms: 0 });
-    if let Some(c) = cwd {
-        exec = exec.cwd(c);
-    }
-    if let Some(t) = timeout {
-        exec = exec.timeout(t);
-    }
-    follow(exec.start().await?, false, false, timeout).await
-}
-
-/// Prints an exec's output as it arrives (stdout to stdout, stderr to stderr), optionally feeding it this
-/// process's stdin (raw terminal and resizes for a PTY), and returns the exit code a shell would give.
-async fn follow(mut h: ExecHandle, stdin: bool, raw: bool, timeout: Option<Duration>) -> Result<u8> {
-    use std::io::Write;
-    let _raw = raw.then(terminal::RawMode::enter).transpose()?;
-    let mut feeding = Vec::new();
-    if stdin {
-        let input = h.input();
-        feeding.push(tokio::spawn(async move {
-            use tokio::io::AsyncReadExt;
-            let mut stdin = tokio::io::stdin();
-            let mut buf = vec![0u8; 64 * 1024];
-            loop {
-                match stdin.read(&mut buf).await {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => {
-                        if input.write(&buf[..n]).await.is_err() {
-                            return;
-                        }
-                    }
-                }
-            }
-            let _ = input.close().await;
-        }));
-    }
-    if raw {
-        let input = h.input();
-        feeding.push(tokio::spawn(async move {
-            let Ok(mut winch) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::window_change()) else {
-                return;
-            };
-            while winch.recv().await.is_some() {
-                let (rows, cols) = terminal::size();
-                let _ = input.resize(rows, cols).await;
-            }
-        }));
-    }
-    let _stop_feeding = scopeguard(feeding);
-    loop {
-        match h.next_event().await? {
-            Some(ExecEvent::Output { stream: OutputStream::Stdout, data, .. }) => {
-                let mut out = std::io::stdout().lock();
-                out.write_all(&data).and_then(|()| out.flush()).map_err(stdout_error)?;
-            }
-            Some(ExecEvent::Output { data, .. }) => std::io::stderr().lock().write_all(&data)?,
-            Some(ExecEvent::Gap { stream, from, to }) => {
-                eprintln!(
-                    "hangar: {stream:?} bytes {from}..{to} were dropped by the journal cap before this client attached"
-                )
-            }
-            Some(ExecEvent::Exit(end)) => {
-                drop(_raw);
-                return match &end.ending {
-                    Ending::Exited { .. } | Ending::Signaled { .. } => Ok(end.shell_code()),
-                    Ending::TimedOut => {
-                        let after = timeout.map(|t| format!(" after {t:?}")).unwrap_or_default();
-                        eprintln!("hangar: command timed out{after}; its processes were killed");
-                        Ok(124)
-                    }
-                    Ending::Cancelled => {
-                        eprintln!("hangar: command cancelled; its processes were killed");
-                        Ok(end.shell_code())
-                    }
-                    Ending::OomKilled => {
-                        eprintln!("hangar: command killed by the OOM killer (sandbox memory limit)");
-                        Ok(end.shell_code())
-                    }
-                    Ending::FailedToStart(f) => bail!("{}", f.message),
-                    Ending::SandboxGone => bail!("sandbox {}: it ended while exec {} ran", h.sandbox_id(), h.id()),
-                };
-            }
-            None => bail!("exec {}: the stream ended without an exit", h.id()),
+        Cmd::Images(cmd) => images::images(cmd).await,
+        Cmd::Serve { listen, http_listen, token_file, drain } => {
+            serve::serve(listen, http_listen, token_file, drain).await
         }
     }
 }
 
-/// Aborts the given tasks when dropped.
-fn scopeguard(tasks: Vec<tokio::task::JoinHandle<()>>) -> impl Drop {
-    struct Abort(Vec<tokio::task::JoinHandle<()>>);
-    impl Drop for Abort {
-        fn drop(&mut self) {
-            self.0.iter().for_each(|t| t.abort());
-        }
-    }
-    Abort(tasks)
-}
-
-mod terminal {
-    //! The controlling terminal: size, and raw mode for interactive sessions.
-    use std::io::IsTerminal;
-
-    nix::ioctl_read_bad!(tiocgwinsz, libc::TIOCGWINSZ, libc::winsize);
-
-    pub fn is_terminal() -> bool {
-        std::io::stdin().is_terminal() && std::io::stdout().is_terminal()
-    }
-
-    /// Rows and columns of this process's terminal; 24×80 when there is none.
-    pub fn size() -> (u16, u16) {
-        let mut ws = libc::winsize { ws_row: 0, ws_col: 0, ws_xpixel: 0, ws_ypixel: 0 };
-        // SAFETY: TIOCGWINSZ writes one winsize into `ws`, which lives across the call.
-        match unsafe { tiocgwinsz(libc::STDOUT_FILENO, &mut ws) } {
-            Ok(_) if ws.ws_row > 0 && ws.ws_col > 0 => (ws.ws_row, ws.ws_col),
-            _ => (24, 80),
-        }
-    }
-
-    /// The terminal in raw mode (keys go to the sandbox as typed, ^C included) until dropped.
-    pub struct RawMode(nix::sys::termios::Termios);
-
-    impl RawMode {
-        pub fn enter() -> anyhow::Result<Self> {
-            use nix::sys::termios::{cfmakeraw, tcgetattr, tcsetattr, SetArg};
-            let saved = tcgetattr(std::io::stdin())?;
-            let mut raw = saved.clone();
-            cfmakeraw(&mut raw);
-            tcsetattr(std::io::stdin(), SetArg::TCSANOW, &raw)?;
-            Ok(Self(saved))
-        }
-    }
-
-    impl Drop for RawMode {
-        fn drop(&mut self) {
-            let _ = nix::sys::termios::tcsetattr(std::io::stdin(), nix::sys::termios::SetArg::TCSANOW, &self.0);
-        }
-    }
-}
-
-/// `ID:PATH` → (id, path); anything else is a local path.
-fn remote(s: &str) -> Option<(&str, &str)> {
-    let (id, path) = s.split_once(':')?;
-    (id.starts_with("sb-") && !path.is_empty()).then_some((id, path))
-}
-
-async fn copy(src: &str, dst: &str) -> Result<u8> {
-    match (remote(src), remote(dst)) {
-        // Both ways streamed in chunks: memory stays small whatever the file's size.
-        (Some((id, path)), None) => {
-            let sb = Sandbox::from_id(id).await?;
-            let mut out = tokio::fs::File::create(dst).await.with_context(|| format!("create {dst}"))?;
-            if let Err(e) = sb.read_file_to(path, &mut out).await {
-                // No partial file is left to be mistaken for the whole (only a regular file: `dst` may be
-                // /dev/null or a FIFO).
-                if tokio::fs::metadata(dst).await.is_ok_and(|m| m.is_file()) {
-                    let _ = tokio::fs::remove_file(dst).await;
-                }
-                return Err(e.into());
-            }
-        }
-        (None, Some((id, path))) => {
-            let mut file = tokio::fs::File::open(src).await.with_context(|| format!("open {src}"))?;
-            let meta = file.metadata().await.with_context(|| format!("stat {src}"))?;
-            if !meta.is_file() {
-                bail!("{src} is not a regular file");
-            }
-            Sandbox::from_id(id).await?.write_file_from(path, &mut file, meta.len()).await?;
-        }
-        (Some(_), Some(_)) => {
-            bail!("copying between two sandboxes is not supported: copy through a local file")
-        }
-        (None, None) => bail!("one of {src:?} and {dst:?} must be SANDBOX_ID:PATH"),
-    }
-    Ok(0)
-}
-
-async fn serve(
-    listen: std::net::SocketAddr,
-    http_listen: Option<std::net::SocketAddr>,
-    token_file: Option<std::path::PathBuf>,
-    drain: f64,
-) -> Result<u8> {
-    let tokens = match (token_file, std::env::var("HANGAR_SERVER_TOKENS")) {
-        (Some(path), _) => hangar_server::Tokens::from_file(&path)?,
-        (None, Ok(list)) => hangar_server::Tokens::parse(&list)?,
-        (None, Err(_)) => bail!("no tokens: pass --token-file FILE (TENANT=TOKEN lines) or set HANGAR_SERVER_TOKENS"),
-    };
-    let drain = seconds(drain, "--drain")?;
-    let engine = hangar_engine::Engine::open(hangar_engine::EngineConfig::from_env()?)?;
-    let shutdown = async {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(t) => t,
-            Err(_) => return std::future::pending().await,
-        };
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = tokio::signal::ctrl_c() => {}
-        }
-    };
-    let (grpc, http, serving) = hangar_server::bind(engine, tokens, listen, http_listen, drain, shutdown).await?;
-    eprintln!("hangar: listening on {grpc}");
-    if let Some(http) = http {
-        eprintln!("hangar: health and metrics on http://{http}/healthz and /metrics");
-    }
-    serving.await?;
-    eprintln!("hangar: stopped");
-    Ok(0)
-}
-
-async fn images(cmd: ImagesCmd) -> Result<u8> {
-    let engine = hangar_engine::Engine::open(hangar_engine::EngineConfig::from_env()?)?;
-    if let ImagesCmd::Prune = cmd {
-        let (layers, blobs) = engine.prune_images().await?;
-        outln!("removed {layers} layers and {blobs} blobs");
-        return Ok(0);
-    }
-    let store = engine.images().clone();
-    tokio::task::spawn_blocking(move || -> Result<u8> {
-        match cmd {
-            ImagesCmd::Import { archive } => {
-                for rec in store.import(&archive)? {
-                    outln!("{} {}", rec.reference, rec.id);
-                }
-            }
-            ImagesCmd::Ls => {
-                outln!("{:<50} {:<20} {:>6}  COMMAND", "REFERENCE", "ID", "LAYERS");
-                for rec in store.list()? {
-                    let cmd: Vec<_> = rec.config.entrypoint.iter().chain(&rec.config.cmd).cloned().collect();
-                    outln!(
-                        "{:<50} {:<20} {:>6}  {}",
-                        rec.reference,
-                        &rec.id[..rec.id.len().min(19)],
-                        rec.layers.len(),
-                        cmd.join(" ")
-                    );
-                }
-            }
-            ImagesCmd::Prune => unreachable!("handled above"),
-            ImagesCmd::Pull { reference } => {
-                let registries = store.registries().clone();
-                let mut last = String::new();
-                let rec = store.pull(&reference, &registries, |digest, n, total| {
-                    let short = &digest[digest.len().min(7)..digest.len().min(19)];
-                    // One line per layer as it completes, so the output stays readable in logs too.
-                    if n == total && last != digest {
-                        eprintln!("{short}: {:.1} MB done", total as f64 / 1e6);
-                        last = digest.to_string();
-                    }
-                })?;
-                outln!("{} {}", rec.reference, rec.id);
-            }
-            ImagesCmd::Rm { references } => {
-                for r in references {
-                    store.remove(&r)?;
-                    outln!("{r}");
-                }
-            }
-        }
-        Ok(0)
-    })
-    .await?
+/// The on/off switches of `hangar exec`.
+pub(crate) struct ExecFlags {
+    pub detach: bool,
+    pub interactive: bool,
+    pub tty: bool,
+    pub merged: bool,
+    pub keep_running: bool,
 }

@@ -1,0 +1,264 @@
+//! Commands that run something and follow its output: `run`, `exec`, `attach`, `shell`, `kill`.
+
+use crate::{json_lines, outln, seconds, stdout_error, ExecArgs, ExecFlags, SandboxArgs, RUN_LIFETIME};
+use anyhow::{bail, Result};
+use hangar::{Ending, ExecEvent, ExecHandle, OnDisconnect, OutputStream, Sandbox};
+use std::time::Duration;
+
+/// `hangar run`: a sandbox for one command, stopped when it ends; exits with the command's code.
+pub(crate) async fn run(
+    mut sandbox: SandboxArgs,
+    timeout: Option<f64>,
+    cwd: Option<String>,
+    command: Vec<String>,
+) -> Result<u8> {
+    let timeout = timeout.map(|t| seconds(t, "--timeout")).transpose()?;
+    // `run` stops its sandbox itself; the lifetime is only a safety net should this process die, so
+    // it must not cut a long command short: a day, or the timeout plus a minute.
+    if sandbox.lifetime.is_none() {
+        let net = timeout.map_or(RUN_LIFETIME, |t| t + Duration::from_secs(60));
+        sandbox.lifetime = Some(net.as_secs_f64());
+    }
+    let sb = sandbox.builder()?.create().await?;
+    let ran = tokio::select! {
+        r = run_streaming(&sb, command, cwd, timeout) => r,
+        _ = tokio::signal::ctrl_c() => Ok(130),
+    };
+    sb.stop_with_grace(Duration::from_secs(1)).await?;
+    ran
+}
+
+/// `hangar exec`: runs a command in a sandbox, following its output (or printing its id, detached).
+pub(crate) async fn exec(id: String, exec: ExecArgs, flags: ExecFlags, command: Vec<String>) -> Result<u8> {
+    let ExecFlags { detach, interactive, tty, merged, keep_running } = flags;
+    let sb = Sandbox::from_id(&id).await?;
+    let timeout = exec.timeout.map(|t| seconds(t, "--timeout")).transpose()?;
+    let mut x = sb.exec(command).merged(merged);
+    if let Some(c) = exec.cwd {
+        x = x.cwd(c);
+    }
+    for (k, v) in exec.env {
+        x = x.env(k, v);
+    }
+    if let Some(t) = timeout {
+        x = x.timeout(t);
+    }
+    if let Some(i) = exec.exec_id {
+        x = x.id(i);
+    }
+    if interactive {
+        x = x.open_stdin();
+    }
+    let raw = tty && interactive && terminal::is_terminal();
+    if tty {
+        let (rows, cols) = terminal::size();
+        x = x.tty(rows, cols);
+    }
+    // This client is the command's only watcher unless it detaches or asks to keep it.
+    if !(detach || keep_running) {
+        x = x.on_disconnect(OnDisconnect::Kill { grace_ms: 0 });
+    }
+    let h = x.start().await?;
+    if detach {
+        outln!("{}", h.id());
+        return Ok(0);
+    }
+    follow(h, interactive, raw, timeout).await
+}
+
+/// `hangar attach`: follows an exec from given offsets.
+pub(crate) async fn attach(id: String, exec: String, from: [u64; 2], interactive: bool) -> Result<u8> {
+    let sb = Sandbox::from_id(&id).await?;
+    let h = sb.attach(exec).from_offsets(from[0], from[1]).start().await?;
+    follow(h, interactive, false, None).await
+}
+
+/// `hangar execs`: a sandbox's execs.
+pub(crate) async fn execs(id: String, json: bool) -> Result<u8> {
+    let execs = Sandbox::from_id(&id).await?.execs().await?;
+    if json {
+        return json_lines(&execs);
+    }
+    outln!("{:<24} {:<10} {:<14} {:>12} {:>12}  COMMAND", "EXEC", "STATE", "ENDING", "STDOUT", "STDERR");
+    for x in execs {
+        let (state, ending) = match &x.end {
+            None => ("running", "-".to_string()),
+            Some(e) => ("ended", e.ending.to_string()),
+        };
+        let state = if x.expired { "expired" } else { state };
+        outln!(
+            "{:<24} {:<10} {:<14} {:>12} {:>12}  {}",
+            x.id,
+            state,
+            ending,
+            x.written[0],
+            x.written[1],
+            x.argv.join(" ")
+        );
+    }
+    Ok(0)
+}
+
+/// `hangar kill`: signals an exec's process tree.
+pub(crate) async fn kill(id: String, exec: String, signal: i32) -> Result<u8> {
+    Sandbox::from_id(&id).await?.signal_exec(&exec, signal).await?;
+    Ok(0)
+}
+
+/// `hangar shell`: an interactive shell under a terminal.
+pub(crate) async fn shell(id: String, mut command: Vec<String>) -> Result<u8> {
+    let sb = Sandbox::from_id(&id).await?;
+    if command.is_empty() {
+        command = ["sh", "-c", "if command -v bash >/dev/null 2>&1; then exec bash; else exec sh; fi"]
+            .map(String::from)
+            .to_vec();
+    }
+    let (rows, cols) = terminal::size();
+    let h =
+        sb.exec(command).tty(rows, cols).open_stdin().on_disconnect(OnDisconnect::Kill { grace_ms: 0 }).start().await?;
+    follow(h, true, terminal::is_terminal(), None).await
+}
+
+async fn run_streaming(
+    sb: &Sandbox,
+    command: Vec<String>,
+    cwd: Option<String>,
+    timeout: Option<Duration>,
+) -> Result<u8> {
+    let mut exec = sb.exec(command).on_disconnect(OnDisconnect::Kill { grace_ms: 0 });
+    if let Some(c) = cwd {
+        exec = exec.cwd(c);
+    }
+    if let Some(t) = timeout {
+        exec = exec.timeout(t);
+    }
+    follow(exec.start().await?, false, false, timeout).await
+}
+
+/// Prints an exec's output as it arrives (stdout to stdout, stderr to stderr), optionally feeding it this
+/// process's stdin (raw terminal and resizes for a PTY), and returns the exit code a shell would give.
+async fn follow(mut h: ExecHandle, stdin: bool, raw: bool, timeout: Option<Duration>) -> Result<u8> {
+    use std::io::Write;
+    let _raw = raw.then(terminal::RawMode::enter).transpose()?;
+    let mut feeding = Vec::new();
+    if stdin {
+        let input = h.input();
+        feeding.push(tokio::spawn(async move {
+            use tokio::io::AsyncReadExt;
+            let mut stdin = tokio::io::stdin();
+            let mut buf = vec![0u8; 64 * 1024];
+            loop {
+                match stdin.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        if input.write(&buf[..n]).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+            let _ = input.close().await;
+        }));
+    }
+    if raw {
+        let input = h.input();
+        feeding.push(tokio::spawn(async move {
+            let Ok(mut winch) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::window_change()) else {
+                return;
+            };
+            while winch.recv().await.is_some() {
+                let (rows, cols) = terminal::size();
+                let _ = input.resize(rows, cols).await;
+            }
+        }));
+    }
+    let _stop_feeding = scopeguard(feeding);
+    loop {
+        match h.next_event().await? {
+            Some(ExecEvent::Output { stream: OutputStream::Stdout, data, .. }) => {
+                let mut out = std::io::stdout().lock();
+                out.write_all(&data).and_then(|()| out.flush()).map_err(stdout_error)?;
+            }
+            Some(ExecEvent::Output { data, .. }) => std::io::stderr().lock().write_all(&data)?,
+            Some(ExecEvent::Gap { stream, from, to }) => {
+                eprintln!(
+                    "hangar: {stream:?} bytes {from}..{to} were dropped by the journal cap before this client attached"
+                )
+            }
+            Some(ExecEvent::Exit(end)) => {
+                drop(_raw);
+                return match &end.ending {
+                    Ending::Exited { .. } | Ending::Signaled { .. } => Ok(end.shell_code()),
+                    Ending::TimedOut => {
+                        let after = timeout.map(|t| format!(" after {t:?}")).unwrap_or_default();
+                        eprintln!("hangar: command timed out{after}; its processes were killed");
+                        Ok(124)
+                    }
+                    Ending::Cancelled => {
+                        eprintln!("hangar: command cancelled; its processes were killed");
+                        Ok(end.shell_code())
+                    }
+                    Ending::OomKilled => {
+                        eprintln!("hangar: command killed by the OOM killer (sandbox memory limit)");
+                        Ok(end.shell_code())
+                    }
+                    Ending::FailedToStart(f) => bail!("{}", f.message),
+                    Ending::SandboxGone => bail!("sandbox {}: it ended while exec {} ran", h.sandbox_id(), h.id()),
+                };
+            }
+            None => bail!("exec {}: the stream ended without an exit", h.id()),
+        }
+    }
+}
+
+/// Aborts the given tasks when dropped.
+fn scopeguard(tasks: Vec<tokio::task::JoinHandle<()>>) -> impl Drop {
+    struct Abort(Vec<tokio::task::JoinHandle<()>>);
+    impl Drop for Abort {
+        fn drop(&mut self) {
+            self.0.iter().for_each(|t| t.abort());
+        }
+    }
+    Abort(tasks)
+}
+
+mod terminal {
+    //! The controlling terminal: size, and raw mode for interactive sessions.
+    use std::io::IsTerminal;
+
+    nix::ioctl_read_bad!(tiocgwinsz, libc::TIOCGWINSZ, libc::winsize);
+
+    pub fn is_terminal() -> bool {
+        std::io::stdin().is_terminal() && std::io::stdout().is_terminal()
+    }
+
+    /// Rows and columns of this process's terminal; 24×80 when there is none.
+    pub fn size() -> (u16, u16) {
+        let mut ws = libc::winsize { ws_row: 0, ws_col: 0, ws_xpixel: 0, ws_ypixel: 0 };
+        // SAFETY: TIOCGWINSZ writes one winsize into `ws`, which lives across the call.
+        match unsafe { tiocgwinsz(libc::STDOUT_FILENO, &mut ws) } {
+            Ok(_) if ws.ws_row > 0 && ws.ws_col > 0 => (ws.ws_row, ws.ws_col),
+            _ => (24, 80),
+        }
+    }
+
+    /// The terminal in raw mode (keys go to the sandbox as typed, ^C included) until dropped.
+    pub struct RawMode(nix::sys::termios::Termios);
+
+    impl RawMode {
+        pub fn enter() -> anyhow::Result<Self> {
+            use nix::sys::termios::{cfmakeraw, tcgetattr, tcsetattr, SetArg};
+            let saved = tcgetattr(std::io::stdin())?;
+            let mut raw = saved.clone();
+            cfmakeraw(&mut raw);
+            tcsetattr(std::io::stdin(), SetArg::TCSANOW, &raw)?;
+            Ok(Self(saved))
+        }
+    }
+
+    impl Drop for RawMode {
+        fn drop(&mut self) {
+            let _ = nix::sys::termios::tcsetattr(std::io::stdin(), nix::sys::termios::SetArg::TCSANOW, &self.0);
+        }
+    }
+}

@@ -1,0 +1,57 @@
+//! Commands about sandboxes themselves: `create`, `ls`, `stop`, `rm`.
+
+use crate::{json_lines, outln, SandboxArgs};
+use anyhow::{anyhow, Result};
+use hangar::{Client, Sandbox};
+use std::time::Duration;
+
+/// `hangar create`: prints the new sandbox's id.
+pub(crate) async fn create(sandbox: SandboxArgs, tags: Vec<(String, String)>, command: Vec<String>) -> Result<u8> {
+    let mut b = sandbox.builder()?;
+    for (k, v) in tags {
+        b = b.tag(k, v);
+    }
+    if let Some((program, args)) = command.split_first() {
+        b = b.command(program.clone()).args(args.iter().cloned());
+    }
+    outln!("{}", b.create().await?.id());
+    Ok(0)
+}
+
+/// `hangar ls`: every sandbox.
+pub(crate) async fn ls(json: bool) -> Result<u8> {
+    let all = Client::from_env()?.list().await?;
+    if json {
+        return json_lines(&all);
+    }
+    outln!("{:<20} {:<11} {:<8} {:<6} {:<18} COMMAND", "ID", "STATE", "IMAGE", "EXIT", "ENDED BY");
+    for i in all {
+        let exit = match (i.exit_code, i.exit_signal) {
+            (Some(c), _) => c.to_string(),
+            (None, Some(s)) => format!("sig{s}"),
+            _ => "-".into(),
+        };
+        let ended = i.end_reason.as_deref().unwrap_or("-");
+        outln!("{:<20} {:<11} {:<8} {:<6} {:<18} {}", i.id, i.state, i.image, exit, ended, i.command.join(" "));
+    }
+    Ok(0)
+}
+
+/// `hangar stop`: SIGTERM, then SIGKILL after the grace.
+pub(crate) async fn stop(ids: Vec<String>, grace: f64) -> Result<u8> {
+    let grace = Duration::try_from_secs_f64(grace).map_err(|_| anyhow!("--grace {grace}: not a number of seconds"))?;
+    for id in ids {
+        let info = Sandbox::from_id(&id).await?.stop_with_grace(grace).await?;
+        outln!("{id} {}", info.state);
+    }
+    Ok(0)
+}
+
+/// `hangar rm`: removes sandboxes.
+pub(crate) async fn rm(ids: Vec<String>) -> Result<u8> {
+    for id in ids {
+        Sandbox::from_id(&id).await?.delete().await?;
+        outln!("{id}");
+    }
+    Ok(0)
+}
