@@ -12,6 +12,7 @@ use crate::{ExecEnd, ExecEvent, ExecInfo, ExecSpec};
 use hangar_agent_protocol::codec::{Conn, Writer};
 use hangar_agent_protocol::{Progress, Request, Response};
 use std::time::Duration;
+use tokio_util::task::AbortOnDropHandle;
 
 /// A reader of one exec's journal. Dropping it detaches (what happens to the exec then is its
 /// [`OnDisconnect`] policy).
@@ -24,16 +25,8 @@ pub struct ExecStream {
     writer: Writer,
     reader: hangar_journal::Reader,
     progress: Progress,
-    feeder: Option<tokio::task::JoinHandle<()>>,
+    feeder: Option<AbortOnDropHandle<()>>,
     done: bool,
-}
-
-impl Drop for ExecStream {
-    fn drop(&mut self) {
-        if let Some(f) = self.feeder.take() {
-            f.abort();
-        }
-    }
 }
 
 /// Signals and resizes for an exec, usable while another task reads its [`ExecStream`].
@@ -110,7 +103,7 @@ impl Engine {
         let mut stream = self.exec(id, ExecSpec { stdin: true, ..spec }).await?;
         if stream.info.stdin_open {
             let mut w = self.open_stdin(id, &stream.info.id, stream.info.stdin_acked).await?;
-            stream.feeder = Some(tokio::spawn(async move {
+            stream.feeder = Some(AbortOnDropHandle::new(tokio::spawn(async move {
                 let start = w.acked as usize;
                 for chunk in data[start.min(data.len())..].chunks(hangar_journal::CHUNK) {
                     let offset = w.next_offset();
@@ -119,7 +112,7 @@ impl Engine {
                     }
                 }
                 let _ = w.close().await;
-            }));
+            })));
         }
         Ok(stream)
     }

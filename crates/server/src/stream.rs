@@ -125,7 +125,7 @@ pub(crate) async fn forward_events(
             }
         }
     });
-    let _abort_reader = AbortOnDrop(reader);
+    let _abort_reader = tokio_util::task::AbortOnDropHandle::new(reader);
     let mut pos = [0u64; 2];
     loop {
         let ev = tokio::select! {
@@ -175,13 +175,5 @@ pub(crate) async fn forward_events(
             let _ = control.detach().await;
             return;
         }
-    }
-}
-
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
     }
 }

@@ -172,7 +172,7 @@ async fn follow(mut h: ExecHandle, stdin: bool, raw: bool, timeout: Option<Durat
             }
         }));
     }
-    let _stop_feeding = scopeguard(feeding);
+    let _stop_feeding: Vec<_> = feeding.into_iter().map(tokio_util::task::AbortOnDropHandle::new).collect();
     loop {
         match h.next_event().await? {
             Some(ExecEvent::Output { stream: OutputStream::Stdout, data, .. }) => {
@@ -209,17 +209,6 @@ async fn follow(mut h: ExecHandle, stdin: bool, raw: bool, timeout: Option<Durat
             None => bail!("exec {}: the stream ended without an exit", h.id()),
         }
     }
-}
-
-/// Aborts the given tasks when dropped.
-fn scopeguard(tasks: Vec<tokio::task::JoinHandle<()>>) -> impl Drop {
-    struct Abort(Vec<tokio::task::JoinHandle<()>>);
-    impl Drop for Abort {
-        fn drop(&mut self) {
-            self.0.iter().for_each(|t| t.abort());
-        }
-    }
-    Abort(tasks)
 }
 
 mod terminal {

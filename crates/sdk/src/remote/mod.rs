@@ -240,7 +240,7 @@ impl Remote {
             events: ev_tx,
         };
         let task = tokio::spawn(driver.run(conn, ready.stdin_acked));
-        Ok(RemoteExec { exec: ready.exec_id, events, stdin, task })
+        Ok(RemoteExec { exec: ready.exec_id, events, stdin, _task: tokio_util::task::AbortOnDropHandle::new(task) })
     }
 
     /// One StreamExec call: sends `first`, waits for `ready`.
@@ -337,13 +337,7 @@ pub(crate) struct RemoteExec {
     pub(crate) exec: String,
     events: tokio::sync::mpsc::Receiver<Result<ExecEvent>>,
     pub(crate) stdin: Arc<StdinBuffer>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for RemoteExec {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
+    _task: tokio_util::task::AbortOnDropHandle<()>,
 }
 
 impl RemoteExec {

@@ -9,6 +9,7 @@ use hangar_proto::v1 as pb;
 use hangar_types::ExecEvent;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio_util::task::AbortOnDropHandle as AbortOnDrop;
 use tonic::Status;
 
 /// How long a broken exec stream keeps trying to resume before it reports the connection lost.
@@ -29,7 +30,7 @@ pub(super) struct Driver {
 
 impl Driver {
     pub(super) async fn run(mut self, mut conn: Connection, acked: u64) {
-        let mut pump = AbortOnDrop(tokio::spawn(stdin_pump(conn.tx.clone(), self.stdin.clone(), acked)));
+        let mut pump = AbortOnDrop::new(tokio::spawn(stdin_pump(conn.tx.clone(), self.stdin.clone(), acked)));
         let keepalive =
             if self.keepalive_ms == 0 { Duration::from_secs(15) } else { Duration::from_millis(self.keepalive_ms) };
         let idle = keepalive * 3 + Duration::from_secs(1);
@@ -54,7 +55,8 @@ impl Driver {
             match self.resume(&broken).await {
                 Ok((c, ready)) => {
                     self.stdin.ack(ready.stdin_acked);
-                    pump = AbortOnDrop(tokio::spawn(stdin_pump(c.tx.clone(), self.stdin.clone(), ready.stdin_acked)));
+                    pump =
+                        AbortOnDrop::new(tokio::spawn(stdin_pump(c.tx.clone(), self.stdin.clone(), ready.stdin_acked)));
                     conn = c;
                 }
                 Err(e) => {
@@ -132,13 +134,5 @@ impl Driver {
                 Err(e) => return Err(e),
             }
         }
-    }
-}
-
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
     }
 }
