@@ -11,6 +11,7 @@
 mod error;
 mod exec;
 mod files;
+mod launch;
 mod sandbox;
 mod store;
 

@@ -1,36 +1,31 @@
-//! Sandbox lifecycle: create, observe, stop, remove, and the file operations.
+//! Sandbox lifecycle after creation (`launch`): observe, enforce lifetimes, record ends, stop, remove, and
+//! the connection to a sandbox's agent.
 
 use crate::store::{Record, Store};
-use crate::{
-    new_id, now_ms, EngineConfig, Error, FileErrorKind, Result, SandboxConfig, SandboxEnding, SandboxInfo, SandboxState,
-};
+use crate::{now_ms, EngineConfig, Error, FileErrorKind, Result, SandboxEnding, SandboxInfo, SandboxState};
 use hangar_agent_protocol as protocol;
 use hangar_agent_protocol::codec::Conn;
 use hangar_agent_protocol::{AgentConfig, EndReason, EndRecord, ErrorKind, Request, Response, END_RECORD_FILE};
 use hangar_images::ImageStore;
 use hangar_runtime::cgroups::Cgroups;
-use hangar_runtime::{AgentFds, Limits, MountSpec, OverlaySpec, RootfsSpec, SandboxSpec};
-use std::os::fd::AsFd;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::AsyncReadExt;
 
-/// How long a new sandbox may take to report that it is built.
-const START_TIMEOUT: Duration = Duration::from_secs(30);
+use crate::launch::START_TIMEOUT;
 /// A sandbox still `pulling` after this long, with nobody finishing it, is considered abandoned.
 const PULL_TIMEOUT: Duration = Duration::from_secs(3600);
 
 /// The engine: one per state directory per process; cheap to share behind an `Arc`.
 pub struct Engine {
-    cfg: EngineConfig,
-    store: Store,
-    images: ImageStore,
-    cgroups: Cgroups,
+    pub(crate) cfg: EngineConfig,
+    pub(crate) store: Store,
+    pub(crate) images: ImageStore,
+    pub(crate) cgroups: Cgroups,
     /// The volume that holds sandbox directories, when disk budgets are on.
-    volume: Option<hangar_runtime::disk::DiskVolume>,
+    pub(crate) volume: Option<hangar_runtime::disk::DiskVolume>,
     /// Serialises recording ends within this process, so whoever returns from a stop finds the cleanup done.
-    finishing: tokio::sync::Mutex<()>,
+    pub(crate) finishing: tokio::sync::Mutex<()>,
 }
 
 impl Engine {
@@ -106,280 +101,6 @@ impl Engine {
 
     pub(crate) fn socket_path(&self, id: &str) -> PathBuf {
         self.sandbox_dir(id).join("agent.sock")
-    }
-
-    /// Creates a sandbox and waits until its main command is running. A missing image is pulled first,
-    /// with the sandbox listed as `pulling` (and its progress) meanwhile.
-    pub async fn create(self: &Arc<Self>, mut c: SandboxConfig) -> Result<SandboxInfo> {
-        c.validate()?;
-        match (c.disk_bytes, self.cfg.disk_budget_bytes) {
-            (Some(_), None) => {
-                return Err(Error::InvalidArgument(
-                    "disk_bytes: this engine has no disk budgets (set HANGAR_DISK_BUDGET)".into(),
-                ))
-            }
-            (Some(d), Some(max)) if d > max || d < 1 << 20 => {
-                return Err(Error::InvalidArgument(format!(
-                    "disk_bytes: {d} is not between 1 MiB and the engine's budget of {max} bytes"
-                )))
-            }
-            _ => {}
-        }
-        if let Some(rid) = &c.request_id {
-            if let Some(rec) = self.store.by_request(&c.tenant, rid)? {
-                return self.await_started(&rec.info.id).await;
-            }
-        }
-        let id = new_id("sb");
-        let local = self.images.is_local(&c.image);
-        let mut info = SandboxInfo {
-            id: id.clone(),
-            state: if local { SandboxState::Creating } else { SandboxState::Pulling },
-            image: c.image.clone(),
-            command: c.command.clone(),
-            tags: c.tags.clone(),
-            cpus: c.cpus,
-            memory_bytes: c.memory_bytes,
-            pids: Some(c.pids.unwrap_or(crate::DEFAULT_PIDS_LIMIT)),
-            max_lifetime_ms: c.max_lifetime.as_millis() as u64,
-            created_at_ms: now_ms(),
-            ended_at_ms: None,
-            exit_code: None,
-            exit_signal: None,
-            end_reason: None,
-            error: None,
-            tenant: c.tenant.clone(),
-            progress: None,
-        };
-        if let Err(e) = self.store.insert(&info, c.request_id.as_deref()) {
-            // Lost a race with a concurrent create carrying the same request id: answer with its sandbox.
-            if let Some(rec) =
-                c.request_id.as_deref().map(|r| self.store.by_request(&c.tenant, r)).transpose()?.flatten()
-            {
-                return self.await_started(&rec.info.id).await;
-            }
-            return Err(e);
-        }
-        // Held until the sandbox's mounts name the image's layers, so a concurrent prune cannot remove them.
-        // (Off the async threads: it waits while a prune runs.)
-        let images = self.images.clone();
-        let hold = match tokio::task::spawn_blocking(move || images.hold()).await {
-            Ok(Ok(hold)) => hold,
-            Ok(Err(e)) => return Err(self.fail_start(&id, e.into()).await),
-            Err(e) => return Err(self.fail_start(&id, Error::InvalidArgument(format!("image hold: {e}"))).await),
-        };
-        let resolved = self.resolve_image(&id, &c.image).await.and_then(|layout| {
-            if c.command.is_empty() {
-                c.command = layout.command.clone();
-            }
-            validate_command(&c).map(|()| layout)
-        });
-        let layout = match resolved {
-            Ok(layout) => layout,
-            Err(e) => return Err(self.fail_start(&id, e).await),
-        };
-        self.store.set_creating(&id, &layout.name, &c.command)?;
-        (info.image, info.command, info.state) = (layout.name.clone(), c.command.clone(), SandboxState::Creating);
-        let started = self.start(&info, &c, layout).await;
-        drop(hold);
-        if let Err(e) = started {
-            return Err(self.fail_start(&id, e).await);
-        }
-        self.get(&id).await
-    }
-
-    /// Records that sandbox `id` could not start, removes what it left, and hands the error back.
-    async fn fail_start(&self, id: &str, e: Error) -> Error {
-        let end = SandboxEnding {
-            state: SandboxState::Failed,
-            code: None,
-            signal: None,
-            reason: "start_failed",
-            error: Some(e.to_string()),
-        };
-        if let Err(store) = self.store.set_ended(id, &end) {
-            tracing::warn!(sandbox = id, "cannot record the failed start: {store}");
-        }
-        self.cleanup(id).await;
-        e
-    }
-
-    /// Resolves the image, pulling it if needed and recording the pull's progress on the sandbox.
-    async fn resolve_image(self: &Arc<Self>, id: &str, image: &str) -> Result<hangar_images::ImageLayout> {
-        let (engine, id, what) = (self.clone(), id.to_string(), format!("resolving image {image}"));
-        let image = image.to_string();
-        tokio::task::spawn_blocking(move || {
-            let mut last = std::time::Instant::now() - Duration::from_secs(1);
-            let mut layers: std::collections::BTreeMap<String, (u64, u64)> = Default::default();
-            engine.images.resolve_with_progress(&image, |digest, n, total| {
-                layers.insert(digest.to_string(), (n, total));
-                if last.elapsed() >= Duration::from_millis(200) || n == total {
-                    last = std::time::Instant::now();
-                    let (done, all) = layers.values().fold((0, 0), |(d, a), (n, t)| (d + n, a + t));
-                    let text = format!(
-                        "pulled {:.1} of {:.1} MB ({} layers so far)",
-                        done as f64 / 1e6,
-                        all as f64 / 1e6,
-                        layers.len()
-                    );
-                    let _ = engine.store.set_progress(&id, &text);
-                }
-            })
-        })
-        .await
-        .map_err(|e| Error::Internal(format!("{what}: the task panicked: {e}")))?
-        .map_err(Error::from)
-    }
-
-    async fn start(
-        self: &Arc<Self>,
-        info: &SandboxInfo,
-        c: &SandboxConfig,
-        layout: hangar_images::ImageLayout,
-    ) -> Result<()> {
-        let id = &info.id;
-        let dir = self.sandbox_dir(id);
-        let mkdir = |p: &Path| std::fs::create_dir_all(p).map_err(|e| Error::io("mkdir", p.display(), e));
-        // The writable layers live in `disk/`: with a budget, a subvolume of its own whose quota they count
-        // against. (Journals stay outside it, bounded by their own caps, so a workload that fills its disk
-        // still gets its output, and its error, to the caller.)
-        let disk = dir.join("disk");
-        mkdir(&dir)?;
-        if let (Some(volume), Some(budget)) = (&self.volume, self.cfg.disk_budget_bytes) {
-            volume.create_with_budget(&disk, c.disk_bytes.unwrap_or(budget))?;
-        }
-        let overlay = |name: &str, lower: Vec<PathBuf>| -> Result<OverlaySpec> {
-            let (upper, work) = (disk.join("upper").join(name), disk.join("work").join(name));
-            mkdir(&upper)?;
-            mkdir(&work)?;
-            Ok(OverlaySpec { lower, upper, work })
-        };
-        let mut mounts = vec![];
-        for (target, lower) in &layout.overlays {
-            mounts.push(MountSpec::Overlay {
-                target: target.clone(),
-                overlay: overlay(&target.replace('/', "_"), lower.clone())?,
-            });
-        }
-        mounts
-            .extend(layout.tmpfs.iter().map(|(target, size)| MountSpec::Tmpfs { target: target.clone(), size: *size }));
-        let rootfs =
-            RootfsSpec { root: overlay("root", layout.root_layers.clone())?, mounts, mountpoint: dir.join("rootfs") };
-        mkdir(&rootfs.mountpoint)?;
-        let limits = Limits { cpus: c.cpus, memory_bytes: c.memory_bytes, pids: info.pids };
-        let cgroup = self.cgroups.create(id, &limits)?;
-        let mut env = layout.env.clone();
-        for (k, v) in &c.env {
-            env.retain(|(ek, _)| ek != k);
-            env.push((k.clone(), v.clone()));
-        }
-        // Docker's defaults for images whose config leaves them out.
-        for (k, v) in [("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"), ("HOME", "/root")] {
-            if !env.iter().any(|(ek, _)| ek == k) {
-                env.insert(0, (k.into(), v.into()));
-            }
-        }
-        env.push(("HOSTNAME".into(), id.clone()));
-        let agent_cfg = AgentConfig {
-            sandbox: SandboxSpec {
-                id: id.clone(),
-                hostname: id.clone(),
-                rootfs,
-                cgroup_procs: cgroup.agent_procs_files(),
-                exec_cgroup_parents: cgroup.exec_parents(),
-            },
-            main: c.command.clone(),
-            env,
-            workdir: c.workdir.clone().unwrap_or(layout.workdir),
-            lifetime_ms: c.max_lifetime.as_millis() as u64,
-            stop_grace_ms: c.stop_grace.as_millis() as u64,
-            user: layout.user.clone(),
-        };
-        let cfg_path = dir.join("agent.json");
-        let body = serde_json::to_vec(&agent_cfg)
-            .map_err(|e| Error::Internal(format!("sandbox {id}: encoding the agent's configuration: {e}")))?;
-        std::fs::write(&cfg_path, body).map_err(|e| Error::io("write", cfg_path.display(), e))?;
-
-        let sock = self.socket_path(id);
-        let listener = std::os::unix::net::UnixListener::bind(&sock)
-            .map_err(|e| Error::io("bind agent socket", sock.display(), e))?;
-        let log_path = dir.join("agent.log");
-        let log = std::fs::File::create(&log_path).map_err(|e| Error::io("create", log_path.display(), e))?;
-        let state_dir = std::fs::File::open(&dir).map_err(|e| Error::io("open", dir.display(), e))?;
-        let (status_r, status_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
-            .map_err(|e| Error::io("pipe", "agent status", e.into()))?;
-        let config = std::fs::File::open(&cfg_path).map_err(|e| Error::io("open", cfg_path.display(), e))?;
-        let spawned = hangar_runtime::spawn_agent(
-            &self.cfg.agent_bin,
-            &[id],
-            &[("RUST_BACKTRACE", "1")],
-            AgentFds {
-                log: log.as_fd(),
-                listener: listener.as_fd(),
-                status: status_w.as_fd(),
-                state_dir: state_dir.as_fd(),
-                config: config.as_fd(),
-            },
-        )?;
-        drop((listener, log, state_dir, status_w, config));
-        let pid = spawned.pid.as_raw();
-        let agent_start = hangar_runtime::process::process_start(pid).map(|(s, _)| s).unwrap_or(0);
-        self.watch_agent(id.clone(), pid);
-
-        let mut status = String::new();
-        let mut rx = tokio::net::unix::pipe::Receiver::from_owned_fd(status_r)
-            .map_err(|e| Error::io("read", "agent status", e))?;
-        let read = tokio::time::timeout(START_TIMEOUT, rx.read_to_string(&mut status)).await;
-        let report = status.lines().next().and_then(protocol::StartReport::parse);
-        let reason = match (read, report) {
-            (_, Some(protocol::StartReport::Ready { version, .. })) => {
-                self.store.set_running(id, pid, agent_start, version)?;
-                return Ok(());
-            }
-            (Err(_), _) => format!("the agent did not report within {START_TIMEOUT:?}"),
-            (_, Some(protocol::StartReport::Failed(msg))) => msg,
-            (_, Some(protocol::StartReport::CommandFailed(f))) => {
-                let _ = nix::sys::signal::kill(spawned.pid, nix::sys::signal::Signal::SIGKILL);
-                return Err(Error::from_start_failure(id, &crate::Ending::FailedToStart(f)).expect("a start failure"));
-            }
-            (Ok(_), None) => {
-                let log = std::fs::read_to_string(&log_path).unwrap_or_default();
-                format!("the agent exited during setup: {}", log.trim())
-            }
-        };
-        let _ = nix::sys::signal::kill(spawned.pid, nix::sys::signal::Signal::SIGKILL);
-        Err(Error::SandboxFailed { id: id.clone(), reason })
-    }
-
-    /// Reaps the agent (our child) when it exits and records how the sandbox ended, so a long-lived engine
-    /// learns of an end right away; other processes learn of it through [`Engine::get`].
-    fn watch_agent(self: &Arc<Self>, id: String, pid: i32) {
-        let Ok(handle) = tokio::runtime::Handle::try_current() else {
-            return;
-        };
-        let engine = Arc::downgrade(self);
-        handle.spawn(async move {
-            hangar_runtime::process::wait_exit(pid).await;
-            if let Some(engine) = engine.upgrade() {
-                let _ = engine.finish_if_ended(&id).await;
-            }
-        });
-    }
-
-    /// Waits while another caller is still creating sandbox `id`, then returns its record.
-    async fn await_started(&self, id: &str) -> Result<SandboxInfo> {
-        let deadline = tokio::time::Instant::now() + START_TIMEOUT * 2;
-        loop {
-            let info = self.get(id).await?;
-            if info.end_reason.as_deref() == Some("start_failed") {
-                let reason = info.error.unwrap_or_default();
-                return Err(Error::SandboxFailed { id: id.to_string(), reason });
-            }
-            if info.state != SandboxState::Creating || tokio::time::Instant::now() >= deadline {
-                return Ok(info);
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
     }
 
     /// A sandbox's record, brought up to date (a sandbox whose agent is gone is marked ended and cleaned up).
@@ -465,7 +186,7 @@ impl Engine {
     }
 
     /// If the sandbox's agent is gone, records how it ended (once) and removes what it left on the host.
-    async fn finish_if_ended(&self, id: &str) -> Result<()> {
+    pub(crate) async fn finish_if_ended(&self, id: &str) -> Result<()> {
         let _one_at_a_time = self.finishing.lock().await;
         let Some(rec) = self.store.get(id)? else {
             return Ok(());
@@ -515,7 +236,7 @@ impl Engine {
     }
 
     /// Removes a sandbox's cgroup (killing anything left in it) and its directory. Idempotent.
-    async fn cleanup(&self, id: &str) {
+    pub(crate) async fn cleanup(&self, id: &str) {
         let cg = self.cgroups.sandbox(id);
         let dir = self.sandbox_dir(id);
         let _ = tokio::task::spawn_blocking(move || {
@@ -625,15 +346,4 @@ pub(crate) fn agent_error(id: &str, subject: &str, kind: ErrorKind, message: Str
         ErrorKind::ExecExpired => Error::ExecExpired { id: id.to_string(), exec: subject.to_string() },
         ErrorKind::ExecConflict => Error::InvalidArgument(message),
     }
-}
-
-/// The main command, once the image has filled it in if the caller gave none.
-fn validate_command(c: &SandboxConfig) -> Result<()> {
-    if c.command.is_empty() {
-        return Err(Error::InvalidArgument(format!(
-            "command: none given and image {} has no default command",
-            c.image
-        )));
-    }
-    Ok(c.validate()?)
 }
