@@ -130,3 +130,27 @@ pub(crate) fn new_id(prefix: &str) -> String {
     }
     format!("{prefix}-{}", b.iter().map(|x| format!("{x:02x}")).collect::<String>())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_parse_with_their_unit_and_a_floor() {
+        assert_eq!(parse_size("20G").unwrap(), 20 << 30);
+        assert_eq!(parse_size(" 512m ").unwrap(), 512 << 20);
+        assert_eq!(parse_size("1048576").unwrap(), 1 << 20);
+        for bad in ["", "12Q", "1K", "G", "99999999999T"] {
+            assert!(matches!(parse_size(bad), Err(Error::InvalidArgument(_))), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn every_engine_error_has_a_reason() {
+        let e = Error::File { id: "sb".into(), path: "/x".into(), kind: FileErrorKind::NoSpace, message: "m".into() };
+        assert_eq!(e.reason(), Reason::File(FileErrorKind::NoSpace));
+        assert_eq!(Error::Internal("x".into()).reason(), Reason::Internal);
+        let e = Error::AgentVersion { id: "sb".into(), version: 9, min: 1, max: 2 };
+        assert!(e.to_string().contains("protocol version 9"), "{e}");
+    }
+}

@@ -213,8 +213,8 @@ impl From<hangar_engine::Error> for Error {
             E::NotFound(id) => Error::NotFound { id },
             E::NotRunning { id, state } => Error::NotRunning { id, state },
             E::InvalidArgument(m) => Error::InvalidArgument(m),
-            E::CommandNotFound { message, .. } => Error::CommandNotFound { message },
-            E::StartFailed { message, .. } => Error::StartFailed { message },
+            e @ E::CommandNotFound { .. } => Error::CommandNotFound { message: e.to_string() },
+            e @ E::StartFailed { .. } => Error::StartFailed { message: e.to_string() },
             E::File { path, kind, message, .. } => Error::File { path, kind, message },
             E::Image(e) => Error::SandboxFailed { message: e.to_string() },
             e @ E::SandboxFailed { .. } => Error::SandboxFailed { message: e.to_string() },
@@ -223,6 +223,48 @@ impl From<hangar_engine::Error> for Error {
             e @ E::ExecExpired { .. } => Error::ExecExpired { message: e.to_string() },
             e @ E::DataSource { .. } => Error::LocalIo(e.to_string()),
             e => Error::Internal(e.to_string()),
+        }
+    }
+}
+
+#[cfg(all(test, feature = "embedded"))]
+mod tests {
+    use super::*;
+    use hangar_engine::Error as E;
+
+    /// One failure, two backends: the embedded engine's error mapped by the SDK, and the same error sent by a
+    /// server as a gRPC status and mapped back, are the same SDK error.
+    #[test]
+    fn both_backends_raise_the_same_error_for_the_same_failure() {
+        let id = || "sb-1".to_string();
+        let file = |kind| move || E::File { id: id(), path: "/etc/x".into(), kind, message: "/etc/x: no".into() };
+        let mut cases: Vec<Box<dyn Fn() -> E>> = vec![
+            Box::new(move || E::NotFound(id())),
+            Box::new(move || E::NotRunning { id: id(), state: SandboxState::Terminated }),
+            Box::new(|| E::InvalidArgument("argv: the command is empty".into())),
+            Box::new(move || E::CommandNotFound { id: id(), message: "command not found: x".into() }),
+            Box::new(move || E::StartFailed { id: id(), message: "pids limit".into() }),
+            Box::new(move || E::SandboxFailed { id: id(), reason: "no such image".into() }),
+            Box::new(move || E::SandboxGone { id: id(), detail: "exec ex-1: agent gone".into() }),
+            Box::new(move || E::ExecNotFound { id: id(), exec: "ex-9".into() }),
+            Box::new(move || E::ExecExpired { id: id(), exec: "ex-9".into() }),
+        ];
+        for kind in [
+            FileErrorKind::NotFound,
+            FileErrorKind::PermissionDenied,
+            FileErrorKind::IsADirectory,
+            FileErrorKind::NotARegularFile,
+            FileErrorKind::NotAllowed,
+            FileErrorKind::TooLarge,
+            FileErrorKind::NoSpace,
+            FileErrorKind::Other,
+        ] {
+            cases.push(Box::new(file(kind)));
+        }
+        for make in cases {
+            let embedded = Error::from(make());
+            let remote = crate::remote::status_error("http://127.0.0.1:1", hangar_server::status_of(make()), "sb-1");
+            assert_eq!(format!("{embedded:?}"), format!("{remote:?}"), "for {:?}", make());
         }
     }
 }

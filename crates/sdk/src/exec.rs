@@ -574,3 +574,29 @@ pub(crate) async fn drive(
         _ => Ok(result),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Line callbacks get whole lines however the chunks split them, without `\n` or `\r\n`, and a last line
+    /// without a newline at the end; chunk callbacks get the chunks as they came.
+    #[test]
+    fn lines_are_whole_whatever_the_chunks() {
+        let (mut lines, mut chunks) = (Vec::new(), Vec::new());
+        {
+            let mut sinks = Sinks {
+                chunk: Some(Box::new(|c: &[u8]| chunks.push(c.to_vec()))),
+                line: Some(Box::new(|l: &str| lines.push(l.to_string()))),
+                ..Sinks::default()
+            };
+            for piece in [&b"lo"[..], b"ss=1\nloss", b"=0.5\r\n", b"\n", b"\xff tail"] {
+                sinks.deliver(OutputStream::Stdout, piece);
+            }
+            sinks.finish();
+        }
+        assert_eq!(lines, ["loss=1", "loss=0.5", "", "\u{fffd} tail"]);
+        assert_eq!(chunks.concat(), b"loss=1\nloss=0.5\r\n\n\xff tail");
+        assert_eq!(chunks.len(), 5);
+    }
+}

@@ -18,6 +18,17 @@ pub use hangar_proto::convert::{PATH_KEY, REASON_KEY};
 pub use metrics::Metrics;
 pub use service::SandboxApi;
 
+/// The gRPC status an engine error travels as: its code, its message, and its reason (with the path or state
+/// it names) in the metadata. What the SDK maps back is the same error the embedded engine gives.
+///
+/// ```
+/// let s = hangar_server::status_of(hangar_engine::Error::NotFound("sb-1".into()));
+/// assert_eq!(s.code(), tonic::Code::NotFound);
+/// ```
+pub fn status_of(e: hangar_engine::Error) -> tonic::Status {
+    status::from_engine(e)
+}
+
 use hangar_engine::Engine;
 use hangar_proto::v1::sandbox_service_server::SandboxServiceServer;
 use std::future::Future;

@@ -177,3 +177,16 @@ pub(crate) async fn forward_events(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keepalives_default_and_stay_within_bounds() {
+        assert_eq!(keepalive(0), DEFAULT_KEEPALIVE);
+        assert_eq!(keepalive(1), Duration::from_millis(20));
+        assert_eq!(keepalive(u64::MAX), Duration::from_secs(300));
+        assert_eq!(keepalive(500), Duration::from_millis(500));
+    }
+}

@@ -274,37 +274,39 @@ impl Remote {
     }
 
     pub(crate) fn error(&self, s: Status, id: &str) -> Error {
-        let meta = |k: &str| s.metadata().get(k).and_then(|v| v.to_str().ok()).map(str::to_string);
-        let message = s.message().to_string();
-        let file = |kind: FileErrorKind| Error::File {
-            path: meta(PATH_KEY).unwrap_or_default(),
-            kind,
-            message: message.clone(),
-        };
-        match meta(REASON_KEY).as_deref().and_then(Reason::parse) {
-            Some(Reason::File(kind)) => file(kind),
-            Some(Reason::NotFound) => Error::NotFound { id: id.to_string() },
-            Some(Reason::NotRunning) => Error::NotRunning {
-                id: id.to_string(),
-                state: meta(STATE_KEY).as_deref().and_then(SandboxState::parse).unwrap_or(SandboxState::Failed),
-            },
-            Some(Reason::InvalidArgument) => Error::InvalidArgument(message),
-            Some(Reason::CommandNotFound) => Error::CommandNotFound { message },
-            Some(Reason::StartFailed) => Error::StartFailed { message },
-            Some(Reason::SandboxFailed) => Error::SandboxFailed { message },
-            Some(Reason::SandboxGone) => Error::SandboxTerminated { id: id.to_string(), detail: message },
-            Some(Reason::ExecNotFound) => Error::ExecNotFound { message },
-            Some(Reason::ExecExpired) => Error::ExecExpired { message },
-            Some(Reason::Unauthenticated) => Error::Unauthenticated(format!("server {}: {message}", self.url)),
-            Some(Reason::Internal) | None => match s.code() {
-                tonic::Code::Unavailable | tonic::Code::Cancelled | tonic::Code::Unknown if !id.is_empty() => {
-                    Error::Connection(format!("server {} (sandbox {id}): {message}", self.url))
-                }
-                tonic::Code::Unavailable => Error::Connection(format!("server {}: {message}", self.url)),
-                tonic::Code::Unauthenticated => Error::Unauthenticated(format!("server {}: {message}", self.url)),
-                code => Error::Internal(format!("server {}: {code:?}: {message}", self.url)),
-            },
-        }
+        status_error(&self.url, s, id)
+    }
+}
+
+/// The SDK error a server's status stands for (the same one the embedded engine gives for the same failure).
+pub(crate) fn status_error(url: &str, s: Status, id: &str) -> Error {
+    let meta = |k: &str| s.metadata().get(k).and_then(|v| v.to_str().ok()).map(str::to_string);
+    let message = s.message().to_string();
+    let file =
+        |kind: FileErrorKind| Error::File { path: meta(PATH_KEY).unwrap_or_default(), kind, message: message.clone() };
+    match meta(REASON_KEY).as_deref().and_then(Reason::parse) {
+        Some(Reason::File(kind)) => file(kind),
+        Some(Reason::NotFound) => Error::NotFound { id: id.to_string() },
+        Some(Reason::NotRunning) => Error::NotRunning {
+            id: id.to_string(),
+            state: meta(STATE_KEY).as_deref().and_then(SandboxState::parse).unwrap_or(SandboxState::Failed),
+        },
+        Some(Reason::InvalidArgument) => Error::InvalidArgument(message),
+        Some(Reason::CommandNotFound) => Error::CommandNotFound { message },
+        Some(Reason::StartFailed) => Error::StartFailed { message },
+        Some(Reason::SandboxFailed) => Error::SandboxFailed { message },
+        Some(Reason::SandboxGone) => Error::SandboxTerminated { id: id.to_string(), detail: message },
+        Some(Reason::ExecNotFound) => Error::ExecNotFound { message },
+        Some(Reason::ExecExpired) => Error::ExecExpired { message },
+        Some(Reason::Unauthenticated) => Error::Unauthenticated(format!("server {}: {message}", url)),
+        Some(Reason::Internal) | None => match s.code() {
+            tonic::Code::Unavailable | tonic::Code::Cancelled | tonic::Code::Unknown if !id.is_empty() => {
+                Error::Connection(format!("server {} (sandbox {id}): {message}", url))
+            }
+            tonic::Code::Unavailable => Error::Connection(format!("server {}: {message}", url)),
+            tonic::Code::Unauthenticated => Error::Unauthenticated(format!("server {}: {message}", url)),
+            code => Error::Internal(format!("server {}: {code:?}: {message}", url)),
+        },
     }
 }
 
