@@ -1,9 +1,10 @@
 //! The engine ⇄ agent protocol: the messages, their one framing ([`codec`]), and the protocol version.
 //!
 //! Sandboxes outlive engine upgrades, so an engine meets agents older than itself. Each agent states its
-//! [`VERSION`] when it reports ready ([`ready_line`]); the engine keeps it with the sandbox's record and
-//! speaks to it only if it lies in [`MIN_VERSION`]`..=`[`VERSION`]. Version 1 (unversioned, before this
-//! crate existed) sends the same JSON shapes; version 2 adds typed start failures. A change that an older
+//! [`VERSION`] when it reports ready ([`StartReport::Ready`]); the engine keeps it with the sandbox's record
+//! and speaks to it only if it lies in [`MIN_VERSION`]`..=`[`VERSION`]. Version 1 (unversioned, before this
+//! crate existed) sends the same JSON shapes; version 2 adds typed start failures and the attachment
+//! requests [`Request::Detach`] and [`Request::Hold`], never sent to a version-1 agent. A change that an older
 //! peer cannot read needs a new version, and the test `wire_format_is_pinned` shows what each message looks
 //! like on the wire.
 //!

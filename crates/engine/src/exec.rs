@@ -7,8 +7,7 @@
 //! resume exactly where it stopped.
 
 use crate::sandbox::agent_error;
-use crate::{Engine, Error, Result};
-use crate::{ExecEnd, ExecEvent, ExecInfo, ExecSpec};
+use crate::{Engine, Error, ExecEnd, ExecEvent, ExecInfo, ExecSpec, Result};
 use hangar_agent_protocol::codec::{Conn, Writer};
 use hangar_agent_protocol::{Progress, Request, Response};
 use std::time::Duration;

@@ -18,7 +18,12 @@ mod store;
 pub use error::{Error, Result};
 pub use exec::{ExecControl, ExecStream, StdinWriter};
 pub use hangar_runtime::{DEFAULT_CAPABILITIES, DENIED_SYSCALLS};
-pub use hangar_types::*;
+pub(crate) use hangar_types::now_ms;
+pub use hangar_types::{
+    Ending, ExecEnd, ExecEvent, ExecInfo, ExecSpec, FileErrorKind, Invalid, OnDisconnect, Output, OutputStream, Reason,
+    SandboxConfig, SandboxInfo, SandboxState, StartFailure, StartFailureKind, Usage, BUILTIN_IMAGE,
+    DEFAULT_EXEC_RETAIN, DEFAULT_JOURNAL_CAP, DEFAULT_MAX_LIFETIME, DEFAULT_PIDS_LIMIT, DEFAULT_STOP_GRACE,
+};
 
 use std::path::PathBuf;
 
