@@ -169,3 +169,37 @@ async fn disk_budgets_hold_per_sandbox() {
     std::fs::remove_dir_all(&dir).unwrap();
     result.unwrap();
 }
+
+/// Ended sandboxes are kept for the engine's retention, then forgotten: `list` no longer shows them, `get`
+/// says not found, and nothing of them is left. Running ones are never expired.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ended_records_expire_after_the_retention() {
+    common::require_root();
+    let dir = std::env::temp_dir().join(format!("hangar-retention-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    // Two engines over one state directory: one that keeps ended records, one that keeps them for 1 s (a
+    // teardown may take longer than that on a busy host, so the first one checks that they are kept).
+    let engine = |retention| {
+        let mut cfg = hangar::EngineConfig::new(dir.join("state"), common::agent_bin());
+        cfg.ended_retention = retention;
+        hangar::Client::with_config(cfg).unwrap()
+    };
+    let (keeping, client) = (engine(None), engine(Some(std::time::Duration::from_secs(1))));
+    let new = || hangar::Sandbox::builder().client(&keeping).command("sleep").args(["infinity"]).create();
+    let (ended, running) = (new().await.unwrap(), new().await.unwrap());
+    ended.stop().await.unwrap();
+    let ids = |l: Vec<hangar::SandboxInfo>| l.into_iter().map(|i| i.id).collect::<Vec<_>>();
+    assert!(ids(keeping.list().await.unwrap()).contains(&ended.id().to_string()), "kept without a retention");
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let listed = ids(client.list().await.unwrap());
+    assert!(!listed.contains(&ended.id().to_string()), "expired: {listed:?}");
+    assert!(listed.contains(&running.id().to_string()), "a running sandbox is never expired: {listed:?}");
+    match hangar::Sandbox::from_id_with(&client, ended.id()).await {
+        Err(hangar::Error::NotFound { id }) => assert_eq!(id, ended.id()),
+        other => panic!("expected NotFound, got {other:?}"),
+    }
+    assert!(!dir.join("state/sandboxes").join(ended.id()).exists());
+    running.stop().await.unwrap();
+    drop((client, keeping));
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -26,6 +26,7 @@ pub use hangar_types::{
 };
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 /// How a sandbox ended (internal, written once to the store).
 pub(crate) struct SandboxEnding {
@@ -50,7 +51,13 @@ pub struct EngineConfig {
     /// quota groups on a volume Hangar makes under the state directory (see `hangar_runtime::disk`); `None`
     /// for no budget, the default for now.
     pub disk_budget_bytes: Option<u64>,
+    /// How long the record of an ended sandbox is kept (for `ls`, its exit code, a client polling for its
+    /// end), [`DEFAULT_ENDED_RETENTION`] unless set; `None` keeps records until they are removed.
+    pub ended_retention: Option<Duration>,
 }
+
+/// Default for [`EngineConfig::ended_retention`].
+pub const DEFAULT_ENDED_RETENTION: Duration = Duration::from_secs(24 * 3600);
 
 /// Parses a size such as `20G`, `512M`, `4096K` or a number of bytes (at least 1 MiB).
 pub fn parse_size(size: &str) -> Result<u64> {
@@ -75,7 +82,8 @@ impl EngineConfig {
     /// The defaults: `$HANGAR_STATE_DIR` or `/var/lib/hangar`, and `$HANGAR_AGENT_BIN` or a `hangar-agent`
     /// found next to the current executable (or its parent directory, for test and example binaries) or on
     /// `PATH`; `$HANGAR_MAX_FILE_BYTES` or [`DEFAULT_MAX_FILE_BYTES`]; a disk budget per sandbox when
-    /// `$HANGAR_DISK_BUDGET` is set (`20G`, say; needs `mkfs.btrfs`).
+    /// `$HANGAR_DISK_BUDGET` is set (`20G`, say; needs `mkfs.btrfs`); ended records kept for
+    /// `$HANGAR_ENDED_RETENTION` seconds (`off`: until removed) or [`DEFAULT_ENDED_RETENTION`].
     pub fn from_env() -> Result<Self> {
         let state_dir =
             std::env::var_os("HANGAR_STATE_DIR").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/var/lib/hangar"));
@@ -89,7 +97,14 @@ impl EngineConfig {
             Ok(v) if !v.is_empty() && v != "off" => Some(parse_size(&v)?),
             _ => None,
         };
-        Ok(Self { state_dir, agent_bin: find_agent()?, max_file_bytes, disk_budget_bytes })
+        let ended_retention = match std::env::var("HANGAR_ENDED_RETENTION") {
+            Ok(v) if v == "off" => None,
+            Ok(v) => Some(Duration::from_secs(v.trim().parse().map_err(|_| {
+                Error::InvalidArgument(format!("HANGAR_ENDED_RETENTION: {v:?} is not a number of seconds or off"))
+            })?)),
+            Err(_) => Some(DEFAULT_ENDED_RETENTION),
+        };
+        Ok(Self { state_dir, agent_bin: find_agent()?, max_file_bytes, disk_budget_bytes, ended_retention })
     }
 
     /// A configuration with this state directory and agent binary, and the defaults for the rest.
@@ -99,6 +114,7 @@ impl EngineConfig {
             agent_bin: agent_bin.into(),
             max_file_bytes: DEFAULT_MAX_FILE_BYTES,
             disk_budget_bytes: None,
+            ended_retention: Some(DEFAULT_ENDED_RETENTION),
         }
     }
 }

@@ -108,9 +108,24 @@ impl Engine {
         Ok(self.record(id).await?.info)
     }
 
+    /// Forgets sandboxes that ended longer ago than the engine's retention (their directories went at their
+    /// end; a cleanup again makes sure of it).
+    async fn expire_ended(&self) -> Result<()> {
+        let Some(keep) = self.cfg.ended_retention else { return Ok(()) };
+        for id in self.store.expire_ended(now_ms().saturating_sub(keep.as_millis() as u64))? {
+            self.cleanup(&id).await;
+        }
+        Ok(())
+    }
+
     /// Sandbox `id`'s record, brought up to date.
     async fn record(&self, id: &str) -> Result<Record> {
         let rec = self.store.get(id)?.ok_or_else(|| Error::NotFound(id.to_string()))?;
+        let retention = self.cfg.ended_retention.map(|d| d.as_millis() as u64);
+        if rec.info.ended_at_ms.zip(retention).is_some_and(|(at, keep)| now_ms().saturating_sub(at) > keep) {
+            self.expire_ended().await?;
+            return Err(Error::NotFound(id.to_string()));
+        }
         if rec.info.state.is_final() {
             // An end is recorded before its cleanup finishes: whoever sees it here also sees nothing left.
             if self.finishing.try_lock().is_err() {
@@ -128,6 +143,7 @@ impl Engine {
 
     /// All sandboxes, oldest first, brought up to date.
     pub async fn list(&self) -> Result<Vec<SandboxInfo>> {
+        self.expire_ended().await?;
         let mut out = vec![];
         for rec in self.store.list()? {
             if rec.info.state.is_final() || self.agent_alive(&rec) {
