@@ -65,6 +65,10 @@ enum Cmd {
         /// Working directory for the command.
         #[arg(long)]
         cwd: Option<String>,
+        /// Keep the ended sandbox's record (for `hangar ls`) instead of removing it, as `docker run` without
+        /// `--rm` would.
+        #[arg(long)]
+        keep: bool,
         /// The command and its arguments (no shell).
         #[arg(last = true, required = true)]
         command: Vec<String>,
@@ -328,7 +332,7 @@ fn json_lines<T: serde::Serialize>(items: &[T]) -> Result<u8> {
 async fn dispatch(cmd: Cmd) -> Result<u8> {
     use commands::{exec, files, images, sandboxes, serve};
     match cmd {
-        Cmd::Run { sandbox, timeout, cwd, command } => exec::run(sandbox, timeout, cwd, command).await,
+        Cmd::Run { sandbox, timeout, cwd, keep, command } => exec::run(sandbox, timeout, cwd, keep, command).await,
         Cmd::Create { sandbox, tags, command } => sandboxes::create(sandbox, tags, command).await,
         Cmd::Exec { id, exec: args, detach, interactive, tty, merged, keep_running, command } => {
             let flags = ExecFlags { detach, interactive, tty, merged, keep_running };

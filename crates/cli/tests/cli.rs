@@ -310,3 +310,26 @@ fn cp_through_a_magic_link_is_refused_clearly() {
     std::fs::remove_file(&local).unwrap();
     run(&["rm", &id]);
 }
+
+/// `hangar run` removes its sandbox when the command ends, like `docker run --rm`; `--keep` keeps the record.
+#[test]
+fn run_removes_its_sandbox_unless_asked_to_keep_it() {
+    let ids = || -> Vec<String> {
+        let out = run(&["ls", "--json"]);
+        text(&out.stdout)
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["id"].as_str().unwrap().to_string())
+            .collect()
+    };
+    // The sandbox's hostname is its id.
+    let out = run(&["run", "--", "hostname"]);
+    let gone = text(&out.stdout).trim().to_string();
+    assert!(out.status.success() && gone.starts_with("sb-"), "{gone} {}", text(&out.stderr));
+    assert!(!ids().contains(&gone), "{gone} is still listed");
+    assert!(!state_dir().join("sandboxes").join(&gone).exists());
+    let out = run(&["run", "--keep", "--", "hostname"]);
+    let kept = text(&out.stdout).trim().to_string();
+    assert!(ids().contains(&kept), "{kept} was not kept");
+    assert!(run(&["rm", &kept]).status.success());
+    assert!(!ids().contains(&kept));
+}

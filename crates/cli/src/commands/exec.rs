@@ -5,11 +5,13 @@ use anyhow::{bail, Result};
 use hangar::{Ending, ExecEvent, ExecHandle, OnDisconnect, OutputStream, Sandbox};
 use std::time::Duration;
 
-/// `hangar run`: a sandbox for one command, stopped when it ends; exits with the command's code.
+/// `hangar run`: a sandbox for one command, stopped when it ends and then removed (unless `keep`); exits with
+/// the command's code.
 pub(crate) async fn run(
     mut sandbox: SandboxArgs,
     timeout: Option<f64>,
     cwd: Option<String>,
+    keep: bool,
     command: Vec<String>,
 ) -> Result<u8> {
     let timeout = timeout.map(|t| seconds(t, "--timeout")).transpose()?;
@@ -25,6 +27,9 @@ pub(crate) async fn run(
         _ = tokio::signal::ctrl_c() => Ok(130),
     };
     sb.stop_with_grace(Duration::from_secs(1)).await?;
+    if !keep {
+        sb.delete().await?;
+    }
     ran
 }
 
