@@ -266,3 +266,20 @@ impl Client {
 pub(crate) fn local(path: &str, e: std::io::Error) -> crate::Error {
     crate::Error::LocalIo(format!("transferring {path}: {e}"))
 }
+
+#[cfg(all(test, not(feature = "embedded")))]
+mod tests {
+    /// A client-only build has no engine to fall back to: without `HANGAR_URL` it says so, by name.
+    #[test]
+    fn a_remote_only_build_asks_for_a_server() {
+        if std::env::var_os("HANGAR_URL").is_some() {
+            return; // a server is configured: the default client is a remote one, as it should be
+        }
+        match super::Client::from_env() {
+            Err(crate::Error::InvalidArgument(m)) => assert!(m.contains("HANGAR_URL") && m.contains("embedded"), "{m}"),
+            other => panic!("expected InvalidArgument, got {other:?}"),
+        }
+        let remote = super::Client::connect("http://127.0.0.1:1", None).unwrap();
+        assert!(format!("{remote:?}").contains("127.0.0.1:1"));
+    }
+}
