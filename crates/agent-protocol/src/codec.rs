@@ -109,11 +109,9 @@ impl Conn {
         }
         loop {
             self.stream.readable().await?;
-            let have = self.buf.len();
-            self.buf.resize(have + 64 * 1024, 0);
-            let got = self.stream.try_read(&mut self.buf[have..]);
-            self.buf.truncate(have + *got.as_ref().unwrap_or(&0));
-            match got {
+            // Into the buffer's spare capacity (no zero-filling per read), in this synchronous step.
+            self.buf.reserve(64 * 1024);
+            match self.stream.try_read_buf(&mut self.buf) {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
                 other => return other,
             }
