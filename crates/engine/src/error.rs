@@ -17,6 +17,10 @@ pub enum Error {
     /// A request was malformed; the message names the field.
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
+    /// A request broke one of the shared rules (`hangar_types` validation); names the field, so that each API
+    /// can spell it its own way.
+    #[error("invalid argument: {0}")]
+    Invalid(hangar_types::Invalid),
     /// The image cannot be resolved.
     #[error(transparent)]
     Image(#[from] hangar_images::Error),
@@ -147,7 +151,7 @@ impl Error {
         match self {
             Error::NotFound(_) => Reason::NotFound,
             Error::NotRunning { .. } => Reason::NotRunning,
-            Error::InvalidArgument(_) | Error::DataSource { .. } => Reason::InvalidArgument,
+            Error::InvalidArgument(_) | Error::Invalid(_) | Error::DataSource { .. } => Reason::InvalidArgument,
             Error::Image(_) | Error::SandboxFailed { .. } => Reason::SandboxFailed,
             Error::CommandNotFound { .. } => Reason::CommandNotFound,
             Error::StartFailed { .. } => Reason::StartFailed,
@@ -174,6 +178,6 @@ pub type Result<T> = std::result::Result<T, Error>;
 
 impl From<hangar_types::Invalid> for Error {
     fn from(e: hangar_types::Invalid) -> Self {
-        Error::InvalidArgument(e.to_string())
+        Error::Invalid(e)
     }
 }

@@ -213,6 +213,7 @@ impl From<hangar_engine::Error> for Error {
             E::NotFound(id) => Error::NotFound { id },
             E::NotRunning { id, state } => Error::NotRunning { id, state },
             E::InvalidArgument(m) => Error::InvalidArgument(m),
+            E::Invalid(i) => Error::InvalidArgument(i.to_string()),
             e @ E::CommandNotFound { .. } => Error::CommandNotFound { message: e.to_string() },
             e @ E::StartFailed { .. } => Error::StartFailed { message: e.to_string() },
             E::File { path, kind, message, .. } => Error::File { path, kind, message },
@@ -242,6 +243,8 @@ mod tests {
             Box::new(move || E::NotFound(id())),
             Box::new(move || E::NotRunning { id: id(), state: SandboxState::Terminated }),
             Box::new(|| E::InvalidArgument("argv: the command is empty".into())),
+            // (A field with a unit is spelled the API's way: `timeout` embedded, `timeout_ms` over gRPC.)
+            Box::new(|| E::Invalid(hangar_types::Invalid::new("argv", "the command is empty"))),
             Box::new(move || E::CommandNotFound { id: id(), message: "command not found: x".into() }),
             Box::new(move || E::StartFailed { id: id(), message: "pids limit".into() }),
             Box::new(move || E::SandboxFailed { id: id(), reason: "no such image".into() }),

@@ -54,8 +54,6 @@ impl SandboxService for SandboxApi {
     async fn create_sandbox(&self, req: Request<pb::CreateSandboxRequest>) -> Result<Response<pb::Sandbox>, Status> {
         let tenant = tenant(&req)?;
         let cfg = SandboxConfig { tenant: tenant.0, ..req.into_inner().into() };
-        // The engine checks too; checked here, the error names the field as this API spells it.
-        cfg.validate().map_err(refused)?;
         let t = Instant::now();
         let info = self.engine.create(cfg).await.map_err(from_engine)?;
         self.metrics.create_seconds.observe(t.elapsed());
@@ -131,7 +129,6 @@ impl SandboxService for SandboxApi {
         };
         self.owned(&tenant, &r.sandbox_id).await?;
         let spec = ExecSpec::from(&r);
-        spec.validate().map_err(refused)?;
         let started = Instant::now();
         let mut stream = self.start(&r.sandbox_id, spec, r.stdin.map(Vec::from)).await?;
         let mut resp = pb::ExecResponse::default();
@@ -293,7 +290,6 @@ impl SandboxService for SandboxApi {
                 self.owned(&tenant, &init.sandbox_id).await?;
                 let (sandbox, keepalive) = (init.sandbox_id.clone(), keepalive(init.keepalive_ms));
                 let spec = ExecSpec::try_from(init).map_err(refused)?;
-                spec.validate().map_err(refused)?;
                 (sandbox.clone(), self.start(&sandbox, spec, None).await?, keepalive)
             }
             Some(In::Attach(a)) => {

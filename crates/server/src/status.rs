@@ -29,7 +29,7 @@ pub(crate) fn from_engine(e: Error) -> Status {
         | Error::CommandNotFound { .. }
         | Error::SandboxFailed { .. }
         | Error::ExecExpired { .. } => Code::FailedPrecondition,
-        Error::InvalidArgument(_) | Error::DataSource { .. } => Code::InvalidArgument,
+        Error::InvalidArgument(_) | Error::Invalid(_) | Error::DataSource { .. } => Code::InvalidArgument,
         Error::StartFailed { .. } => Code::ResourceExhausted,
         Error::SandboxGone { .. } => Code::Aborted,
         Error::File { kind, .. } => match kind {
@@ -47,6 +47,8 @@ pub(crate) fn from_engine(e: Error) -> Status {
     // The message alone where a client rebuilds the typed error from it, so it does not repeat a prefix.
     let message = match e {
         Error::InvalidArgument(m) => m,
+        // The field as this API spells it (`timeout_ms`, not the types' `timeout`).
+        Error::Invalid(i) => format!("{}: {}", hangar_proto::convert::wire_field(i.field), i.message),
         Error::SandboxGone { detail, .. } => detail,
         Error::File { path, message, .. } => {
             extra.push((PATH_KEY, path));
