@@ -87,8 +87,63 @@ type LineFn<'a> = Box<dyn FnMut(&str) + Send + 'a>;
 pub(crate) struct Sinks<'a> {
     chunk: Option<ChunkFn<'a>>,
     line: Option<LineFn<'a>>,
-    pending: Vec<u8>,
+    lines: LineBuffer,
     print: bool,
+}
+
+/// Cuts a stream of chunks into whole lines, however the chunks split them: each line without its `\n` or
+/// `\r\n`, decoded as UTF-8 with replacement, and a last line without a newline from
+/// [`LineBuffer::finish`]. What [`Exec::on_stdout_line`] uses, for callers that deliver output themselves.
+///
+/// ```
+/// let mut lines = Vec::new();
+/// let mut buf = hangar::LineBuffer::default();
+/// for chunk in [&b"loss=1\nlo"[..], b"ss=0.5\r\ntail"] {
+///     buf.push(chunk, |line| lines.push(line.to_string()));
+/// }
+/// buf.finish(|line| lines.push(line.to_string()));
+/// assert_eq!(lines, ["loss=1", "loss=0.5", "tail"]);
+/// ```
+#[derive(Default, Debug, Clone)]
+pub struct LineBuffer {
+    pending: Vec<u8>,
+}
+
+impl LineBuffer {
+    /// Adds a chunk and hands every line it completes to `f`.
+    ///
+    /// ```
+    /// let mut n = 0;
+    /// hangar::LineBuffer::default().push(b"a\nb\nc", |_| n += 1);
+    /// assert_eq!(n, 2);
+    /// ```
+    pub fn push(&mut self, data: &[u8], mut f: impl FnMut(&str)) {
+        self.pending.extend_from_slice(data);
+        let mut start = 0;
+        while let Some(nl) = self.pending[start..].iter().position(|&b| b == b'\n') {
+            let line = &self.pending[start..start + nl];
+            let line = line.strip_suffix(b"\r").unwrap_or(line);
+            f(&String::from_utf8_lossy(line));
+            start += nl + 1;
+        }
+        self.pending.drain(..start);
+    }
+
+    /// Hands a last line that had no newline to `f` (nothing when the stream ended with one).
+    ///
+    /// ```
+    /// let mut buf = hangar::LineBuffer::default();
+    /// buf.push(b"done", |_| unreachable!());
+    /// let mut last = String::new();
+    /// buf.finish(|l| last = l.to_string());
+    /// assert_eq!(last, "done");
+    /// ```
+    pub fn finish(&mut self, mut f: impl FnMut(&str)) {
+        if !self.pending.is_empty() {
+            f(&String::from_utf8_lossy(&self.pending));
+            self.pending.clear();
+        }
+    }
 }
 
 impl Sinks<'_> {
@@ -105,23 +160,14 @@ impl Sinks<'_> {
             f(data);
         }
         if let Some(f) = self.line.as_mut() {
-            self.pending.extend_from_slice(data);
-            let mut start = 0;
-            while let Some(nl) = self.pending[start..].iter().position(|&b| b == b'\n') {
-                let line = &self.pending[start..start + nl];
-                let line = line.strip_suffix(b"\r").unwrap_or(line);
-                f(&String::from_utf8_lossy(line));
-                start += nl + 1;
-            }
-            self.pending.drain(..start);
+            self.lines.push(data, f);
         }
     }
 
     /// Delivers a last line that had no newline.
     fn finish(&mut self) {
-        if let (Some(f), false) = (self.line.as_mut(), self.pending.is_empty()) {
-            f(&String::from_utf8_lossy(&self.pending));
-            self.pending.clear();
+        if let Some(f) = self.line.as_mut() {
+            self.lines.finish(f);
         }
     }
 }
@@ -478,6 +524,28 @@ impl<'a> Exec<'a> {
         self
     }
 
+    /// Starts the command and returns an [`ExecRun`]: its events one at a time, ending with the same result
+    /// or typed error as awaiting this `Exec` (callbacks set here are not called; deliver output yourself).
+    ///
+    /// ```no_run
+    /// # async fn demo(sb: &hangar::Sandbox) -> hangar::Result<()> {
+    /// let mut run = sb.exec(["seq", "100000"]).capture(false).events().await?;
+    /// let mut lines = 0;
+    /// while let Some(ev) = run.next_event().await? {
+    ///     if let hangar::ExecEvent::Output { data, .. } = ev {
+    ///         lines += data.iter().filter(|&&b| b == b'\n').count();
+    ///     }
+    /// }
+    /// run.finish().await?;
+    /// assert_eq!(lines, 100000);
+    /// # Ok(()) }
+    /// ```
+    pub async fn events(self) -> Result<ExecRun> {
+        let (capture, check, timeout) = (self.capture, self.check, self.spec.timeout);
+        let handle = self.start().await?;
+        Ok(ExecRun::new(handle, capture, check, timeout))
+    }
+
     /// Runs the command to its end. Same as `.await`.
     ///
     /// ```no_run
@@ -490,10 +558,15 @@ impl<'a> Exec<'a> {
     /// # Ok(()) }
     /// ```
     pub async fn run(mut self) -> Result<ExecResult> {
-        let (check, capture, timeout) = (self.check, self.capture, self.spec.timeout);
         let mut sinks = std::mem::take(&mut self.sinks);
-        let handle = self.start().await?;
-        drive(handle, &mut sinks, capture, check, timeout).await
+        let mut run = self.events().await?;
+        while let Some(ev) = run.next_event().await? {
+            if let ExecEvent::Output { stream, data, .. } = &ev {
+                sinks[stream.index()].deliver(*stream, data);
+            }
+        }
+        sinks.iter_mut().for_each(Sinks::finish);
+        run.finish().await
     }
 
     /// Runs the command to its end from synchronous code, on the blocking facade's runtime.
@@ -517,61 +590,134 @@ impl<'a> IntoFuture for Exec<'a> {
     }
 }
 
-/// Follows `h` to its end, handing output to `sinks`, and turns its end into the result or typed error.
-pub(crate) async fn drive(
-    mut h: ExecHandle,
-    sinks: &mut [Sinks<'_>; 2],
+/// An exec followed event by event that ends exactly like awaiting its [`Exec`]: output kept (unless
+/// [`Exec::capture`] is off), and the same [`ExecResult`] or typed error (`check`, timeout, start failure,
+/// lost bytes) from [`ExecRun::finish`]. For callers that deliver output themselves (the Python SDK does),
+/// with the backpressure of awaiting each event. From [`Exec::events`].
+///
+/// ```no_run
+/// # async fn demo(sb: &hangar::Sandbox) -> hangar::Result<()> {
+/// use hangar::ExecEvent;
+/// let mut run = sb.exec(["sh", "-c", "echo hi; exit 3"]).check(true).events().await?;
+/// while let Some(ev) = run.next_event().await? {
+///     if let ExecEvent::Output { data, .. } = ev {
+///         print!("{}", String::from_utf8_lossy(&data));
+///     }
+/// }
+/// let err = run.finish().await.unwrap_err(); // check(true): exit 3 is an error carrying the result
+/// assert!(matches!(err, hangar::Error::ExecutionFailed { .. }));
+/// # Ok(()) }
+/// ```
+pub struct ExecRun {
+    handle: ExecHandle,
+    out: [Vec<u8>; 2],
     capture: bool,
     check: bool,
     timeout: Option<Duration>,
-) -> Result<ExecResult> {
-    let mut out = [Vec::new(), Vec::new()];
-    let end = loop {
-        match h.next_event().await {
-            Ok(Some(ExecEvent::Output { stream, data, .. })) => {
-                let i = stream.index();
-                sinks[i].deliver(stream, &data);
-                if capture {
-                    out[i].extend_from_slice(&data);
+    /// The exit once it arrived, or the [`Error::IncompleteOutput`] that took its place.
+    end: Option<Result<ExecEnd>>,
+}
+
+impl ExecRun {
+    pub(crate) fn new(handle: ExecHandle, capture: bool, check: bool, timeout: Option<Duration>) -> Self {
+        ExecRun { handle, out: Default::default(), capture, check, timeout, end: None }
+    }
+
+    /// The exec's handle: its id, position and [`ExecHandle::input`] (stdin, resize, signals, kill).
+    ///
+    /// ```no_run
+    /// # async fn demo(sb: &hangar::Sandbox) -> hangar::Result<()> {
+    /// let run = sb.exec(["sleep", "infinity"]).events().await?;
+    /// run.handle().kill().await?;
+    /// assert_eq!(run.finish().await?.ending, hangar::Ending::Cancelled);
+    /// # Ok(()) }
+    /// ```
+    pub fn handle(&self) -> &ExecHandle {
+        &self.handle
+    }
+
+    /// The next event (output, gap, and last the exit); `None` once the exec ended. An error here (the
+    /// connection or sandbox is gone) ends the run; lost bytes do not: they are reported by
+    /// [`ExecRun::finish`] with the output that did arrive.
+    ///
+    /// ```no_run
+    /// # async fn demo(sb: &hangar::Sandbox) -> hangar::Result<()> {
+    /// let mut run = sb.exec(["seq", "3"]).events().await?;
+    /// while let Some(ev) = run.next_event().await? {
+    ///     println!("{ev:?}");
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn next_event(&mut self) -> Result<Option<ExecEvent>> {
+        if self.end.is_some() {
+            return Ok(None);
+        }
+        match self.handle.next_event().await {
+            Ok(Some(ev)) => {
+                match &ev {
+                    ExecEvent::Output { stream, data, .. } if self.capture => {
+                        self.out[stream.index()].extend_from_slice(data)
+                    }
+                    ExecEvent::Exit(end) => self.end = Some(Ok(end.clone())),
+                    _ => {}
                 }
+                Ok(Some(ev))
             }
-            Ok(Some(ExecEvent::Gap { .. })) => {}
-            Ok(Some(ExecEvent::Exit(end))) => break end,
-            Ok(None) => {
-                return Err(Error::Internal(format!("exec {}: events ended without an exit", h.id())));
+            Ok(None) => Err(Error::Internal(format!("exec {}: events ended without an exit", self.handle.id()))),
+            Err(e @ Error::IncompleteOutput { .. }) => {
+                self.end = Some(Err(e));
+                Ok(None)
             }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Follows the exec to its end (if the events were not all read) and returns what awaiting the
+    /// [`Exec`] returns.
+    ///
+    /// ```no_run
+    /// # async fn demo(sb: &hangar::Sandbox) -> hangar::Result<()> {
+    /// let run = sb.exec(["python3", "-c", "print(6 * 7)"]).events().await?;
+    /// assert_eq!(run.finish().await?.stdout_text().trim(), "42");
+    /// # Ok(()) }
+    /// ```
+    pub async fn finish(mut self) -> Result<ExecResult> {
+        while self.next_event().await?.is_some() {}
+        let [stdout, stderr] = std::mem::take(&mut self.out);
+        let h = &self.handle;
+        let command = h.command().to_vec();
+        let end = match self.end.take().expect("the loop above ends at the end") {
+            Ok(end) => end,
             Err(Error::IncompleteOutput { command, mut result, detail }) => {
-                sinks.iter_mut().for_each(Sinks::finish);
-                [result.stdout, result.stderr] = out;
+                (result.stdout, result.stderr) = (stdout, stderr);
                 return Err(Error::IncompleteOutput { command, result, detail });
             }
             Err(e) => return Err(e),
+        };
+        let result = ExecResult::from_end(h.id(), &end, stdout, stderr);
+        if !h.gaps.is_empty() {
+            let lost: Vec<String> = h.gaps.iter().map(|(s, from, to)| format!("{s:?} bytes {from}..{to}")).collect();
+            let detail = format!(
+                "lost: {} (dropped by the journal cap while no client was attached, or never journaled because \
+                 the host's disk stayed full)",
+                lost.join(", ")
+            );
+            return Err(Error::IncompleteOutput { command, result: Box::new(result), detail });
         }
-    };
-    sinks.iter_mut().for_each(Sinks::finish);
-    let [stdout, stderr] = out;
-    let result = ExecResult::from_end(h.id(), &end, stdout, stderr);
-    let command = h.command().to_vec();
-    if !h.gaps.is_empty() {
-        let lost: Vec<String> = h.gaps.iter().map(|(s, from, to)| format!("{s:?} bytes {from}..{to}")).collect();
-        let detail = format!(
-            "lost: {} (dropped by the journal cap while no client was attached, or never journaled because the \
-             host's disk stayed full)",
-            lost.join(", ")
-        );
-        return Err(Error::IncompleteOutput { command, result: Box::new(result), detail });
-    }
-    match &end.ending {
-        Ending::FailedToStart(f) => Err(Error::from_start_failure(f)),
-        Ending::SandboxGone => Err(Error::SandboxTerminated {
-            id: h.sandbox_id().to_string(),
-            detail: format!("the sandbox ended while exec {} ran", h.id()),
-        }),
-        Ending::TimedOut => {
-            Err(Error::Timeout { command, timeout: timeout.unwrap_or_default(), result: Box::new(result) })
+        match &end.ending {
+            Ending::FailedToStart(f) => Err(Error::from_start_failure(f)),
+            Ending::SandboxGone => Err(Error::SandboxTerminated {
+                id: h.sandbox_id().to_string(),
+                detail: format!("the sandbox ended while exec {} ran", h.id()),
+            }),
+            Ending::TimedOut => {
+                Err(Error::Timeout { command, timeout: self.timeout.unwrap_or_default(), result: Box::new(result) })
+            }
+            _ if self.check && result.returncode != 0 => {
+                Err(Error::ExecutionFailed { command, result: Box::new(result) })
+            }
+            _ => Ok(result),
         }
-        _ if check && result.returncode != 0 => Err(Error::ExecutionFailed { command, result: Box::new(result) }),
-        _ => Ok(result),
     }
 }
 

@@ -367,7 +367,7 @@ impl ExecHandle {
     /// # Ok(()) }
     /// ```
     pub async fn wait(self) -> Result<ExecResult> {
-        crate::exec::drive(self, &mut Default::default(), true, false, None).await
+        crate::exec::ExecRun::new(self, true, false, None).finish().await
     }
 }
 

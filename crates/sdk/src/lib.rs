@@ -34,10 +34,11 @@ mod sandbox;
 
 pub use client::Client;
 pub use error::{Error, FileErrorKind, Result};
-pub use exec::{Exec, ExecResult};
+pub use exec::{Exec, ExecResult, ExecRun, LineBuffer};
 pub use handle::{ExecHandle, ExecInput};
 #[cfg(feature = "embedded")]
 pub use hangar_engine::EngineConfig;
+pub use hangar_types::quantity;
 pub use hangar_types::{
     Ending, ExecEnd, ExecEvent, ExecInfo, OnDisconnect, Output, OutputStream, SandboxInfo, SandboxState, StartFailure,
     StartFailureKind, Usage,

@@ -153,6 +153,29 @@ impl SandboxBuilder {
         self.cfg.memory_bytes = Some(mib.saturating_mul(1 << 20));
         self
     }
+    /// Memory limit in bytes, for sizes that are not whole MiB (`"500M"` of a Kubernetes quantity; see
+    /// `hangar_types::quantity::bytes`).
+    ///
+    /// ```no_run
+    /// # async fn demo() -> hangar::Result<()> {
+    /// let sb = hangar::Sandbox::builder().memory_bytes(500_000_000).create().await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn memory_bytes(mut self, bytes: u64) -> Self {
+        self.cfg.memory_bytes = Some(bytes);
+        self
+    }
+    /// Like [`SandboxBuilder::disk_mb`], in bytes.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> hangar::Result<()> {
+    /// let sb = hangar::Sandbox::builder().disk_bytes(5_000_000_000).create().await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn disk_bytes(mut self, bytes: u64) -> Self {
+        self.cfg.disk_bytes = Some(bytes);
+        self
+    }
     /// What the sandbox's writable layers may keep on disk, in MiB: at most, and by default, the engine's (or
     /// server's) disk budget (`HANGAR_DISK_BUDGET`); refused where there is none. A workload past it gets
     /// "Disk quota exceeded".

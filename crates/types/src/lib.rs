@@ -9,6 +9,7 @@
 //! carries them as JSON.
 
 mod exec;
+pub mod quantity;
 mod reason;
 mod sandbox;
 

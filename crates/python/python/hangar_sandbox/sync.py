@@ -1,0 +1,210 @@
+"""The same API without asyncio, for scripts: every call runs the async API on one event loop in a
+background thread and waits for it. Ctrl-C while waiting kills the running exec (and leaving a ``with``
+block stops its sandbox) before ``KeyboardInterrupt`` reaches you.
+
+.. code-block:: python
+
+    from hangar_sandbox.sync import Sandbox
+
+    with Sandbox(command="sleep", args=["infinity"]) as sb:
+        r = sb.exec(["python3", "-c", "print('hi')"], stream_output=True, check=True)
+        print(r.returncode)
+
+Callbacks run as in the async API: plain functions in a thread of their exec's own, in order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import threading
+from collections.abc import Coroutine, Iterator, Mapping, Sequence
+from typing import Any, TypeVar
+
+from . import _sandbox
+from ._sandbox import Client
+from ._types import Event, ExecInfo, ExecResult, SandboxInfo, SandboxStatus
+
+T = TypeVar("T")
+
+_loop: asyncio.AbstractEventLoop | None = None
+_lock = threading.Lock()
+
+
+def _get_loop() -> asyncio.AbstractEventLoop:
+    global _loop
+    with _lock:
+        if _loop is None:
+            loop = asyncio.new_event_loop()
+            threading.Thread(target=loop.run_forever, name="hangar-sync-loop", daemon=True).start()
+            _loop = loop
+        return _loop
+
+
+def _wait(coro: Coroutine[Any, Any, T]) -> T:
+    loop = _get_loop()
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        pass
+    else:
+        coro.close()
+        raise RuntimeError("hangar_sandbox.sync cannot be used inside a running event loop: use hangar_sandbox.Sandbox")
+    fut = asyncio.run_coroutine_threadsafe(coro, loop)
+    try:
+        return fut.result()
+    except KeyboardInterrupt:
+        # Cancel the call (an exec kills its tree on cancellation) and let its cleanup finish.
+        loop.call_soon_threadsafe(fut.cancel)
+        concurrent.futures.wait([fut], timeout=30)
+        raise
+
+
+class ExecHandle:
+    """A started exec (see :class:`hangar_sandbox.ExecHandle`), iterated with a plain ``for``."""
+
+    def __init__(self, inner: _sandbox.ExecHandle) -> None:
+        self._inner = inner
+
+    @property
+    def id(self) -> str:
+        """The exec's id."""
+        return self._inner.id
+
+    @property
+    def position(self) -> tuple[int, int]:
+        """Bytes of (stdout, stderr) received so far."""
+        return self._inner.position
+
+    def __iter__(self) -> Iterator[Event]:
+        it = self._inner.__aiter__()
+        while True:
+            try:
+                yield _wait(it.__anext__())
+            except StopAsyncIteration:
+                return
+
+    def wait(self) -> ExecResult:
+        """Its result (or typed error), once it ended."""
+        return _wait(self._inner.wait())
+
+    def write_stdin(self, data: bytes | str) -> None:
+        """Writes to its stdin."""
+        _wait(self._inner.write_stdin(data))
+
+    def close_stdin(self) -> None:
+        """Ends its stdin."""
+        _wait(self._inner.close_stdin())
+
+    def resize(self, rows: int, cols: int) -> None:
+        """Resizes its terminal."""
+        _wait(self._inner.resize(rows, cols))
+
+    def signal(self, signal: int) -> None:
+        """Signals its whole process tree."""
+        _wait(self._inner.signal(signal))
+
+    def kill(self) -> None:
+        """Kills its whole process tree."""
+        _wait(self._inner.kill())
+
+
+class Sandbox:
+    """A sandbox for synchronous code: the arguments and methods of :class:`hangar_sandbox.Sandbox`, each
+    call waiting for its result. ``with`` starts it and stops it on the way out."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        self._inner = _sandbox.Sandbox(**kwargs)
+
+    @classmethod
+    def _of(cls, inner: _sandbox.Sandbox) -> Sandbox:
+        sb = cls.__new__(cls)
+        sb._inner = inner
+        return sb
+
+    def __repr__(self) -> str:
+        return f"Sandbox(id={self.id!r})"
+
+    @property
+    def id(self) -> str | None:
+        """The sandbox's id, or ``None`` before :meth:`start`."""
+        return self._inner.id
+
+    def start(self) -> Sandbox:
+        """Creates the sandbox and waits until it runs."""
+        _wait(self._inner.start())
+        return self
+
+    def wait(self) -> Sandbox:
+        """Waits until it runs; raises if it has ended."""
+        _wait(self._inner.wait())
+        return self
+
+    def info(self) -> SandboxInfo:
+        """Its current record."""
+        return _wait(self._inner.info())
+
+    def get_status(self) -> SandboxStatus:
+        """Its current status."""
+        return _wait(self._inner.get_status())
+
+    def stop(self, *, grace_seconds: float | None = None) -> SandboxInfo | None:
+        """Stops it."""
+        return _wait(self._inner.stop(grace_seconds=grace_seconds))
+
+    def delete(self) -> None:
+        """Stops and forgets it."""
+        _wait(self._inner.delete())
+
+    def __enter__(self) -> Sandbox:
+        return self.start()
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        _wait(self._inner.__aexit__(exc_type, exc, tb))
+
+    @classmethod
+    def list(
+        cls,
+        *,
+        tags: Mapping[str, str] | Sequence[str] | None = None,
+        status: SandboxStatus | str | None = None,
+        include_stopped: bool = True,
+        client: Client | None = None,
+    ) -> list[Sandbox]:
+        """The sandboxes this client sees."""
+        found = _wait(_sandbox.Sandbox.list(tags=tags, status=status, include_stopped=include_stopped, client=client))
+        return [cls._of(s) for s in found]
+
+    @classmethod
+    def from_id(cls, sandbox_id: str, *, client: Client | None = None) -> Sandbox:
+        """The existing sandbox with this id."""
+        return cls._of(_wait(_sandbox.Sandbox.from_id(sandbox_id, client=client)))
+
+    get = from_id
+
+    def exec(self, command: Sequence[str], **kwargs: Any) -> ExecResult:
+        """Runs a command to its end; the arguments of :meth:`hangar_sandbox.Sandbox.exec`."""
+        return _wait(self._inner.exec(command, **kwargs))
+
+    def start_exec(self, command: Sequence[str], **kwargs: Any) -> ExecHandle:
+        """Starts a command; the arguments of :meth:`hangar_sandbox.Sandbox.start_exec`."""
+        return ExecHandle(_wait(self._inner.start_exec(command, **kwargs)))
+
+    def attach(self, exec_id: str, **kwargs: Any) -> ExecHandle:
+        """Follows an exec from byte offsets; see :meth:`hangar_sandbox.Sandbox.attach`."""
+        return ExecHandle(_wait(self._inner.attach(exec_id, **kwargs)))
+
+    def execs(self) -> list[ExecInfo]:
+        """Its execs."""
+        return _wait(self._inner.execs())
+
+    def read_file(self, path: str) -> bytes:
+        """The contents of a file in the sandbox."""
+        return _wait(self._inner.read_file(path))
+
+    def write_file(self, path: str, data: bytes | str) -> None:
+        """Writes a file in the sandbox."""
+        _wait(self._inner.write_file(path, data))
+
+
+__all__ = ["Client", "ExecHandle", "Sandbox"]

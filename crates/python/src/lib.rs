@@ -1,0 +1,640 @@
+//! `hangar_sandbox._native`: the Rust SDK (crate `hangar`) as a CPython extension module. Every operation is
+//! the SDK's own; this file only translates: Python arguments into SDK calls, SDK futures into asyncio
+//! awaitables (pyo3-async-runtimes, which also drops the Rust future when the asyncio one is cancelled), and
+//! SDK values and errors into the Python classes of `hangar_sandbox._types` and `hangar_sandbox.errors`.
+//! The Python API itself (`Sandbox`, `exec` with callbacks, the sync facade) is in `python/hangar_sandbox`.
+
+use hangar::{Client, Ending, Error, ExecEvent, ExecInfo, ExecResult, OutputStream, SandboxInfo, Usage};
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyDict, PyList};
+use pyo3_async_runtimes::tokio::future_into_py;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{Mutex, mpsc, oneshot};
+use tokio_util::task::AbortOnDropHandle;
+
+/// Events a run's pump may read ahead of Python: the backpressure window (a slow callback slows the
+/// command once this many chunks wait, instead of memory growing).
+const READ_AHEAD: usize = 64;
+
+// ---- values: SDK types into the Python classes of `hangar_sandbox._types` ----
+
+fn class<'py>(py: Python<'py>, module: &str, name: &str) -> PyResult<Bound<'py, PyAny>> {
+    py.import(module)?.getattr(name)
+}
+
+fn new_obj<'py>(py: Python<'py>, name: &str, kw: Bound<'py, PyDict>) -> PyResult<Py<PyAny>> {
+    Ok(class(py, "hangar_sandbox._types", name)?.call((), Some(&kw))?.unbind())
+}
+
+fn stream_name(s: OutputStream) -> &'static str {
+    match s {
+        OutputStream::Stdout => "stdout",
+        OutputStream::Stderr => "stderr",
+    }
+}
+
+/// How an exec ended, as one word, and the signal or start failure that goes with it.
+fn ending_kw(kw: &Bound<'_, PyDict>, ending: &Ending) -> PyResult<()> {
+    let (kind, detail) = match ending {
+        Ending::Exited { .. } => ("exited", None),
+        Ending::Signaled { .. } => ("signaled", None),
+        Ending::TimedOut => ("timed_out", None),
+        Ending::Cancelled => ("cancelled", None),
+        Ending::OomKilled => ("oom_killed", None),
+        Ending::FailedToStart(f) => ("failed_to_start", Some(f.message.clone())),
+        Ending::SandboxGone => ("sandbox_gone", None),
+    };
+    kw.set_item("ending", kind)?;
+    kw.set_item("ending_detail", detail)
+}
+
+fn usage_obj(py: Python<'_>, u: &Usage) -> PyResult<Py<PyAny>> {
+    let kw = PyDict::new(py);
+    kw.set_item("wall_ms", u.wall_ms)?;
+    kw.set_item("cpu_user_us", u.cpu_user_us)?;
+    kw.set_item("cpu_sys_us", u.cpu_sys_us)?;
+    kw.set_item("peak_memory_bytes", u.peak_memory_bytes)?;
+    new_obj(py, "Usage", kw)
+}
+
+fn result_obj(py: Python<'_>, r: &ExecResult, command: &[String]) -> PyResult<Py<PyAny>> {
+    let kw = PyDict::new(py);
+    kw.set_item("returncode", r.returncode)?;
+    kw.set_item("stdout_bytes", PyBytes::new(py, &r.stdout))?;
+    kw.set_item("stderr_bytes", PyBytes::new(py, &r.stderr))?;
+    kw.set_item("command", command.to_vec())?;
+    kw.set_item("exec_id", &r.exec_id)?;
+    ending_kw(&kw, &r.ending)?;
+    kw.set_item("usage", usage_obj(py, &r.usage)?)?;
+    new_obj(py, "ExecResult", kw)
+}
+
+fn event_obj(py: Python<'_>, ev: ExecEvent) -> PyResult<Py<PyAny>> {
+    let kw = PyDict::new(py);
+    let name = match ev {
+        ExecEvent::Output { stream, offset, data } => {
+            kw.set_item("stream", stream_name(stream))?;
+            kw.set_item("offset", offset)?;
+            kw.set_item("data", PyBytes::new(py, &data))?;
+            "Output"
+        }
+        ExecEvent::Gap { stream, from, to } => {
+            kw.set_item("stream", stream_name(stream))?;
+            kw.set_item("start", from)?;
+            kw.set_item("end", to)?;
+            "Gap"
+        }
+        ExecEvent::Exit(end) => {
+            ending_kw(&kw, &end.ending)?;
+            kw.set_item("returncode", end.returncode())?;
+            kw.set_item("stdout_total", end.bytes[0])?;
+            kw.set_item("stderr_total", end.bytes[1])?;
+            kw.set_item("usage", usage_obj(py, &end.usage)?)?;
+            "Exit"
+        }
+    };
+    new_obj(py, name, kw)
+}
+
+fn info_obj(py: Python<'_>, i: &SandboxInfo) -> PyResult<Py<PyAny>> {
+    let kw = PyDict::new(py);
+    kw.set_item("id", &i.id)?;
+    kw.set_item("status", class(py, "hangar_sandbox._types", "SandboxStatus")?.call1((i.state.as_str(),))?)?;
+    kw.set_item("image", &i.image)?;
+    kw.set_item("command", i.command.clone())?;
+    kw.set_item("tags", i.tags.clone())?;
+    kw.set_item("cpus", i.cpus)?;
+    kw.set_item("memory_bytes", i.memory_bytes)?;
+    kw.set_item("pids", i.pids)?;
+    kw.set_item("max_lifetime_seconds", i.max_lifetime_ms as f64 / 1000.0)?;
+    kw.set_item("created_at_ms", i.created_at_ms)?;
+    kw.set_item("ended_at_ms", i.ended_at_ms)?;
+    kw.set_item("exit_code", i.exit_code)?;
+    kw.set_item("exit_signal", i.exit_signal)?;
+    kw.set_item("end_reason", i.end_reason.clone())?;
+    kw.set_item("error", i.error.clone())?;
+    kw.set_item("progress", i.progress.clone())?;
+    new_obj(py, "SandboxInfo", kw)
+}
+
+fn exec_info_obj(py: Python<'_>, i: &ExecInfo) -> PyResult<Py<PyAny>> {
+    let kw = PyDict::new(py);
+    kw.set_item("id", &i.id)?;
+    kw.set_item("command", i.argv.clone())?;
+    kw.set_item("pid", i.pid)?;
+    kw.set_item("started_at_ms", i.started_at_ms)?;
+    kw.set_item("tty", i.tty)?;
+    kw.set_item("stdin_open", i.stdin_open)?;
+    kw.set_item("stdout_written", i.written[0])?;
+    kw.set_item("stderr_written", i.written[1])?;
+    kw.set_item("attached", i.attached)?;
+    kw.set_item("running", i.end.is_none())?;
+    kw.set_item("returncode", i.end.as_ref().map(|e| e.returncode()))?;
+    kw.set_item("expired", i.expired)?;
+    new_obj(py, "ExecInfo", kw)
+}
+
+// ---- errors: each SDK error into its class of `hangar_sandbox.errors`, with the thing that failed ----
+
+fn py_err(e: Error, command: &[String]) -> PyErr {
+    Python::attach(|py| match build_err(py, &e, command) {
+        Ok(err) => err,
+        Err(conversion) => conversion,
+    })
+}
+
+fn build_err(py: Python<'_>, e: &Error, command: &[String]) -> PyResult<PyErr> {
+    let kw = PyDict::new(py);
+    let with_result = |kw: &Bound<'_, PyDict>, cmd: &[String], r: &ExecResult| -> PyResult<()> {
+        kw.set_item("command", cmd.to_vec())?;
+        kw.set_item("exec_result", result_obj(py, r, cmd)?)
+    };
+    let name = match e {
+        Error::NotFound { id } => {
+            kw.set_item("sandbox_id", id)?;
+            "SandboxNotFoundError"
+        }
+        Error::NotRunning { id, state } => {
+            kw.set_item("sandbox_id", id)?;
+            kw.set_item("status", state.as_str())?;
+            "SandboxNotRunningError"
+        }
+        Error::Timeout { command, timeout, result } => {
+            with_result(&kw, command, result)?;
+            kw.set_item("timeout_seconds", timeout.as_secs_f64())?;
+            "SandboxTimeoutError"
+        }
+        Error::ExecutionFailed { command, result } => {
+            with_result(&kw, command, result)?;
+            "SandboxExecutionError"
+        }
+        Error::IncompleteOutput { command, result, detail } => {
+            with_result(&kw, command, result)?;
+            kw.set_item("detail", detail)?;
+            "IncompleteOutputError"
+        }
+        Error::CommandNotFound { .. } => {
+            kw.set_item("command", command.to_vec())?;
+            "CommandNotFoundError"
+        }
+        Error::StartFailed { .. } => {
+            kw.set_item("command", command.to_vec())?;
+            "SandboxResourceExhaustedError"
+        }
+        Error::File { path, kind, .. } => {
+            kw.set_item("filepath", path)?;
+            kw.set_item("reason", hangar_types::Reason::File(*kind).as_str())?;
+            "SandboxFileError"
+        }
+        Error::SandboxFailed { .. } => "SandboxFailedError",
+        Error::SandboxTerminated { id, .. } => {
+            kw.set_item("sandbox_id", id)?;
+            "SandboxTerminatedError"
+        }
+        Error::ExecNotFound { .. } => "ExecNotFoundError",
+        Error::ExecExpired { .. } => "ExecExpiredError",
+        Error::InvalidArgument(_) => "SandboxValidationError",
+        Error::Unauthenticated(_) => "SandboxAuthenticationError",
+        Error::Connection(_) => "SandboxConnectionError",
+        Error::LocalIo(_) => "LocalIOError",
+        _ => "SandboxInternalError",
+    };
+    let value = class(py, "hangar_sandbox.errors", name)?.call((e.to_string(),), Some(&kw))?;
+    Ok(PyErr::from_value(value))
+}
+
+fn invalid(message: String) -> PyErr {
+    py_err(Error::InvalidArgument(message), &[])
+}
+
+fn secs(field: &str, s: Option<f64>) -> PyResult<Option<Duration>> {
+    s.map(|v| Duration::try_from_secs_f64(v).map_err(|_| invalid(format!("{field}: {v} is not a number of seconds"))))
+        .transpose()
+}
+
+// ---- the client ----
+
+/// A connection to Hangar: the embedded engine on this machine, or a server.
+#[pyclass(module = "hangar_sandbox._native", frozen)]
+struct NativeClient(Client);
+
+fn in_runtime<T>(f: impl FnOnce() -> T) -> T {
+    let _guard = pyo3_async_runtimes::tokio::get_runtime().enter();
+    f()
+}
+
+#[pymethods]
+impl NativeClient {
+    /// `HANGAR_URL` (and `HANGAR_TOKEN`) when set, else the embedded engine (`HANGAR_STATE_DIR`).
+    #[staticmethod]
+    fn from_env() -> PyResult<Self> {
+        in_runtime(Client::from_env).map(Self).map_err(|e| py_err(e, &[]))
+    }
+
+    /// A server at `url`, authenticating with `token`.
+    #[staticmethod]
+    #[pyo3(signature = (url, token=None))]
+    fn connect(url: &str, token: Option<&str>) -> PyResult<Self> {
+        in_runtime(|| Client::connect(url, token)).map(Self).map_err(|e| py_err(e, &[]))
+    }
+
+    /// An embedded engine keeping its state in `state_dir`.
+    #[staticmethod]
+    fn embedded(state_dir: String) -> PyResult<Self> {
+        #[cfg(feature = "embedded")]
+        return in_runtime(|| Client::embedded(state_dir)).map(Self).map_err(|e| py_err(e, &[]));
+        #[cfg(not(feature = "embedded"))]
+        Err(invalid(format!("this build of hangar_sandbox has no embedded engine (for {state_dir}); set HANGAR_URL")))
+    }
+
+    #[pyo3(signature = (*, image=None, command=None, args=vec![], env=vec![], tags=vec![], workdir=None,
+        cpus=None, memory_bytes=None, disk_bytes=None, pids=None, max_lifetime_seconds=None, request_id=None))]
+    #[allow(clippy::too_many_arguments)]
+    fn create<'py>(
+        &self,
+        py: Python<'py>,
+        image: Option<String>,
+        command: Option<String>,
+        args: Vec<String>,
+        env: Vec<(String, String)>,
+        tags: Vec<(String, String)>,
+        workdir: Option<String>,
+        cpus: Option<f64>,
+        memory_bytes: Option<u64>,
+        disk_bytes: Option<u64>,
+        pids: Option<u64>,
+        max_lifetime_seconds: Option<f64>,
+        request_id: Option<String>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let mut b = hangar::Sandbox::builder().client(&self.0).args(args);
+        b = match image {
+            Some(i) => b.image(i),
+            None => b,
+        };
+        if let Some(c) = command {
+            b = b.command(c);
+        }
+        for (k, v) in env {
+            b = b.env(k, v);
+        }
+        for (k, v) in tags {
+            b = b.tag(k, v);
+        }
+        if let Some(w) = workdir {
+            b = b.workdir(w);
+        }
+        if let Some(c) = cpus {
+            b = b.cpu(c);
+        }
+        if let Some(m) = memory_bytes {
+            b = b.memory_bytes(m);
+        }
+        if let Some(d) = disk_bytes {
+            b = b.disk_bytes(d);
+        }
+        if let Some(p) = pids {
+            b = b.pids_limit(p);
+        }
+        if let Some(l) = secs("max_lifetime_seconds", max_lifetime_seconds)? {
+            b = b.max_lifetime(l);
+        }
+        if let Some(r) = request_id {
+            b = b.request_id(r);
+        }
+        future_into_py(py, async move {
+            let sb = b.create().await.map_err(|e| py_err(e, &[]))?;
+            Ok(NativeSandbox(sb))
+        })
+    }
+
+    /// The sandbox with this id (any state).
+    fn get<'py>(&self, py: Python<'py>, id: String) -> PyResult<Bound<'py, PyAny>> {
+        let client = self.0.clone();
+        future_into_py(py, async move {
+            let sb = hangar::Sandbox::from_id_with(&client, &id).await.map_err(|e| py_err(e, &[]))?;
+            Ok(NativeSandbox(sb))
+        })
+    }
+
+    /// Every sandbox this client sees, oldest first, as `SandboxInfo`.
+    fn list<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let client = self.0.clone();
+        future_into_py(py, async move {
+            let all = client.list().await.map_err(|e| py_err(e, &[]))?;
+            Python::attach(|py| all.iter().map(|i| info_obj(py, i)).collect::<PyResult<Vec<_>>>())
+        })
+    }
+}
+
+// ---- a sandbox ----
+
+/// One sandbox (running or ended).
+#[pyclass(module = "hangar_sandbox._native", frozen)]
+struct NativeSandbox(hangar::Sandbox);
+
+#[pymethods]
+impl NativeSandbox {
+    #[getter]
+    fn id(&self) -> &str {
+        self.0.id()
+    }
+
+    fn info<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let sb = self.0.clone();
+        future_into_py(py, async move {
+            let info = sb.info().await.map_err(|e| py_err(e, &[]))?;
+            Python::attach(|py| info_obj(py, &info))
+        })
+    }
+
+    /// Starts `argv` and gives a `NativeRun`; with `events=True` its output is read with `next_batch`,
+    /// otherwise only kept for its `result`.
+    #[pyo3(signature = (argv, *, events=false, env=vec![], cwd=None, timeout_seconds=None, stdin=None,
+        open_stdin=false, id=None, tty=None, merged=false, check=false, capture=true, kill_on_disconnect_ms=None))]
+    #[allow(clippy::too_many_arguments)]
+    fn exec<'py>(
+        &self,
+        py: Python<'py>,
+        argv: Vec<String>,
+        events: bool,
+        env: Vec<(String, String)>,
+        cwd: Option<String>,
+        timeout_seconds: Option<f64>,
+        stdin: Option<Vec<u8>>,
+        open_stdin: bool,
+        id: Option<String>,
+        tty: Option<(u16, u16)>,
+        merged: bool,
+        check: bool,
+        capture: bool,
+        kill_on_disconnect_ms: Option<u64>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let timeout = secs("timeout_seconds", timeout_seconds)?;
+        let sb = self.0.clone();
+        future_into_py(py, async move {
+            let mut x = sb.exec(argv.clone()).check(check).capture(capture).merged(merged);
+            for (k, v) in env {
+                x = x.env(k, v);
+            }
+            if let Some(d) = cwd {
+                x = x.cwd(d);
+            }
+            if let Some(t) = timeout {
+                x = x.timeout(t);
+            }
+            if let Some(data) = stdin {
+                x = x.stdin(data);
+            } else if open_stdin {
+                x = x.open_stdin();
+            }
+            if let Some(i) = id {
+                x = x.id(i);
+            }
+            if let Some((rows, cols)) = tty {
+                x = x.tty(rows, cols);
+            }
+            if let Some(grace_ms) = kill_on_disconnect_ms {
+                x = x.on_disconnect(hangar::OnDisconnect::Kill { grace_ms });
+            }
+            let run = x.events().await.map_err(|e| py_err(e, &argv))?;
+            Python::attach(|py| Ok(Py::new(py, NativeRun::pump(run, argv, events))?.into_any()))
+        })
+    }
+
+    /// Follows exec `exec_id` from these offsets, as a `NativeRun`.
+    #[pyo3(signature = (exec_id, stdout_offset=0, stderr_offset=0, capture=true))]
+    fn attach<'py>(
+        &self,
+        py: Python<'py>,
+        exec_id: String,
+        stdout_offset: u64,
+        stderr_offset: u64,
+        capture: bool,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let sb = self.0.clone();
+        future_into_py(py, async move {
+            let x = sb.attach(exec_id).from_offsets(stdout_offset, stderr_offset).capture(capture);
+            let run = x.events().await.map_err(|e| py_err(e, &[]))?;
+            let command = run.handle().command().to_vec();
+            Python::attach(|py| Ok(Py::new(py, NativeRun::pump(run, command, true))?.into_any()))
+        })
+    }
+
+    fn execs<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let sb = self.0.clone();
+        future_into_py(py, async move {
+            let all = sb.execs().await.map_err(|e| py_err(e, &[]))?;
+            Python::attach(|py| all.iter().map(|i| exec_info_obj(py, i)).collect::<PyResult<Vec<_>>>())
+        })
+    }
+
+    fn read_file<'py>(&self, py: Python<'py>, path: String) -> PyResult<Bound<'py, PyAny>> {
+        let sb = self.0.clone();
+        future_into_py(py, async move {
+            let data = sb.read_file(&path).await.map_err(|e| py_err(e, &[]))?;
+            Python::attach(|py| Ok(PyBytes::new(py, &data).unbind()))
+        })
+    }
+
+    fn write_file<'py>(&self, py: Python<'py>, path: String, data: Vec<u8>) -> PyResult<Bound<'py, PyAny>> {
+        let sb = self.0.clone();
+        future_into_py(py, async move { sb.write_file(&path, data).await.map_err(|e| py_err(e, &[])) })
+    }
+
+    #[pyo3(signature = (grace_seconds=None))]
+    fn stop<'py>(&self, py: Python<'py>, grace_seconds: Option<f64>) -> PyResult<Bound<'py, PyAny>> {
+        let grace = secs("grace_seconds", grace_seconds)?;
+        let sb = self.0.clone();
+        future_into_py(py, async move {
+            let info = match grace {
+                Some(g) => sb.stop_with_grace(g).await,
+                None => sb.stop().await,
+            };
+            let info = info.map_err(|e| py_err(e, &[]))?;
+            Python::attach(|py| info_obj(py, &info))
+        })
+    }
+
+    fn delete<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let sb = self.0.clone();
+        future_into_py(py, async move { sb.delete().await.map_err(|e| py_err(e, &[])) })
+    }
+}
+
+// ---- a running exec ----
+
+/// An exec being followed: a pump task reads its events (at most [`READ_AHEAD`] ahead of Python) and
+/// then its result; the input side (stdin, resize, signals) works meanwhile. Dropping it detaches.
+#[pyclass(module = "hangar_sandbox._native", frozen)]
+struct NativeRun {
+    #[pyo3(get)]
+    id: String,
+    #[pyo3(get)]
+    sandbox_id: String,
+    #[pyo3(get)]
+    command: Vec<String>,
+    input: hangar::ExecInput,
+    events: Arc<Mutex<mpsc::Receiver<ExecEvent>>>,
+    result: Arc<Mutex<Option<oneshot::Receiver<hangar::Result<ExecResult>>>>>,
+    _pump: AbortOnDropHandle<()>,
+}
+
+impl NativeRun {
+    /// Follows `run` in a task; its events go to `next_batch` when `deliver`, else only into the result.
+    fn pump(mut run: hangar::ExecRun, command: Vec<String>, deliver: bool) -> Self {
+        let (tx, rx) = mpsc::channel(READ_AHEAD);
+        let (done_tx, done_rx) = oneshot::channel();
+        let h = run.handle();
+        let (id, sandbox_id, input) = (h.id().to_string(), h.sandbox_id().to_string(), h.input());
+        let task = tokio::spawn(async move {
+            let outcome = loop {
+                match run.next_event().await {
+                    // A send fails once nobody reads the events any more; the result still needs the rest.
+                    Ok(Some(ev)) if deliver => _ = tx.send(ev).await,
+                    Ok(Some(_)) => {}
+                    Ok(None) => break run.finish().await,
+                    Err(e) => break Err(e),
+                }
+            };
+            drop(tx);
+            let _ = done_tx.send(outcome);
+        });
+        NativeRun {
+            id,
+            sandbox_id,
+            command,
+            input,
+            events: Arc::new(Mutex::new(rx)),
+            result: Arc::new(Mutex::new(Some(done_rx))),
+            _pump: AbortOnDropHandle::new(task),
+        }
+    }
+}
+
+#[pymethods]
+impl NativeRun {
+    /// The next events (`Output`, `Gap`, `Exit`): waits for one, then takes whatever else is already
+    /// there, up to about `max_bytes` of output. `None` once the events ended.
+    #[pyo3(signature = (max_bytes=4 << 20))]
+    fn next_batch<'py>(&self, py: Python<'py>, max_bytes: usize) -> PyResult<Bound<'py, PyAny>> {
+        let events = self.events.clone();
+        future_into_py(py, async move {
+            let mut rx = events.lock().await;
+            let Some(first) = rx.recv().await else { return Ok(None) };
+            let size = |ev: &ExecEvent| match ev {
+                ExecEvent::Output { data, .. } => data.len(),
+                _ => 0,
+            };
+            let mut bytes = size(&first);
+            let mut batch = vec![first];
+            while bytes < max_bytes {
+                match rx.try_recv() {
+                    Ok(ev) => {
+                        bytes += size(&ev);
+                        batch.push(ev);
+                    }
+                    Err(_) => break,
+                }
+            }
+            drop(rx);
+            Python::attach(|py| {
+                let list = PyList::empty(py);
+                for ev in batch {
+                    list.append(event_obj(py, ev)?)?;
+                }
+                Ok(Some(list.unbind()))
+            })
+        })
+    }
+
+    /// The exec's `ExecResult`, or its typed error, once it ended (available once).
+    fn result<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let (slot, command) = (self.result.clone(), self.command.clone());
+        future_into_py(py, async move {
+            let rx = slot.lock().await.take();
+            let Some(rx) = rx else {
+                return Err(invalid("the result of this exec was already taken".into()));
+            };
+            let outcome = rx.await.unwrap_or_else(|_| Err(Error::Internal("the exec's reader stopped".into())));
+            let r = outcome.map_err(|e| py_err(e, &command))?;
+            Python::attach(|py| result_obj(py, &r, &command))
+        })
+    }
+
+    /// Sends `signal` to the exec's whole process tree (9, SIGKILL, cancels it).
+    fn signal<'py>(&self, py: Python<'py>, signal: i32) -> PyResult<Bound<'py, PyAny>> {
+        let input = self.input.clone();
+        future_into_py(py, async move { input.signal(signal).await.map_err(|e| py_err(e, &[])) })
+    }
+
+    fn write_stdin<'py>(&self, py: Python<'py>, data: Vec<u8>) -> PyResult<Bound<'py, PyAny>> {
+        let input = self.input.clone();
+        future_into_py(py, async move { input.write(data).await.map_err(|e| py_err(e, &[])) })
+    }
+
+    fn close_stdin<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let input = self.input.clone();
+        future_into_py(py, async move { input.close().await.map_err(|e| py_err(e, &[])) })
+    }
+
+    fn resize<'py>(&self, py: Python<'py>, rows: u16, cols: u16) -> PyResult<Bound<'py, PyAny>> {
+        let input = self.input.clone();
+        future_into_py(py, async move { input.resize(rows, cols).await.map_err(|e| py_err(e, &[])) })
+    }
+}
+
+// ---- small shared rules ----
+
+/// Whole lines out of chunks (the Rust SDK's `LineBuffer`, for `on_stdout_line`).
+#[pyclass(module = "hangar_sandbox._native")]
+#[derive(Default)]
+struct LineBuffer(hangar::LineBuffer);
+
+#[pymethods]
+impl LineBuffer {
+    #[new]
+    fn new() -> Self {
+        Self::default()
+    }
+
+    /// The lines this chunk completes.
+    fn push(&mut self, data: &[u8]) -> Vec<String> {
+        let mut lines = Vec::new();
+        self.0.push(data, |l| lines.push(l.to_string()));
+        lines
+    }
+
+    /// A last line without a newline, if any.
+    fn finish(&mut self) -> Option<String> {
+        let mut last = None;
+        self.0.finish(|l| last = Some(l.to_string()));
+        last
+    }
+}
+
+/// CPU cores from a Kubernetes quantity (`"500m"`, `"2"`).
+#[pyfunction]
+fn parse_cpus(field: &str, quantity: &str) -> PyResult<f64> {
+    hangar::quantity::cpus("cpu", quantity).map_err(|e| invalid(format!("{field}: {}", e.message)))
+}
+
+/// Bytes from a Kubernetes quantity (`"256Mi"`, `"1G"`).
+#[pyfunction]
+fn parse_bytes(field: &str, quantity: &str) -> PyResult<u64> {
+    hangar::quantity::bytes("memory", quantity).map_err(|e| invalid(format!("{field}: {}", e.message)))
+}
+
+#[pymodule]
+fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    let mut rt = tokio::runtime::Builder::new_multi_thread();
+    rt.worker_threads(2).thread_name("hangar-py").enable_all();
+    pyo3_async_runtimes::tokio::init(rt);
+    m.add_class::<NativeClient>()?;
+    m.add_class::<NativeSandbox>()?;
+    m.add_class::<NativeRun>()?;
+    m.add_class::<LineBuffer>()?;
+    m.add_function(wrap_pyfunction!(parse_cpus, m)?)?;
+    m.add_function(wrap_pyfunction!(parse_bytes, m)?)?;
+    Ok(())
+}
