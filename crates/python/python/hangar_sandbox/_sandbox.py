@@ -7,11 +7,12 @@ Python callables, and nothing else about execs, files or sandboxes.
 from __future__ import annotations
 
 import asyncio
+import builtins
 import concurrent.futures
 import contextvars
 import inspect
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from typing import Any, Union
 
 from . import _native
@@ -20,6 +21,7 @@ from .errors import SandboxNotRunningError, SandboxValidationError
 
 ChunkCallback = Callable[[bytes], Union[None, Awaitable[None]]]
 LineCallback = Callable[[str], Union[None, Awaitable[None]]]
+_Call = tuple[Callable[[Any], Any], Any]
 
 
 class Client:
@@ -162,7 +164,7 @@ class _Sinks:
     def active(self) -> bool:
         return self.print or any(self.chunk.values()) or any(self.line.values())
 
-    def _calls(self, batch: list[Event]):
+    def _calls(self, batch: list[Event]) -> Iterator[_Call]:
         for ev in batch:
             if type(ev) is not Output:
                 continue
@@ -184,17 +186,17 @@ class _Sinks:
                 for line in self.lines[ev.stream].push(ev.data):
                     yield lf, line
 
-    def _finish_calls(self):
+    def _finish_calls(self) -> Iterator[_Call]:
         for stream, buf in self.lines.items():
-            last = buf.finish()
-            if last is not None:
-                yield self.line[stream], last
+            last, f = buf.finish(), self.line[stream]
+            if last is not None and f is not None:
+                yield f, last
 
-    def _run_sync(self, calls) -> None:
+    def _run_sync(self, calls: Iterator[_Call] | list[_Call]) -> None:
         for f, arg in calls:
             f(arg)
 
-    async def _run(self, calls) -> None:
+    async def _run(self, calls: Iterator[_Call]) -> None:
         if self.is_async:
             for f, arg in calls:
                 r = f(arg)
@@ -611,7 +613,7 @@ class Sandbox:
         run = await self._require().attach(exec_id, stdout_offset, stderr_offset, capture)
         return ExecHandle(run, (stdout_offset, stderr_offset))
 
-    async def execs(self) -> list[ExecInfo]:
+    async def execs(self) -> builtins.list[ExecInfo]:
         """The sandbox's execs, running and ended (while their journals are kept)."""
         return await self._require().execs()
 

@@ -16,9 +16,10 @@ Callbacks run as in the async API: plain functions in a thread of their exec's o
 from __future__ import annotations
 
 import asyncio
+import builtins
 import concurrent.futures
 import threading
-from collections.abc import Coroutine, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
 
 from . import _sandbox
@@ -41,16 +42,21 @@ def _get_loop() -> asyncio.AbstractEventLoop:
         return _loop
 
 
-def _wait(coro: Coroutine[Any, Any, T]) -> T:
-    loop = _get_loop()
+def _wait(aw: Awaitable[T]) -> T:
     try:
         asyncio.get_running_loop()
     except RuntimeError:
         pass
     else:
-        coro.close()
+        if asyncio.iscoroutine(aw):
+            aw.close()
         raise RuntimeError("hangar_sandbox.sync cannot be used inside a running event loop: use hangar_sandbox.Sandbox")
-    fut = asyncio.run_coroutine_threadsafe(coro, loop)
+
+    async def call() -> T:
+        return await aw
+
+    loop = _get_loop()
+    fut = asyncio.run_coroutine_threadsafe(call(), loop)
     try:
         return fut.result()
     except KeyboardInterrupt:
@@ -194,7 +200,7 @@ class Sandbox:
         """Follows an exec from byte offsets; see :meth:`hangar_sandbox.Sandbox.attach`."""
         return ExecHandle(_wait(self._inner.attach(exec_id, **kwargs)))
 
-    def execs(self) -> list[ExecInfo]:
+    def execs(self) -> builtins.list[ExecInfo]:
         """Its execs."""
         return _wait(self._inner.execs())
 

@@ -1,0 +1,183 @@
+"""Lifecycle, listing, files, typed errors naming what failed, tenants, and the `aviato` names — on both
+backends."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+import hangar_sandbox
+from hangar_sandbox import (
+    CommandNotFoundError,
+    Sandbox,
+    SandboxExecutionError,
+    SandboxFailedError,
+    SandboxFileError,
+    SandboxNotFoundError,
+    SandboxNotRunningError,
+    SandboxStatus,
+    SandboxValidationError,
+)
+
+
+def test_lifecycle_list_from_id_and_tags(backend):
+    async def main():
+        sb = backend.sandbox(
+            command="sleep",
+            args=["infinity"],
+            environment_variables={"MODEL": "tiny"},
+            tags={"team": "research"},
+            resources={"cpu": "500m", "memory": "256Mi", "pids": 64},
+            max_lifetime_seconds=600,
+        )
+        assert sb.id is None
+        await sb.start()
+        await sb.wait()
+        info = await sb.info()
+        env = await sb.exec(["sh", "-c", "echo $MODEL"])
+        listed = [s.id for s in await Sandbox.list(tags={"team": "research"}, client=backend.client)]
+        running = [s.id for s in await Sandbox.list(status="running", client=backend.client)]
+        same = await Sandbox.from_id(sb.id, client=backend.client)
+        same_status = await same.get_status()
+        stopped = await sb.stop()
+        after = await Sandbox.get(sb.id, client=backend.client)
+        return sb, info, env, listed, running, same_status, stopped, await after.get_status()
+
+    sb, info, env, listed, running, same_status, stopped, after = asyncio.run(main())
+    assert info.status is SandboxStatus.RUNNING and info.tags == {"team": "research"}
+    assert info.cpus == 0.5 and info.memory_bytes == 256 << 20 and info.pids == 64
+    assert info.max_lifetime_seconds == 600 and info.command == ["sleep", "infinity"]
+    assert env.stdout == "tiny\n"
+    assert sb.id in listed and sb.id in running
+    assert same_status is SandboxStatus.RUNNING
+    assert stopped.status.is_final and after.is_final
+
+
+def test_delete_forgets_the_sandbox(backend):
+    async def main():
+        sb = await backend.sandbox().start()
+        await sb.delete()
+        with pytest.raises(SandboxNotFoundError) as e:
+            await Sandbox.from_id(sb.id, client=backend.client)
+        return sb.id, e.value
+
+    sid, err = asyncio.run(main())
+    assert err.sandbox_id == sid and sid in str(err)
+
+
+def test_files_binary_and_errors_name_the_path(backend):
+    blob = bytes(range(256)) * 20480  # 5 MiB
+
+    async def main():
+        async with backend.sandbox() as sb:
+            await sb.write_file("/work/data/blob.bin", blob)
+            back = await sb.read_file("/work/data/blob.bin")
+            digest = await sb.exec(["sha256sum", "/work/data/blob.bin"])
+            with pytest.raises(SandboxFileError) as missing:
+                await sb.read_file("/work/nope.txt")
+            with pytest.raises(SandboxFileError) as directory:
+                await sb.read_file("/work")
+            return back, digest, missing.value, directory.value
+
+    import hashlib
+
+    back, digest, missing, directory = asyncio.run(main())
+    assert back == blob and digest.stdout.split()[0] == hashlib.sha256(blob).hexdigest()
+    assert missing.filepath == "/work/nope.txt" and missing.reason == "FILE_NOT_FOUND" and "/work/nope.txt" in str(missing)
+    assert directory.reason == "IS_A_DIRECTORY"
+
+
+def test_typed_errors_name_what_failed(backend):
+    async def main():
+        errors = {}
+        async with backend.sandbox() as sb:
+            with pytest.raises(CommandNotFoundError) as e:
+                await sb.exec(["no-such-program", "--x"])
+            errors["command"] = e.value
+            with pytest.raises(SandboxValidationError) as e:
+                await sb.exec("echo hi")  # a string, not a list
+            errors["string"] = e.value
+            with pytest.raises(SandboxValidationError) as e:
+                await sb.exec([])
+            errors["empty"] = e.value
+        with pytest.raises(SandboxNotRunningError) as e:
+            await sb.exec(["true"])
+        errors["stopped"] = e.value
+        with pytest.raises(SandboxNotFoundError) as e:
+            await Sandbox.from_id("sb-0000000000000000", client=backend.client)
+        errors["missing"] = e.value
+        with pytest.raises(SandboxFailedError) as e:
+            await backend.sandbox(container_image="localhost:1/does-not-exist:1").start()
+        errors["image"] = e.value
+        with pytest.raises(SandboxValidationError) as e:
+            backend.sandbox(resources={"memory": "lots"})
+        errors["memory"] = e.value
+        return sb.id, errors
+
+    sid, errors = asyncio.run(main())
+    assert "no-such-program" in str(errors["command"]) and isinstance(errors["command"], SandboxExecutionError)
+    assert "['sh', '-c', 'echo hi']" in str(errors["string"])
+    assert "argv" in str(errors["empty"]) or "command" in str(errors["empty"])
+    assert errors["stopped"].sandbox_id == sid and errors["stopped"].status in ("terminated", "completed")
+    assert errors["missing"].sandbox_id == "sb-0000000000000000"
+    assert "does-not-exist" in str(errors["image"])
+    assert "resources.memory" in str(errors["memory"]) and "lots" in str(errors["memory"])
+
+
+@pytest.mark.parametrize("backend", ["remote"], indirect=True)  # tenants exist behind a server only
+def test_a_second_tenant_sees_nothing_of_the_first(backend):
+
+    async def main():
+        async with backend.sandbox(tags={"owner": "alice"}) as sb:
+            theirs = [s.id for s in await Sandbox.list(client=backend.other_tenant)]
+            with pytest.raises(SandboxNotFoundError):
+                await Sandbox.from_id(sb.id, client=backend.other_tenant)
+            return sb.id, theirs
+
+    sid, theirs = asyncio.run(main())
+    assert sid not in theirs
+
+
+def test_aviato_code_runs_unmodified(backend):
+    """The reference guide's example, as written for `aviato` (the image is the built-in one here)."""
+    script = textwrap.dedent(
+        """
+        import asyncio
+        from aviato import Sandbox, SandboxExecutionError, SandboxTimeoutError
+
+        async def main():
+            async with Sandbox(command="sleep", args=["infinity"]) as sandbox:
+                await sandbox.write_file("train.py", "import sys\\nprint('epoch 1')\\nsys.exit(int(sys.argv[1]) if len(sys.argv) > 1 else 0)\\n")
+                result = await sandbox.exec(["python", "train.py"], stream_output=True)
+                print(f"Training complete! Exit code: {result.returncode}")
+                try:
+                    await sandbox.exec(["python", "train.py", "3"], on_stdout=lambda d: print("cb", d.decode().strip()), timeout_seconds=30, check=True)
+                except SandboxExecutionError as e:
+                    print(f"failed: {e.exec_result.returncode}")
+                try:
+                    await sandbox.exec(["sleep", "5"], timeout_seconds=0.5)
+                except SandboxTimeoutError:
+                    print("timed out")
+
+        asyncio.run(main())
+        """
+    )
+    p = subprocess.run([sys.executable, "-c", script], env=backend.env, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout == "epoch 1\nTraining complete! Exit code: 0\ncb epoch 1\nfailed: 3\ntimed out\n"
+
+
+def test_the_api_is_typed_and_exported():
+    import aviato
+
+    for name in ("Sandbox", "SandboxError", "SandboxTimeoutError", "SandboxExecutionError", "SandboxNotFoundError",
+                 "SandboxNotRunningError", "SandboxFileError", "ExecResult"):
+        assert getattr(aviato, name) is getattr(hangar_sandbox, name)
+    from importlib.resources import files
+
+    assert (files("hangar_sandbox") / "py.typed").is_file()
+    assert (files("hangar_sandbox") / "_native.pyi").is_file()
