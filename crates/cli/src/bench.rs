@@ -25,6 +25,90 @@ pub struct BenchArgs {
     /// sandboxes from it once cached. Plain-HTTP registries must be listed in HANGAR_INSECURE_REGISTRIES.
     #[arg(long)]
     pull: Option<String>,
+    /// Also measure the Python SDK: this interpreter (with `hangar-sandbox` installed) runs the same exec
+    /// round trips and stream in the same sandbox, in rounds interleaved with the Rust SDK's.
+    #[arg(long)]
+    python: Option<String>,
+}
+
+/// The Python side of `--python`: round trips and a stream through `on_stdout`, in the sandbox the Rust
+/// side made, reported as one JSON line.
+const PYTHON_BENCH: &str = r#"
+import asyncio, json, sys, time
+from hangar_sandbox import Sandbox
+async def main(sid, n, mib):
+    sb = await Sandbox.from_id(sid)
+    await sb.exec(["true"])
+    rtt = []
+    for _ in range(n):
+        t = time.perf_counter()
+        await sb.exec(["true"], check=True)
+        rtt.append(time.perf_counter() - t)
+    total = 0
+    def count(b):
+        nonlocal total
+        total += len(b)
+    t = time.perf_counter()
+    await sb.exec(["dd", "if=/dev/zero", "bs=1M", f"count={mib}", "status=none"], on_stdout=count, capture=False, check=True)
+    rate = total / (time.perf_counter() - t) / 1e6
+    assert total == mib << 20, total
+    print(json.dumps({"rtt": rtt, "stream_mbs": rate}))
+asyncio.run(main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3])))
+"#;
+
+/// Runs [`PYTHON_BENCH`]: (round-trip samples, MB/s).
+fn python_round(python: &str, sandbox: &str, n: usize, mib: usize) -> Result<(Vec<Duration>, f64)> {
+    let mut cmd = Command::new(python);
+    // Embedded: the interpreter opens an engine of its own over the same state directory, with the same agent.
+    if std::env::var_os("HANGAR_URL").is_none() {
+        cmd.env("HANGAR_AGENT_BIN", hangar::EngineConfig::from_env()?.agent_bin);
+    }
+    let out = cmd
+        .args(["-c", PYTHON_BENCH, sandbox, &n.to_string(), &mib.to_string()])
+        .stderr(Stdio::inherit())
+        .output()
+        .with_context(|| format!("run {python}"))?;
+    anyhow::ensure!(out.status.success(), "{python} (the Python SDK's bench) failed: {}", out.status);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).context("the Python bench's report")?;
+    let rtt = v["rtt"].as_array().context("rtt")?.iter().filter_map(|x| x.as_f64()).map(Duration::from_secs_f64);
+    Ok((rtt.collect(), v["stream_mbs"].as_f64().context("stream_mbs")?))
+}
+
+/// Python SDK vs Rust SDK vs raw pipe, in interleaved rounds in the same sandbox.
+async fn measure_python(sb: &Sandbox, python: &str, n: usize, args: &BenchArgs) -> Result<()> {
+    let (mut rust_rtt, mut py_rtt) = (vec![], vec![]);
+    let (mut rust_mbs, mut py_mbs, mut raw_mbs) = (vec![], vec![], vec![]);
+    for _ in 0..args.stream_runs.max(1) {
+        for _ in 0..n {
+            let t = Instant::now();
+            sb.exec(["true"]).check(true).await?;
+            rust_rtt.push(t.elapsed());
+        }
+        rust_mbs.push(sandbox_stream(sb, args.stream_mib).await?);
+        let (rtt, mbs) = python_round(python, sb.id(), n, args.stream_mib)?;
+        py_rtt.extend(rtt);
+        py_mbs.push(mbs);
+        raw_mbs.push(raw_pipe(args.stream_mib)?);
+    }
+    let (rust_rtt, py_rtt) = (summarize(rust_rtt), summarize(py_rtt));
+    line("Python exec `true`", &py_rtt, "Rust SDK exec `true`", &rust_rtt)?;
+    crate::outln!(
+        "{:<24} {:>+8.3} ms per round trip (p50)",
+        "Python SDK adds",
+        (py_rtt.p50.as_secs_f64() - rust_rtt.p50.as_secs_f64()) * 1e3
+    );
+    let (py, rust, raw) = (median(py_mbs), median(rust_mbs), median(raw_mbs));
+    crate::outln!(
+        "{:<24} {:>8.0} MB/s (median of {})          | Rust SDK on_stdout {:>8.0} MB/s, raw pipe {:>6.0} MB/s | ratio {:.2} of Rust, {:.2} of raw",
+        format!("Python on_stdout {} MiB", args.stream_mib),
+        py,
+        args.stream_runs.max(1),
+        rust,
+        raw,
+        py / rust,
+        py / raw
+    );
+    Ok(())
 }
 
 /// p50 and p99 of a sample.
@@ -160,7 +244,10 @@ pub async fn run(args: BenchArgs) -> Result<u8> {
     }
 
     let sb = Sandbox::builder().create().await?;
-    let outcome = measure_in(&sb, n, &args, &base_true).await;
+    let mut outcome = measure_in(&sb, n, &args, &base_true).await;
+    if let (Ok(()), Some(python)) = (&outcome, &args.python) {
+        outcome = measure_python(&sb, python, n, &args).await;
+    }
     sb.stop_with_grace(Duration::from_secs(1)).await?;
     outcome?;
     if let Some(image) = &args.pull {

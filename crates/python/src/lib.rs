@@ -348,8 +348,8 @@ impl NativeSandbox {
         })
     }
 
-    /// Starts `argv` and gives a `NativeRun`; with `events=True` its output is read with `next_batch`,
-    /// otherwise only kept for its `result`.
+    /// Runs `argv`: with `events=False` the awaitable gives its `ExecResult` (or raises its typed error), and
+    /// cancelling it kills the exec; with `events=True` it gives a `NativeRun` to read the output from.
     #[pyo3(signature = (argv, *, events=false, env=vec![], cwd=None, timeout_seconds=None, stdin=None,
         open_stdin=false, id=None, tty=None, merged=false, check=false, capture=true, kill_on_disconnect_ms=None))]
     #[allow(clippy::too_many_arguments)]
@@ -398,7 +398,15 @@ impl NativeSandbox {
                 x = x.on_disconnect(hangar::OnDisconnect::Kill { grace_ms });
             }
             let run = x.events().await.map_err(|e| py_err(e, &argv))?;
-            Python::attach(|py| Ok(Py::new(py, NativeRun::pump(run, argv, events))?.into_any()))
+            if events {
+                return Python::attach(|py| Ok(Py::new(py, NativeRun::pump(run, argv))?.into_any()));
+            }
+            // Awaited to its end here: an awaitable that is cancelled (the task, Ctrl-C) kills the exec's tree.
+            let mut kill = KillOnDrop(Some(run.handle().input()));
+            let r = run.finish().await;
+            kill.0 = None;
+            let r = r.map_err(|e| py_err(e, &argv))?;
+            Python::attach(|py| result_obj(py, &r, &argv))
         })
     }
 
@@ -417,7 +425,7 @@ impl NativeSandbox {
             let x = sb.attach(exec_id).from_offsets(stdout_offset, stderr_offset).capture(capture);
             let run = x.events().await.map_err(|e| py_err(e, &[]))?;
             let command = run.handle().command().to_vec();
-            Python::attach(|py| Ok(Py::new(py, NativeRun::pump(run, command, true))?.into_any()))
+            Python::attach(|py| Ok(Py::new(py, NativeRun::pump(run, command))?.into_any()))
         })
     }
 
@@ -464,6 +472,17 @@ impl NativeSandbox {
 
 // ---- a running exec ----
 
+/// Kills an exec's tree when dropped while armed (the future awaiting it was cancelled).
+struct KillOnDrop(Option<hangar::ExecInput>);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Some(input) = self.0.take() {
+            pyo3_async_runtimes::tokio::get_runtime().spawn(async move { input.signal(9).await });
+        }
+    }
+}
+
 /// An exec being followed: a pump task reads its events (at most [`READ_AHEAD`] ahead of Python) and
 /// then its result; the input side (stdin, resize, signals) works meanwhile. Dropping it detaches.
 #[pyclass(module = "hangar_sandbox._native", frozen)]
@@ -481,8 +500,8 @@ struct NativeRun {
 }
 
 impl NativeRun {
-    /// Follows `run` in a task; its events go to `next_batch` when `deliver`, else only into the result.
-    fn pump(mut run: hangar::ExecRun, command: Vec<String>, deliver: bool) -> Self {
+    /// Follows `run` in a task; its events go to `next_batch`.
+    fn pump(mut run: hangar::ExecRun, command: Vec<String>) -> Self {
         let (tx, rx) = mpsc::channel(READ_AHEAD);
         let (done_tx, done_rx) = oneshot::channel();
         let h = run.handle();
@@ -491,8 +510,7 @@ impl NativeRun {
             let outcome = loop {
                 match run.next_event().await {
                     // A send fails once nobody reads the events any more; the result still needs the rest.
-                    Ok(Some(ev)) if deliver => _ = tx.send(ev).await,
-                    Ok(Some(_)) => {}
+                    Ok(Some(ev)) => _ = tx.send(ev).await,
                     Ok(None) => break run.finish().await,
                     Err(e) => break Err(e),
                 }

@@ -39,6 +39,7 @@ class Backend:
 
     def __init__(self, name: str, client: Client, env: dict[str, str], other_tenant: Client | None = None):
         self.name = name
+        self.state_dir = env["HANGAR_STATE_DIR"] if "HANGAR_STATE_DIR" in env else None
         self.client = client
         self.env = env
         self.other_tenant = other_tenant
@@ -93,6 +94,7 @@ def backend(request, tmp_path_factory, agent_bin):
                 time.sleep(0.05)
         env = {**base, "HANGAR_URL": url, "HANGAR_TOKEN": "token-alice"}
         b = Backend("remote", Client.connect(url, "token-alice"), env, other_tenant=Client.connect(url, "token-bob"))
+        b.state_dir = str(state)
         yield b
         asyncio.run(stop_all(b.client))
     finally:
@@ -103,6 +105,25 @@ def backend(request, tmp_path_factory, agent_bin):
             server.kill()
             server.wait()
         log.close()
+
+
+@pytest.fixture(scope="session")
+def python_image_archive() -> str:
+    """The `python:3.11` archive that scripts/python-image makes from Debian's packages (scripts/test does)."""
+    path = Path(os.environ.get("HANGAR_TEST_PYTHON_IMAGE") or ROOT / "target" / "images" / "python-3.11.tar")
+    if not path.is_file():
+        pytest.fail(f"{path} is missing: make it with `scripts/python-image {path}`", pytrace=False)
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def python_image(backend, python_image_archive) -> str:
+    """`python:3.11`, imported into the backend's image store (the server's state directory for remote)."""
+    env = {**backend.env, "HANGAR_STATE_DIR": backend.state_dir}
+    env.pop("HANGAR_URL", None)
+    subprocess.run([binary("HANGAR_BIN", "hangar"), "images", "import", python_image_archive], env=env, check=True,
+                   stdout=subprocess.DEVNULL)
+    return "python:3.11"
 
 
 def py(code: str) -> list[str]:

@@ -142,15 +142,15 @@ def test_a_second_tenant_sees_nothing_of_the_first(backend):
     assert sid not in theirs
 
 
-def test_aviato_code_runs_unmodified(backend):
-    """The reference guide's example, as written for `aviato` (the image is the built-in one here)."""
+def test_aviato_code_runs_unmodified(backend, python_image):
+    """The reference guide's example, as written for `aviato`, on python:3.11."""
     script = textwrap.dedent(
         """
         import asyncio
         from aviato import Sandbox, SandboxExecutionError, SandboxTimeoutError
 
         async def main():
-            async with Sandbox(command="sleep", args=["infinity"]) as sandbox:
+            async with Sandbox(command="sleep", args=["infinity"], container_image="python:3.11") as sandbox:
                 await sandbox.write_file("train.py", "import sys\\nprint('epoch 1')\\nsys.exit(int(sys.argv[1]) if len(sys.argv) > 1 else 0)\\n")
                 result = await sandbox.exec(["python", "train.py"], stream_output=True)
                 print(f"Training complete! Exit code: {result.returncode}")
@@ -181,3 +181,19 @@ def test_the_api_is_typed_and_exported():
 
     assert (files("hangar_sandbox") / "py.typed").is_file()
     assert (files("hangar_sandbox") / "_native.pyi").is_file()
+
+
+def test_the_python_311_image_made_from_debian_packages(backend, python_image):
+    async def main():
+        async with backend.sandbox(command="sleep", args=["infinity"], container_image=python_image) as sb:
+            version = await sb.exec(["python", "--version"], check=True)
+            pip = await sb.exec(["pip", "--version"], check=True)
+            venv = await sb.exec(["sh", "-c", "python -m venv /tmp/v && /tmp/v/bin/python -c 'import sys; print(sys.prefix)'"], check=True)
+            os_release = await sb.read_file("/etc/os-release")
+            return version, pip, venv, os_release
+
+    version, pip, venv, os_release = asyncio.run(main())
+    assert version.stdout.startswith("Python 3.11.")
+    assert "python 3.11" in pip.stdout
+    assert venv.stdout == "/tmp/v\n"
+    assert b'VERSION_CODENAME=bookworm' in os_release

@@ -211,3 +211,28 @@ def test_sync_facade(backend):
     assert data == bytes(range(256))
     assert isinstance(events[-1], Exit) and b"".join(e.data for e in events if isinstance(e, Output)) == b"handle\n"
     assert status is SandboxStatus.RUNNING and sb.get_status().is_final
+
+
+@pytest.mark.parametrize("with_callback", [False, True])
+def test_cancelling_the_task_kills_the_exec(backend, with_callback):
+    async def main():
+        async with backend.sandbox(command="sleep", args=["infinity"]) as sb:
+            kw = {"on_stdout": lambda d: None} if with_callback else {}
+            task = asyncio.create_task(sb.exec(["sh", "-c", "echo up; exec sleep 1000.125"], **kw))
+            for _ in range(100):
+                if (await sb.exec(["pgrep", "-f", "sleep 1000.125"])).returncode == 0:
+                    break
+                await asyncio.sleep(0.05)
+            else:
+                raise AssertionError("the exec never started")
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            for _ in range(100):
+                left = await sb.exec(["pgrep", "-f", "sleep 1000.125"])
+                if left.returncode == 1:
+                    return True
+                await asyncio.sleep(0.05)
+            return False
+
+    assert asyncio.run(main()), "the cancelled exec's process is still running after 5 s"

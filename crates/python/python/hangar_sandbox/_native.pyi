@@ -1,5 +1,6 @@
 # Type stubs of the native module (crates/python/src/lib.rs): the Rust SDK, bound with PyO3.
 from collections.abc import Awaitable
+from typing import Literal, overload
 
 from ._types import Event, ExecInfo, ExecResult, SandboxInfo
 
@@ -33,11 +34,30 @@ class NativeSandbox:
     @property
     def id(self) -> str: ...
     def info(self) -> Awaitable[SandboxInfo]: ...
+    @overload
     def exec(
         self,
         argv: list[str],
         *,
-        events: bool = False,
+        events: Literal[False] = False,
+        env: list[tuple[str, str]] = ...,
+        cwd: str | None = None,
+        timeout_seconds: float | None = None,
+        stdin: bytes | None = None,
+        open_stdin: bool = False,
+        id: str | None = None,
+        tty: tuple[int, int] | None = None,
+        merged: bool = False,
+        check: bool = False,
+        capture: bool = True,
+        kill_on_disconnect_ms: int | None = None,
+    ) -> Awaitable[ExecResult]: ...
+    @overload
+    def exec(
+        self,
+        argv: list[str],
+        *,
+        events: Literal[True],
         env: list[tuple[str, str]] = ...,
         cwd: str | None = None,
         timeout_seconds: float | None = None,
@@ -50,6 +70,24 @@ class NativeSandbox:
         capture: bool = True,
         kill_on_disconnect_ms: int | None = None,
     ) -> Awaitable[NativeRun]: ...
+    @overload
+    def exec(
+        self,
+        argv: list[str],
+        *,
+        events: bool,
+        env: list[tuple[str, str]] = ...,
+        cwd: str | None = None,
+        timeout_seconds: float | None = None,
+        stdin: bytes | None = None,
+        open_stdin: bool = False,
+        id: str | None = None,
+        tty: tuple[int, int] | None = None,
+        merged: bool = False,
+        check: bool = False,
+        capture: bool = True,
+        kill_on_disconnect_ms: int | None = None,
+    ) -> Awaitable[ExecResult | NativeRun]: ...
     def attach(
         self, exec_id: str, stdout_offset: int = 0, stderr_offset: int = 0, capture: bool = True
     ) -> Awaitable[NativeRun]: ...

@@ -227,10 +227,9 @@ async def _follow(run: _native.NativeRun, sinks: _Sinks) -> ExecResult:
     that raised, a cancelled task, Ctrl-C — kills the exec's tree first; a callback's exception then
     propagates with the partial result attached as ``exec_result``."""
     try:
-        if sinks.active:
-            while (batch := await run.next_batch()) is not None:
-                await sinks.deliver(batch)
-            await sinks.finish()
+        while (batch := await run.next_batch()) is not None:
+            await sinks.deliver(batch)
+        await sinks.finish()
         return await run.result()
     except BaseException as exc:
         partial = await _abandon(run)
@@ -552,7 +551,7 @@ class Sandbox:
         Cancelling the task (or Ctrl-C) kills the command.
         """
         sinks = _Sinks(stream_output, on_stdout, on_stderr, on_stdout_line, on_stderr_line)
-        run = await self._require().exec(
+        done = await self._require().exec(
             _argv(command),
             events=sinks.active,
             env=_pairs("env", env),
@@ -564,7 +563,9 @@ class Sandbox:
             check=check,
             capture=capture,
         )
-        return await _follow(run, sinks)
+        if isinstance(done, ExecResult):  # nothing to deliver: the native side ran it to its end
+            return done
+        return await _follow(done, sinks)
 
     async def start_exec(
         self,
