@@ -1,13 +1,15 @@
 //! `hangar_sandbox._native`: the Rust SDK (crate `hangar`) as a CPython extension module. Every operation is
 //! the SDK's own; this file only translates: Python arguments into SDK calls, SDK futures into asyncio
-//! awaitables (pyo3-async-runtimes, which also drops the Rust future when the asyncio one is cancelled), and
-//! SDK values and errors into the Python classes of `hangar_sandbox._types` and `hangar_sandbox.errors`.
+//! awaitables ([`bridge`]: a cancelled awaitable drops its Rust future), and SDK values and errors into the
+//! Python classes of `hangar_sandbox._types` and `hangar_sandbox.errors`, built on the loop's thread.
 //! The Python API itself (`Sandbox`, `exec` with callbacks, the sync facade) is in `python/hangar_sandbox`.
 
 use hangar::{Client, Ending, Error, ExecEvent, ExecInfo, ExecResult, OutputStream, SandboxInfo, Usage};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList};
-use pyo3_async_runtimes::tokio::future_into_py;
+
+mod bridge;
+use bridge::{Convert, spawn};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{Mutex, mpsc, oneshot};
@@ -135,6 +137,14 @@ fn exec_info_obj(py: Python<'_>, i: &ExecInfo) -> PyResult<Py<PyAny>> {
     new_obj(py, "ExecInfo", kw)
 }
 
+fn list_obj<T>(py: Python<'_>, items: &[T], f: fn(Python<'_>, &T) -> PyResult<Py<PyAny>>) -> PyResult<Py<PyAny>> {
+    let list = PyList::empty(py);
+    for i in items {
+        list.append(f(py, i)?)?;
+    }
+    Ok(list.into_any().unbind())
+}
+
 // ---- errors: each SDK error into its class of `hangar_sandbox.errors`, with the thing that failed ----
 
 fn py_err(e: Error, command: &[String]) -> PyErr {
@@ -204,6 +214,23 @@ fn build_err(py: Python<'_>, e: &Error, command: &[String]) -> PyResult<PyErr> {
     Ok(PyErr::from_value(value))
 }
 
+/// The conversion a finished call leaves for the loop's thread: `f` builds the value, or the error becomes
+/// its class of `hangar_sandbox.errors` (naming `command` where it is about one).
+fn reply<T: Send + 'static>(
+    r: hangar::Result<T>,
+    command: Vec<String>,
+    f: impl FnOnce(Python<'_>, T) -> PyResult<Py<PyAny>> + Send + 'static,
+) -> Convert {
+    Box::new(move |py| match r {
+        Ok(v) => f(py, v),
+        Err(e) => Err(build_err(py, &e, &command).unwrap_or_else(|conversion| conversion)),
+    })
+}
+
+fn none(py: Python<'_>, (): ()) -> PyResult<Py<PyAny>> {
+    Ok(py.None())
+}
+
 fn invalid(message: String) -> PyErr {
     py_err(Error::InvalidArgument(message), &[])
 }
@@ -220,7 +247,7 @@ fn secs(field: &str, s: Option<f64>) -> PyResult<Option<Duration>> {
 struct NativeClient(Client);
 
 fn in_runtime<T>(f: impl FnOnce() -> T) -> T {
-    let _guard = pyo3_async_runtimes::tokio::get_runtime().enter();
+    let _guard = bridge::runtime().enter();
     f()
 }
 
@@ -302,28 +329,25 @@ impl NativeClient {
         if let Some(r) = request_id {
             b = b.request_id(r);
         }
-        future_into_py(py, async move {
-            let sb = b.create().await.map_err(|e| py_err(e, &[]))?;
-            Ok(NativeSandbox(sb))
-        })
+        spawn(
+            py,
+            async move { reply(b.create().await, vec![], |py, sb| Ok(Py::new(py, NativeSandbox(sb))?.into_any())) },
+        )
     }
 
     /// The sandbox with this id (any state).
     fn get<'py>(&self, py: Python<'py>, id: String) -> PyResult<Bound<'py, PyAny>> {
         let client = self.0.clone();
-        future_into_py(py, async move {
-            let sb = hangar::Sandbox::from_id_with(&client, &id).await.map_err(|e| py_err(e, &[]))?;
-            Ok(NativeSandbox(sb))
+        spawn(py, async move {
+            let sb = hangar::Sandbox::from_id_with(&client, &id).await;
+            reply(sb, vec![], |py, sb| Ok(Py::new(py, NativeSandbox(sb))?.into_any()))
         })
     }
 
     /// Every sandbox this client sees, oldest first, as `SandboxInfo`.
     fn list<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         let client = self.0.clone();
-        future_into_py(py, async move {
-            let all = client.list().await.map_err(|e| py_err(e, &[]))?;
-            Python::attach(|py| all.iter().map(|i| info_obj(py, i)).collect::<PyResult<Vec<_>>>())
-        })
+        spawn(py, async move { reply(client.list().await, vec![], |py, all| list_obj(py, &all, info_obj)) })
     }
 }
 
@@ -342,10 +366,7 @@ impl NativeSandbox {
 
     fn info<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         let sb = self.0.clone();
-        future_into_py(py, async move {
-            let info = sb.info().await.map_err(|e| py_err(e, &[]))?;
-            Python::attach(|py| info_obj(py, &info))
-        })
+        spawn(py, async move { reply(sb.info().await, vec![], |py, info| info_obj(py, &info)) })
     }
 
     /// Runs `argv`: with `events=False` the awaitable gives its `ExecResult` (or raises its typed error), and
@@ -372,7 +393,7 @@ impl NativeSandbox {
     ) -> PyResult<Bound<'py, PyAny>> {
         let timeout = secs("timeout_seconds", timeout_seconds)?;
         let sb = self.0.clone();
-        future_into_py(py, async move {
+        spawn(py, async move {
             let mut x = sb.exec(argv.clone()).check(check).capture(capture).merged(merged);
             for (k, v) in env {
                 x = x.env(k, v);
@@ -397,16 +418,19 @@ impl NativeSandbox {
             if let Some(grace_ms) = kill_on_disconnect_ms {
                 x = x.on_disconnect(hangar::OnDisconnect::Kill { grace_ms });
             }
-            let run = x.events().await.map_err(|e| py_err(e, &argv))?;
+            let run = match x.events().await {
+                Ok(run) => run,
+                Err(e) => return reply(Err::<(), _>(e), argv, none),
+            };
             if events {
-                return Python::attach(|py| Ok(Py::new(py, NativeRun::pump(run, argv))?.into_any()));
+                let run = NativeRun::pump(run, argv.clone());
+                return reply(Ok(run), argv, |py, run| Ok(Py::new(py, run)?.into_any()));
             }
             // Awaited to its end here: an awaitable that is cancelled (the task, Ctrl-C) kills the exec's tree.
             let mut kill = KillOnDrop(Some(run.handle().input()));
             let r = run.finish().await;
             kill.0 = None;
-            let r = r.map_err(|e| py_err(e, &argv))?;
-            Python::attach(|py| result_obj(py, &r, &argv))
+            reply(r, argv.clone(), move |py, r| result_obj(py, &r, &argv))
         })
     }
 
@@ -421,52 +445,49 @@ impl NativeSandbox {
         capture: bool,
     ) -> PyResult<Bound<'py, PyAny>> {
         let sb = self.0.clone();
-        future_into_py(py, async move {
+        spawn(py, async move {
             let x = sb.attach(exec_id).from_offsets(stdout_offset, stderr_offset).capture(capture);
-            let run = x.events().await.map_err(|e| py_err(e, &[]))?;
-            let command = run.handle().command().to_vec();
-            Python::attach(|py| Ok(Py::new(py, NativeRun::pump(run, command))?.into_any()))
+            let run = x.events().await.map(|run| {
+                let command = run.handle().command().to_vec();
+                NativeRun::pump(run, command)
+            });
+            reply(run, vec![], |py, run| Ok(Py::new(py, run)?.into_any()))
         })
     }
 
     fn execs<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         let sb = self.0.clone();
-        future_into_py(py, async move {
-            let all = sb.execs().await.map_err(|e| py_err(e, &[]))?;
-            Python::attach(|py| all.iter().map(|i| exec_info_obj(py, i)).collect::<PyResult<Vec<_>>>())
-        })
+        spawn(py, async move { reply(sb.execs().await, vec![], |py, all| list_obj(py, &all, exec_info_obj)) })
     }
 
     fn read_file<'py>(&self, py: Python<'py>, path: String) -> PyResult<Bound<'py, PyAny>> {
         let sb = self.0.clone();
-        future_into_py(py, async move {
-            let data = sb.read_file(&path).await.map_err(|e| py_err(e, &[]))?;
-            Python::attach(|py| Ok(PyBytes::new(py, &data).unbind()))
+        spawn(py, async move {
+            reply(sb.read_file(&path).await, vec![], |py, data| Ok(PyBytes::new(py, &data).into_any().unbind()))
         })
     }
 
     fn write_file<'py>(&self, py: Python<'py>, path: String, data: Vec<u8>) -> PyResult<Bound<'py, PyAny>> {
         let sb = self.0.clone();
-        future_into_py(py, async move { sb.write_file(&path, data).await.map_err(|e| py_err(e, &[])) })
+        spawn(py, async move { reply(sb.write_file(&path, data).await, vec![], none) })
     }
 
     #[pyo3(signature = (grace_seconds=None))]
     fn stop<'py>(&self, py: Python<'py>, grace_seconds: Option<f64>) -> PyResult<Bound<'py, PyAny>> {
         let grace = secs("grace_seconds", grace_seconds)?;
         let sb = self.0.clone();
-        future_into_py(py, async move {
+        spawn(py, async move {
             let info = match grace {
                 Some(g) => sb.stop_with_grace(g).await,
                 None => sb.stop().await,
             };
-            let info = info.map_err(|e| py_err(e, &[]))?;
-            Python::attach(|py| info_obj(py, &info))
+            reply(info, vec![], |py, info| info_obj(py, &info))
         })
     }
 
     fn delete<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         let sb = self.0.clone();
-        future_into_py(py, async move { sb.delete().await.map_err(|e| py_err(e, &[])) })
+        spawn(py, async move { reply(sb.delete().await, vec![], none) })
     }
 }
 
@@ -478,7 +499,7 @@ struct KillOnDrop(Option<hangar::ExecInput>);
 impl Drop for KillOnDrop {
     fn drop(&mut self) {
         if let Some(input) = self.0.take() {
-            pyo3_async_runtimes::tokio::get_runtime().spawn(async move { input.signal(9).await });
+            bridge::runtime().spawn(async move { input.signal(9).await });
         }
     }
 }
@@ -537,9 +558,11 @@ impl NativeRun {
     #[pyo3(signature = (max_bytes=4 << 20))]
     fn next_batch<'py>(&self, py: Python<'py>, max_bytes: usize) -> PyResult<Bound<'py, PyAny>> {
         let events = self.events.clone();
-        future_into_py(py, async move {
+        spawn(py, async move {
             let mut rx = events.lock().await;
-            let Some(first) = rx.recv().await else { return Ok(None) };
+            let Some(first) = rx.recv().await else {
+                return Box::new(|py: Python<'_>| Ok(py.None())) as Convert;
+            };
             let size = |ev: &ExecEvent| match ev {
                 ExecEvent::Output { data, .. } => data.len(),
                 _ => 0,
@@ -555,13 +578,12 @@ impl NativeRun {
                     Err(_) => break,
                 }
             }
-            drop(rx);
-            Python::attach(|py| {
+            reply(Ok(batch), vec![], |py, batch| {
                 let list = PyList::empty(py);
                 for ev in batch {
                     list.append(event_obj(py, ev)?)?;
                 }
-                Ok(Some(list.unbind()))
+                Ok(list.into_any().unbind())
             })
         })
     }
@@ -569,36 +591,35 @@ impl NativeRun {
     /// The exec's `ExecResult`, or its typed error, once it ended (available once).
     fn result<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         let (slot, command) = (self.result.clone(), self.command.clone());
-        future_into_py(py, async move {
+        spawn(py, async move {
             let rx = slot.lock().await.take();
-            let Some(rx) = rx else {
-                return Err(invalid("the result of this exec was already taken".into()));
+            let outcome = match rx {
+                Some(rx) => rx.await.unwrap_or_else(|_| Err(Error::Internal("the exec's reader stopped".into()))),
+                None => Err(Error::InvalidArgument("the result of this exec was already taken".into())),
             };
-            let outcome = rx.await.unwrap_or_else(|_| Err(Error::Internal("the exec's reader stopped".into())));
-            let r = outcome.map_err(|e| py_err(e, &command))?;
-            Python::attach(|py| result_obj(py, &r, &command))
+            reply(outcome, command.clone(), move |py, r| result_obj(py, &r, &command))
         })
     }
 
     /// Sends `signal` to the exec's whole process tree (9, SIGKILL, cancels it).
     fn signal<'py>(&self, py: Python<'py>, signal: i32) -> PyResult<Bound<'py, PyAny>> {
         let input = self.input.clone();
-        future_into_py(py, async move { input.signal(signal).await.map_err(|e| py_err(e, &[])) })
+        spawn(py, async move { reply(input.signal(signal).await, vec![], none) })
     }
 
     fn write_stdin<'py>(&self, py: Python<'py>, data: Vec<u8>) -> PyResult<Bound<'py, PyAny>> {
         let input = self.input.clone();
-        future_into_py(py, async move { input.write(data).await.map_err(|e| py_err(e, &[])) })
+        spawn(py, async move { reply(input.write(data).await, vec![], none) })
     }
 
     fn close_stdin<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         let input = self.input.clone();
-        future_into_py(py, async move { input.close().await.map_err(|e| py_err(e, &[])) })
+        spawn(py, async move { reply(input.close().await, vec![], none) })
     }
 
     fn resize<'py>(&self, py: Python<'py>, rows: u16, cols: u16) -> PyResult<Bound<'py, PyAny>> {
         let input = self.input.clone();
-        future_into_py(py, async move { input.resize(rows, cols).await.map_err(|e| py_err(e, &[])) })
+        spawn(py, async move { reply(input.resize(rows, cols).await, vec![], none) })
     }
 }
 
@@ -645,13 +666,11 @@ fn parse_bytes(field: &str, quantity: &str) -> PyResult<u64> {
 
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
-    let mut rt = tokio::runtime::Builder::new_multi_thread();
-    rt.worker_threads(2).thread_name("hangar-py").enable_all();
-    pyo3_async_runtimes::tokio::init(rt);
     m.add_class::<NativeClient>()?;
     m.add_class::<NativeSandbox>()?;
     m.add_class::<NativeRun>()?;
     m.add_class::<LineBuffer>()?;
+    m.add_class::<bridge::LoopBridge>()?;
     m.add_function(wrap_pyfunction!(parse_cpus, m)?)?;
     m.add_function(wrap_pyfunction!(parse_bytes, m)?)?;
     Ok(())

@@ -18,26 +18,10 @@ on that Hangar server (``HANGAR_TOKEN`` is the bearer token). :mod:`hangar_sandb
 without asyncio; :mod:`aviato` offers the reference SDK's names.
 """
 
-import atexit as _atexit
-import time as _time
-
 from ._sandbox import Client, ExecHandle, Sandbox
 from ._types import Event, ExecInfo, ExecResult, Exit, Gap, Output, SandboxInfo, SandboxStatus, Usage
 from .errors import *  # noqa: F403
 from .errors import __all__ as _errors
-
-
-
-@_atexit.register
-def _let_native_threads_leave_python() -> None:
-    # The native module completes asyncio futures from its own threads (pyo3-async-runtimes calls
-    # loop.call_soon_threadsafe, whose self-pipe write lets go of the GIL). When the last await of a program
-    # is such a future, the interpreter can start finalizing while that thread waits to take the GIL back,
-    # and CPython (before 3.14) then ends the foreign thread with pthread_exit, which aborts the process.
-    # Giving up the GIL for a moment here, before finalization, lets such a thread finish first.
-    for _ in range(5):
-        _time.sleep(0.002)
-
 
 __all__ = [
     "Client",

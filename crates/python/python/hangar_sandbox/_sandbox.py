@@ -43,7 +43,11 @@ class Client:
 
     @classmethod
     def from_env(cls) -> Client:
-        """The process-wide default client (``HANGAR_URL``/``HANGAR_TOKEN``, else the embedded engine)."""
+        """The process-wide default client (``HANGAR_URL``/``HANGAR_TOKEN``, else the embedded engine).
+
+        >>> Client.from_env() is not None
+        True
+        """
         import os
 
         return cls(_native.NativeClient.from_env(), os.environ.get("HANGAR_URL") or None)
@@ -56,7 +60,12 @@ class Client:
 
     @classmethod
     def embedded(cls, state_dir: str) -> Client:
-        """An embedded engine keeping its state in ``state_dir`` (needs root)."""
+        """An embedded engine keeping its state in ``state_dir`` (needs root).
+
+        >>> import os
+        >>> Client.embedded(os.environ.get("HANGAR_STATE_DIR", "/var/lib/hangar")).url is None
+        True
+        """
         return cls(_native.NativeClient.embedded(str(state_dir)))
 
 
@@ -281,27 +290,69 @@ class ExecHandle:
 
     @property
     def id(self) -> str:
-        """The exec's id, to attach to it again."""
+        """The exec's id, to attach to it again.
+
+        >>> async def demo():
+        ...     async with Sandbox() as sb:
+        ...         h = await sb.start_exec(["true"], id="build-1")
+        ...         return h.id
+        >>> asyncio.run(demo())
+        'build-1'
+        """
         return self._run.id
 
     @property
     def sandbox_id(self) -> str:
-        """The sandbox it runs in."""
+        """The sandbox it runs in.
+
+        >>> async def demo():
+        ...     async with Sandbox() as sb:
+        ...         return (await sb.start_exec(["true"])).sandbox_id == sb.id
+        >>> asyncio.run(demo())
+        True
+        """
         return self._run.sandbox_id
 
     @property
     def command(self) -> list[str]:
-        """The command."""
+        """The command.
+
+        >>> async def demo():
+        ...     async with Sandbox() as sb:
+        ...         return (await sb.start_exec(["echo", "hi"])).command
+        >>> asyncio.run(demo())
+        ['echo', 'hi']
+        """
         return list(self._run.command)
 
     @property
     def position(self) -> tuple[int, int]:
-        """Bytes of (stdout, stderr) received so far, counted from the start of each stream."""
+        """Bytes of (stdout, stderr) received so far, counted from the start of each stream.
+
+        >>> async def demo():
+        ...     async with Sandbox() as sb:
+        ...         h = await sb.start_exec(["sh", "-c", "printf abc; printf de >&2"])
+        ...         async for _ in h:
+        ...             pass
+        ...         return h.position
+        >>> asyncio.run(demo())
+        (3, 2)
+        """
         return (self._position[0], self._position[1])
 
     @property
     def exit(self) -> Exit | None:
-        """The exec's :class:`Exit`, once the iteration reached it."""
+        """The exec's :class:`Exit`, once the iteration reached it.
+
+        >>> async def demo():
+        ...     async with Sandbox() as sb:
+        ...         h = await sb.start_exec(["sh", "-c", "exit 4"])
+        ...         async for _ in h:
+        ...             pass
+        ...         return h.exit.returncode
+        >>> asyncio.run(demo())
+        4
+        """
         return self._exit
 
     async def __aiter__(self) -> AsyncIterator[Event]:
@@ -317,27 +368,83 @@ class ExecHandle:
 
     async def wait(self) -> ExecResult:
         """Follows the exec to its end and returns its :class:`ExecResult` (output from where the handle
-        started), raising its typed error (timeout, ``check``, lost bytes) as :meth:`Sandbox.exec` does."""
+        started), raising its typed error (timeout, ``check``, lost bytes) as :meth:`Sandbox.exec` does.
+
+        >>> async def demo():
+        ...     async with Sandbox() as sb:
+        ...         h = await sb.start_exec(["python3", "-c", "print(6 * 7)"])
+        ...         return (await h.wait()).stdout
+        >>> asyncio.run(demo())
+        '42\\n'
+        """
         return await self._run.result()
 
     async def write_stdin(self, data: bytes | str) -> None:
-        """Writes to the exec's stdin (started with ``stdin=True`` or a ``tty``)."""
+        """Writes to the exec's stdin (started with ``stdin=True`` or a ``tty``).
+
+        >>> async def demo():
+        ...     async with Sandbox() as sb:
+        ...         h = await sb.start_exec(["cat"], stdin=True)
+        ...         await h.write_stdin("hello\\n")
+        ...         await h.close_stdin()
+        ...         return (await h.wait()).stdout
+        >>> asyncio.run(demo())
+        'hello\\n'
+        """
         await self._run.write_stdin(_data("data", data))
 
     async def close_stdin(self) -> None:
-        """Ends stdin (for a terminal: sends ^D)."""
+        """Ends stdin (for a terminal: sends ^D).
+
+        >>> async def demo():
+        ...     async with Sandbox() as sb:
+        ...         h = await sb.start_exec(["wc", "-l"], stdin=True)
+        ...         await h.write_stdin(b"a\\nb\\n")
+        ...         await h.close_stdin()
+        ...         return (await h.wait()).stdout.strip()
+        >>> asyncio.run(demo())
+        '2'
+        """
         await self._run.close_stdin()
 
     async def resize(self, rows: int, cols: int) -> None:
-        """Resizes the exec's terminal."""
+        """Resizes the exec's terminal.
+
+        >>> async def demo():
+        ...     async with Sandbox() as sb:
+        ...         h = await sb.start_exec(["sh", "-c", "read x; stty size"], tty=(24, 80), stdin=True)
+        ...         await h.resize(50, 120)
+        ...         await h.write_stdin("go\\n")
+        ...         return (await h.wait()).stdout.split()[-2:]
+        >>> asyncio.run(demo())
+        ['50', '120']
+        """
         await self._run.resize(rows, cols)
 
     async def signal(self, signal: int) -> None:
-        """Sends a signal to the exec's whole process tree."""
+        """Sends a signal to the exec's whole process tree.
+
+        >>> async def demo():
+        ...     async with Sandbox() as sb:
+        ...         h = await sb.start_exec(["sleep", "1000"])
+        ...         await h.signal(15)
+        ...         return (await h.wait()).returncode
+        >>> asyncio.run(demo())
+        -15
+        """
         await self._run.signal(signal)
 
     async def kill(self) -> None:
-        """Kills the exec's whole process tree; it ends as ``cancelled``."""
+        """Kills the exec's whole process tree; it ends as ``cancelled``.
+
+        >>> async def demo():
+        ...     async with Sandbox() as sb:
+        ...         h = await sb.start_exec(["sleep", "1000"])
+        ...         await h.kill()
+        ...         return (await h.wait()).ending
+        >>> asyncio.run(demo())
+        'cancelled'
+        """
         await self._run.signal(9)
 
 
@@ -407,12 +514,21 @@ class Sandbox:
 
     @property
     def id(self) -> str | None:
-        """The sandbox's id (``sb-`` and 16 hex digits), or ``None`` before :meth:`start`."""
+        """The sandbox's id (``sb-`` and 16 hex digits), or ``None`` before :meth:`start`.
+
+        >>> sb = Sandbox()
+        >>> sb.id is None
+        True
+        """
         return self._native.id if self._native is not None else None
 
     @property
     def sandbox_id(self) -> str | None:
-        """Same as :attr:`id` (the name ``cwsandbox`` uses)."""
+        """Same as :attr:`id` (the name ``cwsandbox`` uses).
+
+        >>> Sandbox().sandbox_id is None
+        True
+        """
         return self.id
 
     def _require(self) -> _native.NativeSandbox:
@@ -424,7 +540,17 @@ class Sandbox:
 
     async def start(self) -> Sandbox:
         """Creates the sandbox and waits until its main command runs (pulling the image if needed).
-        Starting a started sandbox does nothing."""
+        Starting a started sandbox does nothing.
+
+        >>> async def demo():
+        ...     sb = await Sandbox(command="sleep", args=["infinity"]).start()
+        ...     try:
+        ...         return sb.id.startswith("sb-")
+        ...     finally:
+        ...         await sb.stop()
+        >>> asyncio.run(demo())
+        True
+        """
         if self._native is None:
             client = _client(self._client_arg)
             self._client_arg = client
@@ -433,7 +559,17 @@ class Sandbox:
 
     async def wait(self) -> Sandbox:
         """Waits until the sandbox runs; raises :class:`~hangar_sandbox.errors.SandboxNotRunningError` (or
-        :class:`~hangar_sandbox.errors.SandboxFailedError` when it failed to start) if it has ended."""
+        :class:`~hangar_sandbox.errors.SandboxFailedError` when it failed to start) if it has ended.
+
+        >>> async def demo():
+        ...     sb = Sandbox()
+        ...     await sb.wait()                      # starts it too
+        ...     status = await sb.get_status()
+        ...     await sb.stop()
+        ...     return status
+        >>> asyncio.run(demo())
+        <SandboxStatus.RUNNING: 'running'>
+        """
         await self.start()
         info = await self.info()
         if info.status is SandboxStatus.RUNNING:
@@ -447,22 +583,57 @@ class Sandbox:
         )
 
     async def info(self) -> SandboxInfo:
-        """The sandbox's current record."""
+        """The sandbox's current record.
+
+        >>> async def demo():
+        ...     async with Sandbox(tags={"team": "ml"}, resources={"memory": "512Mi"}) as sb:
+        ...         info = await sb.info()
+        ...         return info.tags, info.memory_bytes
+        >>> asyncio.run(demo())
+        ({'team': 'ml'}, 536870912)
+        """
         return await self._require().info()
 
     async def get_status(self) -> SandboxStatus:
-        """The sandbox's current :class:`SandboxStatus`."""
+        """The sandbox's current :class:`SandboxStatus`.
+
+        >>> async def demo():
+        ...     async with Sandbox() as sb:
+        ...         pass
+        ...     return (await sb.get_status()).is_final
+        >>> asyncio.run(demo())
+        True
+        """
         return (await self.info()).status
 
     async def stop(self, *, grace_seconds: float | None = None) -> SandboxInfo | None:
         """Stops the sandbox: SIGTERM to its processes, SIGKILL after the grace (default 10 s). Returns its
-        final record; stopping an ended (or never started) sandbox does nothing."""
+        final record; stopping an ended (or never started) sandbox does nothing.
+
+        >>> async def demo():
+        ...     sb = await Sandbox().start()
+        ...     return (await sb.stop(grace_seconds=1)).status
+        >>> asyncio.run(demo())
+        <SandboxStatus.TERMINATED: 'terminated'>
+        """
         if self._native is None:
             return None
         return await self._native.stop(grace_seconds)
 
     async def delete(self) -> None:
-        """Stops the sandbox if needed and forgets it: its record and files are gone."""
+        """Stops the sandbox if needed and forgets it: its record and files are gone.
+
+        >>> from hangar_sandbox.errors import SandboxNotFoundError
+        >>> async def demo():
+        ...     sb = await Sandbox().start()
+        ...     await sb.delete()
+        ...     try:
+        ...         await Sandbox.from_id(sb.id)
+        ...     except SandboxNotFoundError:
+        ...         return "gone"
+        >>> asyncio.run(demo())
+        'gone'
+        """
         if self._native is not None:
             await self._native.delete()
 
@@ -490,7 +661,15 @@ class Sandbox:
         client: Client | None = None,
     ) -> list[Sandbox]:
         """The sandboxes this client sees (oldest first), optionally only those with all of ``tags``
-        and in ``status``."""
+        and in ``status``.
+
+        >>> async def demo():
+        ...     async with Sandbox(tags=["nightly-doc"]) as sb:
+        ...         found = await Sandbox.list(tags=["nightly-doc"], include_stopped=False)
+        ...         return [s.id for s in found] == [sb.id]
+        >>> asyncio.run(demo())
+        True
+        """
         c = _client(client)
         want_tags = dict(_tags(tags))
         want_status = SandboxStatus(status) if status is not None else None
@@ -508,7 +687,15 @@ class Sandbox:
     @classmethod
     async def from_id(cls, sandbox_id: str, *, client: Client | None = None) -> Sandbox:
         """The existing sandbox with this id (any state); raises
-        :class:`~hangar_sandbox.errors.SandboxNotFoundError` if there is none."""
+        :class:`~hangar_sandbox.errors.SandboxNotFoundError` if there is none.
+
+        >>> async def demo():
+        ...     async with Sandbox() as sb:
+        ...         again = await Sandbox.from_id(sb.id)
+        ...         return (await again.exec(["echo", "same"])).stdout
+        >>> asyncio.run(demo())
+        'same\\n'
+        """
         c = _client(client)
         return cls._wrap(await c._native.get(sandbox_id), c)
 
@@ -549,6 +736,14 @@ class Sandbox:
         the first run instead of starting a second; ``merged`` puts stderr on the stdout pipe (exact
         interleaving); ``capture=False`` keeps the output out of the result (callbacks still see it).
         Cancelling the task (or Ctrl-C) kills the command.
+
+        >>> async def demo():
+        ...     async with Sandbox() as sb:
+        ...         chunks = []
+        ...         r = await sb.exec(["sh", "-c", "echo out; echo err >&2; exit 3"], on_stdout=chunks.append)
+        ...         return r.returncode, r.stdout, r.stderr, chunks
+        >>> asyncio.run(demo())
+        (3, 'out\\n', 'err\\n', [b'out\\n'])
         """
         sinks = _Sinks(stream_output, on_stdout, on_stderr, on_stdout_line, on_stderr_line)
         done = await self._require().exec(
@@ -587,7 +782,15 @@ class Sandbox:
         ``stdin=True`` keeps stdin open for :meth:`ExecHandle.write_stdin` (bytes give fixed input);
         ``tty=(rows, cols)`` runs it under a terminal; ``kill_on_disconnect_seconds`` kills it when no
         client was attached for that long (by default it runs on, its output journaled for
-        :meth:`attach`)."""
+        :meth:`attach`).
+
+        >>> async def demo():
+        ...     async with Sandbox() as sb:
+        ...         h = await sb.start_exec(["sh", "-c", "echo hi"])
+        ...         return [type(ev).__name__ async for ev in h]
+        >>> asyncio.run(demo())
+        ['Output', 'Exit']
+        """
         fixed = None if isinstance(stdin, bool) else _data("stdin", stdin)
         run = await self._require().exec(
             _argv(command),
@@ -610,21 +813,54 @@ class Sandbox:
         self, exec_id: str, *, stdout_offset: int = 0, stderr_offset: int = 0, capture: bool = True
     ) -> ExecHandle:
         """Follows exec ``exec_id`` (running or ended, started by any client) from these byte offsets:
-        exactly the bytes from there on, then its live output, then its exit."""
+        exactly the bytes from there on, then its live output, then its exit.
+
+        >>> async def demo():
+        ...     async with Sandbox() as sb:
+        ...         await sb.exec(["echo", "hello world"], id="greet")
+        ...         rest = await (await sb.attach("greet", stdout_offset=6)).wait()
+        ...         return rest.stdout
+        >>> asyncio.run(demo())
+        'world\\n'
+        """
         run = await self._require().attach(exec_id, stdout_offset, stderr_offset, capture)
         return ExecHandle(run, (stdout_offset, stderr_offset))
 
     async def execs(self) -> builtins.list[ExecInfo]:
-        """The sandbox's execs, running and ended (while their journals are kept)."""
+        """The sandbox's execs, running and ended (while their journals are kept).
+
+        >>> async def demo():
+        ...     async with Sandbox() as sb:
+        ...         await sb.exec(["true"], id="first")
+        ...         return [(e.id, e.running, e.returncode) for e in await sb.execs()]
+        >>> asyncio.run(demo())
+        [('first', False, 0)]
+        """
         return await self._require().execs()
 
     # ---- files ----
 
     async def read_file(self, path: str) -> bytes:
         """The contents of ``path`` in the sandbox (relative paths are under its working directory); raises
-        :class:`~hangar_sandbox.errors.SandboxFileError` naming the path when it cannot."""
+        :class:`~hangar_sandbox.errors.SandboxFileError` naming the path when it cannot.
+
+        >>> async def demo():
+        ...     async with Sandbox() as sb:
+        ...         await sb.exec(["sh", "-c", "echo 42 > /tmp/answer"])
+        ...         return await sb.read_file("/tmp/answer")
+        >>> asyncio.run(demo())
+        b'42\\n'
+        """
         return await self._require().read_file(str(path))
 
     async def write_file(self, path: str, data: bytes | str) -> None:
-        """Writes ``data`` (``str`` is UTF-8) to ``path`` in the sandbox, creating parent directories."""
+        """Writes ``data`` (``str`` is UTF-8) to ``path`` in the sandbox, creating parent directories.
+
+        >>> async def demo():
+        ...     async with Sandbox() as sb:
+        ...         await sb.write_file("/work/cfg/train.toml", "epochs = 3\\n")
+        ...         return (await sb.exec(["cat", "/work/cfg/train.toml"])).stdout
+        >>> asyncio.run(demo())
+        'epochs = 3\\n'
+        """
         await self._require().write_file(str(path), _data("data", data))

@@ -74,12 +74,24 @@ class ExecHandle:
 
     @property
     def id(self) -> str:
-        """The exec's id."""
+        """The exec's id.
+
+        >>> with Sandbox() as sb:
+        ...     sb.start_exec(["true"], id="sync-1").id
+        'sync-1'
+        """
         return self._inner.id
 
     @property
     def position(self) -> tuple[int, int]:
-        """Bytes of (stdout, stderr) received so far."""
+        """Bytes of (stdout, stderr) received so far.
+
+        >>> with Sandbox() as sb:
+        ...     h = sb.start_exec(["printf", "abc"])
+        ...     _ = list(h)
+        ...     h.position
+        (3, 0)
+        """
         return self._inner.position
 
     def __iter__(self) -> Iterator[Event]:
@@ -91,27 +103,70 @@ class ExecHandle:
                 return
 
     def wait(self) -> ExecResult:
-        """Its result (or typed error), once it ended."""
+        """Its result (or typed error), once it ended.
+
+        >>> with Sandbox() as sb:
+        ...     sb.start_exec(["echo", "done"]).wait().stdout
+        'done\\n'
+        """
         return _wait(self._inner.wait())
 
     def write_stdin(self, data: bytes | str) -> None:
-        """Writes to its stdin."""
+        """Writes to its stdin.
+
+        >>> with Sandbox() as sb:
+        ...     h = sb.start_exec(["cat"], stdin=True)
+        ...     h.write_stdin("typed\\n")
+        ...     h.close_stdin()
+        ...     h.wait().stdout
+        'typed\\n'
+        """
         _wait(self._inner.write_stdin(data))
 
     def close_stdin(self) -> None:
-        """Ends its stdin."""
+        """Ends its stdin.
+
+        >>> with Sandbox() as sb:
+        ...     h = sb.start_exec(["wc", "-c"], stdin=True)
+        ...     h.write_stdin(b"12345")
+        ...     h.close_stdin()
+        ...     h.wait().stdout.strip()
+        '5'
+        """
         _wait(self._inner.close_stdin())
 
     def resize(self, rows: int, cols: int) -> None:
-        """Resizes its terminal."""
+        """Resizes its terminal.
+
+        >>> with Sandbox() as sb:
+        ...     h = sb.start_exec(["sh", "-c", "read x; stty size"], tty=(24, 80), stdin=True)
+        ...     h.resize(30, 90)
+        ...     h.write_stdin("go\\n")
+        ...     h.wait().stdout.split()[-2:]
+        ['30', '90']
+        """
         _wait(self._inner.resize(rows, cols))
 
     def signal(self, signal: int) -> None:
-        """Signals its whole process tree."""
+        """Signals its whole process tree.
+
+        >>> with Sandbox() as sb:
+        ...     h = sb.start_exec(["sleep", "1000"])
+        ...     h.signal(15)
+        ...     h.wait().returncode
+        -15
+        """
         _wait(self._inner.signal(signal))
 
     def kill(self) -> None:
-        """Kills its whole process tree."""
+        """Kills its whole process tree.
+
+        >>> with Sandbox() as sb:
+        ...     h = sb.start_exec(["sleep", "1000"])
+        ...     h.kill()
+        ...     h.wait().ending
+        'cancelled'
+        """
         _wait(self._inner.kill())
 
 
@@ -133,33 +188,71 @@ class Sandbox:
 
     @property
     def id(self) -> str | None:
-        """The sandbox's id, or ``None`` before :meth:`start`."""
+        """The sandbox's id, or ``None`` before :meth:`start`.
+
+        >>> Sandbox().id is None
+        True
+        """
         return self._inner.id
 
     def start(self) -> Sandbox:
-        """Creates the sandbox and waits until it runs."""
+        """Creates the sandbox and waits until it runs.
+
+        >>> sb = Sandbox().start()
+        >>> sb.id.startswith("sb-")
+        True
+        >>> sb.stop().status.is_final
+        True
+        """
         _wait(self._inner.start())
         return self
 
     def wait(self) -> Sandbox:
-        """Waits until it runs; raises if it has ended."""
+        """Waits until it runs; raises if it has ended.
+
+        >>> sb = Sandbox().wait()
+        >>> str(sb.get_status())
+        'running'
+        >>> _ = sb.stop()
+        """
         _wait(self._inner.wait())
         return self
 
     def info(self) -> SandboxInfo:
-        """Its current record."""
+        """Its current record.
+
+        >>> with Sandbox(tags={"run": "7"}) as sb:
+        ...     sb.info().tags
+        {'run': '7'}
+        """
         return _wait(self._inner.info())
 
     def get_status(self) -> SandboxStatus:
-        """Its current status."""
+        """Its current status.
+
+        >>> with Sandbox() as sb:
+        ...     sb.get_status()
+        <SandboxStatus.RUNNING: 'running'>
+        """
         return _wait(self._inner.get_status())
 
     def stop(self, *, grace_seconds: float | None = None) -> SandboxInfo | None:
-        """Stops it."""
+        """Stops it.
+
+        >>> sb = Sandbox().start()
+        >>> sb.stop(grace_seconds=1).status
+        <SandboxStatus.TERMINATED: 'terminated'>
+        """
         return _wait(self._inner.stop(grace_seconds=grace_seconds))
 
     def delete(self) -> None:
-        """Stops and forgets it."""
+        """Stops and forgets it.
+
+        >>> sb = Sandbox().start()
+        >>> sb.delete()
+        >>> [s.id for s in Sandbox.list()].count(sb.id)
+        0
+        """
         _wait(self._inner.delete())
 
     def __enter__(self) -> Sandbox:
@@ -177,39 +270,83 @@ class Sandbox:
         include_stopped: bool = True,
         client: Client | None = None,
     ) -> list[Sandbox]:
-        """The sandboxes this client sees."""
+        """The sandboxes this client sees.
+
+        >>> with Sandbox(tags=["sync-doc"]) as sb:
+        ...     [s.id for s in Sandbox.list(tags=["sync-doc"], include_stopped=False)] == [sb.id]
+        True
+        """
         found = _wait(_sandbox.Sandbox.list(tags=tags, status=status, include_stopped=include_stopped, client=client))
         return [cls._of(s) for s in found]
 
     @classmethod
     def from_id(cls, sandbox_id: str, *, client: Client | None = None) -> Sandbox:
-        """The existing sandbox with this id."""
+        """The existing sandbox with this id.
+
+        >>> with Sandbox() as sb:
+        ...     Sandbox.from_id(sb.id).exec(["echo", "again"]).stdout
+        'again\\n'
+        """
         return cls._of(_wait(_sandbox.Sandbox.from_id(sandbox_id, client=client)))
 
     get = from_id
 
     def exec(self, command: Sequence[str], **kwargs: Any) -> ExecResult:
-        """Runs a command to its end; the arguments of :meth:`hangar_sandbox.Sandbox.exec`."""
+        """Runs a command to its end; the arguments of :meth:`hangar_sandbox.Sandbox.exec`.
+
+        >>> with Sandbox() as sb:
+        ...     sb.exec(["sh", "-c", "echo hi; exit 2"]).returncode
+        2
+        """
         return _wait(self._inner.exec(command, **kwargs))
 
     def start_exec(self, command: Sequence[str], **kwargs: Any) -> ExecHandle:
-        """Starts a command; the arguments of :meth:`hangar_sandbox.Sandbox.start_exec`."""
+        """Starts a command; the arguments of :meth:`hangar_sandbox.Sandbox.start_exec`.
+
+        >>> with Sandbox() as sb:
+        ...     [type(ev).__name__ for ev in sb.start_exec(["echo", "x"])]
+        ['Output', 'Exit']
+        """
         return ExecHandle(_wait(self._inner.start_exec(command, **kwargs)))
 
     def attach(self, exec_id: str, **kwargs: Any) -> ExecHandle:
-        """Follows an exec from byte offsets; see :meth:`hangar_sandbox.Sandbox.attach`."""
+        """Follows an exec from byte offsets; see :meth:`hangar_sandbox.Sandbox.attach`.
+
+        >>> with Sandbox() as sb:
+        ...     _ = sb.exec(["echo", "hello world"], id="g")
+        ...     sb.attach("g", stdout_offset=6).wait().stdout
+        'world\\n'
+        """
         return ExecHandle(_wait(self._inner.attach(exec_id, **kwargs)))
 
     def execs(self) -> builtins.list[ExecInfo]:
-        """Its execs."""
+        """Its execs.
+
+        >>> with Sandbox() as sb:
+        ...     _ = sb.exec(["true"], id="one")
+        ...     [e.id for e in sb.execs()]
+        ['one']
+        """
         return _wait(self._inner.execs())
 
     def read_file(self, path: str) -> bytes:
-        """The contents of a file in the sandbox."""
+        """The contents of a file in the sandbox.
+
+        >>> with Sandbox() as sb:
+        ...     sb.write_file("/tmp/x", b"\\x00\\x01")
+        ...     sb.read_file("/tmp/x")
+        b'\\x00\\x01'
+        """
         return _wait(self._inner.read_file(path))
 
     def write_file(self, path: str, data: bytes | str) -> None:
-        """Writes a file in the sandbox."""
+        """Writes a file in the sandbox.
+
+        >>> with Sandbox() as sb:
+        ...     sb.write_file("notes.txt", "hi")
+        ...     sb.exec(["cat", "notes.txt"]).stdout
+        'hi'
+        """
         _wait(self._inner.write_file(path, data))
 
 
