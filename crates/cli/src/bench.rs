@@ -250,7 +250,10 @@ pub async fn run(args: BenchArgs) -> Result<u8> {
     }
 
     let sb = Sandbox::builder().create().await?;
-    let mut outcome = measure_in(&sb, n, &args, &base_true).await;
+    let mut outcome = measure_teardown(args.stream_runs.max(3)).await;
+    if outcome.is_ok() {
+        outcome = measure_in(&sb, n, &args, &base_true).await;
+    }
     if let (Ok(()), Some(python)) = (&outcome, &args.python) {
         outcome = measure_python(&sb, python, n, &args).await;
     }
@@ -260,6 +263,34 @@ pub async fn run(args: BenchArgs) -> Result<u8> {
         measure_images(image, n).await?;
     }
     Ok(0)
+}
+
+/// Teardown of a sandbox that wrote 10 MB, on a quiet host and while another process has 1 GiB of dirty page
+/// cache on the same filesystem (the state directory's), interleaved: a teardown that syncs the filesystem
+/// below waits for all of it.
+async fn measure_teardown(rounds: usize) -> Result<()> {
+    let dirty_file = hangar::EngineConfig::from_env()?.state_dir.join("bench-unrelated-dirty-data");
+    let (mut clean, mut dirty) = (vec![], vec![]);
+    for _ in 0..rounds {
+        for with_dirty in [false, true] {
+            let sb = Sandbox::builder().create().await?;
+            sb.exec(["sh", "-c", "head -c 10000000 /dev/zero > /tmp/written"]).check(true).await?;
+            if with_dirty {
+                std::fs::create_dir_all(dirty_file.parent().context("state dir")?)?;
+                std::fs::write(&dirty_file, vec![0u8; 1 << 30])?; // no fsync: it stays dirty
+            }
+            let t = Instant::now();
+            sb.delete().await?;
+            let took = t.elapsed();
+            if with_dirty {
+                std::fs::remove_file(&dirty_file)?;
+                dirty.push(took);
+            } else {
+                clean.push(took);
+            }
+        }
+    }
+    line("remove, 1 GiB dirty host", &summarize(dirty), "remove, quiet host", &summarize(clean))
 }
 
 fn median(mut v: Vec<f64>) -> f64 {

@@ -131,9 +131,19 @@ asyncio.run(main())
 """
 
 
-def test_ctrl_c_kills_the_exec_and_stops_the_sandbox(backend):
+CTRL_C_SYNC = """
+from hangar_sandbox.sync import Sandbox
+
+with Sandbox(command="sleep", args=["infinity"]) as sb:
+    print(sb.id, flush=True)
+    sb.exec(["sh", "-c", "echo started; exec sleep 1000"], on_stdout=lambda d: print("out", flush=True))
+"""
+
+
+@pytest.mark.parametrize("script", [CTRL_C, CTRL_C_SYNC], ids=["asyncio", "sync"])
+def test_ctrl_c_kills_the_exec_and_stops_the_sandbox(backend, script):
     child = subprocess.Popen(
-        [sys.executable, "-c", CTRL_C], env=backend.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        [sys.executable, "-c", script], env=backend.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
     sandbox_id = child.stdout.readline().strip()
     assert child.stdout.readline().strip() == "out", child.stderr.read()

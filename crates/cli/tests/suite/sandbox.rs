@@ -22,6 +22,23 @@ async fn stop_and_delete_leave_nothing_behind() {
     assert!(matches!(sb.info().await, Err(Error::NotFound { .. })));
 }
 
+/// A sandbox's overlays are `volatile`, so its teardown never runs `syncfs` on the host filesystem (which
+/// waits for every other tenant's dirty data): the sandbox's own mount table says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overlays_are_volatile_so_teardown_never_flushes_the_host() {
+    let sb = sandbox().await;
+    let r = sb.exec(["cat", "/proc/self/mountinfo"]).check(true).await.unwrap();
+    sb.stop().await.unwrap();
+    let text = r.stdout_text();
+    let overlays: Vec<&str> = text.lines().filter(|l| l.contains(" - overlay ")).collect();
+    assert!(overlays.iter().any(|l| l.split(' ').nth(4) == Some("/")), "the root is an overlay: {text}");
+    for l in &overlays {
+        // Newer kernels show the option as `fsync=volatile`.
+        let volatile = |o: &str| o == "volatile" || o == "fsync=volatile";
+        assert!(l.split(' ').next_back().is_some_and(|opts| opts.split(',').any(volatile)), "{l}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_main_command_that_ignores_sigterm_is_killed_after_the_grace() {
     let script = "import signal,time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\nopen('/tmp/ready', 'w').close()\ntime.sleep(1000)";
