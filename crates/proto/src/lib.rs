@@ -5,6 +5,14 @@
 
 pub mod convert;
 
+/// Package `coreweave.sandbox.v1` (feature `coreweave`): CoreWeave's sandbox API, server side, generated from
+/// the descriptors in the `cwsandbox` 1.22.0 wheel (Apache-2.0; `scripts/cwsandbox-protos`).
+#[cfg(feature = "coreweave")]
+#[allow(missing_docs, clippy::all)]
+pub mod coreweave {
+    tonic::include_proto!("coreweave.sandbox.v1");
+}
+
 /// Package `hangar.v1`.
 #[allow(missing_docs, clippy::all)]
 pub mod v1 {

@@ -344,10 +344,20 @@ impl NativeClient {
         })
     }
 
-    /// Every sandbox this client sees, oldest first, as `SandboxInfo`.
+    /// Every sandbox this client sees, oldest first, as `(NativeSandbox, SandboxInfo)` pairs.
     fn list<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         let client = self.0.clone();
-        spawn(py, async move { reply(client.list().await, vec![], |py, all| list_obj(py, &all, info_obj)) })
+        spawn(py, async move {
+            let all = client.list().await;
+            reply(all, vec![], move |py, all| {
+                let list = PyList::empty(py);
+                for info in &all {
+                    let handle = Py::new(py, NativeSandbox(hangar::Sandbox::from_info(&client, info)))?;
+                    list.append((handle, info_obj(py, info)?))?;
+                }
+                Ok(list.into_any().unbind())
+            })
+        })
     }
 }
 

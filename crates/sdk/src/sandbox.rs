@@ -343,6 +343,23 @@ impl Sandbox {
         Ok(Sandbox { id: id.to_string(), client: client.clone() })
     }
 
+    /// A handle on a sandbox that `client` listed, without asking for it again (one call for a list of a
+    /// thousand sandboxes, not a thousand and one). A sandbox removed since fails its calls with
+    /// [`crate::Error::NotFound`], as any stale handle does.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: &hangar::Client) -> hangar::Result<()> {
+    /// for info in client.list().await? {
+    ///     if info.tags.get("job").map(String::as_str) == Some("nightly") && !info.state.is_final() {
+    ///         hangar::Sandbox::from_info(client, &info).stop().await?;
+    ///     }
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub fn from_info(client: &Client, info: &SandboxInfo) -> Sandbox {
+        Sandbox { id: info.id.clone(), client: client.clone() }
+    }
+
     /// All sandboxes of the default client, including ended ones.
     ///
     /// ```no_run

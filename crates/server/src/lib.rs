@@ -8,6 +8,7 @@
 //! Not for: sandbox logic (the engine) or client conveniences (the SDK).
 
 mod auth;
+mod coreweave;
 mod metrics;
 mod service;
 mod status;
@@ -84,9 +85,16 @@ pub async fn bind(
         }
         None => None,
     };
+    let engine_for_cw = engine.clone();
     let api = SandboxApi::new(engine, metrics.clone());
     let svc =
         SandboxServiceServer::new(api).max_decoding_message_size(MAX_MESSAGE).max_encoding_message_size(MAX_MESSAGE);
+    let cw = coreweave::CoreWeaveApi::new(engine_for_cw);
+    let cw = hangar_proto::coreweave::sandbox_service_server::SandboxServiceServer::new(cw)
+        .max_decoding_message_size(MAX_MESSAGE)
+        .max_encoding_message_size(MAX_MESSAGE);
+    let cw =
+        tonic::service::interceptor::InterceptedService::new(cw, auth::interceptor(tokens.clone(), metrics.clone()));
     let svc = tonic::service::interceptor::InterceptedService::new(svc, auth::interceptor(tokens, metrics));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let serve = async move {
@@ -100,6 +108,8 @@ pub async fn bind(
             .initial_connection_window_size(WINDOW * 4)
             .max_frame_size(1 << 20)
             .add_service(svc)
+            // CoreWeave's API on the same port, tokens and tenants (`cwsandbox` clients).
+            .add_service(cw)
             .serve_with_incoming_shutdown(incoming, async move {
                 let _ = stopped.wait_for(|s| *s).await;
             });

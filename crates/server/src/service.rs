@@ -30,16 +30,21 @@ impl SandboxApi {
         Self { engine, metrics }
     }
 
-    /// The sandbox, if it belongs to `tenant`; another tenant's id is answered exactly like an unknown one.
     async fn owned(&self, tenant: &Tenant, id: &str) -> Result<SandboxInfo, Status> {
-        if id.is_empty() {
-            return Err(invalid("sandbox_id", "is empty"));
-        }
-        match self.engine.get(id).await {
-            Ok(info) if info.tenant == tenant.0 => Ok(info),
-            Ok(_) => Err(from_engine(hangar_engine::Error::NotFound(id.to_string()))),
-            Err(e) => Err(from_engine(e)),
-        }
+        owned(&self.engine, tenant, id).await
+    }
+}
+
+/// The sandbox, if it belongs to `tenant`; another tenant's id is answered exactly like an unknown one (by
+/// both APIs the server speaks).
+pub(crate) async fn owned(engine: &Engine, tenant: &Tenant, id: &str) -> Result<SandboxInfo, Status> {
+    if id.is_empty() {
+        return Err(invalid("sandbox_id", "is empty"));
+    }
+    match engine.get(id).await {
+        Ok(info) if info.tenant == tenant.0 => Ok(info),
+        Ok(_) => Err(from_engine(hangar_engine::Error::NotFound(id.to_string()))),
+        Err(e) => Err(from_engine(e)),
     }
 }
 

@@ -674,14 +674,14 @@ class Sandbox:
         want_tags = dict(_tags(tags))
         want_status = SandboxStatus(status) if status is not None else None
         out = []
-        for info in await c._native.list():
+        for native, info in await c._native.list():
             if want_status is not None and info.status is not want_status:
                 continue
             if not include_stopped and info.status.is_final:
                 continue
             if any(info.tags.get(k) != v for k, v in want_tags.items()):
                 continue
-            out.append(cls._wrap(await c._native.get(info.id), c))
+            out.append(cls._wrap(native, c))
         return out
 
     @classmethod

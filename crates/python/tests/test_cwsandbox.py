@@ -1,0 +1,160 @@
+"""CoreWeave's own client, `cwsandbox==1.22.0` from PyPI, unmodified, against `hangar serve`'s
+`coreweave.sandbox.v1` (the same port, tokens and tenants as `hangar.v1`). Each flow runs in a child process
+configured only by the client's two environment variables. The lifecycle for now: exec, files and logs
+through this API come next (the server answers UNIMPLEMENTED naming the method)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+LIFECYCLE = textwrap.dedent(
+    """
+    import json
+    from cwsandbox import Sandbox, SandboxStatus
+    sb = Sandbox(container_image="python:3.11", command="sleep", args=["infinity"], tags=["cw-test", "team=ml"],
+                 resources={"cpu": "500m", "memory": "256Mi"}, max_lifetime_seconds=600,
+                 environment_variables={"MODEL": "tiny"})
+    sb.start().result()
+    sb.wait()
+    running = str(sb.get_status())
+    listed = [s.sandbox_id for s in Sandbox.list(tags=["cw-test"]).result()]
+    same = Sandbox.from_id(sb.sandbox_id).result()
+    same_status = str(same.get_status())
+    sb.stop().result()
+    stopped = str(sb.get_status())
+    after = str(Sandbox.from_id(sb.sandbox_id).result().get_status())
+    ended = [s.sandbox_id for s in Sandbox.list(tags=["cw-test"], show_terminated=True).result()]
+    live = [s.sandbox_id for s in Sandbox.list(tags=["cw-test"]).result()]
+    print(json.dumps(dict(id=sb.sandbox_id, running=running, listed=listed, same=same_status, tags=list(sb.tags or []),
+                          stopped=stopped, after=after, ended=ended, live=live)))
+    """
+)
+
+ENDED = textwrap.dedent(
+    """
+    import json, time
+    from cwsandbox import Sandbox
+    from cwsandbox.exceptions import SandboxFailedError
+    out = {}
+    for name, code in (("ok", "exit 0"), ("bad", "sleep 0.5; exit 3")):
+        sb = Sandbox(container_image="python:3.11", command="sh", args=["-c", code])
+        sb.start().result()
+        try:
+            sb.wait()
+            for _ in range(100):
+                st = str(Sandbox.from_id(sb.sandbox_id).result().get_status())
+                if st in ("completed", "failed", "terminated"):
+                    break
+                time.sleep(0.1)
+            out[name] = st
+        except SandboxFailedError as e:
+            out[name] = "SandboxFailedError: " + str(e)
+    print(json.dumps(out))
+    """
+)
+
+ERRORS = textwrap.dedent(
+    """
+    import json
+    from cwsandbox import Sandbox
+    from cwsandbox.exceptions import SandboxNotFoundError, CWSandboxAuthenticationError
+    out = {}
+    try:
+        Sandbox.from_id("sb-0000000000000000").result()
+    except SandboxNotFoundError as e:
+        out["missing"] = type(e).__name__
+    print(json.dumps(out))
+    """
+)
+
+
+THEIRS = textwrap.dedent(
+    """
+    import json, sys
+    from cwsandbox import Sandbox
+    from cwsandbox.exceptions import SandboxNotFoundError
+    out = {"listed": [s.sandbox_id for s in Sandbox.list(show_terminated=True).result()]}
+    try:
+        Sandbox.from_id(sys.argv[1]).result()
+        out["from_id"] = "found"
+    except SandboxNotFoundError as e:
+        out["from_id"] = type(e).__name__
+    print(json.dumps(out))
+    """
+)
+
+
+def cw_env(backend, token: str = "token-alice") -> dict[str, str]:
+    env = {k: v for k, v in backend.env.items() if k not in ("HANGAR_URL", "HANGAR_TOKEN")}
+    env.update(CWSANDBOX_BASE_URL=backend.env["HANGAR_URL"], CWSANDBOX_API_KEY=token, AWS_EC2_METADATA_DISABLED="true")
+    return env
+
+
+def run_client(script: str, env: dict[str, str], *args: str) -> dict:
+    p = subprocess.run([sys.executable, "-c", script, *args], env=env, capture_output=True, text=True, timeout=180)
+    assert p.returncode == 0, p.stderr[-3000:]
+    return json.loads(p.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("backend", ["remote"], indirect=True)
+def test_cwsandbox_lifecycle_create_wait_list_from_id_stop(backend, python_image):
+    r = run_client(LIFECYCLE, cw_env(backend))
+    assert r["running"] == "running" and r["same"] == "running"
+    assert r["id"] in r["listed"]
+    assert sorted(r["tags"]) == ["cw-test", "team=ml"]
+    assert r["stopped"] == "terminated" and r["after"] == "terminated"
+    assert r["id"] in r["ended"] and r["id"] not in r["live"]
+
+
+@pytest.mark.parametrize("backend", ["remote"], indirect=True)
+def test_cwsandbox_sees_how_the_main_command_ended(backend, python_image):
+    r = run_client(ENDED, cw_env(backend))
+    assert r["ok"] == "completed"
+    assert r["bad"] in ("failed",) or (
+        r["bad"].startswith("SandboxFailedError") and "exited with code 3" in r["bad"]
+    ), r
+
+
+@pytest.mark.parametrize("backend", ["remote"], indirect=True)
+def test_cwsandbox_errors_and_tenants(backend, python_image):
+    assert run_client(ERRORS, cw_env(backend)) == {"missing": "SandboxNotFoundError"}
+    mine = run_client(LIFECYCLE, cw_env(backend))
+    theirs = run_client(THEIRS, cw_env(backend, "token-bob"), mine["id"])
+    assert mine["id"] not in theirs["listed"]
+    assert theirs["from_id"] == "SandboxNotFoundError"
+
+
+RAW = textwrap.dedent(
+    """
+    import json, os, grpc
+    from cwsandbox._proto import sandbox_pb2 as pb, sandbox_pb2_grpc as rpc
+    target = os.environ["CWSANDBOX_BASE_URL"].removeprefix("http://")
+    auth = [("authorization", "Bearer " + os.environ["CWSANDBOX_API_KEY"])]
+    stub = rpc.SandboxServiceStub(grpc.insecure_channel(target))
+    out = {}
+    for name, call in [
+        ("ConnectSandbox", lambda: stub.ConnectSandbox(pb.ConnectSandboxRequest(sandbox_id="sb-0000000000000000"), metadata=auth)),
+        ("PurgeSandboxes", lambda: stub.PurgeSandboxes(pb.PurgeSandboxesRequest(), metadata=auth)),
+        ("GetSandbox without a token", lambda: stub.GetSandbox(pb.GetSandboxRequest(sandbox_id="sb-0000000000000000"))),
+    ]:
+        try:
+            call()
+            out[name] = "OK"
+        except grpc.RpcError as e:
+            out[name] = [e.code().name, e.details()]
+    print(json.dumps(out))
+    """
+)
+
+
+@pytest.mark.parametrize("backend", ["remote"], indirect=True)
+def test_connect_sandbox_and_the_rest_answer_unimplemented_naming_the_method(backend):
+    r = run_client(RAW, cw_env(backend))
+    assert r["ConnectSandbox"][0] == "UNIMPLEMENTED", r  # never NOT_FOUND or UNAUTHENTICATED: clients fall back
+    assert r["PurgeSandboxes"][0] == "UNIMPLEMENTED" and "PurgeSandboxes" in r["PurgeSandboxes"][1], r
+    assert r["GetSandbox without a token"][0] == "UNAUTHENTICATED", r

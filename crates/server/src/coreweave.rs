@@ -1,0 +1,480 @@
+//! `coreweave.sandbox.v1.SandboxService` (CoreWeave's sandbox API, what the `cwsandbox` client speaks) over
+//! the same engine, tenants and tokens as `hangar.v1`: a translation of its messages onto the shared types,
+//! nothing of its own. The lifecycle (create, get, list, delete) is served; ConnectSandbox answers
+//! UNIMPLEMENTED, so clients use this gateway for data operations; the rest of the service answers
+//! UNIMPLEMENTED naming the method, until it is built (exec, files, logs: next).
+//!
+//! Mapping decisions: tags are a list there and a map here: a tag `t` is the key `t` with an empty value, and a
+//! map entry `k=v` is shown as the tag `k=v`. Resources are Kubernetes quantities (`hangar_types::quantity`):
+//! the limit is enforced (a request alone counts as the limit). The container's `command` string and `args`
+//! are the argv. An empty image is the engine's default.
+
+use crate::service::owned;
+use crate::status::{from_engine, invalid};
+use crate::Tenant;
+use cw::sandbox_service_server::SandboxService;
+use hangar_engine::{Engine, SandboxConfig, SandboxInfo, SandboxState};
+use hangar_proto::coreweave as cw;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status, Streaming};
+
+const MAX_PAGE: usize = 1000;
+const DEFAULT_PAGE: usize = 100;
+
+/// The service implementation.
+pub struct CoreWeaveApi {
+    engine: Arc<Engine>,
+}
+
+impl CoreWeaveApi {
+    /// Serves `engine`.
+    pub fn new(engine: Arc<Engine>) -> Self {
+        Self { engine }
+    }
+}
+
+fn tenant<T>(req: &Request<T>) -> Result<Tenant, Status> {
+    req.extensions().get::<Tenant>().cloned().ok_or_else(|| Status::unauthenticated("no tenant"))
+}
+
+fn unimplemented(method: &str) -> Status {
+    Status::unimplemented(format!("coreweave.sandbox.v1.SandboxService/{method} is not implemented by Hangar yet"))
+}
+
+fn state(s: SandboxState) -> cw::State {
+    match s {
+        SandboxState::Pulling => cw::State::Preparing,
+        SandboxState::Creating => cw::State::Creating,
+        SandboxState::Running => cw::State::Running,
+        SandboxState::Completed => cw::State::Completed,
+        SandboxState::Failed => cw::State::Failed,
+        SandboxState::Terminated => cw::State::Terminated,
+    }
+}
+
+/// The Hangar states a `State` filter stands for (none for UNSPECIFIED: no filter).
+fn states_of(s: cw::State) -> Option<Vec<SandboxState>> {
+    Some(match s {
+        cw::State::Unspecified => return None,
+        cw::State::Creating | cw::State::Pending => vec![SandboxState::Creating],
+        cw::State::Preparing => vec![SandboxState::Pulling],
+        cw::State::Running => vec![SandboxState::Running],
+        cw::State::Completed => vec![SandboxState::Completed],
+        cw::State::Failed => vec![SandboxState::Failed],
+        cw::State::Terminated => vec![SandboxState::Terminated],
+        cw::State::Terminating | cw::State::Paused => vec![],
+    })
+}
+
+fn timestamp(ms: u64) -> prost_types::Timestamp {
+    prost_types::Timestamp { seconds: (ms / 1000) as i64, nanos: ((ms % 1000) * 1_000_000) as i32 }
+}
+
+/// Tags as the list CoreWeave keeps: a bare tag is a key with an empty value.
+fn tags_of(tags: &std::collections::BTreeMap<String, String>) -> Vec<String> {
+    tags.iter().map(|(k, v)| if v.is_empty() { k.clone() } else { format!("{k}={v}") }).collect()
+}
+
+fn resources_of(info: &SandboxInfo) -> Option<cw::ResourceRequirements> {
+    if info.cpus.is_none() && info.memory_bytes.is_none() {
+        return None;
+    }
+    let r = cw::Resources {
+        cpu: info.cpus.map(|c| format!("{}m", (c * 1000.0).round() as u64)).unwrap_or_default(),
+        memory: info.memory_bytes.map(|b| b.to_string()).unwrap_or_default(),
+        gpu: None,
+    };
+    Some(cw::ResourceRequirements { requests: Some(r.clone()), limits: Some(r) })
+}
+
+/// A sandbox record as CoreWeave's `Sandbox`: the spec echoed (the client reads its tags back from it) and
+/// the status, with the exit code whenever the main command exited.
+fn sandbox_of(info: SandboxInfo) -> cw::Sandbox {
+    let container = cw::Container {
+        name: "main".into(),
+        image: info.image.clone(),
+        command: info.command.first().cloned().unwrap_or_default(),
+        args: info.command.iter().skip(1).cloned().collect(),
+        resource_requirements: resources_of(&info),
+        ..Default::default()
+    };
+    let reason = match (&info.error, info.exit_code, info.exit_signal) {
+        (Some(e), _, _) => e.clone(),
+        (None, Some(code), _) if info.state == SandboxState::Failed => {
+            format!("the main command exited with code {code}")
+        }
+        (None, _, Some(sig)) if info.state == SandboxState::Failed => {
+            format!("the main command was killed by signal {sig}")
+        }
+        _ => info.end_reason.clone().unwrap_or_default(),
+    };
+    let status = cw::SandboxStatus {
+        state: state(info.state) as i32,
+        state_reason: reason,
+        create_time: Some(timestamp(info.created_at_ms)),
+        start_time: (info.state != SandboxState::Pulling && info.state != SandboxState::Creating)
+            .then(|| timestamp(info.created_at_ms)),
+        end_time: info.ended_at_ms.map(timestamp),
+        exit_code: info.exit_code,
+        effective_max_lifetime_seconds: (info.max_lifetime_ms / 1000).min(i32::MAX as u64) as i32,
+        effective_resource_requirements: resources_of(&info),
+        container_statuses: vec![cw::ContainerStatus {
+            name: "main".into(),
+            state: state(info.state) as i32,
+            exit_code: info.exit_code.unwrap_or_default(),
+            restart_count: 0,
+        }],
+        runner_id: "hangar".into(),
+        ..Default::default()
+    };
+    cw::Sandbox {
+        sandbox_id: info.id.clone(),
+        spec: Some(cw::SandboxSpec {
+            containers: vec![container],
+            max_lifetime_seconds: (info.max_lifetime_ms / 1000).min(i32::MAX as u64) as i32,
+            tags: tags_of(&info.tags),
+            ..Default::default()
+        }),
+        status: Some(status),
+        ..Default::default()
+    }
+}
+
+/// A CreateSandboxRequest as the shared configuration (validated by the engine like every other).
+fn config_of(req: cw::CreateSandboxRequest, tenant: Tenant) -> Result<SandboxConfig, Status> {
+    let spec = req.sandbox.and_then(|s| s.spec).ok_or_else(|| invalid("sandbox.spec", "is missing"))?;
+    let mut containers = spec.containers;
+    let main = match containers.iter().position(|c| c.primary == Some(true)) {
+        Some(i) => containers.swap_remove(i),
+        None if containers.len() == 1 => containers.remove(0),
+        None if containers.is_empty() => return Err(invalid("sandbox.spec.containers", "is empty")),
+        None => {
+            return Err(invalid(
+                "sandbox.spec.containers",
+                "holds several containers and none is primary; Hangar runs one",
+            ))
+        }
+    };
+    if !spec.volumes.is_empty() || !spec.services.is_empty() {
+        return Err(Status::unimplemented("volumes and services are not implemented by Hangar yet"));
+    }
+    let mut cfg = SandboxConfig { tenant: tenant.0, ..Default::default() };
+    if !main.image.is_empty() {
+        cfg.image = main.image;
+    }
+    if !main.command.is_empty() {
+        cfg.command = std::iter::once(main.command).chain(main.args).collect();
+    } else if !main.args.is_empty() {
+        return Err(invalid("sandbox.spec.containers.args", "are given without a command; Hangar needs the command"));
+    }
+    cfg.env = main.environment_variables.into_iter().collect();
+    cfg.env.sort();
+    cfg.workdir = Some(main.working_dir).filter(|w| !w.is_empty());
+    let rr = main.resource_requirements.unwrap_or_default();
+    let res = [rr.limits, rr.requests, main.resources].into_iter().flatten();
+    for r in res {
+        if r.gpu.as_ref().is_some_and(|g| g.count > 0) {
+            return Err(invalid("resources.gpu", "this Hangar has no GPUs to give"));
+        }
+        if cfg.cpus.is_none() && !r.cpu.is_empty() {
+            cfg.cpus = Some(hangar_types::quantity::cpus("resources.cpu", &r.cpu).map_err(crate::status::refused)?);
+        }
+        if cfg.memory_bytes.is_none() && !r.memory.is_empty() {
+            let b = hangar_types::quantity::bytes("resources.memory", &r.memory).map_err(crate::status::refused)?;
+            cfg.memory_bytes = Some(b);
+        }
+    }
+    cfg.tags = spec.tags.into_iter().map(|t| (t, String::new())).collect();
+    cfg.tags.extend(spec.annotations);
+    if spec.max_lifetime_seconds < 0 {
+        return Err(invalid("sandbox.spec.max_lifetime_seconds", "is negative"));
+    }
+    if spec.max_lifetime_seconds > 0 {
+        cfg.max_lifetime = Duration::from_secs(spec.max_lifetime_seconds as u64);
+    }
+    cfg.request_id = Some(req.request_id).filter(|r| !r.is_empty());
+    Ok(cfg)
+}
+
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl SandboxService for CoreWeaveApi {
+    async fn create_sandbox(&self, req: Request<cw::CreateSandboxRequest>) -> Result<Response<cw::Sandbox>, Status> {
+        let tenant = tenant(&req)?;
+        let cfg = config_of(req.into_inner(), tenant)?;
+        let info = self.engine.create(cfg).await.map_err(from_engine)?;
+        tracing::info!(sandbox = %info.id, tenant = %info.tenant, "created (coreweave.sandbox.v1)");
+        Ok(Response::new(sandbox_of(info)))
+    }
+
+    async fn get_sandbox(&self, req: Request<cw::GetSandboxRequest>) -> Result<Response<cw::Sandbox>, Status> {
+        let tenant = tenant(&req)?;
+        Ok(Response::new(sandbox_of(owned(&self.engine, &tenant, &req.get_ref().sandbox_id).await?)))
+    }
+
+    async fn list_sandboxes(
+        &self,
+        req: Request<cw::ListSandboxesRequest>,
+    ) -> Result<Response<cw::ListSandboxesResponse>, Status> {
+        let tenant = tenant(&req)?;
+        let r = req.into_inner();
+        if !r.runner_ids.is_empty() || !r.volume_ids.is_empty() {
+            // Hangar has one runner and no volumes: nothing matches a filter on them but "hangar".
+            if !r.runner_ids.iter().any(|id| id == "hangar") || !r.volume_ids.is_empty() {
+                return Ok(Response::new(cw::ListSandboxesResponse::default()));
+            }
+        }
+        let wanted = states_of(cw::State::try_from(r.state).map_err(|_| invalid("state", "is not a State"))?);
+        // A terminal state asked for by name widens the list to ended sandboxes, as the client promises.
+        let show_ended = r.show_terminated || wanted.as_ref().is_some_and(|w| w.iter().any(|s| s.is_final()));
+        let page = match r.page_size {
+            0 => DEFAULT_PAGE,
+            n if n < 0 || n as usize > MAX_PAGE => {
+                return Err(invalid("page_size", format!("is not in 1..={MAX_PAGE}")))
+            }
+            n => n as usize,
+        };
+        let skip = match r.page_token.as_str() {
+            "" => 0,
+            t => t.parse::<usize>().map_err(|_| invalid("page_token", "is not a token from a previous page"))?,
+        };
+        let all = self.engine.list().await.map_err(from_engine)?;
+        let mut matching: Vec<_> = all
+            .into_iter()
+            .filter(|i| i.tenant == tenant.0)
+            .filter(|i| show_ended || !i.state.is_final())
+            .filter(|i| wanted.as_ref().is_none_or(|w| w.contains(&i.state)))
+            .filter(|i| r.tags.iter().all(|t| tags_of(&i.tags).contains(t)))
+            .collect();
+        if r.sort_direction == cw::SortDirection::Descending as i32 {
+            matching.reverse();
+        }
+        let next = if skip + page < matching.len() { (skip + page).to_string() } else { String::new() };
+        let sandboxes = matching.into_iter().skip(skip).take(page).map(sandbox_of).collect();
+        Ok(Response::new(cw::ListSandboxesResponse { sandboxes, next_page_token: next }))
+    }
+
+    /// What `stop()` sends: the sandbox is stopped and its record kept (the client then polls it to its end).
+    async fn delete_sandbox(
+        &self,
+        req: Request<cw::DeleteSandboxRequest>,
+    ) -> Result<Response<cw::DeleteSandboxResponse>, Status> {
+        let tenant = tenant(&req)?;
+        let r = req.into_inner();
+        if !r.snapshot_volumes.is_empty() {
+            return Err(Status::unimplemented(
+                "snapshot_volumes: file-system snapshots are not implemented by Hangar yet",
+            ));
+        }
+        match owned(&self.engine, &tenant, &r.sandbox_id).await {
+            Err(s) if s.code() == tonic::Code::NotFound && r.allow_missing => {
+                return Ok(Response::new(cw::DeleteSandboxResponse::default()))
+            }
+            Err(s) => return Err(s),
+            Ok(_) => {}
+        }
+        let grace = match r.grace_period_seconds {
+            0 => hangar_engine::DEFAULT_STOP_GRACE,
+            n if n < 0 => return Err(invalid("grace_period_seconds", "is negative")),
+            n => Duration::from_secs(n as u64),
+        };
+        if grace > hangar_types::MAX_STOP_GRACE {
+            return Err(invalid("grace_period_seconds", "exceeds one hour"));
+        }
+        let info = self.engine.stop(&r.sandbox_id, grace).await.map_err(from_engine)?;
+        Ok(Response::new(cw::DeleteSandboxResponse {
+            sandbox: Some(sandbox_of(info)),
+            file_system_snapshot_ids: vec![],
+        }))
+    }
+
+    /// Hangar has no direct data plane: UNIMPLEMENTED tells the client to use this gateway instead.
+    async fn connect_sandbox(
+        &self,
+        _req: Request<cw::ConnectSandboxRequest>,
+    ) -> Result<Response<cw::SandboxConnection>, Status> {
+        Err(Status::unimplemented("Hangar has no direct data plane; use the gateway (this API) for data operations"))
+    }
+
+    async fn create_sandbox_from_template(
+        &self,
+        _req: Request<cw::CreateSandboxFromTemplateRequest>,
+    ) -> Result<Response<cw::Sandbox>, Status> {
+        Err(unimplemented("CreateSandboxFromTemplate"))
+    }
+
+    async fn create_sandbox_from_file(
+        &self,
+        _req: Request<cw::CreateSandboxFromFileRequest>,
+    ) -> Result<Response<cw::Sandbox>, Status> {
+        Err(unimplemented("CreateSandboxFromFile"))
+    }
+
+    async fn get_sandbox_build_logs(
+        &self,
+        _req: Request<cw::GetSandboxBuildLogsRequest>,
+    ) -> Result<Response<cw::GetSandboxBuildLogsResponse>, Status> {
+        Err(unimplemented("GetSandboxBuildLogs"))
+    }
+
+    async fn purge_sandboxes(
+        &self,
+        _req: Request<cw::PurgeSandboxesRequest>,
+    ) -> Result<Response<cw::PurgeSandboxesResponse>, Status> {
+        Err(unimplemented("PurgeSandboxes"))
+    }
+
+    async fn exec(&self, _req: Request<cw::ExecRequest>) -> Result<Response<cw::ExecResponse>, Status> {
+        Err(unimplemented("Exec"))
+    }
+
+    type StreamExecStream = BoxStream<cw::ExecStreamResponse>;
+
+    async fn stream_exec(
+        &self,
+        _req: Request<Streaming<cw::ExecStreamRequest>>,
+    ) -> Result<Response<Self::StreamExecStream>, Status> {
+        Err(unimplemented("StreamExec"))
+    }
+
+    type StreamLogsStream = BoxStream<cw::LogEntry>;
+
+    async fn stream_logs(
+        &self,
+        _req: Request<cw::StreamLogsRequest>,
+    ) -> Result<Response<Self::StreamLogsStream>, Status> {
+        Err(unimplemented("StreamLogs"))
+    }
+
+    async fn write_file(&self, _req: Request<cw::WriteFileRequest>) -> Result<Response<cw::WriteFileResponse>, Status> {
+        Err(unimplemented("WriteFile"))
+    }
+
+    async fn read_file(&self, _req: Request<cw::ReadFileRequest>) -> Result<Response<cw::ReadFileResponse>, Status> {
+        Err(unimplemented("ReadFile"))
+    }
+
+    async fn create_file_system_snapshot(
+        &self,
+        _req: Request<cw::CreateFileSystemSnapshotRequest>,
+    ) -> Result<Response<cw::FileSystemSnapshot>, Status> {
+        Err(unimplemented("CreateFileSystemSnapshot"))
+    }
+
+    async fn get_file_system_snapshot(
+        &self,
+        _req: Request<cw::GetFileSystemSnapshotRequest>,
+    ) -> Result<Response<cw::FileSystemSnapshot>, Status> {
+        Err(unimplemented("GetFileSystemSnapshot"))
+    }
+
+    async fn list_file_system_snapshots(
+        &self,
+        _req: Request<cw::ListFileSystemSnapshotsRequest>,
+    ) -> Result<Response<cw::ListFileSystemSnapshotsResponse>, Status> {
+        Err(unimplemented("ListFileSystemSnapshots"))
+    }
+
+    async fn delete_file_system_snapshot(
+        &self,
+        _req: Request<cw::DeleteFileSystemSnapshotRequest>,
+    ) -> Result<Response<cw::FileSystemSnapshot>, Status> {
+        Err(unimplemented("DeleteFileSystemSnapshot"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(container: cw::Container, tags: &[&str]) -> cw::CreateSandboxRequest {
+        let spec = cw::SandboxSpec {
+            containers: vec![container],
+            tags: tags.iter().map(|t| t.to_string()).collect(),
+            max_lifetime_seconds: 600,
+            ..Default::default()
+        };
+        cw::CreateSandboxRequest {
+            sandbox: Some(cw::Sandbox { spec: Some(spec), ..Default::default() }),
+            request_id: "req-1".into(),
+        }
+    }
+
+    /// The client's request, as cwsandbox 1.22.0 builds it, becomes the shared configuration: argv from the
+    /// command string and args, quantities from the limits, tags as keys, and back again on the way out.
+    #[test]
+    fn a_cwsandbox_request_maps_onto_the_shared_config_and_back() {
+        let limits = cw::Resources { cpu: "500m".into(), memory: "256Mi".into(), gpu: None };
+        let c = cw::Container {
+            image: "python:3.11".into(),
+            command: "/bin/sh".into(),
+            args: vec!["-c".into(), "sleep infinity".into()],
+            environment_variables: [("MODEL".to_string(), "tiny".to_string())].into(),
+            resource_requirements: Some(cw::ResourceRequirements {
+                requests: Some(limits.clone()),
+                limits: Some(limits),
+            }),
+            working_dir: "/work".into(),
+            ..Default::default()
+        };
+        let cfg = config_of(request(c, &["nightly"]), Tenant("alice".into())).unwrap();
+        assert_eq!(cfg.command, ["/bin/sh", "-c", "sleep infinity"]);
+        assert_eq!((cfg.cpus, cfg.memory_bytes), (Some(0.5), Some(256 << 20)));
+        assert_eq!(cfg.env, [("MODEL".to_string(), "tiny".to_string())]);
+        assert_eq!(cfg.tags.get("nightly").map(String::as_str), Some(""));
+        assert_eq!((cfg.max_lifetime, cfg.request_id.as_deref()), (Duration::from_secs(600), Some("req-1")));
+        assert_eq!(
+            (cfg.tenant.as_str(), cfg.workdir.as_deref(), cfg.image.as_str()),
+            ("alice", Some("/work"), "python:3.11")
+        );
+
+        let info = SandboxInfo {
+            id: "sb-1".into(),
+            state: SandboxState::Failed,
+            image: cfg.image.clone(),
+            command: cfg.command.clone(),
+            tags: [("nightly".to_string(), String::new()), ("team".to_string(), "ml".to_string())].into(),
+            cpus: cfg.cpus,
+            memory_bytes: cfg.memory_bytes,
+            pids: None,
+            max_lifetime_ms: 600_000,
+            created_at_ms: 1,
+            ended_at_ms: Some(2),
+            exit_code: Some(3),
+            exit_signal: None,
+            end_reason: Some("exited".into()),
+            error: None,
+            tenant: "alice".into(),
+            progress: None,
+        };
+        let sb = sandbox_of(info);
+        let spec = sb.spec.unwrap();
+        assert_eq!(spec.tags, ["nightly", "team=ml"]);
+        assert_eq!((spec.containers[0].command.as_str(), spec.containers[0].args.len()), ("/bin/sh", 2));
+        let status = sb.status.unwrap();
+        assert_eq!((status.state, status.exit_code), (cw::State::Failed as i32, Some(3)));
+        assert_eq!(status.state_reason, "the main command exited with code 3");
+    }
+
+    #[test]
+    fn what_hangar_cannot_do_is_refused_by_name() {
+        let gpu = cw::Resources { gpu: Some(cw::Gpu { count: 1, selector: None }), ..Default::default() };
+        let c = cw::Container {
+            resource_requirements: Some(cw::ResourceRequirements { limits: Some(gpu), requests: None }),
+            ..Default::default()
+        };
+        let e = config_of(request(c, &[]), Tenant("a".into())).unwrap_err();
+        assert!(e.message().contains("resources.gpu"), "{e:?}");
+        let c = cw::Container { args: vec!["x".into()], ..Default::default() };
+        let e = config_of(request(c, &[]), Tenant("a".into())).unwrap_err();
+        assert!(e.message().contains("args"), "{e:?}");
+        let bad = cw::Resources { memory: "lots".into(), ..Default::default() };
+        let c = cw::Container { resources: Some(bad), ..Default::default() };
+        let e = config_of(request(c, &[]), Tenant("a".into())).unwrap_err();
+        assert!(e.message().contains("lots"), "{e:?}");
+    }
+}
