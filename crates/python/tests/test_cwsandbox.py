@@ -1,6 +1,6 @@
 """CoreWeave's own client, `cwsandbox==1.22.0` from PyPI, unmodified, against `hangar serve`'s
 `coreweave.sandbox.v1` (the same port, tokens and tenants as `hangar.v1`). Each flow runs in a child process
-configured only by the client's two environment variables. The lifecycle for now: exec, files and logs
+configured only by the client's two environment variables. Lifecycle and streaming exec; files and logs
 through this API come next (the server answers UNIMPLEMENTED naming the method)."""
 
 from __future__ import annotations
@@ -158,3 +158,60 @@ def test_connect_sandbox_and_the_rest_answer_unimplemented_naming_the_method(bac
     assert r["ConnectSandbox"][0] == "UNIMPLEMENTED", r  # never NOT_FOUND or UNAUTHENTICATED: clients fall back
     assert r["PurgeSandboxes"][0] == "UNIMPLEMENTED" and "PurgeSandboxes" in r["PurgeSandboxes"][1], r
     assert r["GetSandbox without a token"][0] == "UNAUTHENTICATED", r
+
+
+EXEC = textwrap.dedent(
+    """
+    import json, time
+    from cwsandbox import Sandbox
+    from cwsandbox.exceptions import SandboxExecutionError, SandboxTimeoutError
+    out = {}
+    with Sandbox(container_image="python:3.11", command="sleep", args=["infinity"]) as sb:
+        sb.wait()
+        t0 = time.monotonic()
+        code = "import sys, time\\nfor i in range(4):\\n    print(f'tick {i}', flush=True)\\n    time.sleep(0.3)\\nprint('warn', file=sys.stderr)"
+        p = sb.exec(["python", "-c", code])
+        arrivals = []
+        for line in p.stdout:
+            arrivals.append([round(time.monotonic() - t0, 2), line])
+        r = p.result()
+        out["stream"] = dict(arrivals=arrivals, rc=r.returncode, stdout=r.stdout, stderr=r.stderr)
+        try:
+            sb.exec(["sh", "-c", "echo nope >&2; exit 3"], check=True).result()
+        except SandboxExecutionError as e:
+            out["check"] = [e.exec_result.returncode, e.exec_result.stderr]
+        t0 = time.monotonic()
+        try:
+            sb.exec(["sh", "-c", "echo started; exec sleep 1000.25"], timeout_seconds=1).result()
+            out["timeout"] = "finished"
+        except SandboxTimeoutError as e:
+            out["timeout"] = type(e).__name__
+        out["timeout_took"] = round(time.monotonic() - t0, 2)
+        time.sleep(0.5)
+        out["left"] = sb.exec(["sh", "-c", "pgrep -f 'sleep 1000.25' || true"]).result().stdout
+        p = sb.exec(["python", "-c", "import sys; print(sys.stdin.read()[::-1])"], stdin=True)
+        p.stdin.write(b"hello ").result()
+        p.stdin.write(b"world").result()
+        p.stdin.close().result()
+        out["stdin"] = p.result().stdout
+        out["missing"] = [(r := sb.exec(["no-such-program"]).result()).returncode, r.stderr]
+        out["env"] = sb.exec(["sh", "-c", "cd /tmp && pwd"], cwd="/tmp").result().stdout
+    print(json.dumps(out))
+    """
+)
+
+
+@pytest.mark.parametrize("backend", ["remote"], indirect=True)
+def test_cwsandbox_exec_streams_live_checks_times_out_and_feeds_stdin(backend, python_image):
+    r = run_client(EXEC, cw_env(backend))
+    s = r["stream"]
+    assert [line for _, line in s["arrivals"]] == [f"tick {i}\n" for i in range(4)], s
+    times = [t for t, _ in s["arrivals"]]
+    assert max(times) - min(times) > 0.6, f"output arrived together, not live: {s}"
+    assert s["rc"] == 0 and s["stderr"] == "warn\n"
+    assert r["check"] == [3, "nope\n"]
+    assert r["timeout"] == "SandboxTimeoutError" and r["timeout_took"] < 10
+    assert r["left"] == "", f"the timed-out command's tree survived: {r['left']}"
+    assert r["stdin"] == "dlrow olleh\n"
+    assert r["missing"][0] == 127 and "no-such-program" in r["missing"][1]
+    assert r["env"] == "/tmp\n"

@@ -1,8 +1,8 @@
 //! `coreweave.sandbox.v1.SandboxService` (CoreWeave's sandbox API, what the `cwsandbox` client speaks) over
 //! the same engine, tenants and tokens as `hangar.v1`: a translation of its messages onto the shared types,
-//! nothing of its own. The lifecycle (create, get, list, delete) is served; ConnectSandbox answers
-//! UNIMPLEMENTED, so clients use this gateway for data operations; the rest of the service answers
-//! UNIMPLEMENTED naming the method, until it is built (exec, files, logs: next).
+//! nothing of its own. The lifecycle (create, get, list, delete) and StreamExec are served; ConnectSandbox
+//! answers UNIMPLEMENTED, so clients use this gateway for data operations; the rest of the service answers
+//! UNIMPLEMENTED naming the method, until it is built (files, logs and unary Exec: next).
 //!
 //! Mapping decisions: tags are a list there and a map here: a tag `t` is the key `t` with an empty value, and a
 //! map entry `k=v` is shown as the tag `k=v`. Resources are Kubernetes quantities (`hangar_types::quantity`):
@@ -13,8 +13,9 @@ use crate::service::owned;
 use crate::status::{from_engine, invalid};
 use crate::Tenant;
 use cw::sandbox_service_server::SandboxService;
-use hangar_engine::{Engine, SandboxConfig, SandboxInfo, SandboxState};
+use hangar_engine::{Engine, ExecEvent, ExecSpec, OutputStream, SandboxConfig, SandboxInfo, SandboxState};
 use hangar_proto::coreweave as cw;
+use hangar_types::{Ending, OnDisconnect, Output};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -200,6 +201,143 @@ fn config_of(req: cw::CreateSandboxRequest, tenant: Tenant) -> Result<SandboxCon
 }
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+use cw::exec_stream_response::Message as Msg;
+
+fn out(m: Msg) -> cw::ExecStreamResponse {
+    cw::ExecStreamResponse { message: Some(m) }
+}
+
+fn error_frame(code: &str, message: String) -> cw::ExecStreamResponse {
+    out(Msg::Error(cw::ExecStreamError { message, code: code.into() }))
+}
+
+/// The call's `grpc-timeout` (`30S`, `1500m`, ...): how long the client will wait.
+fn grpc_timeout(meta: &tonic::metadata::MetadataMap) -> Option<Duration> {
+    let v = meta.get("grpc-timeout")?.to_str().ok()?;
+    let (n, unit) = v.split_at(v.len().checked_sub(1)?);
+    let n: u64 = n.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n.saturating_mul(3600)),
+        "M" => Duration::from_secs(n.saturating_mul(60)),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+/// The client's stdin, resizes and end of file, into the exec.
+async fn stdin_from(
+    engine: Arc<Engine>,
+    sandbox: String,
+    exec: String,
+    mut inbound: Streaming<cw::ExecStreamRequest>,
+    control: hangar_engine::ExecControl,
+) {
+    use cw::exec_stream_request::Message as In;
+    let mut writer = match engine.open_stdin(&sandbox, &exec, 0).await {
+        Ok(w) => w,
+        Err(e) => return tracing::debug!(%sandbox, %exec, error = %e, "stdin not writable"),
+    };
+    loop {
+        match inbound.message().await {
+            Ok(Some(cw::ExecStreamRequest { message: Some(In::Stdin(data)) })) => {
+                if writer.write(writer.next_offset(), &data).await.is_err() {
+                    return; // the command closed its stdin or ended
+                }
+            }
+            Ok(Some(cw::ExecStreamRequest { message: Some(In::Resize(r)) })) => {
+                let (rows, cols) = (r.height.min(u16::MAX as u32) as u16, r.width.min(u16::MAX as u32) as u16);
+                let _ = control.resize(rows, cols).await;
+            }
+            Ok(Some(cw::ExecStreamRequest { message: Some(In::Init(_)) | None })) => {}
+            // `close`, or the request stream's end however it ended: end of file.
+            Ok(Some(_)) | Ok(None) | Err(_) => {
+                let _ = writer.close().await;
+                return;
+            }
+        }
+    }
+}
+
+/// The exec's events to the client until its one `exit` (or an `error`). A client that leaves drops the
+/// stream, which kills the exec (its policy, set above).
+async fn events_to(
+    mut stream: hangar_engine::ExecStream,
+    tx: tokio::sync::mpsc::Sender<Result<cw::ExecStreamResponse, Status>>,
+) {
+    // `ExecStream::next` is not cancel-safe: it runs on its own task while this one watches the client.
+    let (ev_tx, mut ev_rx) = tokio::sync::mpsc::channel(1);
+    let reader = tokio::spawn(async move {
+        loop {
+            let ev = stream.next().await;
+            let last = !matches!(ev, Ok(Some(ExecEvent::Output { .. })));
+            if ev_tx.send(ev).await.is_err() || last {
+                return;
+            }
+        }
+    });
+    let _reader = tokio_util::task::AbortOnDropHandle::new(reader);
+    loop {
+        let ev = tokio::select! {
+            ev = ev_rx.recv() => ev,
+            _ = tx.closed() => return,
+        };
+        let (frames, last) = match ev {
+            Some(Ok(Some(ExecEvent::Output { stream, data, .. }))) => (vec![Ok(output(stream, data))], false),
+            Some(Ok(Some(ExecEvent::Gap { stream, from, to }))) => {
+                (vec![Ok(error_frame("STREAM_TRUNCATED", format!("{stream:?} bytes {from}..{to} were lost")))], true)
+            }
+            Some(Ok(Some(ExecEvent::Exit(end)))) => (exit_frames(&end), true),
+            Some(Ok(None)) | None => {
+                (vec![Ok(error_frame("STREAM_TRUNCATED", "the exec's stream ended without an exit".into()))], true)
+            }
+            Some(Err(e)) => (vec![Err(from_engine(e))], true),
+        };
+        for f in frames {
+            if tx.send(f).await.is_err() {
+                return;
+            }
+        }
+        if last {
+            return;
+        }
+    }
+}
+
+fn output(stream: OutputStream, data: bytes::Bytes) -> cw::ExecStreamResponse {
+    use cw::exec_stream_output::Stream as S;
+    let stream = match stream {
+        OutputStream::Stdout => S::Stdout,
+        OutputStream::Stderr => S::Stderr,
+    };
+    out(Msg::Output(cw::ExecStreamOutput { stream: stream as i32, data }))
+}
+
+/// How an exec's end reads to the client: one `exit` with the code a shell would give (a command that
+/// could not start reads like a shell's, its reason on stderr and 127), or an `error` naming what happened.
+fn exit_frames(end: &hangar_types::ExecEnd) -> Vec<Result<cw::ExecStreamResponse, Status>> {
+    let exit = || {
+        out(Msg::Exit(cw::ExecStreamExit {
+            exit_code: end.shell_code() as i32,
+            completed_time: Some(timestamp(hangar_types::now_ms())),
+        }))
+    };
+    match &end.ending {
+        Ending::TimedOut => {
+            vec![Err(Status::deadline_exceeded(
+                "the command's timeout (the call's deadline) passed; its tree was killed",
+            ))]
+        }
+        Ending::SandboxGone => vec![Ok(error_frame("SANDBOX_GONE", "the sandbox ended while the command ran".into()))],
+        Ending::FailedToStart(f) if f.kind.is_command_problem() => {
+            vec![Ok(output(OutputStream::Stderr, format!("{}\n", f.message).into())), Ok(exit())]
+        }
+        Ending::FailedToStart(f) => vec![Ok(error_frame("RESOURCE_EXHAUSTED", f.message.clone()))],
+        _ => vec![Ok(exit())],
+    }
+}
 
 #[tonic::async_trait]
 impl SandboxService for CoreWeaveApi {
@@ -334,11 +472,51 @@ impl SandboxService for CoreWeaveApi {
 
     type StreamExecStream = BoxStream<cw::ExecStreamResponse>;
 
+    /// An exec with live output: `init` starts it (stdin open; the end of the request stream, with or
+    /// without `close`, is its end of file, since the client half-closes at once when it has no stdin), then
+    /// `output` frames as the command writes, and exactly one `exit` — or an `error` frame naming what went
+    /// wrong. The call's deadline is the command's timeout (the client kills nothing itself): a client that
+    /// cancels, or whose deadline passes, takes the command's whole tree with it.
     async fn stream_exec(
         &self,
-        _req: Request<Streaming<cw::ExecStreamRequest>>,
+        req: Request<Streaming<cw::ExecStreamRequest>>,
     ) -> Result<Response<Self::StreamExecStream>, Status> {
-        Err(unimplemented("StreamExec"))
+        use cw::exec_stream_request::Message as In;
+        let tenant = tenant(&req)?;
+        let deadline = grpc_timeout(req.metadata());
+        let mut inbound = req.into_inner();
+        let init = match inbound.message().await?.and_then(|m| m.message) {
+            Some(In::Init(init)) => init,
+            _ => return Err(invalid("init", "the first message of a stream must be init")),
+        };
+        owned(&self.engine, &tenant, &init.sandbox_id).await?;
+        if !init.container.is_empty() && init.container != "main" {
+            return Err(invalid(
+                "container",
+                format!("{:?}: a Hangar sandbox has one container, \"main\"", init.container),
+            ));
+        }
+        let mut spec = ExecSpec::new(init.command);
+        spec.env = init.env.into_iter().collect();
+        spec.env.sort();
+        spec.stdin = true;
+        if init.tty {
+            let (rows, cols) = (init.tty_height.clamp(1, u16::MAX as u32), init.tty_width.clamp(1, u16::MAX as u32));
+            let (rows, cols) = if init.tty_height == 0 { (24, 80) } else { (rows as u16, cols as u16) };
+            spec.output = Output::Pty { rows, cols };
+        }
+        // The client's own deadline ends the call first (and with it the tree, below); this is the net.
+        spec.timeout = deadline.map(|d| d + Duration::from_secs(2));
+        spec.on_disconnect = OnDisconnect::Kill { grace_ms: 0 };
+        let sandbox = init.sandbox_id;
+        let stream = self.engine.exec(&sandbox, spec).await.map_err(from_engine)?;
+        let exec = stream.info().id.clone();
+        let (tx, rx) = tokio::sync::mpsc::channel(crate::stream::STREAM_BUFFER);
+        let ready = cw::ExecStreamReady { ready_time: Some(timestamp(hangar_types::now_ms())) };
+        let _ = tx.send(Ok(out(Msg::Ready(ready)))).await;
+        tokio::spawn(stdin_from(self.engine.clone(), sandbox, exec, inbound, stream.control()));
+        tokio::spawn(events_to(stream, tx));
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
     }
 
     type StreamLogsStream = BoxStream<cw::LogEntry>;
