@@ -1,7 +1,7 @@
 """CoreWeave's own client, `cwsandbox==1.22.0` from PyPI, unmodified, against `hangar serve`'s
 `coreweave.sandbox.v1` (the same port, tokens and tenants as `hangar.v1`). Each flow runs in a child process
-configured only by the client's two environment variables. Lifecycle and streaming exec; files and logs
-through this API come next (the server answers UNIMPLEMENTED naming the method)."""
+configured only by the client's two environment variables: lifecycle, streaming exec and files (logs and
+the rest of the API come next; the server answers UNIMPLEMENTED naming the method)."""
 
 from __future__ import annotations
 
@@ -215,3 +215,34 @@ def test_cwsandbox_exec_streams_live_checks_times_out_and_feeds_stdin(backend, p
     assert r["stdin"] == "dlrow olleh\n"
     assert r["missing"][0] == 127 and "no-such-program" in r["missing"][1]
     assert r["env"] == "/tmp\n"
+
+
+FILES = textwrap.dedent(
+    """
+    import hashlib, json, os
+    from cwsandbox import Sandbox
+    from cwsandbox.exceptions import SandboxFileError
+    blob = os.urandom(5 << 20)
+    out = {}
+    with Sandbox(container_image="python:3.11", command="sleep", args=["infinity"]) as sb:
+        sb.wait()
+        sb.write_file("/work/data/blob.bin", blob).result()
+        back = sb.read_file("/work/data/blob.bin").result()
+        out["same"] = back == blob
+        out["sha"] = sb.exec(["sha256sum", "/work/data/blob.bin"]).result().stdout.split()[0] == hashlib.sha256(blob).hexdigest()
+        try:
+            sb.read_file("/work/missing.txt").result()
+            out["missing"] = "read"
+        except SandboxFileError as e:
+            out["missing"] = [type(e).__name__, e.filepath, e.reason]
+    print(json.dumps(out))
+    """
+)
+
+
+@pytest.mark.parametrize("backend", ["remote"], indirect=True)
+def test_cwsandbox_files_binary_and_typed_errors(backend, python_image):
+    r = run_client(FILES, cw_env(backend))
+    assert r["same"] and r["sha"], r
+    assert r["missing"][0] == "SandboxFileError" and r["missing"][2] == "CWSANDBOX_FILE_NOT_FOUND", r
+    assert r["missing"][1] == "/work/missing.txt", r

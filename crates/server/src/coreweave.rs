@@ -1,8 +1,8 @@
 //! `coreweave.sandbox.v1.SandboxService` (CoreWeave's sandbox API, what the `cwsandbox` client speaks) over
 //! the same engine, tenants and tokens as `hangar.v1`: a translation of its messages onto the shared types,
-//! nothing of its own. The lifecycle (create, get, list, delete) and StreamExec are served; ConnectSandbox
-//! answers UNIMPLEMENTED, so clients use this gateway for data operations; the rest of the service answers
-//! UNIMPLEMENTED naming the method, until it is built (files, logs and unary Exec: next).
+//! nothing of its own. The lifecycle (create, get, list, delete), StreamExec, ReadFile and WriteFile are
+//! served; ConnectSandbox answers UNIMPLEMENTED, so clients use this gateway for data operations; the rest of
+//! the service answers UNIMPLEMENTED naming the method, until it is built (logs and unary Exec: next).
 //!
 //! Mapping decisions: tags are a list there and a map here: a tag `t` is the key `t` with an empty value, and a
 //! map entry `k=v` is shown as the tag `k=v`. Resources are Kubernetes quantities (`hangar_types::quantity`):
@@ -23,6 +23,46 @@ use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
 
 const MAX_PAGE: usize = 1000;
+/// Largest file ReadFile/WriteFile move: one message, as large as the client accepts.
+pub(crate) const MAX_FILE: usize = 100 << 20;
+
+/// A status carrying a `google.rpc.ErrorInfo` of CoreWeave's domain, which the client turns into its typed
+/// exception (`CWSANDBOX_FILE_NOT_FOUND` → `SandboxFileError`, ...).
+fn with_reason(code: tonic::Code, message: String, reason: &str) -> Status {
+    use tonic_types::{ErrorDetails, StatusExt};
+    let details =
+        ErrorDetails::with_error_info(reason, "cwsandbox.com", std::collections::HashMap::<String, String>::new());
+    Status::with_error_details(code, message, details)
+}
+
+/// An engine error as this API spells it: the status `hangar.v1` gives it, with CoreWeave's reason where the
+/// client has a typed exception for it.
+fn cw_status(e: hangar_engine::Error) -> Status {
+    use hangar_types::FileErrorKind as K;
+    let reason = match &e {
+        hangar_engine::Error::NotFound(_) => Some("CWSANDBOX_SANDBOX_NOT_FOUND"),
+        hangar_engine::Error::File { kind, .. } => Some(match kind {
+            K::NotFound => "CWSANDBOX_FILE_NOT_FOUND",
+            K::IsADirectory => "CWSANDBOX_FILE_IS_DIRECTORY",
+            K::PermissionDenied | K::NotAllowed => "CWSANDBOX_FILE_PERMISSION_DENIED",
+            K::TooLarge => "CWSANDBOX_FILE_TOO_LARGE",
+            K::NotARegularFile | K::NoSpace | K::Other => "CWSANDBOX_FILE_IO_FAILED",
+        }),
+        _ => None,
+    };
+    let status = from_engine(e);
+    match reason {
+        Some(r) => with_reason(status.code(), status.message().to_string(), r),
+        None => status,
+    }
+}
+
+fn one_container(name: &str) -> Result<(), Status> {
+    match name {
+        "" | "main" => Ok(()),
+        other => Err(invalid("container", format!("{other:?}: a Hangar sandbox has one container, \"main\""))),
+    }
+}
 const DEFAULT_PAGE: usize = 100;
 
 /// The service implementation.
@@ -344,7 +384,7 @@ impl SandboxService for CoreWeaveApi {
     async fn create_sandbox(&self, req: Request<cw::CreateSandboxRequest>) -> Result<Response<cw::Sandbox>, Status> {
         let tenant = tenant(&req)?;
         let cfg = config_of(req.into_inner(), tenant)?;
-        let info = self.engine.create(cfg).await.map_err(from_engine)?;
+        let info = self.engine.create(cfg).await.map_err(cw_status)?;
         tracing::info!(sandbox = %info.id, tenant = %info.tenant, "created (coreweave.sandbox.v1)");
         Ok(Response::new(sandbox_of(info)))
     }
@@ -380,7 +420,7 @@ impl SandboxService for CoreWeaveApi {
             "" => 0,
             t => t.parse::<usize>().map_err(|_| invalid("page_token", "is not a token from a previous page"))?,
         };
-        let all = self.engine.list().await.map_err(from_engine)?;
+        let all = self.engine.list().await.map_err(cw_status)?;
         let mut matching: Vec<_> = all
             .into_iter()
             .filter(|i| i.tenant == tenant.0)
@@ -423,7 +463,7 @@ impl SandboxService for CoreWeaveApi {
         if grace > hangar_types::MAX_STOP_GRACE {
             return Err(invalid("grace_period_seconds", "exceeds one hour"));
         }
-        let info = self.engine.stop(&r.sandbox_id, grace).await.map_err(from_engine)?;
+        let info = self.engine.stop(&r.sandbox_id, grace).await.map_err(cw_status)?;
         Ok(Response::new(cw::DeleteSandboxResponse {
             sandbox: Some(sandbox_of(info)),
             file_system_snapshot_ids: vec![],
@@ -490,12 +530,7 @@ impl SandboxService for CoreWeaveApi {
             _ => return Err(invalid("init", "the first message of a stream must be init")),
         };
         owned(&self.engine, &tenant, &init.sandbox_id).await?;
-        if !init.container.is_empty() && init.container != "main" {
-            return Err(invalid(
-                "container",
-                format!("{:?}: a Hangar sandbox has one container, \"main\"", init.container),
-            ));
-        }
+        one_container(&init.container)?;
         let mut spec = ExecSpec::new(init.command);
         spec.env = init.env.into_iter().collect();
         spec.env.sort();
@@ -509,7 +544,7 @@ impl SandboxService for CoreWeaveApi {
         spec.timeout = deadline.map(|d| d + Duration::from_secs(2));
         spec.on_disconnect = OnDisconnect::Kill { grace_ms: 0 };
         let sandbox = init.sandbox_id;
-        let stream = self.engine.exec(&sandbox, spec).await.map_err(from_engine)?;
+        let stream = self.engine.exec(&sandbox, spec).await.map_err(cw_status)?;
         let exec = stream.info().id.clone();
         let (tx, rx) = tokio::sync::mpsc::channel(crate::stream::STREAM_BUFFER);
         let ready = cw::ExecStreamReady { ready_time: Some(timestamp(hangar_types::now_ms())) };
@@ -528,12 +563,31 @@ impl SandboxService for CoreWeaveApi {
         Err(unimplemented("StreamLogs"))
     }
 
-    async fn write_file(&self, _req: Request<cw::WriteFileRequest>) -> Result<Response<cw::WriteFileResponse>, Status> {
-        Err(unimplemented("WriteFile"))
+    /// The whole file in one message (the client's own limit is 100 MiB); parent directories are made.
+    async fn write_file(&self, req: Request<cw::WriteFileRequest>) -> Result<Response<cw::WriteFileResponse>, Status> {
+        let tenant = tenant(&req)?;
+        let r = req.into_inner();
+        owned(&self.engine, &tenant, &r.sandbox_id).await?;
+        one_container(&r.container)?;
+        self.engine.write_file(&r.sandbox_id, &r.path, &r.content, 0o644).await.map_err(cw_status)?;
+        Ok(Response::new(cw::WriteFileResponse {}))
     }
 
-    async fn read_file(&self, _req: Request<cw::ReadFileRequest>) -> Result<Response<cw::ReadFileResponse>, Status> {
-        Err(unimplemented("ReadFile"))
+    async fn read_file(&self, req: Request<cw::ReadFileRequest>) -> Result<Response<cw::ReadFileResponse>, Status> {
+        let tenant = tenant(&req)?;
+        let r = req.into_inner();
+        owned(&self.engine, &tenant, &r.sandbox_id).await?;
+        one_container(&r.container)?;
+        let mut f = self.engine.open_file(&r.sandbox_id, &r.path).await.map_err(cw_status)?;
+        if f.len() > MAX_FILE as u64 {
+            let message = format!("{}: {} bytes is more than one message carries ({MAX_FILE})", r.path, f.len());
+            return Err(with_reason(tonic::Code::OutOfRange, message, "CWSANDBOX_FILE_TOO_LARGE"));
+        }
+        let mut content = Vec::with_capacity(f.len() as usize);
+        while let Some(chunk) = f.next_chunk().await.map_err(cw_status)? {
+            content.extend_from_slice(&chunk);
+        }
+        Ok(Response::new(cw::ReadFileResponse { content: content.into() }))
     }
 
     async fn create_file_system_snapshot(

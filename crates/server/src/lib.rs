@@ -90,9 +90,10 @@ pub async fn bind(
     let svc =
         SandboxServiceServer::new(api).max_decoding_message_size(MAX_MESSAGE).max_encoding_message_size(MAX_MESSAGE);
     let cw = coreweave::CoreWeaveApi::new(engine_for_cw);
+    // Its files travel whole in one message: as large as its client accepts.
     let cw = hangar_proto::coreweave::sandbox_service_server::SandboxServiceServer::new(cw)
-        .max_decoding_message_size(MAX_MESSAGE)
-        .max_encoding_message_size(MAX_MESSAGE);
+        .max_decoding_message_size(coreweave::MAX_FILE + (1 << 20))
+        .max_encoding_message_size(coreweave::MAX_FILE + (1 << 20));
     let cw =
         tonic::service::interceptor::InterceptedService::new(cw, auth::interceptor(tokens.clone(), metrics.clone()));
     let svc = tonic::service::interceptor::InterceptedService::new(svc, auth::interceptor(tokens, metrics));
