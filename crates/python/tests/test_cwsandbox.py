@@ -234,7 +234,7 @@ FILES = textwrap.dedent(
             sb.read_file("/work/missing.txt").result()
             out["missing"] = "read"
         except SandboxFileError as e:
-            out["missing"] = [type(e).__name__, e.filepath, e.reason]
+            out["missing"] = [type(e).__name__, e.filepath, e.reason, e.metadata.get("filepath")]
     print(json.dumps(out))
     """
 )
@@ -245,4 +245,4 @@ def test_cwsandbox_files_binary_and_typed_errors(backend, python_image):
     r = run_client(FILES, cw_env(backend))
     assert r["same"] and r["sha"], r
     assert r["missing"][0] == "SandboxFileError" and r["missing"][2] == "CWSANDBOX_FILE_NOT_FOUND", r
-    assert r["missing"][1] == "/work/missing.txt", r
+    assert r["missing"][1] == r["missing"][3] == "/work/missing.txt", r

@@ -28,17 +28,22 @@ pub(crate) const MAX_FILE: usize = 100 << 20;
 
 /// A status carrying a `google.rpc.ErrorInfo` of CoreWeave's domain, which the client turns into its typed
 /// exception (`CWSANDBOX_FILE_NOT_FOUND` → `SandboxFileError`, ...).
-fn with_reason(code: tonic::Code, message: String, reason: &str) -> Status {
+fn with_reason(code: tonic::Code, message: String, reason: &str, path: Option<&str>) -> Status {
     use tonic_types::{ErrorDetails, StatusExt};
-    let details =
-        ErrorDetails::with_error_info(reason, "cwsandbox.com", std::collections::HashMap::<String, String>::new());
-    Status::with_error_details(code, message, details)
+    // The client exposes ErrorInfo's metadata as `exc.metadata` (`filepath` for file errors).
+    let metadata: std::collections::HashMap<String, String> =
+        path.map(|p| ("filepath".to_string(), p.to_string())).into_iter().collect();
+    Status::with_error_details(code, message, ErrorDetails::with_error_info(reason, "cwsandbox.com", metadata))
 }
 
 /// An engine error as this API spells it: the status `hangar.v1` gives it, with CoreWeave's reason where the
 /// client has a typed exception for it.
 fn cw_status(e: hangar_engine::Error) -> Status {
     use hangar_types::FileErrorKind as K;
+    let path = match &e {
+        hangar_engine::Error::File { path, .. } => Some(path.clone()),
+        _ => None,
+    };
     let reason = match &e {
         hangar_engine::Error::NotFound(_) => Some("CWSANDBOX_SANDBOX_NOT_FOUND"),
         hangar_engine::Error::File { kind, .. } => Some(match kind {
@@ -52,7 +57,7 @@ fn cw_status(e: hangar_engine::Error) -> Status {
     };
     let status = from_engine(e);
     match reason {
-        Some(r) => with_reason(status.code(), status.message().to_string(), r),
+        Some(r) => with_reason(status.code(), status.message().to_string(), r, path.as_deref()),
         None => status,
     }
 }
@@ -581,7 +586,7 @@ impl SandboxService for CoreWeaveApi {
         let mut f = self.engine.open_file(&r.sandbox_id, &r.path).await.map_err(cw_status)?;
         if f.len() > MAX_FILE as u64 {
             let message = format!("{}: {} bytes is more than one message carries ({MAX_FILE})", r.path, f.len());
-            return Err(with_reason(tonic::Code::OutOfRange, message, "CWSANDBOX_FILE_TOO_LARGE"));
+            return Err(with_reason(tonic::Code::OutOfRange, message, "CWSANDBOX_FILE_TOO_LARGE", Some(&r.path)));
         }
         let mut content = Vec::with_capacity(f.len() as usize);
         while let Some(chunk) = f.next_chunk().await.map_err(cw_status)? {
