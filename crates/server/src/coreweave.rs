@@ -9,20 +9,17 @@
 //! the limit is enforced (a request alone counts as the limit). The container's `command` string and `args`
 //! are the argv. An empty image is the engine's default.
 
-use crate::service::owned;
+use crate::service::{owned, tenant, BoxStream};
 use crate::status::{from_engine, invalid};
 use crate::Tenant;
 use cw::sandbox_service_server::SandboxService;
 use hangar_engine::{Engine, ExecEvent, ExecSpec, OutputStream, SandboxConfig, SandboxInfo, SandboxState};
 use hangar_proto::coreweave as cw;
 use hangar_types::{Ending, OnDisconnect, Output};
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
 
-const MAX_PAGE: usize = 1000;
 /// Largest file ReadFile/WriteFile move: one message, as large as the client accepts.
 pub(crate) const MAX_FILE: usize = 100 << 20;
 
@@ -68,7 +65,6 @@ fn one_container(name: &str) -> Result<(), Status> {
         other => Err(invalid("container", format!("{other:?}: a Hangar sandbox has one container, \"main\""))),
     }
 }
-const DEFAULT_PAGE: usize = 100;
 
 /// The service implementation.
 pub struct CoreWeaveApi {
@@ -80,10 +76,6 @@ impl CoreWeaveApi {
     pub fn new(engine: Arc<Engine>) -> Self {
         Self { engine }
     }
-}
-
-fn tenant<T>(req: &Request<T>) -> Result<Tenant, Status> {
-    req.extensions().get::<Tenant>().cloned().ok_or_else(|| Status::unauthenticated("no tenant"))
 }
 
 fn unimplemented(method: &str) -> Status {
@@ -245,7 +237,6 @@ fn config_of(req: cw::CreateSandboxRequest, tenant: Tenant) -> Result<SandboxCon
     Ok(cfg)
 }
 
-type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 use cw::exec_stream_response::Message as Msg;
 
 fn out(m: Msg) -> cw::ExecStreamResponse {
@@ -309,21 +300,11 @@ async fn stdin_from(
 /// The exec's events to the client until its one `exit` (or an `error`). A client that leaves drops the
 /// stream, which kills the exec (its policy, set above).
 async fn events_to(
-    mut stream: hangar_engine::ExecStream,
+    stream: hangar_engine::ExecStream,
     tx: tokio::sync::mpsc::Sender<Result<cw::ExecStreamResponse, Status>>,
 ) {
-    // `ExecStream::next` is not cancel-safe: it runs on its own task while this one watches the client.
-    let (ev_tx, mut ev_rx) = tokio::sync::mpsc::channel(1);
-    let reader = tokio::spawn(async move {
-        loop {
-            let ev = stream.next().await;
-            let last = !matches!(ev, Ok(Some(ExecEvent::Output { .. })));
-            if ev_tx.send(ev).await.is_err() || last {
-                return;
-            }
-        }
-    });
-    let _reader = tokio_util::task::AbortOnDropHandle::new(reader);
+    // The reader runs on its own task while this one watches the client.
+    let (mut ev_rx, _reader) = crate::stream::read_ahead(stream);
     loop {
         let ev = tokio::select! {
             ev = ev_rx.recv() => ev,
@@ -414,17 +395,7 @@ impl SandboxService for CoreWeaveApi {
         let wanted = states_of(cw::State::try_from(r.state).map_err(|_| invalid("state", "is not a State"))?);
         // A terminal state asked for by name widens the list to ended sandboxes, as the client promises.
         let show_ended = r.show_terminated || wanted.as_ref().is_some_and(|w| w.iter().any(|s| s.is_final()));
-        let page = match r.page_size {
-            0 => DEFAULT_PAGE,
-            n if n < 0 || n as usize > MAX_PAGE => {
-                return Err(invalid("page_size", format!("is not in 1..={MAX_PAGE}")))
-            }
-            n => n as usize,
-        };
-        let skip = match r.page_token.as_str() {
-            "" => 0,
-            t => t.parse::<usize>().map_err(|_| invalid("page_token", "is not a token from a previous page"))?,
-        };
+        let (skip, page) = crate::service::page(i64::from(r.page_size), &r.page_token)?;
         let all = self.engine.list().await.map_err(cw_status)?;
         let mut matching: Vec<_> = all
             .into_iter()
@@ -436,7 +407,7 @@ impl SandboxService for CoreWeaveApi {
         if r.sort_direction == cw::SortDirection::Descending as i32 {
             matching.reverse();
         }
-        let next = if skip + page < matching.len() { (skip + page).to_string() } else { String::new() };
+        let next = crate::service::next_token(skip, page, matching.len());
         let sandboxes = matching.into_iter().skip(skip).take(page).map(sandbox_of).collect();
         Ok(Response::new(cw::ListSandboxesResponse { sandboxes, next_page_token: next }))
     }

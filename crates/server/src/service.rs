@@ -16,7 +16,8 @@ use tonic::{Request, Response, Status, Streaming};
 const FILE_CHUNK: usize = 1 << 20;
 const DEFAULT_OUTPUT_CAP: u64 = 16 << 20;
 const MAX_OUTPUT_CAP: u64 = 1 << 30;
-const MAX_PAGE: u32 = 1000;
+const MAX_PAGE: usize = 1000;
+const DEFAULT_PAGE: usize = 100;
 
 /// The service implementation.
 pub struct SandboxApi {
@@ -48,11 +49,36 @@ pub(crate) async fn owned(engine: &Engine, tenant: &Tenant, id: &str) -> Result<
     }
 }
 
-fn tenant<T>(req: &Request<T>) -> Result<Tenant, Status> {
+/// A list request's page, the same rule for both APIs: (items to skip, page size). The token is the offset
+/// a previous page returned; a size of 0 is the default.
+pub(crate) fn page(size: i64, token: &str) -> Result<(usize, usize), Status> {
+    let page = match size {
+        0 => DEFAULT_PAGE,
+        n if n < 0 || n > MAX_PAGE as i64 => return Err(invalid("page_size", format!("is not in 1..={MAX_PAGE}"))),
+        n => n as usize,
+    };
+    let skip = match token {
+        "" => 0,
+        t => t.parse::<usize>().map_err(|_| invalid("page_token", "is not a token from a previous page"))?,
+    };
+    Ok((skip, page))
+}
+
+/// The token of the page after `skip + page` of `total` items (empty on the last page).
+pub(crate) fn next_token(skip: usize, page: usize, total: usize) -> String {
+    if skip + page < total {
+        (skip + page).to_string()
+    } else {
+        String::new()
+    }
+}
+
+/// The tenant the auth interceptor found for this call (both APIs).
+pub(crate) fn tenant<T>(req: &Request<T>) -> Result<Tenant, Status> {
     req.extensions().get::<Tenant>().cloned().ok_or_else(|| Status::unauthenticated("no tenant"))
 }
 
-type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+pub(crate) type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl SandboxService for SandboxApi {
@@ -81,15 +107,7 @@ impl SandboxService for SandboxApi {
             "" => None,
             s => Some(SandboxState::parse(s).ok_or_else(|| invalid("state", format!("{s:?} is not a sandbox state")))?),
         };
-        let page = match r.page_size {
-            0 => 100,
-            n if n > MAX_PAGE => return Err(invalid("page_size", format!("exceeds {MAX_PAGE}"))),
-            n => n as usize,
-        };
-        let skip = match r.page_token.as_str() {
-            "" => 0,
-            t => t.parse::<usize>().map_err(|_| invalid("page_token", "is not a token from a previous page"))?,
-        };
+        let (skip, page) = page(i64::from(r.page_size), &r.page_token)?;
         let all = self.engine.list().await.map_err(from_engine)?;
         let matching: Vec<_> = all
             .into_iter()
@@ -97,7 +115,7 @@ impl SandboxService for SandboxApi {
             .filter(|i| state.is_none_or(|s| i.state == s))
             .filter(|i| r.tags.iter().all(|(k, v)| i.tags.get(k) == Some(v)))
             .collect();
-        let next = if skip + page < matching.len() { (skip + page).to_string() } else { String::new() };
+        let next = next_token(skip, page, matching.len());
         let sandboxes = matching.into_iter().skip(skip).take(page).map(Into::into).collect();
         Ok(Response::new(pb::ListSandboxesResponse { sandboxes, next_page_token: next }))
     }

@@ -101,21 +101,13 @@ pub(crate) async fn client_messages(
     }
 }
 
-/// Exec events to the client, with a keepalive whenever the stream has been quiet for `keepalive`. A client
-/// that went away drops the stream (detaching; the exec's policy decides what happens to it).
-pub(crate) async fn forward_events(
+/// An exec's events on a task of their own, one ahead: `ExecStream::next` is not cancel-safe, so a caller that
+/// also waits for something else (a timer, the client leaving) selects on the receiver instead. The task ends
+/// after the last event, or when the handle is dropped (which drops the stream: the client left).
+pub(crate) fn read_ahead(
     mut stream: ExecStream,
-    tx: Outbound,
-    keepalive: Duration,
-    metrics: Arc<crate::Metrics>,
-) {
-    use pb::stream_exec_response::Msg as Out;
-    let out = |m: Out| Ok(pb::StreamExecResponse { msg: Some(m) });
-    let started = Instant::now();
-    let control = stream.control();
-    // The journal reader runs on its own task: `ExecStream::next` is not cancel-safe, and the keepalive
-    // timer must be able to fire while it waits.
-    let (ev_tx, mut ev_rx) = tokio::sync::mpsc::channel(1);
+) -> (tokio::sync::mpsc::Receiver<hangar_engine::Result<Option<ExecEvent>>>, tokio_util::task::AbortOnDropHandle<()>) {
+    let (ev_tx, ev_rx) = tokio::sync::mpsc::channel(1);
     let reader = tokio::spawn(async move {
         loop {
             let ev = stream.next().await;
@@ -125,7 +117,23 @@ pub(crate) async fn forward_events(
             }
         }
     });
-    let _abort_reader = tokio_util::task::AbortOnDropHandle::new(reader);
+    (ev_rx, tokio_util::task::AbortOnDropHandle::new(reader))
+}
+
+/// Exec events to the client, with a keepalive whenever the stream has been quiet for `keepalive`. A client
+/// that went away drops the stream (detaching; the exec's policy decides what happens to it).
+pub(crate) async fn forward_events(
+    stream: ExecStream,
+    tx: Outbound,
+    keepalive: Duration,
+    metrics: Arc<crate::Metrics>,
+) {
+    use pb::stream_exec_response::Msg as Out;
+    let out = |m: Out| Ok(pb::StreamExecResponse { msg: Some(m) });
+    let started = Instant::now();
+    let control = stream.control();
+    // The keepalive timer must be able to fire while the reader waits.
+    let (mut ev_rx, _reader) = read_ahead(stream);
     let mut pos = [0u64; 2];
     loop {
         let ev = tokio::select! {
