@@ -15,7 +15,7 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::{Read, Write};
-use std::os::fd::FromRawFd;
+use std::os::fd::{FromRawFd, OwnedFd};
 use std::rc::Rc;
 use std::time::Duration;
 use tokio::net::UnixListener;
@@ -62,19 +62,19 @@ fn main_inner() -> Result<(), String> {
             let root = SandboxRoot::open(&cfg.workdir)
                 .map_err(|e| StartReport::Failed(format!("open the sandbox's root: {e}")))?;
             let user = resolve_user(&root, &cfg.user).map_err(StartReport::Failed)?;
-            spawn_main(&cfg, &root, &cgroups, user).map(|pid| (pid, user, cgroups, root))
+            spawn_main(&cfg, &root, &cgroups, user).map(|main| (main, user, cgroups, root))
         });
-    let (main_pid, user, cgroups, root) = match started {
+    let (main, user, cgroups, root) = match started {
         Ok(started) => started,
         Err(report) => {
             let _ = writeln!(status, "{}", report.line());
             return Err(report.line());
         }
     };
-    let _ = writeln!(status, "{}", StartReport::Ready { main_pid, version: VERSION }.line());
+    let _ = writeln!(status, "{}", StartReport::Ready { main_pid: main.pid, version: VERSION }.line());
     drop(status);
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| format!("tokio: {e}"))?;
-    let served = rt.block_on(serve(cfg, root, main_pid, user, Table::new(cgroups)));
+    let served = rt.block_on(serve(cfg, root, main, user, Table::new(cgroups)));
     // A blocking task (a spare being prepared) must not hold up the agent's exit.
     rt.shutdown_background();
     served
@@ -123,31 +123,42 @@ fn lookup_by_uid(root: &SandboxRoot, uid: u32) -> Option<u32> {
     })
 }
 
-/// Starts the main command (see `spare::start_directly`), in a cgroup of its own in the workload's.
+/// The started main command: its pid, the pipe its output comes out of, its cgroup.
+struct Main {
+    pid: i32,
+    output: OwnedFd,
+    cgroup: hangar_runtime::cgroups::ExecCgroup,
+}
+
+/// Starts the main command (see `spare::start_directly`), in a cgroup of its own in the workload's, stdin
+/// `/dev/null`, stdout and stderr one pipe (its log keeps the order lines were written in).
 fn spawn_main(
     cfg: &AgentConfig,
     root: &SandboxRoot,
     cgroups: &hangar_runtime::cgroups::CgroupDirs,
     user: Option<(u32, u32)>,
-) -> Result<i32, StartReport> {
+) -> Result<Main, StartReport> {
     let failed = StartReport::Failed;
     let prog = cfg.main.first().ok_or_else(|| failed("the sandbox's command is empty".into()))?;
     let cgroup =
         cgroups.create_exec("main").map_err(|e| failed(format!("cannot make the main command's cgroup: {e}")))?;
     let cwd = root.open_dir(&cfg.workdir).map_err(|(_, m)| failed(m))?;
-    let null =
-        File::options().read(true).write(true).open("/dev/null").map_err(|e| failed(format!("/dev/null: {e}")))?;
-    let null = std::os::fd::OwnedFd::from(null);
+    let null = File::open("/dev/null").map_err(|e| failed(format!("/dev/null: {e}")))?;
+    let null = OwnedFd::from(null);
+    let (output, input) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+        .map_err(|e| failed(format!("the main command's output pipe: {e}")))?;
+    let _ = nix::fcntl::fcntl(&input, nix::fcntl::FcntlArg::F_SETPIPE_SZ(1 << 20));
     let order = Order { argv: cfg.main.clone(), env: cfg.env.clone(), user, tty: false };
-    let with = Handover { stdio: [&null, &null, &null], cwd: &cwd };
-    crate::spare::start_directly(&order, with, Some(&cgroup))
-        .map_err(|e| StartReport::CommandFailed(start_failure(prog, &e)))
+    let with = Handover { stdio: [&null, &input, &input], cwd: &cwd };
+    let pid = crate::spare::start_directly(&order, with, Some(&cgroup))
+        .map_err(|e| StartReport::CommandFailed(start_failure(prog, &e)))?;
+    Ok(Main { pid, output, cgroup })
 }
 
 async fn serve(
     cfg: AgentConfig,
     root: SandboxRoot,
-    main_pid: i32,
+    main: Main,
     user: Option<(u32, u32)>,
     table: Table,
 ) -> Result<(), String> {
@@ -167,7 +178,7 @@ async fn serve(
         cfg,
         root,
         user,
-        main_pid,
+        main_pid: main.pid,
         waiters: HashMap::new(),
         main_status: None,
         stopping: false,
@@ -183,6 +194,10 @@ async fn serve(
     let local = tokio::task::LocalSet::new();
     local
         .run_until(async {
+            // Before the first reap, so that the main command's exit reaches its log's end too.
+            if let Err(e) = crate::execs::adopt_main(&state, main.pid, main.output, main.cgroup) {
+                crate::log!("the main command's output cannot be journaled: {e}");
+            }
             reap(&state, &main_exited);
             crate::execs::refill_spare(&state);
             let lifetime_end = tokio::time::sleep(lifetime);
@@ -247,7 +262,9 @@ fn reap(state: &Shared, main_exited: &Notify) {
                 if pid.as_raw() == st.main_pid {
                     st.main_status = Some(ws);
                     main_exited.notify_one();
-                } else if let Some(tx) = st.waiters.remove(&pid.as_raw()) {
+                }
+                // The main command has a waiter too: its log's end.
+                if let Some(tx) = st.waiters.remove(&pid.as_raw()) {
                     let _ = tx.send(ws);
                 }
             }

@@ -126,6 +126,24 @@ enum Cmd {
         #[arg(long, short = 'i')]
         interactive: bool,
     },
+    /// Print a sandbox's log: its main command's stdout and stderr (in the order written), also after the
+    /// sandbox ended. Exits 0 (the log was read), whatever the command did.
+    Logs {
+        /// Sandbox id.
+        id: String,
+        /// Keep printing what the main command writes, until it ends.
+        #[arg(long, short = 'f')]
+        follow: bool,
+        /// Start at this byte offset of the log (where an earlier read stopped).
+        #[arg(long, default_value_t = 0, conflicts_with = "tail")]
+        since_offset: u64,
+        /// Start at the last N lines.
+        #[arg(long, short = 'n', value_name = "N")]
+        tail: Option<u64>,
+        /// When done, print the offset to read on from (`--since-offset`) on stderr.
+        #[arg(long)]
+        print_offset: bool,
+    },
     /// List a sandbox's execs: running ones, and ended ones whose record is kept.
     Execs {
         /// Sandbox id.
@@ -340,6 +358,9 @@ async fn dispatch(cmd: Cmd) -> Result<u8> {
         }
         Cmd::Attach { id, exec: x, stdout_offset, stderr_offset, interactive } => {
             exec::attach(id, x, [stdout_offset, stderr_offset], interactive).await
+        }
+        Cmd::Logs { id, follow, since_offset, tail, print_offset } => {
+            exec::logs(id, follow, since_offset, tail, print_offset).await
         }
         Cmd::Execs { id, json } => exec::execs(id, json).await,
         Cmd::Kill { id, exec: x, signal } => exec::kill(id, x, signal).await,

@@ -10,6 +10,7 @@ use crate::sandbox::agent_error;
 use crate::{Engine, Error, ExecEnd, ExecEvent, ExecInfo, ExecSpec, Result};
 use hangar_agent_protocol::codec::{Conn, Writer};
 use hangar_agent_protocol::{Progress, Request, Response};
+use hangar_types::MAIN_EXEC;
 use std::time::Duration;
 use tokio_util::task::AbortOnDropHandle;
 
@@ -20,10 +21,12 @@ pub struct ExecStream {
     /// The agent's protocol version.
     protocol: u32,
     info: ExecInfo,
-    conn: Conn,
-    writer: Writer,
+    /// The agent's connection: `None` for a journal read after its sandbox ended (a stored log).
+    conn: Option<(Conn, Writer)>,
     reader: hangar_journal::Reader,
     progress: Progress,
+    /// For the main command's log: where its journal is kept once the sandbox ended.
+    kept_at: Option<std::path::PathBuf>,
     feeder: Option<AbortOnDropHandle<()>>,
     done: bool,
 }
@@ -33,7 +36,8 @@ pub struct ExecStream {
 pub struct ExecControl {
     sandbox: String,
     exec: String,
-    writer: Writer,
+    /// `None` for a stored log: nothing to signal, resize or hold.
+    writer: Option<Writer>,
     protocol: u32,
 }
 
@@ -68,7 +72,15 @@ impl ExecControl {
     }
 
     async fn send(&self, req: &Request) -> Result<()> {
-        self.writer
+        let Some(writer) = &self.writer else {
+            return match req {
+                Request::Signal { .. } | Request::Resize { .. } => {
+                    Err(Error::NotRunning { id: self.sandbox.clone(), state: crate::SandboxState::Terminated })
+                }
+                _ => Ok(()),
+            };
+        };
+        writer
             .send(req)
             .await
             .map_err(|e| Error::SandboxGone { id: self.sandbox.clone(), detail: format!("exec {}: {e}", self.exec) })
@@ -117,9 +129,57 @@ impl Engine {
     }
 
     /// Follows exec `exec` of sandbox `id` from offsets `from` (stdout, stderr): the bytes from there on are
-    /// replayed from the journal, then followed live.
+    /// replayed from the journal, then followed live. [`MAIN_EXEC`] is the sandbox's log (its main command's
+    /// output), which can be read after the sandbox ended too, until it is removed.
     pub async fn attach(&self, id: &str, exec: &str, from: [u64; 2]) -> Result<ExecStream> {
-        self.follow(id, Request::Attach { exec: exec.to_string(), from }, exec, from).await
+        if exec == MAIN_EXEC && self.get(id).await?.state.is_final() {
+            return self.kept_log(id, from).await;
+        }
+        let followed = self.follow(id, Request::Attach { exec: exec.to_string(), from }, exec, from).await;
+        match followed {
+            // It is ending or ended just now: its log is read where it is kept, once the end is recorded.
+            Err(Error::NotRunning { .. } | Error::SandboxGone { .. }) if exec == MAIN_EXEC => {
+                let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+                while !self.get(id).await?.state.is_final() && tokio::time::Instant::now() < deadline {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                self.kept_log(id, from).await
+            }
+            other => other,
+        }
+    }
+
+    /// The log of an ended sandbox, from where [`Engine::logs_dir`] keeps it.
+    async fn kept_log(&self, id: &str, from: [u64; 2]) -> Result<ExecStream> {
+        let rec = self.get(id).await?;
+        let dir = self.logs_dir(id);
+        let progress = hangar_journal::Progress::load(&dir)
+            .ok_or_else(|| Error::ExecNotFound { id: id.to_string(), exec: MAIN_EXEC.to_string() })?;
+        let info = ExecInfo {
+            id: MAIN_EXEC.to_string(),
+            argv: rec.command,
+            pid: 0,
+            started_at_ms: rec.created_at_ms,
+            tty: false,
+            merged: true,
+            stdin_open: false,
+            stdin_acked: 0,
+            written: progress.written,
+            attached: 0,
+            end: progress.end.clone(),
+            expired: false,
+        };
+        Ok(ExecStream {
+            sandbox: id.to_string(),
+            protocol: hangar_agent_protocol::VERSION,
+            info,
+            conn: None,
+            reader: hangar_journal::Reader::new(dir, from),
+            progress,
+            kept_at: None,
+            feeder: None,
+            done: false,
+        })
     }
 
     async fn follow(&self, id: &str, req: Request, subject: &str, from: [u64; 2]) -> Result<ExecStream> {
@@ -130,15 +190,16 @@ impl Engine {
             other => return Err(self.unexpected(id, subject, other)),
         };
         let reader = hangar_journal::Reader::new(self.sandbox_dir(id).join(hangar_journal::dir(&info.id)), from);
+        let kept_at = (info.id == MAIN_EXEC).then(|| self.logs_dir(id));
         let writer = conn.writer();
         Ok(ExecStream {
             sandbox: id.to_string(),
             protocol,
             info,
-            conn,
-            writer,
+            conn: Some((conn, writer)),
             reader,
             progress: Progress::default(),
+            kept_at,
             feeder: None,
             done: false,
         })
@@ -259,8 +320,57 @@ impl ExecStream {
         ExecControl {
             sandbox: self.sandbox.clone(),
             exec: self.info.id.clone(),
-            writer: self.writer.clone(),
+            writer: self.conn.as_ref().map(|(_, w)| w.clone()),
             protocol: self.protocol,
+        }
+    }
+
+    /// Moves the start to the last `lines` lines of each stream (see [`hangar_journal::Reader::seek_tail`]),
+    /// as journaled now. Call before the first [`ExecStream::next`].
+    pub async fn seek_tail(&mut self, lines: u64) -> Result<()> {
+        if let Some((conn, _)) = self.conn.as_mut() {
+            // The agent's first snapshot follows the exec's info at once.
+            match conn.recv::<Response>().await {
+                Ok(Some(Response::Progress(p))) => self.progress = p,
+                other => {
+                    return Err(Error::SandboxGone {
+                        id: self.sandbox.clone(),
+                        detail: format!("exec {}: no journal progress ({other:?})", self.info.id),
+                    })
+                }
+            }
+        }
+        for i in 0..2 {
+            self.reader
+                .seek_tail(&self.progress, i, lines)
+                .map_err(|e| Error::io("read journal of exec", &self.info.id, e))?;
+        }
+        self.control().send(&Request::Ack { pos: self.reader.position() }).await
+    }
+
+    /// The agent is gone: the end the journal recorded (the main command's log keeps one), else the end of
+    /// an exec whose sandbox went away, after what was journaled.
+    fn writer_gone(&mut self) -> ExecEnd {
+        use hangar_journal::Progress;
+        if self.kept_at.is_some() {
+            let kept = Progress::load(self.reader.dir())
+                .or_else(|| self.moved_away().then(|| Progress::load(self.reader.dir())).flatten());
+            if let Some((p, end)) = kept.and_then(|p| p.end.clone().map(|end| (p, end))) {
+                self.progress = p;
+                return end;
+            }
+        }
+        ExecEnd::sandbox_gone(self.progress.written)
+    }
+
+    /// Whether the journal moved to where the log is kept (the reader then reads it there).
+    fn moved_away(&mut self) -> bool {
+        match &self.kept_at {
+            Some(kept) if kept.as_path() != self.reader.dir() && kept.is_dir() => {
+                self.reader.set_dir(kept.clone());
+                true
+            }
+            _ => false,
         }
     }
 
@@ -271,8 +381,11 @@ impl ExecStream {
             if self.done {
                 return Ok(None);
             }
-            let ev =
-                self.reader.next(&self.progress).map_err(|e| Error::io("read journal of exec", &self.info.id, e))?;
+            let ev = match self.reader.next(&self.progress) {
+                // The sandbox ended and its log was moved to where it is kept, before this reader opened it.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound && self.moved_away() => continue,
+                r => r.map_err(|e| Error::io("read journal of exec", &self.info.id, e))?,
+            };
             match ev {
                 Some(ExecEvent::Exit(end)) => {
                     self.done = true;
@@ -287,7 +400,15 @@ impl ExecStream {
                 }
                 None => {}
             }
-            match self.conn.recv::<Response>().await {
+            let Some((conn, _)) = self.conn.as_mut() else {
+                // A stored log holds its final progress: nothing more will come.
+                self.done = true;
+                return Err(Error::SandboxGone {
+                    id: self.sandbox.clone(),
+                    detail: format!("exec {}: the kept journal ended early", self.info.id),
+                });
+            };
+            match conn.recv::<Response>().await {
                 Ok(Some(Response::Progress(p))) => self.progress = p,
                 Ok(Some(other)) => {
                     self.done = true;
@@ -299,7 +420,8 @@ impl ExecStream {
                 Ok(None) | Err(_) if self.progress.end.is_none() => {
                     // The agent is gone, and the sandbox with it: the exec ended with it. What it journaled is
                     // still delivered; the end's totals say how much that was.
-                    self.progress.end = Some(ExecEnd::sandbox_gone(self.progress.written));
+                    let end = self.writer_gone();
+                    self.progress.end = Some(end);
                 }
                 Ok(None) | Err(_) => {
                     self.done = true;

@@ -13,6 +13,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::launch::START_TIMEOUT;
+use hangar_types::MAIN_EXEC;
+/// The directory, among the sandboxes' own, that holds ended sandboxes' logs (see [`Engine::logs_dir`]).
+const LOGS_DIR: &str = ".logs";
 /// A sandbox still `pulling` after this long, with nobody finishing it, is considered abandoned.
 const PULL_TIMEOUT: Duration = Duration::from_secs(3600);
 
@@ -59,7 +62,20 @@ impl Engine {
             }
             None => None,
         };
-        Ok(Arc::new(Self { cfg, store, images, cgroups, volume, finishing: tokio::sync::Mutex::new(()) }))
+        let engine = Self { cfg, store, images, cgroups, volume, finishing: tokio::sync::Mutex::new(()) };
+        engine.forget_orphaned_logs();
+        Ok(Arc::new(engine))
+    }
+
+    /// Logs whose sandbox record is gone (an engine that crashed while removing it) are removed.
+    fn forget_orphaned_logs(&self) {
+        let Ok(dir) = std::fs::read_dir(self.cfg.state_dir.join("sandboxes").join(LOGS_DIR)) else { return };
+        for entry in dir.flatten() {
+            let id = entry.file_name().to_string_lossy().into_owned();
+            if matches!(self.store.get(&id), Ok(None)) {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
     }
 
     /// The engine's configuration.
@@ -99,6 +115,41 @@ impl Engine {
         self.cfg.state_dir.join("sandboxes").join(id)
     }
 
+    /// Where an ended sandbox's log (its main command's journal) is kept until the sandbox is forgotten. On
+    /// the volume of the sandbox directories, so that keeping it is a rename.
+    pub(crate) fn logs_dir(&self, id: &str) -> PathBuf {
+        self.cfg.state_dir.join("sandboxes").join(LOGS_DIR).join(id)
+    }
+
+    /// Moves the main command's journal out of the sandbox's directory (which goes next), with its final
+    /// progress: the one the agent recorded, or, when the agent died first, what its files tell.
+    fn keep_logs(&self, id: &str) {
+        use hangar_journal::Progress;
+        let dir = self.sandbox_dir(id);
+        let from = dir.join(hangar_journal::dir(MAIN_EXEC));
+        if !from.is_dir() {
+            return;
+        }
+        if Progress::load(&from).is_none() {
+            let recovered = Progress::recover(&from, hangar_types::LOG_JOURNAL_CAP).map(|mut p| {
+                p.end = Some(crate::ExecEnd::sandbox_gone(p.written));
+                p
+            });
+            let saved = recovered.and_then(|p| {
+                let d = std::fs::File::open(&dir)?;
+                hangar_journal::persist(std::os::fd::AsFd::as_fd(&d), MAIN_EXEC, &p)
+            });
+            if let Err(e) = saved {
+                tracing::warn!(sandbox = id, "the log's end could not be recovered: {e}");
+            }
+        }
+        let to = self.logs_dir(id);
+        let moved = to.parent().map_or(Ok(()), std::fs::create_dir_all).and_then(|()| std::fs::rename(&from, &to));
+        if let Err(e) = moved {
+            tracing::warn!(sandbox = id, "the log could not be kept: {e}");
+        }
+    }
+
     pub(crate) fn socket_path(&self, id: &str) -> PathBuf {
         self.sandbox_dir(id).join("agent.sock")
     }
@@ -114,6 +165,7 @@ impl Engine {
         let Some(keep) = self.cfg.ended_retention else { return Ok(()) };
         for id in self.store.expire_ended(now_ms().saturating_sub(keep.as_millis() as u64))? {
             self.cleanup(&id).await;
+            let _ = std::fs::remove_dir_all(self.logs_dir(&id));
         }
         Ok(())
     }
@@ -247,6 +299,7 @@ impl Engine {
         };
         // Record first: a concurrent finisher still finds exit.json until the record is final.
         self.store.set_ended(id, &ending)?;
+        self.keep_logs(id);
         self.cleanup(id).await;
         Ok(())
     }
@@ -296,6 +349,7 @@ impl Engine {
     pub async fn remove(&self, id: &str) -> Result<()> {
         self.stop(id, crate::DEFAULT_STOP_GRACE).await?;
         self.cleanup(id).await;
+        let _ = std::fs::remove_dir_all(self.logs_dir(id));
         if !self.store.delete(id)? {
             return Err(Error::NotFound(id.to_string()));
         }

@@ -30,6 +30,10 @@ pub const MIN_CAP: u64 = 64 << 10;
 /// Most of a stream's start that is kept whatever the cap drops (a quarter of the cap, at most this).
 pub const MAX_HEAD: u64 = 8 << 20;
 
+/// The file in a journal's directory holding its final [`Progress`] (written by [`persist`] when the exec
+/// ended), so a journal can be read after its writer is gone.
+pub const PROGRESS_FILE: &str = "progress.json";
+
 /// The directory of exec `exec`'s journal, relative to the sandbox's state directory.
 ///
 /// ```
@@ -103,7 +107,7 @@ impl Writer {
 
     fn with_files(files: [File; 2], cap: u64) -> Self {
         let cap = cap.max(MIN_CAP);
-        let head = (cap / 4).min(MAX_HEAD);
+        let head = head_of(cap);
         let stream =
             |file| Stream { file: Some(file), written: 0, dropped_to: head, lost: vec![], crc: Default::default() };
         let [out, err] = files;
@@ -236,6 +240,57 @@ impl Writer {
     }
 }
 
+/// The kept head of a journal with cap `cap` (already raised to [`MIN_CAP`]).
+fn head_of(cap: u64) -> u64 {
+    (cap / 4).min(MAX_HEAD)
+}
+
+/// Writes `p` as exec `exec`'s final progress ([`PROGRESS_FILE`]) under `state_dir`, atomically.
+pub fn persist(state_dir: BorrowedFd<'_>, exec: &str, p: &Progress) -> io::Result<()> {
+    use nix::fcntl::{openat, renameat, OFlag};
+    let rel = dir(exec);
+    let (tmp, to) = (format!("{rel}/{PROGRESS_FILE}.tmp"), format!("{rel}/{PROGRESS_FILE}"));
+    let flags = OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_TRUNC | OFlag::O_CLOEXEC;
+    let f = File::from(openat(state_dir, tmp.as_str(), flags, nix::sys::stat::Mode::from_bits_truncate(0o600))?);
+    f.write_all_at(&serde_json::to_vec(p).map_err(io::Error::other)?, 0)?;
+    renameat(state_dir, tmp.as_str(), state_dir, to.as_str())?;
+    Ok(())
+}
+
+impl Progress {
+    /// The final progress [`persist`]ed in journal directory `dir`, if there is one.
+    pub fn load(dir: &std::path::Path) -> Option<Progress> {
+        serde_json::from_slice(&std::fs::read(dir.join(PROGRESS_FILE)).ok()?).ok()
+    }
+
+    /// What can be known of a journal in `dir` (cap `cap`) whose writer died without [`persist`]ing: its
+    /// lengths, and the range the cap dropped (found as the hole punched after the head, to a filesystem
+    /// block). No end: the caller decides what the exec's end was.
+    pub fn recover(dir: &std::path::Path, cap: u64) -> io::Result<Progress> {
+        use std::os::fd::AsFd;
+        let head = head_of(cap.max(MIN_CAP));
+        let mut p = Progress { head, dropped_to: [head; 2], ..Default::default() };
+        for (i, name) in FILES.iter().enumerate() {
+            let f = match File::open(dir.join(name)) {
+                Ok(f) => f,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e),
+            };
+            let len = f.metadata()?.len();
+            p.written[i] = len;
+            if len > head {
+                let data = nix::unistd::lseek(f.as_fd(), head as i64, nix::unistd::Whence::SeekData);
+                p.dropped_to[i] = match data {
+                    Ok(at) => (at as u64).clamp(head, len),
+                    Err(nix::errno::Errno::ENXIO) => len,
+                    Err(_) => head,
+                };
+            }
+        }
+        Ok(p)
+    }
+}
+
 /// The reading side: follows one exec's journal files from given offsets, turning [`Progress`] snapshots
 /// into output (read straight from the files) and explicit gaps, both streams alternating so neither starves.
 pub struct Reader {
@@ -255,6 +310,48 @@ impl Reader {
     /// Offsets (stdout, stderr) up to which events have been handed out.
     pub fn position(&self) -> [u64; 2] {
         self.pos
+    }
+
+    /// The directory read.
+    pub fn dir(&self) -> &std::path::Path {
+        &self.dir
+    }
+
+    /// Reads the journal from directory `dir` from now on (it was moved; files already open stay open).
+    pub fn set_dir(&mut self, dir: PathBuf) {
+        self.dir = dir;
+    }
+
+    /// Moves stream `i`'s position to the start of its last `lines` lines, as `p` knows them (a last line
+    /// without its newline counts). Never into bytes the cap dropped: with fewer lines after a dropped range,
+    /// it starts where that range ends.
+    pub fn seek_tail(&mut self, p: &Progress, i: usize, lines: u64) -> io::Result<()> {
+        const BLOCK: u64 = 64 << 10;
+        let end = p.written[i];
+        let mut floor = if p.dropped_to[i] > p.head && p.dropped_to[i] <= end { p.dropped_to[i] } else { 0 };
+        floor = p.lost[i].iter().map(|r| r.1).filter(|&to| to <= end).fold(floor, u64::max);
+        let (mut at, mut found, mut start) = (end, 0u64, floor);
+        if lines == 0 {
+            start = end;
+        }
+        'scan: while lines > 0 && at > floor {
+            let n = (at - floor).min(BLOCK);
+            at -= n;
+            let block = self.read_at(i, at, n)?;
+            for (k, b) in block.iter().enumerate().rev() {
+                let pos = at + k as u64;
+                // The newline that ends the last line does not start one.
+                if *b == b'\n' && pos + 1 != end {
+                    found += 1;
+                    if found == lines {
+                        start = pos + 1;
+                        break 'scan;
+                    }
+                }
+            }
+        }
+        self.pos[i] = start;
+        Ok(())
     }
 
     /// The next event `p` makes available: output or a gap of either stream, or — once every byte of both
@@ -301,6 +398,10 @@ impl Reader {
     }
 
     fn read(&mut self, i: usize, len: u64) -> io::Result<bytes::Bytes> {
+        Ok(self.read_at(i, self.pos[i], len)?.into())
+    }
+
+    fn read_at(&mut self, i: usize, at: u64, len: u64) -> io::Result<Vec<u8>> {
         if self.files[i].is_none() {
             let path = self.dir.join(FILES[i]);
             let f = File::open(&path).map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
@@ -308,9 +409,9 @@ impl Reader {
         }
         let mut buf = vec![0u8; len as usize];
         let file = self.files[i].as_ref().expect("opened above");
-        file.read_exact_at(&mut buf, self.pos[i])
+        file.read_exact_at(&mut buf, at)
             .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", self.dir.join(FILES[i]).display())))?;
-        Ok(buf.into())
+        Ok(buf)
     }
 }
 

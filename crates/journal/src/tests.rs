@@ -121,7 +121,7 @@ fn below_the_cap_every_byte_arrives_in_order_then_the_exit() {
     w.close();
     let rest = drain(&mut r, &w.progress(Some(end.clone())));
     assert_eq!(rest.end, Some(end.clone()));
-    assert_eq!(rest.data, [vec![], vec![]], "nothing twice");
+    assert_eq!(rest.data, [Vec::<u8>::new(), Vec::new()], "nothing twice");
     let mut crc = crc32fast::Hasher::new();
     crc.update(&bytes_from(0, 300_000));
     assert_eq!(end.crc32[0], crc.finalize());
@@ -274,4 +274,84 @@ fn removal_leaves_nothing() {
     w.close();
     Writer::remove(d.fd.as_fd(), "ex-1");
     assert!(!d.path.join("execs/ex-1").exists());
+}
+
+/// Appends `text` to stream `i` (small enough for one append).
+fn write_text(w: &mut Writer, i: usize, text: &str) {
+    w.append(i, text.as_bytes(), false).unwrap();
+}
+
+fn tail(d: &Dir, p: &Progress, lines: u64) -> String {
+    let mut r = d.reader([0, 0]);
+    r.seek_tail(p, 0, lines).unwrap();
+    String::from_utf8(drain(&mut r, p).data[0].clone()).unwrap()
+}
+
+#[test]
+fn a_tail_starts_at_the_nth_line_from_the_end_whether_or_not_the_last_line_is_ended() {
+    let d = Dir::new();
+    let mut w = d.writer(1 << 20);
+    write_text(&mut w, 0, "one\ntwo\n\nfour\n");
+    let p = w.progress(None);
+    assert_eq!(tail(&d, &p, 1), "four\n");
+    assert_eq!(tail(&d, &p, 2), "\nfour\n", "an empty line is a line");
+    assert_eq!(tail(&d, &p, 4), "one\ntwo\n\nfour\n");
+    assert_eq!(tail(&d, &p, 100), "one\ntwo\n\nfour\n", "more lines than there are: everything");
+    assert_eq!(tail(&d, &p, 0), "");
+    write_text(&mut w, 0, "fi");
+    let p = w.progress(None);
+    assert_eq!(tail(&d, &p, 1), "fi", "an unfinished last line counts");
+    assert_eq!(tail(&d, &p, 2), "four\nfi");
+}
+
+#[test]
+fn a_tail_longer_than_a_block_and_one_that_reaches_a_dropped_range() {
+    let d = Dir::new();
+    let cap = MIN_CAP;
+    let mut w = d.writer(cap);
+    // Lines of 1000 bytes: ten of them span more than one 64 KiB scan block boundary only in total.
+    let line = |n: u64| format!("{:0999}\n", n);
+    for n in 0..200 {
+        write_text(&mut w, 0, &line(n));
+        w.make_room(0);
+    }
+    let p = w.progress(None);
+    assert!(p.dropped_to[0] > p.head, "the cap dropped a middle: {p:?}");
+    let t = tail(&d, &p, 3);
+    assert_eq!(t, format!("{}{}{}", line(197), line(198), line(199)));
+    // Asking for more lines than survive after the dropped range: from where it ends, never into it.
+    let mut r = d.reader([0, 0]);
+    r.seek_tail(&p, 0, 1_000_000).unwrap();
+    assert_eq!(r.position()[0], p.dropped_to[0]);
+    let got = drain(&mut r, &p);
+    assert!(got.gaps[0].is_empty(), "{:?}", got.gaps);
+    assert_eq!(got.data[0].len() as u64, p.written[0] - p.dropped_to[0]);
+}
+
+#[test]
+fn a_persisted_progress_reads_back_and_a_lost_one_is_recovered_from_the_files() {
+    let d = Dir::new();
+    let mut w = d.writer(MIN_CAP);
+    fill(&mut w, 0, 5 * MIN_CAP);
+    fill(&mut w, 1, 1000);
+    let end = end_of(&w);
+    w.close();
+    let p = w.progress(Some(end));
+    let jdir = d.path.join(dir("ex-1"));
+    assert_eq!(Progress::load(&jdir), None, "nothing persisted yet");
+    let recovered = Progress::recover(&jdir, MIN_CAP).unwrap();
+    assert_eq!(recovered.written, p.written);
+    assert_eq!(recovered.head, p.head);
+    // The punched range is found to a filesystem block: never past the real drop point, and close to it.
+    let block = 4096;
+    assert!(recovered.dropped_to[0] <= p.dropped_to[0], "{recovered:?} vs {p:?}");
+    assert!(recovered.dropped_to[0] + block > p.dropped_to[0], "{recovered:?} vs {p:?}");
+    assert_eq!(recovered.dropped_to[1], p.head, "nothing dropped from the short stream");
+    assert_eq!(recovered.end, None);
+    persist(d.fd.as_fd(), "ex-1", &p).unwrap();
+    assert_eq!(Progress::load(&jdir), Some(p.clone()));
+    // A reader of the persisted journal gets the head, the one gap and the tail, then the end.
+    let got = drain(&mut d.reader([0, 0]), &p);
+    assert_eq!(got.gaps[0], vec![(p.head, p.dropped_to[0])]);
+    assert!(got.end.is_some());
 }

@@ -218,22 +218,33 @@ impl Client {
         }
     }
 
+    /// Follows exec `exec` from offsets `from`, or from the last `tail` lines of each stream.
     pub(crate) async fn attach(
         &self,
         id: &str,
         exec: &str,
         from: [u64; 2],
+        tail: Option<u64>,
         keepalive: Option<Duration>,
     ) -> Result<ExecHandle> {
         match &self.backend {
             #[cfg(feature = "embedded")]
             Backend::Embedded(e) => {
-                let stream = e.attach(id, exec, from).await?;
+                let mut stream = e.attach(id, exec, from).await?;
+                if let Some(lines) = tail {
+                    stream.seek_tail(lines).await?;
+                }
+                let from = stream.position();
                 Ok(self.embedded_handle(id, stream, from))
             }
             Backend::Remote(r) => {
-                let command = r.execs(id).await?.into_iter().find(|x| x.id == exec).map(|x| x.argv).unwrap_or_default();
-                let x = r.attach(id, exec, from, keepalive).await?;
+                // The main command is no exec in the list: its command is the sandbox's.
+                let command = match exec == hangar_types::MAIN_EXEC {
+                    true => r.get(id).await?.command,
+                    false => r.execs(id).await?.into_iter().find(|x| x.id == exec).map(|x| x.argv).unwrap_or_default(),
+                };
+                let x = r.attach(id, exec, from, tail, keepalive).await?;
+                let from = x.start;
                 Ok(ExecHandle::new(self.clone(), id, command, Inner::Remote(x), from))
             }
         }

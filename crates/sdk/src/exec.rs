@@ -371,7 +371,7 @@ impl<'a> Exec<'a> {
         let client = &self.sb.client;
         match self.attach {
             None => client.exec(&self.sb.id, self.spec, self.input, self.keepalive).await,
-            Some((exec, from)) => client.attach(&self.sb.id, &exec, from, self.keepalive).await,
+            Some((exec, from)) => client.attach(&self.sb.id, &exec, from, None, self.keepalive).await,
         }
     }
 

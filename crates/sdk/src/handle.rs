@@ -85,6 +85,8 @@ pub struct ExecHandle {
     received: [u64; 2],
     crc: [crc32fast::Hasher; 2],
     pub(crate) gaps: Vec<(OutputStream, u64, u64)>,
+    /// Bytes journaled when the handle attached, and whether the exec had ended then.
+    pub(crate) journaled: ([u64; 2], bool),
     done: bool,
 }
 
@@ -104,6 +106,11 @@ impl ExecHandle {
             Inner::Remote(r) => InputKind::Remote(r.stdin.clone()),
         };
         let input = ExecInput { sandbox: sandbox.to_string(), exec: id.clone(), client, kind };
+        let journaled = match &inner {
+            #[cfg(feature = "embedded")]
+            Inner::Embedded(s) => (s.info().written, s.info().end.is_some()),
+            Inner::Remote(r) => r.journaled,
+        };
         Self {
             sandbox: sandbox.to_string(),
             id,
@@ -114,6 +121,7 @@ impl ExecHandle {
             received: from,
             crc: Default::default(),
             gaps: Vec::new(),
+            journaled,
             done: false,
         }
     }

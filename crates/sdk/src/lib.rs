@@ -29,6 +29,7 @@ mod client;
 mod error;
 mod exec;
 mod handle;
+mod logs;
 mod remote;
 mod sandbox;
 
@@ -43,4 +44,5 @@ pub use hangar_types::{
     Ending, ExecEnd, ExecEvent, ExecInfo, OnDisconnect, Output, OutputStream, SandboxInfo, SandboxState, StartFailure,
     StartFailureKind, Usage,
 };
+pub use logs::{LogStream, Logs, SandboxLog};
 pub use sandbox::{Sandbox, SandboxBuilder};

@@ -430,6 +430,21 @@ impl Sandbox {
         Exec::attach(self, exec_id.into())
     }
 
+    /// The sandbox's log: its main command's output (stdout and stderr in the order written), while it runs
+    /// and after it ended, until the sandbox is deleted. Configure what to read with the [`crate::Logs`]
+    /// methods.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> hangar::Result<()> {
+    /// let sb = hangar::Sandbox::builder().command("sh").args(["-c", "echo ready; sleep 1"]).create().await?;
+    /// let log = sb.logs().follow(true).collect().await?;
+    /// assert_eq!(log.text(), "ready\n");
+    /// # Ok(()) }
+    /// ```
+    pub fn logs(&self) -> crate::Logs<'_> {
+        crate::Logs::new(self)
+    }
+
     /// The sandbox's execs, oldest first: running ones, and finished ones whose record is still kept.
     ///
     /// ```no_run

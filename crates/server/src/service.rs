@@ -321,7 +321,10 @@ impl SandboxService for SandboxApi {
                     return Err(invalid("exec_id", "is empty"));
                 }
                 let from = [a.stdout_offset, a.stderr_offset];
-                let stream = self.engine.attach(&a.sandbox_id, &a.exec_id, from).await.map_err(from_engine)?;
+                let mut stream = self.engine.attach(&a.sandbox_id, &a.exec_id, from).await.map_err(from_engine)?;
+                if let Some(lines) = a.tail_lines {
+                    stream.seek_tail(lines).await.map_err(from_engine)?;
+                }
                 self.metrics.exec_attaches.fetch_add(1, Relaxed);
                 (a.sandbox_id, stream, keepalive(a.keepalive_ms))
             }
@@ -336,6 +339,11 @@ impl SandboxService for SandboxApi {
             stdin_open: info.stdin_open,
             tty: info.tty,
             merged: info.merged,
+            stdout_offset: stream.position()[0],
+            stderr_offset: stream.position()[1],
+            stdout_written: info.written[0],
+            stderr_written: info.written[1],
+            ended: info.end.is_some(),
         };
         let exec_id = info.id.clone();
         // Best effort: an agent that cannot take it applies the client's policy as it always did.

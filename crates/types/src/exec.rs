@@ -113,6 +113,9 @@ impl ExecSpec {
         if let Some(id) = self.id.as_deref().filter(|id| !valid_exec_id(id)) {
             return Err(Invalid::new("exec_id", format!("{id:?}: use 1-128 of [A-Za-z0-9._-], not starting with '.'")));
         }
+        if self.id.as_deref() == Some(crate::MAIN_EXEC) {
+            return Err(Invalid::new("exec_id", "\"main\" is the sandbox's main command (attach to it for its logs)"));
+        }
         if self.cwd.as_deref().is_some_and(|c| c.contains('\0')) {
             return Err(Invalid::new("cwd", "contains a NUL byte"));
         }

@@ -46,6 +46,12 @@ pub const MAX_JOURNAL_CAP: u64 = 64 << 30;
 pub const DEFAULT_EXEC_RETAIN: Duration = Duration::from_secs(600);
 /// Bytes of output an exec's journal keeps per stream unless the exec says otherwise.
 pub const DEFAULT_JOURNAL_CAP: u64 = 1 << 30;
+/// The exec id of a sandbox's main command. Its output (stdout and stderr on one pipe, in the order it was
+/// written) is journaled like an exec's: attaching to this id follows the sandbox's logs, also after the
+/// sandbox ended, until its record is removed. Clients cannot start an exec of their own with this id.
+pub const MAIN_EXEC: &str = "main";
+/// Bytes of the main command's output kept (beyond it, the first 8 MiB and the newest bytes survive).
+pub const LOG_JOURNAL_CAP: u64 = 64 << 20;
 /// Longest client-chosen request id.
 pub const MAX_REQUEST_ID: usize = 256;
 

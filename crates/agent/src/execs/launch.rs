@@ -33,30 +33,8 @@ pub(crate) fn start(state: &Shared, r: ExecSpec) -> Result<ExecRef, (ErrorKind, 
     let io_err = |what: &str, e: io::Error| err(ErrorKind::Other, format!("exec {id}: {what}: {e}"));
     let journal = hangar_journal::Writer::create(state_dir(), &id, r.journal_cap.unwrap_or(DEFAULT_CAP))
         .map_err(|e| io_err("journal", e))?;
-    let exec = Rc::new(RefCell::new(Exec {
-        id: id.clone(),
-        argv: r.argv.clone(),
-        pid: 0,
-        started_at_ms: hangar_types::now_ms(),
-        started: Instant::now(),
-        tty: r.output.is_pty(),
-        merged: r.output == Output::Merged,
-        journal,
-        progress: watch::channel(Progress::default()).0,
-        space: Rc::new(Notify::new()),
-        stdin: Rc::new(tokio::sync::Mutex::new(None)),
-        stdin_open: false,
-        stdin_acked: 0,
-        pty: None,
-        cgroup: None,
-        killed_for: None,
-        end: None,
-        ended: None,
-        expired: false,
-        policy: r.on_disconnect,
-        retain: r.retain.unwrap_or(DEFAULT_RETAIN),
-        left_at: Instant::now(),
-    }));
+    let exec =
+        Exec::new(id.clone(), r.argv.clone(), journal, &r.output, r.on_disconnect, r.retain.unwrap_or(DEFAULT_RETAIN));
     {
         let mut st = state.borrow_mut();
         st.table.by_id.insert(id.clone(), exec.clone());
@@ -74,6 +52,67 @@ pub(crate) fn start(state: &Shared, r: ExecSpec) -> Result<ExecRef, (ErrorKind, 
         }
     }
     Ok(exec)
+}
+
+impl Exec {
+    fn new(
+        id: String,
+        argv: Vec<String>,
+        journal: hangar_journal::Writer,
+        output: &Output,
+        policy: OnDisconnect,
+        retain: Duration,
+    ) -> ExecRef {
+        Rc::new(RefCell::new(Exec {
+            id,
+            argv,
+            pid: 0,
+            started_at_ms: hangar_types::now_ms(),
+            started: Instant::now(),
+            tty: output.is_pty(),
+            merged: *output == Output::Merged,
+            journal,
+            progress: watch::channel(Progress::default()).0,
+            space: Rc::new(Notify::new()),
+            stdin: Rc::new(tokio::sync::Mutex::new(None)),
+            stdin_open: false,
+            stdin_acked: 0,
+            pty: None,
+            cgroup: None,
+            killed_for: None,
+            end: None,
+            ended: None,
+            expired: false,
+            policy,
+            retain,
+            left_at: Instant::now(),
+        }))
+    }
+}
+
+/// Journals the sandbox's main command (already started as `pid`, writing both its streams into the pipe
+/// `output` reads) as the exec [`MAIN_EXEC`]: its output is the sandbox's log, kept for as long as the
+/// sandbox's state directory, and its end is published like any exec's. Call before the reaper first runs.
+pub(crate) fn adopt_main(state: &Shared, pid: i32, output: OwnedFd, cgroup: ExecCgroup) -> io::Result<()> {
+    let argv = state.borrow().cfg.main.clone();
+    let journal = hangar_journal::Writer::create(state_dir(), MAIN_EXEC, hangar_types::LOG_JOURNAL_CAP)?;
+    let exec = Exec::new(MAIN_EXEC.into(), argv, journal, &Output::Merged, OnDisconnect::Keep, Duration::MAX);
+    {
+        let mut e = exec.borrow_mut();
+        e.pid = pid;
+        e.cgroup = Some(cgroup);
+    }
+    let exit_rx = expect_exit(state, pid);
+    {
+        let mut st = state.borrow_mut();
+        st.table.by_id.insert(MAIN_EXEC.into(), exec.clone());
+        st.table.order.push(MAIN_EXEC.into());
+        st.live_execs += 1;
+    }
+    let (exited_tx, exited_rx) = watch::channel(false);
+    let pump = tokio::task::spawn_local(pump(exec.clone(), 0, nonblocking(output)?, exited_rx));
+    tokio::task::spawn_local(supervise(state.clone(), exec, exit_rx, vec![pump], exited_tx));
+    Ok(())
 }
 
 /// Starts the process with its pipes (or terminal) and cgroup, and the tasks that journal and supervise it.

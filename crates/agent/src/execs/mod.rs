@@ -13,7 +13,7 @@ use hangar_agent_protocol::{
     Ending, ErrorKind, ExecEnd, ExecInfo, ExecSpec, OnDisconnect, Progress, Request, Response, StartFailure, Usage,
 };
 use hangar_runtime::cgroups::ExecCgroup;
-use hangar_types::Output;
+use hangar_types::{Output, MAIN_EXEC};
 use nix::sys::signal::{kill, Signal};
 use nix::sys::wait::WaitStatus;
 use nix::unistd::Pid;
@@ -47,7 +47,7 @@ mod stdin;
 use launch::start;
 use running::{pump, retain, supervise};
 
-pub(crate) use launch::{refill_spare, start_failure};
+pub(crate) use launch::{adopt_main, refill_spare, start_failure};
 pub(crate) use serve::{attach, start_and_attach};
 pub(crate) use stdin::stdin;
 
@@ -222,7 +222,15 @@ fn lookup(state: &Shared, id: &str) -> Result<ExecRef, (ErrorKind, String)> {
 pub(crate) fn list(state: &Shared) -> Response {
     let st = state.borrow();
     Response::Execs {
-        execs: st.table.order.iter().filter_map(|id| st.table.by_id.get(id)).map(|e| e.borrow().info()).collect(),
+        // The main command is the sandbox's log, not an exec anyone ran.
+        execs: st
+            .table
+            .order
+            .iter()
+            .filter(|id| *id != MAIN_EXEC)
+            .filter_map(|id| st.table.by_id.get(id))
+            .map(|e| e.borrow().info())
+            .collect(),
     }
 }
 
@@ -234,9 +242,10 @@ pub(crate) fn signal(state: &Shared, id: &str, signal: i32) -> Response {
     }
 }
 
-/// Marks every running exec as ended by the sandbox's end (called as the sandbox shuts down).
+/// Marks every running exec as ended by the sandbox's end (called as the sandbox shuts down). The main
+/// command's end is its own status.
 pub(crate) fn sandbox_ending(state: &Shared) {
-    for e in state.borrow().table.running() {
+    for e in state.borrow().table.running().into_iter().filter(|e| e.borrow().id != MAIN_EXEC) {
         e.borrow_mut().killed_for.get_or_insert(Ending::SandboxGone);
     }
 }

@@ -117,6 +117,13 @@ pub(super) async fn supervise(
         ex.journal.close();
         ex.stdin_open = false;
         ex.publish();
+        if ex.id == MAIN_EXEC {
+            // The log is read after the agent is gone too: its end and gaps must be on disk.
+            let p = ex.journal.progress(ex.end.clone());
+            if let Err(err) = hangar_journal::persist(state_dir(), MAIN_EXEC, &p) {
+                crate::log!("the main command's log: {err}");
+            }
+        }
         ex.stdin.clone()
     };
     if let Ok(mut s) = stdin.try_lock() {
@@ -145,7 +152,9 @@ pub(super) async fn retain(state: Shared, e: ExecRef) {
         let (attached, due) = {
             let ex = e.borrow();
             let since = ex.ended.map_or(ex.left_at, |t| t.max(ex.left_at));
-            (ex.journal.readers() > 0, since + ex.retain)
+            // A retention too long to represent (the main command's) never ends.
+            let Some(due) = since.checked_add(ex.retain) else { return };
+            (ex.journal.readers() > 0, due)
         };
         if !attached && Instant::now() >= due {
             break;

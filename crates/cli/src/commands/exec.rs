@@ -78,6 +78,35 @@ pub(crate) async fn attach(id: String, exec: String, from: [u64; 2], interactive
     follow(h, interactive, false, None).await
 }
 
+/// `hangar logs`: a sandbox's log, as it stands or followed.
+pub(crate) async fn logs(id: String, follow: bool, since: u64, tail: Option<u64>, print_offset: bool) -> Result<u8> {
+    use std::io::Write;
+    let sb = Sandbox::from_id(&id).await?;
+    let mut logs = sb.logs().follow(follow).from_offset(since);
+    if let Some(n) = tail {
+        logs = logs.tail_lines(n);
+    }
+    let mut s = logs.start().await?;
+    while let Some(ev) = s.next_event().await? {
+        match ev {
+            ExecEvent::Output { data, .. } => {
+                let mut out = std::io::stdout().lock();
+                out.write_all(&data).and_then(|()| out.flush()).map_err(stdout_error)?;
+            }
+            ExecEvent::Gap { from, to, .. } => {
+                eprintln!(
+                    "hangar: bytes {from}..{to} of the log were dropped (its cap keeps the first 8 MiB and the newest)"
+                )
+            }
+            ExecEvent::Exit(_) => {}
+        }
+    }
+    if print_offset {
+        eprintln!("{}", s.position());
+    }
+    Ok(0)
+}
+
 /// `hangar execs`: a sandbox's execs.
 pub(crate) async fn execs(id: String, json: bool) -> Result<u8> {
     let execs = Sandbox::from_id(&id).await?.execs().await?;

@@ -4,4 +4,5 @@
 mod containment;
 mod exec;
 mod journal;
+mod logs;
 mod sandbox;

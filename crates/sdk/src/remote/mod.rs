@@ -196,26 +196,31 @@ impl Remote {
         let ka = keepalive.map(|d| d.as_millis().max(1) as u64).unwrap_or(0);
         // Always an id, so that a start whose answer was lost can be sent again without running twice.
         spec.id = Some(spec.id.unwrap_or_else(fresh_exec_id));
-        let exec = self.follow(id, In::Init(convert::exec_init(id, spec, ka)), [0, 0], ka).await?;
+        let exec = self.follow(id, In::Init(convert::exec_init(id, spec, ka)), ka).await?;
         if let Some(data) = input {
             exec.stdin.push(&data, true);
         }
         Ok(exec)
     }
 
-    /// Follows an existing exec from `from` (stdout, stderr offsets).
+    /// Follows an existing exec from `from` (stdout, stderr offsets), or from its last `tail` lines.
     pub(crate) async fn attach(
         &self,
         id: &str,
         exec: &str,
         from: [u64; 2],
+        tail: Option<u64>,
         keepalive: Option<Duration>,
     ) -> Result<RemoteExec> {
         let ka = keepalive.map(|d| d.as_millis().max(1) as u64).unwrap_or(0);
-        self.follow(id, attach_msg(id, exec, from, ka), from, ka).await
+        let mut first = attach_msg(id, exec, from, ka);
+        if let In::Attach(a) = &mut first {
+            a.tail_lines = tail;
+        }
+        self.follow(id, first, ka).await
     }
 
-    async fn follow(&self, id: &str, first: In, from: [u64; 2], keepalive_ms: u64) -> Result<RemoteExec> {
+    async fn follow(&self, id: &str, first: In, keepalive_ms: u64) -> Result<RemoteExec> {
         // Starting and attaching are idempotent (the exec has an id), so a broken connection is retried.
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         let mut backoff = Duration::from_millis(20);
@@ -230,17 +235,26 @@ impl Remote {
         };
         let stdin = Arc::new(StdinBuffer::new(ready.stdin_acked));
         let (ev_tx, events) = tokio::sync::mpsc::channel(4);
+        let start = [ready.stdout_offset, ready.stderr_offset];
+        let journaled = ([ready.stdout_written, ready.stderr_written], ready.ended);
         let driver = Driver {
             remote: self.clone(),
             sandbox: id.to_string(),
             exec: ready.exec_id.clone(),
-            pos: from,
+            pos: start,
             keepalive_ms,
             stdin: stdin.clone(),
             events: ev_tx,
         };
         let task = tokio::spawn(driver.run(conn, ready.stdin_acked));
-        Ok(RemoteExec { exec: ready.exec_id, events, stdin, _task: tokio_util::task::AbortOnDropHandle::new(task) })
+        Ok(RemoteExec {
+            exec: ready.exec_id,
+            start,
+            journaled,
+            events,
+            stdin,
+            _task: tokio_util::task::AbortOnDropHandle::new(task),
+        })
     }
 
     /// One StreamExec call: sends `first`, waits for `ready`.
@@ -326,6 +340,7 @@ fn attach_msg(id: &str, exec: &str, from: [u64; 2], keepalive_ms: u64) -> In {
         stdout_offset: from[0],
         stderr_offset: from[1],
         keepalive_ms,
+        tail_lines: None,
     })
 }
 
@@ -337,6 +352,10 @@ struct Connection {
 /// An exec followed through a server.
 pub(crate) struct RemoteExec {
     pub(crate) exec: String,
+    /// Where its output starts (stdout, stderr).
+    pub(crate) start: [u64; 2],
+    /// Bytes journaled when it was attached, and whether it had ended then.
+    pub(crate) journaled: ([u64; 2], bool),
     events: tokio::sync::mpsc::Receiver<Result<ExecEvent>>,
     pub(crate) stdin: Arc<StdinBuffer>,
     _task: tokio_util::task::AbortOnDropHandle<()>,
