@@ -324,7 +324,7 @@ impl Reader {
 
     /// Moves stream `i`'s position to the start of its last `lines` lines, as `p` knows them (a last line
     /// without its newline counts). Never into bytes the cap dropped: with fewer lines after a dropped range,
-    /// it starts where that range ends.
+    /// it starts where that range ends. `u64::MAX` lines: everything after the last dropped range, unread.
     pub fn seek_tail(&mut self, p: &Progress, i: usize, lines: u64) -> io::Result<()> {
         const BLOCK: u64 = 64 << 10;
         let end = p.written[i];
@@ -333,6 +333,9 @@ impl Reader {
         let (mut at, mut found, mut start) = (end, 0u64, floor);
         if lines == 0 {
             start = end;
+        }
+        if lines == u64::MAX {
+            at = floor;
         }
         'scan: while lines > 0 && at > floor {
             let n = (at - floor).min(BLOCK);

@@ -465,6 +465,26 @@ impl NativeSandbox {
         })
     }
 
+    /// The sandbox's log from `from_offset` (or its last `tail_lines` lines), as a `NativeLog`.
+    #[pyo3(signature = (*, follow=false, from_offset=0, tail_lines=None))]
+    fn logs<'py>(
+        &self,
+        py: Python<'py>,
+        follow: bool,
+        from_offset: u64,
+        tail_lines: Option<u64>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let sb = self.0.clone();
+        spawn(py, async move {
+            let mut logs = sb.logs().follow(follow).from_offset(from_offset);
+            if let Some(n) = tail_lines {
+                logs = logs.tail_lines(n);
+            }
+            let log = logs.start().await.map(NativeLog::pump);
+            reply(log, vec![], |py, log| Ok(Py::new(py, log)?.into_any()))
+        })
+    }
+
     fn execs<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         let sb = self.0.clone();
         spawn(py, async move { reply(sb.execs().await, vec![], |py, all| list_obj(py, &all, exec_info_obj)) })
@@ -567,35 +587,7 @@ impl NativeRun {
     /// there, up to about `max_bytes` of output. `None` once the events ended.
     #[pyo3(signature = (max_bytes=4 << 20))]
     fn next_batch<'py>(&self, py: Python<'py>, max_bytes: usize) -> PyResult<Bound<'py, PyAny>> {
-        let events = self.events.clone();
-        spawn(py, async move {
-            let mut rx = events.lock().await;
-            let Some(first) = rx.recv().await else {
-                return Box::new(|py: Python<'_>| Ok(py.None())) as Convert;
-            };
-            let size = |ev: &ExecEvent| match ev {
-                ExecEvent::Output { data, .. } => data.len(),
-                _ => 0,
-            };
-            let mut bytes = size(&first);
-            let mut batch = vec![first];
-            while bytes < max_bytes {
-                match rx.try_recv() {
-                    Ok(ev) => {
-                        bytes += size(&ev);
-                        batch.push(ev);
-                    }
-                    Err(_) => break,
-                }
-            }
-            reply(Ok(batch), vec![], |py, batch| {
-                let list = PyList::empty(py);
-                for ev in batch {
-                    list.append(event_obj(py, ev)?)?;
-                }
-                Ok(list.into_any().unbind())
-            })
-        })
+        next_batch(py, self.events.clone(), max_bytes)
     }
 
     /// The exec's `ExecResult`, or its typed error, once it ended (available once).
@@ -630,6 +622,100 @@ impl NativeRun {
     fn resize<'py>(&self, py: Python<'py>, rows: u16, cols: u16) -> PyResult<Bound<'py, PyAny>> {
         let input = self.input.clone();
         spawn(py, async move { reply(input.resize(rows, cols).await, vec![], none) })
+    }
+}
+
+/// The next events of a pumped stream (see `NativeRun::next_batch`).
+fn next_batch(py: Python<'_>, events: Arc<Mutex<mpsc::Receiver<ExecEvent>>>, max_bytes: usize) -> PyResult<Bound<'_, PyAny>> {
+    spawn(py, async move {
+        let mut rx = events.lock().await;
+        let Some(first) = rx.recv().await else {
+            return Box::new(|py: Python<'_>| Ok(py.None())) as Convert;
+        };
+        let size = |ev: &ExecEvent| match ev {
+            ExecEvent::Output { data, .. } => data.len(),
+            _ => 0,
+        };
+        let mut bytes = size(&first);
+        let mut batch = vec![first];
+        while bytes < max_bytes {
+            match rx.try_recv() {
+                Ok(ev) => {
+                    bytes += size(&ev);
+                    batch.push(ev);
+                }
+                Err(_) => break,
+            }
+        }
+        reply(Ok(batch), vec![], |py, batch| {
+            let list = PyList::empty(py);
+            for ev in batch {
+                list.append(event_obj(py, ev)?)?;
+            }
+            Ok(list.into_any().unbind())
+        })
+    })
+}
+
+/// A sandbox's log being read (`Sandbox::logs`): its events, pumped like an exec's, then its end.
+#[pyclass(module = "hangar_sandbox._native", frozen)]
+struct NativeLog {
+    /// Where the log's output starts (the offset asked for, or where the tail begins).
+    #[pyo3(get)]
+    start: u64,
+    events: Arc<Mutex<mpsc::Receiver<ExecEvent>>>,
+    outcome: Arc<Mutex<Option<oneshot::Receiver<hangar::Result<()>>>>>,
+    _pump: AbortOnDropHandle<()>,
+}
+
+impl NativeLog {
+    fn pump(mut log: hangar::LogStream) -> Self {
+        let (tx, rx) = mpsc::channel(READ_AHEAD);
+        let (done_tx, done_rx) = oneshot::channel();
+        let start = log.position();
+        let task = tokio::spawn(async move {
+            let outcome = loop {
+                match log.next_event().await {
+                    Ok(Some(ev)) => {
+                        if tx.send(ev).await.is_err() {
+                            break Ok(());
+                        }
+                    }
+                    Ok(None) => break Ok(()),
+                    Err(e) => break Err(e),
+                }
+            };
+            drop(tx);
+            let _ = done_tx.send(outcome);
+        });
+        NativeLog {
+            start,
+            events: Arc::new(Mutex::new(rx)),
+            outcome: Arc::new(Mutex::new(Some(done_rx))),
+            _pump: AbortOnDropHandle::new(task),
+        }
+    }
+}
+
+#[pymethods]
+impl NativeLog {
+    /// The next events, as `NativeRun::next_batch`; `None` once the log's read ended.
+    #[pyo3(signature = (max_bytes=4 << 20))]
+    fn next_batch<'py>(&self, py: Python<'py>, max_bytes: usize) -> PyResult<Bound<'py, PyAny>> {
+        next_batch(py, self.events.clone(), max_bytes)
+    }
+
+    /// After the last batch: `None`, or the typed error the read ended with.
+    fn finish<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let slot = self.outcome.clone();
+        spawn(py, async move {
+            let rx = slot.lock().await.take();
+            let outcome = match rx {
+                Some(rx) => rx.await.unwrap_or(Ok(())),
+                None => Ok(()),
+            };
+            reply(outcome, vec![], none)
+        })
     }
 }
 
@@ -679,6 +765,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<NativeClient>()?;
     m.add_class::<NativeSandbox>()?;
     m.add_class::<NativeRun>()?;
+    m.add_class::<NativeLog>()?;
     m.add_class::<LineBuffer>()?;
     m.add_class::<bridge::LoopBridge>()?;
     m.add_function(wrap_pyfunction!(parse_cpus, m)?)?;

@@ -246,3 +246,75 @@ def test_cwsandbox_files_binary_and_typed_errors(backend, python_image):
     assert r["same"] and r["sha"], r
     assert r["missing"][0] == "SandboxFileError" and r["missing"][2] == "CWSANDBOX_FILE_NOT_FOUND", r
     assert r["missing"][1] == r["missing"][3] == "/work/missing.txt", r
+
+
+LOGS = textwrap.dedent(
+    """
+    import json, os, time, grpc
+    from cwsandbox import Sandbox
+    from cwsandbox._proto import sandbox_pb2 as pb, sandbox_pb2_grpc as rpc
+    producer = "import sys, time\\nprint('starting', file=sys.stderr, flush=True)\\nfor i in range(12):\\n    print(f'line-{i:02d}', flush=True)\\n    time.sleep(0.15)\\ntime.sleep(1000)"
+    out = {}
+    sb = Sandbox(container_image="python:3.11", command="python", args=["-c", producer])
+    sb.start().result()
+    sb.wait()
+    t0 = time.monotonic()
+    arrivals = []
+    reader = sb.stream_logs(follow=True)
+    for line in reader:
+        arrivals.append([round(time.monotonic() - t0, 2), line])
+        if line.startswith("line-05"):
+            break
+    reader.close()
+    out["follow"] = arrivals
+    time.sleep(1.5)
+    t0 = time.monotonic()
+    out["now"] = list(sb.stream_logs())
+    out["now_took"] = round(time.monotonic() - t0, 2)
+    out["tail"] = list(sb.stream_logs(tail_lines=2))
+    target = os.environ["CWSANDBOX_BASE_URL"].removeprefix("http://")
+    auth = [("authorization", "Bearer " + os.environ["CWSANDBOX_API_KEY"])]
+    stub = rpc.SandboxServiceStub(grpc.insecure_channel(target))
+    frames = [(e.log_session_id, e.next_log_offset, e.data.decode()) for e in stub.StreamLogs(pb.StreamLogsRequest(sandbox_id=sb.sandbox_id), metadata=auth)]
+    out["frames"] = frames
+    session, offset = frames[0][0], frames[0][1]
+    rest = stub.StreamLogs(pb.StreamLogsRequest(sandbox_id=sb.sandbox_id, resume_log_session_id=session, resume_log_offset=offset), metadata=auth)
+    out["resumed"] = "".join(e.data.decode() for e in rest)
+    bad = next(iter(stub.StreamLogs(pb.StreamLogsRequest(sandbox_id=sb.sandbox_id, follow=True, resume_log_session_id="nope", resume_log_offset=3), metadata=auth)))
+    out["bad_session"] = [bad.error.code, bad.error.message]
+    past = next(iter(stub.StreamLogs(pb.StreamLogsRequest(sandbox_id=sb.sandbox_id, resume_log_session_id=session, resume_log_offset=1 << 40), metadata=auth)))
+    out["past"] = past.error.code
+    try:
+        list(sb.stream_logs(timestamps=True))
+        out["timestamps"] = "served"
+    except Exception as e:
+        out["timestamps"] = [type(e).__name__, str(e)]
+    sb.stop().result()
+    out["after_stop"] = list(sb.stream_logs())
+    print(json.dumps(out))
+    """
+)
+
+
+@pytest.mark.parametrize("backend", ["remote"], indirect=True)
+def test_cwsandbox_stream_logs_live_as_it_stands_tail_resume_and_after_stop(backend, python_image):
+    r = run_client(LOGS, cw_env(backend))
+    lines = [line for _, line in r["follow"]]
+    assert lines == ["starting\n"] + [f"line-{i:02d}\n" for i in range(6)], r["follow"]
+    times = [t for t, _ in r["follow"]]
+    assert times[-1] - times[1] > 0.45, f"the log arrived together, not live: {r['follow']}"
+    everything = ["starting\n"] + [f"line-{i:02d}\n" for i in range(12)]
+    assert r["now"] == everything, r["now"]  # stdout and stderr in the order written, then the call ends
+    assert r["now_took"] < 5
+    assert r["tail"] == everything[-2:]
+    # Every frame: the same session, the offset after its bytes.
+    offsets = [o for _, o, _ in r["frames"]]
+    assert len({s for s, _, _ in r["frames"]}) == 1 and r["frames"][0][0]
+    assert offsets == [sum(len(d.encode()) for _, _, d in r["frames"][: i + 1]) for i in range(len(r["frames"]))]
+    text = "".join(d for _, _, d in r["frames"])
+    assert text == "".join(everything)
+    assert r["resumed"] == text[r["frames"][0][1]:], "a resume gives exactly the bytes after its offset"
+    assert r["bad_session"][0] == "SESSION_NOT_FOUND" and "nope" in r["bad_session"][1]
+    assert r["past"] == "INVALID_RESUME_OFFSET"
+    assert "timestamps" in r["timestamps"][1], r["timestamps"]
+    assert r["after_stop"] == everything, "an ended sandbox's log is still there"

@@ -2,7 +2,7 @@
 //! the same engine, tenants and tokens as `hangar.v1`: a translation of its messages onto the shared types,
 //! nothing of its own. The lifecycle (create, get, list, delete), StreamExec, ReadFile and WriteFile are
 //! served; ConnectSandbox answers UNIMPLEMENTED, so clients use this gateway for data operations; the rest of
-//! the service answers UNIMPLEMENTED naming the method, until it is built (logs and unary Exec: next).
+//! the service answers UNIMPLEMENTED naming the method, until it is built (unary Exec: next).
 //!
 //! Mapping decisions: tags are a list there and a map here: a tag `t` is the key `t` with an empty value, and a
 //! map entry `k=v` is shown as the tag `k=v`. Resources are Kubernetes quantities (`hangar_types::quantity`):
@@ -15,7 +15,7 @@ use crate::Tenant;
 use cw::sandbox_service_server::SandboxService;
 use hangar_engine::{Engine, ExecEvent, ExecSpec, OutputStream, SandboxConfig, SandboxInfo, SandboxState};
 use hangar_proto::coreweave as cw;
-use hangar_types::{Ending, OnDisconnect, Output};
+use hangar_types::{Ending, OnDisconnect, Output, MAIN_EXEC};
 use std::sync::Arc;
 use std::time::Duration;
 use tonic::{Request, Response, Status, Streaming};
@@ -365,6 +365,56 @@ fn exit_frames(end: &hangar_types::ExecEnd) -> Vec<Result<cw::ExecStreamResponse
     }
 }
 
+/// The log session of sandbox `id`: the sandbox's own, so that any server can resume it.
+fn log_session(id: &str) -> String {
+    format!("{id}/log")
+}
+
+fn log_error(code: &str, message: String) -> cw::LogEntry {
+    cw::LogEntry { error: Some(cw::LogStreamError { message, code: code.into() }), ..Default::default() }
+}
+
+/// The log's events as entries, until `until` (not following), the main command's end, or an error frame.
+async fn log_entries(
+    stream: hangar_engine::ExecStream,
+    tx: tokio::sync::mpsc::Sender<Result<cw::LogEntry, Status>>,
+    session: String,
+    until: Option<u64>,
+    resume: bool,
+) {
+    let mut pos = stream.position()[0];
+    let (mut ev_rx, _reader) = crate::stream::read_ahead(stream);
+    loop {
+        if until.is_some_and(|u| pos >= u) {
+            return;
+        }
+        let ev = tokio::select! {
+            ev = ev_rx.recv() => ev,
+            _ = tx.closed() => return,
+        };
+        let entry = match ev {
+            Some(Ok(Some(ExecEvent::Output { offset, data, .. }))) => {
+                pos = offset + data.len() as u64;
+                let (log_session_id, next_log_offset) = (session.clone(), pos);
+                Ok(cw::LogEntry { data, log_session_id, next_log_offset, ..Default::default() })
+            }
+            // Where a resume asked for bytes the cap dropped, the client starts afresh; any other loss ends it.
+            Some(Ok(Some(ExecEvent::Gap { from, to, .. }))) if resume && from == pos => {
+                Ok(log_error("REPLAY_GAP", format!("log bytes {from}..{to} were dropped by its cap")))
+            }
+            Some(Ok(Some(ExecEvent::Gap { from, to, .. }))) => {
+                Ok(log_error("STREAM_TRUNCATED", format!("log bytes {from}..{to} were lost")))
+            }
+            Some(Ok(Some(ExecEvent::Exit(_)))) | Some(Ok(None)) | None => return,
+            Some(Err(e)) => Err(cw_status(e)),
+        };
+        let last = !matches!(&entry, Ok(e) if e.error.is_none());
+        if tx.send(entry).await.is_err() || last {
+            return;
+        }
+    }
+}
+
 #[tonic::async_trait]
 impl SandboxService for CoreWeaveApi {
     async fn create_sandbox(&self, req: Request<cw::CreateSandboxRequest>) -> Result<Response<cw::Sandbox>, Status> {
@@ -532,11 +582,47 @@ impl SandboxService for CoreWeaveApi {
 
     type StreamLogsStream = BoxStream<cw::LogEntry>;
 
+    /// The sandbox's log (its main command's stdout and stderr, in the order written) as `LogEntry` frames
+    /// carrying a session id (the sandbox's: any replica can resume it) and the offset after each chunk. A
+    /// fresh stream starts at the last `tail_lines` lines, or at the oldest byte after anything the log's cap
+    /// dropped (like a rotated log); a resume at its offset exactly. Without `follow` it ends at what was
+    /// there when it opened; with it, when the main command ends. Ended sandboxes' logs are served too.
     async fn stream_logs(
         &self,
-        _req: Request<cw::StreamLogsRequest>,
+        req: Request<cw::StreamLogsRequest>,
     ) -> Result<Response<Self::StreamLogsStream>, Status> {
-        Err(unimplemented("StreamLogs"))
+        let tenant = tenant(&req)?;
+        let r = req.into_inner();
+        owned(&self.engine, &tenant, &r.sandbox_id).await?;
+        one_container(&r.container)?;
+        if r.timestamps || r.since_time.is_some() {
+            let field = if r.timestamps { "timestamps" } else { "since_time" };
+            return Err(invalid(field, "Hangar's logs are addressed by byte offset and keep no times"));
+        }
+        let session = log_session(&r.sandbox_id);
+        let (tx, rx) = tokio::sync::mpsc::channel(crate::stream::STREAM_BUFFER);
+        let reply = |tx| Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(tx)) as BoxStream<_>));
+        let resume = !r.resume_log_session_id.is_empty();
+        if resume && r.resume_log_session_id != session {
+            let message = format!("log session {:?} is not this sandbox's", r.resume_log_session_id);
+            let _ = tx.send(Ok(log_error("SESSION_NOT_FOUND", message))).await;
+            return reply(rx);
+        }
+        let from = if resume { r.resume_log_offset } else { 0 };
+        let mut stream = self.engine.attach(&r.sandbox_id, MAIN_EXEC, [from, 0]).await.map_err(cw_status)?;
+        let written = stream.info().written[0];
+        if resume && from > written {
+            let message = format!("offset {from} is past the {written} bytes the log has");
+            let _ = tx.send(Ok(log_error("INVALID_RESUME_OFFSET", message))).await;
+            return reply(rx);
+        }
+        if !resume {
+            let lines = if r.tail_lines > 0 { r.tail_lines as u64 } else { u64::MAX };
+            stream.seek_tail(lines).await.map_err(cw_status)?;
+        }
+        let until = (!r.follow && stream.info().end.is_none()).then_some(written);
+        tokio::spawn(log_entries(stream, tx, session, until, resume));
+        reply(rx)
     }
 
     /// The whole file in one message (the client's own limit is 100 MiB); parent directories are made.

@@ -18,8 +18,19 @@ on that Hangar server (``HANGAR_TOKEN`` is the bearer token). :mod:`hangar_sandb
 without asyncio; :mod:`aviato` offers the reference SDK's names.
 """
 
-from ._sandbox import Client, ExecHandle, Sandbox
-from ._types import Event, ExecInfo, ExecResult, Exit, Gap, Output, SandboxInfo, SandboxStatus, Usage
+from ._sandbox import Client, ExecHandle, LogStream, Sandbox
+from ._types import (
+    Event,
+    ExecInfo,
+    ExecResult,
+    Exit,
+    Gap,
+    Output,
+    SandboxInfo,
+    SandboxLog,
+    SandboxStatus,
+    Usage,
+)
 from .errors import *  # noqa: F403
 from .errors import __all__ as _errors
 
@@ -31,9 +42,11 @@ __all__ = [
     "ExecResult",
     "Exit",
     "Gap",
+    "LogStream",
     "Output",
     "Sandbox",
     "SandboxInfo",
+    "SandboxLog",
     "SandboxStatus",
     "Usage",
     *_errors,

@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mappin
 from typing import Any, Union
 
 from . import _native
-from ._types import Event, ExecInfo, ExecResult, Exit, Gap, Output, SandboxInfo, SandboxStatus
+from ._types import Event, ExecInfo, ExecResult, Exit, Gap, Output, SandboxInfo, SandboxLog, SandboxStatus
 from .errors import SandboxNotRunningError, SandboxValidationError
 
 ChunkCallback = Callable[[bytes], Union[None, Awaitable[None]]]
@@ -448,6 +448,48 @@ class ExecHandle:
         await self._run.signal(9)
 
 
+class LogStream:
+    """A sandbox's log being read (from :meth:`Sandbox.stream_logs`): ``async for`` yields its events;
+    :attr:`position` is the offset to resume from.
+
+    .. code-block:: python
+
+        stream = await sb.stream_logs(follow=True, tail_lines=20)
+        async for ev in stream:
+            if isinstance(ev, Output):
+                sys.stdout.buffer.write(ev.data)
+        print("resume from", stream.position)
+    """
+
+    def __init__(self, native: _native.NativeLog) -> None:
+        self._native = native
+        self._position = native.start
+
+    @property
+    def position(self) -> int:
+        """The offset up to which the log has been delivered.
+
+        >>> async def demo():
+        ...     async with Sandbox(command="sh", args=["-c", "printf abc; sleep 60"]) as sb:
+        ...         await asyncio.sleep(0.3)
+        ...         s = await sb.stream_logs()
+        ...         async for _ in s:
+        ...             pass
+        ...         return s.position
+        >>> asyncio.run(demo())
+        3
+        """
+        return self._position
+
+    async def __aiter__(self) -> AsyncIterator[Event]:
+        while (batch := await self._native.next_batch()) is not None:
+            for ev in batch:
+                if type(ev) is Output or type(ev) is Gap:
+                    self._position = ev.end
+                yield ev
+        await self._native.finish()
+
+
 class Sandbox:
     """An isolated Linux environment made from a container image, with commands run in it live.
 
@@ -825,6 +867,53 @@ class Sandbox:
         """
         run = await self._require().attach(exec_id, stdout_offset, stderr_offset, capture)
         return ExecHandle(run, (stdout_offset, stderr_offset))
+
+    # ---- logs ----
+
+    async def stream_logs(
+        self, *, follow: bool = False, from_offset: int = 0, tail_lines: int | None = None
+    ) -> LogStream:
+        """The sandbox's log: its main command's stdout and stderr, in the order they were written, while it
+        runs and after it ended (until the sandbox is deleted). ``async for`` over the :class:`LogStream`
+        yields :class:`Output` (all on ``"stdout"``), :class:`Gap` and, once the main command ended, its
+        :class:`Exit`. Without ``follow`` it stops at what was there; with it, at the main command's end.
+        ``from_offset`` resumes exactly after an earlier read; ``tail_lines`` starts at the last lines.
+
+        >>> async def demo():
+        ...     async with Sandbox(command="sh", args=["-c", "echo one; echo two >&2; sleep 0.5"]) as sb:
+        ...         lines = []
+        ...         async for ev in await sb.stream_logs(follow=True):
+        ...             if isinstance(ev, Output):
+        ...                 lines.append(ev.data)
+        ...         return b"".join(lines)
+        >>> asyncio.run(demo())
+        b'one\\ntwo\\n'
+        """
+        native = await self._require().logs(follow=follow, from_offset=from_offset, tail_lines=tail_lines)
+        return LogStream(native)
+
+    async def logs(
+        self, *, follow: bool = False, from_offset: int = 0, tail_lines: int | None = None
+    ) -> SandboxLog:
+        """The sandbox's log read into a :class:`SandboxLog` (see :meth:`stream_logs` for the arguments).
+
+        >>> async def demo():
+        ...     async with Sandbox(command="sh", args=["-c", "seq 3; sleep 60"]) as sb:
+        ...         await asyncio.sleep(0.3)
+        ...         return (await sb.logs()).text, (await sb.logs(tail_lines=1)).text
+        >>> asyncio.run(demo())
+        ('1\\n2\\n3\\n', '3\\n')
+        """
+        stream = await self.stream_logs(follow=follow, from_offset=from_offset, tail_lines=tail_lines)
+        data, gaps, exit = bytearray(), [], None
+        async for ev in stream:
+            if type(ev) is Output:
+                data += ev.data
+            elif type(ev) is Gap:
+                gaps.append(ev)
+            elif type(ev) is Exit:
+                exit = ev
+        return SandboxLog(data=bytes(data), gaps=gaps, exit=exit, next_offset=stream.position)
 
     async def execs(self) -> builtins.list[ExecInfo]:
         """The sandbox's execs, running and ended (while their journals are kept).

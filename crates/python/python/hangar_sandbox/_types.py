@@ -146,6 +146,32 @@ Event = Output | Gap | Exit
 
 
 @dataclass(frozen=True)
+class SandboxLog:
+    """A sandbox's log as read by :meth:`Sandbox.logs`: the bytes, what was missing, the main command's end
+    (when it had ended and the read got that far) and the offset to read on from.
+
+    >>> log = SandboxLog(data=b"ready\\n", next_offset=6)
+    >>> log.text, log.complete
+    ('ready\\n', True)
+    """
+
+    data: bytes = b""
+    gaps: list[Gap] = field(default_factory=list)
+    exit: Exit | None = None
+    next_offset: int = 0
+
+    @property
+    def text(self) -> str:
+        """The bytes as text (invalid UTF-8 replaced)."""
+        return self.data.decode("utf-8", "replace")
+
+    @property
+    def complete(self) -> bool:
+        """Whether nothing between the first and the last byte read is missing."""
+        return not self.gaps
+
+
+@dataclass(frozen=True)
 class SandboxInfo:
     """A sandbox's record: its status, image, command, tags, limits and how it ended.
 

@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 
 from . import _sandbox
 from ._sandbox import Client
-from ._types import Event, ExecInfo, ExecResult, SandboxInfo, SandboxStatus
+from ._types import Event, ExecInfo, ExecResult, SandboxInfo, SandboxLog, SandboxStatus
 
 T = TypeVar("T")
 
@@ -318,6 +318,30 @@ class Sandbox:
         'world\\n'
         """
         return ExecHandle(_wait(self._inner.attach(exec_id, **kwargs)))
+
+    def logs(self, **kwargs: Any) -> SandboxLog:
+        """Its log read into a :class:`~hangar_sandbox.SandboxLog`; see :meth:`hangar_sandbox.Sandbox.logs`.
+
+        >>> with Sandbox(command="sh", args=["-c", "echo up; sleep 0.2"]) as sb:
+        ...     sb.logs(follow=True).text
+        'up\\n'
+        """
+        return _wait(self._inner.logs(**kwargs))
+
+    def stream_logs(self, **kwargs: Any) -> Iterator[Event]:
+        """Its log's events, iterated with a plain ``for``; see :meth:`hangar_sandbox.Sandbox.stream_logs`.
+
+        >>> from hangar_sandbox import Output
+        >>> with Sandbox(command="sh", args=["-c", "echo up; sleep 0.2"]) as sb:
+        ...     [ev.data for ev in sb.stream_logs(follow=True) if isinstance(ev, Output)]
+        [b'up\\n']
+        """
+        it = _wait(self._inner.stream_logs(**kwargs)).__aiter__()
+        while True:
+            try:
+                yield _wait(it.__anext__())
+            except StopAsyncIteration:
+                return
 
     def execs(self) -> builtins.list[ExecInfo]:
         """Its execs.
