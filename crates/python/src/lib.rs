@@ -626,7 +626,11 @@ impl NativeRun {
 }
 
 /// The next events of a pumped stream (see `NativeRun::next_batch`).
-fn next_batch(py: Python<'_>, events: Arc<Mutex<mpsc::Receiver<ExecEvent>>>, max_bytes: usize) -> PyResult<Bound<'_, PyAny>> {
+fn next_batch(
+    py: Python<'_>,
+    events: Arc<Mutex<mpsc::Receiver<ExecEvent>>>,
+    max_bytes: usize,
+) -> PyResult<Bound<'_, PyAny>> {
     spawn(py, async move {
         let mut rx = events.lock().await;
         let Some(first) = rx.recv().await else {

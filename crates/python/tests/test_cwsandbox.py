@@ -1,7 +1,8 @@
 """CoreWeave's own client, `cwsandbox==1.22.0` from PyPI, unmodified, against `hangar serve`'s
 `coreweave.sandbox.v1` (the same port, tokens and tenants as `hangar.v1`). Each flow runs in a child process
-configured only by the client's two environment variables: lifecycle, streaming exec and files (logs and
-the rest of the API come next; the server answers UNIMPLEMENTED naming the method)."""
+configured only by the client's two environment variables: lifecycle, streaming and unary exec, logs and
+files (the rest of the API answers UNIMPLEMENTED naming the method). CoreWeave's own integration suite for
+the client runs too: scripts/cwsandbox-suite."""
 
 from __future__ import annotations
 
@@ -318,3 +319,44 @@ def test_cwsandbox_stream_logs_live_as_it_stands_tail_resume_and_after_stop(back
     assert r["past"] == "INVALID_RESUME_OFFSET"
     assert "timestamps" in r["timestamps"][1], r["timestamps"]
     assert r["after_stop"] == everything, "an ended sandbox's log is still there"
+
+
+UNARY = textwrap.dedent(
+    """
+    import json, os, time, grpc
+    from cwsandbox import Sandbox
+    from cwsandbox._proto import sandbox_pb2 as pb, sandbox_pb2_grpc as rpc
+    target = os.environ["CWSANDBOX_BASE_URL"].removeprefix("http://")
+    auth = [("authorization", "Bearer " + os.environ["CWSANDBOX_API_KEY"])]
+    stub = rpc.SandboxServiceStub(grpc.insecure_channel(target))
+    out = {}
+    with Sandbox(container_image="python:3.11", command="sleep", args=["infinity"]) as sb:
+        sb.wait()
+        def run(cmd, **kw):
+            r = stub.Exec(pb.ExecRequest(sandbox_id=sb.sandbox_id, command=cmd, **kw), metadata=auth, timeout=kw.pop("t", None) or 30)
+            return [r.stdout.decode(), r.stderr.decode(), r.exit_code, r.stdout_truncated, r.stdout_bytes_produced]
+        out["capped"] = run(["sh", "-c", "printf 'hello world!'; echo err >&2; exit 4"], max_output_bytes=5)
+        out["env"] = run(["sh", "-c", "echo $GREETING"], env={"GREETING": "hi"})
+        out["missing"] = run(["no-such-program"])
+        t0 = time.monotonic()
+        try:
+            stub.Exec(pb.ExecRequest(sandbox_id=sb.sandbox_id, command=["sleep", "1000.5"]), metadata=auth, timeout=1)
+            out["timeout"] = "finished"
+        except grpc.RpcError as e:
+            out["timeout"] = e.code().name
+        out["took"] = round(time.monotonic() - t0, 2)
+        time.sleep(0.5)
+        out["left"] = run(["sh", "-c", "pgrep -f 'sleep 1000.5' || true"])[0]
+    print(json.dumps(out))
+    """
+)
+
+
+@pytest.mark.parametrize("backend", ["remote"], indirect=True)
+def test_coreweave_unary_exec_caps_output_and_times_out_with_its_deadline(backend, python_image):
+    r = run_client(UNARY, cw_env(backend))
+    assert r["capped"] == ["hello", "err\n", 4, True, 12], r
+    assert r["env"][0] == "hi\n"
+    assert r["missing"][2] == 127 and "no-such-program" in r["missing"][1]
+    assert r["timeout"] == "DEADLINE_EXCEEDED" and r["took"] < 5
+    assert r["left"] == "", "the timed-out command's tree was killed"

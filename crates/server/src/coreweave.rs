@@ -1,8 +1,8 @@
 //! `coreweave.sandbox.v1.SandboxService` (CoreWeave's sandbox API, what the `cwsandbox` client speaks) over
 //! the same engine, tenants and tokens as `hangar.v1`: a translation of its messages onto the shared types,
-//! nothing of its own. The lifecycle (create, get, list, delete), StreamExec, ReadFile and WriteFile are
-//! served; ConnectSandbox answers UNIMPLEMENTED, so clients use this gateway for data operations; the rest of
-//! the service answers UNIMPLEMENTED naming the method, until it is built (unary Exec: next).
+//! nothing of its own. The lifecycle (create, get, list, delete), Exec, StreamExec, StreamLogs, ReadFile and
+//! WriteFile are served; ConnectSandbox answers UNIMPLEMENTED, so clients use this gateway for data operations; the rest of
+//! the service answers UNIMPLEMENTED naming the method, until it is built.
 //!
 //! Mapping decisions: tags are a list there and a map here: a tag `t` is the key `t` with an empty value, and a
 //! map entry `k=v` is shown as the tag `k=v`. Resources are Kubernetes quantities (`hangar_types::quantity`):
@@ -341,27 +341,42 @@ fn output(stream: OutputStream, data: bytes::Bytes) -> cw::ExecStreamResponse {
     out(Msg::Output(cw::ExecStreamOutput { stream: stream as i32, data }))
 }
 
-/// How an exec's end reads to the client: one `exit` with the code a shell would give (a command that
-/// could not start reads like a shell's, its reason on stderr and 127), or an `error` naming what happened.
-fn exit_frames(end: &hangar_types::ExecEnd) -> Vec<Result<cw::ExecStreamResponse, Status>> {
-    let exit = || {
-        out(Msg::Exit(cw::ExecStreamExit {
-            exit_code: end.shell_code() as i32,
-            completed_time: Some(timestamp(hangar_types::now_ms())),
-        }))
-    };
+/// How an exec's end reads to this API's clients: an exit with the code a shell would give, after a note on
+/// stderr for a command that could not start (as a shell prints it, then 127); or a failure, as its in-band
+/// error code and the status a unary call answers.
+enum CwEnd {
+    Exit { note: Option<String> },
+    Failed { code: &'static str, status: Status },
+}
+
+fn cw_end(end: &hangar_types::ExecEnd) -> CwEnd {
+    let failed = |code, status| CwEnd::Failed { code, status };
     match &end.ending {
-        Ending::TimedOut => {
-            vec![Err(Status::deadline_exceeded(
-                "the command's timeout (the call's deadline) passed; its tree was killed",
-            ))]
-        }
-        Ending::SandboxGone => vec![Ok(error_frame("SANDBOX_GONE", "the sandbox ended while the command ran".into()))],
+        Ending::TimedOut => failed(
+            "DEADLINE_EXCEEDED",
+            Status::deadline_exceeded("the command's timeout (the call's deadline) passed; its tree was killed"),
+        ),
+        Ending::SandboxGone => failed("SANDBOX_GONE", Status::unavailable("the sandbox ended while the command ran")),
         Ending::FailedToStart(f) if f.kind.is_command_problem() => {
-            vec![Ok(output(OutputStream::Stderr, format!("{}\n", f.message).into())), Ok(exit())]
+            CwEnd::Exit { note: Some(format!("{}\n", f.message)) }
         }
-        Ending::FailedToStart(f) => vec![Ok(error_frame("RESOURCE_EXHAUSTED", f.message.clone()))],
-        _ => vec![Ok(exit())],
+        Ending::FailedToStart(f) => failed("RESOURCE_EXHAUSTED", Status::resource_exhausted(f.message.clone())),
+        _ => CwEnd::Exit { note: None },
+    }
+}
+
+/// The end as StreamExec frames: one `exit` (after the note, if any), or an `error` frame — except a timeout,
+/// which ends the call with DEADLINE_EXCEEDED, as the client's own deadline would.
+fn exit_frames(end: &hangar_types::ExecEnd) -> Vec<Result<cw::ExecStreamResponse, Status>> {
+    let exit = out(Msg::Exit(cw::ExecStreamExit {
+        exit_code: end.shell_code() as i32,
+        completed_time: Some(timestamp(hangar_types::now_ms())),
+    }));
+    match cw_end(end) {
+        CwEnd::Exit { note: None } => vec![Ok(exit)],
+        CwEnd::Exit { note: Some(n) } => vec![Ok(output(OutputStream::Stderr, n.into())), Ok(exit)],
+        CwEnd::Failed { status, .. } if status.code() == tonic::Code::DeadlineExceeded => vec![Err(status)],
+        CwEnd::Failed { code, status } => vec![Ok(error_frame(code, status.message().to_string()))],
     }
 }
 
@@ -532,8 +547,44 @@ impl SandboxService for CoreWeaveApi {
         Err(unimplemented("PurgeSandboxes"))
     }
 
-    async fn exec(&self, _req: Request<cw::ExecRequest>) -> Result<Response<cw::ExecResponse>, Status> {
-        Err(unimplemented("Exec"))
+    /// A command run to its end: its output (each stream up to `max_output_bytes`, default 16 MiB) and the
+    /// exit code a shell would give. The call's deadline is the command's timeout, as for StreamExec.
+    async fn exec(&self, req: Request<cw::ExecRequest>) -> Result<Response<cw::ExecResponse>, Status> {
+        let tenant = tenant(&req)?;
+        let deadline = grpc_timeout(req.metadata());
+        let r = req.into_inner();
+        owned(&self.engine, &tenant, &r.sandbox_id).await?;
+        one_container(&r.container)?;
+        let cap = match r.max_output_bytes {
+            0 => 16 << 20,
+            n if n < 0 => return Err(invalid("max_output_bytes", "is negative")),
+            n => n as usize,
+        };
+        let mut spec = ExecSpec::new(r.command);
+        spec.env = r.env.into_iter().collect();
+        spec.env.sort();
+        // Ended just before the deadline, so that the answer (DEADLINE_EXCEEDED) is in before the call's own
+        // timer cancels it (tonic answers a passed deadline with CANCELLED).
+        spec.timeout =
+            deadline.map(|d| d.saturating_sub((d / 10).min(Duration::from_millis(100))).max(Duration::from_millis(1)));
+        spec.on_disconnect = OnDisconnect::Kill { grace_ms: 0 };
+        let mut stream = self.engine.exec(&r.sandbox_id, spec).await.map_err(cw_status)?;
+        let c = crate::stream::collect(&mut stream, cap, |_, _| ()).await.map_err(cw_status)?;
+        let [stdout, mut stderr] = c.out;
+        match cw_end(&c.end) {
+            CwEnd::Exit { note: Some(n) } => stderr = n.into_bytes(),
+            CwEnd::Exit { note: None } => {}
+            CwEnd::Failed { status, .. } => return Err(status),
+        }
+        Ok(Response::new(cw::ExecResponse {
+            stdout: stdout.into(),
+            stderr: stderr.into(),
+            exit_code: c.end.shell_code() as i32,
+            stdout_truncated: c.truncated[0],
+            stderr_truncated: c.truncated[1],
+            stdout_bytes_produced: c.end.bytes[0] as i64,
+            stderr_bytes_produced: c.end.bytes[1] as i64,
+        }))
     }
 
     type StreamExecStream = BoxStream<cw::ExecStreamResponse>;

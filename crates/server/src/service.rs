@@ -3,7 +3,7 @@
 use crate::status::{from_engine, invalid, refused};
 use crate::stream::{client_messages, forward_events, keepalive, RESTART_HOLD, STREAM_BUFFER};
 use crate::{Metrics, Tenant};
-use hangar_engine::{Engine, ExecEvent, ExecSpec, ExecStream, OutputStream, SandboxConfig, SandboxInfo, SandboxState};
+use hangar_engine::{Engine, ExecSpec, ExecStream, OutputStream, SandboxConfig, SandboxInfo, SandboxState};
 use hangar_proto::v1 as pb;
 use pb::sandbox_service_server::SandboxService;
 use std::pin::Pin;
@@ -154,40 +154,25 @@ impl SandboxService for SandboxApi {
         let spec = ExecSpec::from(&r);
         let started = Instant::now();
         let mut stream = self.start(&r.sandbox_id, spec, r.stdin.map(Vec::from)).await?;
-        let mut resp = pb::ExecResponse::default();
-        let mut out = [Vec::new(), Vec::new()];
-        while let Some(ev) = stream.next().await.map_err(from_engine)? {
-            match ev {
-                ExecEvent::Output { stream: which, data, .. } => {
-                    let [stdout, stderr] = &mut out;
-                    let (buf, truncated, counter) = match which {
-                        OutputStream::Stdout => (stdout, &mut resp.stdout_truncated, &self.metrics.stdout_bytes),
-                        OutputStream::Stderr => (stderr, &mut resp.stderr_truncated, &self.metrics.stderr_bytes),
-                    };
-                    counter.fetch_add(data.len() as u64, Relaxed);
-                    let room = (cap as usize).saturating_sub(buf.len());
-                    if data.len() > room {
-                        *truncated = true;
-                    }
-                    buf.extend_from_slice(&data[..data.len().min(room)]);
-                }
-                // Cannot happen here (a reader is attached all along), but it is a loss all the same.
-                ExecEvent::Gap { stream: which, .. } => match which {
-                    OutputStream::Stdout => resp.stdout_truncated = true,
-                    OutputStream::Stderr => resp.stderr_truncated = true,
-                },
-                ExecEvent::Exit(x) => {
-                    if let Some(e) = hangar_engine::Error::from_start_failure(&r.sandbox_id, &x.ending) {
-                        self.metrics.execs_failed_to_start.fetch_add(1, Relaxed);
-                        return Err(from_engine(e));
-                    }
-                    resp.exit = Some((&x).into());
-                }
-            }
+        let m = &self.metrics;
+        let counted = |which: OutputStream, n: usize| {
+            let counter = if which == OutputStream::Stdout { &m.stdout_bytes } else { &m.stderr_bytes };
+            counter.fetch_add(n as u64, Relaxed);
+        };
+        let c = crate::stream::collect(&mut stream, cap as usize, counted).await.map_err(from_engine)?;
+        if let Some(e) = hangar_engine::Error::from_start_failure(&r.sandbox_id, &c.end.ending) {
+            self.metrics.execs_failed_to_start.fetch_add(1, Relaxed);
+            return Err(from_engine(e));
         }
+        let [stdout, stderr] = c.out;
+        let resp = pb::ExecResponse {
+            stdout: stdout.into(),
+            stderr: stderr.into(),
+            stdout_truncated: c.truncated[0],
+            stderr_truncated: c.truncated[1],
+            exit: Some((&c.end).into()),
+        };
         self.metrics.exec_seconds.observe(started.elapsed());
-        let [stdout, stderr] = out;
-        (resp.stdout, resp.stderr) = (stdout.into(), stderr.into());
         Ok(Response::new(resp))
     }
 

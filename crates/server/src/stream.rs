@@ -25,6 +25,39 @@ pub(crate) fn keepalive(ms: u64) -> Duration {
     }
 }
 
+/// An exec run to its end with its output kept up to a cap per stream: both unary `Exec`s.
+pub(crate) struct Collected {
+    /// stdout, stderr: the first `cap` bytes of each.
+    pub(crate) out: [Vec<u8>; 2],
+    /// Whether a stream had more than the cap (or lost bytes).
+    pub(crate) truncated: [bool; 2],
+    pub(crate) end: hangar_engine::ExecEnd,
+}
+
+/// Follows `stream` to its exit, keeping the first `cap` bytes of each stream; `seen` is told every chunk.
+pub(crate) async fn collect(
+    stream: &mut ExecStream,
+    cap: usize,
+    seen: impl Fn(OutputStream, usize),
+) -> hangar_engine::Result<Collected> {
+    let (mut out, mut truncated) = ([Vec::new(), Vec::new()], [false; 2]);
+    while let Some(ev) = stream.next().await? {
+        match ev {
+            ExecEvent::Output { stream: which, data, .. } => {
+                seen(which, data.len());
+                let buf = &mut out[which.index()];
+                let room = cap.saturating_sub(buf.len());
+                truncated[which.index()] |= data.len() > room;
+                buf.extend_from_slice(&data[..data.len().min(room)]);
+            }
+            // Cannot happen here (a reader is attached all along), but it is a loss all the same.
+            ExecEvent::Gap { stream: which, .. } => truncated[which.index()] = true,
+            ExecEvent::Exit(end) => return Ok(Collected { out, truncated, end }),
+        }
+    }
+    Err(hangar_engine::Error::Internal(format!("exec {}: its stream ended without an exit", stream.id())))
+}
+
 fn error_frame(st: Status) -> pb::stream_exec_response::Msg {
     let reason = st.metadata().get(crate::REASON_KEY).and_then(|v| v.to_str().ok()).unwrap_or("INTERNAL").to_string();
     pb::stream_exec_response::Msg::Error(pb::Error { reason, message: st.message().to_string() })
