@@ -62,7 +62,11 @@ fn main_inner() -> Result<(), String> {
             let root = SandboxRoot::open(&cfg.workdir)
                 .map_err(|e| StartReport::Failed(format!("open the sandbox's root: {e}")))?;
             let user = resolve_user(&root, &cfg.user).map_err(StartReport::Failed)?;
-            spawn_main(&cfg, &root, &cgroups, user).map(|main| (main, user, cgroups, root))
+            let main = match cfg.main.is_empty() {
+                true => Ok(None),
+                false => spawn_main(&cfg, &root, &cgroups, user).map(Some),
+            };
+            main.map(|main| (main, user, cgroups, root))
         });
     let (main, user, cgroups, root) = match started {
         Ok(started) => started,
@@ -71,7 +75,8 @@ fn main_inner() -> Result<(), String> {
             return Err(report.line());
         }
     };
-    let _ = writeln!(status, "{}", StartReport::Ready { main_pid: main.pid, version: VERSION }.line());
+    let main_pid = main.as_ref().map_or(0, |m| m.pid);
+    let _ = writeln!(status, "{}", StartReport::Ready { main_pid, version: VERSION }.line());
     drop(status);
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| format!("tokio: {e}"))?;
     let served = rt.block_on(serve(cfg, root, main, user, Table::new(cgroups)));
@@ -158,7 +163,7 @@ fn spawn_main(
 async fn serve(
     cfg: AgentConfig,
     root: SandboxRoot,
-    main: Main,
+    main: Option<Main>,
     user: Option<(u32, u32)>,
     table: Table,
 ) -> Result<(), String> {
@@ -178,7 +183,7 @@ async fn serve(
         cfg,
         root,
         user,
-        main_pid: main.pid,
+        main_pid: main.as_ref().map_or(0, |m| m.pid),
         waiters: HashMap::new(),
         main_status: None,
         stopping: false,
@@ -195,7 +200,7 @@ async fn serve(
     local
         .run_until(async {
             // Before the first reap, so that the main command's exit reaches its log's end too.
-            if let Err(e) = crate::execs::adopt_main(&state, main.pid, main.output, main.cgroup) {
+            if let Err(e) = crate::execs::adopt_main(&state, main.map(|m| (m.pid, m.output, m.cgroup))) {
                 crate::log!("the main command's output cannot be journaled: {e}");
             }
             reap(&state, &main_exited);
@@ -322,8 +327,10 @@ async fn shutdown(state: &Shared, main_exited: &Notify, grace: Duration, reason:
     while state.borrow().live_execs > 0 && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
-    let main = state.borrow().main_status;
-    let (code, signal) = crate::state::exit_of(main);
+    crate::execs::end_idle_main(state);
+    let (main_pid, main) = (state.borrow().main_pid, state.borrow().main_status);
+    // A sandbox without a main command has no status to report.
+    let (code, signal) = if main_pid == 0 { (None, None) } else { crate::state::exit_of(main) };
     record_end(&EndRecord { reason, code, signal });
 }
 

@@ -80,7 +80,11 @@ enum Cmd {
         /// Label, KEY=VALUE (repeatable).
         #[arg(long = "tag", value_parser = key_value)]
         tags: Vec<(String, String)>,
-        /// Main command (default `sleep infinity`).
+        /// Without a command, run the image's own entrypoint and cmd (as `docker run IMAGE`).
+        #[arg(long, conflicts_with = "command")]
+        image_command: bool,
+        /// Main command; its output is the sandbox's log (`hangar logs`). Without one the sandbox idles until
+        /// it is stopped or its lifetime ends.
         #[arg(last = true)]
         command: Vec<String>,
     },
@@ -351,7 +355,9 @@ async fn dispatch(cmd: Cmd) -> Result<u8> {
     use commands::{exec, files, images, sandboxes, serve};
     match cmd {
         Cmd::Run { sandbox, timeout, cwd, keep, command } => exec::run(sandbox, timeout, cwd, keep, command).await,
-        Cmd::Create { sandbox, tags, command } => sandboxes::create(sandbox, tags, command).await,
+        Cmd::Create { sandbox, tags, image_command, command } => {
+            sandboxes::create(sandbox, tags, image_command, command).await
+        }
         Cmd::Exec { id, exec: args, detach, interactive, tty, merged, keep_running, command } => {
             let flags = ExecFlags { detach, interactive, tty, merged, keep_running };
             exec::exec(id, args, flags, command).await

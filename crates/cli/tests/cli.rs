@@ -333,3 +333,43 @@ fn run_removes_its_sandbox_unless_asked_to_keep_it() {
     assert!(run(&["rm", &kept]).status.success());
     assert!(!ids().contains(&kept));
 }
+
+#[test]
+fn run_with_an_image_whose_own_command_exits_is_like_docker_run() {
+    // An image whose command is a shell: without a terminal it exits at once, as python:3.11's `python3` does.
+    let archive = common::images::oci_archive(
+        "localhost/sh-cmd:1",
+        &[(common::images::tar_of(&common::images::userland()), "application/vnd.oci.image.layer.v1.tar")],
+        serde_json::json!({"config": {"Cmd": ["/bin/sh", "-c", "echo from the image; exit 0"]}}),
+        false,
+    );
+    assert!(run(&["images", "import", archive.to_str().unwrap()]).status.success());
+    // The command given is what runs, every time (it used to race the image's own command and lose).
+    for i in 0..10 {
+        let out =
+            run(&["run", "--image", "localhost/sh-cmd:1", "--", "sh", "-c", &format!("sleep 0.05; echo run-{i}")]);
+        assert_eq!((out.status.code(), text(&out.stdout)), (Some(0), format!("run-{i}\n")), "{}", text(&out.stderr));
+    }
+    // A sandbox without a command idles; asked for, the image's command is its main command, and its log.
+    let idle = text(&run(&["create", "--image", "localhost/sh-cmd:1"]).stdout).trim().to_string();
+    let own = text(&run(&["create", "--image", "localhost/sh-cmd:1", "--image-command"]).stdout).trim().to_string();
+    let state_of = |id: &str| {
+        let out = run(&["ls", "--json"]);
+        text(&out.stdout)
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .find(|v| v["id"] == id)
+            .map(|v| v["state"].as_str().unwrap().to_string())
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while state_of(&own).as_deref() != Some("completed") && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(state_of(&own).as_deref(), Some("completed"));
+    assert_eq!(state_of(&idle).as_deref(), Some("running"), "no command: it idles");
+    assert_eq!(text(&run(&["logs", &own]).stdout), "from the image\n");
+    assert_eq!(text(&run(&["logs", &idle]).stdout), "");
+    let both = run(&["create", "--image", "localhost/sh-cmd:1", "--image-command", "--", "true"]);
+    assert!(!both.status.success(), "a command and --image-command together are refused");
+    assert!(run(&["rm", &idle, &own]).status.success());
+}

@@ -40,10 +40,16 @@ async fn an_imported_oci_image_runs_with_its_layers_and_config() {
     assert_eq!(records[0].config.cmd, ["/bin/sleep", "1000"]);
     assert_eq!(store().import(&archive).unwrap()[0].id, records[0].id, "re-import is idempotent");
 
-    let sb = Sandbox::builder().client(&client()).image("localhost/hangar-test:1").create().await.unwrap();
+    // Without a command a sandbox idles, whatever the image's own command would do; asked for, it runs that.
+    let idle = Sandbox::builder().client(&client()).image("localhost/hangar-test:1").create().await.unwrap();
+    assert_eq!(idle.info().await.unwrap().command, Vec::<String>::new());
+    let sb =
+        Sandbox::builder().client(&client()).image("localhost/hangar-test:1").image_command().create().await.unwrap();
     let info = sb.info().await.unwrap();
-    assert_eq!(info.command, ["/bin/sleep", "1000"], "the image's Cmd is the default main command");
+    assert_eq!(info.command, ["/bin/sleep", "1000"], "the image's Cmd is the main command when asked for");
     assert_eq!(info.state, SandboxState::Running);
+    idle.stop().await.unwrap();
+    assert_eq!(idle.info().await.unwrap().state, SandboxState::Terminated);
     let script = "echo $GREETING; pwd; cat /etc/motd; test -e /etc/removed-later || echo gone; for f in /data/*; do echo $f; done";
     let r = sb.exec(["sh", "-c", script]).check(true).await.unwrap();
     assert_eq!(r.stdout_text(), "hello from config\n/data\nfrom layer 2\ngone\n/data/new\n");
@@ -120,7 +126,8 @@ async fn the_image_user_runs_the_main_command_and_execs() {
         false,
     );
     store().import(&archive).unwrap();
-    let sb = Sandbox::builder().client(&client()).image("localhost/user-test:1").create().await.unwrap();
+    let sb =
+        Sandbox::builder().client(&client()).image("localhost/user-test:1").image_command().create().await.unwrap();
     let status = sb.exec(["cat", "/proc/self/status"]).check(true).await.unwrap().stdout_text().into_owned();
     let line = |key: &str| {
         status

@@ -76,10 +76,14 @@ impl Engine {
             Err(e) => return Err(self.fail_start(&id, Error::InvalidArgument(format!("image hold: {e}"))).await),
         };
         let resolved = self.resolve_image(&id, &c.image).await.and_then(|layout| {
-            if c.command.is_empty() {
+            if std::mem::take(&mut c.image_command) {
+                if layout.command.is_empty() {
+                    let image = &c.image;
+                    return Err(Error::InvalidArgument(format!("image_command: image {image} has no default command")));
+                }
                 c.command = layout.command.clone();
             }
-            validate_command(&c).map(|()| layout)
+            Ok(c.validate().map(|()| layout)?)
         });
         let layout = match resolved {
             Ok(layout) => layout,
@@ -288,15 +292,4 @@ impl Engine {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
     }
-}
-
-/// The main command, once the image has filled it in if the caller gave none.
-fn validate_command(c: &SandboxConfig) -> Result<()> {
-    if c.command.is_empty() {
-        return Err(Error::InvalidArgument(format!(
-            "command: none given and image {} has no default command",
-            c.image
-        )));
-    }
-    Ok(c.validate()?)
 }

@@ -107,6 +107,7 @@ impl From<SandboxConfig> for pb::CreateSandboxRequest {
             request_id: c.request_id.unwrap_or_default(),
             image: c.image,
             command: c.command,
+            image_command: c.image_command,
             env: c.env.into_iter().collect(),
             tags: c.tags.into_iter().collect(),
             workdir: c.workdir.unwrap_or_default(),
@@ -127,6 +128,7 @@ impl From<pb::CreateSandboxRequest> for SandboxConfig {
         SandboxConfig {
             image: none_if_empty(r.image).unwrap_or(d.image),
             command: r.command,
+            image_command: r.image_command,
             env: sorted(r.env),
             tags: r.tags.into_iter().collect(),
             workdir: none_if_empty(r.workdir),
@@ -488,6 +490,7 @@ mod tests {
         let cfg = SandboxConfig {
             image: "python:3.11".into(),
             command: vec!["python3".into()],
+            image_command: true,
             env: vec![("A".into(), "1".into()), ("Z".into(), "2".into())],
             tags: BTreeMap::from([("k".into(), "v".into())]),
             workdir: Some("/work".into()),

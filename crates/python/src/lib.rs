@@ -276,7 +276,8 @@ impl NativeClient {
     }
 
     #[pyo3(signature = (*, image=None, command=None, args=vec![], env=vec![], tags=vec![], workdir=None,
-        cpus=None, memory_bytes=None, disk_bytes=None, pids=None, max_lifetime_seconds=None, request_id=None))]
+        cpus=None, memory_bytes=None, disk_bytes=None, pids=None, max_lifetime_seconds=None, request_id=None,
+        image_command=false))]
     #[allow(clippy::too_many_arguments)]
     fn create<'py>(
         &self,
@@ -293,8 +294,12 @@ impl NativeClient {
         pids: Option<u64>,
         max_lifetime_seconds: Option<f64>,
         request_id: Option<String>,
+        image_command: bool,
     ) -> PyResult<Bound<'py, PyAny>> {
         let mut b = hangar::Sandbox::builder().client(&self.0).args(args);
+        if image_command {
+            b = b.image_command();
+        }
         b = match image {
             Some(i) => b.image(i),
             None => b,

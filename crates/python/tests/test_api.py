@@ -197,3 +197,30 @@ def test_the_python_311_image_made_from_debian_packages(backend, python_image):
     assert "python 3.11" in pip.stdout
     assert venv.stdout == "/tmp/v\n"
     assert b'VERSION_CODENAME=bookworm' in os_release
+
+
+def test_an_image_sandbox_without_a_command_idles_and_image_command_runs_the_images(backend, python_image):
+    async def main():
+        async with backend.sandbox(container_image="python:3.11") as sb:
+            await asyncio.sleep(0.3)
+            idle = (await sb.info()).status
+            r = await sb.exec(["python", "-c", "print(6 * 7)"], check=True)
+        own = backend.sandbox(container_image="python:3.11", image_command=True)
+        await own.start()
+        for _ in range(200):
+            if (await own.info()).status.is_final:
+                break
+            await asyncio.sleep(0.025)
+        info = await own.info()
+        await own.delete()
+        try:
+            await backend.sandbox(container_image="python:3.11", image_command=True, command="true").start()
+            both = "created"
+        except SandboxValidationError as e:
+            both = str(e)
+        return idle, r.stdout, info, both
+
+    idle, out, info, both = asyncio.run(main())
+    assert idle == SandboxStatus.RUNNING and out == "42\n"
+    assert info.command == ["python3"] and info.status == SandboxStatus.COMPLETED, info
+    assert "image_command" in both

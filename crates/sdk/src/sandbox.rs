@@ -62,7 +62,9 @@ impl SandboxBuilder {
         self.cfg.image = image.into();
         self
     }
-    /// The main command's program; the sandbox ends when it does. Default `sleep`.
+    /// The main command's program; the sandbox ends when it does, and its output is the sandbox's log
+    /// ([`Sandbox::logs`]). Default: none — the sandbox has no main process and runs until it is stopped or
+    /// its lifetime ends (see [`SandboxBuilder::image_command`] for the image's own command).
     ///
     /// ```no_run
     /// # async fn demo() -> hangar::Result<()> {
@@ -88,6 +90,19 @@ impl SandboxBuilder {
         S: Into<String>,
     {
         self.args = args.into_iter().map(Into::into).collect();
+        self
+    }
+    /// Without a command, run the image's own entrypoint and cmd as the main command, as `docker run IMAGE`
+    /// would (by default a sandbox without a command idles).
+    ///
+    /// ```no_run
+    /// # async fn demo() -> hangar::Result<()> {
+    /// // An image whose command is a server: the sandbox lives as long as the server does.
+    /// let sb = hangar::Sandbox::builder().image("registry.local/api:1.4").image_command().create().await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn image_command(mut self) -> Self {
+        self.cfg.image_command = true;
         self
     }
     /// Sets an environment variable for every process in the sandbox.

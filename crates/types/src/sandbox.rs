@@ -83,9 +83,11 @@ impl std::fmt::Display for SandboxState {
 pub struct SandboxConfig {
     /// Image reference.
     pub image: String,
-    /// Main command; the sandbox ends when it does. Empty means the image's default (entrypoint + cmd;
-    /// `sleep infinity` for the built-in image).
+    /// Main command; the sandbox ends when it does (its output is the sandbox's log). Empty: no main command,
+    /// the sandbox runs until it is stopped or its lifetime ends — unless [`SandboxConfig::image_command`].
     pub command: Vec<String>,
+    /// Without a command, run the image's own (its entrypoint and cmd, as `docker run IMAGE` would).
+    pub image_command: bool,
     /// Environment for every process in the sandbox, over the image's.
     pub env: Vec<(String, String)>,
     /// Free-form labels.
@@ -116,6 +118,7 @@ impl Default for SandboxConfig {
         Self {
             image: BUILTIN_IMAGE.into(),
             command: vec![],
+            image_command: false,
             env: vec![],
             tags: BTreeMap::new(),
             workdir: None,
@@ -142,6 +145,9 @@ impl SandboxConfig {
     pub fn validate(&self) -> Result<(), Invalid> {
         if !self.command.is_empty() {
             check_argv("command", &self.command)?;
+            if self.image_command {
+                return Err(Invalid::new("image_command", "a command is given too: ask for one or the other"));
+            }
         }
         check_env(&self.env)?;
         if let Some(cpus) = self.cpus {
@@ -238,6 +244,10 @@ mod tests {
         let d = SandboxConfig::default;
         let cases = [
             (SandboxConfig { command: vec![String::new()], ..d() }, "command: argv[0] is empty"),
+            (
+                SandboxConfig { command: vec!["sh".into()], image_command: true, ..d() },
+                "image_command: a command is given too: ask for one or the other",
+            ),
             (
                 SandboxConfig { cpus: Some(f64::NAN), ..d() },
                 "cpus: NaN is not a positive number of cores (at least 0.01)",

@@ -92,27 +92,44 @@ impl Exec {
 
 /// Journals the sandbox's main command (already started as `pid`, writing both its streams into the pipe
 /// `output` reads) as the exec [`MAIN_EXEC`]: its output is the sandbox's log, kept for as long as the
-/// sandbox's state directory, and its end is published like any exec's. Call before the reaper first runs.
-pub(crate) fn adopt_main(state: &Shared, pid: i32, output: OwnedFd, cgroup: ExecCgroup) -> io::Result<()> {
+/// sandbox's state directory, and its end is published like any exec's. A sandbox without a main command
+/// (`None`) has an empty log, which ends with the sandbox ([`end_idle_main`]). Call before the reaper first
+/// runs.
+pub(crate) fn adopt_main(state: &Shared, main: Option<(i32, OwnedFd, ExecCgroup)>) -> io::Result<()> {
     let argv = state.borrow().cfg.main.clone();
     let journal = hangar_journal::Writer::create(state_dir(), MAIN_EXEC, hangar_types::LOG_JOURNAL_CAP)?;
     let exec = Exec::new(MAIN_EXEC.into(), argv, journal, &Output::Merged, OnDisconnect::Keep, Duration::MAX);
+    {
+        let mut st = state.borrow_mut();
+        st.table.by_id.insert(MAIN_EXEC.into(), exec.clone());
+        st.table.order.push(MAIN_EXEC.into());
+    }
+    let Some((pid, output, cgroup)) = main else { return Ok(()) };
     {
         let mut e = exec.borrow_mut();
         e.pid = pid;
         e.cgroup = Some(cgroup);
     }
     let exit_rx = expect_exit(state, pid);
-    {
-        let mut st = state.borrow_mut();
-        st.table.by_id.insert(MAIN_EXEC.into(), exec.clone());
-        st.table.order.push(MAIN_EXEC.into());
-        st.live_execs += 1;
-    }
+    state.borrow_mut().live_execs += 1;
     let (exited_tx, exited_rx) = watch::channel(false);
     let pump = tokio::task::spawn_local(pump(exec.clone(), 0, nonblocking(output)?, exited_rx));
     tokio::task::spawn_local(supervise(state.clone(), exec, exit_rx, vec![pump], exited_tx));
     Ok(())
+}
+
+/// The end of the (empty) log of a sandbox without a main command: it ended with the sandbox.
+pub(crate) fn end_idle_main(state: &Shared) {
+    let Ok(e) = lookup(state, MAIN_EXEC) else { return };
+    let mut ex = e.borrow_mut();
+    if ex.pid != 0 || ex.end.is_some() {
+        return;
+    }
+    ex.end = Some(ExecEnd::sandbox_gone([0, 0]));
+    ex.ended = Some(Instant::now());
+    ex.journal.close();
+    ex.publish();
+    super::running::persist_log(&ex);
 }
 
 /// Starts the process with its pipes (or terminal) and cgroup, and the tasks that journal and supervise it.

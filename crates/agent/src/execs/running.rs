@@ -118,11 +118,7 @@ pub(super) async fn supervise(
         ex.stdin_open = false;
         ex.publish();
         if ex.id == MAIN_EXEC {
-            // The log is read after the agent is gone too: its end and gaps must be on disk.
-            let p = ex.journal.progress(ex.end.clone());
-            if let Err(err) = hangar_journal::persist(state_dir(), MAIN_EXEC, &p) {
-                crate::log!("the main command's log: {err}");
-            }
+            persist_log(&ex);
         }
         ex.stdin.clone()
     };
@@ -144,6 +140,13 @@ pub(super) async fn supervise(
         let _ = tokio::task::spawn_blocking(move || cg.remove(Duration::from_millis(500))).await;
     }
     retain(state, e).await;
+}
+
+/// The sandbox's log is read after the agent is gone too: its end and gaps go to disk with it.
+pub(super) fn persist_log(ex: &Exec) {
+    if let Err(err) = hangar_journal::persist(state_dir(), MAIN_EXEC, &ex.journal.progress(ex.end.clone())) {
+        crate::log!("the sandbox's log: {err}");
+    }
 }
 
 /// Keeps the journal until the exec ended, nobody is attached, and its retention has passed; then deletes it.

@@ -6,8 +6,16 @@ use hangar::{Client, Sandbox};
 use std::time::Duration;
 
 /// `hangar create`: prints the new sandbox's id.
-pub(crate) async fn create(sandbox: SandboxArgs, tags: Vec<(String, String)>, command: Vec<String>) -> Result<u8> {
+pub(crate) async fn create(
+    sandbox: SandboxArgs,
+    tags: Vec<(String, String)>,
+    image_command: bool,
+    command: Vec<String>,
+) -> Result<u8> {
     let mut b = sandbox.builder()?;
+    if image_command {
+        b = b.image_command();
+    }
     for (k, v) in tags {
         b = b.tag(k, v);
     }

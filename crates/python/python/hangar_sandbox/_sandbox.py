@@ -503,8 +503,10 @@ class Sandbox:
             assert r.stdout == "42\\n"
 
     Arguments: ``container_image`` (default: the engine's built-in image, the host's own userland with
-    Python 3), ``command`` and ``args`` (the main command; the sandbox ends when it does; default
-    ``sleep infinity``), ``env`` or ``environment_variables``, ``resources``
+    Python 3), ``command`` and ``args`` (the main command; the sandbox ends when it does and its output is
+    the sandbox's log, :meth:`logs`; default none: the sandbox runs until it is stopped or its lifetime ends;
+    ``args`` alone go to ``sleep``), ``image_command=True`` (without a command, run the image's own entrypoint
+    and cmd, as ``docker run IMAGE``), ``env`` or ``environment_variables``, ``resources``
     (``{"cpu": "500m", "memory": "256Mi", "disk": "2Gi", "pids": 64}``), ``max_lifetime_seconds`` (it is
     stopped after that long, whoever is watching; default an hour), ``tags`` (a mapping, or a list of bare
     tags), ``working_dir``, ``request_id`` (a retried creation with the same id gives the same sandbox).
@@ -523,6 +525,7 @@ class Sandbox:
         tags: Mapping[str, str] | Sequence[str] | None = None,
         working_dir: str | None = None,
         request_id: str | None = None,
+        image_command: bool = False,
         client: Client | None = None,
     ) -> None:
         if env is not None and environment_variables is not None:
@@ -536,6 +539,7 @@ class Sandbox:
             workdir=working_dir,
             max_lifetime_seconds=max_lifetime_seconds,
             request_id=request_id,
+            image_command=image_command,
             **_resources(resources),
         )
         self._client_arg = client
