@@ -224,7 +224,9 @@ async fn a_sandbox_shows_pulling_with_progress_while_its_image_downloads() {
     let image = format!("{proxy}/hangar/slow:1");
     let creating = {
         let (client, image) = (client.clone(), image.clone());
-        tokio::spawn(async move { hangar::Sandbox::builder().client(&client).image(image).create().await })
+        tokio::spawn(
+            async move { hangar::Sandbox::builder().client(&client).image(image).image_command().create().await },
+        )
     };
     let mut seen = None;
     for _ in 0..500 {

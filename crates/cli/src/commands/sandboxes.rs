@@ -40,7 +40,9 @@ pub(crate) async fn ls(json: bool) -> Result<u8> {
             _ => "-".into(),
         };
         let ended = i.end_reason.as_deref().unwrap_or("-");
-        outln!("{:<20} {:<11} {:<8} {:<6} {:<18} {}", i.id, i.state, i.image, exit, ended, i.command.join(" "));
+        // No main command: the sandbox idles.
+        let command = if i.command.is_empty() { "-".to_string() } else { i.command.join(" ") };
+        outln!("{:<20} {:<11} {:<8} {:<6} {:<18} {command}", i.id, i.state, i.image, exit, ended);
     }
     Ok(0)
 }

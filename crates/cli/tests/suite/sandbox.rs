@@ -234,8 +234,13 @@ async fn bad_sandboxes_are_refused_with_typed_errors() {
         Err(Error::InvalidArgument(m)) => assert!(m.starts_with("cpus"), "{m}"),
         other => panic!("expected InvalidArgument, got {other:?}"),
     }
-    let failed =
-        client().list().await.unwrap().into_iter().filter(|i| i.command[0] == "no-such-init").collect::<Vec<_>>();
+    let failed = client()
+        .list()
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|i| i.command.first().map(String::as_str) == Some("no-such-init"))
+        .collect::<Vec<_>>();
     assert_eq!(failed.len(), 1);
     assert_eq!(failed[0].state, SandboxState::Failed);
     assert_eq!(leftovers(&failed[0].id), Vec::<String>::new());
