@@ -29,7 +29,17 @@ pub struct BenchArgs {
     /// round trips and stream in the same sandbox, in rounds interleaved with the Rust SDK's.
     #[arg(long)]
     python: Option<String>,
+    /// Also measure CoreWeave's client: this interpreter (with `cwsandbox` installed) drives a `hangar serve`
+    /// the bench starts on loopback, against the Rust SDK through the same server (round trips, and
+    /// `--cwsandbox-mib` MiB of text streamed), in interleaved rounds.
+    #[arg(long)]
+    cwsandbox: Option<String>,
+    /// MiB streamed per run of the `--cwsandbox` comparison.
+    #[arg(long, default_value_t = 100)]
+    cwsandbox_mib: usize,
 }
+
+mod cwsandbox;
 
 /// The Python side of `--python`: round trips and a stream through `on_stdout`, in the sandbox the Rust
 /// side made, reported as one JSON line.
@@ -259,6 +269,9 @@ pub async fn run(args: BenchArgs) -> Result<u8> {
     }
     sb.stop_with_grace(Duration::from_secs(1)).await?;
     outcome?;
+    if let Some(python) = &args.cwsandbox {
+        cwsandbox::measure(python, n, args.cwsandbox_mib, args.stream_runs.max(1)).await?;
+    }
     if let Some(image) = &args.pull {
         measure_images(image, n).await?;
     }
