@@ -328,24 +328,51 @@ impl ExecStream {
     /// Moves the start to the last `lines` lines of each stream (see [`hangar_journal::Reader::seek_tail`]),
     /// as journaled now. Call before the first [`ExecStream::next`].
     pub async fn seek_tail(&mut self, lines: u64) -> Result<()> {
-        if let Some((conn, _)) = self.conn.as_mut() {
-            // The agent's first snapshot follows the exec's info at once.
-            match conn.recv::<Response>().await {
-                Ok(Some(Response::Progress(p))) => self.progress = p,
-                other => {
-                    return Err(Error::SandboxGone {
-                        id: self.sandbox.clone(),
-                        detail: format!("exec {}: no journal progress ({other:?})", self.info.id),
-                    })
-                }
-            }
-        }
+        self.first_progress().await?;
         for i in 0..2 {
             self.reader
                 .seek_tail(&self.progress, i, lines)
                 .map_err(|e| Error::io("read journal of exec", &self.info.id, e))?;
         }
         self.control().send(&Request::Ack { pos: self.reader.position() }).await
+    }
+
+    /// Moves stdout's start to the first bytes written at or after `ms` (Unix milliseconds; the main
+    /// command's log keeps times, other execs start at their end), never into bytes the cap dropped, and
+    /// never back. Call before the first [`ExecStream::next`].
+    pub async fn seek_since(&mut self, ms: u64) -> Result<()> {
+        self.first_progress().await?;
+        let p = &self.progress;
+        let mut at = self.times().since(ms).unwrap_or(p.written[0]);
+        if at >= p.head && at < p.dropped_to[0] {
+            at = p.dropped_to[0];
+        }
+        let [out, err] = self.reader.position();
+        self.reader.seek([at.max(out), err]);
+        self.control().send(&Request::Ack { pos: self.reader.position() }).await
+    }
+
+    /// When the bytes of stdout were written, as far as the journal keeps times (the main command's log does).
+    pub fn times(&self) -> hangar_journal::Times {
+        hangar_journal::Times::new(self.reader.dir())
+    }
+
+    /// Waits for the agent's first snapshot, which follows the exec's info at once.
+    async fn first_progress(&mut self) -> Result<()> {
+        let Some((conn, _)) = self.conn.as_mut() else { return Ok(()) };
+        if self.progress != Progress::default() {
+            return Ok(());
+        }
+        match conn.recv::<Response>().await {
+            Ok(Some(Response::Progress(p))) => {
+                self.progress = p;
+                Ok(())
+            }
+            other => Err(Error::SandboxGone {
+                id: self.sandbox.clone(),
+                detail: format!("exec {}: no journal progress ({other:?})", self.info.id),
+            }),
+        }
     }
 
     /// The agent is gone: the end the journal recorded (the main command's log keeps one), else the end of

@@ -317,6 +317,11 @@ impl Reader {
         &self.dir
     }
 
+    /// Moves the position to `pos` (stdout, stderr), e.g. where a time index says a time starts.
+    pub fn seek(&mut self, pos: [u64; 2]) {
+        self.pos = pos;
+    }
+
     /// Reads the journal from directory `dir` from now on (it was moved; files already open stay open).
     pub fn set_dir(&mut self, dir: PathBuf) {
         self.dir = dir;
@@ -417,6 +422,9 @@ impl Reader {
         Ok(buf)
     }
 }
+
+mod times;
+pub use times::{TimeWriter, Times, MAX_RECORDS, TIMES_FILE, TIME_STEP_MS};
 
 #[cfg(test)]
 mod tests;

@@ -355,3 +355,31 @@ fn a_persisted_progress_reads_back_and_a_lost_one_is_recovered_from_the_files() 
     assert_eq!(got.gaps[0], vec![(p.head, p.dropped_to[0])]);
     assert!(got.end.is_some());
 }
+
+#[test]
+fn the_time_index_dates_bytes_finds_times_and_stays_small() {
+    let d = Dir::new();
+    let _journal = d.writer(MIN_CAP); // the index lives in the journal's directory
+    let mut w = TimeWriter::create(d.fd.as_fd(), "ex-1").unwrap();
+    let mut t = Times::new(&d.path.join(dir("ex-1")));
+    assert_eq!(t.at(0), None, "nothing recorded yet");
+    w.note(d.fd.as_fd(), 0, 1000).unwrap();
+    w.note(d.fd.as_fd(), 10, 1005).unwrap(); // within the step: not recorded
+    w.note(d.fd.as_fd(), 20, 1010).unwrap();
+    w.note(d.fd.as_fd(), 50, 2000).unwrap();
+    assert_eq!(
+        (t.at(0), t.at(15), t.at(20), t.at(49), t.at(50), t.at(1 << 20)),
+        (Some(1000), Some(1000), Some(1010), Some(1010), Some(2000), Some(2000))
+    );
+    assert_eq!((t.since(0), t.since(1001), t.since(2000), t.since(2001)), (Some(0), Some(20), Some(50), None));
+    // Past its size it thins older records out, keeping the newest; times never move later.
+    for k in 0..(MAX_RECORDS as u64 + 10) {
+        w.note(d.fd.as_fd(), 100 + k, 3000 + k * TIME_STEP_MS).unwrap();
+    }
+    let len = std::fs::metadata(d.path.join(dir("ex-1")).join(TIMES_FILE)).unwrap().len();
+    assert!(len <= (MAX_RECORDS * 16) as u64, "{len}");
+    let newest = 100 + MAX_RECORDS as u64 + 9;
+    assert_eq!(t.at(newest), Some(3000 + (newest - 100) * TIME_STEP_MS));
+    let mid = 100 + 1001;
+    assert!(t.at(mid).unwrap() <= 3000 + 1001 * TIME_STEP_MS, "a time is never later than the write");
+}

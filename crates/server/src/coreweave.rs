@@ -389,15 +389,33 @@ fn log_error(code: &str, message: String) -> cw::LogEntry {
     cw::LogEntry { error: Some(cw::LogStreamError { message, code: code.into() }), ..Default::default() }
 }
 
-/// The log's events as entries, until `until` (not following), the main command's end, or an error frame.
+/// Prefixes each line that starts in `data` (at log offset `offset`) with the time it was written; `at_start`
+/// says whether a line starts at `data`'s first byte, and is updated for the next chunk.
+fn stamped(data: &[u8], offset: u64, times: &mut hangar_journal::Times, at_start: &mut bool) -> bytes::Bytes {
+    let mut out = Vec::with_capacity(data.len() + 32);
+    for (k, &b) in data.iter().enumerate() {
+        if *at_start {
+            let ms = times.at(offset + k as u64).unwrap_or_else(hangar_types::now_ms);
+            out.extend_from_slice(format!("{} ", timestamp(ms)).as_bytes());
+        }
+        out.push(b);
+        *at_start = b == b'\n';
+    }
+    out.into()
+}
+
+/// The log's events as entries, until `until` (not following), the main command's end, or an error frame;
+/// with `times`, its lines stamped.
 async fn log_entries(
     stream: hangar_engine::ExecStream,
     tx: tokio::sync::mpsc::Sender<Result<cw::LogEntry, Status>>,
     session: String,
     until: Option<u64>,
     resume: bool,
+    mut times: Option<hangar_journal::Times>,
 ) {
     let mut pos = stream.position()[0];
+    let mut at_start = true;
     let (mut ev_rx, _reader) = crate::stream::read_ahead(stream);
     loop {
         if until.is_some_and(|u| pos >= u) {
@@ -410,6 +428,10 @@ async fn log_entries(
         let entry = match ev {
             Some(Ok(Some(ExecEvent::Output { offset, data, .. }))) => {
                 pos = offset + data.len() as u64;
+                let data = match times.as_mut() {
+                    Some(t) => stamped(&data, offset, t, &mut at_start),
+                    None => data,
+                };
                 let (log_session_id, next_log_offset) = (session.clone(), pos);
                 Ok(cw::LogEntry { data, log_session_id, next_log_offset, ..Default::default() })
             }
@@ -636,7 +658,8 @@ impl SandboxService for CoreWeaveApi {
     /// The sandbox's log (its main command's stdout and stderr, in the order written) as `LogEntry` frames
     /// carrying a session id (the sandbox's: any replica can resume it) and the offset after each chunk. A
     /// fresh stream starts at the last `tail_lines` lines, or at the oldest byte after anything the log's cap
-    /// dropped (like a rotated log); a resume at its offset exactly. Without `follow` it ends at what was
+    /// dropped (like a rotated log), and not before `since_time`; a resume at its offset exactly. With
+    /// `timestamps` each line starts with the time it was written (RFC 3339, to 10 ms) and a space. Without `follow` it ends at what was
     /// there when it opened; with it, when the main command ends. Ended sandboxes' logs are served too.
     async fn stream_logs(
         &self,
@@ -646,10 +669,6 @@ impl SandboxService for CoreWeaveApi {
         let r = req.into_inner();
         owned(&self.engine, &tenant, &r.sandbox_id).await?;
         one_container(&r.container)?;
-        if r.timestamps || r.since_time.is_some() {
-            let field = if r.timestamps { "timestamps" } else { "since_time" };
-            return Err(invalid(field, "Hangar's logs are addressed by byte offset and keep no times"));
-        }
         let session = log_session(&r.sandbox_id);
         let (tx, rx) = tokio::sync::mpsc::channel(crate::stream::STREAM_BUFFER);
         let reply = |tx| Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(tx)) as BoxStream<_>));
@@ -670,9 +689,14 @@ impl SandboxService for CoreWeaveApi {
         if !resume {
             let lines = if r.tail_lines > 0 { r.tail_lines as u64 } else { u64::MAX };
             stream.seek_tail(lines).await.map_err(cw_status)?;
+            if let Some(t) = &r.since_time {
+                let ms = (t.seconds.max(0) as u64).saturating_mul(1000) + (t.nanos.max(0) as u64) / 1_000_000;
+                stream.seek_since(ms).await.map_err(cw_status)?;
+            }
         }
         let until = (!r.follow && stream.info().end.is_none()).then_some(written);
-        tokio::spawn(log_entries(stream, tx, session, until, resume));
+        let times = r.timestamps.then(|| stream.times());
+        tokio::spawn(log_entries(stream, tx, session, until, resume, times));
         reply(rx)
     }
 

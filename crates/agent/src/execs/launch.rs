@@ -72,6 +72,7 @@ impl Exec {
             tty: output.is_pty(),
             merged: *output == Output::Merged,
             journal,
+            times: None,
             progress: watch::channel(Progress::default()).0,
             space: Rc::new(Notify::new()),
             stdin: Rc::new(tokio::sync::Mutex::new(None)),
@@ -99,6 +100,7 @@ pub(crate) fn adopt_main(state: &Shared, main: Option<(i32, OwnedFd, ExecCgroup)
     let argv = state.borrow().cfg.main.clone();
     let journal = hangar_journal::Writer::create(state_dir(), MAIN_EXEC, hangar_types::LOG_JOURNAL_CAP)?;
     let exec = Exec::new(MAIN_EXEC.into(), argv, journal, &Output::Merged, OnDisconnect::Keep, Duration::MAX);
+    exec.borrow_mut().times = Some(hangar_journal::TimeWriter::create(state_dir(), MAIN_EXEC)?);
     {
         let mut st = state.borrow_mut();
         st.table.by_id.insert(MAIN_EXEC.into(), exec.clone());

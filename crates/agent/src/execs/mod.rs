@@ -99,6 +99,8 @@ pub(crate) struct Exec {
     tty: bool,
     merged: bool,
     journal: hangar_journal::Writer,
+    /// When its bytes arrived (the main command's log only).
+    times: Option<hangar_journal::TimeWriter>,
     progress: watch::Sender<Progress>,
     /// Woken when readers advance or leave, so a pump waiting for room re-checks.
     space: Rc<Notify>,
@@ -168,6 +170,10 @@ impl Exec {
     /// Journals `data`; on a write error (the host's disk is full) nothing is counted and the caller keeps
     /// the bytes, unless `lose` says to count them anyway (readers then get a gap for them).
     fn append(&mut self, i: usize, data: &[u8], lose: bool) -> io::Result<()> {
+        if let Some(t) = self.times.as_mut().filter(|_| i == 0) {
+            // A log without times is still a log: the bytes matter more than when they came.
+            let _ = t.note(state_dir(), self.journal.written()[0], hangar_types::now_ms());
+        }
         self.journal.append(i, data, lose)?;
         self.publish();
         Ok(())
