@@ -77,13 +77,15 @@ fn python_round(python: &str, sandbox: &str, n: usize, mib: usize) -> Result<(Ve
     if std::env::var_os("HANGAR_URL").is_none() {
         cmd.env("HANGAR_AGENT_BIN", hangar::EngineConfig::from_env()?.agent_bin);
     }
-    let out = cmd
-        .args(["-c", PYTHON_BENCH, sandbox, &n.to_string(), &mib.to_string()])
-        .stderr(Stdio::inherit())
-        .output()
-        .with_context(|| format!("run {python}"))?;
-    anyhow::ensure!(out.status.success(), "{python} (the Python SDK's bench) failed: {}", out.status);
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).context("the Python bench's report")?;
+    cmd.args(["-c", PYTHON_BENCH, sandbox, &n.to_string(), &mib.to_string()]);
+    script_report(cmd, "the Python SDK's bench")
+}
+
+/// Runs a benchmark script that prints one JSON line `{"rtt": [seconds...], "stream_mbs": rate}`.
+fn script_report(mut cmd: Command, what: &str) -> Result<(Vec<Duration>, f64)> {
+    let out = cmd.stderr(Stdio::inherit()).output().with_context(|| format!("run {what}"))?;
+    anyhow::ensure!(out.status.success(), "{what} failed: {}", out.status);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).with_context(|| format!("{what}'s report"))?;
     let rtt = v["rtt"].as_array().context("rtt")?.iter().filter_map(|x| x.as_f64()).map(Duration::from_secs_f64);
     Ok((rtt.collect(), v["stream_mbs"].as_f64().context("stream_mbs")?))
 }

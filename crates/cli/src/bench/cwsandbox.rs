@@ -2,7 +2,7 @@
 //! (`coreweave.sandbox.v1`) vs the Rust SDK against the same server (`hangar.v1`), in one sandbox, rounds
 //! interleaved: exec round trips, and a text stream read line by line as the client delivers it.
 
-use super::{line, median, summarize};
+use super::{line, median, script_report, summarize};
 use anyhow::{Context, Result};
 use hangar::Sandbox;
 use std::process::{Child, Command, Stdio};
@@ -79,18 +79,12 @@ fn rand_u64() -> u64 {
 }
 
 fn cw_round(python: &str, server: &Server, sandbox: &str, n: usize, mib: usize) -> Result<(Vec<Duration>, f64)> {
-    let out = Command::new(python)
-        .args(["-c", CW_BENCH, sandbox, &n.to_string(), &mib.to_string(), &text_command(mib)])
+    let mut cmd = Command::new(python);
+    cmd.args(["-c", CW_BENCH, sandbox, &n.to_string(), &mib.to_string(), &text_command(mib)])
         .env("CWSANDBOX_BASE_URL", &server.url)
         .env("CWSANDBOX_API_KEY", &server.token)
-        .env("AWS_EC2_METADATA_DISABLED", "true")
-        .stderr(Stdio::inherit())
-        .output()
-        .with_context(|| format!("run {python}"))?;
-    anyhow::ensure!(out.status.success(), "{python} (the cwsandbox bench) failed: {}", out.status);
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).context("the cwsandbox bench's report")?;
-    let rtt = v["rtt"].as_array().context("rtt")?.iter().filter_map(|x| x.as_f64()).map(Duration::from_secs_f64);
-    Ok((rtt.collect(), v["stream_mbs"].as_f64().context("stream_mbs")?))
+        .env("AWS_EC2_METADATA_DISABLED", "true");
+    script_report(cmd, "the cwsandbox bench")
 }
 
 async fn rust_stream(sb: &Sandbox, mib: usize) -> Result<f64> {

@@ -5,6 +5,17 @@ use crate::common::*;
 use hangar::{Ending, Error, ExecEvent};
 use std::time::{Duration, Instant};
 
+/// Waits (up to 10 s) until the sandbox's end is recorded.
+async fn ended(sb: &hangar::Sandbox) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut info = sb.info().await.unwrap();
+    while !info.state.is_final() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(25)).await;
+        info = sb.info().await.unwrap();
+    }
+    assert!(info.state.is_final(), "{info:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_main_commands_log_is_live_ordered_resumable_and_outlives_the_sandbox() {
     let script = "echo one; echo two >&2; printf three; sleep 1.5; echo; echo four; exit 3";
@@ -32,15 +43,7 @@ async fn the_main_commands_log_is_live_ordered_resumable_and_outlives_the_sandbo
     assert_eq!(s.position(), text.len() as u64);
 
     // After the end (whatever the backend took to record it), the log is all there, by offset and by tail.
-    let mut info = sb.info().await.unwrap();
-    for _ in 0..200 {
-        if info.state.is_final() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-        info = sb.info().await.unwrap();
-    }
-    assert!(info.state.is_final(), "{info:?}");
+    ended(&sb).await;
     let all = sb.logs().collect().await.unwrap();
     assert_eq!(all.text(), text);
     assert_eq!(all.end.as_ref().map(|e| &e.ending), Some(&Ending::Exited { code: 3 }));
@@ -99,15 +102,7 @@ async fn the_log_of_a_sandbox_whose_agent_died_is_still_read_and_says_so() {
     }
     let agent = agent_pid(sb.id());
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(agent), nix::sys::signal::Signal::SIGKILL).unwrap();
-    let mut info = sb.info().await.unwrap();
-    for _ in 0..400 {
-        if info.state.is_final() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-        info = sb.info().await.unwrap();
-    }
-    assert!(info.state.is_final(), "{info:?}");
+    ended(&sb).await;
     let log = sb.logs().collect().await.unwrap();
     assert_eq!(log.text(), "before-the-crash\n");
     let end = log.end.expect("an end");
