@@ -144,6 +144,9 @@ enum Cmd {
         /// Start at the last N lines.
         #[arg(long, short = 'n', value_name = "N")]
         tail: Option<u64>,
+        /// Start at what was written this long ago or later: 90s, 10m, 2h, 1d (with -n: whichever is later).
+        #[arg(long, value_name = "AGE", value_parser = age)]
+        since: Option<Duration>,
         /// When done, print the offset to read on from (`--since-offset`) on stderr.
         #[arg(long)]
         print_offset: bool,
@@ -308,6 +311,21 @@ impl SandboxArgs {
     }
 }
 
+/// An age such as `90s`, `10m`, `2h` or `1d` (a bare number is seconds).
+fn age(s: &str) -> Result<Duration, String> {
+    let bad = || format!("{s:?} is not an age such as 90s, 10m, 2h or 1d");
+    let (n, unit) = s.find(|c: char| !c.is_ascii_digit()).map_or((s, ""), |i| s.split_at(i));
+    let n: u64 = n.parse().map_err(|_| bad())?;
+    let secs = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86400,
+        _ => return Err(bad()),
+    };
+    Ok(Duration::from_secs(n.saturating_mul(secs)))
+}
+
 fn key_value(s: &str) -> Result<(String, String), String> {
     s.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())).ok_or_else(|| format!("{s:?} is not KEY=VALUE"))
 }
@@ -365,8 +383,9 @@ async fn dispatch(cmd: Cmd) -> Result<u8> {
         Cmd::Attach { id, exec: x, stdout_offset, stderr_offset, interactive } => {
             exec::attach(id, x, [stdout_offset, stderr_offset], interactive).await
         }
-        Cmd::Logs { id, follow, since_offset, tail, print_offset } => {
-            exec::logs(id, follow, since_offset, tail, print_offset).await
+        Cmd::Logs { id, follow, since_offset, tail, since, print_offset } => {
+            let from = exec::LogStart { offset: since_offset, tail, age: since };
+            exec::logs(id, follow, from, print_offset).await
         }
         Cmd::Execs { id, json } => exec::execs(id, json).await,
         Cmd::Kill { id, exec: x, signal } => exec::kill(id, x, signal).await,

@@ -345,7 +345,7 @@ fn run_with_an_image_whose_own_command_exits_is_like_docker_run() {
     );
     assert!(run(&["images", "import", archive.to_str().unwrap()]).status.success());
     // The command given is what runs, every time (it used to race the image's own command and lose).
-    for i in 0..10 {
+    for i in 0..50 {
         let out =
             run(&["run", "--image", "localhost/sh-cmd:1", "--", "sh", "-c", &format!("sleep 0.05; echo run-{i}")]);
         assert_eq!((out.status.code(), text(&out.stdout)), (Some(0), format!("run-{i}\n")), "{}", text(&out.stderr));
@@ -368,6 +368,9 @@ fn run_with_an_image_whose_own_command_exits_is_like_docker_run() {
     assert_eq!(state_of(&own).as_deref(), Some("completed"));
     assert_eq!(state_of(&idle).as_deref(), Some("running"), "no command: it idles");
     assert_eq!(text(&run(&["logs", &own]).stdout), "from the image\n");
+    assert_eq!(text(&run(&["logs", "--since", "1h", &own]).stdout), "from the image\n");
+    let bad = run(&["logs", "--since", "5 minutes", &own]);
+    assert!(!bad.status.success() && text(&bad.stderr).contains("90s, 10m"), "{}", text(&bad.stderr));
     assert_eq!(text(&run(&["logs", &idle]).stdout), "");
     let both = run(&["create", "--image", "localhost/sh-cmd:1", "--image-command", "--", "true"]);
     assert!(!both.status.success(), "a command and --image-command together are refused");

@@ -471,19 +471,26 @@ impl NativeSandbox {
     }
 
     /// The sandbox's log from `from_offset` (or its last `tail_lines` lines), as a `NativeLog`.
-    #[pyo3(signature = (*, follow=false, from_offset=0, tail_lines=None))]
+    #[pyo3(signature = (*, follow=false, from_offset=0, tail_lines=None, since_seconds=None))]
     fn logs<'py>(
         &self,
         py: Python<'py>,
         follow: bool,
         from_offset: u64,
         tail_lines: Option<u64>,
+        since_seconds: Option<f64>,
     ) -> PyResult<Bound<'py, PyAny>> {
+        let since = since_seconds
+            .map(|s| Duration::try_from_secs_f64(s).map_err(|_| invalid(format!("since: {s} is not a Unix time"))))
+            .transpose()?;
         let sb = self.0.clone();
         spawn(py, async move {
             let mut logs = sb.logs().follow(follow).from_offset(from_offset);
             if let Some(n) = tail_lines {
                 logs = logs.tail_lines(n);
+            }
+            if let Some(t) = since {
+                logs = logs.since(std::time::UNIX_EPOCH + t);
             }
             let log = logs.start().await.map(NativeLog::pump);
             reply(log, vec![], |py, log| Ok(Py::new(py, log)?.into_any()))

@@ -20,7 +20,7 @@ def test_a_followed_log_is_live_and_ends_with_the_main_commands_end(backend):
             stream = await sb.stream_logs(follow=True)
             async for ev in stream:
                 if isinstance(ev, Output):
-                    arrivals.append((time.monotonic(), ev.stream, ev.offset, ev.data))
+                    arrivals.append((time.monotonic(), ev.stream, ev.offset, ev.data, time.time()))
                 elif isinstance(ev, Exit):
                     exit = (time.monotonic(), ev)
                 elif isinstance(ev, Gap):
@@ -32,9 +32,10 @@ def test_a_followed_log_is_live_and_ends_with_the_main_commands_end(backend):
             after = await sb.logs()
             tail = await sb.logs(tail_lines=1)
             rest = await sb.logs(from_offset=4)
-            return arrivals, exit, stream.position, after, tail, rest
+            late = await sb.logs(since=arrivals[0][4] + 0.5)
+            return arrivals, exit, stream.position, after, tail, rest, late
 
-    arrivals, (ended_at, exit), position, after, tail, rest = asyncio.run(main())
+    arrivals, (ended_at, exit), position, after, tail, rest, late = asyncio.run(main())
     data = b"".join(a[3] for a in arrivals)
     assert data == b"one\ntwo\nthree\n", "stdout and stderr in the order written"
     assert {a[1] for a in arrivals} == {"stdout"}
@@ -44,6 +45,7 @@ def test_a_followed_log_is_live_and_ends_with_the_main_commands_end(backend):
     assert position == len(data)
     assert after == SandboxLog(data=data, gaps=[], exit=exit, next_offset=len(data))
     assert tail.text == "three\n" and rest.text == "two\nthree\n"
+    assert late.text == "three\n", "since: what was written after the sleep began"
 
 
 def test_a_log_as_it_stands_returns_at_once_and_goes_with_the_sandbox(backend):

@@ -47,7 +47,15 @@ impl std::fmt::Debug for Client {
     }
 }
 
-/// An exec's events, from either backend.
+/// Where a reader of an exec starts: at offsets (stdout, stderr), moved to the last `tail_lines` lines, then
+/// to the first bytes written at or after `since_ms` (Unix milliseconds).
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Start {
+    pub(crate) from: [u64; 2],
+    pub(crate) tail_lines: Option<u64>,
+    pub(crate) since_ms: Option<u64>,
+}
+
 static DEFAULT: OnceLock<Client> = OnceLock::new();
 
 /// Runs the same call on whichever backend the client has, mapping embedded errors on the way out.
@@ -218,21 +226,23 @@ impl Client {
         }
     }
 
-    /// Follows exec `exec` from offsets `from`, or from the last `tail` lines of each stream.
+    /// Follows exec `exec` from where `start` says.
     pub(crate) async fn attach(
         &self,
         id: &str,
         exec: &str,
-        from: [u64; 2],
-        tail: Option<u64>,
+        start: Start,
         keepalive: Option<Duration>,
     ) -> Result<ExecHandle> {
         match &self.backend {
             #[cfg(feature = "embedded")]
             Backend::Embedded(e) => {
-                let mut stream = e.attach(id, exec, from).await?;
-                if let Some(lines) = tail {
+                let mut stream = e.attach(id, exec, start.from).await?;
+                if let Some(lines) = start.tail_lines {
                     stream.seek_tail(lines).await?;
+                }
+                if let Some(ms) = start.since_ms {
+                    stream.seek_since(ms).await?;
                 }
                 let from = stream.position();
                 Ok(self.embedded_handle(id, stream, from))
@@ -243,7 +253,7 @@ impl Client {
                     true => r.get(id).await?.command,
                     false => r.execs(id).await?.into_iter().find(|x| x.id == exec).map(|x| x.argv).unwrap_or_default(),
                 };
-                let x = r.attach(id, exec, from, tail, keepalive).await?;
+                let x = r.attach(id, exec, &start, keepalive).await?;
                 let from = x.start;
                 Ok(ExecHandle::new(self.clone(), id, command, Inner::Remote(x), from))
             }

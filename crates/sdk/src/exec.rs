@@ -371,7 +371,10 @@ impl<'a> Exec<'a> {
         let client = &self.sb.client;
         match self.attach {
             None => client.exec(&self.sb.id, self.spec, self.input, self.keepalive).await,
-            Some((exec, from)) => client.attach(&self.sb.id, &exec, from, None, self.keepalive).await,
+            Some((exec, from)) => {
+                let start = crate::client::Start { from, ..Default::default() };
+                client.attach(&self.sb.id, &exec, start, self.keepalive).await
+            }
         }
     }
 

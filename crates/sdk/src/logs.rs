@@ -25,14 +25,13 @@ use std::time::Duration;
 pub struct Logs<'a> {
     sb: &'a Sandbox,
     follow: bool,
-    from: u64,
-    tail: Option<u64>,
+    start: crate::client::Start,
     keepalive: Option<Duration>,
 }
 
 impl<'a> Logs<'a> {
     pub(crate) fn new(sb: &'a Sandbox) -> Self {
-        Self { sb, follow: false, from: 0, tail: None, keepalive: None }
+        Self { sb, follow: false, start: Default::default(), keepalive: None }
     }
 
     /// Keep following the log as the main command writes, until it ends (default: stop at what was there
@@ -59,7 +58,7 @@ impl<'a> Logs<'a> {
     /// # Ok(()) }
     /// ```
     pub fn from_offset(mut self, offset: u64) -> Self {
-        self.from = offset;
+        self.start.from[0] = offset;
         self
     }
 
@@ -72,7 +71,22 @@ impl<'a> Logs<'a> {
     /// # Ok(()) }
     /// ```
     pub fn tail_lines(mut self, n: u64) -> Self {
-        self.tail = Some(n);
+        self.start.tail_lines = Some(n);
+        self
+    }
+
+    /// Start at the first bytes written at or after `time` (the log keeps when its bytes came, to 10 ms);
+    /// with [`Logs::tail_lines`], whichever starts later.
+    ///
+    /// ```no_run
+    /// # async fn demo(sb: &hangar::Sandbox) -> hangar::Result<()> {
+    /// let ten_minutes_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(600);
+    /// let recent = sb.logs().since(ten_minutes_ago).collect().await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn since(mut self, time: std::time::SystemTime) -> Self {
+        let ms = time.duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_millis() as u64;
+        self.start.since_ms = Some(ms);
         self
     }
 
@@ -101,7 +115,7 @@ impl<'a> Logs<'a> {
     /// ```
     pub async fn start(self) -> Result<LogStream> {
         let main = hangar_types::MAIN_EXEC;
-        let h = self.sb.client.attach(&self.sb.id, main, [self.from, 0], self.tail, self.keepalive).await?;
+        let h = self.sb.client.attach(&self.sb.id, main, self.start, self.keepalive).await?;
         let (written, ended) = h.journaled;
         let until = (!self.follow && !ended).then_some(written[0]);
         Ok(LogStream { handle: h, until })

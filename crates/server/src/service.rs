@@ -310,6 +310,9 @@ impl SandboxService for SandboxApi {
                 if let Some(lines) = a.tail_lines {
                     stream.seek_tail(lines).await.map_err(from_engine)?;
                 }
+                if let Some(ms) = a.since_ms {
+                    stream.seek_since(ms).await.map_err(from_engine)?;
+                }
                 self.metrics.exec_attaches.fetch_add(1, Relaxed);
                 (a.sandbox_id, stream, keepalive(a.keepalive_ms))
             }

@@ -78,13 +78,23 @@ pub(crate) async fn attach(id: String, exec: String, from: [u64; 2], interactive
     follow(h, interactive, false, None).await
 }
 
+/// Where `hangar logs` starts: an offset, the last lines, an age.
+pub(crate) struct LogStart {
+    pub(crate) offset: u64,
+    pub(crate) tail: Option<u64>,
+    pub(crate) age: Option<Duration>,
+}
+
 /// `hangar logs`: a sandbox's log, as it stands or followed.
-pub(crate) async fn logs(id: String, follow: bool, since: u64, tail: Option<u64>, print_offset: bool) -> Result<u8> {
+pub(crate) async fn logs(id: String, follow: bool, from: LogStart, print_offset: bool) -> Result<u8> {
     use std::io::Write;
     let sb = Sandbox::from_id(&id).await?;
-    let mut logs = sb.logs().follow(follow).from_offset(since);
-    if let Some(n) = tail {
+    let mut logs = sb.logs().follow(follow).from_offset(from.offset);
+    if let Some(n) = from.tail {
         logs = logs.tail_lines(n);
+    }
+    if let Some(age) = from.age {
+        logs = logs.since(std::time::SystemTime::now() - age);
     }
     let mut s = logs.start().await?;
     while let Some(ev) = s.next_event().await? {

@@ -28,7 +28,7 @@ async fn the_main_commands_log_is_live_ordered_resumable_and_outlives_the_sandbo
             ExecEvent::Output { data, .. } => {
                 text.push_str(&String::from_utf8_lossy(&data));
                 if text.contains("three") {
-                    first_at.get_or_insert_with(Instant::now);
+                    first_at.get_or_insert_with(|| (Instant::now(), std::time::SystemTime::now()));
                 }
             }
             ExecEvent::Gap { .. } => panic!("a gap in a short log"),
@@ -38,7 +38,8 @@ async fn the_main_commands_log_is_live_ordered_resumable_and_outlives_the_sandbo
     let (end, ended_at) = exit.expect("a followed log ends with the main command's end");
     assert_eq!(text, "one\ntwo\nthree\nfour\n", "stdout and stderr in the order written");
     assert_eq!(end.ending, Ending::Exited { code: 3 });
-    let lead = ended_at - first_at.unwrap();
+    let (first_at, first_time) = first_at.unwrap();
+    let lead = ended_at - first_at;
     assert!(lead > Duration::from_millis(700), "the first lines arrived only {lead:?} before the end: not live");
     assert_eq!(s.position(), text.len() as u64);
 
@@ -51,6 +52,10 @@ async fn the_main_commands_log_is_live_ordered_resumable_and_outlives_the_sandbo
     assert_eq!(sb.logs().from_offset(4).collect().await.unwrap().text(), "two\nthree\nfour\n");
     assert_eq!(sb.logs().tail_lines(2).collect().await.unwrap().text(), "three\nfour\n");
     assert_eq!(sb.logs().from_offset(text.len() as u64).collect().await.unwrap().text(), "");
+    // By time: what was written after the sleep began (the log keeps when its bytes came).
+    let mid = first_time + Duration::from_millis(500);
+    assert_eq!(sb.logs().since(mid).collect().await.unwrap().text(), "\nfour\n");
+    assert_eq!(sb.logs().since(first_time - Duration::from_secs(60)).collect().await.unwrap().text(), text);
     let id = sb.id().to_string();
     sb.delete().await.unwrap();
     let again = hangar::Sandbox::from_id_with(&client(), &id).await;

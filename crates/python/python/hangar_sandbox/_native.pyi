@@ -93,7 +93,12 @@ class NativeSandbox:
         self, exec_id: str, stdout_offset: int = 0, stderr_offset: int = 0, capture: bool = True
     ) -> Awaitable[NativeRun]: ...
     def logs(
-        self, *, follow: bool = False, from_offset: int = 0, tail_lines: int | None = None
+        self,
+        *,
+        follow: bool = False,
+        from_offset: int = 0,
+        tail_lines: int | None = None,
+        since_seconds: float | None = None,
     ) -> Awaitable[NativeLog]: ...
     def execs(self) -> Awaitable[list[ExecInfo]]: ...
     def read_file(self, path: str) -> Awaitable[bytes]: ...

@@ -10,6 +10,7 @@ import asyncio
 import builtins
 import concurrent.futures
 import contextvars
+import datetime
 import inspect
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
@@ -875,13 +876,19 @@ class Sandbox:
     # ---- logs ----
 
     async def stream_logs(
-        self, *, follow: bool = False, from_offset: int = 0, tail_lines: int | None = None
+        self,
+        *,
+        follow: bool = False,
+        from_offset: int = 0,
+        tail_lines: int | None = None,
+        since: datetime.datetime | float | None = None,
     ) -> LogStream:
         """The sandbox's log: its main command's stdout and stderr, in the order they were written, while it
         runs and after it ended (until the sandbox is deleted). ``async for`` over the :class:`LogStream`
         yields :class:`Output` (all on ``"stdout"``), :class:`Gap` and, once the main command ended, its
         :class:`Exit`. Without ``follow`` it stops at what was there; with it, at the main command's end.
-        ``from_offset`` resumes exactly after an earlier read; ``tail_lines`` starts at the last lines.
+        ``from_offset`` resumes exactly after an earlier read; ``tail_lines`` starts at the last lines;
+        ``since`` (a timezone-aware ``datetime`` or a Unix time) at the first bytes written then or later.
 
         >>> async def demo():
         ...     async with Sandbox(command="sh", args=["-c", "echo one; echo two >&2; sleep 0.5"]) as sb:
@@ -893,11 +900,22 @@ class Sandbox:
         >>> asyncio.run(demo())
         b'one\\ntwo\\n'
         """
-        native = await self._require().logs(follow=follow, from_offset=from_offset, tail_lines=tail_lines)
+        if isinstance(since, datetime.datetime):
+            if since.tzinfo is None:
+                raise SandboxValidationError("since: use a timezone-aware datetime (naive ones are ambiguous)")
+            since = since.timestamp()
+        native = await self._require().logs(
+            follow=follow, from_offset=from_offset, tail_lines=tail_lines, since_seconds=since
+        )
         return LogStream(native)
 
     async def logs(
-        self, *, follow: bool = False, from_offset: int = 0, tail_lines: int | None = None
+        self,
+        *,
+        follow: bool = False,
+        from_offset: int = 0,
+        tail_lines: int | None = None,
+        since: datetime.datetime | float | None = None,
     ) -> SandboxLog:
         """The sandbox's log read into a :class:`SandboxLog` (see :meth:`stream_logs` for the arguments).
 
@@ -908,7 +926,7 @@ class Sandbox:
         >>> asyncio.run(demo())
         ('1\\n2\\n3\\n', '3\\n')
         """
-        stream = await self.stream_logs(follow=follow, from_offset=from_offset, tail_lines=tail_lines)
+        stream = await self.stream_logs(follow=follow, from_offset=from_offset, tail_lines=tail_lines, since=since)
         data, gaps, exit = bytearray(), [], None
         async for ev in stream:
             if type(ev) is Output:

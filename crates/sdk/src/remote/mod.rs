@@ -203,19 +203,18 @@ impl Remote {
         Ok(exec)
     }
 
-    /// Follows an existing exec from `from` (stdout, stderr offsets), or from its last `tail` lines.
+    /// Follows an existing exec from where `start` says.
     pub(crate) async fn attach(
         &self,
         id: &str,
         exec: &str,
-        from: [u64; 2],
-        tail: Option<u64>,
+        start: &crate::client::Start,
         keepalive: Option<Duration>,
     ) -> Result<RemoteExec> {
         let ka = keepalive.map(|d| d.as_millis().max(1) as u64).unwrap_or(0);
-        let mut first = attach_msg(id, exec, from, ka);
+        let mut first = attach_msg(id, exec, start.from, ka);
         if let In::Attach(a) = &mut first {
-            a.tail_lines = tail;
+            (a.tail_lines, a.since_ms) = (start.tail_lines, start.since_ms);
         }
         self.follow(id, first, ka).await
     }
@@ -341,6 +340,7 @@ fn attach_msg(id: &str, exec: &str, from: [u64; 2], keepalive_ms: u64) -> In {
         stderr_offset: from[1],
         keepalive_ms,
         tail_lines: None,
+        since_ms: None,
     })
 }
 
