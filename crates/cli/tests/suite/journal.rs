@@ -366,3 +366,29 @@ async fn a_full_pids_limit_is_a_start_failure_and_passes() {
     }
     sb.stop().await.unwrap();
 }
+
+/// An exec that asked for no retention, whose output its client read to the end, frees its journal as it
+/// ends: a stream of 64 MiB leaves no file behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delivered_unretained_exec_leaves_no_journal() {
+    let sb = sandbox().await;
+    let r = sb
+        .exec(["sh", "-c", "head -c 67108864 /dev/zero"])
+        .id("unretained")
+        .retain(Duration::ZERO)
+        .capture(false)
+        .check(true)
+        .await
+        .unwrap();
+    assert_eq!(r.returncode, 0);
+    let dir = state_dir().join("sandboxes").join(sb.id()).join("execs/unretained");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while dir.exists() {
+        assert!(Instant::now() < deadline, "{} is still there", dir.display());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // The same exec with the default retention keeps its journal (for a later attach).
+    sb.exec(["true"]).id("retained").check(true).await.unwrap();
+    assert!(state_dir().join("sandboxes").join(sb.id()).join("execs/retained/stdout").exists());
+    sb.stop().await.unwrap();
+}
