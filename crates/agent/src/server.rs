@@ -285,13 +285,22 @@ async fn shutdown(state: &Shared, main_exited: &Notify, grace: Duration, reason:
         return std::future::pending().await;
     }
     crate::execs::sandbox_ending(state);
-    if state.borrow().main_status.is_none() && !grace.is_zero() {
+    // What the grace waits for: the main command's end, or, in a sandbox without one, everyone's (a look
+    // that reaps nothing: the reaper hands each status to its waiter).
+    let waiting = |state: &Shared| match state.borrow().main_pid {
+        0 => {
+            let peek = WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT;
+            !matches!(nix::sys::wait::waitid(nix::sys::wait::Id::All, peek), Err(nix::errno::Errno::ECHILD))
+        }
+        _ => state.borrow().main_status.is_none(),
+    };
+    if waiting(state) && !grace.is_zero() {
         let _ = kill(Pid::from_raw(-1), Signal::SIGTERM);
         let deadline = tokio::time::Instant::now() + grace;
         let mut sigchld = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::child()).ok();
-        while state.borrow().main_status.is_none() && tokio::time::Instant::now() < deadline {
+        while tokio::time::Instant::now() < deadline {
             reap(state, main_exited);
-            if state.borrow().main_status.is_some() {
+            if !waiting(state) {
                 break;
             }
             let tick = tokio::time::sleep_until(deadline.min(tokio::time::Instant::now() + Duration::from_millis(20)));

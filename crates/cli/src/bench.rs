@@ -37,9 +37,13 @@ pub struct BenchArgs {
     /// MiB streamed per run of the `--cwsandbox` comparison.
     #[arg(long, default_value_t = 100)]
     cwsandbox_mib: usize,
+    /// Only this: N idle sandboxes at once (time, memory per sandbox, teardown, leftovers).
+    #[arg(long, value_name = "N")]
+    density: Option<usize>,
 }
 
 mod cwsandbox;
+mod density;
 
 /// The Python side of `--python`: round trips and a stream through `on_stdout`, in the sandbox the Rust
 /// side made, reported as one JSON line.
@@ -241,6 +245,10 @@ async fn sandbox_stream(sb: &Sandbox, mib: usize) -> Result<f64> {
 }
 
 pub async fn run(args: BenchArgs) -> Result<u8> {
+    if let Some(n) = args.density {
+        density::measure(n.max(1)).await?;
+        return Ok(0);
+    }
     let n = args.iterations.max(1);
     crate::outln!("hangar bench: {n} samples per latency figure; baselines measured in this run\n");
 

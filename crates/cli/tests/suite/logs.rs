@@ -115,3 +115,23 @@ async fn the_log_of_a_sandbox_whose_agent_died_is_still_read_and_says_so() {
     assert_eq!(end.bytes[0], log.data.len() as u64);
     sb.delete().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sandbox_without_a_command_idles_stops_at_once_and_has_an_empty_log() {
+    let sb = hangar::Sandbox::builder().client(&client()).create().await.unwrap();
+    assert_eq!(sb.info().await.unwrap().command, Vec::<String>::new());
+    assert_eq!(sb.exec(["echo", "up"]).check(true).await.unwrap().stdout_text(), "up\n");
+    let mut follow = sb.logs().follow(true).start().await.unwrap();
+    // Nothing to wait for but its processes: the stop does not sit out its grace.
+    let t = Instant::now();
+    let info = sb.stop_with_grace(Duration::from_secs(30)).await.unwrap();
+    assert!(t.elapsed() < Duration::from_secs(10), "the stop took {:?}", t.elapsed());
+    assert_eq!((info.state, info.exit_code, info.exit_signal), (hangar::SandboxState::Terminated, None, None));
+    match tokio::time::timeout(Duration::from_secs(20), follow.next_event()).await.unwrap().unwrap() {
+        Some(ExecEvent::Exit(end)) => assert_eq!((end.ending, end.bytes), (Ending::SandboxGone, [0, 0])),
+        other => panic!("an empty log ends with the sandbox: {other:?}"),
+    }
+    assert_eq!(sb.logs().collect().await.unwrap().data, b"");
+    assert_eq!(leftovers(sb.id()), Vec::<String>::new());
+    sb.delete().await.unwrap();
+}
