@@ -153,8 +153,15 @@ impl Engine {
     async fn kept_log(&self, id: &str, from: [u64; 2]) -> Result<ExecStream> {
         let rec = self.get(id).await?;
         let dir = self.logs_dir(id);
-        let progress = hangar_journal::Progress::load(&dir)
-            .ok_or_else(|| Error::ExecNotFound { id: id.to_string(), exec: MAIN_EXEC.to_string() })?;
+        let progress = match (hangar_journal::Progress::load(&dir), &rec.error) {
+            (Some(p), _) => p,
+            // A sandbox that failed before its main command ran has an empty log, which says why.
+            (None, Some(why)) => {
+                let failure = hangar_types::StartFailure::new(hangar_types::StartFailureKind::Other, why.clone());
+                hangar_journal::Progress { end: Some(ExecEnd::failed_to_start(failure)), ..Default::default() }
+            }
+            (None, None) => return Err(Error::ExecNotFound { id: id.to_string(), exec: MAIN_EXEC.to_string() }),
+        };
         let info = ExecInfo {
             id: MAIN_EXEC.to_string(),
             argv: rec.command,

@@ -108,7 +108,11 @@ pub(crate) async fn logs(id: String, follow: bool, from: LogStart, print_offset:
                     "hangar: bytes {from}..{to} of the log were dropped (its cap keeps the first 8 MiB and the newest)"
                 )
             }
-            ExecEvent::Exit(_) => {}
+            ExecEvent::Exit(end) => {
+                if let Ending::FailedToStart(f) = &end.ending {
+                    eprintln!("hangar: the sandbox's main command never started: {}", f.message);
+                }
+            }
         }
     }
     if print_offset {

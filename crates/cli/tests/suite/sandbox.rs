@@ -244,6 +244,13 @@ async fn bad_sandboxes_are_refused_with_typed_errors() {
     assert_eq!(failed.len(), 1);
     assert_eq!(failed[0].state, SandboxState::Failed);
     assert_eq!(leftovers(&failed[0].id), Vec::<String>::new());
+    // Its log is empty and says why: the main command never started.
+    let log = hangar::Sandbox::from_info(&client(), &failed[0]).logs().collect().await.unwrap();
+    assert!(log.data.is_empty());
+    match log.end.map(|e| e.ending) {
+        Some(hangar::Ending::FailedToStart(f)) => assert!(f.message.contains("no-such-init"), "{f:?}"),
+        other => panic!("expected the log to end with the start failure, got {other:?}"),
+    }
 }
 
 #[test]
