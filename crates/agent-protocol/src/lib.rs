@@ -260,6 +260,27 @@ pub struct AgentConfig {
     pub user: String,
 }
 
+/// What a sandbox's network helper (`hangar-agent netd DIR`, one per sandbox with a network, in the host's
+/// network namespace) serves: the sandbox's resolver on its gateway address, answering by the policy and
+/// allowing the addresses of allowed names in the sandbox's rules. Written by the engine as [`NETD_FILE`] in
+/// the sandbox's state directory; the helper reads it again on SIGHUP (a changed policy).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NetdConfig {
+    /// The sandbox's network.
+    pub net: hangar_runtime::net::SandboxNet,
+    /// What it may reach.
+    pub policy: hangar_types::NetworkPolicy,
+    /// The resolvers questions are forwarded to, tried in order.
+    pub upstreams: Vec<std::net::SocketAddr>,
+}
+
+/// The network helper's configuration file, in the sandbox's state directory.
+pub const NETD_FILE: &str = "net.json";
+/// The network helper's pid, in the sandbox's state directory.
+pub const NETD_PID_FILE: &str = "netd.pid";
+/// The argument that makes `hangar-agent` the network helper.
+pub const NETD_ARG: &str = "netd";
+
 /// Why a sandbox ended, as recorded by its agent in the state directory (`exit.json`).
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]

@@ -21,6 +21,7 @@ pub(crate) use log;
 
 mod confined;
 mod execs;
+mod netd;
 mod server;
 mod spare;
 mod state;

@@ -33,6 +33,10 @@ pub fn run() -> ! {
     if std::env::args().nth(1).as_deref() == Some(crate::spare::HELPER_ARG) {
         crate::spare::helper();
     }
+    if std::env::args().nth(1).as_deref() == Some(hangar_agent_protocol::NETD_ARG) {
+        let dir = std::env::args_os().nth(2).unwrap_or_default();
+        crate::netd::run(std::path::Path::new(&dir));
+    }
     let code = match main_inner() {
         Ok(()) => 0,
         Err(e) => {

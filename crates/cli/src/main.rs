@@ -183,6 +183,13 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Show a sandbox's network policy, or replace it while it runs (new connections follow it at once).
+    Network {
+        /// Sandbox id.
+        id: String,
+        #[command(flatten)]
+        network: NetworkArgs,
+    },
     /// Stop sandboxes: SIGTERM, then SIGKILL after the grace period.
     Stop {
         /// Sandbox ids.
@@ -287,6 +294,41 @@ struct SandboxArgs {
     /// Maximum lifetime in seconds.
     #[arg(long)]
     lifetime: Option<f64>,
+    #[command(flatten)]
+    network: NetworkArgs,
+}
+
+/// What a sandbox may reach on the network.
+#[derive(Args)]
+struct NetworkArgs {
+    /// none (loopback only) or egress (outgoing connections, by --allow and --deny); default: the engine's
+    /// or server's (HANGAR_NETWORK, else none). --allow or --deny imply egress.
+    #[arg(long, value_parser = network_mode)]
+    network: Option<hangar::NetworkMode>,
+    /// An address, CIDR range or domain name (pypi.org, *.example.com) the sandbox may reach; with none,
+    /// every public address. Private, link-local and loopback ranges need this (repeatable).
+    #[arg(long, value_name = "CIDR|NAME", value_parser = net_target)]
+    allow: Vec<hangar::NetTarget>,
+    /// An address, range or name it may never reach, whatever --allow says (repeatable).
+    #[arg(long, value_name = "CIDR|NAME", value_parser = net_target)]
+    deny: Vec<hangar::NetTarget>,
+}
+
+impl NetworkArgs {
+    /// The policy asked for, if any.
+    fn policy(self) -> Option<hangar::NetworkPolicy> {
+        let lists = !(self.allow.is_empty() && self.deny.is_empty());
+        let mode = self.network.or(lists.then_some(hangar::NetworkMode::Egress))?;
+        Some(hangar::NetworkPolicy { mode, allow: self.allow, deny: self.deny })
+    }
+}
+
+fn network_mode(s: &str) -> Result<hangar::NetworkMode, String> {
+    hangar::NetworkMode::parse(s).ok_or_else(|| format!("{s:?} is not none or egress"))
+}
+
+fn net_target(s: &str) -> Result<hangar::NetTarget, String> {
+    hangar::NetTarget::parse(s).map_err(|e| e.message.to_string())
 }
 
 impl SandboxArgs {
@@ -306,6 +348,9 @@ impl SandboxArgs {
         }
         if let Some(l) = self.lifetime {
             b = b.max_lifetime(seconds(l, "--lifetime")?);
+        }
+        if let Some(p) = self.network.policy() {
+            b = b.network(p);
         }
         Ok(b)
     }
@@ -391,6 +436,7 @@ async fn dispatch(cmd: Cmd) -> Result<u8> {
         Cmd::Kill { id, exec: x, signal } => exec::kill(id, x, signal).await,
         Cmd::Shell { id, command } => exec::shell(id, command).await,
         Cmd::Ls { json } => sandboxes::ls(json).await,
+        Cmd::Network { id, network } => sandboxes::network(id, network.policy()).await,
         Cmd::Stop { ids, grace } => sandboxes::stop(ids, grace).await,
         Cmd::Rm { ids } => sandboxes::rm(ids).await,
         Cmd::Cp { src, dst } => files::copy(&src, &dst).await,

@@ -57,6 +57,7 @@ impl Engine {
             error: None,
             tenant: c.tenant.clone(),
             progress: None,
+            network: self.network_for(c.network.as_ref()),
         };
         if let Err(e) = self.store.insert(&info, c.request_id.as_deref()) {
             // Lost a race with a concurrent create carrying the same request id: answer with its sandbox.
@@ -177,6 +178,8 @@ impl Engine {
         let rootfs =
             RootfsSpec { root: overlay("root", layout.root_layers.clone())?, mounts, mountpoint: dir.join("rootfs") };
         mkdir(&rootfs.mountpoint)?;
+        let net = self.prepare_network(id, &info.network).await?;
+        write_name_files(&disk.join("upper").join("root"), id, net.as_ref().map(|n| &n.net))?;
         let limits = Limits { cpus: c.cpus, memory_bytes: c.memory_bytes, pids: info.pids };
         let cgroup = self.cgroups.create(id, &limits)?;
         let mut env = layout.env.clone();
@@ -198,6 +201,7 @@ impl Engine {
                 rootfs,
                 cgroup_procs: cgroup.agent_procs_files(),
                 exec_cgroup_parents: cgroup.exec_parents(),
+                netns: net.is_some(),
             },
             main: c.command.clone(),
             env,
@@ -230,9 +234,10 @@ impl Engine {
                 status: status_w.as_fd(),
                 state_dir: state_dir.as_fd(),
                 config: config.as_fd(),
+                netns: net.as_ref().map(|n| n.netns.as_fd()),
             },
         )?;
-        drop((listener, log, state_dir, status_w, config));
+        drop((listener, log, state_dir, status_w, config, net));
         let pid = spawned.pid.as_raw();
         let agent_start = hangar_runtime::process::process_start(pid).map(|(s, _)| s).unwrap_or(0);
         self.watch_agent(id.clone(), pid);
@@ -292,4 +297,22 @@ impl Engine {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
     }
+}
+
+/// The sandbox's `/etc/resolv.conf` and `/etc/hosts`, written into its writable layer (`upper`, the root
+/// overlay's upper directory) before the overlay is mounted, as container runtimes provide them: its resolver
+/// when it has a network (else no resolver, so lookups fail at once), and its own name.
+fn write_name_files(upper: &Path, hostname: &str, net: Option<&hangar_runtime::net::SandboxNet>) -> Result<()> {
+    let etc = upper.join("etc");
+    std::fs::create_dir_all(&etc).map_err(|e| Error::io("mkdir", etc.display(), e))?;
+    let (resolv, own) = match net {
+        Some(n) => (format!("nameserver {}\noptions timeout:2 attempts:2\n", n.gateway), n.address.to_string()),
+        None => ("# network mode none: no resolver\n".to_string(), "127.0.1.1".to_string()),
+    };
+    let hosts = format!("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n{own}\t{hostname}\n");
+    for (name, body) in [("resolv.conf", resolv), ("hosts", hosts)] {
+        let path = etc.join(name);
+        std::fs::write(&path, body).map_err(|e| Error::io("write", path.display(), e))?;
+    }
+    Ok(())
 }

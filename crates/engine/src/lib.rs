@@ -12,18 +12,22 @@ mod error;
 mod exec;
 mod files;
 mod launch;
+mod network;
 mod sandbox;
 mod store;
 
 pub use error::{Error, Result};
 pub use exec::{ExecControl, ExecStream, StdinWriter};
+pub use hangar_runtime::net::Subnet;
 pub use hangar_runtime::{DEFAULT_CAPABILITIES, DENIED_SYSCALLS};
 pub(crate) use hangar_types::now_ms;
 pub use hangar_types::{
-    Ending, ExecEnd, ExecEvent, ExecInfo, ExecSpec, FileErrorKind, Invalid, OnDisconnect, Output, OutputStream, Reason,
-    SandboxConfig, SandboxInfo, SandboxState, StartFailure, StartFailureKind, Usage, BUILTIN_IMAGE,
-    DEFAULT_EXEC_RETAIN, DEFAULT_JOURNAL_CAP, DEFAULT_MAX_LIFETIME, DEFAULT_PIDS_LIMIT, DEFAULT_STOP_GRACE,
+    Ending, ExecEnd, ExecEvent, ExecInfo, ExecSpec, FileErrorKind, Invalid, NetTarget, NetworkMode, NetworkPolicy,
+    OnDisconnect, Output, OutputStream, Reason, SandboxConfig, SandboxInfo, SandboxState, StartFailure,
+    StartFailureKind, Usage, BUILTIN_IMAGE, DEFAULT_EXEC_RETAIN, DEFAULT_JOURNAL_CAP, DEFAULT_MAX_LIFETIME,
+    DEFAULT_PIDS_LIMIT, DEFAULT_STOP_GRACE,
 };
+pub use network::{parse_resolvers, NetworkConfig};
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -54,6 +58,8 @@ pub struct EngineConfig {
     /// How long the record of an ended sandbox is kept (for `ls`, its exit code, a client polling for its
     /// end), [`DEFAULT_ENDED_RETENTION`] unless set; `None` keeps records until they are removed.
     pub ended_retention: Option<Duration>,
+    /// How sandboxes get networks (their default policy, addresses, resolvers).
+    pub network: NetworkConfig,
 }
 
 /// Default for [`EngineConfig::ended_retention`].
@@ -83,7 +89,8 @@ impl EngineConfig {
     /// found next to the current executable (or its parent directory, for test and example binaries) or on
     /// `PATH`; `$HANGAR_MAX_FILE_BYTES` or [`DEFAULT_MAX_FILE_BYTES`]; a disk budget per sandbox when
     /// `$HANGAR_DISK_BUDGET` is set (`20G`, say; needs `mkfs.btrfs`); ended records kept for
-    /// `$HANGAR_ENDED_RETENTION` seconds (`off`: until removed) or [`DEFAULT_ENDED_RETENTION`].
+    /// `$HANGAR_ENDED_RETENTION` seconds (`off`: until removed) or [`DEFAULT_ENDED_RETENTION`]; networks as
+    /// [`NetworkConfig::from_env`] says.
     pub fn from_env() -> Result<Self> {
         let state_dir =
             std::env::var_os("HANGAR_STATE_DIR").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/var/lib/hangar"));
@@ -104,7 +111,8 @@ impl EngineConfig {
             })?)),
             Err(_) => Some(DEFAULT_ENDED_RETENTION),
         };
-        Ok(Self { state_dir, agent_bin: find_agent()?, max_file_bytes, disk_budget_bytes, ended_retention })
+        let network = NetworkConfig::from_env()?;
+        Ok(Self { state_dir, agent_bin: find_agent()?, max_file_bytes, disk_budget_bytes, ended_retention, network })
     }
 
     /// A configuration with this state directory and agent binary, and the defaults for the rest.
@@ -115,6 +123,7 @@ impl EngineConfig {
             max_file_bytes: DEFAULT_MAX_FILE_BYTES,
             disk_budget_bytes: None,
             ended_retention: Some(DEFAULT_ENDED_RETENTION),
+            network: NetworkConfig::default(),
         }
     }
 }

@@ -171,7 +171,7 @@ impl Engine {
     }
 
     /// Sandbox `id`'s record, brought up to date.
-    async fn record(&self, id: &str) -> Result<Record> {
+    pub(crate) async fn record(&self, id: &str) -> Result<Record> {
         let rec = self.store.get(id)?.ok_or_else(|| Error::NotFound(id.to_string()))?;
         let retention = self.cfg.ended_retention.map(|d| d.as_millis() as u64);
         if rec.info.ended_at_ms.zip(retention).is_some_and(|(at, keep)| now_ms().saturating_sub(at) > keep) {
@@ -304,12 +304,15 @@ impl Engine {
         Ok(())
     }
 
-    /// Removes a sandbox's cgroup (killing anything left in it) and its directory. Idempotent.
+    /// Removes a sandbox's cgroup (killing anything left in it), its network's rules and resolver, and its
+    /// directory. Idempotent.
     pub(crate) async fn cleanup(&self, id: &str) {
         let cg = self.cgroups.sandbox(id);
         let dir = self.sandbox_dir(id);
+        let id = id.to_string();
         let _ = tokio::task::spawn_blocking(move || {
             let _ = cg.remove(Duration::from_secs(5));
+            crate::network::remove_network(&dir, &id);
             let _ = std::fs::remove_dir_all(&dir);
         })
         .await;

@@ -21,7 +21,7 @@ pub(crate) struct Record {
 }
 
 const COLUMNS: &str = "id, state, image, command, tags, cpus, memory_bytes, pids, lifetime_ms, created_at, \
-                       ended_at, exit_code, exit_signal, end_reason, error, agent_pid, agent_start, tenant, request_id, progress, agent_protocol";
+                       ended_at, exit_code, exit_signal, end_reason, error, agent_pid, agent_start, tenant, request_id, progress, agent_protocol, network";
 
 impl Store {
     /// Opens the store. Switching to WAL and creating the schema can meet SQLITE_BUSY without the busy
@@ -68,7 +68,8 @@ impl Store {
                 tenant TEXT NOT NULL DEFAULT '',
                 request_id TEXT,
                 progress TEXT,
-                agent_protocol INTEGER
+                agent_protocol INTEGER,
+                network TEXT
             );
             CREATE UNIQUE INDEX IF NOT EXISTS sandboxes_request ON sandboxes (tenant, request_id)
                 WHERE request_id IS NOT NULL;",
@@ -82,6 +83,14 @@ impl Store {
         if !has_protocol {
             db.execute_batch("ALTER TABLE sandboxes ADD COLUMN agent_protocol INTEGER")?;
         }
+        // Stores made before sandboxes had networks lack this one; their sandboxes have loopback only.
+        let has_network: bool =
+            db.query_row("SELECT COUNT(*) > 0 FROM pragma_table_info('sandboxes') WHERE name = 'network'", [], |r| {
+                r.get(0)
+            })?;
+        if !has_network {
+            db.execute_batch("ALTER TABLE sandboxes ADD COLUMN network TEXT")?;
+        }
         Ok(Self { db: Mutex::new(db) })
     }
 
@@ -93,7 +102,7 @@ impl Store {
     /// a constraint violation, which [`Store::by_request`] then resolves to the first sandbox.
     pub fn insert(&self, i: &SandboxInfo, request_id: Option<&str>) -> Result<()> {
         self.db().execute(
-            &format!("INSERT INTO sandboxes ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, NULL, NULL, NULL, NULL, NULL, NULL, NULL, ?11, ?12, NULL, NULL)"),
+            &format!("INSERT INTO sandboxes ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, NULL, NULL, NULL, NULL, NULL, NULL, NULL, ?11, ?12, NULL, NULL, ?13)"),
             params![
                 i.id,
                 i.state.as_str(),
@@ -107,6 +116,7 @@ impl Store {
                 i.created_at_ms as i64,
                 i.tenant,
                 request_id,
+                serde_json::to_string(&i.network).unwrap_or_default(),
             ],
         )?;
         Ok(())
@@ -133,6 +143,13 @@ impl Store {
             "UPDATE sandboxes SET state = 'running', agent_pid = ?2, agent_start = ?3, agent_protocol = ?4 WHERE id = ?1",
             params![id, agent_pid, agent_start as i64, agent_protocol],
         )?;
+        Ok(())
+    }
+
+    /// Records a running sandbox's new network policy.
+    pub fn set_network(&self, id: &str, policy: &hangar_types::NetworkPolicy) -> Result<()> {
+        let json = serde_json::to_string(policy).unwrap_or_default();
+        self.db().execute("UPDATE sandboxes SET network = ?2 WHERE id = ?1", params![id, json])?;
         Ok(())
     }
 
@@ -215,6 +232,7 @@ fn row_to_record(r: &Row<'_>) -> rusqlite::Result<Record> {
             error: r.get(14)?,
             tenant: r.get(17)?,
             progress: r.get(19)?,
+            network: r.get::<_, Option<String>>(21)?.and_then(|n| serde_json::from_str(&n).ok()).unwrap_or_default(),
         },
         agent_pid: r.get(15)?,
         agent_start: r.get::<_, Option<i64>>(16)?.map(|v| v as u64),

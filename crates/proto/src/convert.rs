@@ -4,8 +4,8 @@
 
 use crate::v1 as pb;
 use hangar_types::{
-    Ending, ExecEnd, ExecEvent, ExecInfo, ExecSpec, Invalid, OnDisconnect, Output, OutputStream, SandboxConfig,
-    SandboxInfo, SandboxState, StartFailure, StartFailureKind, Usage,
+    Ending, ExecEnd, ExecEvent, ExecInfo, ExecSpec, Invalid, NetTarget, NetworkMode, NetworkPolicy, OnDisconnect,
+    Output, OutputStream, SandboxConfig, SandboxInfo, SandboxState, StartFailure, StartFailureKind, Usage,
 };
 use std::time::Duration;
 
@@ -70,8 +70,39 @@ impl From<SandboxInfo> for pb::Sandbox {
             end_reason: i.end_reason.unwrap_or_default(),
             error: i.error.unwrap_or_default(),
             progress: i.progress.unwrap_or_default(),
+            network: Some(i.network.into()),
         }
     }
+}
+
+impl From<NetworkPolicy> for pb::NetworkPolicy {
+    fn from(p: NetworkPolicy) -> Self {
+        let strings = |l: Vec<NetTarget>| l.into_iter().map(String::from).collect();
+        pb::NetworkPolicy { mode: p.mode.as_str().into(), allow: strings(p.allow), deny: strings(p.deny) }
+    }
+}
+
+/// A policy from the wire; `None` when its mode is empty (the server's default) and it has no lists.
+///
+/// ```
+/// use hangar_proto::{convert::network_policy, v1};
+/// let p = v1::NetworkPolicy { mode: "egress".into(), allow: vec!["10.0.0.0/8".into()], deny: vec![] };
+/// assert_eq!(network_policy(p).unwrap().unwrap().allow[0].to_string(), "10.0.0.0/8");
+/// let bad = v1::NetworkPolicy { mode: "bridge".into(), ..Default::default() };
+/// assert_eq!(network_policy(bad).unwrap_err().to_string(), "network: mode \"bridge\" is not none or egress");
+/// ```
+pub fn network_policy(p: pb::NetworkPolicy) -> Result<Option<NetworkPolicy>, Invalid> {
+    if p.mode.is_empty() && p.allow.is_empty() && p.deny.is_empty() {
+        return Ok(None);
+    }
+    let mode = match p.mode.as_str() {
+        "" => NetworkMode::Egress,
+        m => {
+            NetworkMode::parse(m).ok_or_else(|| Invalid::new("network", format!("mode {m:?} is not none or egress")))?
+        }
+    };
+    let targets = |l: Vec<String>| l.iter().map(|t| NetTarget::parse(t)).collect::<Result<Vec<_>, _>>();
+    Ok(Some(NetworkPolicy { mode, allow: targets(p.allow)?, deny: targets(p.deny)? }))
 }
 
 /// A sandbox record as a client sees it (the tenant stays on the server). A state this client does not know
@@ -96,6 +127,7 @@ impl From<pb::Sandbox> for SandboxInfo {
             error: none_if_empty(s.error),
             tenant: String::new(),
             progress: none_if_empty(s.progress),
+            network: s.network.and_then(|n| network_policy(n).ok().flatten()).unwrap_or_default(),
         }
     }
 }
@@ -116,16 +148,20 @@ impl From<SandboxConfig> for pb::CreateSandboxRequest {
             pids: c.pids,
             max_lifetime_ms: Some(millis(c.max_lifetime)),
             disk_bytes: c.disk_bytes,
+            network: c.network.map(Into::into),
         }
     }
 }
 
 /// What a create request asks for; unset fields keep their defaults. Rules are checked by
-/// [`SandboxConfig::validate`], where the engine checks every request.
-impl From<pb::CreateSandboxRequest> for SandboxConfig {
-    fn from(r: pb::CreateSandboxRequest) -> Self {
+/// [`SandboxConfig::validate`], where the engine checks every request; only what cannot be represented (a
+/// network entry that does not parse) fails here.
+impl TryFrom<pb::CreateSandboxRequest> for SandboxConfig {
+    type Error = Invalid;
+    fn try_from(r: pb::CreateSandboxRequest) -> Result<Self, Invalid> {
         let d = SandboxConfig::default();
-        SandboxConfig {
+        Ok(SandboxConfig {
+            network: r.network.map(network_policy).transpose()?.flatten(),
             image: none_if_empty(r.image).unwrap_or(d.image),
             command: r.command,
             image_command: r.image_command,
@@ -139,7 +175,7 @@ impl From<pb::CreateSandboxRequest> for SandboxConfig {
             max_lifetime: r.max_lifetime_ms.map(Duration::from_millis).unwrap_or(d.max_lifetime),
             request_id: none_if_empty(r.request_id),
             ..d
-        }
+        })
     }
 }
 

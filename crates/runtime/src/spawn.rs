@@ -13,7 +13,8 @@ use std::path::Path;
 /// never reach a sandbox). stdin `/dev/null`, stdout and stderr the agent's log, 3 the listening control
 /// socket, 4 the status pipe (the agent writes one line, `ok` or an error, once its sandbox is built), 5 the
 /// sandbox's host-side state directory (journals, how the sandbox ended), 6 the agent's configuration (read
-/// from a descriptor so that no host path shows in the sandbox's `/proc/1/cmdline`).
+/// from a descriptor so that no host path shows in the sandbox's `/proc/1/cmdline`), and 7, when given, the
+/// network namespace to join (see [`crate::net`]; without one the agent is cloned into an empty one).
 pub struct AgentFds<'a> {
     /// The agent's log file (stdout and stderr).
     pub log: BorrowedFd<'a>,
@@ -25,10 +26,12 @@ pub struct AgentFds<'a> {
     pub state_dir: BorrowedFd<'a>,
     /// The agent's configuration file, opened for reading.
     pub config: BorrowedFd<'a>,
+    /// A prepared network namespace the agent joins first thing.
+    pub netns: Option<BorrowedFd<'a>>,
 }
 
-/// The first descriptor number above those of [`AgentFds`].
-const FIRST_UNUSED_FD: u32 = 7;
+/// The descriptor number of [`AgentFds::netns`] in the agent.
+pub const NETNS_FD: i32 = 7;
 
 /// A freshly spawned agent.
 #[derive(Debug)]
@@ -45,7 +48,7 @@ const SANDBOX_NAMESPACES: CloneFlags = CloneFlags::CLONE_NEWNS
     .union(CloneFlags::CLONE_NEWIPC)
     .union(CloneFlags::CLONE_NEWNET);
 
-/// Clones a process into new mount, pid, uts, ipc and net namespaces and execs `agent_bin` there with
+/// Clones a process into new mount, pid, uts, ipc and (unless one is given) net namespaces and execs `agent_bin` there with
 /// `args` (`argv[0]` is `hangar-agent`, not the host path), as PID 1 of the new pid namespace, in a session
 /// of its own (so a terminal's Ctrl-C never reaches it), holding exactly the descriptors of [`AgentFds`].
 /// The child runs only async-signal-safe code (dup2, close_range, setsid, execve) between clone and exec:
@@ -75,7 +78,7 @@ pub fn spawn_agent(agent_bin: &Path, args: &[&str], env: &[(&str, &str)], fds: A
                 unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw) }
             })
     };
-    let sources = [
+    let mut sources = vec![
         high(std::os::fd::AsFd::as_fd(&devnull))?,
         high(fds.log)?,
         high(fds.log)?,
@@ -84,6 +87,12 @@ pub fn spawn_agent(agent_bin: &Path, args: &[&str], env: &[(&str, &str)], fds: A
         high(fds.state_dir)?,
         high(fds.config)?,
     ];
+    let mut namespaces = SANDBOX_NAMESPACES;
+    if let Some(netns) = fds.netns {
+        sources.push(high(netns)?);
+        namespaces.remove(CloneFlags::CLONE_NEWNET);
+    }
+    let first_unused = sources.len() as u32;
     let plan: Vec<(RawFd, RawFd)> =
         sources.iter().enumerate().map(|(target, src)| (src.as_raw_fd(), target as RawFd)).collect();
 
@@ -103,7 +112,7 @@ pub fn spawn_agent(agent_bin: &Path, args: &[&str], env: &[(&str, &str)], fds: A
             }
         }
         // Everything else the caller had open (its own files, a server's sockets, our high copies) goes.
-        if close_descriptors_from(FIRST_UNUSED_FD) < 0 {
+        if close_descriptors_from(first_unused) < 0 {
             return 126;
         }
         // SAFETY: setsid has no memory-safety preconditions.
@@ -114,7 +123,7 @@ pub fn spawn_agent(agent_bin: &Path, args: &[&str], env: &[(&str, &str)], fds: A
     });
     // SAFETY: the callback performs only async-signal-safe operations on memory prepared before the clone,
     // and the stack outlives the call (the child runs on its own copy of the address space).
-    let pid = unsafe { nix::sched::clone(child, &mut stack, SANDBOX_NAMESPACES, Some(libc::SIGCHLD)) }
+    let pid = unsafe { nix::sched::clone(child, &mut stack, namespaces, Some(libc::SIGCHLD)) }
         .map_err(|e| Error::sys("clone sandbox namespaces", agent_bin.display(), e))?;
     Ok(SpawnedAgent { pid })
 }

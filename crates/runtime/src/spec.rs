@@ -16,6 +16,10 @@ pub struct SandboxSpec {
     /// configurations of sandboxes made before the workload had a cgroup of its own: still readable.)
     #[serde(default)]
     pub exec_cgroup_parents: Vec<PathBuf>,
+    /// Join the network namespace the engine prepared (descriptor [`crate::NETNS_FD`]) instead of staying in
+    /// an empty one.
+    #[serde(default)]
+    pub netns: bool,
 }
 
 /// An overlay filesystem: read-only lower layers (topmost first) under a writable upper directory.

@@ -3,7 +3,7 @@ use crate::remote::Remote;
 use crate::{Result, SandboxInfo};
 #[cfg(feature = "embedded")]
 use hangar_engine::{Engine, EngineConfig, ExecStream};
-use hangar_types::{ExecInfo, ExecSpec, SandboxConfig};
+use hangar_types::{ExecInfo, ExecSpec, NetworkPolicy, SandboxConfig};
 #[cfg(feature = "embedded")]
 use std::path::PathBuf;
 #[cfg(feature = "embedded")]
@@ -168,6 +168,10 @@ impl Client {
 
     pub(crate) async fn remove(&self, id: &str) -> Result<()> {
         dispatch!(self, remove(id))
+    }
+
+    pub(crate) async fn set_network(&self, id: &str, policy: NetworkPolicy) -> Result<SandboxInfo> {
+        dispatch!(self, set_network(id, policy))
     }
 
     pub(crate) async fn read_file_to(

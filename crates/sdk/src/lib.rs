@@ -41,8 +41,8 @@ pub use handle::{ExecHandle, ExecInput};
 pub use hangar_engine::EngineConfig;
 pub use hangar_types::quantity;
 pub use hangar_types::{
-    Ending, ExecEnd, ExecEvent, ExecInfo, OnDisconnect, Output, OutputStream, SandboxInfo, SandboxState, StartFailure,
-    StartFailureKind, Usage,
+    Ending, ExecEnd, ExecEvent, ExecInfo, NetTarget, NetworkMode, NetworkPolicy, OnDisconnect, Output, OutputStream,
+    SandboxInfo, SandboxState, StartFailure, StartFailureKind, Usage,
 };
 pub use logs::{LogStream, Logs, SandboxLog};
 pub use sandbox::{Sandbox, SandboxBuilder};

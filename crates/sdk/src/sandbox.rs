@@ -1,4 +1,4 @@
-use crate::{Client, Exec, ExecInfo, Result, SandboxInfo};
+use crate::{Client, Exec, ExecInfo, NetworkPolicy, Result, SandboxInfo};
 use hangar_types::SandboxConfig;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
@@ -241,6 +241,25 @@ impl SandboxBuilder {
     /// ```
     pub fn request_id(mut self, id: impl Into<String>) -> Self {
         self.cfg.request_id = Some(id.into());
+        self
+    }
+    /// What the sandbox may reach on the network; without this, the engine's (or server's) default, which is
+    /// loopback only unless `HANGAR_NETWORK=egress` is set there. See [`NetworkPolicy`] for the rules: with
+    /// egress, private ranges, link-local addresses (cloud metadata), the host and other sandboxes stay
+    /// unreachable unless an allow-list names them; names are enforced by address through the sandbox's own
+    /// resolver.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> hangar::Result<()> {
+    /// use hangar::NetworkPolicy;
+    /// // The package index and nothing else: other names do not even resolve.
+    /// let policy = NetworkPolicy::egress().allow("pypi.org").allow("files.pythonhosted.org");
+    /// let sb = hangar::Sandbox::builder().image("python:3.11").network(policy).create().await?;
+    /// sb.exec(["pip", "install", "requests"]).check(true).await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn network(mut self, policy: NetworkPolicy) -> Self {
+        self.cfg.network = Some(policy);
         self
     }
     /// Use this client instead of [`Client::from_env`].
@@ -548,6 +567,20 @@ impl Sandbox {
     pub async fn write_file(&self, path: &str, data: impl AsRef<[u8]>) -> Result<()> {
         let data = data.as_ref();
         self.client.write_file_from(&self.id, path, &mut &data[..], data.len() as u64, 0o644).await
+    }
+
+    /// Replaces the sandbox's network policy while it runs (its mode stays what it was made with). New
+    /// connections, and the next questions to its resolver, follow it at once; open connections stay up.
+    ///
+    /// ```no_run
+    /// # async fn demo(sb: &hangar::Sandbox) -> hangar::Result<()> {
+    /// use hangar::NetworkPolicy;
+    /// // Dependencies are installed: from now on the sandbox reaches nothing but the internal API.
+    /// sb.set_network(NetworkPolicy::egress().allow("10.20.0.0/16")).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn set_network(&self, policy: NetworkPolicy) -> Result<SandboxInfo> {
+        self.client.set_network(&self.id, policy).await
     }
 
     /// Stops the sandbox with the default 10 s grace: SIGTERM to its processes, SIGKILL after the grace.

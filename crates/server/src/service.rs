@@ -84,7 +84,7 @@ pub(crate) type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Se
 impl SandboxService for SandboxApi {
     async fn create_sandbox(&self, req: Request<pb::CreateSandboxRequest>) -> Result<Response<pb::Sandbox>, Status> {
         let tenant = tenant(&req)?;
-        let cfg = SandboxConfig { tenant: tenant.0, ..req.into_inner().into() };
+        let cfg = SandboxConfig { tenant: tenant.0, ..SandboxConfig::try_from(req.into_inner()).map_err(refused)? };
         let t = Instant::now();
         let info = self.engine.create(cfg).await.map_err(from_engine)?;
         self.metrics.create_seconds.observe(t.elapsed());
@@ -129,6 +129,15 @@ impl SandboxService for SandboxApi {
             return Err(invalid("grace_ms", "exceeds one hour"));
         }
         Ok(Response::new(self.engine.stop(&r.id, grace).await.map_err(from_engine)?.into()))
+    }
+
+    async fn set_network(&self, req: Request<pb::SetNetworkRequest>) -> Result<Response<pb::Sandbox>, Status> {
+        let tenant = tenant(&req)?;
+        let r = req.into_inner();
+        self.owned(&tenant, &r.id).await?;
+        let policy = hangar_proto::convert::network_policy(r.network.unwrap_or_default()).map_err(refused)?;
+        let policy = policy.ok_or_else(|| invalid("network", "a policy is required (mode egress, or none)"))?;
+        Ok(Response::new(self.engine.set_network(&r.id, policy).await.map_err(from_engine)?.into()))
     }
 
     async fn delete_sandbox(

@@ -9,6 +9,7 @@
 //! carries them as JSON.
 
 mod exec;
+mod network;
 pub mod quantity;
 mod reason;
 mod sandbox;
@@ -17,6 +18,7 @@ pub use exec::{
     valid_exec_id, Ending, ExecEnd, ExecEvent, ExecInfo, ExecSpec, OnDisconnect, Output, OutputStream, StartFailure,
     StartFailureKind, Usage,
 };
+pub use network::{NetTarget, NetworkMode, NetworkPolicy, DEFAULT_DENIED, MAX_NET_TARGETS};
 pub use reason::{FileErrorKind, Reason};
 pub use sandbox::{SandboxConfig, SandboxInfo, SandboxState};
 

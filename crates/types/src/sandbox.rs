@@ -1,5 +1,6 @@
 //! Sandboxes: what to create, its record, and its lifecycle.
 
+use crate::NetworkPolicy;
 use crate::{
     check_argv, check_env, Invalid, BUILTIN_IMAGE, DEFAULT_MAX_LIFETIME, DEFAULT_STOP_GRACE, MAX_CPUS, MAX_LIFETIME,
     MAX_MEMORY_BYTES, MAX_REQUEST_ID, MAX_STOP_GRACE, MIN_MEMORY_BYTES,
@@ -107,6 +108,8 @@ pub struct SandboxConfig {
     pub max_lifetime: Duration,
     /// Grace used when the lifetime ends.
     pub stop_grace: Duration,
+    /// What it may reach on the network (`None`: the engine's default, loopback only unless configured).
+    pub network: Option<NetworkPolicy>,
     /// Owner of the sandbox (the server's tenant; empty for local use).
     pub tenant: String,
     /// Client-chosen id making creation idempotent per tenant: a retry returns the first sandbox.
@@ -128,6 +131,7 @@ impl Default for SandboxConfig {
             disk_bytes: None,
             max_lifetime: DEFAULT_MAX_LIFETIME,
             stop_grace: DEFAULT_STOP_GRACE,
+            network: None,
             tenant: String::new(),
             request_id: None,
         }
@@ -181,6 +185,9 @@ impl SandboxConfig {
         if self.request_id.as_ref().is_some_and(|r| r.len() > MAX_REQUEST_ID) {
             return Err(Invalid::new("request_id", format!("exceeds {MAX_REQUEST_ID} bytes")));
         }
+        if let Some(n) = &self.network {
+            n.validate()?;
+        }
         if self.workdir.as_deref().is_some_and(|w| w.contains('\0')) {
             return Err(Invalid::new("workdir", "contains a NUL byte"));
         }
@@ -225,6 +232,9 @@ pub struct SandboxInfo {
     pub tenant: String,
     /// While pulling: how far the pull has come, e.g. `pulled 12.5 of 40.1 MB`.
     pub progress: Option<String>,
+    /// What it may reach on the network (changed by `set_network` while it runs).
+    #[serde(default)]
+    pub network: NetworkPolicy,
 }
 
 #[cfg(test)]

@@ -47,6 +47,24 @@ pub(crate) async fn ls(json: bool) -> Result<u8> {
     Ok(0)
 }
 
+/// `hangar network`: prints the sandbox's policy (after replacing it, when one is given), one rule per line.
+pub(crate) async fn network(id: String, policy: Option<hangar::NetworkPolicy>) -> Result<u8> {
+    let sb = Sandbox::from_id(&id).await?;
+    let info = match policy {
+        Some(p) => sb.set_network(p).await?,
+        None => sb.info().await?,
+    };
+    let p = info.network;
+    outln!("mode {}", p.mode.as_str());
+    for t in &p.allow {
+        outln!("allow {t}");
+    }
+    for t in &p.deny {
+        outln!("deny {t}");
+    }
+    Ok(0)
+}
+
 /// `hangar stop`: SIGTERM, then SIGKILL after the grace.
 pub(crate) async fn stop(ids: Vec<String>, grace: f64) -> Result<u8> {
     let grace = Duration::try_from_secs_f64(grace).map_err(|_| anyhow!("--grace {grace}: not a number of seconds"))?;

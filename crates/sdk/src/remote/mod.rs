@@ -84,6 +84,12 @@ impl Remote {
         Ok(r.into_inner().into())
     }
 
+    pub(crate) async fn set_network(&self, id: &str, policy: hangar_types::NetworkPolicy) -> Result<SandboxInfo> {
+        let req = pb::SetNetworkRequest { id: id.into(), network: Some(policy.into()) };
+        let r = self.grpc().set_network(req).await.map_err(|s| self.error(s, id))?;
+        Ok(r.into_inner().into())
+    }
+
     pub(crate) async fn get(&self, id: &str) -> Result<SandboxInfo> {
         let r =
             self.grpc().get_sandbox(pb::GetSandboxRequest { id: id.into() }).await.map_err(|s| self.error(s, id))?;
