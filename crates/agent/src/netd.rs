@@ -12,7 +12,7 @@ use simple_dns::{rdata::RData, Packet, PacketFlag, RCODE};
 use std::cell::RefCell;
 use std::io::Write;
 use std::net::{Ipv4Addr, SocketAddr};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::rc::Rc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -49,7 +49,7 @@ fn serve(dir: &Path) -> Result<(), String> {
         let tcp = TcpListener::bind(at).await.map_err(|e| format!("bind tcp {at}: {e}"))?;
         let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
             .map_err(|e| format!("SIGHUP: {e}"))?;
-        let alive = PathBuf::from("/sys/class/net").join(&cfg.net.host_if);
+        let host_if = cfg.net.host_if.clone();
         let cfg = Rc::new(RefCell::new(cfg));
         // Serving: the engine may start the sandbox.
         let mut out = std::io::stdout();
@@ -78,7 +78,8 @@ fn serve(dir: &Path) -> Result<(), String> {
                     Ok(new) => *cfg.borrow_mut() = new,
                     Err(e) => crate::log!("netd: keeping the old policy: {e}"),
                 },
-                _ = tick.tick() => if !alive.exists() {
+                // By the interface's index in this namespace (sysfs may show another's).
+                _ = tick.tick() => if nix::net::if_::if_nametoindex(host_if.as_str()).is_err() {
                     return Ok(());
                 },
             }

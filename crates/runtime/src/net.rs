@@ -211,12 +211,8 @@ pub fn installed() -> Result<Vec<String>> {
     if !table_exists() {
         return Ok(vec![]);
     }
-    let out = output("nft", &["list", "chains", "inet", TABLE])?;
-    Ok(out
-        .split_whitespace()
-        .filter_map(|w| w.strip_prefix("f_"))
-        .map(|k| k.trim_end_matches('{').trim().to_string())
-        .collect())
+    let out = output("nft", &["list", "table", "inet", TABLE])?;
+    Ok(out.lines().filter_map(|l| l.trim().strip_prefix("chain f_")?.strip_suffix(" {")).map(str::to_string).collect())
 }
 
 /// Removes the rules of key `key` (see [`installed`]).
