@@ -280,6 +280,26 @@ pub const NETD_FILE: &str = "net.json";
 pub const NETD_PID_FILE: &str = "netd.pid";
 /// The argument that makes `hangar-agent` the network helper.
 pub const NETD_ARG: &str = "netd";
+/// The argument that makes `hangar-agent` a published port's proxy: `hangar-agent publish AGENT_PID
+/// AGENT_START PORT`, its listening socket (in the host's network namespace) on stdin. It joins the sandbox's
+/// network namespace and connects every accepted connection to `127.0.0.1:PORT` there, so a server the
+/// sandbox binds to its loopback is published too, with or without a network; it leaves with the agent.
+pub const PUBLISH_ARG: &str = "publish";
+/// The sandbox's published ports (a JSON list of [`PublishedPort`]), in its state directory.
+pub const PORTS_FILE: &str = "ports.json";
+
+/// A port of a sandbox published on the host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PublishedPort {
+    /// The port inside the sandbox.
+    pub port: u16,
+    /// Where it is reachable on the host.
+    pub address: std::net::SocketAddr,
+    /// The proxy's pid and start time.
+    pub pid: i32,
+    /// The proxy's start time (clock ticks since boot), so that a reused pid is never signalled.
+    pub start: u64,
+}
 
 /// Why a sandbox ended, as recorded by its agent in the state directory (`exit.json`).
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]

@@ -181,3 +181,59 @@ async fn forward_tcp(query: &[u8], up: SocketAddr) -> Option<Vec<u8>> {
     };
     tokio::time::timeout(UPSTREAM_TIMEOUT, asked).await.ok()?
 }
+
+/// A published port's proxy (`hangar-agent publish AGENT_PID AGENT_START PORT`, its listening socket on
+/// stdin): joins the sandbox's network namespace, so that every connection it makes is the sandbox's own
+/// `127.0.0.1:PORT`, and copies bytes both ways. Leaves when the agent is gone. Never returns.
+pub fn publish(args: &[String]) -> ! {
+    let code = match proxy(args) {
+        Ok(()) => 0,
+        Err(e) => {
+            crate::log!("publish: {e}");
+            1
+        }
+    };
+    std::process::exit(code)
+}
+
+fn proxy(args: &[String]) -> Result<(), String> {
+    let [pid, start, port] = args else { return Err("usage: publish AGENT_PID AGENT_START PORT".into()) };
+    let parse = |s: &str| s.parse::<u64>().map_err(|_| format!("{s:?} is not a number"));
+    let (pid, start, port) = (parse(pid)? as i32, parse(start)?, parse(port)? as u16);
+    let ns = std::fs::File::open(format!("/proc/{pid}/ns/net")).map_err(|e| format!("the sandbox's namespace: {e}"))?;
+    // Opened first, checked after: the namespace is the agent's, not a later process's with its pid.
+    if !hangar_runtime::process::process_alive(pid, start) {
+        return Err("the sandbox has ended".into());
+    }
+    // SAFETY: descriptor 0 is the listening socket the engine gave us; nothing else owns it.
+    let listener = unsafe { <std::net::TcpListener as std::os::fd::FromRawFd>::from_raw_fd(0) };
+    listener.set_nonblocking(true).map_err(|e| format!("listener: {e}"))?;
+    nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET).map_err(|e| format!("setns: {e}"))?;
+    drop(ns);
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| format!("tokio: {e}"))?;
+    let local = tokio::task::LocalSet::new();
+    local.block_on(&rt, async move {
+        let listener = TcpListener::from_std(listener).map_err(|e| format!("listener: {e}"))?;
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                conn = listener.accept() => {
+                    let Ok((mut outside, _)) = conn else { continue };
+                    tokio::task::spawn_local(async move {
+                        // Made on this (the only) thread, so in the sandbox's namespace.
+                        match TcpStream::connect(SocketAddr::from(([127, 0, 0, 1], port))).await {
+                            Ok(mut inside) => {
+                                let _ = tokio::io::copy_bidirectional(&mut outside, &mut inside).await;
+                            }
+                            // The client sees its connection closed: nothing listens on the port (yet).
+                            Err(_) => drop(outside),
+                        }
+                    });
+                }
+                _ = tick.tick() => if !hangar_runtime::process::process_alive(pid, start) {
+                    return Ok(());
+                },
+            }
+        }
+    })
+}

@@ -37,6 +37,9 @@ pub fn run() -> ! {
         let dir = std::env::args_os().nth(2).unwrap_or_default();
         crate::netd::run(std::path::Path::new(&dir));
     }
+    if std::env::args().nth(1).as_deref() == Some(hangar_agent_protocol::PUBLISH_ARG) {
+        crate::netd::publish(&std::env::args().skip(2).collect::<Vec<_>>());
+    }
     let code = match main_inner() {
         Ok(()) => 0,
         Err(e) => {

@@ -190,6 +190,14 @@ enum Cmd {
         #[command(flatten)]
         network: NetworkArgs,
     },
+    /// Publish a sandbox's port on this machine's 127.0.0.1 and print the address. Embedded, it stays until the
+    /// sandbox ends; through a server (HANGAR_URL) this command tunnels it over the server's API until stopped.
+    Port {
+        /// Sandbox id.
+        id: String,
+        /// The port inside the sandbox (its loopback, or all its addresses).
+        port: u16,
+    },
     /// Stop sandboxes: SIGTERM, then SIGKILL after the grace period.
     Stop {
         /// Sandbox ids.
@@ -436,6 +444,7 @@ async fn dispatch(cmd: Cmd) -> Result<u8> {
         Cmd::Kill { id, exec: x, signal } => exec::kill(id, x, signal).await,
         Cmd::Shell { id, command } => exec::shell(id, command).await,
         Cmd::Ls { json } => sandboxes::ls(json).await,
+        Cmd::Port { id, port } => sandboxes::port(id, port).await,
         Cmd::Network { id, network } => sandboxes::network(id, network.policy()).await,
         Cmd::Stop { ids, grace } => sandboxes::stop(ids, grace).await,
         Cmd::Rm { ids } => sandboxes::rm(ids).await,

@@ -99,7 +99,7 @@ impl World {
             .env("HANGAR_DNS", A)
             .env_remove("HANGAR_URL")
             .env_remove("HANGAR_NETWORK");
-        c.env("HANGAR_SERVER_TOKENS", format!("a={}", common::TOKEN_A));
+        c.env("HANGAR_SERVER_TOKENS", format!("a={},b={}", common::TOKEN_A, common::TOKEN_B));
         if let Some((_, url)) = &self.serve {
             c.env("HANGAR_URL", url).env("HANGAR_TOKEN", common::TOKEN_A);
         }
@@ -303,4 +303,59 @@ fn networks_leave_nothing_behind() {
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
     assert_eq!(state, before, "after the agent was killed");
+}
+
+/// A python http.server bound to the loopback of a sandbox (with no network at all) answers curl on this
+/// machine at the address `hangar port` prints; through the server, only for the tenant that owns it.
+fn ports_are_published(remote: bool) {
+    let w = World::new(remote);
+    let sb = w.create(&[]);
+    w.hangar(&["exec", "-d", &sb, "--", "python3", "-m", "http.server", "--bind", "127.0.0.1", "8000"]);
+    w.sh(&sb, "echo published > /tmp/marker.txt");
+    let wait = "for i in $(seq 50); do curl -sf -o /dev/null http://127.0.0.1:8000/ && break; sleep 0.1; done";
+    w.sh(&sb, wait);
+    let mut port = w.in_ns(&w.ns[0], env!("CARGO_BIN_EXE_hangar"));
+    port.args(["port", &sb, "8000"]).stdout(Stdio::piped()).stderr(Stdio::null());
+    let mut child = port.spawn().unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.take().unwrap()), &mut line).unwrap();
+    let address = line.trim().to_string();
+    assert!(address.starts_with("127.0.0.1:"), "{address}");
+    let get = |path: &str| {
+        let out = netns(&w.ns[0]).args(["curl", "-sf", "-m", "5"]).arg(format!("http://{address}{path}")).output();
+        String::from_utf8_lossy(&out.unwrap().stdout).into_owned()
+    };
+    if !remote {
+        assert!(child.wait().unwrap().success(), "embedded, the command returns; the port stays published");
+        let again = w.hangar(&["port", &sb, "8000"]);
+        assert_eq!(again.trim(), address, "publishing again gives the same address");
+    }
+    assert!(get("/").contains("Directory listing"), "the sandbox's server answers");
+    if remote {
+        let stranger = w
+            .in_ns(&w.ns[0], env!("CARGO_BIN_EXE_hangar"))
+            .args(["port", &sb, "8000"])
+            .env("HANGAR_TOKEN", common::TOKEN_B)
+            .output()
+            .unwrap();
+        assert!(!stranger.status.success());
+        assert!(String::from_utf8_lossy(&stranger.stderr).contains("not found"), "{stranger:?}");
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    w.hangar(&["rm", &sb]);
+    assert_eq!(common::leftovers(&sb).len(), 0, "{:?}", common::leftovers(&sb));
+    if !remote {
+        assert_eq!(get("/"), "", "the port went with the sandbox");
+    }
+}
+
+#[test]
+fn ports_are_published_embedded() {
+    ports_are_published(false);
+}
+
+#[test]
+fn ports_are_published_through_the_server() {
+    ports_are_published(true);
 }

@@ -2,17 +2,18 @@
 //! changed while they run, removed with them, and reconciled after a crash.
 
 use crate::{Engine, Error, Result, SandboxState};
-use hangar_agent_protocol::{NetdConfig, NETD_ARG, NETD_FILE, NETD_PID_FILE};
+use hangar_agent_protocol::{NetdConfig, PublishedPort, NETD_ARG, NETD_FILE, NETD_PID_FILE, PORTS_FILE, PUBLISH_ARG};
 use hangar_runtime::net::{SandboxNet, Subnet};
 use hangar_types::{NetworkMode, NetworkPolicy};
 use std::io::BufRead;
 use std::net::SocketAddr;
 use std::os::fd::OwnedFd;
+use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 /// How the engine gives sandboxes networks.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct NetworkConfig {
     /// The policy of sandboxes that ask for none (loopback only unless set).
     pub default: NetworkPolicy,
@@ -20,12 +21,6 @@ pub struct NetworkConfig {
     pub subnet: Subnet,
     /// The resolvers sandboxes' questions go to; empty: the host's (`/etc/resolv.conf`).
     pub dns: Vec<SocketAddr>,
-}
-
-impl Default for NetworkConfig {
-    fn default() -> Self {
-        Self { default: NetworkPolicy::default(), subnet: Subnet::default(), dns: vec![] }
-    }
 }
 
 impl NetworkConfig {
@@ -100,10 +95,12 @@ impl Engine {
         let (id, policy, dir, agent) =
             (id.to_string(), policy.clone(), self.sandbox_dir(id), self.cfg.agent_bin.clone());
         tokio::task::spawn_blocking(move || {
-            let (netns, net) = hangar_runtime::net::create(&id, subnet, &policy, &lock)?;
+            let failed = |e: Error| Error::SandboxFailed { id: id.clone(), reason: format!("its network: {e}") };
+            let (netns, net) =
+                hangar_runtime::net::create(&id, subnet, &policy, &lock).map_err(|e| failed(e.into()))?;
             let cfg = NetdConfig { net: net.clone(), policy, upstreams };
             write_netd_config(&dir, &cfg)?;
-            start_netd(&agent, &dir)?;
+            start_netd(&agent, &dir).map_err(failed)?;
             Ok(Some(Prepared { netns, net }))
         })
         .await
@@ -148,6 +145,72 @@ impl Engine {
         self.get(id).await
     }
 
+    /// Publishes port `port` of running sandbox `id` on the host's loopback (once: publishing it again gives
+    /// the same address) and returns the address. A connection there reaches `127.0.0.1:PORT` inside the
+    /// sandbox, whatever its network mode; the sandbox's own policy is not involved (nothing inside can use
+    /// the published port to get out).
+    pub async fn publish_port(&self, id: &str, port: u16) -> Result<SocketAddr> {
+        if port == 0 {
+            return Err(Error::InvalidArgument("port: 0 is not a port".into()));
+        }
+        let rec = self.record(id).await?;
+        let (Some(pid), Some(start), SandboxState::Running) = (rec.agent_pid, rec.agent_start, rec.info.state) else {
+            return Err(Error::NotRunning { id: id.to_string(), state: rec.info.state });
+        };
+        let (dir, agent, lock) =
+            (self.sandbox_dir(id), self.cfg.agent_bin.clone(), self.cfg.state_dir.join("network.lock"));
+        tokio::task::spawn_blocking(move || {
+            let lock_file = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&lock);
+            let lock_file = lock_file.map_err(|e| Error::io("open", lock.display(), e))?;
+            let _held = nix::fcntl::Flock::lock(lock_file, nix::fcntl::FlockArg::LockExclusive)
+                .map_err(|(_, e)| Error::io("flock", lock.display(), e.into()))?;
+            let mut ports: Vec<PublishedPort> = published(&dir);
+            ports.retain(|p| hangar_runtime::process::process_alive(p.pid, p.start));
+            if let Some(p) = ports.iter().find(|p| p.port == port) {
+                return Ok(p.address);
+            }
+            let listener =
+                std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| Error::io("bind", "127.0.0.1:0", e))?;
+            let address = listener.local_addr().map_err(|e| Error::io("getsockname", "published port", e))?;
+            let child = std::process::Command::new(&agent)
+                .args([PUBLISH_ARG, &pid.to_string(), &start.to_string(), &port.to_string()])
+                .stdin(std::process::Stdio::from(OwnedFd::from(listener)))
+                .stdout(std::process::Stdio::null())
+                .stderr(
+                    std::fs::File::create(dir.join(format!("port-{port}.log")))
+                        .map_err(|e| Error::io("create", "port log", e))?,
+                )
+                .process_group(0)
+                .spawn()
+                .map_err(|e| Error::io("start", agent.display(), e))?;
+            let proxy = child.id() as i32;
+            let proxy_start = hangar_runtime::process::process_start(proxy).map_or(0, |(s, _)| s);
+            std::thread::spawn(move || {
+                let mut child = child;
+                child.wait()
+            });
+            ports.push(PublishedPort { port, address, pid: proxy, start: proxy_start });
+            let body =
+                serde_json::to_vec(&ports).map_err(|e| Error::Internal(format!("encoding {PORTS_FILE}: {e}")))?;
+            let path = dir.join(PORTS_FILE);
+            std::fs::write(&path, body).map_err(|e| Error::io("write", path.display(), e))?;
+            Ok(address)
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("publishing a port panicked: {e}")))?
+    }
+
+    /// The running sandbox's published ports: (port inside, address on the host).
+    pub async fn published_ports(&self, id: &str) -> Result<Vec<(u16, SocketAddr)>> {
+        self.record(id).await?;
+        let ports = published(&self.sandbox_dir(id));
+        Ok(ports
+            .into_iter()
+            .filter(|p| hangar_runtime::process::process_alive(p.pid, p.start))
+            .map(|p| (p.port, p.address))
+            .collect())
+    }
+
     /// Removes the rules of sandboxes that are no longer running (an engine that crashed before cleaning up).
     async fn reconcile_networks(&self) {
         let Ok(keys) = tokio::task::spawn_blocking(hangar_runtime::net::installed).await else { return };
@@ -166,7 +229,8 @@ impl Engine {
 /// Stops the resolver of the sandbox whose state directory is `dir` and removes its rules (its interfaces
 /// went with its namespace). Idempotent; blocking.
 pub(crate) fn remove_network(dir: &Path, id: &str) {
-    if let Some(pid) = netd_pid(dir) {
+    let proxies = published(dir).into_iter().filter(|p| hangar_runtime::process::process_alive(p.pid, p.start));
+    for pid in netd_pid(dir).into_iter().chain(proxies.map(|p| p.pid)) {
         let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
         while hangar_runtime::process::process_start(pid).is_some_and(|(_, alive)| alive) {
             std::thread::sleep(std::time::Duration::from_millis(1));
@@ -177,6 +241,11 @@ pub(crate) fn remove_network(dir: &Path, id: &str) {
             tracing::warn!(sandbox = id, "cannot remove the network rules: {e}");
         }
     }
+}
+
+/// The ports the sandbox whose state directory is `dir` published (some proxies may have left).
+fn published(dir: &Path) -> Vec<PublishedPort> {
+    std::fs::read(dir.join(PORTS_FILE)).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default()
 }
 
 fn write_netd_config(dir: &Path, cfg: &NetdConfig) -> Result<()> {
@@ -198,7 +267,6 @@ fn netd_pid(dir: &Path) -> Option<i32> {
 /// Starts the sandbox's network helper and waits until it serves (it prints `ok`, or why it cannot). It
 /// leaves on its own when the sandbox's interface is gone.
 fn start_netd(agent: &Path, dir: &Path) -> Result<()> {
-    use std::os::unix::process::CommandExt;
     let mut child = std::process::Command::new(agent)
         .arg(NETD_ARG)
         .arg(dir)

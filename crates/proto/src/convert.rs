@@ -521,6 +521,7 @@ mod tests {
             error: None,
             tenant: String::new(),
             progress: None,
+            network: NetworkPolicy::egress().allow("pypi.org").deny("10.0.0.0/8"),
         };
         assert_eq!(SandboxInfo::from(pb::Sandbox::from(info.clone())), info);
         let cfg = SandboxConfig {
@@ -536,10 +537,14 @@ mod tests {
             disk_bytes: Some(1 << 30),
             max_lifetime: Duration::from_secs(90),
             request_id: Some("req-1".into()),
+            network: Some(NetworkPolicy::egress().allow("*.example.com")),
             ..SandboxConfig::default()
         };
-        assert_eq!(SandboxConfig::from(pb::CreateSandboxRequest::from(cfg.clone())), cfg);
-        assert_eq!(SandboxConfig::from(pb::CreateSandboxRequest::default()), SandboxConfig::default());
+        assert_eq!(SandboxConfig::try_from(pb::CreateSandboxRequest::from(cfg.clone())).unwrap(), cfg);
+        assert_eq!(SandboxConfig::try_from(pb::CreateSandboxRequest::default()).unwrap(), SandboxConfig::default());
+        let bad = pb::NetworkPolicy { mode: "egress".into(), allow: vec!["a..b".into()], deny: vec![] };
+        let err = SandboxConfig::try_from(pb::CreateSandboxRequest { network: Some(bad), ..Default::default() });
+        assert_eq!(err.unwrap_err().field, "network");
     }
 
     #[test]

@@ -6,7 +6,7 @@
 
 use hangar::{Client, Ending, Error, ExecEvent, ExecInfo, ExecResult, OutputStream, SandboxInfo, Usage};
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyDict, PyList};
+use pyo3::types::{PyBytes, PyDict, PyList, PyTuple};
 
 mod bridge;
 use bridge::{Convert, spawn};
@@ -117,6 +117,7 @@ fn info_obj(py: Python<'_>, i: &SandboxInfo) -> PyResult<Py<PyAny>> {
     kw.set_item("end_reason", i.end_reason.clone())?;
     kw.set_item("error", i.error.clone())?;
     kw.set_item("progress", i.progress.clone())?;
+    kw.set_item("network", network_obj(py, &i.network)?)?;
     new_obj(py, "SandboxInfo", kw)
 }
 
@@ -235,6 +236,25 @@ fn invalid(message: String) -> PyErr {
     py_err(Error::InvalidArgument(message), &[])
 }
 
+/// A policy from Python's (mode, allow, deny).
+fn network_policy((mode, allow, deny): (String, Vec<String>, Vec<String>)) -> PyResult<hangar::NetworkPolicy> {
+    let mode = hangar::NetworkMode::parse(&mode)
+        .ok_or_else(|| invalid(format!("network: mode {mode:?} is not \"none\" or \"egress\"")))?;
+    let targets = |l: Vec<String>| -> PyResult<Vec<hangar::NetTarget>> {
+        l.iter().map(|t| hangar::NetTarget::parse(t).map_err(|e| invalid(e.to_string()))).collect()
+    };
+    Ok(hangar::NetworkPolicy { mode, allow: targets(allow)?, deny: targets(deny)? })
+}
+
+fn network_obj(py: Python<'_>, p: &hangar::NetworkPolicy) -> PyResult<Py<PyAny>> {
+    let kw = PyDict::new(py);
+    let strings = |l: &[hangar::NetTarget]| PyTuple::new(py, l.iter().map(|t| t.to_string()));
+    kw.set_item("mode", p.mode.as_str())?;
+    kw.set_item("allow", strings(&p.allow)?)?;
+    kw.set_item("deny", strings(&p.deny)?)?;
+    new_obj(py, "NetworkPolicy", kw)
+}
+
 fn secs(field: &str, s: Option<f64>) -> PyResult<Option<Duration>> {
     s.map(|v| Duration::try_from_secs_f64(v).map_err(|_| invalid(format!("{field}: {v} is not a number of seconds"))))
         .transpose()
@@ -277,7 +297,7 @@ impl NativeClient {
 
     #[pyo3(signature = (*, image=None, command=None, args=vec![], env=vec![], tags=vec![], workdir=None,
         cpus=None, memory_bytes=None, disk_bytes=None, pids=None, max_lifetime_seconds=None, request_id=None,
-        image_command=false))]
+        image_command=false, network=None))]
     #[allow(clippy::too_many_arguments)]
     fn create<'py>(
         &self,
@@ -295,6 +315,7 @@ impl NativeClient {
         max_lifetime_seconds: Option<f64>,
         request_id: Option<String>,
         image_command: bool,
+        network: Option<(String, Vec<String>, Vec<String>)>,
     ) -> PyResult<Bound<'py, PyAny>> {
         let mut b = hangar::Sandbox::builder().client(&self.0).args(args);
         if image_command {
@@ -333,6 +354,9 @@ impl NativeClient {
         }
         if let Some(r) = request_id {
             b = b.request_id(r);
+        }
+        if let Some(n) = network {
+            b = b.network(network_policy(n)?);
         }
         spawn(
             py,
@@ -382,6 +406,17 @@ impl NativeSandbox {
     fn info<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         let sb = self.0.clone();
         spawn(py, async move { reply(sb.info().await, vec![], |py, info| info_obj(py, &info)) })
+    }
+
+    fn set_network<'py>(
+        &self,
+        py: Python<'py>,
+        mode: String,
+        allow: Vec<String>,
+        deny: Vec<String>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let (sb, policy) = (self.0.clone(), network_policy((mode, allow, deny))?);
+        spawn(py, async move { reply(sb.set_network(policy).await, vec![], |py, info| info_obj(py, &info)) })
     }
 
     /// Runs `argv`: with `events=False` the awaitable gives its `ExecResult` (or raises its typed error), and

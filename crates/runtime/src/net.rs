@@ -155,10 +155,8 @@ pub fn create(
     })?;
     sysctl(&format!("net/ipv6/conf/{}/disable_ipv6", net.host_if), "1");
     let host = format!("addr add {}/31 dev {h}\nlink set {h} up\n", net.gateway, h = net.host_if);
-    if let Err(e) = run("ip", &["-batch", "-"], &host) {
-        // The peer is in the new namespace: the pair goes when the namespace does, i.e. now.
-        return Err(e);
-    }
+    // On failure the pair goes with the namespace, which nothing holds once `netns` is dropped.
+    run("ip", &["-batch", "-"], &host)?;
     sysctl("net/ipv4/ip_forward", "1");
     install(&net, policy, subnet)?;
     Ok((netns, net))

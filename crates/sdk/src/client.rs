@@ -141,6 +141,18 @@ impl Client {
         Ok(Client { backend: Backend::Remote(Box::new(Remote::connect(url, token)?)) })
     }
 
+    /// Whether this client talks to a server (else it is the embedded engine).
+    ///
+    /// ```no_run
+    /// # fn demo() -> hangar::Result<()> {
+    /// let client = hangar::Client::connect("http://hangar.internal:7777", None)?;
+    /// assert!(client.is_remote());
+    /// # Ok(()) }
+    /// ```
+    pub fn is_remote(&self) -> bool {
+        matches!(self.backend, Backend::Remote(_))
+    }
+
     /// All sandboxes known to this client, oldest first, including ended ones.
     ///
     /// ```no_run
@@ -168,6 +180,10 @@ impl Client {
 
     pub(crate) async fn remove(&self, id: &str) -> Result<()> {
         dispatch!(self, remove(id))
+    }
+
+    pub(crate) async fn publish_port(&self, id: &str, port: u16) -> Result<std::net::SocketAddr> {
+        dispatch!(self, publish_port(id, port))
     }
 
     pub(crate) async fn set_network(&self, id: &str, policy: NetworkPolicy) -> Result<SandboxInfo> {

@@ -583,6 +583,24 @@ impl Sandbox {
         self.client.set_network(&self.id, policy).await
     }
 
+    /// Publishes port `port` of the sandbox and returns where to connect on this machine: a connection
+    /// there reaches `127.0.0.1:PORT` inside the sandbox (so a server bound to its loopback or to all its
+    /// addresses is reached), whatever its network mode. With the embedded engine the address is on the host's
+    /// 127.0.0.1 and stays until the sandbox ends; through a server it is a tunnel from this process's
+    /// 127.0.0.1, over the server's authenticated API, open while this process runs. Publishing a port again
+    /// gives a working address again (the same one, embedded).
+    ///
+    /// ```no_run
+    /// # async fn demo(sb: &hangar::Sandbox) -> hangar::Result<()> {
+    /// sb.exec(["python3", "-m", "http.server", "8000"]).id("web").start().await?;
+    /// let at = sb.publish_port(8000).await?;
+    /// println!("open http://{at}/");
+    /// # Ok(()) }
+    /// ```
+    pub async fn publish_port(&self, port: u16) -> Result<std::net::SocketAddr> {
+        self.client.publish_port(&self.id, port).await
+    }
+
     /// Stops the sandbox with the default 10 s grace: SIGTERM to its processes, SIGKILL after the grace.
     /// Returns as soon as everything is gone. Stopping an ended sandbox is a no-op.
     ///

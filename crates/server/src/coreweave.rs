@@ -819,6 +819,7 @@ mod tests {
             error: None,
             tenant: "alice".into(),
             progress: None,
+            network: Default::default(),
         };
         let sb = sandbox_of(info);
         let spec = sb.spec.unwrap();

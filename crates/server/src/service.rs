@@ -140,6 +140,48 @@ impl SandboxService for SandboxApi {
         Ok(Response::new(self.engine.set_network(&r.id, policy).await.map_err(from_engine)?.into()))
     }
 
+    type ForwardPortStream = BoxStream<pb::PortData>;
+
+    async fn forward_port(
+        &self,
+        req: Request<Streaming<pb::PortData>>,
+    ) -> Result<Response<Self::ForwardPortStream>, Status> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let tenant = tenant(&req)?;
+        let mut inbound = req.into_inner();
+        let first = inbound.message().await?.ok_or_else(|| invalid("sandbox_id", "the stream ended before it"))?;
+        self.owned(&tenant, &first.sandbox_id).await?;
+        let port = u16::try_from(first.port).map_err(|_| invalid("port", format!("{} is not a port", first.port)))?;
+        let at = self.engine.publish_port(&first.sandbox_id, port).await.map_err(from_engine)?;
+        let conn = tokio::net::TcpStream::connect(at)
+            .await
+            .map_err(|e| Status::unavailable(format!("port {port} of sandbox {}: {e}", first.sandbox_id)))?;
+        let (mut from_sandbox, mut to_sandbox) = conn.into_split();
+        tokio::spawn(async move {
+            let mut data = first.data;
+            loop {
+                if !data.is_empty() && to_sandbox.write_all(&data).await.is_err() {
+                    return;
+                }
+                match inbound.message().await {
+                    Ok(Some(m)) => data = m.data,
+                    _ => return drop(to_sandbox.shutdown().await),
+                }
+            }
+        });
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 64 << 10];
+            while let Ok(n @ 1..) = from_sandbox.read(&mut buf).await {
+                let msg = pb::PortData { data: bytes::Bytes::copy_from_slice(&buf[..n]), ..Default::default() };
+                if tx.send(Ok(msg)).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+    }
+
     async fn delete_sandbox(
         &self,
         req: Request<pb::DeleteSandboxRequest>,

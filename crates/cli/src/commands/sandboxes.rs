@@ -65,6 +65,23 @@ pub(crate) async fn network(id: String, policy: Option<hangar::NetworkPolicy>) -
     Ok(0)
 }
 
+/// `hangar port`: prints where the port is published; through a server, keeps the tunnel open until SIGINT
+/// or SIGTERM.
+pub(crate) async fn port(id: String, port: u16) -> Result<u8> {
+    let client = Client::from_env()?;
+    let address = Sandbox::from_id_with(&client, &id).await?.publish_port(port).await?;
+    outln!("{address}");
+    if client.is_remote() {
+        eprintln!("hangar: forwarding {address} to port {port} of {id} through the server; Ctrl-C to stop");
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    Ok(0)
+}
+
 /// `hangar stop`: SIGTERM, then SIGKILL after the grace.
 pub(crate) async fn stop(ids: Vec<String>, grace: f64) -> Result<u8> {
     let grace = Duration::try_from_secs_f64(grace).map_err(|_| anyhow!("--grace {grace}: not a number of seconds"))?;

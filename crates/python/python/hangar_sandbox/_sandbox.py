@@ -17,7 +17,18 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mappin
 from typing import Any, Union
 
 from . import _native
-from ._types import Event, ExecInfo, ExecResult, Exit, Gap, Output, SandboxInfo, SandboxLog, SandboxStatus
+from ._types import (
+    Event,
+    ExecInfo,
+    ExecResult,
+    Exit,
+    Gap,
+    NetworkPolicy,
+    Output,
+    SandboxInfo,
+    SandboxLog,
+    SandboxStatus,
+)
 from .errors import SandboxNotRunningError, SandboxValidationError
 
 ChunkCallback = Callable[[bytes], Union[None, Awaitable[None]]]
@@ -118,6 +129,17 @@ def _data(field: str, data: bytes | str | None) -> bytes | None:
     if isinstance(data, (bytearray, memoryview)):
         return bytes(data)
     raise SandboxValidationError(f"{field}: expected bytes or str, got {type(data).__name__}")
+
+
+def _network(network: str | NetworkPolicy | None) -> tuple[str, list[str], list[str]] | None:
+    """``network=`` as the native module takes it."""
+    if network is None:
+        return None
+    if isinstance(network, str):
+        return (network, [], [])
+    if isinstance(network, NetworkPolicy):
+        return (network.mode, list(network.allow), list(network.deny))
+    raise SandboxValidationError(f"network: {network!r} is not 'none', 'egress' or a NetworkPolicy")
 
 
 def _resources(resources: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -510,7 +532,9 @@ class Sandbox:
     and cmd, as ``docker run IMAGE``), ``env`` or ``environment_variables``, ``resources``
     (``{"cpu": "500m", "memory": "256Mi", "disk": "2Gi", "pids": 64}``), ``max_lifetime_seconds`` (it is
     stopped after that long, whoever is watching; default an hour), ``tags`` (a mapping, or a list of bare
-    tags), ``working_dir``, ``request_id`` (a retried creation with the same id gives the same sandbox).
+    tags), ``working_dir``, ``request_id`` (a retried creation with the same id gives the same sandbox),
+    ``network`` (``"none"``: loopback only; ``"egress"``: every public address; or a :class:`NetworkPolicy`
+    with allow- and deny-lists; default: the engine's or server's, loopback only unless configured).
     """
 
     def __init__(
@@ -527,6 +551,7 @@ class Sandbox:
         working_dir: str | None = None,
         request_id: str | None = None,
         image_command: bool = False,
+        network: str | NetworkPolicy | None = None,
         client: Client | None = None,
     ) -> None:
         if env is not None and environment_variables is not None:
@@ -541,6 +566,7 @@ class Sandbox:
             max_lifetime_seconds=max_lifetime_seconds,
             request_id=request_id,
             image_command=image_command,
+            network=_network(network),
             **_resources(resources),
         )
         self._client_arg = client
@@ -666,6 +692,19 @@ class Sandbox:
         if self._native is None:
             return None
         return await self._native.stop(grace_seconds)
+
+    async def set_network(self, *, allow: Sequence[str] = (), deny: Sequence[str] = ()) -> SandboxInfo:
+        """Replaces the running sandbox's allow- and deny-lists (its mode stays egress). New connections, and
+        the next lookups, follow them at once; open connections stay up.
+
+        >>> async def demo():
+        ...     async with Sandbox(network="egress") as sb:
+        ...         info = await sb.set_network(allow=["10.20.0.0/16"], deny=["10.20.9.0/24"])
+        ...         return info.network
+        >>> asyncio.run(demo())
+        NetworkPolicy(mode='egress', allow=('10.20.0.0/16',), deny=('10.20.9.0/24',))
+        """
+        return await self._require().set_network("egress", [str(a) for a in allow], [str(d) for d in deny])
 
     async def delete(self) -> None:
         """Stops the sandbox if needed and forgets it: its record and files are gone.

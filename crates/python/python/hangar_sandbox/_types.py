@@ -172,6 +172,25 @@ class SandboxLog:
 
 
 @dataclass(frozen=True)
+class NetworkPolicy:
+    """What a sandbox may reach on the network. ``mode="none"``: loopback only. ``mode="egress"``
+    (the default of this class): outgoing connections, where an address in ``deny`` (or resolved from a name
+    in it) is refused, one in ``allow`` (or resolved from an allowed name) is reached, private, loopback and
+    link-local ranges (cloud metadata) are refused, and anything else is reached when ``allow`` is empty and
+    refused otherwise. Entries are addresses, CIDR ranges or domain names (``"pypi.org"``,
+    ``"*.example.com"``); names are enforced by address through the sandbox's own resolver, and with names in
+    ``allow`` other names do not resolve. The host and other sandboxes are never reachable.
+
+    >>> NetworkPolicy(allow=("pypi.org", "10.8.0.0/16")).mode
+    'egress'
+    """
+
+    mode: str = "egress"
+    allow: tuple[str, ...] = ()
+    deny: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class SandboxInfo:
     """A sandbox's record: its status, image, command, tags, limits and how it ended.
 
@@ -195,6 +214,7 @@ class SandboxInfo:
     end_reason: str | None = None
     error: str | None = None
     progress: str | None = None
+    network: NetworkPolicy = field(default_factory=lambda: NetworkPolicy(mode="none"))
 
 
 @dataclass(frozen=True)

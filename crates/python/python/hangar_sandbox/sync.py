@@ -245,6 +245,15 @@ class Sandbox:
         """
         return _wait(self._inner.stop(grace_seconds=grace_seconds))
 
+    def set_network(self, *, allow: Sequence[str] = (), deny: Sequence[str] = ()) -> SandboxInfo:
+        """Replaces its allow- and deny-lists while it runs.
+
+        >>> with Sandbox(network="egress") as sb:
+        ...     sb.set_network(deny=["203.0.113.0/24"]).network.deny
+        ('203.0.113.0/24',)
+        """
+        return _wait(self._inner.set_network(allow=allow, deny=deny))
+
     def delete(self) -> None:
         """Stops and forgets it.
 

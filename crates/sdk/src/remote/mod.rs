@@ -90,6 +90,23 @@ impl Remote {
         Ok(r.into_inner().into())
     }
 
+    /// A tunnel to port `port` of sandbox `id`: a listener on this machine's 127.0.0.1 whose every connection
+    /// becomes one `ForwardPort` call (authenticated like any other), open while this process runs.
+    pub(crate) async fn publish_port(&self, id: &str, port: u16) -> Result<std::net::SocketAddr> {
+        self.get(id).await?;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .map_err(|e| Error::LocalIo(format!("the tunnel's listener: {e}")))?;
+        let address = listener.local_addr().map_err(|e| Error::LocalIo(format!("the tunnel's listener: {e}")))?;
+        let (grpc, id) = (self.grpc(), id.to_string());
+        tokio::spawn(async move {
+            while let Ok((conn, _)) = listener.accept().await {
+                tokio::spawn(tunnel(grpc.clone(), id.clone(), port, conn));
+            }
+        });
+        Ok(address)
+    }
+
     pub(crate) async fn get(&self, id: &str) -> Result<SandboxInfo> {
         let r =
             self.grpc().get_sandbox(pb::GetSandboxRequest { id: id.into() }).await.map_err(|s| self.error(s, id))?;
@@ -371,4 +388,32 @@ impl RemoteExec {
     pub(crate) async fn next(&mut self) -> Result<Option<ExecEvent>> {
         self.events.recv().await.transpose()
     }
+}
+
+/// Carries one local connection through a `ForwardPort` call, both ways, until either side ends.
+async fn tunnel(mut grpc: Grpc, sandbox_id: String, port: u16, conn: tokio::net::TcpStream) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (mut rd, mut wr) = conn.into_split();
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let first = pb::PortData { sandbox_id, port: port.into(), data: Default::default() };
+    if tx.send(first).await.is_err() {
+        return;
+    }
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 64 << 10];
+        while let Ok(n @ 1..) = rd.read(&mut buf).await {
+            let data = bytes::Bytes::copy_from_slice(&buf[..n]);
+            if tx.send(pb::PortData { data, ..Default::default() }).await.is_err() {
+                return;
+            }
+        }
+    });
+    let Ok(reply) = grpc.forward_port(tokio_stream::wrappers::ReceiverStream::new(rx)).await else { return };
+    let mut inbound = reply.into_inner();
+    while let Ok(Some(m)) = inbound.message().await {
+        if wr.write_all(&m.data).await.is_err() {
+            return;
+        }
+    }
+    let _ = wr.shutdown().await;
 }
