@@ -340,9 +340,9 @@ fn ports_are_published(remote: bool) {
             .unwrap();
         assert!(!stranger.status.success());
         assert!(String::from_utf8_lossy(&stranger.stderr).contains("not found"), "{stranger:?}");
-        let _ = child.kill();
-        let _ = child.wait();
     }
+    let _ = child.kill();
+    let _ = child.wait();
     w.hangar(&["rm", &sb]);
     assert_eq!(common::leftovers(&sb).len(), 0, "{:?}", common::leftovers(&sb));
     if !remote {
