@@ -408,6 +408,15 @@ impl NativeSandbox {
         spawn(py, async move { reply(sb.info().await, vec![], |py, info| info_obj(py, &info)) })
     }
 
+    fn publish_port<'py>(&self, py: Python<'py>, port: u16) -> PyResult<Bound<'py, PyAny>> {
+        let sb = self.0.clone();
+        spawn(py, async move {
+            reply(sb.publish_port(port).await, vec![], |py, at| {
+                Ok(at.to_string().into_pyobject(py)?.into_any().unbind())
+            })
+        })
+    }
+
     fn set_network<'py>(
         &self,
         py: Python<'py>,

@@ -248,6 +248,10 @@ fn policy_script(net: &SandboxNet, policy: &NetworkPolicy) -> String {
         }
     }
     let rule = |chain: &str, r: &str| format!("add rule inet {t} {chain}_{k} {r}\n");
+    // Sandboxes keep CAP_NET_RAW (Docker's default set): a forged source address goes nowhere.
+    let own = net.address;
+    s += &rule("f", &format!("ip saddr != {own} drop"));
+    s += &rule("i", &format!("ip saddr != {own} drop"));
     s += &rule("f", &format!("ip daddr @d_{k} goto refuse"));
     s += &rule("f", &format!("ip daddr @a_{k} accept"));
     s += &rule("f", &format!("ip daddr @n_{k} accept"));
@@ -395,9 +399,18 @@ mod tests {
 
     #[test]
     fn a_policy_becomes_rules_in_order() {
-        let net = SandboxNet { gateway: Ipv4Addr::new(10, 213, 0, 2), ..SandboxNet::named("sb-1") };
+        let net = SandboxNet {
+            gateway: Ipv4Addr::new(10, 213, 0, 2),
+            address: Ipv4Addr::new(10, 213, 0, 3),
+            ..SandboxNet::named("sb-1")
+        };
         let s = policy_script(&net, &NetworkPolicy::egress().allow("10.9.0.0/16").deny("10.9.9.9"));
-        let order = ["add element inet hangar a_sb1 { 10.9.0.0/16 }", "d_sb1 { 10.9.9.9/32 }", "@d_sb1 goto refuse"];
+        let order = [
+            "add element inet hangar a_sb1 { 10.9.0.0/16 }",
+            "d_sb1 { 10.9.9.9/32 }",
+            "f_sb1 ip saddr != 10.213.0.3 drop",
+            "@d_sb1 goto refuse",
+        ];
         let pos: Vec<usize> = order.iter().map(|o| s.find(o).unwrap_or_else(|| panic!("{o} in {s}"))).collect();
         assert!(pos.windows(2).all(|w| w[0] < w[1]), "{s}");
         assert!(s.contains("add rule inet hangar f_sb1 goto refuse\n"), "an allow-list refuses the rest: {s}");

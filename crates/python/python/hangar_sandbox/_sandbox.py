@@ -693,6 +693,24 @@ class Sandbox:
             return None
         return await self._native.stop(grace_seconds)
 
+    async def publish_port(self, port: int) -> str:
+        """Publishes the sandbox's ``port`` and returns ``"127.0.0.1:PORT"`` to connect to on this machine: it
+        reaches ``127.0.0.1:port`` inside the sandbox, whatever its network. Embedded, it stays until the
+        sandbox ends; through a server it is a tunnel from this process, over the server's authenticated API.
+
+        >>> import urllib.request
+        >>> async def demo():
+        ...     async with Sandbox() as sb:
+        ...         await sb.write_file("/tmp/index.html", b"hello from the sandbox")
+        ...         await sb.start_exec(["python3", "-m", "http.server", "8000", "-d", "/tmp"])
+        ...         await sb.exec(["sh", "-c", "until curl -so /dev/null 127.0.0.1:8000; do sleep 0.1; done"])
+        ...         at = await sb.publish_port(8000)
+        ...         return await asyncio.to_thread(lambda: urllib.request.urlopen(f"http://{at}/index.html").read())
+        >>> asyncio.run(demo())
+        b'hello from the sandbox'
+        """
+        return await self._require().publish_port(port)
+
     async def set_network(self, *, allow: Sequence[str] = (), deny: Sequence[str] = ()) -> SandboxInfo:
         """Replaces the running sandbox's allow- and deny-lists (its mode stays egress). New connections, and
         the next lookups, follow them at once; open connections stay up.

@@ -245,6 +245,15 @@ class Sandbox:
         """
         return _wait(self._inner.stop(grace_seconds=grace_seconds))
 
+    def publish_port(self, port: int) -> str:
+        """Publishes its ``port``; the address to connect to on this machine.
+
+        >>> with Sandbox() as sb:
+        ...     sb.publish_port(8000).startswith("127.0.0.1:")
+        True
+        """
+        return _wait(self._inner.publish_port(port))
+
     def set_network(self, *, allow: Sequence[str] = (), deny: Sequence[str] = ()) -> SandboxInfo:
         """Replaces its allow- and deny-lists while it runs.
 
