@@ -40,10 +40,15 @@ pub struct BenchArgs {
     /// Only this: N idle sandboxes at once (time, memory per sandbox, teardown, leftovers).
     #[arg(long, value_name = "N")]
     density: Option<usize>,
+    /// Only this: what networking costs (create with and without egress, TCP connect and iperf3 throughput
+    /// from a sandbox vs the host), against a test host in a network namespace of the bench's own.
+    #[arg(long)]
+    network: bool,
 }
 
 mod cwsandbox;
 mod density;
+mod network;
 
 /// The Python side of `--python`: round trips and a stream through `on_stdout`, in the sandbox the Rust
 /// side made, reported as one JSON line.
@@ -250,6 +255,10 @@ pub async fn run(args: BenchArgs) -> Result<u8> {
         return Ok(0);
     }
     let n = args.iterations.max(1);
+    if args.network {
+        network::measure(n.min(20)).await?;
+        return Ok(0);
+    }
     crate::outln!("hangar bench: {n} samples per latency figure; baselines measured in this run\n");
 
     let base_true = fork_exec_true(n)?;
