@@ -234,7 +234,52 @@ fn config_of(req: cw::CreateSandboxRequest, tenant: Tenant) -> Result<SandboxCon
         cfg.max_lifetime = Duration::from_secs(spec.max_lifetime_seconds as u64);
     }
     cfg.request_id = Some(req.request_id).filter(|r| !r.is_empty());
+    cfg.network = spec.network.map(network_of).transpose()?.flatten();
     Ok(cfg)
+}
+
+/// CoreWeave's network options as a policy: `deny_egress` is loopback only; egress grants (CIDR blocks with
+/// their exceptions, HTTPS host names, `any`) become an egress policy's allow- and deny-lists; no grant keeps
+/// the server's default. Grants Hangar has no notion of (other sandboxes, cluster selectors) are refused.
+/// Port filters are not kept: a granted destination is reachable on every port.
+fn network_of(n: cw::NetworkOptions) -> Result<Option<hangar_types::NetworkPolicy>, Status> {
+    use cw::egress_rule::Destination;
+    use hangar_types::{NetTarget, NetworkMode, NetworkPolicy};
+    if n.deny_egress == Some(true) {
+        if !n.egress.is_empty() {
+            return Err(invalid("network.deny_egress", "cannot be combined with egress rules"));
+        }
+        return Ok(Some(NetworkPolicy { mode: NetworkMode::None, ..Default::default() }));
+    }
+    if n.egress.is_empty() {
+        return Ok(None);
+    }
+    let target = |t: &str| NetTarget::parse(t).map_err(crate::status::refused);
+    let (mut p, mut any) = (NetworkPolicy::egress(), false);
+    for rule in n.egress {
+        match rule.destination {
+            Some(Destination::Cidr(c)) => {
+                p.allow.push(target(&c.cidr)?);
+                for e in &c.except {
+                    p.deny.push(target(e)?);
+                }
+            }
+            Some(Destination::HttpsHostname(h)) => p.allow.push(target(&h)?),
+            Some(Destination::Any(true)) => any = true,
+            Some(Destination::Any(false)) | None => return Err(invalid("network.egress", "a rule has no destination")),
+            Some(Destination::Tenant(_) | Destination::Selector(_)) => {
+                return Err(Status::unimplemented(
+                    "network.egress: tenant and selector grants are not implemented by Hangar",
+                ))
+            }
+        }
+    }
+    if any {
+        // Every public address: an empty allow-list. (Private ranges granted beside `any` stay refused, the
+        // safe reading: Hangar's allow-list cannot say "everything public and also these".)
+        p.allow.clear();
+    }
+    Ok(Some(p))
 }
 
 use cw::exec_stream_response::Message as Msg;
@@ -771,6 +816,27 @@ mod tests {
             sandbox: Some(cw::Sandbox { spec: Some(spec), ..Default::default() }),
             request_id: "req-1".into(),
         }
+    }
+
+    /// cwsandbox's `NetworkOptions`: grants become allow- and deny-lists, `deny_egress` loopback only.
+    #[test]
+    fn network_options_map_onto_policies() {
+        use cw::egress_rule::Destination;
+        let rule = |d| cw::EgressRule { destination: Some(d), ..Default::default() };
+        let cidr = cw::CidrBlock { cidr: "10.8.0.0/16".into(), except: vec!["10.8.9.0/24".into()] };
+        let grants = cw::NetworkOptions {
+            egress: vec![rule(Destination::HttpsHostname("*.pypi.org".into())), rule(Destination::Cidr(cidr))],
+            ..Default::default()
+        };
+        let want = hangar_types::NetworkPolicy::egress().allow("*.pypi.org").allow("10.8.0.0/16").deny("10.8.9.0/24");
+        assert_eq!(network_of(grants).unwrap(), Some(want));
+        let deny = cw::NetworkOptions { deny_egress: Some(true), ..Default::default() };
+        assert_eq!(network_of(deny).unwrap().unwrap().mode, hangar_types::NetworkMode::None);
+        assert_eq!(network_of(cw::NetworkOptions::default()).unwrap(), None, "no grant: the server's default");
+        let any = cw::NetworkOptions { egress: vec![rule(Destination::Any(true))], ..Default::default() };
+        assert_eq!(network_of(any).unwrap(), Some(hangar_types::NetworkPolicy::egress()));
+        let tenant = cw::NetworkOptions { egress: vec![rule(Destination::Tenant(1))], ..Default::default() };
+        assert_eq!(network_of(tenant).unwrap_err().code(), tonic::Code::Unimplemented);
     }
 
     /// The client's request, as cwsandbox 1.22.0 builds it, becomes the shared configuration: argv from the
