@@ -24,7 +24,7 @@ struct World {
     ns: [String; 3],
     servers: Vec<Child>,
     state: PathBuf,
-    serve: Option<(Child, String)>,
+    serve: Option<common::ServeProcess>,
 }
 
 /// A command run in network namespace `ns` (only: `ip netns exec` would also remount /sys, hiding the
@@ -76,16 +76,8 @@ impl World {
         w.wait_http(&h, &format!("http://{H_ON_A}:9091/"));
         if remote {
             let mut c = w.in_ns(&h, env!("CARGO_BIN_EXE_hangar"));
-            c.args(["serve", "--listen", "127.0.0.1:0", "--drain", "1"]).stderr(Stdio::piped());
-            let mut child = c.spawn().unwrap();
-            let mut lines = std::io::BufRead::lines(std::io::BufReader::new(child.stderr.take().unwrap()));
-            let addr = lines
-                .by_ref()
-                .map_while(|l| l.ok())
-                .find_map(|l| l.strip_prefix("hangar: listening on ").map(str::to_string))
-                .expect("the server says where it listens");
-            std::thread::spawn(move || lines.for_each(drop));
-            w.serve = Some((child, format!("http://{addr}")));
+            c.args(["serve", "--listen", "127.0.0.1:0", "--drain", "1"]);
+            w.serve = Some(common::ServeProcess::spawn(c));
         }
         w
     }
@@ -100,8 +92,8 @@ impl World {
             .env_remove("HANGAR_URL")
             .env_remove("HANGAR_NETWORK");
         c.env("HANGAR_SERVER_TOKENS", format!("a={},b={}", common::TOKEN_A, common::TOKEN_B));
-        if let Some((_, url)) = &self.serve {
-            c.env("HANGAR_URL", url).env("HANGAR_TOKEN", common::TOKEN_A);
+        if let Some(serve) = &self.serve {
+            c.env("HANGAR_URL", &serve.url).env("HANGAR_TOKEN", common::TOKEN_A);
         }
         c
     }
@@ -186,10 +178,7 @@ impl World {
 
 impl Drop for World {
     fn drop(&mut self) {
-        if let Some((mut c, _)) = self.serve.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        drop(self.serve.take());
         for c in &mut self.servers {
             let _ = c.kill();
             let _ = c.wait();

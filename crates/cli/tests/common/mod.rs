@@ -202,14 +202,18 @@ impl ServeProcess {
 
     /// A server on `listen` (an address a previous server used, to restart "the same" server).
     pub fn start_on(listen: &str) -> Self {
-        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_hangar"))
-            .args(["serve", "--listen", listen, "--drain", "1"])
+        let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_hangar"));
+        c.args(["serve", "--listen", listen, "--drain", "1"])
             .env("HANGAR_STATE_DIR", state_dir())
             .env("HANGAR_AGENT_BIN", agent_bin())
-            .env("HANGAR_SERVER_TOKENS", format!("a={TOKEN_A}"))
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
+            .env("HANGAR_SERVER_TOKENS", format!("a={TOKEN_A}"));
+        Self::spawn(c)
+    }
+
+    /// Starts `serve` (a `hangar serve` command line, made by the caller) and waits until it says where it
+    /// listens.
+    pub fn spawn(mut serve: std::process::Command) -> Self {
+        let mut child = serve.stderr(std::process::Stdio::piped()).spawn().unwrap();
         let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
         let addr = lines
             .by_ref()
