@@ -104,8 +104,9 @@ async fn serve_tcp(mut stream: TcpStream, cfg: Rc<RefCell<NetdConfig>>) {
     }
 }
 
-/// The reply to one question: REFUSED by the policy, or the upstream's answer (its addresses allowed first
-/// when the name is allowed explicitly); `None` for what is not a question, or when no upstream answered.
+/// The reply to one question: REFUSED by the policy, the upstream's answer (its addresses allowed first
+/// when the name is allowed explicitly), or SERVFAIL when no upstream answered; `None` for what is not a
+/// question, and when the answer's addresses could not be allowed.
 async fn answer(query: &[u8], cfg: &RefCell<NetdConfig>, tcp: bool) -> Option<Vec<u8>> {
     let packet = Packet::parse(query).ok()?;
     if packet.has_flags(PacketFlag::RESPONSE) {
@@ -117,14 +118,7 @@ async fn answer(query: &[u8], cfg: &RefCell<NetdConfig>, tcp: bool) -> Option<Ve
         (c.policy.clone(), c.upstreams.clone(), c.net.clone())
     };
     if !policy.resolves(&name) {
-        let mut reply = Packet::new_reply(packet.id());
-        reply.questions = packet.questions.clone();
-        reply.set_flags(PacketFlag::RECURSION_AVAILABLE);
-        if packet.has_flags(PacketFlag::RECURSION_DESIRED) {
-            reply.set_flags(PacketFlag::RECURSION_DESIRED);
-        }
-        *reply.rcode_mut() = RCODE::Refused;
-        return reply.build_bytes_vec().ok();
+        return failure(&packet, RCODE::Refused);
     }
     let mut reply = None;
     for up in upstreams {
@@ -134,7 +128,8 @@ async fn answer(query: &[u8], cfg: &RefCell<NetdConfig>, tcp: bool) -> Option<Ve
             break;
         }
     }
-    let reply = reply?;
+    // No upstream answered: say so at once rather than leave the client to time out.
+    let Some(reply) = reply else { return failure(&packet, RCODE::ServerFailure) };
     if policy.allows_name(&name) {
         let addrs: Vec<(Ipv4Addr, u32)> = Packet::parse(&reply)
             .map(|p| {
@@ -155,6 +150,18 @@ async fn answer(query: &[u8], cfg: &RefCell<NetdConfig>, tcp: bool) -> Option<Ve
         }
     }
     Some(reply)
+}
+
+/// An answer with no records and this code, to the question `query`.
+fn failure(query: &Packet<'_>, rcode: RCODE) -> Option<Vec<u8>> {
+    let mut reply = Packet::new_reply(query.id());
+    reply.questions = query.questions.clone();
+    reply.set_flags(PacketFlag::RECURSION_AVAILABLE);
+    if query.has_flags(PacketFlag::RECURSION_DESIRED) {
+        reply.set_flags(PacketFlag::RECURSION_DESIRED);
+    }
+    *reply.rcode_mut() = rcode;
+    reply.build_bytes_vec().ok()
 }
 
 async fn forward_udp(query: &[u8], up: SocketAddr) -> Option<Vec<u8>> {
