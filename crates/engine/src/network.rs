@@ -84,9 +84,7 @@ impl Engine {
         if policy.mode == NetworkMode::None {
             return Ok(None);
         }
-        if !RECONCILED.swap(true, Ordering::SeqCst) {
-            self.reconcile_networks().await;
-        }
+        self.reconcile_networks().await;
         let (subnet, lock) = (self.cfg.network.subnet, self.cfg.state_dir.join("network.lock"));
         let upstreams = match self.cfg.network.dns.is_empty() {
             true => host_resolvers(),
@@ -212,7 +210,17 @@ impl Engine {
     }
 
     /// Removes the rules of sandboxes that are no longer running (an engine that crashed before cleaning up).
-    async fn reconcile_networks(&self) {
+    /// Runs once per process: before its first network is made, or when a server starts.
+    ///
+    /// ```no_run
+    /// # async fn demo(engine: std::sync::Arc<hangar_engine::Engine>) {
+    /// engine.reconcile_networks().await;
+    /// # }
+    /// ```
+    pub async fn reconcile_networks(&self) {
+        if RECONCILED.swap(true, Ordering::SeqCst) {
+            return;
+        }
         let Ok(keys) = tokio::task::spawn_blocking(hangar_runtime::net::installed).await else { return };
         let Ok(records) = self.store.list() else { return };
         let live: std::collections::HashSet<String> = records

@@ -16,6 +16,8 @@ pub(crate) async fn serve(
     };
     let drain = seconds(drain, "--drain")?;
     let engine = hangar_engine::Engine::open(hangar_engine::EngineConfig::from_env()?)?;
+    // The rules of sandboxes that ended while no engine watched (a crash) go before anything is served.
+    engine.reconcile_networks().await;
     let shutdown = async {
         let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
             Ok(t) => t,
