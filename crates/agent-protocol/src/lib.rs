@@ -274,6 +274,15 @@ pub struct NetdConfig {
     pub upstreams: Vec<std::net::SocketAddr>,
 }
 
+impl NetdConfig {
+    /// The configuration in the sandbox state directory `dir` ([`NETD_FILE`]).
+    pub fn load(dir: &std::path::Path) -> Result<Self, String> {
+        let path = dir.join(NETD_FILE);
+        let body = std::fs::read(&path).map_err(|e| format!("read {}: {e}", path.display()))?;
+        serde_json::from_slice(&body).map_err(|e| format!("parse {}: {e}", path.display()))
+    }
+}
+
 /// The network helper's configuration file, in the sandbox's state directory.
 pub const NETD_FILE: &str = "net.json";
 /// The network helper's pid, in the sandbox's state directory.

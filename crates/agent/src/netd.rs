@@ -7,7 +7,7 @@
 //! before the answer is sent, so the connection that follows is allowed. It reads its configuration again on
 //! SIGHUP, and leaves when the sandbox's interface is gone (the sandbox ended).
 
-use hangar_agent_protocol::{NetdConfig, NETD_FILE};
+use hangar_agent_protocol::NetdConfig;
 use simple_dns::{rdata::RData, Packet, PacketFlag, RCODE};
 use std::cell::RefCell;
 use std::io::Write;
@@ -33,14 +33,8 @@ pub fn run(dir: &Path) -> ! {
     std::process::exit(code)
 }
 
-fn load(dir: &Path) -> Result<NetdConfig, String> {
-    let path = dir.join(NETD_FILE);
-    let body = std::fs::read(&path).map_err(|e| format!("read {}: {e}", path.display()))?;
-    serde_json::from_slice(&body).map_err(|e| format!("parse {}: {e}", path.display()))
-}
-
 fn serve(dir: &Path) -> Result<(), String> {
-    let cfg = load(dir)?;
+    let cfg = NetdConfig::load(dir)?;
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| format!("tokio: {e}"))?;
     let local = tokio::task::LocalSet::new();
     local.block_on(&rt, async move {
@@ -74,7 +68,7 @@ fn serve(dir: &Path) -> Result<(), String> {
                         tokio::task::spawn_local(serve_tcp(stream, cfg.clone()));
                     }
                 }
-                _ = hup.recv() => match load(dir) {
+                _ = hup.recv() => match NetdConfig::load(dir) {
                     Ok(new) => *cfg.borrow_mut() = new,
                     Err(e) => crate::log!("netd: keeping the old policy: {e}"),
                 },

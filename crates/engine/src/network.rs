@@ -124,10 +124,7 @@ impl Engine {
             let dir = self.sandbox_dir(id);
             let p = policy.clone();
             tokio::task::spawn_blocking(move || -> Result<()> {
-                let path = dir.join(NETD_FILE);
-                let body = std::fs::read(&path).map_err(|e| Error::io("read", path.display(), e))?;
-                let mut cfg: NetdConfig =
-                    serde_json::from_slice(&body).map_err(|e| Error::Internal(format!("{}: {e}", path.display())))?;
+                let mut cfg = NetdConfig::load(&dir).map_err(Error::Internal)?;
                 hangar_runtime::net::set_policy(&cfg.net, &p)?;
                 cfg.policy = p;
                 write_netd_config(&dir, &cfg)?;
@@ -158,10 +155,7 @@ impl Engine {
         let (dir, agent, lock) =
             (self.sandbox_dir(id), self.cfg.agent_bin.clone(), self.cfg.state_dir.join("network.lock"));
         tokio::task::spawn_blocking(move || {
-            let lock_file = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&lock);
-            let lock_file = lock_file.map_err(|e| Error::io("open", lock.display(), e))?;
-            let _held = nix::fcntl::Flock::lock(lock_file, nix::fcntl::FlockArg::LockExclusive)
-                .map_err(|(_, e)| Error::io("flock", lock.display(), e.into()))?;
+            let _held = hangar_runtime::net::hold(&lock)?;
             let mut ports: Vec<PublishedPort> = published(&dir);
             ports.retain(|p| hangar_runtime::process::process_alive(p.pid, p.start));
             if let Some(p) = ports.iter().find(|p| p.port == port) {
@@ -229,7 +223,7 @@ impl Engine {
             .map(|r| r.info.id.chars().filter(|c| c.is_ascii_alphanumeric()).collect())
             .collect();
         for key in keys.unwrap_or_default().into_iter().filter(|k| !live.contains(k)) {
-            let _ = tokio::task::spawn_blocking(move || hangar_runtime::net::remove_installed(&key)).await;
+            let _ = tokio::task::spawn_blocking(move || hangar_runtime::net::remove(&key)).await;
         }
     }
 }

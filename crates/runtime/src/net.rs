@@ -112,14 +112,7 @@ pub fn create(
     policy: &NetworkPolicy,
     lock: &std::path::Path,
 ) -> Result<(OwnedFd, SandboxNet)> {
-    let lock_file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(lock)
-        .map_err(|e| Error::io("open", lock, e))?;
-    let _held = nix::fcntl::Flock::lock(lock_file, nix::fcntl::FlockArg::LockExclusive)
-        .map_err(|(_, e)| Error::sys("flock", lock.display(), e))?;
+    let _held = hold(lock)?;
     let mut net = SandboxNet::named(id);
     let used = used_pairs(subnet)?;
     let i = (1..subnet.pairs())
@@ -162,6 +155,19 @@ pub fn create(
     Ok((netns, net))
 }
 
+/// Holds the exclusive lock on file `path` (made if missing) until the guard is dropped: how engines sharing
+/// a state directory take turns at what the host holds (addresses, published ports).
+pub fn hold(path: &std::path::Path) -> Result<nix::fcntl::Flock<std::fs::File>> {
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .map_err(|e| Error::io("open", path, e))?;
+    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
+        .map_err(|(_, e)| Error::sys("flock", path.display(), e))
+}
+
 /// Replaces the policy of a sandbox's network (addresses its resolver allowed are forgotten: they are allowed
 /// again when it next answers for them, if the new policy allows their name). Atomic: a connection sees the
 /// old rules or the new ones.
@@ -181,11 +187,9 @@ pub fn allow_resolved(net: &SandboxNet, addrs: &[(Ipv4Addr, u32)]) -> Result<()>
 
 /// Removes a sandbox's rules (its interfaces went with its namespace). Idempotent: removing what is not
 /// there is not an error.
+/// `id` may also be a key from [`installed`] (the names are made from its letters and digits alone).
 pub fn remove(id: &str) -> Result<()> {
-    remove_key(&SandboxNet::named(id))
-}
-
-fn remove_key(net: &SandboxNet) -> Result<()> {
+    let net = SandboxNet::named(id);
     let (k, h) = (&net.key, &net.host_if);
     // `delete` fails on what is missing, and older nft has no `destroy`: every object is first added (a
     // no-op when it exists), then deleted, in one transaction.
@@ -211,11 +215,6 @@ pub fn installed() -> Result<Vec<String>> {
     }
     let out = output("nft", &["list", "table", "inet", TABLE])?;
     Ok(out.lines().filter_map(|l| l.trim().strip_prefix("chain f_")?.strip_suffix(" {")).map(str::to_string).collect())
-}
-
-/// Removes the rules of key `key` (see [`installed`]).
-pub fn remove_installed(key: &str) -> Result<()> {
-    remove_key(&SandboxNet::named(key))
 }
 
 fn sets(k: &str) -> String {
