@@ -453,39 +453,49 @@ impl NativeSandbox {
         let timeout = secs("timeout_seconds", timeout_seconds)?;
         let sb = self.0.clone();
         spawn(py, async move {
-            let mut x = sb.exec(argv.clone()).check(check).capture(capture).merged(merged);
-            for (k, v) in env {
-                x = x.env(k, v);
-            }
-            if let Some(d) = cwd {
-                x = x.cwd(d);
-            }
-            if let Some(t) = timeout {
-                x = x.timeout(t);
-            }
-            if let Some(data) = stdin {
-                x = x.stdin(data);
-            } else if open_stdin {
-                x = x.open_stdin();
-            }
-            if let Some(i) = id {
-                x = x.id(i);
-            }
-            if let Some((rows, cols)) = tty {
-                x = x.tty(rows, cols);
-            }
-            if let Some(grace_ms) = kill_on_disconnect_ms {
-                x = x.on_disconnect(hangar::OnDisconnect::Kill { grace_ms });
-            }
-            let run = match x.events().await {
-                Ok(run) => run,
-                Err(e) => return reply(Err::<(), _>(e), argv, none),
+            // The start runs in a task of its own, which kills what it started when nobody waits for it any
+            // more: an exec whose start is cancelled (the task, Ctrl-C) never runs on unseen.
+            let (started_tx, started) = oneshot::channel();
+            let command = argv.clone();
+            tokio::spawn(async move {
+                let mut x = sb.exec(command).check(check).capture(capture).merged(merged);
+                for (k, v) in env {
+                    x = x.env(k, v);
+                }
+                if let Some(d) = cwd {
+                    x = x.cwd(d);
+                }
+                if let Some(t) = timeout {
+                    x = x.timeout(t);
+                }
+                if let Some(data) = stdin {
+                    x = x.stdin(data);
+                } else if open_stdin {
+                    x = x.open_stdin();
+                }
+                if let Some(i) = id {
+                    x = x.id(i);
+                }
+                if let Some((rows, cols)) = tty {
+                    x = x.tty(rows, cols);
+                }
+                if let Some(grace_ms) = kill_on_disconnect_ms {
+                    x = x.on_disconnect(hangar::OnDisconnect::Kill { grace_ms });
+                }
+                if let Err(Ok(run)) = started_tx.send(x.events().await) {
+                    run.handle().input().signal(9).await.ok();
+                }
+            });
+            let run = match started.await {
+                Ok(Ok(run)) => run,
+                Ok(Err(e)) => return reply(Err::<(), _>(e), argv, none),
+                Err(_) => return reply(Err::<(), _>(Error::Internal("the exec's start task died".into())), argv, none),
             };
             if events {
-                let run = NativeRun::pump(run, argv.clone());
+                let run = NativeRun::pump(run, argv.clone(), true);
                 return reply(Ok(run), argv, |py, run| Ok(Py::new(py, run)?.into_any()));
             }
-            // Awaited to its end here: an awaitable that is cancelled (the task, Ctrl-C) kills the exec's tree.
+            // Awaited to its end here: cancelling the awaitable now kills the exec's tree too.
             let mut kill = KillOnDrop(Some(run.handle().input()));
             let r = run.finish().await;
             kill.0 = None;
@@ -508,7 +518,7 @@ impl NativeSandbox {
             let x = sb.attach(exec_id).from_offsets(stdout_offset, stderr_offset).capture(capture);
             let run = x.events().await.map(|run| {
                 let command = run.handle().command().to_vec();
-                NativeRun::pump(run, command)
+                NativeRun::pump(run, command, false)
             });
             reply(run, vec![], |py, run| Ok(Py::new(py, run)?.into_any()))
         })
@@ -582,6 +592,12 @@ impl NativeSandbox {
 /// Kills an exec's tree when dropped while armed (the future awaiting it was cancelled).
 struct KillOnDrop(Option<hangar::ExecInput>);
 
+impl KillOnDrop {
+    fn disarm(kill: &std::sync::Mutex<KillOnDrop>) {
+        kill.lock().unwrap_or_else(|p| p.into_inner()).0 = None;
+    }
+}
+
 impl Drop for KillOnDrop {
     fn drop(&mut self) {
         if let Some(input) = self.0.take() {
@@ -603,22 +619,31 @@ struct NativeRun {
     input: hangar::ExecInput,
     events: Arc<Mutex<mpsc::Receiver<ExecEvent>>>,
     result: Arc<Mutex<Option<oneshot::Receiver<hangar::Result<ExecResult>>>>>,
+    /// Armed for a run that nobody else can find yet (a start: its caller may never see it): dropping it
+    /// then kills the exec, until `keep` or the exec's end disarms it.
+    kill: Arc<std::sync::Mutex<KillOnDrop>>,
     _pump: AbortOnDropHandle<()>,
 }
 
 impl NativeRun {
-    /// Follows `run` in a task; its events go to `next_batch`.
-    fn pump(mut run: hangar::ExecRun, command: Vec<String>) -> Self {
+    /// Follows `run` in a task; its events go to `next_batch`. With `kill_on_drop`, dropping it before the
+    /// exec ended (or before `keep`) kills the exec.
+    fn pump(mut run: hangar::ExecRun, command: Vec<String>, kill_on_drop: bool) -> Self {
         let (tx, rx) = mpsc::channel(READ_AHEAD);
         let (done_tx, done_rx) = oneshot::channel();
         let h = run.handle();
         let (id, sandbox_id, input) = (h.id().to_string(), h.sandbox_id().to_string(), h.input());
+        let kill = Arc::new(std::sync::Mutex::new(KillOnDrop(kill_on_drop.then(|| input.clone()))));
+        let ended = kill.clone();
         let task = tokio::spawn(async move {
             let outcome = loop {
                 match run.next_event().await {
                     // A send fails once nobody reads the events any more; the result still needs the rest.
                     Ok(Some(ev)) => _ = tx.send(ev).await,
-                    Ok(None) => break run.finish().await,
+                    Ok(None) => {
+                        KillOnDrop::disarm(&ended);
+                        break run.finish().await;
+                    }
                     Err(e) => break Err(e),
                 }
             };
@@ -632,6 +657,7 @@ impl NativeRun {
             input,
             events: Arc::new(Mutex::new(rx)),
             result: Arc::new(Mutex::new(Some(done_rx))),
+            kill,
             _pump: AbortOnDropHandle::new(task),
         }
     }
@@ -657,6 +683,11 @@ impl NativeRun {
             };
             reply(outcome, command.clone(), move |py, r| result_obj(py, &r, &command))
         })
+    }
+
+    /// From now on, dropping this run leaves the exec running (a handle that its caller received).
+    fn keep(&self) {
+        KillOnDrop::disarm(&self.kill);
     }
 
     /// Sends `signal` to the exec's whole process tree (9, SIGKILL, cancels it).

@@ -224,25 +224,35 @@ def test_sync_facade(backend):
 
 
 @pytest.mark.parametrize("with_callback", [False, True])
-def test_cancelling_the_task_kills_the_exec(backend, with_callback):
+@pytest.mark.parametrize("when", ["running", "starting"])
+def test_cancelling_the_task_kills_the_exec(backend, with_callback, when):
+    """Cancelled once it runs, or while its start is still under way (the start's reply may then be on
+    its way): either way it ends, and no exec is left running."""
+
     async def main():
         async with backend.sandbox(command="sleep", args=["infinity"]) as sb:
             kw = {"on_stdout": lambda d: None} if with_callback else {}
             task = asyncio.create_task(sb.exec(["sh", "-c", "echo up; exec sleep 1000.125"], **kw))
-            for _ in range(100):
-                if (await sb.exec(["pgrep", "-f", "sleep 1000.125"])).returncode == 0:
-                    break
-                await asyncio.sleep(0.05)
+            if when == "running":
+                for _ in range(100):
+                    if (await sb.exec(["pgrep", "-f", "sleep 1000.125"])).returncode == 0:
+                        break
+                    await asyncio.sleep(0.05)
+                else:
+                    raise AssertionError("the exec never started")
             else:
-                raise AssertionError("the exec never started")
+                await asyncio.sleep(0)  # the call is issued, its reply not yet seen
             task.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await task
             for _ in range(100):
+                running = [e for e in await sb.execs() if e.running]
                 left = await sb.exec(["pgrep", "-f", "sleep 1000.125"])
-                if left.returncode == 1:
+                if left.returncode == 1 and not running:
                     return True
                 await asyncio.sleep(0.05)
-            return False
+            ps = (await sb.exec(["ps", "-eo", "pid,ppid,stat,args"])).stdout
+            return f"{ps}\n{running}"
 
-    assert asyncio.run(main()), "the cancelled exec's process is still running after 5 s"
+    left = asyncio.run(main())
+    assert left is True, f"the cancelled exec's process is still running after 5 s:\n{left}"

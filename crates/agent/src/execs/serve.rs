@@ -44,30 +44,30 @@ pub(super) async fn serve_reader(e: ExecRef, mut conn: Conn, from: [u64; 2]) {
     let w = conn.writer();
     // How long to wait before the disconnect policy applies when this attachment breaks without a goodbye.
     let mut hold = Duration::ZERO;
-    if w.send(&Response::Exec(info)).await.is_ok() {
-        let mut changed = true;
-        loop {
-            if changed {
-                let snapshot = progress.borrow_and_update().clone();
-                if w.send(&Response::Progress(snapshot)).await.is_err() {
-                    break;
-                }
+    let mut sent = w.send(&Response::Exec(info)).await.is_ok();
+    let mut changed = true;
+    while sent {
+        if changed {
+            let snapshot = progress.borrow_and_update().clone();
+            if w.send(&Response::Progress(snapshot)).await.is_err() {
+                sent = false;
+                break;
             }
-            changed = tokio::select! {
-                r = progress.changed() => if r.is_err() { break } else { true },
-                msg = conn.recv::<Request>() => match msg {
-                    Ok(Some(Request::Detach)) => {
-                        hold = Duration::ZERO;
-                        break;
-                    }
-                    Ok(Some(Request::Hold { grace_ms })) => {
-                        hold = Duration::from_millis(grace_ms);
-                        false
-                    }
-                    Ok(Some(m)) => { on_reader_request(&e, reader, m); false }
-                    Ok(None) | Err(_) => break,
-                },
-            };
+        }
+        changed = tokio::select! {
+            r = progress.changed() => if r.is_err() { break } else { true },
+            msg = conn.recv::<Request>() => match msg {
+                Ok(Some(m)) => if take_request(&e, reader, m, &mut hold) { break } else { false },
+                Ok(None) | Err(_) => break,
+            },
+        };
+    }
+    if !sent {
+        // The client closed while we wrote: what it sent before closing (a kill, then a drop) still counts.
+        while let Ok(Ok(Some(m))) = tokio::time::timeout(Duration::from_millis(100), conn.recv::<Request>()).await {
+            if take_request(&e, reader, m, &mut hold) {
+                break;
+            }
         }
     }
     let mut ex = e.borrow_mut();
@@ -88,9 +88,15 @@ pub(super) async fn serve_reader(e: ExecRef, mut conn: Conn, from: [u64; 2]) {
     }
 }
 
-pub(super) fn on_reader_request(e: &ExecRef, reader: hangar_journal::ReaderId, m: Request) {
+/// Takes one request of a reader (acks, signals, resizes, its goodbye); `true` when it said goodbye.
+fn take_request(e: &ExecRef, reader: hangar_journal::ReaderId, m: Request, hold: &mut Duration) -> bool {
     let mut ex = e.borrow_mut();
     match m {
+        Request::Detach => {
+            *hold = Duration::ZERO;
+            return true;
+        }
+        Request::Hold { grace_ms } => *hold = Duration::from_millis(grace_ms),
         Request::Ack { pos } => {
             ex.journal.ack(reader, pos);
             ex.space.notify_waiters();
@@ -107,4 +113,5 @@ pub(super) fn on_reader_request(e: &ExecRef, reader: hangar_journal::ReaderId, m
         }
         _ => {}
     }
+    false
 }

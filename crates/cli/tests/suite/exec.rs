@@ -205,6 +205,29 @@ async fn a_caller_that_goes_away_under_the_kill_policy_kills_the_exec_tree_and_n
     sb.stop().await.unwrap();
 }
 
+/// A kill sent just before the handle is dropped is carried out, even while the agent is busy telling that
+/// reader about new output (it used to stop reading at the first write that failed, losing the kill).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kill_sent_right_before_the_handle_is_dropped_still_kills() {
+    let sb = sandbox().await;
+    for round in 0..20 {
+        let h = sb.exec(["sh", "-c", "while :; do echo busy; done"]).id(format!("busy-{round}")).start().await.unwrap();
+        h.kill().await.unwrap();
+        drop(h);
+        let mut end = None;
+        for _ in 0..200 {
+            let info = sb.execs().await.unwrap().into_iter().find(|e| e.id == format!("busy-{round}")).unwrap();
+            if let Some(e) = info.end {
+                end = Some(e.ending);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(end, Some(hangar::Ending::Cancelled), "round {round}: the killed exec did not end as cancelled");
+    }
+    sb.stop().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sandbox_whose_agent_dies_is_reported_and_cleaned_up() {
     let sb = sandbox().await;

@@ -911,6 +911,7 @@ class Sandbox:
             capture=capture,
             kill_on_disconnect_ms=None if kill_on_disconnect_seconds is None else int(kill_on_disconnect_seconds * 1000),
         )
+        run.keep()  # received: from here on, losing the handle leaves the exec running (journaled)
         return ExecHandle(run)
 
     async def attach(
