@@ -6,6 +6,7 @@
 use serde::{de::DeserializeOwned, Serialize};
 use std::io;
 use std::sync::Arc;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::UnixStream;
 
 /// Frames larger than this are refused: a frame is a small JSON message, never bulk data.
@@ -36,23 +37,42 @@ pub fn decode_prefix<T: DeserializeOwned>(buf: &[u8]) -> io::Result<Option<(T, u
     Ok(Some((msg, 4 + len)))
 }
 
-/// One end of an agent connection: reads frames and writes them.
+/// One end of an agent connection: reads frames and writes them. Over a unix socket (the local backend), or
+/// over any byte stream ([`Conn::over`]: a port-forward through the Kubernetes API server, say).
 pub struct Conn {
-    stream: Arc<UnixStream>,
+    read: Box<dyn AsyncRead + Send + Sync + Unpin>,
     buf: Vec<u8>,
     start: usize,
+    writer: Writer,
 }
 
-/// A cloneable writing handle on a [`Conn`], for sending while another task reads.
+/// A cloneable writing handle on a [`Conn`], for sending while another task reads. Frames from several
+/// handles never interleave: each is written whole under the handle's lock. The stream's write side closes
+/// once the [`Conn`] and every handle are gone.
 #[derive(Clone)]
 pub struct Writer {
-    stream: Arc<UnixStream>,
+    write: Arc<tokio::sync::Mutex<Box<dyn AsyncWrite + Send + Sync + Unpin>>>,
 }
 
 impl Conn {
-    /// Wraps a connected stream.
+    /// Wraps a connected unix stream.
     pub fn new(stream: UnixStream) -> Self {
-        Self { stream: Arc::new(stream), buf: Vec::with_capacity(8192), start: 0 }
+        let (read, write) = stream.into_split();
+        Self::from_halves(Box::new(read), Box::new(write))
+    }
+
+    /// Wraps any connected byte stream.
+    pub fn over<S: AsyncRead + AsyncWrite + Send + Sync + 'static>(stream: S) -> Self {
+        let (read, write) = tokio::io::split(stream);
+        Self::from_halves(Box::new(read), Box::new(write))
+    }
+
+    fn from_halves(
+        read: Box<dyn AsyncRead + Send + Sync + Unpin>,
+        write: Box<dyn AsyncWrite + Send + Sync + Unpin>,
+    ) -> Self {
+        let writer = Writer { write: Arc::new(tokio::sync::Mutex::new(write)) };
+        Self { read, buf: Vec::with_capacity(8192), start: 0, writer }
     }
 
     /// Connects to the agent listening at `path`.
@@ -62,12 +82,12 @@ impl Conn {
 
     /// A writing handle.
     pub fn writer(&self) -> Writer {
-        Writer { stream: self.stream.clone() }
+        self.writer.clone()
     }
 
     /// Sends one frame.
     pub async fn send<T: Serialize>(&self, msg: &T) -> io::Result<()> {
-        self.writer().send(msg).await
+        self.writer.send(msg).await
     }
 
     /// Receives the next frame; `None` on a clean end of stream between frames. Cancel-safe.
@@ -100,22 +120,16 @@ impl Conn {
         Ok(())
     }
 
-    /// Appends what the socket has to the buffer. Cancel-safe: the buffer changes only in the synchronous
-    /// step after the wait, so a `select!` that drops this future mid-wait loses and adds nothing.
+    /// Appends what the stream has to the buffer. Cancel-safe (`read_buf` reads nothing unless it returns),
+    /// so a `select!` that drops this future mid-wait loses and adds nothing.
     async fn read_more(&mut self) -> io::Result<usize> {
         if self.start > 0 {
             self.buf.drain(..self.start);
             self.start = 0;
         }
-        loop {
-            self.stream.readable().await?;
-            // Into the buffer's spare capacity (no zero-filling per read), in this synchronous step.
-            self.buf.reserve(64 * 1024);
-            match self.stream.try_read_buf(&mut self.buf) {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                other => return other,
-            }
-        }
+        // Into the buffer's spare capacity (no zero-filling per read).
+        self.buf.reserve(64 * 1024);
+        self.read.read_buf(&mut self.buf).await
     }
 }
 
@@ -126,16 +140,10 @@ impl Writer {
     }
 
     /// Writes raw bytes (file contents after a frame that announced them).
-    pub async fn send_raw(&self, mut data: &[u8]) -> io::Result<()> {
-        while !data.is_empty() {
-            self.stream.writable().await?;
-            match self.stream.try_write(data) {
-                Ok(n) => data = &data[n..],
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(())
+    pub async fn send_raw(&self, data: &[u8]) -> io::Result<()> {
+        let mut w = self.write.lock().await;
+        w.write_all(data).await?;
+        w.flush().await
     }
 }
 
@@ -185,6 +193,38 @@ mod tests {
         tokio::join!(send, recv);
         drop(w);
         assert_eq!(b.recv::<u32>().await.unwrap(), None);
+    }
+
+    /// Over any byte stream (here an in-memory pipe smaller than one frame), frames sent by many handles at
+    /// once arrive whole, each exactly once.
+    #[tokio::test]
+    async fn frames_of_concurrent_writers_over_any_stream_never_interleave() {
+        let (a, b) = tokio::io::duplex(1024);
+        let (a, mut b) = (Conn::over(a), Conn::over(b));
+        let sends: Vec<_> = (0..8u32)
+            .map(|k| {
+                let w = a.writer();
+                tokio::spawn(async move {
+                    for i in 0..50u32 {
+                        w.send(&(k, i, "x".repeat(3000))).await.unwrap();
+                    }
+                })
+            })
+            .collect();
+        let recv = async {
+            let mut next = [0u32; 8];
+            for _ in 0..400 {
+                let (k, i, pad): (u32, u32, String) = b.recv().await.unwrap().unwrap();
+                assert_eq!((i, pad.len()), (next[k as usize], 3000), "writer {k}");
+                next[k as usize] += 1;
+            }
+        };
+        recv.await;
+        for s in sends {
+            s.await.unwrap();
+        }
+        drop(a);
+        assert_eq!(b.recv::<u32>().await.unwrap(), None, "the stream ends once every handle is gone");
     }
 
     /// A receive abandoned mid-wait (as `select!` does) loses nothing and adds nothing.
