@@ -14,6 +14,7 @@
 use serde::{Deserialize, Serialize};
 
 pub mod codec;
+pub mod remote;
 pub use codec::{Conn, Writer};
 pub use hangar_journal::Progress;
 pub use hangar_types::{Ending, ExecEnd, ExecInfo, ExecSpec, OnDisconnect, StartFailure, StartFailureKind, Usage};
