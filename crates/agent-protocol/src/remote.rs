@@ -60,7 +60,7 @@ async fn read_frame<S: AsyncRead + Unpin, T: serde::de::DeserializeOwned>(stream
 }
 
 /// The client end of a stream to a remote agent: opens agent connections over it. Cloning shares the stream.
-/// The stream closes when every clone is gone.
+/// The stream closes when every clone and every connection opened from it are gone.
 #[derive(Clone)]
 pub struct Mux {
     open: mpsc::UnboundedSender<oneshot::Sender<io::Result<yamux::Stream>>>,
@@ -117,12 +117,7 @@ impl Mux {
                 return Poll::Pending;
             })
             .await;
-            if let Some(tx) = pending {
-                let _ = tx.send(Err(io::Error::new(io::ErrorKind::BrokenPipe, "the agent's stream closed")));
-            }
-            while let Ok(tx) = requests.try_recv() {
-                let _ = tx.send(Err(io::Error::new(io::ErrorKind::BrokenPipe, "the agent's stream closed")));
-            }
+            // Dropping the pending and queued opens (and the receiver) fails them: `open` says the stream closed.
         });
         Ok(Self { open })
     }
