@@ -37,6 +37,20 @@ pub fn decode_prefix<T: DeserializeOwned>(buf: &[u8]) -> io::Result<Option<(T, u
     Ok(Some((msg, 4 + len)))
 }
 
+/// Reads exactly one frame from `stream`, nothing past it: for a stream that something else takes over after
+/// its first message (a remote agent's handshake, see `remote`).
+pub async fn read_frame<T: DeserializeOwned>(stream: &mut (impl AsyncRead + Unpin)) -> io::Result<T> {
+    let mut frame = vec![0u8; 4];
+    stream.read_exact(&mut frame).await?;
+    let len = u32::from_le_bytes(frame[..4].try_into().expect("4 bytes")) as usize;
+    if len > MAX_FRAME {
+        return Err(io::Error::new(io::ErrorKind::InvalidData, format!("frame of {len} bytes exceeds {MAX_FRAME}")));
+    }
+    frame.resize(4 + len, 0);
+    stream.read_exact(&mut frame[4..]).await?;
+    Ok(decode_prefix(&frame)?.expect("a whole frame").0)
+}
+
 /// One end of an agent connection: reads frames and writes them. Over a unix socket (the local backend), or
 /// over any byte stream ([`Conn::over`]: a port-forward through the Kubernetes API server, say).
 pub struct Conn {

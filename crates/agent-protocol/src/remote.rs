@@ -10,19 +10,19 @@
 //! token, the agent answers [`crate::Response::Done`] or an error, and closes on a wrong token. The Pod holds
 //! only the token's SHA-256 ([`token_digest`]), so reading the Pod's spec does not give the token away.
 
-use crate::codec::{decode_prefix, encode, Conn};
+use crate::codec::{encode, read_frame, Conn};
 use crate::{ErrorKind, Response};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::future::poll_fn;
 use std::io;
 use std::task::Poll;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::compat::{FuturesAsyncReadCompatExt, TokioAsyncReadCompatExt};
 
-/// The first frame on a stream to a remote agent.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// The first frame on a stream to a remote agent. (No `Debug`: it holds a secret.)
+#[derive(Serialize, Deserialize)]
 pub struct Hello {
     /// The sandbox's token.
     pub token: String,
@@ -44,21 +44,6 @@ fn config() -> yamux::Config {
     cfg
 }
 
-/// Reads one frame without reading past it (what follows belongs to yamux).
-async fn read_frame<S: AsyncRead + Unpin, T: serde::de::DeserializeOwned>(stream: &mut S) -> io::Result<T> {
-    let mut len = [0u8; 4];
-    stream.read_exact(&mut len).await?;
-    let n = u32::from_le_bytes(len) as usize;
-    if n > crate::codec::MAX_FRAME {
-        return Err(io::Error::new(io::ErrorKind::InvalidData, format!("handshake frame of {n} bytes")));
-    }
-    let mut frame = len.to_vec();
-    frame.resize(4 + n, 0);
-    stream.read_exact(&mut frame[4..]).await?;
-    let (msg, _) = decode_prefix(&frame)?.expect("a whole frame");
-    Ok(msg)
-}
-
 /// The client end of a stream to a remote agent: opens agent connections over it. Cloning shares the stream.
 /// The stream closes when every clone and every connection opened from it are gone.
 #[derive(Clone)]
@@ -75,7 +60,7 @@ impl Mux {
     {
         stream.write_all(&encode(&Hello { token: token.to_string() })?).await?;
         stream.flush().await?;
-        match read_frame::<_, Response>(&mut stream).await? {
+        match read_frame::<Response>(&mut stream).await? {
             Response::Done => {}
             Response::Error { kind: ErrorKind::PermissionDenied, message } => {
                 return Err(io::Error::new(io::ErrorKind::PermissionDenied, message))
