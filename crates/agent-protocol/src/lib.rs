@@ -4,9 +4,10 @@
 //! [`VERSION`] when it reports ready ([`StartReport::Ready`]); the engine keeps it with the sandbox's record
 //! and speaks to it only if it lies in [`MIN_VERSION`]`..=`[`VERSION`]. Version 1 (unversioned, before this
 //! crate existed) sends the same JSON shapes; version 2 adds typed start failures and the attachment
-//! requests [`Request::Detach`] and [`Request::Hold`], never sent to a version-1 agent. A change that an older
-//! peer cannot read needs a new version, and the test `wire_format_is_pinned` shows what each message looks
-//! like on the wire.
+//! requests [`Request::Detach`] and [`Request::Hold`], never sent to a version-1 agent; version 3 adds inline
+//! journals ([`Request::Inline`]: the journal's bytes travel on the connection, for an engine that cannot read
+//! the agent's files, as with a Pod's agent). A change that an older peer cannot read needs a new version, and
+//! the test `wire_format_is_pinned` shows what each message looks like on the wire.
 //!
 //! Exec specs, endings and infos are the shared `hangar-types` values themselves: nothing is translated
 //! between the engine and the agent.
@@ -17,10 +18,12 @@ pub mod codec;
 pub mod remote;
 pub use codec::{Conn, Writer};
 pub use hangar_journal::Progress;
-pub use hangar_types::{Ending, ExecEnd, ExecInfo, ExecSpec, OnDisconnect, StartFailure, StartFailureKind, Usage};
+pub use hangar_types::{
+    Ending, ExecEnd, ExecInfo, ExecSpec, OnDisconnect, OutputStream, StartFailure, StartFailureKind, Usage,
+};
 
 /// The protocol version this build speaks.
-pub const VERSION: u32 = 2;
+pub const VERSION: u32 = 3;
 /// The oldest agent version this build still speaks to.
 pub const MIN_VERSION: u32 = 1;
 
@@ -168,7 +171,31 @@ pub enum Request {
         /// Grace period in milliseconds.
         grace_ms: u64,
     },
+    /// First on a connection, before [`Request::Exec`] or [`Request::Attach`]: the journal travels inline. The
+    /// agent reads its own journal files and sends what they hold from the reader's offsets on as
+    /// [`Response::Output`] (with the bytes), [`Response::Gap`] and, after the last byte, [`Response::Ended`],
+    /// instead of [`Response::Progress`] snapshots; acks still say what the reader consumed, and the agent keeps
+    /// at most [`INLINE_WINDOW`] bytes unacknowledged in flight. Version 3.
+    Inline,
+    /// On an inline attachment: start again at the last `lines` lines of each stream (as journaled now; never
+    /// inside a range the cap dropped). Answered, after any output already in flight, with
+    /// [`Response::Seeked`]. Version 3.
+    SeekTail {
+        /// Lines per stream; `u64::MAX` for everything still kept.
+        lines: u64,
+    },
+    /// On an inline attachment: move stdout's start to the first bytes written at or after `ms` (Unix
+    /// milliseconds; the main command's log keeps times). Answered like [`Request::SeekTail`]. Version 3.
+    SeekSince {
+        /// Unix milliseconds.
+        ms: u64,
+    },
 }
+
+/// Most bytes of an inline journal the agent sends beyond what the reader acknowledged (see
+/// [`Request::Inline`]): enough to keep a stream through a slow transport busy, small enough that a reader
+/// that stalls costs the agent little.
+pub const INLINE_WINDOW: u64 = 8 << 20;
 
 /// Agent → engine.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -200,6 +227,33 @@ pub enum Response {
     },
     /// The request completed.
     Done,
+    /// On an inline attachment: `len` bytes of output follow, from `offset` of `stream`.
+    Output {
+        /// Which stream.
+        stream: OutputStream,
+        /// Stream offset of the first byte.
+        offset: u64,
+        /// Number of bytes that follow.
+        len: u64,
+    },
+    /// On an inline attachment: bytes `from..to` of `stream` are not in the journal (its cap dropped them, or
+    /// the disk had no room).
+    Gap {
+        /// Which stream.
+        stream: OutputStream,
+        /// First missing offset.
+        from: u64,
+        /// Offset of the next byte the journal has.
+        to: u64,
+    },
+    /// On an inline attachment: every byte was sent; the exec ended so.
+    Ended(ExecEnd),
+    /// On an inline attachment: the reader starts at `pos` now (after [`Request::SeekTail`] or
+    /// [`Request::SeekSince`]); output sent before this is to be discarded.
+    Seeked {
+        /// Offsets (stdout, stderr).
+        pos: [u64; 2],
+    },
     /// The request failed.
     Error {
         /// What kind of failure.
@@ -241,12 +295,21 @@ pub enum ErrorKind {
     Other,
 }
 
-/// The agent's configuration, written by the engine to a file the agent reads before it builds the sandbox.
+/// The agent's configuration on the local backend, written by the engine to a file the agent reads before it
+/// builds the sandbox: how to build it, and what runs in it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct AgentConfig {
     /// How to build the sandbox.
     pub sandbox: hangar_runtime::SandboxSpec,
-    /// The sandbox's main command; when it ends, the sandbox ends.
+    /// What runs in it (its fields sit beside `sandbox` in the file, as before the split).
+    #[serde(flatten)]
+    pub workload: Workload,
+}
+
+/// What runs in a sandbox, whoever built it: the agent's configuration on every backend.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Workload {
+    /// The sandbox's main command; when it ends, the sandbox ends. Empty: no main command (the sandbox idles).
     pub main: Vec<String>,
     /// Environment of every process in the sandbox (the image's, then the sandbox's).
     pub env: Vec<(String, String)>,
@@ -256,10 +319,44 @@ pub struct AgentConfig {
     pub lifetime_ms: u64,
     /// Grace period between SIGTERM and SIGKILL when the lifetime ends or the agent is sent SIGTERM.
     pub stop_grace_ms: u64,
-    /// User the main command and execs run as (`name`, `uid`, `name:group`, `uid:gid`); root when empty.
+    /// User the main command and execs run as (`name`, `uid`, `name:group`, `uid:gid`); the agent's own when
+    /// empty.
     #[serde(default)]
     pub user: String,
 }
+
+/// The argument that makes `hangar-agent` a Pod's agent: `hangar-agent pod`, with its [`PodConfig`] as JSON in
+/// the environment variable [`POD_CONFIG_ENV`]. The container it starts in is the sandbox (the kubelet built
+/// it from the user's image); the agent serves [`remote`] streams on [`PodConfig::listen`].
+pub const POD_ARG: &str = "pod";
+/// The environment variable holding a Pod agent's [`PodConfig`] (removed from what sandbox processes see).
+pub const POD_CONFIG_ENV: &str = "HANGAR_POD_CONFIG";
+
+/// A Pod agent's configuration.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PodConfig {
+    /// What runs. Its `env` comes after the container's own environment (the image's and the Pod's); an
+    /// empty `workdir` is the container's working directory (the image's).
+    pub workload: Workload,
+    /// The SHA-256 of the sandbox's token ([`remote::token_digest`]).
+    pub token_digest: String,
+    /// Where the agent listens (inside the Pod's network namespace).
+    pub listen: std::net::SocketAddr,
+    /// The agent's state directory (journals, its end record), on a volume the workload does not need.
+    pub state_dir: std::path::PathBuf,
+    /// Where the sandbox's end is left for Kubernetes to keep in the Pod's status (the container's
+    /// `terminationMessagePath`): its [`EndRecord`] as JSON, or the [`StartReport`] line of a main command
+    /// that could not start.
+    #[serde(default = "default_termination_log")]
+    pub termination_log: std::path::PathBuf,
+}
+
+fn default_termination_log() -> std::path::PathBuf {
+    "/dev/termination-log".into()
+}
+
+/// Where a Pod's agent listens unless told otherwise.
+pub const POD_AGENT_PORT: u16 = 7070;
 
 /// What a sandbox's network helper (`hangar-agent netd DIR`, one per sandbox with a network, in the host's
 /// network namespace) serves: the sandbox's resolver on its gateway address, answering by the policy and
@@ -365,6 +462,9 @@ mod tests {
             (Request::Stop { grace_ms: 8 }, json!({"op": "stop", "grace_ms": 8})),
             (Request::Detach, json!({"op": "detach"})),
             (Request::Hold { grace_ms: 9 }, json!({"op": "hold", "grace_ms": 9})),
+            (Request::Inline, json!({"op": "inline"})),
+            (Request::SeekTail { lines: 10 }, json!({"op": "seek_tail", "lines": 10})),
+            (Request::SeekSince { ms: 11 }, json!({"op": "seek_since", "ms": 11})),
             (
                 Request::Exec(ExecSpec { id: Some("x".into()), ..ExecSpec::new(["true"]) }),
                 json!({"op": "exec", "id": "x", "argv": ["true"], "env": [], "cwd": null, "timeout_ms": null,
@@ -390,6 +490,23 @@ mod tests {
             json!({"op": "progress", "written": [10, 0], "head": 0, "dropped_to": [0, 0], "lost": [[], []],
                 "end": end_json})
         );
+        let inline = [
+            (
+                Response::Output { stream: OutputStream::Stderr, offset: 1, len: 2 },
+                json!({"op": "output", "stream": "stderr", "offset": 1, "len": 2}),
+            ),
+            (
+                Response::Gap { stream: OutputStream::Stdout, from: 4, to: 5 },
+                json!({"op": "gap", "stream": "stdout", "from": 4, "to": 5}),
+            ),
+            (Response::Seeked { pos: [6, 7] }, json!({"op": "seeked", "pos": [6, 7]})),
+        ];
+        for (resp, want) in inline {
+            assert_eq!(serde_json::to_value(&resp).unwrap(), want);
+        }
+        let mut ended = serde_json::to_value(Response::Ended(ExecEnd::default())).unwrap();
+        assert_eq!(ended.as_object_mut().unwrap().remove("op"), Some(json!("ended")));
+        assert_eq!(ended, serde_json::to_value(ExecEnd::default()).unwrap());
         assert_eq!(
             serde_json::to_value(Response::Error { kind: ErrorKind::ExecNotFound, message: "m".into() }).unwrap(),
             json!({"op": "error", "kind": "exec_not_found", "message": "m"})

@@ -22,6 +22,7 @@ pub(crate) use log;
 mod confined;
 mod execs;
 mod netd;
+mod pod;
 mod server;
 mod spare;
 mod state;

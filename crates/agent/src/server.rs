@@ -6,7 +6,7 @@ use crate::spare::{Handover, Order};
 use crate::state::{set_cloexec, Shared, State, STATE_DIR_FD};
 use hangar_agent_protocol::codec::Conn;
 use hangar_agent_protocol::{
-    AgentConfig, EndReason, EndRecord, ErrorKind, Request, Response, StartReport, END_RECORD_FILE, VERSION,
+    AgentConfig, EndReason, EndRecord, ErrorKind, Request, Response, StartReport, Workload, END_RECORD_FILE, VERSION,
 };
 use nix::sys::signal::{kill, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
@@ -28,7 +28,7 @@ const CONFIG_FD: i32 = 6;
 const CHUNK: usize = 256 * 1024;
 
 /// Entry point of the `hangar-agent` binary, as started by `hangar_runtime::spawn_agent` (its configuration on
-/// descriptor 6). Never returns.
+/// descriptor 6), or as a Pod's first process (`hangar-agent pod`, see `crate::pod`). Never returns.
 pub fn run() -> ! {
     if std::env::args().nth(1).as_deref() == Some(crate::spare::HELPER_ARG) {
         crate::spare::helper();
@@ -40,7 +40,8 @@ pub fn run() -> ! {
     if std::env::args().nth(1).as_deref() == Some(hangar_agent_protocol::PUBLISH_ARG) {
         crate::netd::publish(&std::env::args().skip(2).collect::<Vec<_>>());
     }
-    let code = match main_inner() {
+    let pod = std::env::args().nth(1).as_deref() == Some(hangar_agent_protocol::POD_ARG);
+    let code = match if pod { crate::pod::main() } else { main_inner() } {
         Ok(()) => 0,
         Err(e) => {
             crate::log!("{e}");
@@ -64,32 +65,79 @@ fn main_inner() -> Result<(), String> {
     let cfg: AgentConfig = serde_json::from_slice(&body).map_err(|e| format!("parse the configuration: {e}"))?;
     // SAFETY: the runtime placed the write end of the status pipe at this number; nothing else owns it.
     let mut status = unsafe { File::from_raw_fd(STATUS_FD) };
-    let started =
-        hangar_runtime::enter(&cfg.sandbox).map_err(|e| StartReport::Failed(e.to_string())).and_then(|cgroups| {
-            let root = SandboxRoot::open(&cfg.workdir)
-                .map_err(|e| StartReport::Failed(format!("open the sandbox's root: {e}")))?;
-            let user = resolve_user(&root, &cfg.user).map_err(StartReport::Failed)?;
-            let main = match cfg.main.is_empty() {
-                true => Ok(None),
-                false => spawn_main(&cfg, &root, &cgroups, user).map(Some),
-            };
-            main.map(|main| (main, user, cgroups, root))
-        });
-    let (main, user, cgroups, root) = match started {
+    let started = hangar_runtime::enter(&cfg.sandbox)
+        .map_err(|e| StartReport::Failed(e.to_string()))
+        .and_then(|cgroups| Started::start(&cfg.workload, cgroups));
+    let started = match started {
         Ok(started) => started,
         Err(report) => {
             let _ = writeln!(status, "{}", report.line());
             return Err(report.line());
         }
     };
-    let main_pid = main.as_ref().map_or(0, |m| m.pid);
-    let _ = writeln!(status, "{}", StartReport::Ready { main_pid, version: VERSION }.line());
+    let _ = writeln!(status, "{}", StartReport::Ready { main_pid: started.main_pid(), version: VERSION }.line());
     drop(status);
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| format!("tokio: {e}"))?;
-    let served = rt.block_on(serve(cfg, root, main, user, Table::new(cgroups)));
+    let served = rt.block_on(async {
+        // SAFETY: the runtime placed the listening control socket at this number; nothing else owns it.
+        let std_listener = unsafe { std::os::unix::net::UnixListener::from_raw_fd(LISTENER_FD) };
+        std_listener.set_nonblocking(true).map_err(|e| format!("listener: {e}"))?;
+        let listener = UnixListener::from_std(std_listener).map_err(|e| format!("listener: {e}"))?;
+        serve(cfg.workload, started, Incoming::Unix(listener)).await
+    });
     // A blocking task (a spare being prepared) must not hold up the agent's exit.
     rt.shutdown_background();
     served
+}
+
+/// What the agent started in a sandbox that is built: its root, its user, its main command, its execs' table.
+pub(crate) struct Started {
+    root: SandboxRoot,
+    user: Option<(u32, u32)>,
+    main: Option<Main>,
+    table: Table,
+}
+
+impl Started {
+    /// Starts `workload`'s main command (if it has one) in the sandbox the agent is in now.
+    pub(crate) fn start(
+        workload: &Workload,
+        cgroups: hangar_runtime::cgroups::CgroupDirs,
+    ) -> Result<Self, StartReport> {
+        let root = SandboxRoot::open(&workload.workdir)
+            .map_err(|e| StartReport::Failed(format!("open the sandbox's root: {e}")))?;
+        let user = resolve_user(&root, &workload.user).map_err(StartReport::Failed)?;
+        let main = match workload.main.is_empty() {
+            true => None,
+            false => Some(spawn_main(workload, &root, &cgroups, user)?),
+        };
+        Ok(Self { root, user, main, table: Table::new(cgroups) })
+    }
+
+    /// The main command's pid (0 without one).
+    pub(crate) fn main_pid(&self) -> i32 {
+        self.main.as_ref().map_or(0, |m| m.pid)
+    }
+}
+
+/// Where the engine's connections come from: the unix socket the runtime gave the agent (local backend), or
+/// the streams of a Pod's agent (each carrying many connections, see `hangar_agent_protocol::remote`).
+pub(crate) enum Incoming {
+    Unix(UnixListener),
+    Remote(tokio::sync::mpsc::Receiver<Conn>),
+}
+
+impl Incoming {
+    async fn next(&mut self) -> Option<Conn> {
+        match self {
+            Incoming::Unix(l) => loop {
+                if let Ok((stream, _)) = l.accept().await {
+                    return Some(Conn::new(stream));
+                }
+            },
+            Incoming::Remote(rx) => rx.recv().await,
+        }
+    }
 }
 
 /// The image's user as (uid, gid), looked up in the sandbox's own /etc/passwd and /etc/group.
@@ -145,7 +193,7 @@ struct Main {
 /// Starts the main command (see `spare::start_directly`), in a cgroup of its own in the workload's, stdin
 /// `/dev/null`, stdout and stderr one pipe (its log keeps the order lines were written in).
 fn spawn_main(
-    cfg: &AgentConfig,
+    cfg: &Workload,
     root: &SandboxRoot,
     cgroups: &hangar_runtime::cgroups::CgroupDirs,
     user: Option<(u32, u32)>,
@@ -167,17 +215,8 @@ fn spawn_main(
     Ok(Main { pid, output, cgroup })
 }
 
-async fn serve(
-    cfg: AgentConfig,
-    root: SandboxRoot,
-    main: Option<Main>,
-    user: Option<(u32, u32)>,
-    table: Table,
-) -> Result<(), String> {
-    // SAFETY: the runtime placed the listening control socket at this number; nothing else owns it.
-    let std_listener = unsafe { std::os::unix::net::UnixListener::from_raw_fd(LISTENER_FD) };
-    std_listener.set_nonblocking(true).map_err(|e| format!("listener: {e}"))?;
-    let listener = UnixListener::from_std(std_listener).map_err(|e| format!("listener: {e}"))?;
+pub(crate) async fn serve(cfg: Workload, started: Started, mut incoming: Incoming) -> Result<(), String> {
+    let Started { root, user, main, table } = started;
     let mut sigchld =
         tokio::signal::unix::signal(tokio::signal::unix::SignalKind::child()).map_err(|e| e.to_string())?;
     let mut sigterm =
@@ -230,11 +269,14 @@ async fn serve(
                         shutdown(&state, &main_exited, grace, EndReason::Stopped).await;
                         return Ok(());
                     }
-                    conn = listener.accept() => {
-                        if let Ok((stream, _)) = conn {
-                            let (state, main_exited) = (state.clone(), main_exited.clone());
-                            tokio::task::spawn_local(async move { handle(state, main_exited, Conn::new(stream)).await });
-                        }
+                    conn = incoming.next() => {
+                        let Some(conn) = conn else {
+                            // Nobody can reach this sandbox any more: it ends as if stopped.
+                            shutdown(&state, &main_exited, grace, EndReason::Stopped).await;
+                            return Ok(());
+                        };
+                        let (state, main_exited) = (state.clone(), main_exited.clone());
+                        tokio::task::spawn_local(async move { handle(state, main_exited, conn).await });
                     }
                 }
             }
@@ -365,7 +407,14 @@ fn reserve_end_record() {
     }
 }
 
+/// Where a Pod's agent also leaves its sandbox's end (see `crate::pod`): the container's termination message,
+/// which Kubernetes keeps in the Pod's status after the container is gone.
+pub(crate) static TERMINATION_LOG: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+
 fn record_end(rec: &EndRecord) {
+    if let Some(path) = TERMINATION_LOG.get() {
+        let _ = std::fs::write(path, serde_json::to_vec(rec).unwrap_or_default());
+    }
     use nix::fcntl::{openat, renameat, OFlag};
     use nix::sys::stat::Mode;
     use std::os::unix::fs::FileExt;
@@ -384,14 +433,21 @@ fn record_end(rec: &EndRecord) {
 }
 
 async fn handle(state: Shared, main_exited: Rc<Notify>, mut conn: Conn) {
-    let req = match conn.recv::<Request>().await {
+    let mut req = match conn.recv::<Request>().await {
         Ok(Some(r)) => r,
         _ => return,
     };
+    let inline = matches!(req, Request::Inline);
+    if inline {
+        req = match conn.recv::<Request>().await {
+            Ok(Some(r)) => r,
+            _ => return,
+        };
+    }
     let reply = match req {
         Request::Ping => Response::Pong { main_pid: state.borrow().main_pid },
-        Request::Exec(r) => return crate::execs::start_and_attach(&state, conn, r).await,
-        Request::Attach { exec, from } => return crate::execs::attach(&state, conn, &exec, from).await,
+        Request::Exec(r) => return crate::execs::start_and_attach(&state, conn, r, inline).await,
+        Request::Attach { exec, from } => return crate::execs::attach(&state, conn, &exec, from, inline).await,
         Request::Stdin { exec, offset } => return crate::execs::stdin(&state, conn, &exec, offset).await,
         Request::ListExecs => crate::execs::list(&state),
         Request::Signal { exec, signal } => crate::execs::signal(&state, &exec, signal),
@@ -400,6 +456,9 @@ async fn handle(state: Shared, main_exited: Rc<Notify>, mut conn: Conn) {
         Request::Stop { grace_ms } => {
             shutdown(&state, &main_exited, Duration::from_millis(grace_ms), EndReason::Stopped).await;
             let _ = conn.send(&Response::Done).await;
+            // Until the engine read it and hung up: over a remote stream the answer is only on its way when
+            // the write returns.
+            let _ = tokio::time::timeout(Duration::from_secs(1), conn.recv::<Request>()).await;
             std::process::exit(0);
         }
         Request::Ack { .. }
@@ -407,7 +466,10 @@ async fn handle(state: Shared, main_exited: Rc<Notify>, mut conn: Conn) {
         | Request::Hold { .. }
         | Request::Resize { .. }
         | Request::StdinData { .. }
-        | Request::StdinClose => {
+        | Request::StdinClose
+        | Request::Inline
+        | Request::SeekTail { .. }
+        | Request::SeekSince { .. } => {
             err(ErrorKind::InvalidArgument, "this request is only valid on an exec's attachment or stdin".into())
         }
     };

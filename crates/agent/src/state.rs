@@ -3,7 +3,7 @@
 
 use crate::confined::SandboxRoot;
 use crate::execs::Table;
-use hangar_agent_protocol::AgentConfig;
+use hangar_agent_protocol::Workload;
 use nix::sys::wait::WaitStatus;
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -15,7 +15,7 @@ use tokio::sync::oneshot;
 pub(crate) const STATE_DIR_FD: i32 = 5;
 
 pub(crate) struct State {
-    pub(crate) cfg: AgentConfig,
+    pub(crate) cfg: Workload,
     /// Where every path a user gives is resolved.
     pub(crate) root: SandboxRoot,
     pub(crate) user: Option<(u32, u32)>,

@@ -23,12 +23,21 @@ pub struct ExecStream {
     info: ExecInfo,
     /// The agent's connection: `None` for a journal read after its sandbox ended (a stored log).
     conn: Option<(Conn, Writer)>,
-    reader: hangar_journal::Reader,
+    source: Source,
     progress: Progress,
     /// For the main command's log: where its journal is kept once the sandbox ended.
     kept_at: Option<std::path::PathBuf>,
     feeder: Option<AbortOnDropHandle<()>>,
     done: bool,
+}
+
+/// Where an [`ExecStream`]'s output comes from.
+enum Source {
+    /// The journal's files, read here; the agent only says how far they grew (the local backend's fast path).
+    Files(hangar_journal::Reader),
+    /// The journal's contents, sent by the agent on the attachment (see [`Request::Inline`]), for an engine
+    /// that cannot reach the agent's files; the offsets (stdout, stderr) handed out so far.
+    Inline([u64; 2]),
 }
 
 /// Signals and resizes for an exec, usable while another task reads its [`ExecStream`].
@@ -181,7 +190,7 @@ impl Engine {
             protocol: hangar_agent_protocol::VERSION,
             info,
             conn: None,
-            reader: hangar_journal::Reader::new(dir, from),
+            source: Source::Files(hangar_journal::Reader::new(dir, from)),
             progress,
             kept_at: None,
             feeder: None,
@@ -191,12 +200,22 @@ impl Engine {
 
     async fn follow(&self, id: &str, req: Request, subject: &str, from: [u64; 2]) -> Result<ExecStream> {
         let (mut conn, protocol) = self.connect_versioned(id).await?;
+        let inline = self.cfg.inline_journals && protocol >= 3;
+        if inline {
+            conn.send(&Request::Inline).await.map_err(|e| self.gone(id, "exec", e))?;
+        }
         conn.send(&req).await.map_err(|e| self.gone(id, "exec", e))?;
         let info = match conn.recv::<Response>().await.map_err(|e| self.gone(id, "exec", e))? {
             Some(Response::Exec(info)) => info,
             other => return Err(self.unexpected(id, subject, other)),
         };
-        let reader = hangar_journal::Reader::new(self.sandbox_dir(id).join(hangar_journal::dir(&info.id)), from);
+        let source = match inline {
+            true => Source::Inline(from),
+            false => Source::Files(hangar_journal::Reader::new(
+                self.sandbox_dir(id).join(hangar_journal::dir(&info.id)),
+                from,
+            )),
+        };
         let kept_at = (info.id == MAIN_EXEC).then(|| self.logs_dir(id));
         let writer = conn.writer();
         Ok(ExecStream {
@@ -204,7 +223,7 @@ impl Engine {
             protocol,
             info,
             conn: Some((conn, writer)),
-            reader,
+            source,
             progress: Progress::default(),
             kept_at,
             feeder: None,
@@ -319,7 +338,10 @@ impl ExecStream {
 
     /// Offsets (stdout, stderr) up to which output has been delivered.
     pub fn position(&self) -> [u64; 2] {
-        self.reader.position()
+        match &self.source {
+            Source::Files(reader) => reader.position(),
+            Source::Inline(pos) => *pos,
+        }
     }
 
     /// Signals and resizes for this exec, usable from another task.
@@ -335,33 +357,63 @@ impl ExecStream {
     /// Moves the start to the last `lines` lines of each stream (see [`hangar_journal::Reader::seek_tail`]),
     /// as journaled now. Call before the first [`ExecStream::next`].
     pub async fn seek_tail(&mut self, lines: u64) -> Result<()> {
+        if let Source::Inline(_) = self.source {
+            return self.seek_inline(Request::SeekTail { lines }).await;
+        }
         self.first_progress().await?;
+        let Source::Files(reader) = &mut self.source else { unreachable!("inline returned above") };
         for i in 0..2 {
-            self.reader
+            reader
                 .seek_tail(&self.progress, i, lines)
                 .map_err(|e| Error::io("read journal of exec", &self.info.id, e))?;
         }
-        self.control().send(&Request::Ack { pos: self.reader.position() }).await
+        self.control().send(&Request::Ack { pos: self.position() }).await
     }
 
     /// Moves stdout's start to the first bytes written at or after `ms` (Unix milliseconds; the main
     /// command's log keeps times, other execs start at their end), never into bytes the cap dropped, and
     /// never back. Call before the first [`ExecStream::next`].
     pub async fn seek_since(&mut self, ms: u64) -> Result<()> {
-        self.first_progress().await?;
-        let p = &self.progress;
-        let mut at = self.times().since(ms).unwrap_or(p.written[0]);
-        if at >= p.head && at < p.dropped_to[0] {
-            at = p.dropped_to[0];
+        if let Source::Inline(_) = self.source {
+            return self.seek_inline(Request::SeekSince { ms }).await;
         }
-        let [out, err] = self.reader.position();
-        self.reader.seek([at.max(out), err]);
-        self.control().send(&Request::Ack { pos: self.reader.position() }).await
+        self.first_progress().await?;
+        if let Source::Files(reader) = &mut self.source {
+            reader.seek_since(&self.progress, ms);
+        }
+        self.control().send(&Request::Ack { pos: self.position() }).await
     }
 
-    /// When the bytes of stdout were written, as far as the journal keeps times (the main command's log does).
+    /// Has the agent seek (an inline journal): what it sent before its answer is dropped unread.
+    async fn seek_inline(&mut self, req: Request) -> Result<()> {
+        self.control().send(&req).await?;
+        let (sandbox, exec) = (self.sandbox.clone(), self.info.id.clone());
+        let gone =
+            |detail: String| Error::SandboxGone { id: sandbox.clone(), detail: format!("exec {exec}: {detail}") };
+        let Some((conn, _)) = self.conn.as_mut() else { return Ok(()) };
+        loop {
+            match conn.recv::<Response>().await {
+                Ok(Some(Response::Seeked { pos })) => {
+                    self.source = Source::Inline(pos);
+                    return Ok(());
+                }
+                Ok(Some(Response::Output { len, .. })) => {
+                    conn.recv_raw(len, |_| Ok(())).await.map_err(|e| gone(format!("journal: {e}")))?
+                }
+                Ok(Some(Response::Gap { .. } | Response::Ended(_) | Response::Progress(_))) => {}
+                Ok(Some(Response::Error { kind, message })) => return Err(agent_error(&sandbox, &exec, kind, message)),
+                other => return Err(gone(format!("no answer to a seek ({other:?})"))),
+            }
+        }
+    }
+
+    /// When the bytes of stdout were written, as far as the journal keeps times (the main command's log does;
+    /// an inline journal's times stay with the agent, so none are known here).
     pub fn times(&self) -> hangar_journal::Times {
-        hangar_journal::Times::new(self.reader.dir())
+        match &self.source {
+            Source::Files(reader) => hangar_journal::Times::new(reader.dir()),
+            Source::Inline(_) => hangar_journal::Times::default(),
+        }
     }
 
     /// Waits for the agent's first snapshot, which follows the exec's info at once.
@@ -387,25 +439,35 @@ impl ExecStream {
     fn writer_gone(&mut self) -> ExecEnd {
         use hangar_journal::Progress;
         if self.kept_at.is_some() {
-            let kept = Progress::load(self.reader.dir())
-                .or_else(|| self.moved_away().then(|| Progress::load(self.reader.dir())).flatten());
+            let dir = |s: &Self| match &s.source {
+                Source::Files(reader) => Some(reader.dir().to_path_buf()),
+                Source::Inline(_) => None,
+            };
+            let kept = dir(self)
+                .and_then(|d| Progress::load(&d))
+                .or_else(|| self.moved_away().then(|| dir(self).and_then(|d| Progress::load(&d))).flatten());
             if let Some((p, end)) = kept.and_then(|p| p.end.clone().map(|end| (p, end))) {
                 self.progress = p;
                 return end;
             }
         }
-        ExecEnd::sandbox_gone(self.progress.written)
+        match self.source {
+            Source::Files(_) => ExecEnd::sandbox_gone(self.progress.written),
+            // What was not sent yet went with the agent.
+            Source::Inline(pos) => ExecEnd::sandbox_gone(pos),
+        }
     }
 
-    /// Whether the journal moved to where the log is kept (the reader then reads it there).
+    /// Whether the journal moved to where the log is kept (the reader then reads it there; an inline journal
+    /// is read there from where it stopped).
     fn moved_away(&mut self) -> bool {
-        match &self.kept_at {
-            Some(kept) if kept.as_path() != self.reader.dir() && kept.is_dir() => {
-                self.reader.set_dir(kept.clone());
-                true
-            }
-            _ => false,
+        let Some(kept) = self.kept_at.clone().filter(|k| k.is_dir()) else { return false };
+        match &mut self.source {
+            Source::Files(reader) if kept.as_path() != reader.dir() => reader.set_dir(kept),
+            Source::Files(_) => return false,
+            Source::Inline(pos) => self.source = Source::Files(hangar_journal::Reader::new(kept, *pos)),
         }
+        true
     }
 
     /// The next event; `Ok(None)` after [`ExecEvent::Exit`]. Output arrives as soon as the agent has
@@ -415,10 +477,24 @@ impl ExecStream {
             if self.done {
                 return Ok(None);
             }
-            let ev = match self.reader.next(&self.progress) {
-                // The sandbox ended and its log was moved to where it is kept, before this reader opened it.
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound && self.moved_away() => continue,
-                r => r.map_err(|e| Error::io("read journal of exec", &self.info.id, e))?,
+            let ev = match &mut self.source {
+                Source::Inline(_) => match self.next_inline().await? {
+                    Some(ev) => Some(ev),
+                    // The agent went before the end: the log, where it is kept, or the end of a gone sandbox.
+                    None if self.moved_away() => {
+                        let dir = self.kept_at.clone().unwrap_or_default();
+                        if let Some(p) = hangar_journal::Progress::load(&dir) {
+                            self.progress = p;
+                        }
+                        continue;
+                    }
+                    None => Some(ExecEvent::Exit(self.writer_gone())),
+                },
+                Source::Files(reader) => match reader.next(&self.progress) {
+                    // The sandbox ended and its log was moved to where it is kept, before this reader opened it.
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound && self.moved_away() => continue,
+                    r => r.map_err(|e| Error::io("read journal of exec", &self.info.id, e))?,
+                },
             };
             match ev {
                 Some(ExecEvent::Exit(end)) => {
@@ -426,9 +502,10 @@ impl ExecStream {
                     return Ok(Some(ExecEvent::Exit(end)));
                 }
                 Some(ev) => {
-                    if matches!(ev, ExecEvent::Output { .. }) {
-                        // What we hand on is consumed: the journal may drop it and the command may write more.
-                        self.control().send(&Request::Ack { pos: self.reader.position() }).await?;
+                    if matches!(ev, ExecEvent::Output { .. } | ExecEvent::Gap { .. }) {
+                        // What we hand on is consumed: the journal may drop it and the command may write more (and
+                        // an inline journal's agent may send more).
+                        self.control().send(&Request::Ack { pos: self.position() }).await?;
                     }
                     return Ok(Some(ev));
                 }
@@ -464,6 +541,47 @@ impl ExecStream {
                         detail: format!("exec {}: the journal ended early", self.info.id),
                     });
                 }
+            }
+        }
+    }
+
+    /// The next event of an inline journal, as the agent sends it; `None` when the agent went before the end.
+    async fn next_inline(&mut self) -> Result<Option<ExecEvent>> {
+        let (sandbox, exec) = (&self.sandbox, &self.info.id);
+        let (Some((conn, _)), Source::Inline(pos)) = (self.conn.as_mut(), &mut self.source) else {
+            return Ok(None);
+        };
+        loop {
+            match conn.recv::<Response>().await {
+                Ok(Some(Response::Output { stream, offset, len })) => {
+                    let mut data = bytes::BytesMut::with_capacity(len as usize);
+                    let received = conn.recv_raw(len, |chunk| {
+                        data.extend_from_slice(chunk);
+                        Ok(())
+                    });
+                    if received.await.is_err() {
+                        return Ok(None);
+                    }
+                    pos[stream.index()] = offset + len;
+                    return Ok(Some(ExecEvent::Output { stream, offset, data: data.freeze() }));
+                }
+                Ok(Some(Response::Gap { stream, from, to })) => {
+                    pos[stream.index()] = to;
+                    return Ok(Some(ExecEvent::Gap { stream, from, to }));
+                }
+                Ok(Some(Response::Ended(end))) => return Ok(Some(ExecEvent::Exit(end))),
+                // Not sent on inline attachments; harmless.
+                Ok(Some(Response::Progress(_))) => {}
+                Ok(Some(Response::Error { kind, message })) => {
+                    self.done = true;
+                    return Err(agent_error(sandbox, exec, kind, message));
+                }
+                Ok(Some(other)) => {
+                    self.done = true;
+                    let message = format!("unexpected {other:?} on exec {exec}");
+                    return Err(Error::Agent { id: sandbox.clone(), message });
+                }
+                Ok(None) | Err(_) => return Ok(None),
             }
         }
     }

@@ -3,7 +3,7 @@
 
 use crate::{new_id, now_ms, Engine, Error, Result, SandboxConfig, SandboxEnding, SandboxInfo, SandboxState};
 use hangar_agent_protocol as protocol;
-use hangar_agent_protocol::AgentConfig;
+use hangar_agent_protocol::{AgentConfig, Workload};
 use hangar_runtime::{AgentFds, Limits, MountSpec, OverlaySpec, RootfsSpec, SandboxSpec};
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
@@ -203,12 +203,14 @@ impl Engine {
                 exec_cgroup_parents: cgroup.exec_parents(),
                 netns: net.is_some(),
             },
-            main: c.command.clone(),
-            env,
-            workdir: c.workdir.clone().unwrap_or(layout.workdir),
-            lifetime_ms: c.max_lifetime.as_millis() as u64,
-            stop_grace_ms: c.stop_grace.as_millis() as u64,
-            user: layout.user.clone(),
+            workload: Workload {
+                main: c.command.clone(),
+                env,
+                workdir: c.workdir.clone().unwrap_or(layout.workdir),
+                lifetime_ms: c.max_lifetime.as_millis() as u64,
+                stop_grace_ms: c.stop_grace.as_millis() as u64,
+                user: layout.user.clone(),
+            },
         };
         let cfg_path = dir.join("agent.json");
         let body = serde_json::to_vec(&agent_cfg)

@@ -60,6 +60,10 @@ pub struct EngineConfig {
     pub ended_retention: Option<Duration>,
     /// How sandboxes get networks (their default policy, addresses, resolvers).
     pub network: NetworkConfig,
+    /// Have agents send exec output on the connection instead of reading their journal files here: what an
+    /// engine must do with agents it cannot share files with (Pods), and, on the local backend, a way to test
+    /// that path (`$HANGAR_INLINE_JOURNALS=1`); slower than the files. Off unless set.
+    pub inline_journals: bool,
 }
 
 /// Default for [`EngineConfig::ended_retention`].
@@ -112,7 +116,16 @@ impl EngineConfig {
             Err(_) => Some(DEFAULT_ENDED_RETENTION),
         };
         let network = NetworkConfig::from_env()?;
-        Ok(Self { state_dir, agent_bin: find_agent()?, max_file_bytes, disk_budget_bytes, ended_retention, network })
+        let inline_journals = std::env::var("HANGAR_INLINE_JOURNALS").is_ok_and(|v| v == "1");
+        Ok(Self {
+            state_dir,
+            agent_bin: find_agent()?,
+            max_file_bytes,
+            disk_budget_bytes,
+            ended_retention,
+            network,
+            inline_journals,
+        })
     }
 
     /// A configuration with this state directory and agent binary, and the defaults for the rest.
@@ -124,6 +137,7 @@ impl EngineConfig {
             disk_budget_bytes: None,
             ended_retention: Some(DEFAULT_ENDED_RETENTION),
             network: NetworkConfig::default(),
+            inline_journals: false,
         }
     }
 }

@@ -225,7 +225,7 @@ impl Engine {
         let grace = std::fs::read(&cfg_path)
             .ok()
             .and_then(|b| serde_json::from_slice::<AgentConfig>(&b).ok())
-            .map_or(crate::DEFAULT_STOP_GRACE, |c| Duration::from_millis(c.stop_grace_ms));
+            .map_or(crate::DEFAULT_STOP_GRACE, |c| Duration::from_millis(c.workload.stop_grace_ms));
         let deadline = Duration::from_millis(rec.info.max_lifetime_ms) + grace + SLACK;
         if spawned.elapsed().unwrap_or_default() >= deadline && hangar_runtime::process::process_alive(pid, start) {
             tracing::warn!(sandbox = rec.info.id, "the agent outlived the sandbox's lifetime: killing it");

@@ -327,6 +327,17 @@ impl Reader {
         self.dir = dir;
     }
 
+    /// Moves stdout's position to the first bytes written at or after `ms` (Unix milliseconds), as the
+    /// journal's time index knows them (the main command's log keeps one; other journals go to their end),
+    /// never into bytes the cap dropped, and never back.
+    pub fn seek_since(&mut self, p: &Progress, ms: u64) {
+        let mut at = Times::new(&self.dir).since(ms).unwrap_or(p.written[0]);
+        if at >= p.head && at < p.dropped_to[0] {
+            at = p.dropped_to[0];
+        }
+        self.pos[0] = self.pos[0].max(at);
+    }
+
     /// Moves stream `i`'s position to the start of its last `lines` lines, as `p` knows them (a last line
     /// without its newline counts). Never into bytes the cap dropped: with fewer lines after a dropped range,
     /// it starts where that range ends. `u64::MAX` lines: everything after the last dropped range, unread.

@@ -343,6 +343,12 @@ impl CgroupDirs {
         Self { v2, dirs }
     }
 
+    /// Whether there are no directories (a Pod's agent, whose cgroups are the kubelet's): exec cgroups then
+    /// hold nothing.
+    pub fn is_empty(&self) -> bool {
+        self.dirs.is_empty()
+    }
+
     /// Makes cgroup `name` under each of the sandbox's directories. On v2 no controller is delegated to it
     /// (the sandbox's own processes sit in the sandbox cgroup), so it gives kills and CPU time (`cpu.stat`
     /// is always there) but no peak memory.
@@ -386,6 +392,11 @@ impl ExecCgroup {
         out.sort_unstable();
         out.dedup();
         out
+    }
+
+    /// Whether this cgroup holds the exec's processes (it has a directory in some hierarchy).
+    pub fn holds_processes(&self) -> bool {
+        !self.dirs.is_empty()
     }
 
     /// SIGKILLs every process in the cgroup, including any that left the exec's process group or session.

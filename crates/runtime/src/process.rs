@@ -16,6 +16,31 @@ pub fn process_start(pid: i32) -> Option<(u64, bool)> {
     Some((start, running))
 }
 
+/// Every process below `pid` in the process tree (children, their children, ...), as `/proc` shows them now.
+/// A process that was orphaned (re-parented to PID 1) is no longer anyone's descendant: this finds a tree
+/// where no cgroup holds it, as far as the tree still hangs together.
+pub fn descendants(pid: i32) -> Vec<i32> {
+    let mut parent_of = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(p) = entry.file_name().to_string_lossy().parse::<i32>() else { continue };
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else { continue };
+        // Field 4 (the parent) follows the state, after the command name's last ')'.
+        let ppid = stat.rfind(')').and_then(|i| stat[i + 2..].split(' ').nth(1)?.parse::<i32>().ok());
+        if let Some(ppid) = ppid {
+            parent_of.push((p, ppid));
+        }
+    }
+    let mut found = vec![pid];
+    let mut i = 0;
+    while i < found.len() {
+        let parent = found[i];
+        found.extend(parent_of.iter().filter(|(_, pp)| *pp == parent).map(|(p, _)| *p));
+        i += 1;
+    }
+    found.remove(0);
+    found
+}
+
 /// Whether the process `pid` that started at `start` is still running.
 pub fn process_alive(pid: i32, start: u64) -> bool {
     matches!(process_start(pid), Some((s, true)) if s == start)
@@ -53,5 +78,29 @@ mod tests {
         assert!(super::process_alive(me, start));
         assert!(!super::process_alive(me, start + 1));
         assert!(super::process_start(i32::MAX).is_none());
+    }
+
+    #[test]
+    fn descendants_are_found_through_the_tree() {
+        // sh → sleep (a grandchild of this test through sh).
+        let mut sh = std::process::Command::new("sh").args(["-c", "sleep 30 & wait"]).spawn().unwrap();
+        let pid = sh.id() as i32;
+        let mut below = vec![];
+        for _ in 0..200 {
+            below = super::descendants(pid);
+            if !below.is_empty() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        let cmdline = |p: i32| std::fs::read_to_string(format!("/proc/{p}/cmdline")).unwrap_or_default();
+        assert!(below.iter().any(|&p| cmdline(p).starts_with("sleep\x0030")), "{below:?}");
+        let me = super::descendants(std::process::id() as i32);
+        assert!(me.contains(&pid) && below.iter().all(|p| me.contains(p)), "{me:?}");
+        let _ = sh.kill();
+        for p in below {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(p), nix::sys::signal::Signal::SIGKILL);
+        }
+        let _ = sh.wait();
     }
 }

@@ -292,7 +292,10 @@ pub(crate) fn refill_spare(state: &Shared) {
     let cgroup = {
         let mut st = state.borrow_mut();
         let resting = st.spare_failed.is_some_and(|t| t.elapsed() < SPARE_RETRY);
-        if st.spare.is_some() || st.spare_pending || resting || st.stopping || st.spare_unusable {
+        // A spare only takes the cgroup migration off the exec's path: without exec cgroups (a Pod) it saves
+        // nothing and costs a process.
+        let useless = st.spare_unusable || st.table.cgroups.is_empty();
+        if st.spare.is_some() || st.spare_pending || resting || st.stopping || useless {
             return;
         }
         st.spare_count += 1;

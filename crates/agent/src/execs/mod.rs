@@ -187,10 +187,24 @@ impl Exec {
         if self.end.is_some() || self.pid <= 0 {
             return;
         }
-        let _ = kill(Pid::from_raw(-self.pid), sig);
         if sig == Signal::SIGKILL {
-            if let Some(cg) = &self.cgroup {
+            self.kill_tree();
+        }
+        let _ = kill(Pid::from_raw(-self.pid), sig);
+    }
+
+    /// SIGKILLs what the exec started beyond its process group: its cgroup's processes, or, where execs have
+    /// no cgroups (a Pod's agent), its descendants as `/proc` shows them (found before anyone dies, while the
+    /// tree still hangs together).
+    fn kill_tree(&self) {
+        match &self.cgroup {
+            Some(cg) if cg.holds_processes() => {
                 cg.kill_all();
+            }
+            _ => {
+                for p in hangar_runtime::process::descendants(self.pid) {
+                    let _ = kill(Pid::from_raw(p), Signal::SIGKILL);
+                }
             }
         }
     }

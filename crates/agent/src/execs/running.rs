@@ -81,6 +81,7 @@ pub(super) async fn supervise(
         // The exec owns its tree: whatever it left running ends with it.
         let ex = e.borrow();
         let _ = kill(Pid::from_raw(-ex.pid), Signal::SIGKILL);
+        // (Its pid is reaped already: without a cgroup, what left the group and was orphaned is out of reach.)
         if let Some(cg) = &ex.cgroup {
             cg.kill_all();
         }

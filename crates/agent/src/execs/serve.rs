@@ -2,9 +2,14 @@
 //! resize it.
 
 use super::*;
+use hangar_agent_protocol::codec::Writer;
+use hangar_agent_protocol::INLINE_WINDOW;
+use hangar_journal::ReaderId;
+use hangar_types::ExecEvent;
 
-/// Serves one reader: the exec's info, then its journal's progress, while taking acks, signals and resizes.
-pub(crate) async fn attach(state: &Shared, conn: Conn, exec: &str, from: [u64; 2]) {
+/// Serves one reader: the exec's info, then its journal's progress (or, `inline`, its journal's contents),
+/// while taking acks, signals and resizes.
+pub(crate) async fn attach(state: &Shared, conn: Conn, exec: &str, from: [u64; 2], inline: bool) {
     let e = match lookup(state, exec) {
         Ok(e) if e.borrow().expired => {
             let _ = conn
@@ -21,45 +26,33 @@ pub(crate) async fn attach(state: &Shared, conn: Conn, exec: &str, from: [u64; 2
             return;
         }
     };
-    serve_reader(e, conn, from).await
+    serve_reader(e, conn, from, inline).await
 }
 
 /// Starts (or finds) an exec and serves its first reader.
-pub(crate) async fn start_and_attach(state: &Shared, conn: Conn, r: ExecSpec) {
+pub(crate) async fn start_and_attach(state: &Shared, conn: Conn, r: ExecSpec, inline: bool) {
     match start(state, r) {
-        Ok(e) => serve_reader(e, conn, [0, 0]).await,
+        Ok(e) => serve_reader(e, conn, [0, 0], inline).await,
         Err((kind, message)) => {
             let _ = conn.send(&Response::Error { kind, message }).await;
         }
     }
 }
 
-pub(super) async fn serve_reader(e: ExecRef, mut conn: Conn, from: [u64; 2]) {
+pub(super) async fn serve_reader(e: ExecRef, mut conn: Conn, from: [u64; 2], inline: bool) {
     let reader = {
         let mut ex = e.borrow_mut();
         ex.journal.attach(from)
     };
     let info = e.borrow().info();
-    let mut progress = e.borrow().progress.subscribe();
     let w = conn.writer();
     // How long to wait before the disconnect policy applies when this attachment breaks without a goodbye.
     let mut hold = Duration::ZERO;
     let mut sent = w.send(&Response::Exec(info)).await.is_ok();
-    let mut changed = true;
-    while sent {
-        if changed {
-            let snapshot = progress.borrow_and_update().clone();
-            if w.send(&Response::Progress(snapshot)).await.is_err() {
-                sent = false;
-                break;
-            }
-        }
-        changed = tokio::select! {
-            r = progress.changed() => if r.is_err() { break } else { true },
-            msg = conn.recv::<Request>() => match msg {
-                Ok(Some(m)) => if take_request(&e, reader, m, &mut hold) { break } else { false },
-                Ok(None) | Err(_) => break,
-            },
+    if sent {
+        sent = match inline {
+            true => send_inline(&e, &mut conn, reader, from, &mut hold).await,
+            false => send_progress(&e, &mut conn, reader, &mut hold).await,
         };
     }
     if !sent {
@@ -88,8 +81,138 @@ pub(super) async fn serve_reader(e: ExecRef, mut conn: Conn, from: [u64; 2]) {
     }
 }
 
+/// Sends the journal's progress whenever it changes, until the reader leaves; `false` when a send failed.
+async fn send_progress(e: &ExecRef, conn: &mut Conn, reader: ReaderId, hold: &mut Duration) -> bool {
+    let mut progress = e.borrow().progress.subscribe();
+    let w = conn.writer();
+    let mut changed = true;
+    loop {
+        if changed {
+            let snapshot = progress.borrow_and_update().clone();
+            if w.send(&Response::Progress(snapshot)).await.is_err() {
+                return false;
+            }
+        }
+        changed = tokio::select! {
+            r = progress.changed() => if r.is_err() { return true } else { true },
+            msg = conn.recv::<Request>() => match msg {
+                Ok(Some(m)) => if take_request(e, reader, m, hold) { return true } else { false },
+                Ok(None) | Err(_) => return true,
+            },
+        };
+    }
+}
+
+/// Serves an inline attachment (see [`Request::Inline`]): a task of its own sends the journal's contents while
+/// this one takes the reader's requests, so that a kill is carried out even while the reader is not reading.
+/// `false` when a send failed.
+async fn send_inline(e: &ExecRef, conn: &mut Conn, reader: ReaderId, from: [u64; 2], hold: &mut Duration) -> bool {
+    let window = Rc::new(RefCell::new(Window { acked: from, seek: None }));
+    let wake = Rc::new(Notify::new());
+    let mut sender =
+        tokio::task::spawn_local(send_journal(e.clone(), conn.writer(), from, window.clone(), wake.clone()));
+    let sent = loop {
+        tokio::select! {
+            done = &mut sender => break done.unwrap_or(false),
+            msg = conn.recv::<Request>() => match msg {
+                Ok(Some(seek @ (Request::SeekTail { .. } | Request::SeekSince { .. }))) => {
+                    window.borrow_mut().seek = Some(seek);
+                    wake.notify_one();
+                }
+                Ok(Some(m)) => {
+                    if let Request::Ack { pos } = m {
+                        let mut w = window.borrow_mut();
+                        w.acked = [w.acked[0].max(pos[0]), w.acked[1].max(pos[1])];
+                        wake.notify_one();
+                    }
+                    if take_request(e, reader, m, hold) {
+                        break true;
+                    }
+                }
+                Ok(None) | Err(_) => break true,
+            },
+        }
+    };
+    sender.abort();
+    sent
+}
+
+/// What an inline attachment's reader acknowledged, and a seek it asked for.
+struct Window {
+    acked: [u64; 2],
+    seek: Option<Request>,
+}
+
+/// Sends the journal from `from` on: output with its bytes, gaps, and after the last byte the end, never more
+/// than [`INLINE_WINDOW`] bytes beyond what the reader acknowledged; a seek starts again from what the reader
+/// acknowledged (what is in flight, it discards). `false` when a send failed.
+async fn send_journal(e: ExecRef, w: Writer, from: [u64; 2], window: Rc<RefCell<Window>>, wake: Rc<Notify>) -> bool {
+    let dir =
+        std::path::Path::new("/proc/self/fd").join(STATE_DIR_FD.to_string()).join(hangar_journal::dir(&e.borrow().id));
+    let mut journal = hangar_journal::Reader::new(dir, from);
+    let mut progress = e.borrow().progress.subscribe();
+    let mut ended = false;
+    loop {
+        let p = progress.borrow_and_update().clone();
+        let seek = window.borrow_mut().seek.take();
+        if let Some(seek) = seek {
+            journal.seek(window.borrow().acked);
+            match seek {
+                Request::SeekTail { lines } => {
+                    for i in 0..2 {
+                        let _ = journal.seek_tail(&p, i, lines);
+                    }
+                }
+                Request::SeekSince { ms } => journal.seek_since(&p, ms),
+                _ => {}
+            }
+            (window.borrow_mut().acked, ended) = (journal.position(), false);
+            if w.send(&Response::Seeked { pos: journal.position() }).await.is_err() {
+                return false;
+            }
+            continue;
+        }
+        let [out, err] = journal.position();
+        let acked = window.borrow().acked;
+        let open = out.saturating_sub(acked[0]) + err.saturating_sub(acked[1]) < INLINE_WINDOW;
+        let next = match ended || !open {
+            true => Ok(None),
+            false => journal.next(&p),
+        };
+        let sent = match next {
+            Ok(Some(ExecEvent::Output { stream, offset, data })) => {
+                let len = data.len() as u64;
+                match w.send(&Response::Output { stream, offset, len }).await {
+                    Ok(()) => w.send_raw(&data).await,
+                    Err(e) => Err(e),
+                }
+            }
+            Ok(Some(ExecEvent::Gap { stream, from, to })) => w.send(&Response::Gap { stream, from, to }).await,
+            Ok(Some(ExecEvent::Exit(end))) => {
+                ended = true;
+                w.send(&Response::Ended(end)).await
+            }
+            Ok(None) => {
+                tokio::select! {
+                    r = progress.changed(), if !ended => if r.is_err() { return true },
+                    () = wake.notified() => {}
+                }
+                Ok(())
+            }
+            Err(er) => {
+                let message = format!("exec {}: reading its journal: {er}", e.borrow().id);
+                let _ = w.send(&Response::Error { kind: ErrorKind::Other, message }).await;
+                return true;
+            }
+        };
+        if sent.is_err() {
+            return false;
+        }
+    }
+}
+
 /// Takes one request of a reader (acks, signals, resizes, its goodbye); `true` when it said goodbye.
-fn take_request(e: &ExecRef, reader: hangar_journal::ReaderId, m: Request, hold: &mut Duration) -> bool {
+fn take_request(e: &ExecRef, reader: ReaderId, m: Request, hold: &mut Duration) -> bool {
     let mut ex = e.borrow_mut();
     match m {
         Request::Detach => {

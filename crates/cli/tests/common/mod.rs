@@ -45,8 +45,12 @@ pub fn client() -> Client {
         .clone()
 }
 
+/// The test engine: `HANGAR_INLINE_JOURNALS=1` runs the suite with exec output sent by the agents on their
+/// connections (the path of agents in Pods) instead of read from the journal files.
 pub fn engine_config() -> EngineConfig {
-    EngineConfig::new(state_dir(), agent_bin())
+    let mut cfg = EngineConfig::new(state_dir(), agent_bin());
+    cfg.inline_journals = std::env::var("HANGAR_INLINE_JOURNALS").is_ok_and(|v| v == "1");
+    cfg
 }
 
 /// Tenants of the test server.
