@@ -6,7 +6,7 @@
 //! instead of losing bytes, and a consumer that goes away (or a server that restarts) can attach again and
 //! resume exactly where it stopped.
 
-use crate::sandbox::agent_error;
+use crate::backend::agent_error;
 use crate::{Engine, Error, ExecEnd, ExecEvent, ExecInfo, ExecSpec, Result};
 use hangar_agent_protocol::codec::{Conn, Writer};
 use hangar_agent_protocol::{Progress, Request, Response};
@@ -32,7 +32,7 @@ pub struct ExecStream {
 }
 
 /// Where an [`ExecStream`]'s output comes from.
-enum Source {
+pub(crate) enum Source {
     /// The journal's files, read here; the agent only says how far they grew (the local backend's fast path).
     Files(hangar_journal::Reader),
     /// The journal's contents, sent by the agent on the attachment (see [`Request::Inline`]), for an engine
@@ -158,50 +158,9 @@ impl Engine {
         }
     }
 
-    /// The log of an ended sandbox, from where [`Engine::logs_dir`] keeps it.
-    async fn kept_log(&self, id: &str, from: [u64; 2]) -> Result<ExecStream> {
-        let rec = self.get(id).await?;
-        let dir = self.logs_dir(id);
-        let progress = match (hangar_journal::Progress::load(&dir), &rec.error) {
-            (Some(p), _) => p,
-            // A sandbox that failed before its main command ran has an empty log, which says why.
-            (None, Some(why)) => {
-                let failure = hangar_types::StartFailure::new(hangar_types::StartFailureKind::Other, why.clone());
-                hangar_journal::Progress { end: Some(ExecEnd::failed_to_start(failure)), ..Default::default() }
-            }
-            (None, None) => return Err(Error::ExecNotFound { id: id.to_string(), exec: MAIN_EXEC.to_string() }),
-        };
-        let info = ExecInfo {
-            id: MAIN_EXEC.to_string(),
-            argv: rec.command,
-            pid: 0,
-            started_at_ms: rec.created_at_ms,
-            tty: false,
-            merged: true,
-            stdin_open: false,
-            stdin_acked: 0,
-            written: progress.written,
-            attached: 0,
-            end: progress.end.clone(),
-            expired: false,
-        };
-        Ok(ExecStream {
-            sandbox: id.to_string(),
-            protocol: hangar_agent_protocol::VERSION,
-            info,
-            conn: None,
-            source: Source::Files(hangar_journal::Reader::new(dir, from)),
-            progress,
-            kept_at: None,
-            feeder: None,
-            done: false,
-        })
-    }
-
     async fn follow(&self, id: &str, req: Request, subject: &str, from: [u64; 2]) -> Result<ExecStream> {
-        let (mut conn, protocol) = self.connect_versioned(id).await?;
-        let inline = self.cfg.inline_journals && protocol >= 3;
-        if inline {
+        let crate::backend::AgentLink { mut conn, protocol, journals, kept_log } = self.link(id).await?;
+        if journals.is_none() {
             conn.send(&Request::Inline).await.map_err(|e| self.gone(id, "exec", e))?;
         }
         conn.send(&req).await.map_err(|e| self.gone(id, "exec", e))?;
@@ -209,14 +168,11 @@ impl Engine {
             Some(Response::Exec(info)) => info,
             other => return Err(self.unexpected(id, subject, other)),
         };
-        let source = match inline {
-            true => Source::Inline(from),
-            false => Source::Files(hangar_journal::Reader::new(
-                self.sandbox_dir(id).join(hangar_journal::dir(&info.id)),
-                from,
-            )),
+        let source = match journals {
+            None => Source::Inline(from),
+            Some(dir) => Source::Files(hangar_journal::Reader::new(dir.join(hangar_journal::dir(&info.id)), from)),
         };
-        let kept_at = (info.id == MAIN_EXEC).then(|| self.logs_dir(id));
+        let kept_at = kept_log.filter(|_| info.id == MAIN_EXEC);
         let writer = conn.writer();
         Ok(ExecStream {
             sandbox: id.to_string(),
@@ -326,6 +282,41 @@ impl StdinWriter {
 }
 
 impl ExecStream {
+    /// The main command's log of sandbox `sandbox` (whose record is `rec`), which ended: read from the journal
+    /// kept in `dir`, whose final state is `progress`, from offsets `from`.
+    pub(crate) fn kept_log(
+        rec: &crate::SandboxInfo,
+        dir: std::path::PathBuf,
+        progress: Progress,
+        from: [u64; 2],
+    ) -> Self {
+        let info = ExecInfo {
+            id: MAIN_EXEC.to_string(),
+            argv: rec.command.clone(),
+            pid: 0,
+            started_at_ms: rec.created_at_ms,
+            tty: false,
+            merged: true,
+            stdin_open: false,
+            stdin_acked: 0,
+            written: progress.written,
+            attached: 0,
+            end: progress.end.clone(),
+            expired: false,
+        };
+        ExecStream {
+            sandbox: rec.id.clone(),
+            protocol: hangar_agent_protocol::VERSION,
+            info,
+            conn: None,
+            source: Source::Files(hangar_journal::Reader::new(dir, from)),
+            progress,
+            kept_at: None,
+            feeder: None,
+            done: false,
+        }
+    }
+
     /// The exec as it was when this stream attached.
     pub fn info(&self) -> &ExecInfo {
         &self.info
@@ -504,8 +495,9 @@ impl ExecStream {
                 Some(ev) => {
                     if matches!(ev, ExecEvent::Output { .. } | ExecEvent::Gap { .. }) {
                         // What we hand on is consumed: the journal may drop it and the command may write more (and
-                        // an inline journal's agent may send more).
-                        self.control().send(&Request::Ack { pos: self.position() }).await?;
+                        // an inline journal's agent may send more). An agent that is gone cannot take it; what that
+                        // means for the stream, the next receive says.
+                        let _ = self.control().send(&Request::Ack { pos: self.position() }).await;
                     }
                     return Ok(Some(ev));
                 }

@@ -8,13 +8,11 @@
 //!
 //! Both the embedded SDK and the server use this one engine. It is not a user API: the `hangar` crate is.
 
+mod backend;
 mod error;
 mod exec;
 mod files;
-mod launch;
-mod network;
-mod sandbox;
-mod store;
+mod local;
 
 pub use error::{Error, Result};
 pub use exec::{ExecControl, ExecStream, StdinWriter};
@@ -27,7 +25,7 @@ pub use hangar_types::{
     StartFailureKind, Usage, BUILTIN_IMAGE, DEFAULT_EXEC_RETAIN, DEFAULT_JOURNAL_CAP, DEFAULT_MAX_LIFETIME,
     DEFAULT_PIDS_LIMIT, DEFAULT_STOP_GRACE,
 };
-pub use network::{parse_resolvers, NetworkConfig};
+pub use local::network::{parse_resolvers, NetworkConfig};
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -163,8 +161,8 @@ fn find_agent() -> Result<PathBuf> {
     })
 }
 
+pub use backend::Engine;
 pub use files::{FileDownload, DEFAULT_MAX_FILE_BYTES};
-pub use sandbox::Engine;
 
 /// A fresh random identifier with the given prefix, e.g. `sb-1f2e3d4c5b6a7988`.
 pub(crate) fn new_id(prefix: &str) -> String {

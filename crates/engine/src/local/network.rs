@@ -1,7 +1,8 @@
 //! Sandboxes' networks: made before the agent starts (the namespace, the veth pair, the rules, the resolver),
 //! changed while they run, removed with them, and reconciled after a crash.
 
-use crate::{Engine, Error, Result, SandboxState};
+use super::Local;
+use crate::{Error, Result, SandboxState};
 use hangar_agent_protocol::{NetdConfig, PublishedPort, NETD_ARG, NETD_FILE, NETD_PID_FILE, PORTS_FILE, PUBLISH_ARG};
 use hangar_runtime::net::{SandboxNet, Subnet};
 use hangar_types::{NetworkMode, NetworkPolicy};
@@ -72,7 +73,7 @@ pub(crate) struct Prepared {
     pub net: SandboxNet,
 }
 
-impl Engine {
+impl Local {
     /// The policy a create request gets.
     pub(crate) fn network_for(&self, asked: Option<&NetworkPolicy>) -> NetworkPolicy {
         asked.cloned().unwrap_or_else(|| self.cfg.network.default.clone())
@@ -108,7 +109,7 @@ impl Engine {
     /// Changes a running sandbox's network policy. It takes effect at once for new connections and the next
     /// questions to its resolver (connections already open stay up). A sandbox made with loopback only cannot
     /// be given a network later.
-    pub async fn set_network(&self, id: &str, policy: NetworkPolicy) -> Result<crate::SandboxInfo> {
+    pub(crate) async fn set_network(&self, id: &str, policy: NetworkPolicy) -> Result<crate::SandboxInfo> {
         policy.validate()?;
         let rec = self.record(id).await?;
         if rec.info.state != SandboxState::Running {
@@ -144,7 +145,7 @@ impl Engine {
     /// the same address) and returns the address. A connection there reaches `127.0.0.1:PORT` inside the
     /// sandbox, whatever its network mode; the sandbox's own policy is not involved (nothing inside can use
     /// the published port to get out).
-    pub async fn publish_port(&self, id: &str, port: u16) -> Result<SocketAddr> {
+    pub(crate) async fn publish_port(&self, id: &str, port: u16) -> Result<SocketAddr> {
         if port == 0 {
             return Err(Error::InvalidArgument("port: 0 is not a port".into()));
         }
@@ -193,7 +194,7 @@ impl Engine {
     }
 
     /// The running sandbox's published ports: (port inside, address on the host).
-    pub async fn published_ports(&self, id: &str) -> Result<Vec<(u16, SocketAddr)>> {
+    pub(crate) async fn published_ports(&self, id: &str) -> Result<Vec<(u16, SocketAddr)>> {
         self.record(id).await?;
         let ports = published(&self.sandbox_dir(id));
         Ok(ports
@@ -211,7 +212,7 @@ impl Engine {
     /// engine.reconcile_networks().await;
     /// # }
     /// ```
-    pub async fn reconcile_networks(&self) {
+    pub(crate) async fn reconcile_networks(&self) {
         if RECONCILED.swap(true, Ordering::SeqCst) {
             return;
         }

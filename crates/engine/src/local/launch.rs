@@ -1,7 +1,8 @@
 //! Creating a sandbox: its request checked, its image resolved (pulled if missing), its layout, cgroup and
 //! state directory made, its agent spawned into fresh namespaces, and the agent's first report read.
 
-use crate::{new_id, now_ms, Engine, Error, Result, SandboxConfig, SandboxEnding, SandboxInfo, SandboxState};
+use super::Local;
+use crate::{new_id, now_ms, Error, Result, SandboxConfig, SandboxEnding, SandboxInfo, SandboxState};
 use hangar_agent_protocol as protocol;
 use hangar_agent_protocol::{AgentConfig, Workload};
 use hangar_runtime::{AgentFds, Limits, MountSpec, OverlaySpec, RootfsSpec, SandboxSpec};
@@ -14,10 +15,10 @@ use tokio::io::AsyncReadExt;
 /// How long a new sandbox may take to report that it is built.
 pub(crate) const START_TIMEOUT: Duration = Duration::from_secs(30);
 
-impl Engine {
+impl Local {
     /// Creates a sandbox and waits until its main command is running. A missing image is pulled first,
     /// with the sandbox listed as `pulling` (and its progress) meanwhile.
-    pub async fn create(self: &Arc<Self>, mut c: SandboxConfig) -> Result<SandboxInfo> {
+    pub(crate) async fn create(self: &Arc<Self>, mut c: SandboxConfig) -> Result<SandboxInfo> {
         c.validate()?;
         match (c.disk_bytes, self.cfg.disk_budget_bytes) {
             (Some(_), None) => {
@@ -270,7 +271,7 @@ impl Engine {
     }
 
     /// Reaps the agent (our child) when it exits and records how the sandbox ended, so a long-lived engine
-    /// learns of an end right away; other processes learn of it through [`Engine::get`].
+    /// learns of an end right away; other processes learn of it through [`Local::get`].
     fn watch_agent(self: &Arc<Self>, id: String, pid: i32) {
         let Ok(handle) = tokio::runtime::Handle::try_current() else {
             return;

@@ -1,26 +1,33 @@
-//! Sandbox lifecycle after creation (`launch`): observe, enforce lifetimes, record ends, stop, remove, and
-//! the connection to a sandbox's agent.
+//! The local backend: sandboxes on this machine, each built by `hangar_runtime` around its agent, recorded in
+//! an SQLite store in the state directory (any process using the same directory sees the same sandboxes).
+//! Creation is `launch`; this module observes them, enforces lifetimes, records ends, stops and removes them,
+//! and connects to their agents (whose journal files it reads directly). Networks are `network`.
 
-use crate::store::{Record, Store};
-use crate::{now_ms, EngineConfig, Error, FileErrorKind, Result, SandboxEnding, SandboxInfo, SandboxState};
+mod launch;
+pub(crate) mod network;
+mod store;
+
+use crate::backend::AgentLink;
+use crate::{now_ms, EngineConfig, Error, Result, SandboxEnding, SandboxInfo, SandboxState};
 use hangar_agent_protocol as protocol;
 use hangar_agent_protocol::codec::Conn;
-use hangar_agent_protocol::{AgentConfig, EndReason, EndRecord, ErrorKind, Request, Response, END_RECORD_FILE};
+use hangar_agent_protocol::{AgentConfig, EndReason, EndRecord, Request, Response, END_RECORD_FILE};
 use hangar_images::ImageStore;
 use hangar_runtime::cgroups::Cgroups;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
+use store::{Record, Store};
 
-use crate::launch::START_TIMEOUT;
 use hangar_types::MAIN_EXEC;
-/// The directory, among the sandboxes' own, that holds ended sandboxes' logs (see [`Engine::logs_dir`]).
+use launch::START_TIMEOUT;
+/// The directory, among the sandboxes' own, that holds ended sandboxes' logs (see [`Local::logs_dir`]).
 const LOGS_DIR: &str = ".logs";
 /// A sandbox still `pulling` after this long, with nobody finishing it, is considered abandoned.
 const PULL_TIMEOUT: Duration = Duration::from_secs(3600);
 
-/// The engine: one per state directory per process; cheap to share behind an `Arc`.
-pub struct Engine {
+/// The local backend: one per state directory per process.
+pub(crate) struct Local {
     pub(crate) cfg: EngineConfig,
     pub(crate) store: Store,
     pub(crate) images: ImageStore,
@@ -31,9 +38,9 @@ pub struct Engine {
     pub(crate) finishing: tokio::sync::Mutex<()>,
 }
 
-impl Engine {
+impl Local {
     /// Opens (creating if needed) the state directory and store, and detects the host's cgroup layout.
-    pub fn open(cfg: EngineConfig) -> Result<Arc<Self>> {
+    pub(crate) fn open(cfg: EngineConfig) -> Result<Self> {
         if !nix::unistd::Uid::effective().is_root() {
             return Err(Error::InvalidArgument(
                 "the embedded engine needs root (rootless sandboxes are not implemented yet)".into(),
@@ -64,7 +71,7 @@ impl Engine {
         };
         let engine = Self { cfg, store, images, cgroups, volume, finishing: tokio::sync::Mutex::new(()) };
         engine.forget_orphaned_logs();
-        Ok(Arc::new(engine))
+        Ok(engine)
     }
 
     /// Logs whose sandbox record is gone (an engine that crashed while removing it) are removed.
@@ -78,14 +85,9 @@ impl Engine {
         }
     }
 
-    /// The engine's configuration.
-    pub fn config(&self) -> &EngineConfig {
-        &self.cfg
-    }
-
     /// Removes image layers and blobs that no image references and no live sandbox uses; returns the
     /// number of layers and blobs removed.
-    pub async fn prune_images(self: &Arc<Self>) -> Result<(usize, usize)> {
+    pub(crate) async fn prune_images(self: &Arc<Self>) -> Result<(usize, usize)> {
         let engine = self.clone();
         // The lower layers of every sandbox not known to be over are in use, read once the store is held
         // alone: a sandbox being created holds the store until its agent.json names its layers.
@@ -104,11 +106,6 @@ impl Engine {
         tokio::task::spawn_blocking(move || images.prune(in_use))
             .await
             .map_err(|e| Error::Internal(format!("pruning the image store panicked: {e}")))?
-    }
-
-    /// The image store sandboxes are made from.
-    pub fn images(&self) -> &ImageStore {
-        &self.images
     }
 
     pub(crate) fn sandbox_dir(&self, id: &str) -> PathBuf {
@@ -155,7 +152,7 @@ impl Engine {
     }
 
     /// A sandbox's record, brought up to date (a sandbox whose agent is gone is marked ended and cleaned up).
-    pub async fn get(&self, id: &str) -> Result<SandboxInfo> {
+    pub(crate) async fn get(&self, id: &str) -> Result<SandboxInfo> {
         Ok(self.record(id).await?.info)
     }
 
@@ -194,7 +191,7 @@ impl Engine {
     }
 
     /// All sandboxes, oldest first, brought up to date.
-    pub async fn list(&self) -> Result<Vec<SandboxInfo>> {
+    pub(crate) async fn list(&self) -> Result<Vec<SandboxInfo>> {
         self.expire_ended().await?;
         let mut out = vec![];
         for rec in self.store.list()? {
@@ -312,7 +309,7 @@ impl Engine {
         let id = id.to_string();
         let _ = tokio::task::spawn_blocking(move || {
             let _ = cg.remove(Duration::from_secs(5));
-            crate::network::remove_network(&dir, &id);
+            network::remove_network(&dir, &id);
             let _ = std::fs::remove_dir_all(&dir);
         })
         .await;
@@ -321,7 +318,7 @@ impl Engine {
     /// Stops a running sandbox: SIGTERM to its processes, SIGKILL after `grace`. Returns as soon as
     /// everything is gone (immediately when the main command exits on SIGTERM). Stopping an ended sandbox
     /// is a no-op that returns its record.
-    pub async fn stop(&self, id: &str, grace: Duration) -> Result<SandboxInfo> {
+    pub(crate) async fn stop(&self, id: &str, grace: Duration) -> Result<SandboxInfo> {
         let rec = self.store.get(id)?.ok_or_else(|| Error::NotFound(id.to_string()))?;
         if rec.info.state.is_final() {
             return Ok(rec.info);
@@ -349,7 +346,7 @@ impl Engine {
     }
 
     /// Stops (if needed) and forgets a sandbox.
-    pub async fn remove(&self, id: &str) -> Result<()> {
+    pub(crate) async fn remove(&self, id: &str) -> Result<()> {
         self.stop(id, crate::DEFAULT_STOP_GRACE).await?;
         self.cleanup(id).await;
         let _ = std::fs::remove_dir_all(self.logs_dir(id));
@@ -359,13 +356,25 @@ impl Engine {
         Ok(())
     }
 
-    /// Connects to a running sandbox's agent.
-    pub(crate) async fn connect(&self, id: &str) -> Result<Conn> {
-        Ok(self.connect_versioned(id).await?.0)
+    /// The log of an ended sandbox, from where [`Local::logs_dir`] keeps it.
+    pub(crate) async fn kept_log(&self, id: &str, from: [u64; 2]) -> Result<crate::ExecStream> {
+        let rec = self.get(id).await?;
+        let dir = self.logs_dir(id);
+        let progress = match (hangar_journal::Progress::load(&dir), &rec.error) {
+            (Some(p), _) => p,
+            // A sandbox that failed before its main command ran has an empty log, which says why.
+            (None, Some(why)) => {
+                let failure = hangar_types::StartFailure::new(hangar_types::StartFailureKind::Other, why.clone());
+                hangar_journal::Progress { end: Some(crate::ExecEnd::failed_to_start(failure)), ..Default::default() }
+            }
+            (None, None) => return Err(Error::ExecNotFound { id: id.to_string(), exec: MAIN_EXEC.to_string() }),
+        };
+        Ok(crate::ExecStream::kept_log(&rec, dir, progress, from))
     }
 
-    /// A connection to sandbox `id`'s agent, and the protocol version that agent speaks.
-    pub(crate) async fn connect_versioned(&self, id: &str) -> Result<(Conn, u32)> {
+    /// A connection to running sandbox `id`'s agent: its journal files are read here, unless the engine was
+    /// configured to have them sent inline (and the agent can).
+    pub(crate) async fn connect(&self, id: &str) -> Result<AgentLink> {
         let rec = self.record(id).await?;
         if rec.info.state != SandboxState::Running {
             return Err(Error::NotRunning { id: id.to_string(), state: rec.info.state });
@@ -374,49 +383,22 @@ impl Engine {
             let (min, max) = (protocol::MIN_VERSION, protocol::VERSION);
             return Err(Error::AgentVersion { id: id.to_string(), version: rec.agent_protocol, min, max });
         }
-        match Conn::connect(&self.socket_path(id)).await {
-            Ok(c) => Ok((c, rec.agent_protocol)),
+        let conn = match Conn::connect(&self.socket_path(id)).await {
+            Ok(c) => c,
             Err(e) => {
                 let info = self.get(id).await?;
                 if info.state != SandboxState::Running {
                     return Err(Error::NotRunning { id: id.to_string(), state: info.state });
                 }
-                Err(Error::io("connect to agent of", id, e))
+                return Err(Error::io("connect to agent of", id, e));
             }
-        }
-    }
-
-    pub(crate) fn gone(&self, id: &str, what: &str, e: std::io::Error) -> Error {
-        Error::SandboxGone { id: id.to_string(), detail: format!("{what}: {e}") }
-    }
-
-    pub(crate) fn unexpected(&self, id: &str, path: &str, r: Option<Response>) -> Error {
-        match r {
-            Some(Response::Error { kind, message }) => agent_error(id, path, kind, message),
-            None => Error::SandboxGone {
-                id: id.to_string(),
-                detail: format!("the agent closed the connection during an operation on {path}"),
-            },
-            Some(other) => Error::Agent { id: id.to_string(), message: format!("unexpected reply {other:?}") },
-        }
-    }
-}
-
-pub(crate) fn agent_error(id: &str, subject: &str, kind: ErrorKind, message: String) -> Error {
-    let file = |k| Error::File { id: id.to_string(), path: subject.to_string(), kind: k, message: message.clone() };
-    match kind {
-        ErrorKind::NotFound => file(FileErrorKind::NotFound),
-        ErrorKind::PermissionDenied => file(FileErrorKind::PermissionDenied),
-        ErrorKind::IsADirectory => file(FileErrorKind::IsADirectory),
-        ErrorKind::NotARegularFile => file(FileErrorKind::NotARegularFile),
-        ErrorKind::NotAllowed => file(FileErrorKind::NotAllowed),
-        ErrorKind::NoSpace => file(FileErrorKind::NoSpace),
-        ErrorKind::CommandNotFound => Error::CommandNotFound { id: id.to_string(), message },
-        ErrorKind::InvalidArgument => Error::InvalidArgument(message),
-        ErrorKind::Stopping => Error::NotRunning { id: id.to_string(), state: SandboxState::Terminated },
-        ErrorKind::Other => Error::Agent { id: id.to_string(), message },
-        ErrorKind::ExecNotFound => Error::ExecNotFound { id: id.to_string(), exec: subject.to_string() },
-        ErrorKind::ExecExpired => Error::ExecExpired { id: id.to_string(), exec: subject.to_string() },
-        ErrorKind::ExecConflict => Error::InvalidArgument(message),
+        };
+        let inline = self.cfg.inline_journals && rec.agent_protocol >= 3;
+        Ok(AgentLink {
+            conn,
+            protocol: rec.agent_protocol,
+            journals: (!inline).then(|| self.sandbox_dir(id)),
+            kept_log: Some(self.logs_dir(id)),
+        })
     }
 }
