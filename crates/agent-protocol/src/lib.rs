@@ -329,6 +329,9 @@ pub struct Workload {
 /// the environment variable [`POD_CONFIG_ENV`]. The container it starts in is the sandbox (the kubelet built
 /// it from the user's image); the agent serves [`remote`] streams on [`PodConfig::listen`].
 pub const POD_ARG: &str = "pod";
+/// The argument that makes `hangar-agent` copy itself: `hangar-agent install DEST` (a Pod's init container
+/// puts the agent where the sandbox container starts it from, without a shell or `cp` in the agent's image).
+pub const INSTALL_ARG: &str = "install";
 /// The environment variable holding a Pod agent's [`PodConfig`] (removed from what sandbox processes see).
 pub const POD_CONFIG_ENV: &str = "HANGAR_POD_CONFIG";
 
@@ -421,7 +424,7 @@ pub enum EndReason {
 }
 
 /// How a sandbox ended.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct EndRecord {
     /// Why.
     pub reason: EndReason,
@@ -429,6 +432,10 @@ pub struct EndRecord {
     pub code: Option<i32>,
     /// The signal that killed the main command, when one did.
     pub signal: Option<i32>,
+    /// The end of the sandbox's log (the main command's output): its totals and checksum, for a reader of a
+    /// copy of the log kept elsewhere (a Pod's container log).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log: Option<ExecEnd>,
 }
 
 /// File name of the [`EndRecord`] in the sandbox's state directory.

@@ -7,14 +7,17 @@
 //! the Pod's network namespace: each TCP connection is one `hangar_agent_protocol::remote` stream (the
 //! engine's port-forward through the API server) carrying many agent connections, after a token check.
 //!
-//! How the sandbox ended also goes to the container's termination message, where Kubernetes keeps it after the
-//! container is gone; so does a main command that could not start (its `StartReport` line).
+//! What Kubernetes keeps after the container is gone tells the rest: the container's standard output is a copy
+//! of the sandbox's log (the main command's output, so `kubectl logs` shows what it does for any container),
+//! and its termination message is how the sandbox ended (the end record, with the log's totals), or the
+//! `StartReport` line of a main command that could not start. The agent's own log goes to `agent.log` in its
+//! state directory.
 
 use crate::server::{serve, Incoming, Started, TERMINATION_LOG};
 use crate::state::{set_cloexec, STATE_DIR_FD};
 use hangar_agent_protocol::codec::Conn;
 use hangar_agent_protocol::{remote, PodConfig, POD_CONFIG_ENV};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::time::Duration;
 use tokio::sync::mpsc;
 
@@ -34,6 +37,18 @@ pub(crate) fn main() -> Result<(), String> {
     unsafe { std::env::remove_var(POD_CONFIG_ENV) };
     let _ = TERMINATION_LOG.set(cfg.termination_log.clone());
     place_state_dir(&cfg.state_dir)?;
+    // Standard error (the agent's log) to a file: the container log is the sandbox's.
+    let log = cfg.state_dir.join("agent.log");
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log)
+        .map_err(|e| format!("{}: {e}", log.display()))?;
+    // SAFETY: dup2 onto standard error, which only the log macro writes to (whole lines).
+    if unsafe { libc::dup2(log.as_raw_fd(), 2) } != 2 {
+        return Err(format!("agent.log: {}", std::io::Error::last_os_error()));
+    }
+    drop(log);
     let mut workload = cfg.workload;
     // The container's environment (the image's, then the Pod's), then the workload's own.
     let mut env: Vec<(String, String)> =
@@ -50,13 +65,14 @@ pub(crate) fn main() -> Result<(), String> {
     // agent is gone, not early.
     let listener = std::net::TcpListener::bind(cfg.listen).map_err(|e| format!("listen on {}: {e}", cfg.listen))?;
     listener.set_nonblocking(true).map_err(|e| format!("listener: {e}"))?;
-    let started = match Started::start(&workload, hangar_runtime::cgroups::CgroupDirs::open(&[])) {
+    let mut started = match Started::start(&workload, hangar_runtime::cgroups::CgroupDirs::open(&[])) {
         Ok(started) => started,
         Err(report) => {
             let _ = std::fs::write(&cfg.termination_log, report.line());
             return Err(report.line());
         }
     };
+    started.main_copy = std::io::stdout().as_fd().try_clone_to_owned().ok();
     crate::log!("pod agent listening on {}", cfg.listen);
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| format!("tokio: {e}"))?;
     let served = rt.block_on(async move {
@@ -119,4 +135,15 @@ async fn accept_streams(listener: tokio::net::TcpListener, digest: String, conns
             }
         });
     }
+}
+
+/// `hangar-agent install DEST`: copies this binary to DEST (executable), as a Pod's init container does from
+/// the agent's image into the volume the sandbox container starts the agent from.
+pub(crate) fn install(dest: &std::path::Path) -> Result<(), String> {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = dest.with_extension("tmp");
+    std::fs::copy("/proc/self/exe", &tmp).map_err(|e| format!("copy to {}: {e}", tmp.display()))?;
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755))
+        .and_then(|()| std::fs::rename(&tmp, dest))
+        .map_err(|e| format!("install {}: {e}", dest.display()))
 }

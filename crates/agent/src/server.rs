@@ -40,6 +40,16 @@ pub fn run() -> ! {
     if std::env::args().nth(1).as_deref() == Some(hangar_agent_protocol::PUBLISH_ARG) {
         crate::netd::publish(&std::env::args().skip(2).collect::<Vec<_>>());
     }
+    if std::env::args().nth(1).as_deref() == Some(hangar_agent_protocol::INSTALL_ARG) {
+        let dest = std::env::args_os().nth(2).unwrap_or_default();
+        match crate::pod::install(std::path::Path::new(&dest)) {
+            Ok(()) => std::process::exit(0),
+            Err(e) => {
+                crate::log!("{e}");
+                std::process::exit(1)
+            }
+        }
+    }
     let pod = std::env::args().nth(1).as_deref() == Some(hangar_agent_protocol::POD_ARG);
     let code = match if pod { crate::pod::main() } else { main_inner() } {
         Ok(()) => 0,
@@ -96,6 +106,8 @@ pub(crate) struct Started {
     user: Option<(u32, u32)>,
     main: Option<Main>,
     table: Table,
+    /// Where a copy of the main command's output goes besides its journal (a Pod's container log).
+    pub(crate) main_copy: Option<OwnedFd>,
 }
 
 impl Started {
@@ -111,7 +123,7 @@ impl Started {
             true => None,
             false => Some(spawn_main(workload, &root, &cgroups, user)?),
         };
-        Ok(Self { root, user, main, table: Table::new(cgroups) })
+        Ok(Self { root, user, main, table: Table::new(cgroups), main_copy: None })
     }
 
     /// The main command's pid (0 without one).
@@ -216,7 +228,7 @@ fn spawn_main(
 }
 
 pub(crate) async fn serve(cfg: Workload, started: Started, mut incoming: Incoming) -> Result<(), String> {
-    let Started { root, user, main, table } = started;
+    let Started { root, user, main, table, main_copy } = started;
     let mut sigchld =
         tokio::signal::unix::signal(tokio::signal::unix::SignalKind::child()).map_err(|e| e.to_string())?;
     let mut sigterm =
@@ -246,7 +258,7 @@ pub(crate) async fn serve(cfg: Workload, started: Started, mut incoming: Incomin
     local
         .run_until(async {
             // Before the first reap, so that the main command's exit reaches its log's end too.
-            if let Err(e) = crate::execs::adopt_main(&state, main.map(|m| (m.pid, m.output, m.cgroup))) {
+            if let Err(e) = crate::execs::adopt_main(&state, main.map(|m| (m.pid, m.output, m.cgroup)), main_copy) {
                 crate::log!("the main command's output cannot be journaled: {e}");
             }
             reap(&state, &main_exited);
@@ -295,7 +307,12 @@ fn watchdog(deadline: Duration) {
         std::thread::sleep(deadline);
         crate::log!("the lifetime passed and the agent did not shut down: killing the sandbox");
         let _ = kill(Pid::from_raw(-1), Signal::SIGKILL);
-        record_end(&EndRecord { reason: EndReason::LifetimeExceeded, code: None, signal: Some(libc::SIGKILL) });
+        record_end(&EndRecord {
+            reason: EndReason::LifetimeExceeded,
+            code: None,
+            signal: Some(libc::SIGKILL),
+            log: None,
+        });
         // SAFETY: _exit ends the process at once; nothing of ours needs unwinding or flushing.
         unsafe { libc::_exit(0) }
     });
@@ -386,10 +403,11 @@ async fn shutdown(state: &Shared, main_exited: &Notify, grace: Duration, reason:
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
     crate::execs::end_idle_main(state);
+    let log = crate::execs::main_end(state);
     let (main_pid, main) = (state.borrow().main_pid, state.borrow().main_status);
     // A sandbox without a main command has no status to report.
     let (code, signal) = if main_pid == 0 { (None, None) } else { crate::state::exit_of(main) };
-    record_end(&EndRecord { reason, code, signal });
+    record_end(&EndRecord { reason, code, signal, log });
 }
 
 /// The file the end record is written to before it is renamed into place.

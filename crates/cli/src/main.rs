@@ -223,7 +223,8 @@ enum Cmd {
     /// Manage local images: import archives, list, remove (on this machine's engine).
     #[command(subcommand)]
     Images(ImagesCmd),
-    /// Serve the gRPC API (hangar.v1) over the local engine until SIGTERM or Ctrl-C.
+    /// Serve the gRPC APIs (hangar.v1, coreweave.sandbox.v1) until SIGTERM or Ctrl-C, with sandboxes on this
+    /// machine or, with `--backend kubernetes`, as Pods of a cluster.
     Serve {
         /// Address for gRPC.
         #[arg(long, default_value = "127.0.0.1:7777")]
@@ -237,6 +238,11 @@ enum Cmd {
         /// On shutdown, how long in-flight calls may finish before they are cancelled (seconds).
         #[arg(long, default_value_t = 10.0)]
         drain: f64,
+        /// Where sandboxes run: `local` (this machine) or `kubernetes`.
+        #[arg(long, default_value = "local", value_parser = ["local", "kubernetes"])]
+        backend: String,
+        #[command(flatten)]
+        kubernetes: commands::serve::KubernetesArgs,
     },
     /// Measure sandbox create, exec round trip, first-byte latency and streaming throughput against raw baselines.
     Bench(bench::BenchArgs),
@@ -451,8 +457,9 @@ async fn dispatch(cmd: Cmd) -> Result<u8> {
         Cmd::Cp { src, dst } => files::copy(&src, &dst).await,
         Cmd::Bench(args) => bench::run(args).await,
         Cmd::Images(cmd) => images::images(cmd).await,
-        Cmd::Serve { listen, http_listen, token_file, drain } => {
-            serve::serve(listen, http_listen, token_file, drain).await
+        Cmd::Serve { listen, http_listen, token_file, drain, backend, kubernetes } => {
+            let kubernetes = (backend == "kubernetes").then_some(kubernetes);
+            serve::serve(listen, http_listen, token_file, drain, kubernetes).await
         }
     }
 }

@@ -57,6 +57,7 @@ impl PodAgent {
             .env("FROM_IMAGE", "i")
             .current_dir(dir.join("work"))
             .stdin(Stdio::null())
+            .stdout(Stdio::piped())
             .spawn()
             .unwrap();
         Self { child, dir, addr }
@@ -184,6 +185,13 @@ async fn a_pod_agent_runs_execs_streams_their_journal_inline_and_records_its_end
     agent.wait();
     let end: EndRecord = serde_json::from_str(&agent.termination_message()).unwrap();
     assert_eq!((end.reason, end.signal), (EndReason::Stopped, Some(libc::SIGTERM)));
+    // The container's standard output is a copy of the log (and nothing else), whose totals the end states.
+    let mut copy = vec![];
+    std::io::Read::read_to_end(agent.child.stdout.as_mut().unwrap(), &mut copy).unwrap();
+    assert_eq!(copy, b"main says hi\n");
+    let log = end.log.expect("the log's end");
+    assert_eq!((log.bytes, log.crc32[0]), ([13, 0], crc(b"main says hi\n")));
+    assert_eq!(log.ending, hangar_agent_protocol::Ending::Signaled { signal: libc::SIGTERM });
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -21,6 +21,15 @@ pub struct Engine {
 enum Backend {
     /// On this machine.
     Local(Arc<Local>),
+    /// As Pods of a Kubernetes cluster.
+    #[cfg(feature = "kubernetes")]
+    Kubernetes(crate::kubernetes::Cluster),
+}
+
+/// What the local backend alone can do, refused on others with this error.
+#[cfg(feature = "kubernetes")]
+fn local_only(what: &str) -> Error {
+    Error::InvalidArgument(format!("{what} is not available on the Kubernetes backend"))
 }
 
 /// A connection to a sandbox's agent, with what the engine needs to know to use it.
@@ -43,10 +52,19 @@ impl Engine {
         Ok(Arc::new(Self { backend: Backend::Local(Arc::new(Local::open(cfg)?)) }))
     }
 
+    /// Opens the Kubernetes backend: sandboxes become Pods in `kube.namespace` (see [`crate::KubernetesConfig`]).
+    /// `cfg`'s state directory holds the image store `image_command` reads images' commands from.
+    #[cfg(feature = "kubernetes")]
+    pub async fn kubernetes(cfg: EngineConfig, kube: crate::KubernetesConfig) -> Result<Arc<Self>> {
+        Ok(Arc::new(Self { backend: Backend::Kubernetes(crate::kubernetes::Cluster::open(cfg, kube).await?) }))
+    }
+
     /// The engine's configuration.
     pub fn config(&self) -> &EngineConfig {
         match &self.backend {
             Backend::Local(l) => &l.cfg,
+            #[cfg(feature = "kubernetes")]
+            Backend::Kubernetes(k) => &k.cfg,
         }
     }
 
@@ -54,6 +72,8 @@ impl Engine {
     pub fn images(&self) -> &ImageStore {
         match &self.backend {
             Backend::Local(l) => &l.images,
+            #[cfg(feature = "kubernetes")]
+            Backend::Kubernetes(k) => &k.images,
         }
     }
 
@@ -62,6 +82,13 @@ impl Engine {
     pub async fn prune_images(&self) -> Result<(usize, usize)> {
         match &self.backend {
             Backend::Local(l) => l.prune_images().await,
+            #[cfg(feature = "kubernetes")]
+            Backend::Kubernetes(k) => {
+                let images = k.images.clone();
+                tokio::task::spawn_blocking(move || images.prune(|| Ok::<_, Error>(Default::default())))
+                    .await
+                    .map_err(|e| Error::Internal(format!("pruning the image store panicked: {e}")))?
+            }
         }
     }
 
@@ -70,6 +97,8 @@ impl Engine {
     pub async fn create(&self, c: SandboxConfig) -> Result<SandboxInfo> {
         match &self.backend {
             Backend::Local(l) => l.create(c).await,
+            #[cfg(feature = "kubernetes")]
+            Backend::Kubernetes(k) => k.create(c).await,
         }
     }
 
@@ -77,6 +106,8 @@ impl Engine {
     pub async fn get(&self, id: &str) -> Result<SandboxInfo> {
         match &self.backend {
             Backend::Local(l) => l.get(id).await,
+            #[cfg(feature = "kubernetes")]
+            Backend::Kubernetes(k) => k.get(id).await,
         }
     }
 
@@ -84,6 +115,8 @@ impl Engine {
     pub async fn list(&self) -> Result<Vec<SandboxInfo>> {
         match &self.backend {
             Backend::Local(l) => l.list().await,
+            #[cfg(feature = "kubernetes")]
+            Backend::Kubernetes(k) => k.list().await,
         }
     }
 
@@ -93,6 +126,8 @@ impl Engine {
     pub async fn stop(&self, id: &str, grace: Duration) -> Result<SandboxInfo> {
         match &self.backend {
             Backend::Local(l) => l.stop(id, grace).await,
+            #[cfg(feature = "kubernetes")]
+            Backend::Kubernetes(k) => k.stop(id, grace).await,
         }
     }
 
@@ -100,6 +135,8 @@ impl Engine {
     pub async fn remove(&self, id: &str) -> Result<()> {
         match &self.backend {
             Backend::Local(l) => l.remove(id).await,
+            #[cfg(feature = "kubernetes")]
+            Backend::Kubernetes(k) => k.remove(id).await,
         }
     }
 
@@ -109,6 +146,8 @@ impl Engine {
     pub async fn set_network(&self, id: &str, policy: crate::NetworkPolicy) -> Result<SandboxInfo> {
         match &self.backend {
             Backend::Local(l) => l.set_network(id, policy).await,
+            #[cfg(feature = "kubernetes")]
+            Backend::Kubernetes(_) => Err(local_only("changing a sandbox's network")),
         }
     }
 
@@ -119,6 +158,8 @@ impl Engine {
     pub async fn publish_port(&self, id: &str, port: u16) -> Result<std::net::SocketAddr> {
         match &self.backend {
             Backend::Local(l) => l.publish_port(id, port).await,
+            #[cfg(feature = "kubernetes")]
+            Backend::Kubernetes(_) => Err(local_only("publishing a port")),
         }
     }
 
@@ -126,6 +167,8 @@ impl Engine {
     pub async fn published_ports(&self, id: &str) -> Result<Vec<(u16, std::net::SocketAddr)>> {
         match &self.backend {
             Backend::Local(l) => l.published_ports(id).await,
+            #[cfg(feature = "kubernetes")]
+            Backend::Kubernetes(k) => k.get(id).await.map(|_| vec![]),
         }
     }
 
@@ -140,6 +183,8 @@ impl Engine {
     pub async fn reconcile_networks(&self) {
         match &self.backend {
             Backend::Local(l) => l.reconcile_networks().await,
+            #[cfg(feature = "kubernetes")]
+            Backend::Kubernetes(_) => {}
         }
     }
 
@@ -147,6 +192,8 @@ impl Engine {
     pub(crate) async fn kept_log(&self, id: &str, from: [u64; 2]) -> Result<crate::ExecStream> {
         match &self.backend {
             Backend::Local(l) => l.kept_log(id, from).await,
+            #[cfg(feature = "kubernetes")]
+            Backend::Kubernetes(k) => k.kept_log(id, from).await,
         }
     }
 
@@ -154,6 +201,8 @@ impl Engine {
     pub(crate) async fn link(&self, id: &str) -> Result<AgentLink> {
         match &self.backend {
             Backend::Local(l) => l.connect(id).await,
+            #[cfg(feature = "kubernetes")]
+            Backend::Kubernetes(k) => k.connect(id).await,
         }
     }
 

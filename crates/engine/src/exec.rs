@@ -38,6 +38,9 @@ pub(crate) enum Source {
     /// The journal's contents, sent by the agent on the attachment (see [`Request::Inline`]), for an engine
     /// that cannot reach the agent's files; the offsets (stdout, stderr) handed out so far.
     Inline([u64; 2]),
+    /// A copy of the main command's log held here (a Pod's container log): its last `data.len()` bytes, which
+    /// end at the log's end (what came before them is a gap), and the offset handed out so far.
+    Copy { data: bytes::Bytes, end: ExecEnd, pos: u64 },
 }
 
 /// Signals and resizes for an exec, usable while another task reads its [`ExecStream`].
@@ -317,6 +320,16 @@ impl ExecStream {
         }
     }
 
+    /// The main command's log of sandbox `rec`, which ended, from a copy of it (`data`, the log's last bytes;
+    /// `end` says how many there were in all), from offsets `from`.
+    pub(crate) fn kept_copy(rec: &crate::SandboxInfo, data: bytes::Bytes, end: ExecEnd, from: [u64; 2]) -> Self {
+        let mut stream = Self::kept_log(rec, std::path::PathBuf::new(), Progress::default(), from);
+        stream.info.written = end.bytes;
+        stream.info.end = Some(end.clone());
+        stream.source = Source::Copy { data, end, pos: from[0] };
+        stream
+    }
+
     /// The exec as it was when this stream attached.
     pub fn info(&self) -> &ExecInfo {
         &self.info
@@ -332,6 +345,7 @@ impl ExecStream {
         match &self.source {
             Source::Files(reader) => reader.position(),
             Source::Inline(pos) => *pos,
+            Source::Copy { pos, .. } => [*pos, 0],
         }
     }
 
@@ -348,8 +362,13 @@ impl ExecStream {
     /// Moves the start to the last `lines` lines of each stream (see [`hangar_journal::Reader::seek_tail`]),
     /// as journaled now. Call before the first [`ExecStream::next`].
     pub async fn seek_tail(&mut self, lines: u64) -> Result<()> {
-        if let Source::Inline(_) = self.source {
-            return self.seek_inline(Request::SeekTail { lines }).await;
+        match &mut self.source {
+            Source::Inline(_) => return self.seek_inline(Request::SeekTail { lines }).await,
+            Source::Copy { data, end, pos } => {
+                *pos = copy_tail(data, end.bytes[0], lines);
+                return Ok(());
+            }
+            Source::Files(_) => {}
         }
         self.first_progress().await?;
         let Source::Files(reader) = &mut self.source else { unreachable!("inline returned above") };
@@ -365,8 +384,11 @@ impl ExecStream {
     /// command's log keeps times, other execs start at their end), never into bytes the cap dropped, and
     /// never back. Call before the first [`ExecStream::next`].
     pub async fn seek_since(&mut self, ms: u64) -> Result<()> {
-        if let Source::Inline(_) = self.source {
-            return self.seek_inline(Request::SeekSince { ms }).await;
+        match self.source {
+            Source::Inline(_) => return self.seek_inline(Request::SeekSince { ms }).await,
+            // A copy keeps no times: everything it has is at or after any time asked for.
+            Source::Copy { .. } => return Ok(()),
+            Source::Files(_) => {}
         }
         self.first_progress().await?;
         if let Source::Files(reader) = &mut self.source {
@@ -403,7 +425,7 @@ impl ExecStream {
     pub fn times(&self) -> hangar_journal::Times {
         match &self.source {
             Source::Files(reader) => hangar_journal::Times::new(reader.dir()),
-            Source::Inline(_) => hangar_journal::Times::default(),
+            Source::Inline(_) | Source::Copy { .. } => hangar_journal::Times::default(),
         }
     }
 
@@ -432,7 +454,7 @@ impl ExecStream {
         if self.kept_at.is_some() {
             let dir = |s: &Self| match &s.source {
                 Source::Files(reader) => Some(reader.dir().to_path_buf()),
-                Source::Inline(_) => None,
+                Source::Inline(_) | Source::Copy { .. } => None,
             };
             let kept = dir(self)
                 .and_then(|d| Progress::load(&d))
@@ -442,10 +464,11 @@ impl ExecStream {
                 return end;
             }
         }
-        match self.source {
+        match &self.source {
             Source::Files(_) => ExecEnd::sandbox_gone(self.progress.written),
             // What was not sent yet went with the agent.
-            Source::Inline(pos) => ExecEnd::sandbox_gone(pos),
+            Source::Inline(pos) => ExecEnd::sandbox_gone(*pos),
+            Source::Copy { end, .. } => end.clone(),
         }
     }
 
@@ -455,7 +478,7 @@ impl ExecStream {
         let Some(kept) = self.kept_at.clone().filter(|k| k.is_dir()) else { return false };
         match &mut self.source {
             Source::Files(reader) if kept.as_path() != reader.dir() => reader.set_dir(kept),
-            Source::Files(_) => return false,
+            Source::Files(_) | Source::Copy { .. } => return false,
             Source::Inline(pos) => self.source = Source::Files(hangar_journal::Reader::new(kept, *pos)),
         }
         true
@@ -481,6 +504,7 @@ impl ExecStream {
                     }
                     None => Some(ExecEvent::Exit(self.writer_gone())),
                 },
+                Source::Copy { data, end, pos } => Some(next_of_copy(data, end, pos)),
                 Source::Files(reader) => match reader.next(&self.progress) {
                     // The sandbox ended and its log was moved to where it is kept, before this reader opened it.
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound && self.moved_away() => continue,
@@ -577,4 +601,43 @@ impl ExecStream {
             }
         }
     }
+}
+
+/// The next event of a kept copy of a log whose last `data.len()` bytes `data` holds, at offset `pos`.
+fn next_of_copy(data: &bytes::Bytes, end: &ExecEnd, pos: &mut u64) -> ExecEvent {
+    let total = end.bytes[0];
+    let start = total.saturating_sub(data.len() as u64);
+    let stream = hangar_types::OutputStream::Stdout;
+    if *pos < start {
+        let from = std::mem::replace(pos, start);
+        return ExecEvent::Gap { stream, from, to: start };
+    }
+    if *pos >= total {
+        return ExecEvent::Exit(end.clone());
+    }
+    // (Never past the end the agent recorded, whatever the copy holds beyond it.)
+    let (at, stop) = ((*pos - start) as usize, (total - start) as usize);
+    let chunk = data.slice(at..(at + hangar_journal::CHUNK).min(data.len()).min(stop));
+    let offset = std::mem::replace(pos, *pos + chunk.len() as u64);
+    ExecEvent::Output { stream, offset, data: chunk }
+}
+
+/// Where the last `lines` lines of a kept copy start (never before what the copy holds).
+fn copy_tail(data: &[u8], total: u64, lines: u64) -> u64 {
+    let start = total.saturating_sub(data.len() as u64);
+    if lines == 0 {
+        return total;
+    }
+    // The newline that ends the last line does not start one.
+    let body = data.strip_suffix(b"\n").unwrap_or(data);
+    let mut found = 0;
+    for (k, b) in body.iter().enumerate().rev() {
+        if *b == b'\n' {
+            found += 1;
+            if found == lines {
+                return start + k as u64 + 1;
+            }
+        }
+    }
+    start
 }

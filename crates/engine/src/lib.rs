@@ -12,6 +12,8 @@ mod backend;
 mod error;
 mod exec;
 mod files;
+#[cfg(feature = "kubernetes")]
+mod kubernetes;
 mod local;
 
 pub use error::{Error, Result};
@@ -37,6 +39,21 @@ pub(crate) struct SandboxEnding {
     pub signal: Option<i32>,
     pub reason: &'static str,
     pub error: Option<String>,
+}
+
+impl SandboxEnding {
+    /// The ending an agent's end record states; without one, the agent died.
+    pub(crate) fn of(end: Option<&hangar_agent_protocol::EndRecord>) -> Self {
+        use hangar_agent_protocol::EndReason;
+        let (state, reason) = match end.map(|e| (e.reason, e.code)) {
+            Some((EndReason::Exited, Some(0))) => (SandboxState::Completed, "exited"),
+            Some((EndReason::Exited, _)) => (SandboxState::Failed, "exited"),
+            Some((EndReason::Stopped, _)) => (SandboxState::Terminated, "stopped"),
+            Some((EndReason::LifetimeExceeded, _)) => (SandboxState::Terminated, "lifetime_exceeded"),
+            None => (SandboxState::Terminated, "agent_died"),
+        };
+        Self { state, code: end.and_then(|e| e.code), signal: end.and_then(|e| e.signal), reason, error: None }
+    }
 }
 
 /// Where the engine keeps its state and finds the agent.
@@ -163,6 +180,8 @@ fn find_agent() -> Result<PathBuf> {
 
 pub use backend::Engine;
 pub use files::{FileDownload, DEFAULT_MAX_FILE_BYTES};
+#[cfg(feature = "kubernetes")]
+pub use kubernetes::KubernetesConfig;
 
 /// A fresh random identifier with the given prefix, e.g. `sb-1f2e3d4c5b6a7988`.
 pub(crate) fn new_id(prefix: &str) -> String {

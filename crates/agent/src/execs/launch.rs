@@ -94,9 +94,14 @@ impl Exec {
 /// Journals the sandbox's main command (already started as `pid`, writing both its streams into the pipe
 /// `output` reads) as the exec [`MAIN_EXEC`]: its output is the sandbox's log, kept for as long as the
 /// sandbox's state directory, and its end is published like any exec's. A sandbox without a main command
-/// (`None`) has an empty log, which ends with the sandbox ([`end_idle_main`]). Call before the reaper first
-/// runs.
-pub(crate) fn adopt_main(state: &Shared, main: Option<(i32, OwnedFd, ExecCgroup)>) -> io::Result<()> {
+/// (`None`) has an empty log, which ends with the sandbox ([`end_idle_main`]). `tee`, when given, gets a copy of
+/// the log (a Pod's container log, which Kubernetes keeps after the agent is gone). Call before the reaper
+/// first runs.
+pub(crate) fn adopt_main(
+    state: &Shared,
+    main: Option<(i32, OwnedFd, ExecCgroup)>,
+    tee: Option<OwnedFd>,
+) -> io::Result<()> {
     let argv = state.borrow().cfg.main.clone();
     let journal = hangar_journal::Writer::create(state_dir(), MAIN_EXEC, hangar_types::LOG_JOURNAL_CAP)?;
     let exec = Exec::new(MAIN_EXEC.into(), argv, journal, &Output::Merged, OnDisconnect::Keep, Duration::MAX);
@@ -115,9 +120,21 @@ pub(crate) fn adopt_main(state: &Shared, main: Option<(i32, OwnedFd, ExecCgroup)
     let exit_rx = expect_exit(state, pid);
     state.borrow_mut().live_execs += 1;
     let (exited_tx, exited_rx) = watch::channel(false);
-    let pump = tokio::task::spawn_local(pump(exec.clone(), 0, nonblocking(output)?, exited_rx));
+    let tee = match tee.map(tokio::net::unix::pipe::Sender::from_owned_fd).transpose() {
+        Ok(tee) => tee,
+        Err(e) => {
+            crate::log!("the sandbox's log is not copied ({e}): a pipe or FIFO is needed");
+            None
+        }
+    };
+    let pump = tokio::task::spawn_local(pump(exec.clone(), 0, nonblocking(output)?, exited_rx, tee));
     tokio::task::spawn_local(supervise(state.clone(), exec, exit_rx, vec![pump], exited_tx));
     Ok(())
+}
+
+/// How the sandbox's log ended, once it did.
+pub(crate) fn main_end(state: &Shared) -> Option<ExecEnd> {
+    lookup(state, MAIN_EXEC).ok()?.borrow().end.clone()
 }
 
 /// The end of the (empty) log of a sandbox without a main command: it ended with the sandbox.
@@ -240,7 +257,7 @@ pub(super) fn spawn(state: &Shared, exec: &ExecRef, r: &ExecSpec, cwd: &OwnedFd)
     let mut pumps = Vec::new();
     for (i, src) in sources.into_iter().enumerate() {
         let src = nonblocking(src).map_err(|e| io_err("output", e))?;
-        pumps.push(tokio::task::spawn_local(pump(exec.clone(), i, src, exited_rx.clone())));
+        pumps.push(tokio::task::spawn_local(pump(exec.clone(), i, src, exited_rx.clone(), None)));
     }
     if let Some(t) = r.timeout {
         let e = exec.clone();

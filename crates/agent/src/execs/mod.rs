@@ -47,7 +47,7 @@ mod stdin;
 use launch::start;
 use running::{pump, retain, supervise};
 
-pub(crate) use launch::{adopt_main, end_idle_main, refill_spare, start_failure};
+pub(crate) use launch::{adopt_main, end_idle_main, main_end, refill_spare, start_failure};
 pub(crate) use serve::{attach, start_and_attach};
 pub(crate) use stdin::stdin;
 

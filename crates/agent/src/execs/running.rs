@@ -13,8 +13,15 @@ pub(super) async fn read_some(src: &AsyncFd<OwnedFd>, buf: &mut [u8]) -> io::Res
     }
 }
 
-/// Moves one stream's bytes from the process into the journal, pausing while the journal has no room.
-pub(super) async fn pump(e: ExecRef, i: usize, src: AsyncFd<OwnedFd>, mut exited: watch::Receiver<bool>) {
+/// Moves one stream's bytes from the process into the journal, pausing while the journal has no room; and into
+/// `tee` too, when given (a Pod's container log, for the sandbox's log).
+pub(super) async fn pump(
+    e: ExecRef,
+    i: usize,
+    src: AsyncFd<OwnedFd>,
+    mut exited: watch::Receiver<bool>,
+    mut tee: Option<tokio::net::unix::pipe::Sender>,
+) {
     let mut buf = vec![0u8; hangar_journal::CHUNK];
     loop {
         loop {
@@ -35,7 +42,15 @@ pub(super) async fn pump(e: ExecRef, i: usize, src: AsyncFd<OwnedFd>, mut exited
         match got {
             // End of file, or EIO from a terminal whose last holder closed it.
             Ok(0) | Err(_) => break,
-            Ok(n) => journal(&e, i, &buf[..n], &exited).await,
+            Ok(n) => {
+                journal(&e, i, &buf[..n], &exited).await;
+                if let Some(t) = tee.as_mut() {
+                    if let Err(er) = tokio::io::AsyncWriteExt::write_all(t, &buf[..n]).await {
+                        crate::log!("exec {}: the copy of its output stopped: {er}", e.borrow().id);
+                        tee = None;
+                    }
+                }
+            }
         }
     }
 }

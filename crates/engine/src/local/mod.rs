@@ -227,7 +227,8 @@ impl Local {
         if spawned.elapsed().unwrap_or_default() >= deadline && hangar_runtime::process::process_alive(pid, start) {
             tracing::warn!(sandbox = rec.info.id, "the agent outlived the sandbox's lifetime: killing it");
             // Recorded as the agent would have: the sandbox ended because its lifetime passed.
-            let end = EndRecord { reason: EndReason::LifetimeExceeded, code: None, signal: Some(libc::SIGKILL) };
+            let end =
+                EndRecord { reason: EndReason::LifetimeExceeded, code: None, signal: Some(libc::SIGKILL), log: None };
             let _ = std::fs::write(
                 self.sandbox_dir(&rec.info.id).join(END_RECORD_FILE),
                 serde_json::to_vec(&end).unwrap_or_default(),
@@ -265,35 +266,7 @@ impl Local {
         let end = std::fs::read(self.sandbox_dir(id).join(END_RECORD_FILE))
             .ok()
             .and_then(|b| serde_json::from_slice::<EndRecord>(&b).ok());
-        let ending = match end {
-            Some(EndRecord { reason: EndReason::Exited, code: Some(0), .. }) => SandboxEnding {
-                state: SandboxState::Completed,
-                code: Some(0),
-                signal: None,
-                reason: "exited",
-                error: None,
-            },
-            Some(EndRecord { reason: EndReason::Exited, code, signal }) => {
-                SandboxEnding { state: SandboxState::Failed, code, signal, reason: "exited", error: None }
-            }
-            Some(EndRecord { reason: EndReason::Stopped, code, signal }) => {
-                SandboxEnding { state: SandboxState::Terminated, code, signal, reason: "stopped", error: None }
-            }
-            Some(EndRecord { reason: EndReason::LifetimeExceeded, code, signal }) => SandboxEnding {
-                state: SandboxState::Terminated,
-                code,
-                signal,
-                reason: "lifetime_exceeded",
-                error: None,
-            },
-            None => SandboxEnding {
-                state: SandboxState::Terminated,
-                code: None,
-                signal: None,
-                reason: "agent_died",
-                error: None,
-            },
-        };
+        let ending = SandboxEnding::of(end.as_ref());
         // Record first: a concurrent finisher still finds exit.json until the record is final.
         self.store.set_ended(id, &ending)?;
         self.keep_logs(id);

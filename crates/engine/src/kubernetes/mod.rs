@@ -1,0 +1,418 @@
+//! The Kubernetes backend: every sandbox is a Pod, scheduled by Kubernetes, with Hangar's agent as the first
+//! process of its sandbox container; the cluster is the record.
+//!
+//! - **The Pod** ([`pod::spec`]): an init container copies the statically linked agent from the agent image
+//!   into an `emptyDir`; the sandbox container runs the user's image with that agent as its command
+//!   (`hangar-agent pod`), so any image works unchanged. Limits are the container's resources (requests =
+//!   limits), the lifetime is the agent's (with `activeDeadlineSeconds` as the cluster's backstop).
+//! - **The record** is the Pod: labels name the sandbox and its request id, annotations hold its record as
+//!   created; its state, end and start failures are read from the Pod's status (the agent leaves the end in
+//!   the container's termination message, and a copy of the sandbox's log on its standard output). Several
+//!   servers can serve the same sandboxes: they share nothing but the cluster (and the key in a Secret).
+//! - **The agent** is reached through the API server's port-forward: one per sandbox and server, kept open and
+//!   carrying every agent connection (`hangar_agent_protocol::remote`), after a handshake with the sandbox's
+//!   token (an HMAC of its id under the servers' shared key; the Pod holds only its digest). The journals stay
+//!   in the Pod and travel inline.
+//!
+//! See docs/kubernetes.md for the design, its limits and what was measured.
+
+mod pod;
+
+use crate::backend::AgentLink;
+use crate::{now_ms, EngineConfig, Error, Result, SandboxConfig, SandboxEnding, SandboxInfo, SandboxState};
+use hangar_agent_protocol::remote::Mux;
+use hangar_agent_protocol::{EndRecord, Request, Response, StartReport, POD_AGENT_PORT};
+use hangar_images::ImageStore;
+use k8s_openapi::api::core::v1::{Pod, Secret};
+use kube::api::{Api, DeleteParams, ListParams, PostParams};
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// How a server reaches its cluster and makes sandboxes there.
+#[derive(Debug, Clone)]
+pub struct KubernetesConfig {
+    /// A kubeconfig file; `None`: the Pod's service account when running in a cluster, else `$KUBECONFIG` or
+    /// `~/.kube/config`.
+    pub kubeconfig: Option<PathBuf>,
+    /// The namespace sandboxes live in.
+    pub namespace: String,
+    /// The image holding the statically linked agent at `/hangar-agent` (`scripts/agent-image` makes it).
+    pub agent_image: String,
+    /// The image a sandbox gets when it asks for the built-in one (which exists on the local backend only).
+    pub default_image: String,
+    /// The Pods' `imagePullPolicy` (`Always`, `IfNotPresent`, `Never`); the cluster's default when `None`.
+    pub image_pull_policy: Option<String>,
+}
+
+/// How long a new Pod may take to run its agent (scheduling and pulling included).
+const START_TIMEOUT: Duration = Duration::from_secs(120);
+/// The Secret holding the key sandbox tokens are derived from, shared by every server of the namespace.
+const KEY_SECRET: &str = "hangar-agent-key";
+
+/// The backend: a namespace of a cluster.
+pub(crate) struct Cluster {
+    pub(crate) cfg: EngineConfig,
+    kube: KubernetesConfig,
+    pods: Api<Pod>,
+    /// Sandbox tokens are HMAC-SHA256(key, sandbox id).
+    key: Vec<u8>,
+    /// For `image_command` (an image's entrypoint and cmd, which the kubelet does not tell), and the images API.
+    pub(crate) images: ImageStore,
+    /// One stream per sandbox to its agent, opened on first use.
+    links: tokio::sync::Mutex<HashMap<String, Mux>>,
+}
+
+impl Cluster {
+    /// Connects to the cluster, and makes (or finds) the namespace's token key and its network policy.
+    pub(crate) async fn open(cfg: EngineConfig, kube: KubernetesConfig) -> Result<Self> {
+        let client = match &kube.kubeconfig {
+            Some(path) => {
+                let file = kube::config::Kubeconfig::read_from(path)
+                    .map_err(|e| Error::InvalidArgument(format!("kubeconfig {}: {e}", path.display())))?;
+                let config = kube::Config::from_custom_kubeconfig(file, &Default::default())
+                    .await
+                    .map_err(|e| Error::InvalidArgument(format!("kubeconfig {}: {e}", path.display())))?;
+                kube::Client::try_from(config).map_err(|e| k8s("client", e))?
+            }
+            None => kube::Client::try_default().await.map_err(|e| k8s("client from the environment", e))?,
+        };
+        std::fs::create_dir_all(&cfg.state_dir)
+            .map_err(|e| Error::io("create state directory", cfg.state_dir.display(), e))?;
+        let registries = hangar_images::RegistryConfig::load(Some(&cfg.state_dir.join("registries.json")));
+        let images = ImageStore::new(cfg.state_dir.join("images")).with_registries(registries);
+        let key = shared_key(&Api::namespaced(client.clone(), &kube.namespace)).await?;
+        pod::ensure_isolation(&client, &kube.namespace).await?;
+        let pods = Api::namespaced(client, &kube.namespace);
+        Ok(Self { cfg, kube, pods, key, images, links: Default::default() })
+    }
+
+    /// Sandbox `id`'s token: what its agent's handshake asks for.
+    fn token(&self, id: &str) -> String {
+        use hmac::Mac;
+        let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(&self.key).expect("HMAC takes any key length");
+        mac.update(id.as_bytes());
+        mac.finalize().into_bytes().iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    pub(crate) async fn create(&self, mut c: SandboxConfig) -> Result<SandboxInfo> {
+        c.validate()?;
+        let unsupported =
+            |what: &str| Error::InvalidArgument(format!("{what} is not available on the Kubernetes backend"));
+        if c.disk_bytes.is_some() {
+            return Err(unsupported("disk_bytes (a disk budget)"));
+        }
+        if c.pids.is_some() {
+            return Err(unsupported("pids (Kubernetes 1.20 limits processes per node, not per Pod)"));
+        }
+        if c.network.as_ref().is_some_and(|n| n.mode != hangar_types::NetworkMode::None) {
+            return Err(unsupported("network egress (sandboxes get no network beyond the agent's)"));
+        }
+        if let Some(rid) = &c.request_id {
+            if let Some(pod) = self.by_request(&c.tenant, rid).await? {
+                return self.await_running(&pod::id_of(&pod)).await;
+            }
+        }
+        if c.image == hangar_types::BUILTIN_IMAGE || c.image.is_empty() {
+            c.image = self.kube.default_image.clone();
+        }
+        if std::mem::take(&mut c.image_command) {
+            let (images, image) = (self.images.clone(), c.image.clone());
+            let layout = tokio::task::spawn_blocking(move || images.resolve(&image))
+                .await
+                .map_err(|e| Error::Internal(format!("resolving image {}: {e}", c.image)))??;
+            if layout.command.is_empty() {
+                return Err(Error::InvalidArgument(format!("image_command: image {} has no default command", c.image)));
+            }
+            c.command = layout.command;
+        }
+        let id = crate::new_id("sb");
+        let info = SandboxInfo {
+            id: id.clone(),
+            state: SandboxState::Creating,
+            image: c.image.clone(),
+            command: c.command.clone(),
+            tags: c.tags.clone(),
+            cpus: c.cpus,
+            memory_bytes: c.memory_bytes,
+            pids: None,
+            max_lifetime_ms: c.max_lifetime.as_millis() as u64,
+            created_at_ms: now_ms(),
+            ended_at_ms: None,
+            exit_code: None,
+            exit_signal: None,
+            end_reason: None,
+            error: None,
+            tenant: c.tenant.clone(),
+            progress: None,
+            network: hangar_types::NetworkPolicy::default(),
+        };
+        let spec = pod::spec(&self.kube, &info, &c, &hangar_agent_protocol::remote::token_digest(&self.token(&id)))?;
+        match self.pods.create(&PostParams::default(), &spec).await {
+            Ok(_) => {}
+            Err(e) => return Err(k8s(&format!("create Pod {id}"), e)),
+        }
+        match self.await_running(&id).await {
+            Ok(info) => Ok(info),
+            Err(e) => {
+                // A sandbox that never ran keeps nothing: its Pod (pending for good, say) goes.
+                if !matches!(e, Error::CommandNotFound { .. } | Error::StartFailed { .. }) {
+                    let _ = self.pods.delete(&id, &DeleteParams::default().grace_period(0)).await;
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// The sandbox of an earlier create with the same tenant and request id, if there is one.
+    async fn by_request(&self, tenant: &str, request_id: &str) -> Result<Option<Pod>> {
+        let selector = format!("{}={}", pod::REQUEST_LABEL, pod::request_key(tenant, request_id));
+        let found = self.pods.list(&ListParams::default().labels(&selector)).await.map_err(|e| k8s("list Pods", e))?;
+        Ok(found.items.into_iter().next())
+    }
+
+    /// Waits until sandbox `id`'s agent answers, or why it will not: Kubernetes' own reason for a Pod that
+    /// cannot be scheduled or pulled, the agent's for a main command that could not start.
+    async fn await_running(&self, id: &str) -> Result<SandboxInfo> {
+        let deadline = tokio::time::Instant::now() + START_TIMEOUT;
+        let mut delay = Duration::from_millis(20);
+        loop {
+            let pod = self.pods.get_opt(id).await.map_err(|e| k8s(&format!("get Pod {id}"), e))?;
+            let Some(pod) = pod else { return Err(Error::NotFound(id.to_string())) };
+            let info = pod::info(&pod)?;
+            if let Some(why) = pod::start_blocked(&pod) {
+                return Err(Error::SandboxFailed { id: id.to_string(), reason: why });
+            }
+            match info.state {
+                SandboxState::Running => {
+                    // The container runs: once its agent answers, so does the sandbox.
+                    if let Ok(mut link) = self.connect_running(id).await {
+                        let _ = link.conn.send(&Request::Ping).await;
+                        if let Ok(Some(Response::Pong { .. })) = link.conn.recv::<Response>().await {
+                            return Ok(info);
+                        }
+                    }
+                }
+                // It ran and ended already (a short main command): a sandbox like any other.
+                state if state.is_final() && pod::end_record(&pod).is_some() => return Ok(info),
+                state if state.is_final() => {
+                    return Err(match pod::start_report(&pod) {
+                        Some(StartReport::CommandFailed(f)) => {
+                            Error::from_start_failure(id, &crate::Ending::FailedToStart(f)).expect("a start failure")
+                        }
+                        Some(StartReport::Failed(reason)) => Error::SandboxFailed { id: id.to_string(), reason },
+                        _ => Error::SandboxFailed {
+                            id: id.to_string(),
+                            reason: format!("it ended as it started ({})", info.end_reason.unwrap_or_default()),
+                        },
+                    });
+                }
+                _ => {}
+            }
+            if tokio::time::Instant::now() >= deadline {
+                let reason = pod::waiting_reason(&pod).unwrap_or_else(|| "no reason given".into());
+                return Err(Error::SandboxFailed {
+                    id: id.to_string(),
+                    reason: format!("its Pod did not run within {START_TIMEOUT:?} ({reason})"),
+                });
+            }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_millis(250));
+        }
+    }
+
+    pub(crate) async fn get(&self, id: &str) -> Result<SandboxInfo> {
+        let pod = self.pods.get_opt(id).await.map_err(|e| k8s(&format!("get Pod {id}"), e))?;
+        let info = pod.as_ref().filter(|p| pod::is_sandbox(p)).map(pod::info).transpose()?;
+        let info = info.ok_or_else(|| Error::NotFound(id.to_string()))?;
+        if self.expired(&info) {
+            self.forget(id).await;
+            return Err(Error::NotFound(id.to_string()));
+        }
+        Ok(info)
+    }
+
+    pub(crate) async fn list(&self) -> Result<Vec<SandboxInfo>> {
+        let pods =
+            self.pods.list(&ListParams::default().labels(pod::SANDBOX_LABEL)).await.map_err(|e| k8s("list Pods", e))?;
+        let mut out = vec![];
+        for pod in &pods.items {
+            let info = pod::info(pod)?;
+            if self.expired(&info) {
+                self.forget(&info.id).await;
+            } else {
+                out.push(info);
+            }
+        }
+        out.sort_by(|a, b| (a.created_at_ms, &a.id).cmp(&(b.created_at_ms, &b.id)));
+        Ok(out)
+    }
+
+    /// Whether an ended sandbox's record is past the retention time.
+    fn expired(&self, info: &SandboxInfo) -> bool {
+        let keep = self.cfg.ended_retention.map(|d| d.as_millis() as u64);
+        info.ended_at_ms.zip(keep).is_some_and(|(at, keep)| now_ms().saturating_sub(at) > keep)
+    }
+
+    /// Deletes sandbox `id`'s Pod at once (idempotent) and closes this server's stream to it.
+    async fn forget(&self, id: &str) {
+        self.links.lock().await.remove(id);
+        match self.pods.delete(id, &DeleteParams::default().grace_period(0)).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 404 => {}
+            Err(e) => tracing::warn!(sandbox = id, "deleting its Pod: {e}"),
+        }
+    }
+
+    pub(crate) async fn stop(&self, id: &str, grace: Duration) -> Result<SandboxInfo> {
+        let info = self.get(id).await?;
+        if info.state.is_final() {
+            return Ok(info);
+        }
+        // The agent stops its sandbox itself (SIGTERM, the grace, SIGKILL) and records how it ended; a Pod
+        // whose agent cannot be reached is deleted with the same grace.
+        let asked = async {
+            let mut link = self.connect_running(id).await.ok()?;
+            link.conn.send(&Request::Stop { grace_ms: grace.as_millis() as u64 }).await.ok()?;
+            link.conn.recv::<Response>().await.ok().flatten()
+        };
+        let stopped = tokio::time::timeout(grace + Duration::from_secs(5), asked).await;
+        if !matches!(stopped, Ok(Some(Response::Done))) {
+            let delete = DeleteParams::default().grace_period(grace.as_secs().max(1) as u32);
+            let _ = self.pods.delete(id, &delete).await;
+        }
+        self.links.lock().await.remove(id);
+        // Until the kubelet has seen the container end (or the Pod is gone).
+        let deadline = tokio::time::Instant::now() + grace + Duration::from_secs(30);
+        loop {
+            match self.get(id).await {
+                Ok(info) if info.state.is_final() => return Ok(info),
+                Err(Error::NotFound(_)) => {
+                    let mut info = info.clone();
+                    (info.state, info.end_reason, info.ended_at_ms) =
+                        (SandboxState::Terminated, Some("stopped".into()), Some(now_ms()));
+                    return Ok(info);
+                }
+                Err(e) => return Err(e),
+                Ok(_) if tokio::time::Instant::now() >= deadline => {
+                    return Err(Error::Internal(format!("sandbox {id}: its Pod did not end after the stop")))
+                }
+                Ok(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        }
+    }
+
+    pub(crate) async fn remove(&self, id: &str) -> Result<()> {
+        self.stop(id, crate::DEFAULT_STOP_GRACE).await?;
+        self.forget(id).await;
+        Ok(())
+    }
+
+    /// The log of an ended sandbox: its container's log (the agent's copy of the main command's output), with
+    /// the end the agent recorded; bytes the kubelet's log rotation dropped are a gap at the start.
+    pub(crate) async fn kept_log(&self, id: &str, from: [u64; 2]) -> Result<crate::ExecStream> {
+        let pod = self.pods.get_opt(id).await.map_err(|e| k8s(&format!("get Pod {id}"), e))?;
+        let pod = pod.ok_or_else(|| Error::NotFound(id.to_string()))?;
+        let info = pod::info(&pod)?;
+        let end = match (pod::end_record(&pod), pod::start_report(&pod)) {
+            (Some(EndRecord { log: Some(end), .. }), _) => end,
+            (_, Some(StartReport::CommandFailed(f))) => hangar_types::ExecEnd::failed_to_start(f),
+            _ => hangar_types::ExecEnd::sandbox_gone([0, 0]),
+        };
+        let params = kube::api::LogParams { container: Some(pod::SANDBOX_CONTAINER.into()), ..Default::default() };
+        let data = match end.bytes[0] {
+            0 => vec![],
+            _ => self.pods.logs(id, &params).await.map_err(|e| k8s(&format!("log of Pod {id}"), e))?.into_bytes(),
+        };
+        Ok(crate::ExecStream::kept_copy(&info, data.into(), end, from))
+    }
+
+    /// A connection to running sandbox `id`'s agent.
+    pub(crate) async fn connect(&self, id: &str) -> Result<AgentLink> {
+        let info = self.get(id).await?;
+        if info.state != SandboxState::Running {
+            return Err(Error::NotRunning { id: id.to_string(), state: info.state });
+        }
+        self.connect_running(id).await
+    }
+
+    /// A connection over this server's stream to the agent (opened now if there is none, or it broke).
+    async fn connect_running(&self, id: &str) -> Result<AgentLink> {
+        let mut links = self.links.lock().await;
+        if let Some(mux) = links.get(id).filter(|m| !m.is_closed()) {
+            if let Ok(conn) = mux.open().await {
+                return Ok(link(conn));
+            }
+        }
+        links.remove(id);
+        let mut forward =
+            self.pods.portforward(id, &[POD_AGENT_PORT]).await.map_err(|e| gone_or(id, "port-forward", e))?;
+        let stream = forward
+            .take_stream(POD_AGENT_PORT)
+            .ok_or_else(|| Error::Internal("port-forward without its port".into()))?;
+        let mux = Mux::dial(stream, &self.token(id))
+            .await
+            .map_err(|e| Error::SandboxGone { id: id.to_string(), detail: format!("greeting its agent: {e}") })?;
+        let conn = mux.open().await.map_err(|e| Error::io("open agent connection of", id, e))?;
+        links.insert(id.to_string(), mux);
+        Ok(link(conn))
+    }
+}
+
+/// A link to a Pod's agent: its journals travel inline, and its log is kept by the cluster.
+fn link(conn: hangar_agent_protocol::codec::Conn) -> AgentLink {
+    AgentLink { conn, protocol: hangar_agent_protocol::VERSION, journals: None, kept_log: None }
+}
+
+/// The namespace's token key: read from its Secret, or made (by whichever server comes first).
+async fn shared_key(secrets: &Api<Secret>) -> Result<Vec<u8>> {
+    const FIELD: &str = "key";
+    for _ in 0..3 {
+        if let Some(s) = secrets.get_opt(KEY_SECRET).await.map_err(|e| k8s("get the token key", e))? {
+            return s
+                .data
+                .and_then(|d| d.get(FIELD).map(|b| b.0.clone()))
+                .filter(|k| k.len() >= 32)
+                .ok_or_else(|| Error::Internal(format!("Secret {KEY_SECRET} has no {FIELD} of 32 bytes or more")));
+        }
+        let mut key = vec![0u8; 32];
+        std::fs::File::open("/dev/urandom")
+            .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut key))
+            .map_err(|e| Error::io("read", "/dev/urandom", e))?;
+        let secret = Secret {
+            metadata: kube::api::ObjectMeta { name: Some(KEY_SECRET.into()), ..Default::default() },
+            data: Some([(FIELD.to_string(), k8s_openapi::ByteString(key))].into()),
+            ..Default::default()
+        };
+        match secrets.create(&PostParams::default(), &secret).await {
+            // Made here, or by another server just now: either way it is read back.
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 409 => {}
+            Err(e) => return Err(k8s("create the token key", e)),
+        }
+    }
+    Err(Error::Internal(format!("Secret {KEY_SECRET} could not be read or made")))
+}
+
+/// A Kubernetes API failure as the engine's error, naming what was asked.
+fn k8s(what: &str, e: kube::Error) -> Error {
+    Error::Internal(format!("Kubernetes: {what}: {e}"))
+}
+
+/// A failure to reach a Pod: the sandbox is gone when the Pod is.
+fn gone_or(id: &str, what: &str, e: kube::Error) -> Error {
+    match &e {
+        kube::Error::Api(s) if s.code == 404 => Error::NotFound(id.to_string()),
+        _ => Error::SandboxGone { id: id.to_string(), detail: format!("{what}: {e}") },
+    }
+}
+
+impl SandboxEnding {
+    fn apply(self, info: &mut SandboxInfo) {
+        info.state = self.state;
+        info.exit_code = self.code;
+        info.exit_signal = self.signal;
+        info.end_reason = Some(self.reason.to_string());
+        info.error = self.error;
+    }
+}
