@@ -14,7 +14,7 @@ use crate::codec::{encode, read_frame, Conn};
 use crate::{ErrorKind, Response};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use std::future::poll_fn;
+use std::future::{poll_fn, Future};
 use std::io;
 use std::task::Poll;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
@@ -49,6 +49,7 @@ fn config() -> yamux::Config {
 #[derive(Clone)]
 pub struct Mux {
     open: mpsc::UnboundedSender<oneshot::Sender<io::Result<yamux::Stream>>>,
+    close: std::sync::Arc<tokio::sync::Notify>,
 }
 
 impl Mux {
@@ -69,12 +70,19 @@ impl Mux {
         }
         let mut conn = yamux::Connection::new(stream.compat(), config(), yamux::Mode::Client);
         let (open, mut requests) = mpsc::unbounded_channel::<oneshot::Sender<io::Result<yamux::Stream>>>();
+        let close = std::sync::Arc::new(tokio::sync::Notify::new());
+        let closing = close.clone();
         tokio::spawn(async move {
             // One task drives the connection: it opens streams on request and must keep polling for inbound
             // ones (the agent opens none) because that is what moves every stream's frames.
             let mut pending: Option<oneshot::Sender<io::Result<yamux::Stream>>> = None;
             let mut requests_open = true;
+            let mut closed = std::pin::pin!(closing.notified());
             poll_fn(|cx| loop {
+                if closed.as_mut().poll(cx).is_ready() {
+                    // Dropping the connection ends every stream over it.
+                    return Poll::Ready(());
+                }
                 if pending.is_none() && requests_open {
                     match requests.poll_recv(cx) {
                         Poll::Ready(Some(tx)) => pending = Some(tx),
@@ -104,7 +112,13 @@ impl Mux {
             .await;
             // Dropping the pending and queued opens (and the receiver) fails them: `open` says the stream closed.
         });
-        Ok(Self { open })
+        Ok(Self { open, close })
+    }
+
+    /// Closes the stream now, whoever still holds connections over it: each of them ends (the agent is known to
+    /// be gone, and a transport that failed to notice must not keep a reader waiting).
+    pub fn close(&self) {
+        self.close.notify_one();
     }
 
     /// A new connection to the agent.
@@ -251,6 +265,31 @@ mod tests {
         assert_eq!(err.kind(), io::ErrorKind::PermissionDenied);
         assert!(err.to_string().contains("wrong sandbox token"), "{err}");
         assert_eq!(agent.await.unwrap().unwrap_err().kind(), io::ErrorKind::PermissionDenied);
+    }
+
+    /// A stream closed by its client (the agent's Pod is known to be gone) ends the connections over it at
+    /// once, even when the transport below never says so.
+    #[tokio::test(flavor = "current_thread")]
+    async fn closing_a_stream_ends_its_connections() {
+        let (client, server) = tokio::io::duplex(4096);
+        let agent = tokio::spawn(async move {
+            let mut conns = accept(server, &token_digest("t")).await.unwrap();
+            let held = conns.recv().await;
+            std::future::pending::<()>().await;
+            drop(held);
+        });
+        let mux = Mux::dial(client, "t").await.unwrap();
+        let mut conn = mux.open().await.unwrap();
+        conn.send(&Request::Ping).await.unwrap();
+        mux.close();
+        let ended = tokio::time::timeout(std::time::Duration::from_secs(2), conn.recv::<Response>()).await;
+        assert!(
+            matches!(ended, Ok(Ok(None)) | Ok(Err(_))),
+            "the connection did not end: {:?}",
+            ended.map(|r| r.map(|_| ()))
+        );
+        assert!(mux.open().await.is_err());
+        agent.abort();
     }
 
     #[tokio::test(flavor = "current_thread")]

@@ -35,6 +35,12 @@ pub(crate) fn main() -> Result<(), String> {
     let cfg: PodConfig = serde_json::from_str(&raw).map_err(|e| format!("{POD_CONFIG_ENV}: {e}"))?;
     // SAFETY: nothing else runs yet: this process has one thread.
     unsafe { std::env::remove_var(POD_CONFIG_ENV) };
+    // The workload shares this pid namespace: not dumpable, the agent's memory, descriptors (the journals) and
+    // root cannot be inspected or traced by any process without CAP_SYS_PTRACE, which a sandbox lacks.
+    // SAFETY: PR_SET_DUMPABLE takes an integer and changes only this process's flag.
+    if unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) } != 0 {
+        return Err(format!("prctl(PR_SET_DUMPABLE): {}", std::io::Error::last_os_error()));
+    }
     let _ = TERMINATION_LOG.set(cfg.termination_log.clone());
     place_state_dir(&cfg.state_dir)?;
     // Standard error (the agent's log) to a file: the container log is the sandbox's.

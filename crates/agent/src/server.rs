@@ -9,7 +9,7 @@ use hangar_agent_protocol::{
     AgentConfig, EndReason, EndRecord, ErrorKind, Request, Response, StartReport, Workload, END_RECORD_FILE, VERSION,
 };
 use nix::sys::signal::{kill, Signal};
-use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::sys::wait::WaitPidFlag;
 use nix::unistd::Pid;
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -246,6 +246,7 @@ pub(crate) async fn serve(cfg: Workload, started: Started, mut incoming: Incomin
         main_status: None,
         stopping: false,
         live_execs: 0,
+        inline_readers: 0,
         table,
         spare: None,
         spare_pending: false,
@@ -325,18 +326,18 @@ fn watchdog(deadline: Duration) {
 /// orphans re-parented to us are simply reaped.
 fn reap(state: &Shared, main_exited: &Notify) {
     loop {
-        match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
-            Ok(WaitStatus::StillAlive) | Err(_) => return,
-            Ok(ws) => {
-                let Some(pid) = ws.pid() else { continue };
+        match crate::state::reap_one() {
+            Ok(None) | Err(_) => return,
+            Ok(Some(reaped)) => {
+                let Some(pid) = reaped.status.pid() else { continue };
                 let mut st = state.borrow_mut();
                 if pid.as_raw() == st.main_pid {
-                    st.main_status = Some(ws);
+                    st.main_status = Some(reaped.status);
                     main_exited.notify_one();
                 }
                 // The main command has a waiter too: its log's end.
                 if let Some(tx) = st.waiters.remove(&pid.as_raw()) {
-                    let _ = tx.send(ws);
+                    let _ = tx.send(reaped);
                 }
             }
         }
@@ -383,23 +384,21 @@ async fn shutdown(state: &Shared, main_exited: &Notify, grace: Duration, reason:
     loop {
         let _ = kill(Pid::from_raw(-1), Signal::SIGKILL);
         reap(state, main_exited);
-        match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
-            Err(nix::errno::Errno::ECHILD) => break,
-            Ok(ws) => {
-                if let Some(pid) = ws.pid() {
-                    let mut st = state.borrow_mut();
-                    if let Some(tx) = st.waiters.remove(&pid.as_raw()) {
-                        let _ = tx.send(ws);
-                    }
-                }
-            }
-            Err(_) => {}
+        // A look that reaps nothing (what exited is the reaper's, for its waiters).
+        let peek = WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT;
+        if let Err(nix::errno::Errno::ECHILD) = nix::sys::wait::waitid(nix::sys::wait::Id::All, peek) {
+            break;
         }
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
     // Let exec connections report their (killed) processes before the agent goes.
     let deadline = tokio::time::Instant::now() + Duration::from_millis(200);
     while state.borrow().live_execs > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    // And inline readers to have taken their execs' ends (each hangs up once it has).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+    while state.borrow().inline_readers > 0 && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
     crate::execs::end_idle_main(state);

@@ -20,11 +20,14 @@ pub(crate) struct State {
     pub(crate) root: SandboxRoot,
     pub(crate) user: Option<(u32, u32)>,
     pub(crate) main_pid: i32,
-    /// Exec processes waiting for their exit status, by pid.
-    pub(crate) waiters: HashMap<i32, oneshot::Sender<WaitStatus>>,
+    /// Exec processes waiting for their exit status (and what they used), by pid.
+    pub(crate) waiters: HashMap<i32, oneshot::Sender<Reaped>>,
     pub(crate) main_status: Option<WaitStatus>,
     pub(crate) stopping: bool,
     pub(crate) live_execs: usize,
+    /// Inline attachments open now (see `execs::serve`): the agent's end waits a moment for them to have
+    /// their exec's last bytes and end, which exist nowhere else once the agent is gone.
+    pub(crate) inline_readers: usize,
     pub(crate) table: Table,
     /// A helper waiting to become the next exec (see `spare`).
     pub(crate) spare: Option<crate::spare::Spare>,
@@ -49,5 +52,38 @@ pub(crate) fn exit_of(ws: Option<WaitStatus>) -> (Option<i32>, Option<i32>) {
         Some(WaitStatus::Exited(_, c)) => (Some(c), None),
         Some(WaitStatus::Signaled(_, s, _)) => (None, Some(s as i32)),
         _ => (None, Some(libc::SIGKILL)),
+    }
+}
+
+/// A reaped process: its status, and what the kernel counted for it and the children it reaped in turn (CPU
+/// time, the largest resident set), which is its tree's usage where no cgroup of its own measures it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Reaped {
+    pub(crate) status: WaitStatus,
+    pub(crate) usage: hangar_runtime::cgroups::CgroupUsage,
+}
+
+/// Reaps one exited child, if any (`wait4(-1, WNOHANG)`): `Ok(None)` when children run but none exited.
+pub(crate) fn reap_one() -> nix::Result<Option<Reaped>> {
+    let mut raw = 0;
+    // SAFETY: an all-zero rusage is a valid value; wait4 fills it in.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: wait4 writes one int and one rusage through pointers to locals that outlive the call.
+    let pid = unsafe { libc::wait4(-1, &mut raw, libc::WNOHANG, &mut ru) };
+    match pid {
+        -1 => Err(nix::errno::Errno::last()),
+        0 => Ok(None),
+        pid => {
+            let status = WaitStatus::from_raw(nix::unistd::Pid::from_raw(pid), raw)?;
+            let micros = |t: libc::timeval| t.tv_sec as u64 * 1_000_000 + t.tv_usec as u64;
+            let usage = hangar_runtime::cgroups::CgroupUsage {
+                cpu_user_ns: micros(ru.ru_utime) * 1000,
+                cpu_sys_ns: micros(ru.ru_stime) * 1000,
+                // Kilobytes.
+                peak_memory_bytes: ru.ru_maxrss.max(0) as u64 * 1024,
+                oom_kills: 0,
+            };
+            Ok(Some(Reaped { status, usage }))
+        }
     }
 }

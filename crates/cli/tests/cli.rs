@@ -3,7 +3,7 @@
 mod common;
 
 /// Which backend `common::client()` gives.
-pub const REMOTE: bool = false;
+pub const BACKEND: common::Backend = common::Backend::Embedded;
 
 use common::*;
 use std::io::{BufRead, BufReader};

@@ -4,7 +4,7 @@ mod common;
 mod suite;
 
 /// Which backend `common::client()` gives.
-pub const REMOTE: bool = false;
+pub const BACKEND: common::Backend = common::Backend::Embedded;
 
 /// An engine whose state directory is a small tmpfs of its own, which a test can fill to the last byte.
 struct SmallDisk {

@@ -9,7 +9,7 @@
 mod common;
 
 /// Which backend `common::client()` gives (unused here: the CLI drives everything).
-pub const REMOTE: bool = false;
+pub const BACKEND: common::Backend = common::Backend::Embedded;
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};

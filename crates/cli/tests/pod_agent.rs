@@ -6,7 +6,7 @@
 mod common;
 
 /// Which backend `common::client()` gives (unused here: these tests speak the agent protocol themselves).
-pub const REMOTE: bool = false;
+pub const BACKEND: common::Backend = common::Backend::Embedded;
 
 use hangar_agent_protocol::codec::Conn;
 use hangar_agent_protocol::remote::{token_digest, Mux};

@@ -5,7 +5,7 @@
 mod common;
 
 /// Which backend `common::client()` gives.
-pub const REMOTE: bool = false;
+pub const BACKEND: common::Backend = common::Backend::Embedded;
 
 use common::images::test_image_archive;
 use common::*;

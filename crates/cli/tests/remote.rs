@@ -5,7 +5,7 @@ mod common;
 mod suite;
 
 /// Which backend `common::client()` gives.
-pub const REMOTE: bool = true;
+pub const BACKEND: common::Backend = common::Backend::Server;
 
 use common::*;
 use hangar::{Client, Error, FileErrorKind, Sandbox};

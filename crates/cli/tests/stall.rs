@@ -5,7 +5,7 @@
 mod common;
 
 /// `common::client()` is not used here; both backends are driven explicitly.
-pub const REMOTE: bool = false;
+pub const BACKEND: common::Backend = common::Backend::Embedded;
 
 use common::*;
 use hangar::{Client, ExecEvent, Sandbox};

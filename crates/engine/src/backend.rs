@@ -23,7 +23,7 @@ enum Backend {
     Local(Arc<Local>),
     /// As Pods of a Kubernetes cluster.
     #[cfg(feature = "kubernetes")]
-    Kubernetes(crate::kubernetes::Cluster),
+    Kubernetes(Box<crate::kubernetes::Cluster>),
 }
 
 /// What the local backend alone can do, refused on others with this error.
@@ -56,7 +56,8 @@ impl Engine {
     /// `cfg`'s state directory holds the image store `image_command` reads images' commands from.
     #[cfg(feature = "kubernetes")]
     pub async fn kubernetes(cfg: EngineConfig, kube: crate::KubernetesConfig) -> Result<Arc<Self>> {
-        Ok(Arc::new(Self { backend: Backend::Kubernetes(crate::kubernetes::Cluster::open(cfg, kube).await?) }))
+        let cluster = crate::kubernetes::Cluster::open(cfg, kube).await?;
+        Ok(Arc::new(Self { backend: Backend::Kubernetes(Box::new(cluster)) }))
     }
 
     /// The engine's configuration.

@@ -40,7 +40,7 @@ pub(crate) enum Source {
     Inline([u64; 2]),
     /// A copy of the main command's log held here (a Pod's container log): its last `data.len()` bytes, which
     /// end at the log's end (what came before them is a gap), and the offset handed out so far.
-    Copy { data: bytes::Bytes, end: ExecEnd, pos: u64 },
+    Copy { data: bytes::Bytes, times: Vec<(u64, u64)>, end: ExecEnd, pos: u64 },
 }
 
 /// Signals and resizes for an exec, usable while another task reads its [`ExecStream`].
@@ -322,11 +322,21 @@ impl ExecStream {
 
     /// The main command's log of sandbox `rec`, which ended, from a copy of it (`data`, the log's last bytes;
     /// `end` says how many there were in all), from offsets `from`.
-    pub(crate) fn kept_copy(rec: &crate::SandboxInfo, data: bytes::Bytes, end: ExecEnd, from: [u64; 2]) -> Self {
+    /// `times` says when lines began (offset, Unix ms), as far as the copy knows.
+    pub(crate) fn kept_copy(
+        rec: &crate::SandboxInfo,
+        data: bytes::Bytes,
+        times: Vec<(u64, u64)>,
+        end: ExecEnd,
+        from: [u64; 2],
+    ) -> Self {
         let mut stream = Self::kept_log(rec, std::path::PathBuf::new(), Progress::default(), from);
         stream.info.written = end.bytes;
         stream.info.end = Some(end.clone());
-        stream.source = Source::Copy { data, end, pos: from[0] };
+        // The copy's offsets count from where it starts within the whole log.
+        let start = end.bytes[0].saturating_sub(data.len() as u64);
+        let times = times.into_iter().map(|(at, ms)| (at + start, ms)).collect();
+        stream.source = Source::Copy { data, times, end, pos: from[0] };
         stream
     }
 
@@ -364,7 +374,7 @@ impl ExecStream {
     pub async fn seek_tail(&mut self, lines: u64) -> Result<()> {
         match &mut self.source {
             Source::Inline(_) => return self.seek_inline(Request::SeekTail { lines }).await,
-            Source::Copy { data, end, pos } => {
+            Source::Copy { data, end, pos, .. } => {
                 *pos = copy_tail(data, end.bytes[0], lines);
                 return Ok(());
             }
@@ -384,10 +394,13 @@ impl ExecStream {
     /// command's log keeps times, other execs start at their end), never into bytes the cap dropped, and
     /// never back. Call before the first [`ExecStream::next`].
     pub async fn seek_since(&mut self, ms: u64) -> Result<()> {
-        match self.source {
+        match &mut self.source {
             Source::Inline(_) => return self.seek_inline(Request::SeekSince { ms }).await,
-            // A copy keeps no times: everything it has is at or after any time asked for.
-            Source::Copy { .. } => return Ok(()),
+            Source::Copy { times, end, pos, .. } => {
+                let at = hangar_journal::Times::from_records(times.clone()).since(ms).unwrap_or(end.bytes[0]);
+                *pos = (*pos).max(at);
+                return Ok(());
+            }
             Source::Files(_) => {}
         }
         self.first_progress().await?;
@@ -425,7 +438,8 @@ impl ExecStream {
     pub fn times(&self) -> hangar_journal::Times {
         match &self.source {
             Source::Files(reader) => hangar_journal::Times::new(reader.dir()),
-            Source::Inline(_) | Source::Copy { .. } => hangar_journal::Times::default(),
+            Source::Inline(_) => hangar_journal::Times::default(),
+            Source::Copy { times, .. } => hangar_journal::Times::from_records(times.clone()),
         }
     }
 
@@ -504,7 +518,7 @@ impl ExecStream {
                     }
                     None => Some(ExecEvent::Exit(self.writer_gone())),
                 },
-                Source::Copy { data, end, pos } => Some(next_of_copy(data, end, pos)),
+                Source::Copy { data, end, pos, .. } => Some(next_of_copy(data, end, pos)),
                 Source::Files(reader) => match reader.next(&self.progress) {
                     // The sandbox ended and its log was moved to where it is kept, before this reader opened it.
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound && self.moved_away() => continue,

@@ -87,6 +87,11 @@ impl Times {
         Self { path: dir.join(TIMES_FILE), ..Self::default() }
     }
 
+    /// An index held in memory: (offset, Unix ms) records, in order (a log's times known some other way).
+    pub fn from_records(records: Vec<(u64, u64)>) -> Self {
+        Self { records, ..Self::default() }
+    }
+
     /// Reads what was added since the last refresh.
     pub fn refresh(&mut self) {
         let Ok(file) = File::open(&self.path) else { return };

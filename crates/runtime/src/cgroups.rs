@@ -321,6 +321,15 @@ fn keyed(text: &str, key: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// OOM kills so far in the cgroup this process is in, as its container shows it (`/sys/fs/cgroup` mounted as
+/// the container's own cgroup: v1 `memory/memory.oom_control`, v2 `memory.events`); 0 when neither is there.
+pub fn own_oom_kills() -> u64 {
+    let read = |p: &str| fs::read_to_string(p).ok();
+    read("/sys/fs/cgroup/memory/memory.oom_control")
+        .or_else(|| read("/sys/fs/cgroup/memory.events"))
+        .map_or(0, |t| keyed(&t, "oom_kill"))
+}
+
 impl CgroupDirs {
     /// Opens the directories execs get their cgroups under ([`SandboxCgroup::exec_parents`]). Directories
     /// that cannot be opened are skipped: per-exec accounting is then partial, never fatal.

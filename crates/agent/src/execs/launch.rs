@@ -80,6 +80,7 @@ impl Exec {
             stdin_acked: 0,
             pty: None,
             cgroup: None,
+            oom_kills_before: 0,
             killed_for: None,
             end: None,
             ended: None,
@@ -116,6 +117,7 @@ pub(crate) fn adopt_main(
         let mut e = exec.borrow_mut();
         e.pid = pid;
         e.cgroup = Some(cgroup);
+        e.on_started();
     }
     let exit_rx = expect_exit(state, pid);
     state.borrow_mut().live_execs += 1;
@@ -252,6 +254,7 @@ pub(super) fn spawn(state: &Shared, exec: &ExecRef, r: &ExecSpec, cwd: &OwnedFd)
         *e.stdin.try_lock().expect("new exec's stdin is free") = sink;
         e.pty = pty_ctl;
         e.cgroup = cgroup;
+        e.on_started();
     }
     let (exited_tx, exited_rx) = watch::channel(false);
     let mut pumps = Vec::new();
@@ -270,10 +273,10 @@ pub(super) fn spawn(state: &Shared, exec: &ExecRef, r: &ExecSpec, cwd: &OwnedFd)
     Ok(())
 }
 
-pub(super) type Started = (i32, oneshot::Receiver<WaitStatus>, Option<ExecCgroup>);
+pub(super) type Started = (i32, oneshot::Receiver<Reaped>, Option<ExecCgroup>);
 
 /// Registers `pid` with the reaper (before it can possibly exit unseen: same thread, no await in between).
-pub(super) fn expect_exit(state: &Shared, pid: i32) -> oneshot::Receiver<WaitStatus> {
+pub(super) fn expect_exit(state: &Shared, pid: i32) -> oneshot::Receiver<Reaped> {
     let (tx, rx) = oneshot::channel();
     state.borrow_mut().waiters.insert(pid, tx);
     rx

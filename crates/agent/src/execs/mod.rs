@@ -7,7 +7,7 @@
 //! while an attached reader still needs them, the pipe is simply not read, so the command blocks on write.
 
 use crate::spare::{self, Handover, Order, Spare};
-use crate::state::{set_cloexec, Shared, STATE_DIR_FD};
+use crate::state::{set_cloexec, Reaped, Shared, STATE_DIR_FD};
 use hangar_agent_protocol::codec::Conn;
 use hangar_agent_protocol::{
     Ending, ErrorKind, ExecEnd, ExecInfo, ExecSpec, OnDisconnect, Progress, Request, Response, StartFailure, Usage,
@@ -15,7 +15,6 @@ use hangar_agent_protocol::{
 use hangar_runtime::cgroups::ExecCgroup;
 use hangar_types::{Output, MAIN_EXEC};
 use nix::sys::signal::{kill, Signal};
-use nix::sys::wait::WaitStatus;
 use nix::unistd::Pid;
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -110,6 +109,8 @@ pub(crate) struct Exec {
     /// The PTY master, for resizes.
     pty: Option<OwnedFd>,
     cgroup: Option<ExecCgroup>,
+    /// Without a cgroup of its own: the sandbox's OOM kills when it started (see [`Exec::on_started`]).
+    oom_kills_before: u64,
     /// Why the agent killed it, when it did.
     killed_for: Option<Ending>,
     end: Option<ExecEnd>,
@@ -157,6 +158,17 @@ impl Exec {
             end: self.end.clone(),
             expired: self.expired,
         }
+    }
+
+    /// Its process runs (`pid`, `cgroup` set). Without a cgroup of its own it shares the agent's (a Pod's): the
+    /// sandbox's OOM kills are counted from now (one that hits it is its), and it is made the OOM killer's first
+    /// choice, before the agent (a process may raise its children's score, never lower it, without privilege).
+    fn on_started(&mut self) {
+        if self.cgroup.as_ref().is_some_and(|c| c.holds_processes()) {
+            return;
+        }
+        self.oom_kills_before = hangar_runtime::cgroups::own_oom_kills();
+        let _ = std::fs::write(format!("/proc/{}/oom_score_adj", self.pid), "1000");
     }
 
     /// Whether the stream has no room for more until a reader moves on.

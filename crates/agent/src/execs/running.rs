@@ -78,19 +78,16 @@ pub(super) async fn journal(e: &ExecRef, i: usize, data: &[u8], exited: &watch::
     }
 }
 
-pub(super) fn usage_of(cg: &Option<ExecCgroup>) -> hangar_runtime::cgroups::CgroupUsage {
-    cg.as_ref().map(|c| c.usage()).unwrap_or_default()
-}
-
 /// Waits for the process, ends its tree, lets the pumps drain, and records the end.
 pub(super) async fn supervise(
     state: Shared,
     e: ExecRef,
-    exit: oneshot::Receiver<WaitStatus>,
+    exit: oneshot::Receiver<Reaped>,
     pumps: Vec<tokio::task::JoinHandle<()>>,
     exited: watch::Sender<bool>,
 ) {
-    let ws = exit.await.ok();
+    let reaped = exit.await.ok();
+    let ws = reaped.map(|r| r.status);
     let wall = e.borrow().started.elapsed();
     {
         // The exec owns its tree: whatever it left running ends with it.
@@ -106,7 +103,15 @@ pub(super) async fn supervise(
         let _ = p.await;
     }
     let cgroup = e.borrow_mut().cgroup.take();
-    let used = usage_of(&cgroup);
+    let used = match &cgroup {
+        Some(cg) if cg.holds_processes() => cg.usage(),
+        // No cgroup of its own (a Pod's agent): what the kernel counted for the process and the children it
+        // reaped, and the OOM kills of the sandbox's cgroup while it ran.
+        _ => hangar_runtime::cgroups::CgroupUsage {
+            oom_kills: hangar_runtime::cgroups::own_oom_kills().saturating_sub(e.borrow().oom_kills_before),
+            ..reaped.map(|r| r.usage).unwrap_or_default()
+        },
+    };
     let (code, signal) = crate::state::exit_of(ws);
     let stdin = {
         let mut ex = e.borrow_mut();

@@ -26,13 +26,33 @@ pub(crate) async fn attach(state: &Shared, conn: Conn, exec: &str, from: [u64; 2
             return;
         }
     };
+    let _counted = inline.then(|| Counted::new(state));
     serve_reader(e, conn, from, inline).await
+}
+
+/// Counts an inline attachment while it is served (see `State::inline_readers`).
+struct Counted(Shared);
+
+impl Counted {
+    fn new(state: &Shared) -> Self {
+        state.borrow_mut().inline_readers += 1;
+        Self(state.clone())
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.0.borrow_mut().inline_readers -= 1;
+    }
 }
 
 /// Starts (or finds) an exec and serves its first reader.
 pub(crate) async fn start_and_attach(state: &Shared, conn: Conn, r: ExecSpec, inline: bool) {
     match start(state, r) {
-        Ok(e) => serve_reader(e, conn, [0, 0], inline).await,
+        Ok(e) => {
+            let _counted = inline.then(|| Counted::new(state));
+            serve_reader(e, conn, [0, 0], inline).await
+        }
         Err((kind, message)) => {
             let _ = conn.send(&Response::Error { kind, message }).await;
         }

@@ -29,17 +29,29 @@ pub fn agent_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_hangar-agent"))
 }
 
-/// The test binary's client: the embedded engine, or a server on loopback when the binary says
-/// `REMOTE` (the server runs in this process, on its own runtime, over the same state directory).
+/// Where a test binary's sandboxes run (its `crate::BACKEND`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// The engine in this process.
+    Embedded,
+    /// A server on loopback (in this process, on its own runtime) over the local backend.
+    Server,
+    /// A server on loopback over the Kubernetes backend, on the cluster `scripts/test` starts.
+    Kubernetes,
+}
+
+/// The test binary's client: the embedded engine, or a server on loopback (the server runs in this process,
+/// on its own runtime, over the same state directory).
 pub fn client() -> Client {
-    require_root();
     static CLIENT: OnceLock<Client> = OnceLock::new();
     CLIENT
-        .get_or_init(|| {
-            if crate::REMOTE {
-                Client::connect(&server().url, Some(TOKEN_A)).expect("client for the test server")
-            } else {
+        .get_or_init(|| match crate::BACKEND {
+            Backend::Embedded => {
+                require_root();
                 Client::with_config(engine_config()).expect("embedded engine opens")
+            }
+            Backend::Server | Backend::Kubernetes => {
+                Client::connect(&server().url, Some(TOKEN_A)).expect("client for the test server")
             }
         })
         .clone()
@@ -51,6 +63,26 @@ pub fn engine_config() -> EngineConfig {
     let mut cfg = EngineConfig::new(state_dir(), agent_bin());
     cfg.inline_journals = std::env::var("HANGAR_INLINE_JOURNALS").is_ok_and(|v| v == "1");
     cfg
+}
+
+/// The test cluster, as `scripts/test` describes it: its kubeconfig and the agent image imported into it.
+pub fn kubernetes_config() -> hangar_engine::KubernetesConfig {
+    let var = |name: &str| {
+        std::env::var(name).unwrap_or_else(|_| {
+            panic!(
+                "{name} is not set: the Kubernetes tests need the test cluster that scripts/test starts \
+                 (scripts/k8s-cluster start DIR IMAGES..., then HANGAR_TEST_KUBECONFIG=DIR/kubeconfig and \
+                 HANGAR_TEST_AGENT_IMAGE=the name scripts/agent-image printed)"
+            )
+        })
+    };
+    hangar_engine::KubernetesConfig {
+        kubeconfig: Some(var("HANGAR_TEST_KUBECONFIG").into()),
+        namespace: "default".into(),
+        agent_image: var("HANGAR_TEST_AGENT_IMAGE"),
+        default_image: "python:3.11".into(),
+        image_pull_policy: Some("Never".into()),
+    }
 }
 
 /// Tenants of the test server.
@@ -70,7 +102,15 @@ pub fn server() -> &'static TestServer {
         std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
             rt.block_on(async move {
-                let engine = hangar_engine::Engine::open(engine_config()).expect("engine");
+                let engine = match crate::BACKEND {
+                    Backend::Kubernetes => {
+                        hangar_engine::Engine::kubernetes(engine_config(), kubernetes_config()).await.expect("engine")
+                    }
+                    _ => {
+                        require_root();
+                        hangar_engine::Engine::open(engine_config()).expect("engine")
+                    }
+                };
                 let tokens = hangar_server::Tokens::parse(&format!("a={TOKEN_A},b={TOKEN_B}")).unwrap();
                 let loopback = "127.0.0.1:0".parse().unwrap();
                 let drain = std::time::Duration::from_secs(5);
@@ -208,6 +248,22 @@ impl ServeProcess {
     pub fn start_on(listen: &str) -> Self {
         let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_hangar"));
         c.args(["serve", "--listen", listen, "--drain", "1"])
+            .env("HANGAR_STATE_DIR", state_dir())
+            .env("HANGAR_AGENT_BIN", agent_bin())
+            .env("HANGAR_SERVER_TOKENS", format!("a={TOKEN_A}"));
+        Self::spawn(c)
+    }
+
+    /// A server over the Kubernetes backend (the test cluster, see [`kubernetes_config`]) on an ephemeral
+    /// loopback port: one of several replicas serving the same sandboxes.
+    pub fn kubernetes() -> Self {
+        let k = kubernetes_config();
+        let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_hangar"));
+        c.args(["serve", "--listen", "127.0.0.1:0", "--drain", "1", "--backend", "kubernetes"])
+            .arg("--kubeconfig")
+            .arg(k.kubeconfig.unwrap())
+            .args(["--namespace", &k.namespace, "--agent-image", &k.agent_image, "--default-image", &k.default_image])
+            .args(["--image-pull-policy", "Never"])
             .env("HANGAR_STATE_DIR", state_dir())
             .env("HANGAR_AGENT_BIN", agent_bin())
             .env("HANGAR_SERVER_TOKENS", format!("a={TOKEN_A}"));

@@ -29,19 +29,32 @@ impl Proxy {
     /// Forwards 127.0.0.1:<ephemeral> to `upstream` (host:port); `idle` closes a connection that carried no
     /// byte in either direction for that long.
     pub async fn start(upstream: &str, idle: Option<Duration>) -> Proxy {
+        Self::failover(&[upstream], idle).await
+    }
+
+    /// Like [`Proxy::start`], each new connection going to the first of `upstreams` that accepts it (a load
+    /// balancer in front of replicas).
+    pub async fn failover(upstreams: &[&str], idle: Option<Duration>) -> Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let (cut, _) = watch::channel(0u64);
         let cuts = Arc::new(AtomicU64::new(0));
         let accepted = Arc::new(AtomicU64::new(0));
-        let upstream = upstream.trim_start_matches("http://").to_string();
+        let upstreams: Vec<String> = upstreams.iter().map(|u| u.trim_start_matches("http://").to_string()).collect();
         let task = {
             let (cut, cuts, accepted) = (cut.clone(), cuts.clone(), accepted.clone());
             tokio::spawn(async move {
                 loop {
                     let Ok((client, _)) = listener.accept().await else { return };
                     accepted.fetch_add(1, Ordering::Relaxed);
-                    let Ok(server) = TcpStream::connect(&upstream).await else { continue };
+                    let mut server = None;
+                    for upstream in &upstreams {
+                        if let Ok(s) = TcpStream::connect(upstream).await {
+                            server = Some(s);
+                            break;
+                        }
+                    }
+                    let Some(server) = server else { continue };
                     let _ = client.set_nodelay(true);
                     let _ = server.set_nodelay(true);
                     tokio::spawn(pipe(client, server, cut.subscribe(), cuts.clone(), idle));

@@ -27,6 +27,7 @@ use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// How a server reaches its cluster and makes sandboxes there.
@@ -60,8 +61,11 @@ pub(crate) struct Cluster {
     /// For `image_command` (an image's entrypoint and cmd, which the kubelet does not tell), and the images API.
     pub(crate) images: ImageStore,
     /// One stream per sandbox to its agent, opened on first use.
-    links: tokio::sync::Mutex<HashMap<String, Mux>>,
+    links: Links,
 }
+
+/// This server's streams to agents, by sandbox id.
+type Links = Arc<tokio::sync::Mutex<HashMap<String, Mux>>>;
 
 impl Cluster {
     /// Connects to the cluster, and makes (or finds) the namespace's token key and its network policy.
@@ -84,7 +88,9 @@ impl Cluster {
         let key = shared_key(&Api::namespaced(client.clone(), &kube.namespace)).await?;
         pod::ensure_isolation(&client, &kube.namespace).await?;
         let pods = Api::namespaced(client, &kube.namespace);
-        Ok(Self { cfg, kube, pods, key, images, links: Default::default() })
+        let links = Links::default();
+        tokio::spawn(close_ended_links(pods.clone(), Arc::downgrade(&links)));
+        Ok(Self { cfg, kube, pods, key, images, links })
     }
 
     /// Sandbox `id`'s token: what its agent's handshake asks for.
@@ -126,7 +132,12 @@ impl Cluster {
             }
             c.command = layout.command;
         }
-        let id = crate::new_id("sb");
+        // With a request id the id is derived from it, so that concurrent retries make one Pod between them
+        // (the cluster refuses a second Pod of the same name).
+        let id = match &c.request_id {
+            Some(rid) => format!("sb-{}", &pod::request_key(&c.tenant, rid)[..16]),
+            None => crate::new_id("sb"),
+        };
         let info = SandboxInfo {
             id: id.clone(),
             state: SandboxState::Creating,
@@ -150,6 +161,9 @@ impl Cluster {
         let spec = pod::spec(&self.kube, &info, &c, &hangar_agent_protocol::remote::token_digest(&self.token(&id)))?;
         match self.pods.create(&PostParams::default(), &spec).await {
             Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 409 && c.request_id.is_some() => {
+                return self.await_running(&id).await
+            }
             Err(e) => return Err(k8s(&format!("create Pod {id}"), e)),
         }
         match self.await_running(&id).await {
@@ -183,15 +197,15 @@ impl Cluster {
             if let Some(why) = pod::start_blocked(&pod) {
                 return Err(Error::SandboxFailed { id: id.to_string(), reason: why });
             }
+            let scheduled = pod.spec.as_ref().and_then(|s| s.node_name.as_ref()).is_some();
             match info.state {
-                SandboxState::Running => {
-                    // The container runs: once its agent answers, so does the sandbox.
-                    if let Ok(mut link) = self.connect_running(id).await {
-                        let _ = link.conn.send(&Request::Ping).await;
-                        if let Ok(Some(Response::Pong { .. })) = link.conn.recv::<Response>().await {
-                            return Ok(info);
-                        }
+                // Once the agent answers the sandbox runs, as soon as its port can be forwarded (the Pod's network
+                // exists before its container starts), well before the kubelet reports it.
+                SandboxState::Creating | SandboxState::Running if scheduled && self.ping(id).await => {
+                    if info.state != SandboxState::Running {
+                        self.mark_running(id).await?;
                     }
+                    return self.get(id).await;
                 }
                 // It ran and ended already (a short main command): a sandbox like any other.
                 state if state.is_final() && pod::end_record(&pod).is_some() => return Ok(info),
@@ -203,7 +217,9 @@ impl Cluster {
                         Some(StartReport::Failed(reason)) => Error::SandboxFailed { id: id.to_string(), reason },
                         _ => Error::SandboxFailed {
                             id: id.to_string(),
-                            reason: format!("it ended as it started ({})", info.end_reason.unwrap_or_default()),
+                            reason: info.error.unwrap_or_else(|| {
+                                format!("it ended as it started ({})", info.end_reason.unwrap_or_default())
+                            }),
                         },
                     });
                 }
@@ -219,6 +235,27 @@ impl Cluster {
             tokio::time::sleep(delay).await;
             delay = (delay * 2).min(Duration::from_millis(250));
         }
+    }
+
+    /// Whether sandbox `id`'s agent answers (within a second).
+    async fn ping(&self, id: &str) -> bool {
+        let answered = async {
+            let mut link = self.connect_running(id).await.ok()?;
+            link.conn.send(&Request::Ping).await.ok()?;
+            link.conn.recv::<Response>().await.ok().flatten()
+        };
+        matches!(tokio::time::timeout(Duration::from_secs(1), answered).await, Ok(Some(Response::Pong { .. })))
+    }
+
+    /// Records on the Pod that its agent answered (every server reads it as running from then on).
+    async fn mark_running(&self, id: &str) -> Result<()> {
+        let patch = serde_json::json!({"metadata": {"annotations": {pod::RUNNING_ANNOTATION: "true"}}});
+        let params = kube::api::PatchParams::default();
+        self.pods
+            .patch(id, &params, &kube::api::Patch::Merge(&patch))
+            .await
+            .map_err(|e| k8s(&format!("mark Pod {id}"), e))?;
+        Ok(())
     }
 
     pub(crate) async fn get(&self, id: &str) -> Result<SandboxInfo> {
@@ -256,7 +293,7 @@ impl Cluster {
 
     /// Deletes sandbox `id`'s Pod at once (idempotent) and closes this server's stream to it.
     async fn forget(&self, id: &str) {
-        self.links.lock().await.remove(id);
+        close_link(&self.links, id).await;
         match self.pods.delete(id, &DeleteParams::default().grace_period(0)).await {
             Ok(_) => {}
             Err(kube::Error::Api(s)) if s.code == 404 => {}
@@ -281,7 +318,7 @@ impl Cluster {
             let delete = DeleteParams::default().grace_period(grace.as_secs().max(1) as u32);
             let _ = self.pods.delete(id, &delete).await;
         }
-        self.links.lock().await.remove(id);
+        close_link(&self.links, id).await;
         // Until the kubelet has seen the container end (or the Pod is gone).
         let deadline = tokio::time::Instant::now() + grace + Duration::from_secs(30);
         loop {
@@ -319,12 +356,29 @@ impl Cluster {
             (_, Some(StartReport::CommandFailed(f))) => hangar_types::ExecEnd::failed_to_start(f),
             _ => hangar_types::ExecEnd::sandbox_gone([0, 0]),
         };
-        let params = kube::api::LogParams { container: Some(pod::SANDBOX_CONTAINER.into()), ..Default::default() };
-        let data = match end.bytes[0] {
-            0 => vec![],
-            _ => self.pods.logs(id, &params).await.map_err(|e| k8s(&format!("log of Pod {id}"), e))?.into_bytes(),
+        let (data, times) = match end.bytes[0] {
+            0 => (vec![], vec![]),
+            _ => {
+                let data = self.container_log(id, false).await?;
+                let stamped = self.container_log(id, true).await?;
+                let times = line_times(&data, &stamped);
+                (data, times)
+            }
         };
-        Ok(crate::ExecStream::kept_copy(&info, data.into(), end, from))
+        Ok(crate::ExecStream::kept_copy(&info, data.into(), times, end, from))
+    }
+
+    /// The sandbox container's log as the kubelet keeps it (its newest file), byte for byte; `timestamps`:
+    /// each record led by the time it was written.
+    async fn container_log(&self, id: &str, timestamps: bool) -> Result<Vec<u8>> {
+        use futures_util::AsyncReadExt;
+        let params =
+            kube::api::LogParams { container: Some(pod::SANDBOX_CONTAINER.into()), timestamps, ..Default::default() };
+        let mut log =
+            std::pin::pin!(self.pods.log_stream(id, &params).await.map_err(|e| k8s(&format!("log of Pod {id}"), e))?);
+        let mut data = vec![];
+        log.read_to_end(&mut data).await.map_err(|e| Error::io("read the log of Pod", id, e))?;
+        Ok(data)
     }
 
     /// A connection to running sandbox `id`'s agent.
@@ -344,7 +398,9 @@ impl Cluster {
                 return Ok(link(conn));
             }
         }
-        links.remove(id);
+        if let Some(old) = links.remove(id) {
+            old.close();
+        }
         let mut forward =
             self.pods.portforward(id, &[POD_AGENT_PORT]).await.map_err(|e| gone_or(id, "port-forward", e))?;
         let stream = forward
@@ -359,9 +415,74 @@ impl Cluster {
     }
 }
 
+/// Closes this server's stream to sandbox `id`'s agent, if it has one: every connection over it ends.
+async fn close_link(links: &Links, id: &str) {
+    if let Some(mux) = links.lock().await.remove(id) {
+        mux.close();
+    }
+}
+
+/// Closes this server's streams to agents whose container ended or whose Pod went: a stream through the API
+/// server may not notice for minutes, and a reader must learn of the end at once. One watch on the
+/// namespace's sandbox Pods (started again from a fresh list whenever it ends), for as long as the backend
+/// lives.
+async fn close_ended_links(pods: Api<Pod>, links: std::sync::Weak<tokio::sync::Mutex<HashMap<String, Mux>>>) {
+    use futures_util::StreamExt;
+    use kube::api::{WatchEvent, WatchParams};
+    let ended = |p: &Pod| pod::info(p).map_or(true, |i| i.state.is_final());
+    loop {
+        let Some(held) = links.upgrade() else { return };
+        let list = match pods.list(&ListParams::default().labels(pod::SANDBOX_LABEL)).await {
+            Ok(list) => list,
+            Err(e) => {
+                tracing::warn!("watching sandbox Pods: {e}");
+                drop(held);
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        let live: std::collections::HashSet<String> = list.items.iter().filter(|p| !ended(p)).map(pod::id_of).collect();
+        let gone: Vec<String> = held.lock().await.keys().filter(|id| !live.contains(*id)).cloned().collect();
+        for id in gone {
+            close_link(&held, &id).await;
+        }
+        drop(held);
+        let version = list.metadata.resource_version.unwrap_or_default();
+        let params = WatchParams::default().labels(pod::SANDBOX_LABEL).timeout(290);
+        let Ok(events) = pods.watch(&params, &version).await else { continue };
+        let mut events = std::pin::pin!(events);
+        while let Some(event) = events.next().await {
+            let Some(held) = links.upgrade() else { return };
+            match event {
+                Ok(WatchEvent::Added(p) | WatchEvent::Modified(p)) if ended(&p) => {
+                    close_link(&held, &pod::id_of(&p)).await
+                }
+                Ok(WatchEvent::Deleted(p)) => close_link(&held, &pod::id_of(&p)).await,
+                Ok(WatchEvent::Error(_)) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+    }
+}
+
 /// A link to a Pod's agent: its journals travel inline, and its log is kept by the cluster.
 fn link(conn: hangar_agent_protocol::codec::Conn) -> AgentLink {
     AgentLink { conn, protocol: hangar_agent_protocol::VERSION, journals: None, kept_log: None }
+}
+
+/// When each line of a container log began, as (offset in `plain`, Unix ms): the time of the first record of
+/// each line of `stamped` (the same log with `timestamps=true`, each record led by an RFC 3339 time and a
+/// space; a line longer than the runtime's records is several records, the first one's time counts). Lines
+/// are matched by their number, both being the same file read twice; a line without a readable time is left
+/// out.
+fn line_times(plain: &[u8], stamped: &[u8]) -> Vec<(u64, u64)> {
+    let starts = std::iter::once(0).chain(plain.iter().enumerate().filter(|(_, b)| **b == b'\n').map(|(i, _)| i + 1));
+    let firsts = stamped.split(|b| *b == b'\n').map(|line| {
+        let token = line.split(|b| *b == b' ').next().unwrap_or_default();
+        let ts: Option<k8s_openapi::jiff::Timestamp> = std::str::from_utf8(token).ok()?.parse().ok();
+        ts.map(|t| t.as_millisecond().max(0) as u64)
+    });
+    starts.zip(firsts).filter(|(at, _)| *at < plain.len()).filter_map(|(at, ms)| Some((at as u64, ms?))).collect()
 }
 
 /// The namespace's token key: read from its Secret, or made (by whichever server comes first).
@@ -414,5 +535,22 @@ impl SandboxEnding {
         info.exit_signal = self.signal;
         info.end_reason = Some(self.reason.to_string());
         info.error = self.error;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn lines_of_a_container_log_get_their_first_records_time() {
+        let plain = b"one\ntwo\nthree-long-line\npartial";
+        let stamped = b"2026-12-06T11:00:00.5Z one\n2026-12-06T11:00:01Z two\n\
+2026-12-06T11:00:02.25Z three-2026-12-06T11:00:03Z long-line\n2026-12-06T11:00:04.000000001Z partial";
+        let base = 1_796_554_800_000u64; // 2026-12-06T11:00:00Z
+        assert_eq!(
+            super::line_times(plain, stamped),
+            vec![(0, base + 500), (4, base + 1000), (8, base + 2250), (24, base + 4000)]
+        );
+        assert_eq!(super::line_times(b"", b""), vec![]);
+        assert_eq!(super::line_times(b"x\n", b"garbage x\n"), vec![], "a line without a time is left out");
     }
 }

@@ -5,7 +5,8 @@ use super::KubernetesConfig;
 use crate::{Error, Result, SandboxConfig, SandboxEnding, SandboxInfo, SandboxState};
 use hangar_agent_protocol::{EndRecord, PodConfig, StartReport, Workload, POD_AGENT_PORT, POD_ARG, POD_CONFIG_ENV};
 use k8s_openapi::api::core::v1::{
-    Container, ContainerState, EmptyDirVolumeSource, EnvVar, Pod, PodSpec, ResourceRequirements, Volume, VolumeMount,
+    Capabilities, Container, ContainerState, EmptyDirVolumeSource, EnvVar, Pod, PodSpec, ResourceRequirements,
+    SeccompProfile, SecurityContext, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use kube::api::ObjectMeta;
@@ -17,6 +18,9 @@ pub(super) const SANDBOX_LABEL: &str = "hangar.dev/sandbox";
 pub(super) const REQUEST_LABEL: &str = "hangar.dev/request";
 /// The annotation holding the sandbox's record as created (JSON); its state is read from the Pod's status.
 const INFO_ANNOTATION: &str = "hangar.dev/info";
+/// The annotation set once the sandbox's agent first answered: it runs, whatever the kubelet has reported yet
+/// (the kubelet notices a started container within a second; the agent answers within milliseconds).
+pub(super) const RUNNING_ANNOTATION: &str = "hangar.dev/running";
 /// The container the user's image runs in.
 pub(super) const SANDBOX_CONTAINER: &str = "sandbox";
 /// Where the agent and its state live in the sandbox container (an `emptyDir`).
@@ -89,6 +93,14 @@ pub(super) fn spec(kube: &KubernetesConfig, info: &SandboxInfo, c: &SandboxConfi
         volume_mounts: Some(vec![mount]),
         termination_message_path: Some("/dev/termination-log".into()),
         termination_message_policy: Some("File".into()),
+        // As on the local backend: the runtime's default capabilities less MKNOD, no privilege gained through
+        // setuid files (no_new_privs), the runtime's default seccomp filter.
+        security_context: Some(SecurityContext {
+            capabilities: Some(Capabilities { drop: Some(vec!["MKNOD".into()]), add: None }),
+            allow_privilege_escalation: Some(false),
+            seccomp_profile: Some(SeccompProfile { type_: "RuntimeDefault".into(), localhost_profile: None }),
+            ..Default::default()
+        }),
         ..Default::default()
     };
     // The lifetime is the agent's; this is the cluster's backstop should the agent be wedged.
@@ -212,11 +224,16 @@ pub(super) fn info(pod: &Pod) -> Result<SandboxInfo> {
                     (SandboxState::Failed, "start_failed", Some(report_text(&report)));
                 ending.apply(&mut info);
             }
-            // Killed without a word from the agent: the Pod's deadline, an eviction, a deletion.
+            // Ended without a word from the agent: the container never ran it (the runtime says why), or it
+            // was killed (the Pod's deadline, an eviction, a deletion).
             (None, None) => {
                 let mut ending = SandboxEnding::of(None);
                 if pod.status.as_ref().and_then(|s| s.reason.as_deref()) == Some("DeadlineExceeded") {
                     ending.reason = "lifetime_exceeded";
+                }
+                if let Some(why) = ended.message.as_ref().filter(|_| ended.reason.as_deref() == Some("StartError")) {
+                    (ending.state, ending.reason, ending.error) =
+                        (SandboxState::Failed, "start_failed", Some(format!("StartError: {why}")));
                 }
                 ending.code = Some(ended.exit_code);
                 ending.apply(&mut info);
@@ -235,7 +252,8 @@ pub(super) fn info(pod: &Pod) -> Result<SandboxInfo> {
         info.ended_at_ms = Some(pod.metadata.deletion_timestamp.as_ref().map_or_else(crate::now_ms, millis));
         return Ok(info);
     }
-    if state.is_some_and(|s| s.running.is_some()) {
+    let answered = pod.metadata.annotations.as_ref().is_some_and(|a| a.contains_key(RUNNING_ANNOTATION));
+    if answered || state.is_some_and(|s| s.running.is_some()) {
         info.state = SandboxState::Running;
     } else {
         info.progress = waiting_reason(pod);
