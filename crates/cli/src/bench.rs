@@ -44,10 +44,18 @@ pub struct BenchArgs {
     /// from a sandbox vs the host), against a test host in a network namespace of the bench's own.
     #[arg(long)]
     network: bool,
+    /// Only this: the Kubernetes backend on the cluster of this kubeconfig next to the local backend (create,
+    /// exec round trip, streaming, an idle sandbox's cost), each behind a `hangar serve` the bench starts.
+    #[arg(long, value_name = "KUBECONFIG", requires = "agent_image")]
+    kubernetes: Option<std::path::PathBuf>,
+    /// With `--kubernetes`: the agent image, present on the cluster's nodes (`scripts/agent-image`).
+    #[arg(long)]
+    agent_image: Option<String>,
 }
 
 mod cwsandbox;
 mod density;
+mod kubernetes;
 mod network;
 
 /// The Python side of `--python`: round trips and a stream through `on_stdout`, in the sandbox the Rust
@@ -136,6 +144,50 @@ async fn measure_python(sb: &Sandbox, python: &str, n: usize, args: &BenchArgs) 
         py / raw
     );
     Ok(())
+}
+
+/// `hangar serve` on a free loopback port over this bench's state directory (with `args`: its backend's, say),
+/// stopped (by its PID) on drop.
+struct Server {
+    child: std::process::Child,
+    url: String,
+    token: String,
+}
+
+impl Server {
+    fn start(args: &[&str]) -> Result<Server> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let token = format!("bench-{:016x}", rand_u64());
+        let child = Command::new(std::env::current_exe()?)
+            .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+            .args(args)
+            .env("HANGAR_SERVER_TOKENS", format!("bench={token}"))
+            .env("HANGAR_AGENT_BIN", hangar::EngineConfig::from_env()?.agent_bin)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("start hangar serve")?;
+        let server = Server { child, url: format!("http://127.0.0.1:{port}"), token };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            anyhow::ensure!(Instant::now() < deadline, "hangar serve did not listen within 30 s");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(server)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn rand_u64() -> u64 {
+    let mut b = [0u8; 8];
+    let _ = std::fs::File::open("/dev/urandom").and_then(|mut f| std::io::Read::read_exact(&mut f, &mut b));
+    u64::from_le_bytes(b)
 }
 
 /// p50 and p99 of a sample.
@@ -257,6 +309,11 @@ pub async fn run(args: BenchArgs) -> Result<u8> {
     let n = args.iterations.max(1);
     if args.network {
         network::measure(n.min(20)).await?;
+        return Ok(0);
+    }
+    if let (Some(kubeconfig), Some(agent_image)) = (&args.kubernetes, &args.agent_image) {
+        let cluster = kubernetes::Cluster { kubeconfig, agent_image };
+        kubernetes::measure(cluster, n, args.stream_mib, args.stream_runs.max(1)).await?;
         return Ok(0);
     }
     crate::outln!("hangar bench: {n} samples per latency figure; baselines measured in this run\n");

@@ -2,10 +2,10 @@
 //! (`coreweave.sandbox.v1`) vs the Rust SDK against the same server (`hangar.v1`), in one sandbox, rounds
 //! interleaved: exec round trips, and a text stream read line by line as the client delivers it.
 
-use super::{line, median, script_report, summarize};
-use anyhow::{Context, Result};
+use super::{line, median, script_report, summarize, Server};
+use anyhow::Result;
 use hangar::Sandbox;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 /// The client's side: round trips and a stream through `Process.stdout`, reported as one JSON line.
@@ -36,48 +36,6 @@ fn text_command(mib: usize) -> String {
     format!("yes 0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ_- | head -c {}", mib << 20)
 }
 
-/// `hangar serve` on a free loopback port over this bench's state directory, stopped (by its PID) on drop.
-struct Server {
-    child: Child,
-    url: String,
-    token: String,
-}
-
-impl Server {
-    fn start() -> Result<Server> {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-        let token = format!("bench-{:016x}", rand_u64());
-        let child = Command::new(std::env::current_exe()?)
-            .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
-            .env("HANGAR_SERVER_TOKENS", format!("bench={token}"))
-            .env("HANGAR_AGENT_BIN", hangar::EngineConfig::from_env()?.agent_bin)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .context("start hangar serve")?;
-        let server = Server { child, url: format!("http://127.0.0.1:{port}"), token };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            anyhow::ensure!(Instant::now() < deadline, "hangar serve did not listen within 30 s");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Ok(server)
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn rand_u64() -> u64 {
-    let mut b = [0u8; 8];
-    let _ = std::fs::File::open("/dev/urandom").and_then(|mut f| std::io::Read::read_exact(&mut f, &mut b));
-    u64::from_le_bytes(b)
-}
-
 fn cw_round(python: &str, server: &Server, sandbox: &str, n: usize, mib: usize) -> Result<(Vec<Duration>, f64)> {
     let mut cmd = Command::new(python);
     cmd.args(["-c", CW_BENCH, sandbox, &n.to_string(), &mib.to_string(), &text_command(mib)])
@@ -97,7 +55,7 @@ async fn rust_stream(sb: &Sandbox, mib: usize) -> Result<f64> {
 
 /// Ten interleaved rounds of round trips, then `runs` interleaved streams of `mib` MiB.
 pub(super) async fn measure(python: &str, n: usize, mib: usize, runs: usize) -> Result<()> {
-    let server = Server::start()?;
+    let server = Server::start(&[])?;
     let client = hangar::Client::connect(&server.url, Some(&server.token))?;
     let sb = Sandbox::builder().client(&client).create().await?;
     let measured = async {

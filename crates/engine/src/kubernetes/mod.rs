@@ -70,17 +70,19 @@ type Links = Arc<tokio::sync::Mutex<HashMap<String, Mux>>>;
 impl Cluster {
     /// Connects to the cluster, and makes (or finds) the namespace's token key and its network policy.
     pub(crate) async fn open(cfg: EngineConfig, kube: KubernetesConfig) -> Result<Self> {
-        let client = match &kube.kubeconfig {
+        let config = match &kube.kubeconfig {
             Some(path) => {
                 let file = kube::config::Kubeconfig::read_from(path)
                     .map_err(|e| Error::InvalidArgument(format!("kubeconfig {}: {e}", path.display())))?;
-                let config = kube::Config::from_custom_kubeconfig(file, &Default::default())
+                kube::Config::from_custom_kubeconfig(file, &Default::default())
                     .await
-                    .map_err(|e| Error::InvalidArgument(format!("kubeconfig {}: {e}", path.display())))?;
-                kube::Client::try_from(config).map_err(|e| k8s("client", e))?
+                    .map_err(|e| Error::InvalidArgument(format!("kubeconfig {}: {e}", path.display())))?
             }
-            None => kube::Client::try_default().await.map_err(|e| k8s("client from the environment", e))?,
+            None => kube::Config::infer()
+                .await
+                .map_err(|e| Error::InvalidArgument(format!("Kubernetes configuration from the environment: {e}")))?,
         };
+        let client = client(config)?;
         std::fs::create_dir_all(&cfg.state_dir)
             .map_err(|e| Error::io("create state directory", cfg.state_dir.display(), e))?;
         let registries = hangar_images::RegistryConfig::load(Some(&cfg.state_dir.join("registries.json")));
@@ -483,6 +485,25 @@ fn line_times(plain: &[u8], stamped: &[u8]) -> Vec<(u64, u64)> {
         ts.map(|t| t.as_millisecond().max(0) as u64)
     });
     starts.zip(firsts).filter(|(at, _)| *at < plain.len()).filter_map(|(at, ms)| Some((at as u64, ms?))).collect()
+}
+
+/// A client of the API server whose connections send small writes at once (`TCP_NODELAY`): an agent's stream
+/// is a port-forward over one of them, carrying small request and reply frames, which Nagle's algorithm
+/// would hold back for the peer's delayed ACK (40 ms per round trip, measured). kube-rs's default stack
+/// leaves the option off; this is that stack (TLS, the API server's address, its authentication) with it on.
+fn client(config: kube::Config) -> Result<kube::Client> {
+    use kube::client::ConfigExt;
+    let mut connector = hyper_util::client::legacy::connect::HttpConnector::new();
+    connector.enforce_http(false);
+    connector.set_nodelay(true);
+    let https = config.rustls_https_connector_with_connector(connector).map_err(|e| k8s("TLS", e))?;
+    let http = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build(https);
+    let service = tower::ServiceBuilder::new()
+        .layer(config.base_uri_layer())
+        .option_layer(config.auth_layer().map_err(|e| k8s("authentication", e))?)
+        .map_err(|e: hyper_util::client::legacy::Error| Box::new(e) as Box<dyn std::error::Error + Send + Sync>)
+        .service(http);
+    Ok(kube::Client::new(service, config.default_namespace))
 }
 
 /// The namespace's token key: read from its Secret, or made (by whichever server comes first).
