@@ -165,8 +165,9 @@ pub enum Request {
         /// Permission bits for a newly created file.
         mode: u32,
     },
-    /// Stop the sandbox: SIGTERM to every process, SIGKILL after `grace_ms`. Answered with [`Response::Done`]
-    /// once the main process is gone; the agent exits right after.
+    /// Stop the sandbox: SIGTERM to every process, SIGKILL after `grace_ms`. Answered with
+    /// [`Response::Stopped`] (version 3; [`Response::Done`] before) once every process is gone; the agent exits
+    /// right after.
     Stop {
         /// Grace period in milliseconds.
         grace_ms: u64,
@@ -254,6 +255,8 @@ pub enum Response {
         /// Offsets (stdout, stderr).
         pos: [u64; 2],
     },
+    /// The sandbox stopped, so (the answer to [`Request::Stop`]). Version 3.
+    Stopped(EndRecord),
     /// The request failed.
     Error {
         /// What kind of failure.
@@ -507,6 +510,10 @@ mod tests {
                 json!({"op": "gap", "stream": "stdout", "from": 4, "to": 5}),
             ),
             (Response::Seeked { pos: [6, 7] }, json!({"op": "seeked", "pos": [6, 7]})),
+            (
+                Response::Stopped(EndRecord { reason: EndReason::Stopped, code: None, signal: Some(9), log: None }),
+                json!({"op": "stopped", "reason": "stopped", "code": null, "signal": 9}),
+            ),
         ];
         for (resp, want) in inline {
             assert_eq!(serde_json::to_value(&resp).unwrap(), want);

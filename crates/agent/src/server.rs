@@ -346,7 +346,7 @@ fn reap(state: &Shared, main_exited: &Notify) {
 
 /// Ends the sandbox: SIGTERM to everyone, SIGKILL after `grace` (or as soon as the main command is gone),
 /// wait until no process is left, record how it ended.
-async fn shutdown(state: &Shared, main_exited: &Notify, grace: Duration, reason: EndReason) {
+async fn shutdown(state: &Shared, main_exited: &Notify, grace: Duration, reason: EndReason) -> EndRecord {
     if std::mem::replace(&mut state.borrow_mut().stopping, true) {
         // Another shutdown is under way and ends the process; this caller just waits for it.
         return std::future::pending().await;
@@ -406,7 +406,9 @@ async fn shutdown(state: &Shared, main_exited: &Notify, grace: Duration, reason:
     let (main_pid, main) = (state.borrow().main_pid, state.borrow().main_status);
     // A sandbox without a main command has no status to report.
     let (code, signal) = if main_pid == 0 { (None, None) } else { crate::state::exit_of(main) };
-    record_end(&EndRecord { reason, code, signal, log });
+    let end = EndRecord { reason, code, signal, log };
+    record_end(&end);
+    end
 }
 
 /// The file the end record is written to before it is renamed into place.
@@ -471,8 +473,8 @@ async fn handle(state: Shared, main_exited: Rc<Notify>, mut conn: Conn) {
         Request::ReadFile { path } => return read_file(&state, conn, &path).await,
         Request::WriteFile { path, len, mode } => write_file(&state, &mut conn, &path, len, mode).await,
         Request::Stop { grace_ms } => {
-            shutdown(&state, &main_exited, Duration::from_millis(grace_ms), EndReason::Stopped).await;
-            let _ = conn.send(&Response::Done).await;
+            let end = shutdown(&state, &main_exited, Duration::from_millis(grace_ms), EndReason::Stopped).await;
+            let _ = conn.send(&Response::Stopped(end)).await;
             // Until the engine read it and hung up: over a remote stream the answer is only on its way when
             // the write returns.
             let _ = tokio::time::timeout(Duration::from_secs(1), conn.recv::<Request>()).await;

@@ -168,7 +168,16 @@ async fn tenants_are_isolated_through_the_cluster() {
         other => panic!("tenant b reached tenant a's sandbox: {:?}", other.map(|s| s.id().to_string())),
     }
     let theirs = Sandbox::builder().client(&other).command("sleep").args(["infinity"]).create().await.unwrap();
-    let ip = pods().await.get(sb.id()).await.unwrap().status.unwrap().pod_ip.unwrap();
+    // (Once the kubelet has reported it: the sandbox runs as soon as its agent answers, maybe before.)
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let ip = loop {
+        let pod = pods().await.get(sb.id()).await.unwrap();
+        if let Some(ip) = pod.status.and_then(|s| s.pod_ip) {
+            break ip;
+        }
+        assert!(Instant::now() < deadline, "the Pod got no address");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     // Without the token, A's agent closes the connection after a refusal; with a guessed one too.
     let probe = format!(
         "import socket, struct, json\ns = socket.create_connection(('{ip}', 7070), timeout=5)\n\

@@ -178,12 +178,14 @@ async fn a_pod_agent_runs_execs_streams_their_journal_inline_and_records_its_end
     assert_eq!(line, b"main says hi\n");
     drop(conn);
 
-    // Stopped: the end goes to the termination message, and the agent exits.
+    // Stopped: the end is the answer, and goes to the termination message; the agent exits.
     let mut conn = mux.open().await.unwrap();
     conn.send(&Request::Stop { grace_ms: 1000 }).await.unwrap();
-    assert!(matches!(conn.recv::<Response>().await.unwrap(), Some(Response::Done)));
+    let Some(Response::Stopped(answered)) = conn.recv::<Response>().await.unwrap() else { panic!("no end") };
+    drop(conn);
     agent.wait();
     let end: EndRecord = serde_json::from_str(&agent.termination_message()).unwrap();
+    assert_eq!(end, answered);
     assert_eq!((end.reason, end.signal), (EndReason::Stopped, Some(libc::SIGTERM)));
     // The container's standard output is a copy of the log (and nothing else), whose totals the end states.
     let mut copy = vec![];

@@ -60,6 +60,13 @@ async fn main_command_exit_completes_or_fails_the_sandbox_and_lifetime_terminate
     let bad = builder().command("sh").args(["-c", "sleep 0.1; exit 3"]).create().await.unwrap();
     let short = builder().max_lifetime(Duration::from_millis(500)).create().await.unwrap();
     tokio::time::sleep(Duration::from_millis(1500)).await;
+    // (However long the backend takes to notice: a kubelet, about a second more.)
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for sb in [&ok, &bad, &short] {
+        while !sb.info().await.unwrap().state.is_final() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
     let ok = ok.info().await.unwrap();
     assert_eq!((ok.state, ok.exit_code), (SandboxState::Completed, Some(0)));
     let bad_info = bad.info().await.unwrap();

@@ -205,7 +205,7 @@ impl Cluster {
                 // exists before its container starts), well before the kubelet reports it.
                 SandboxState::Creating | SandboxState::Running if scheduled && self.ping(id).await => {
                     if info.state != SandboxState::Running {
-                        self.mark_running(id).await?;
+                        self.annotate(id, pod::RUNNING_ANNOTATION, "true").await?;
                     }
                     return self.get(id).await;
                 }
@@ -249,14 +249,12 @@ impl Cluster {
         matches!(tokio::time::timeout(Duration::from_secs(1), answered).await, Ok(Some(Response::Pong { .. })))
     }
 
-    /// Records on the Pod that its agent answered (every server reads it as running from then on).
-    async fn mark_running(&self, id: &str) -> Result<()> {
-        let patch = serde_json::json!({"metadata": {"annotations": {pod::RUNNING_ANNOTATION: "true"}}});
+    /// Sets an annotation of sandbox `id`'s Pod (what every server reads from then on).
+    async fn annotate(&self, id: &str, key: &str, value: &str) -> Result<()> {
+        let patch = serde_json::json!({"metadata": {"annotations": {key: value}}});
         let params = kube::api::PatchParams::default();
-        self.pods
-            .patch(id, &params, &kube::api::Patch::Merge(&patch))
-            .await
-            .map_err(|e| k8s(&format!("mark Pod {id}"), e))?;
+        let patched = self.pods.patch(id, &params, &kube::api::Patch::Merge(&patch)).await;
+        patched.map_err(|e| k8s(&format!("annotate Pod {id}"), e))?;
         Ok(())
     }
 
@@ -316,11 +314,16 @@ impl Cluster {
             link.conn.recv::<Response>().await.ok().flatten()
         };
         let stopped = tokio::time::timeout(grace + Duration::from_secs(5), asked).await;
-        if !matches!(stopped, Ok(Some(Response::Done))) {
-            let delete = DeleteParams::default().grace_period(grace.as_secs().max(1) as u32);
-            let _ = self.pods.delete(id, &delete).await;
-        }
         close_link(&self.links, id).await;
+        if let Ok(Some(Response::Stopped(end))) = stopped {
+            // Ended, as the agent says: recorded now for every server, whenever the kubelet notices.
+            let ended = pod::Ended { at_ms: now_ms(), end };
+            let value = serde_json::to_string(&ended).map_err(|e| Error::Internal(format!("encoding an end: {e}")))?;
+            self.annotate(id, pod::ENDED_ANNOTATION, &value).await?;
+            return self.get(id).await;
+        }
+        let delete = DeleteParams::default().grace_period(grace.as_secs().max(1) as u32);
+        let _ = self.pods.delete(id, &delete).await;
         // Until the kubelet has seen the container end (or the Pod is gone).
         let deadline = tokio::time::Instant::now() + grace + Duration::from_secs(30);
         loop {
@@ -350,8 +353,16 @@ impl Cluster {
     /// The log of an ended sandbox: its container's log (the agent's copy of the main command's output), with
     /// the end the agent recorded; bytes the kubelet's log rotation dropped are a gap at the start.
     pub(crate) async fn kept_log(&self, id: &str, from: [u64; 2]) -> Result<crate::ExecStream> {
-        let pod = self.pods.get_opt(id).await.map_err(|e| k8s(&format!("get Pod {id}"), e))?;
-        let pod = pod.ok_or_else(|| Error::NotFound(id.to_string()))?;
+        // A sandbox its agent ended is final before the kubelet has noticed: its log is complete once it has.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+        let pod = loop {
+            let pod = self.pods.get_opt(id).await.map_err(|e| k8s(&format!("get Pod {id}"), e))?;
+            let pod = pod.ok_or_else(|| Error::NotFound(id.to_string()))?;
+            if pod::container_ended(&pod) || tokio::time::Instant::now() >= deadline {
+                break pod;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
         let info = pod::info(&pod)?;
         let end = match (pod::end_record(&pod), pod::start_report(&pod)) {
             (Some(EndRecord { log: Some(end), .. }), _) => end,

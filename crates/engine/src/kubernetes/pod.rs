@@ -21,6 +21,19 @@ const INFO_ANNOTATION: &str = "hangar.dev/info";
 /// The annotation set once the sandbox's agent first answered: it runs, whatever the kubelet has reported yet
 /// (the kubelet notices a started container within a second; the agent answers within milliseconds).
 pub(super) const RUNNING_ANNOTATION: &str = "hangar.dev/running";
+/// The annotation set ([`Ended`], JSON) once the sandbox's agent said it stopped the sandbox: it ended then,
+/// so, whatever the kubelet has reported yet.
+pub(super) const ENDED_ANNOTATION: &str = "hangar.dev/ended";
+
+/// When and how a sandbox ended, as its agent answered a stop.
+#[derive(serde::Serialize, serde::Deserialize)]
+pub(super) struct Ended {
+    /// Unix milliseconds.
+    pub(super) at_ms: u64,
+    /// What the agent recorded.
+    #[serde(flatten)]
+    pub(super) end: EndRecord,
+}
 /// The container the user's image runs in.
 pub(super) const SANDBOX_CONTAINER: &str = "sandbox";
 /// Where the agent and its state live in the sandbox container (an `emptyDir`).
@@ -154,6 +167,11 @@ fn sandbox_state(pod: &Pod) -> Option<&ContainerState> {
     statuses.iter().find(|s| s.name == SANDBOX_CONTAINER)?.state.as_ref()
 }
 
+/// Whether the kubelet has reported the sandbox container's end.
+pub(super) fn container_ended(pod: &Pod) -> bool {
+    sandbox_state(pod).is_some_and(|s| s.terminated.is_some())
+}
+
 /// The sandbox container's termination message, once it ended.
 fn termination_message(pod: &Pod) -> Option<&str> {
     sandbox_state(pod)?.terminated.as_ref()?.message.as_deref()
@@ -252,7 +270,13 @@ pub(super) fn info(pod: &Pod) -> Result<SandboxInfo> {
         info.ended_at_ms = Some(pod.metadata.deletion_timestamp.as_ref().map_or_else(crate::now_ms, millis));
         return Ok(info);
     }
-    let answered = pod.metadata.annotations.as_ref().is_some_and(|a| a.contains_key(RUNNING_ANNOTATION));
+    let annotation = |key: &str| pod.metadata.annotations.as_ref().and_then(|a| a.get(key));
+    if let Some(ended) = annotation(ENDED_ANNOTATION).and_then(|j| serde_json::from_str::<Ended>(j).ok()) {
+        SandboxEnding::of(Some(&ended.end)).apply(&mut info);
+        info.ended_at_ms = Some(ended.at_ms);
+        return Ok(info);
+    }
+    let answered = annotation(RUNNING_ANNOTATION).is_some();
     if answered || state.is_some_and(|s| s.running.is_some()) {
         info.state = SandboxState::Running;
     } else {
