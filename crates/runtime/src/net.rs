@@ -202,10 +202,15 @@ pub fn remove(id: &str) -> Result<()> {
          delete set inet {TABLE} a_{k}\ndelete set inet {TABLE} d_{k}\ndelete set inet {TABLE} n_{k}\n",
         sets = sets(k),
     );
-    match nft(&script) {
+    let removed = match nft(&script) {
         Err(_) if !table_exists() => Ok(()),
         other => other,
-    }
+    };
+    // The veth pair goes with the sandbox's network namespace, but the kernel frees a namespace later, on a
+    // work queue of its own: deleted here, it is gone when the sandbox's removal returns.
+    // (Missing already is fine. /sys/class/net would not tell: it shows the namespace /sys was mounted in.)
+    let _ = output("ip", &["link", "delete", h]);
+    removed
 }
 
 /// The sandbox ids (as keys: the id's letters and digits) that have rules installed.
