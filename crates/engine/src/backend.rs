@@ -28,7 +28,7 @@ enum Backend {
 
 /// What the local backend alone can do, refused on others with this error.
 #[cfg(feature = "kubernetes")]
-fn local_only(what: &str) -> Error {
+pub(crate) fn local_only(what: &str) -> Error {
     Error::InvalidArgument(format!("{what} is not available on the Kubernetes backend"))
 }
 

@@ -237,6 +237,40 @@ pub struct SandboxInfo {
     pub network: NetworkPolicy,
 }
 
+impl SandboxInfo {
+    /// The record of sandbox `id` as it is being made from `c`, in `state`, with the process limit and network
+    /// its backend gives it.
+    ///
+    /// ```
+    /// use hangar_types::{NetworkPolicy, SandboxConfig, SandboxInfo, SandboxState};
+    /// let c = SandboxConfig { command: vec!["sleep".into(), "1".into()], ..SandboxConfig::default() };
+    /// let info = SandboxInfo::new("sb-1".into(), &c, SandboxState::Creating, None, NetworkPolicy::default());
+    /// assert_eq!((info.command, info.ended_at_ms), (c.command, None));
+    /// ```
+    pub fn new(id: String, c: &SandboxConfig, state: SandboxState, pids: Option<u64>, network: NetworkPolicy) -> Self {
+        Self {
+            id,
+            state,
+            image: c.image.clone(),
+            command: c.command.clone(),
+            tags: c.tags.clone(),
+            cpus: c.cpus,
+            memory_bytes: c.memory_bytes,
+            pids,
+            max_lifetime_ms: c.max_lifetime.as_millis() as u64,
+            created_at_ms: crate::now_ms(),
+            ended_at_ms: None,
+            exit_code: None,
+            exit_signal: None,
+            end_reason: None,
+            error: None,
+            tenant: c.tenant.clone(),
+            progress: None,
+            network,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

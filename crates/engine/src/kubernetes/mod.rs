@@ -91,7 +91,7 @@ impl Cluster {
         pod::ensure_isolation(&client, &kube.namespace).await?;
         let pods = Api::namespaced(client, &kube.namespace);
         let links = Links::default();
-        tokio::spawn(close_ended_links(pods.clone(), Arc::downgrade(&links)));
+        tokio::spawn(follow_pods(pods.clone(), Arc::downgrade(&links), cfg.ended_retention));
         Ok(Self { cfg, kube, pods, key, images, links })
     }
 
@@ -105,21 +105,15 @@ impl Cluster {
 
     pub(crate) async fn create(&self, mut c: SandboxConfig) -> Result<SandboxInfo> {
         c.validate()?;
-        let unsupported =
-            |what: &str| Error::InvalidArgument(format!("{what} is not available on the Kubernetes backend"));
+        use crate::backend::local_only;
         if c.disk_bytes.is_some() {
-            return Err(unsupported("disk_bytes (a disk budget)"));
+            return Err(local_only("disk_bytes (a disk budget)"));
         }
         if c.pids.is_some() {
-            return Err(unsupported("pids (Kubernetes 1.20 limits processes per node, not per Pod)"));
+            return Err(local_only("pids (Kubernetes 1.20 limits processes per node, not per Pod)"));
         }
         if c.network.as_ref().is_some_and(|n| n.mode != hangar_types::NetworkMode::None) {
-            return Err(unsupported("network egress (sandboxes get no network beyond the agent's)"));
-        }
-        if let Some(rid) = &c.request_id {
-            if let Some(pod) = self.by_request(&c.tenant, rid).await? {
-                return self.await_running(&pod::id_of(&pod)).await;
-            }
+            return Err(local_only("network egress (a Pod's network is the cluster's, closed by a NetworkPolicy)"));
         }
         if c.image == hangar_types::BUILTIN_IMAGE || c.image.is_empty() {
             c.image = self.kube.default_image.clone();
@@ -140,26 +134,8 @@ impl Cluster {
             Some(rid) => format!("sb-{}", &pod::request_key(&c.tenant, rid)[..16]),
             None => crate::new_id("sb"),
         };
-        let info = SandboxInfo {
-            id: id.clone(),
-            state: SandboxState::Creating,
-            image: c.image.clone(),
-            command: c.command.clone(),
-            tags: c.tags.clone(),
-            cpus: c.cpus,
-            memory_bytes: c.memory_bytes,
-            pids: None,
-            max_lifetime_ms: c.max_lifetime.as_millis() as u64,
-            created_at_ms: now_ms(),
-            ended_at_ms: None,
-            exit_code: None,
-            exit_signal: None,
-            end_reason: None,
-            error: None,
-            tenant: c.tenant.clone(),
-            progress: None,
-            network: hangar_types::NetworkPolicy::default(),
-        };
+        let (none, state) = (hangar_types::NetworkPolicy::default(), SandboxState::Creating);
+        let info = SandboxInfo::new(id.clone(), &c, state, None, none);
         let spec = pod::spec(&self.kube, &info, &c, &hangar_agent_protocol::remote::token_digest(&self.token(&id)))?;
         match self.pods.create(&PostParams::default(), &spec).await {
             Ok(_) => {}
@@ -178,13 +154,6 @@ impl Cluster {
                 Err(e)
             }
         }
-    }
-
-    /// The sandbox of an earlier create with the same tenant and request id, if there is one.
-    async fn by_request(&self, tenant: &str, request_id: &str) -> Result<Option<Pod>> {
-        let selector = format!("{}={}", pod::REQUEST_LABEL, pod::request_key(tenant, request_id));
-        let found = self.pods.list(&ListParams::default().labels(&selector)).await.map_err(|e| k8s("list Pods", e))?;
-        Ok(found.items.into_iter().next())
     }
 
     /// Waits until sandbox `id`'s agent answers, or why it will not: Kubernetes' own reason for a Pod that
@@ -287,8 +256,7 @@ impl Cluster {
 
     /// Whether an ended sandbox's record is past the retention time.
     fn expired(&self, info: &SandboxInfo) -> bool {
-        let keep = self.cfg.ended_retention.map(|d| d.as_millis() as u64);
-        info.ended_at_ms.zip(keep).is_some_and(|(at, keep)| now_ms().saturating_sub(at) > keep)
+        expired(info, self.cfg.ended_retention)
     }
 
     /// Deletes sandbox `id`'s Pod at once (idempotent) and closes this server's stream to it.
@@ -435,11 +403,23 @@ async fn close_link(links: &Links, id: &str) {
     }
 }
 
-/// Closes this server's streams to agents whose container ended or whose Pod went: a stream through the API
-/// server may not notice for minutes, and a reader must learn of the end at once. One watch on the
-/// namespace's sandbox Pods (started again from a fresh list whenever it ends), for as long as the backend
-/// lives.
-async fn close_ended_links(pods: Api<Pod>, links: std::sync::Weak<tokio::sync::Mutex<HashMap<String, Mux>>>) {
+/// Whether ended sandbox `info` is past the retention time `keep` (`None`: kept until removed).
+fn expired(info: &SandboxInfo, keep: Option<Duration>) -> bool {
+    let keep = keep.map(|d| d.as_millis() as u64);
+    info.ended_at_ms.zip(keep).is_some_and(|(at, keep)| now_ms().saturating_sub(at) > keep)
+}
+
+/// What a server does as sandbox Pods change, for as long as its backend lives, from one watch on the
+/// namespace's sandbox Pods (started again from a fresh list whenever it ends, every 290 s at least):
+/// - closes its streams to agents whose container ended or whose Pod went: a stream through the API server may
+///   not notice for minutes, and a reader must learn of the end at once;
+/// - on each list, deletes the Pods of sandboxes that ended longer ago than the retention `keep` (whichever
+///   server comes first; deleting twice is harmless).
+async fn follow_pods(
+    pods: Api<Pod>,
+    links: std::sync::Weak<tokio::sync::Mutex<HashMap<String, Mux>>>,
+    keep: Option<Duration>,
+) {
     use futures_util::StreamExt;
     use kube::api::{WatchEvent, WatchParams};
     let ended = |p: &Pod| pod::info(p).map_or(true, |i| i.state.is_final());
@@ -455,6 +435,9 @@ async fn close_ended_links(pods: Api<Pod>, links: std::sync::Weak<tokio::sync::M
             }
         };
         let live: std::collections::HashSet<String> = list.items.iter().filter(|p| !ended(p)).map(pod::id_of).collect();
+        for info in list.items.iter().filter_map(|p| pod::info(p).ok()).filter(|i| expired(i, keep)) {
+            let _ = pods.delete(&info.id, &DeleteParams::default().grace_period(0)).await;
+        }
         let gone: Vec<String> = held.lock().await.keys().filter(|id| !live.contains(*id)).cloned().collect();
         for id in gone {
             close_link(&held, &id).await;

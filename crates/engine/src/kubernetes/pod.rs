@@ -14,7 +14,8 @@ use std::collections::BTreeMap;
 
 /// The label every sandbox's Pod has: its sandbox id.
 pub(super) const SANDBOX_LABEL: &str = "hangar.dev/sandbox";
-/// The label holding a digest of the tenant and request id of the create that made the Pod.
+/// The label holding a digest of the tenant and request id of the create that made the Pod (which is named
+/// after it too, so that retries find it).
 pub(super) const REQUEST_LABEL: &str = "hangar.dev/request";
 /// The annotation holding the sandbox's record as created (JSON); its state is read from the Pod's status.
 const INFO_ANNOTATION: &str = "hangar.dev/info";

@@ -2,7 +2,7 @@
 //! state directory made, its agent spawned into fresh namespaces, and the agent's first report read.
 
 use super::Local;
-use crate::{new_id, now_ms, Error, Result, SandboxConfig, SandboxEnding, SandboxInfo, SandboxState};
+use crate::{new_id, Error, Result, SandboxConfig, SandboxEnding, SandboxInfo, SandboxState};
 use hangar_agent_protocol as protocol;
 use hangar_agent_protocol::{AgentConfig, Workload};
 use hangar_runtime::{AgentFds, Limits, MountSpec, OverlaySpec, RootfsSpec, SandboxSpec};
@@ -40,26 +40,9 @@ impl Local {
         }
         let id = new_id("sb");
         let local = self.images.is_local(&c.image);
-        let mut info = SandboxInfo {
-            id: id.clone(),
-            state: if local { SandboxState::Creating } else { SandboxState::Pulling },
-            image: c.image.clone(),
-            command: c.command.clone(),
-            tags: c.tags.clone(),
-            cpus: c.cpus,
-            memory_bytes: c.memory_bytes,
-            pids: Some(c.pids.unwrap_or(crate::DEFAULT_PIDS_LIMIT)),
-            max_lifetime_ms: c.max_lifetime.as_millis() as u64,
-            created_at_ms: now_ms(),
-            ended_at_ms: None,
-            exit_code: None,
-            exit_signal: None,
-            end_reason: None,
-            error: None,
-            tenant: c.tenant.clone(),
-            progress: None,
-            network: self.network_for(c.network.as_ref()),
-        };
+        let state = if local { SandboxState::Creating } else { SandboxState::Pulling };
+        let pids = Some(c.pids.unwrap_or(crate::DEFAULT_PIDS_LIMIT));
+        let mut info = SandboxInfo::new(id.clone(), &c, state, pids, self.network_for(c.network.as_ref()));
         if let Err(e) = self.store.insert(&info, c.request_id.as_deref()) {
             // Lost a race with a concurrent create carrying the same request id: answer with its sandbox.
             if let Some(rec) =
