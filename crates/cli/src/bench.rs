@@ -51,12 +51,17 @@ pub struct BenchArgs {
     /// With `--kubernetes`: the agent image, present on the cluster's nodes (`scripts/agent-image`).
     #[arg(long)]
     agent_image: Option<String>,
+    /// Only this: Hangar next to the container tools installed here (crun, runc, bubblewrap), on the same work
+    /// in interleaved rounds with the floors: `run` of `true`, `exec` of `true`, `--stream-mib` MiB out.
+    #[arg(long)]
+    peers: bool,
 }
 
 mod cwsandbox;
 mod density;
 mod kubernetes;
 mod network;
+mod peers;
 
 /// The Python side of `--python`: round trips and a stream through `on_stdout`, in the sandbox the Rust
 /// side made, reported as one JSON line.
@@ -309,6 +314,10 @@ pub async fn run(args: BenchArgs) -> Result<u8> {
     let n = args.iterations.max(1);
     if args.network {
         network::measure(n.min(20)).await?;
+        return Ok(0);
+    }
+    if args.peers {
+        peers::measure(n, args.stream_mib, args.stream_runs.max(1)).await?;
         return Ok(0);
     }
     if let (Some(kubeconfig), Some(agent_image)) = (&args.kubernetes, &args.agent_image) {
