@@ -249,11 +249,15 @@ fn raw_first_byte(n: usize) -> Result<Summary> {
 
 /// MB/s reading `mib` MiB from `dd` through a plain pipe.
 fn raw_pipe(mib: usize) -> Result<f64> {
+    let mut dd = Command::new("dd");
+    dd.args(["if=/dev/zero", "bs=1M", &format!("count={mib}"), "status=none"]);
+    stream_rate(dd, mib)
+}
+
+/// MB/s of reading everything `c` writes to its standard output, which must be `mib` MiB and a success.
+fn stream_rate(mut c: Command, mib: usize) -> Result<f64> {
     let t = Instant::now();
-    let mut child = Command::new("dd")
-        .args(["if=/dev/zero", "bs=1M", &format!("count={mib}"), "status=none"])
-        .stdout(Stdio::piped())
-        .spawn()?;
+    let mut child = c.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::null()).spawn()?;
     let mut out = child.stdout.take().context("stdout")?;
     // Same pipe size as the agent gives exec pipes, so the comparison is of the paths, not the buffers.
     let _ = nix::fcntl::fcntl(&out, nix::fcntl::FcntlArg::F_SETPIPE_SZ(1 << 20));
@@ -265,8 +269,8 @@ fn raw_pipe(mib: usize) -> Result<f64> {
             n => total += n,
         }
     }
-    child.wait()?;
-    anyhow::ensure!(total == mib << 20, "raw pipe moved {total} bytes");
+    let status = child.wait()?;
+    anyhow::ensure!(status.success() && total == mib << 20, "{c:?}: {status}, {total} bytes");
     Ok(total as f64 / t.elapsed().as_secs_f64() / 1e6)
 }
 

@@ -8,9 +8,8 @@
 //! hosts with hybrid cgroups, so it runs in a mount namespace without the cgroup2 mount, whose cost (an
 //! `unshare` and an `umount`) is measured in the same rounds and taken off its figures.
 
-use super::{summarize, Summary};
+use super::summarize;
 use anyhow::{Context, Result};
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -104,24 +103,6 @@ fn time(mut c: Command) -> Result<Duration> {
     let took = t.elapsed();
     anyhow::ensure!(out.status.success(), "{c:?}: {}", String::from_utf8_lossy(&out.stderr).trim());
     Ok(took)
-}
-
-/// MB/s of reading everything `c` writes to its standard output (which must be `mib` MiB).
-fn rate(mut c: Command, mib: usize) -> Result<f64> {
-    let t = Instant::now();
-    let mut child = c.stdout(Stdio::piped()).stderr(Stdio::null()).spawn()?;
-    let mut out = child.stdout.take().context("stdout")?;
-    let mut buf = vec![0u8; 256 * 1024];
-    let mut total = 0usize;
-    loop {
-        match out.read(&mut buf)? {
-            0 => break,
-            n => total += n,
-        }
-    }
-    let status = child.wait()?;
-    anyhow::ensure!(status.success() && total == mib << 20, "{c:?}: {status}, {total} bytes");
-    Ok(total as f64 / t.elapsed().as_secs_f64() / 1e6)
 }
 
 pub(super) async fn measure(n: usize, mib: usize, runs: usize) -> Result<()> {
@@ -220,26 +201,11 @@ async fn measure_in(hangar: &Path, scratch: &Path, n: usize, mib: usize, runs: u
         if hybrid { "; crun in a mount namespace without cgroup2 (its cost measured and taken off)" } else { "" }
     );
 
-    // `run true`, interleaved, with the floor in every round.
-    let mut floor = vec![];
-    let mut samples: Vec<Vec<Duration>> = tools.iter().map(|_| vec![]).collect();
-    let mut wrappers: Vec<Vec<Duration>> = tools.iter().map(|_| vec![]).collect();
-    for i in 0..n {
-        floor.push(time(cmd("/bin/true", &[]))?);
-        for (k, tool) in tools.iter().enumerate() {
-            samples[k].push(time((tool.run_true)(i))?);
-            if let Some(w) = &tool.wrapper {
-                wrappers[k].push(time(w(()))?);
-            }
-        }
-    }
-    let floor = summarize(floor);
     crate::outln!("run `true` (create, run, remove), p50, one process each:");
-    report(&tools, samples, &wrappers, &floor, "fork+exec /bin/true")?;
+    rounds(&tools, n, |tool, i| Some((tool.run_true)(i)))?;
 
     // `exec true` in a running container.
-    let sandbox = h.clone();
-    let created = Command::new(&sandbox).args(["create"]).stderr(Stdio::inherit()).output()?;
+    let created = Command::new(&h).args(["create"]).stderr(Stdio::inherit()).output()?;
     anyhow::ensure!(created.status.success(), "hangar create failed");
     let id = String::from_utf8_lossy(&created.stdout).trim().to_string();
     // (Detached, the container keeps whatever it was given as stdio: nothing the bench waits on.)
@@ -265,27 +231,12 @@ async fn measure_in(hangar: &Path, scratch: &Path, n: usize, mib: usize, runs: u
     for tool in &tools {
         started(tool.name)?;
     }
-    let exec_measured = (|| -> Result<()> {
-        let mut floor = vec![];
-        let mut samples: Vec<Vec<Duration>> = tools.iter().map(|_| vec![]).collect();
-        let mut wrappers: Vec<Vec<Duration>> = tools.iter().map(|_| vec![]).collect();
-        for _ in 0..n {
-            floor.push(time(cmd("/bin/true", &[]))?);
-            for (k, tool) in tools.iter().enumerate() {
-                let Some(exec) = &tool.exec_true else { continue };
-                samples[k].push(time(exec(id.clone()))?);
-                if let Some(w) = &tool.wrapper {
-                    wrappers[k].push(time(w(()))?);
-                }
-            }
-        }
-        crate::outln!("\nexec `true` in a running container, p50, one process each:");
-        report(&tools, samples, &wrappers, &summarize(floor), "fork+exec /bin/true")
-    })();
+    crate::outln!("\nexec `true` in a running container, p50, one process each:");
+    let exec_measured = rounds(&tools, n, |tool, _| tool.exec_true.as_ref().map(|exec| exec(id.clone())));
     for tool in &tools {
         stopped(tool.name);
     }
-    let _ = Command::new(&sandbox).args(["rm", &id]).output();
+    let _ = Command::new(&h).args(["rm", &id]).output();
     exec_measured?;
 
     // `mib` MiB out, read by the caller, interleaved with raw pipes from the same `dd`s on the host (Hangar's
@@ -297,9 +248,9 @@ async fn measure_in(hangar: &Path, scratch: &Path, n: usize, mib: usize, runs: u
         raw.push(super::raw_pipe(mib)?);
         let mut c = Command::new(&busybox);
         c.args(["dd", "if=/dev/zero", "bs=1M", &count]).stdin(Stdio::null());
-        raw_busybox.push(rate(c, mib)?);
+        raw_busybox.push(super::stream_rate(c, mib)?);
         for (k, tool) in tools.iter().enumerate() {
-            rates[k].push(rate((tool.stream)(i), mib)?);
+            rates[k].push(super::stream_rate((tool.stream)(i), mib)?);
         }
     }
     let (raw, raw_busybox) = (super::median(raw), super::median(raw_busybox));
@@ -312,22 +263,27 @@ async fn measure_in(hangar: &Path, scratch: &Path, n: usize, mib: usize, runs: u
     Ok(())
 }
 
-/// One line per tool: its p50 (less its wrapper's), p99, and ratios to the floor and to Hangar.
-fn report(
-    tools: &[Tool],
-    samples: Vec<Vec<Duration>>,
-    wrappers: &[Vec<Duration>],
-    floor: &Summary,
-    floor_name: &str,
-) -> Result<()> {
-    crate::outln!(
-        "  {:<8} p50 {:>9}  p99 {:>9}",
-        floor_name.split(' ').next().unwrap_or(""),
-        super::ms(floor.p50),
-        super::ms(floor.p99)
-    );
+/// `n` rounds of one sample of each tool (the command `line` gives it for the round, if any; its wrapper too)
+/// with the floor, fork+exec of `true`, in every round; then one line per tool: its p50 (less its wrapper's),
+/// p99, and ratios to the floor and to Hangar.
+fn rounds(tools: &[Tool], n: usize, line: impl Fn(&Tool, usize) -> Option<Command>) -> Result<()> {
+    let mut floor = vec![];
+    let mut samples: Vec<Vec<Duration>> = tools.iter().map(|_| vec![]).collect();
+    let mut wrappers: Vec<Vec<Duration>> = tools.iter().map(|_| vec![]).collect();
+    for i in 0..n {
+        floor.push(time(cmd("/bin/true", &[]))?);
+        for (k, tool) in tools.iter().enumerate() {
+            let Some(c) = line(tool, i) else { continue };
+            samples[k].push(time(c)?);
+            if let Some(w) = &tool.wrapper {
+                wrappers[k].push(time(w(()))?);
+            }
+        }
+    }
+    let floor = summarize(floor);
+    crate::outln!("  {:<8} p50 {:>9}  p99 {:>9}", "fork+exec", super::ms(floor.p50), super::ms(floor.p99));
     let mut hangar_p50 = None;
-    for ((tool, s), w) in tools.iter().zip(samples).zip(wrappers) {
+    for ((tool, s), w) in tools.iter().zip(samples).zip(&wrappers) {
         if s.is_empty() {
             continue;
         }
