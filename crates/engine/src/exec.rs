@@ -375,7 +375,9 @@ impl ExecStream {
         match &mut self.source {
             Source::Inline(_) => return self.seek_inline(Request::SeekTail { lines }).await,
             Source::Copy { data, end, pos, .. } => {
-                *pos = copy_tail(data, end.bytes[0], lines);
+                // (Never past the end the agent recorded, whatever the copy holds beyond it.)
+                let start = end.bytes[0].saturating_sub(data.len() as u64);
+                *pos = hangar_journal::tail_of(&data[..(end.bytes[0] - start) as usize], start, lines);
                 return Ok(());
             }
             Source::Files(_) => {}
@@ -634,24 +636,4 @@ fn next_of_copy(data: &bytes::Bytes, end: &ExecEnd, pos: &mut u64) -> ExecEvent 
     let chunk = data.slice(at..(at + hangar_journal::CHUNK).min(data.len()).min(stop));
     let offset = std::mem::replace(pos, *pos + chunk.len() as u64);
     ExecEvent::Output { stream, offset, data: chunk }
-}
-
-/// Where the last `lines` lines of a kept copy start (never before what the copy holds).
-fn copy_tail(data: &[u8], total: u64, lines: u64) -> u64 {
-    let start = total.saturating_sub(data.len() as u64);
-    if lines == 0 {
-        return total;
-    }
-    // The newline that ends the last line does not start one.
-    let body = data.strip_suffix(b"\n").unwrap_or(data);
-    let mut found = 0;
-    for (k, b) in body.iter().enumerate().rev() {
-        if *b == b'\n' {
-            found += 1;
-            if found == lines {
-                return start + k as u64 + 1;
-            }
-        }
-    }
-    start
 }

@@ -240,6 +240,52 @@ impl Writer {
     }
 }
 
+/// Where the last `lines` lines of the stream bytes `floor..end` start (a last line without its newline
+/// counts; never before `floor`; `u64::MAX` lines: `floor`), reading them backwards in blocks with `read_at(at,
+/// len)`.
+fn tail_start(
+    floor: u64,
+    end: u64,
+    lines: u64,
+    mut read_at: impl FnMut(u64, u64) -> io::Result<Vec<u8>>,
+) -> io::Result<u64> {
+    const BLOCK: u64 = 64 << 10;
+    if lines == 0 {
+        return Ok(end);
+    }
+    let (mut at, mut found) = (if lines == u64::MAX { floor } else { end }, 0u64);
+    while at > floor {
+        let n = (at - floor).min(BLOCK);
+        at -= n;
+        let block = read_at(at, n)?;
+        for (k, b) in block.iter().enumerate().rev() {
+            let pos = at + k as u64;
+            // The newline that ends the last line does not start one.
+            if *b == b'\n' && pos + 1 != end {
+                found += 1;
+                if found == lines {
+                    return Ok(pos + 1);
+                }
+            }
+        }
+    }
+    Ok(floor)
+}
+
+/// Where the last `lines` lines of a stream held in memory start (the rule of [`Reader::seek_tail`]): `data`
+/// is the stream's bytes from offset `base` to its end.
+///
+/// ```
+/// assert_eq!(hangar_journal::tail_of(b"a\nb\nc\n", 10, 2), 12);
+/// assert_eq!(hangar_journal::tail_of(b"a\nb\npartial", 10, 1), 14);
+/// assert_eq!(hangar_journal::tail_of(b"a\nb\n", 10, 9), 10);
+/// ```
+pub fn tail_of(data: &[u8], base: u64, lines: u64) -> u64 {
+    let end = base + data.len() as u64;
+    let slice = |at: u64, n: u64| Ok(data[(at - base) as usize..(at - base + n) as usize].to_vec());
+    tail_start(base, end, lines, slice).unwrap_or(base)
+}
+
 /// The kept head of a journal with cap `cap` (already raised to [`MIN_CAP`]).
 fn head_of(cap: u64) -> u64 {
     (cap / 4).min(MAX_HEAD)
@@ -342,34 +388,10 @@ impl Reader {
     /// without its newline counts). Never into bytes the cap dropped: with fewer lines after a dropped range,
     /// it starts where that range ends. `u64::MAX` lines: everything after the last dropped range, unread.
     pub fn seek_tail(&mut self, p: &Progress, i: usize, lines: u64) -> io::Result<()> {
-        const BLOCK: u64 = 64 << 10;
         let end = p.written[i];
         let mut floor = if p.dropped_to[i] > p.head && p.dropped_to[i] <= end { p.dropped_to[i] } else { 0 };
         floor = p.lost[i].iter().map(|r| r.1).filter(|&to| to <= end).fold(floor, u64::max);
-        let (mut at, mut found, mut start) = (end, 0u64, floor);
-        if lines == 0 {
-            start = end;
-        }
-        if lines == u64::MAX {
-            at = floor;
-        }
-        'scan: while lines > 0 && at > floor {
-            let n = (at - floor).min(BLOCK);
-            at -= n;
-            let block = self.read_at(i, at, n)?;
-            for (k, b) in block.iter().enumerate().rev() {
-                let pos = at + k as u64;
-                // The newline that ends the last line does not start one.
-                if *b == b'\n' && pos + 1 != end {
-                    found += 1;
-                    if found == lines {
-                        start = pos + 1;
-                        break 'scan;
-                    }
-                }
-            }
-        }
-        self.pos[i] = start;
+        self.pos[i] = tail_start(floor, end, lines, |at, n| self.read_at(i, at, n))?;
         Ok(())
     }
 
