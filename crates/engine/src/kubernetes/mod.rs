@@ -364,6 +364,11 @@ impl Cluster {
 
     /// A connection to running sandbox `id`'s agent.
     pub(crate) async fn connect(&self, id: &str) -> Result<AgentLink> {
+        // Over a stream this server holds, the sandbox runs (the Pod watch closes the streams of ended Pods):
+        // no lookup of the Pod on every exec.
+        if let Some(conn) = self.open_held(id).await {
+            return Ok(link(conn));
+        }
         let info = self.get(id).await?;
         if info.state != SandboxState::Running {
             return Err(Error::NotRunning { id: id.to_string(), state: info.state });
@@ -371,16 +376,17 @@ impl Cluster {
         self.connect_running(id).await
     }
 
-    /// A connection over this server's stream to the agent (opened now if there is none, or it broke).
+    /// A connection over the stream this server holds to sandbox `id`'s agent, if it holds one that works.
+    async fn open_held(&self, id: &str) -> Option<hangar_agent_protocol::codec::Conn> {
+        let mux = self.links.lock().await.get(id).filter(|m| !m.is_closed()).cloned()?;
+        mux.open().await.ok()
+    }
+
+    /// A connection over this server's stream to the agent (opened now if there is none, or it broke; without
+    /// holding the other sandboxes' streams up meanwhile).
     async fn connect_running(&self, id: &str) -> Result<AgentLink> {
-        let mut links = self.links.lock().await;
-        if let Some(mux) = links.get(id).filter(|m| !m.is_closed()) {
-            if let Ok(conn) = mux.open().await {
-                return Ok(link(conn));
-            }
-        }
-        if let Some(old) = links.remove(id) {
-            old.close();
+        if let Some(conn) = self.open_held(id).await {
+            return Ok(link(conn));
         }
         let mut forward =
             self.pods.portforward(id, &[POD_AGENT_PORT]).await.map_err(|e| gone_or(id, "port-forward", e))?;
@@ -391,7 +397,15 @@ impl Cluster {
             .await
             .map_err(|e| Error::SandboxGone { id: id.to_string(), detail: format!("greeting its agent: {e}") })?;
         let conn = mux.open().await.map_err(|e| Error::io("open agent connection of", id, e))?;
-        links.insert(id.to_string(), mux);
+        // Kept for the next connections, unless another task opened one that works meanwhile (this one then
+        // lives as long as its connection).
+        let mut links = self.links.lock().await;
+        match links.get(id) {
+            Some(held) if !held.is_closed() => {}
+            _ => {
+                links.insert(id.to_string(), mux);
+            }
+        }
         Ok(link(conn))
     }
 }
