@@ -8,6 +8,10 @@
 //! per stream ([`Writer::create`]), while no attached reader still needs them, the oldest bytes after a kept
 //! head are hole-punched out and reported as a gap; while a reader still needs them nothing is dropped and
 //! the writer waits ([`Writer::is_full`]), so a slow reader slows the command instead of losing output.
+//! An exec's journal is [`Writer::streamed`]: while a reader is attached it runs at most a [`STREAM_WINDOW`]
+//! ahead of it, and of what readers acknowledged it keeps only the last window (and the head). It holds what
+//! is unread, not a second copy of everything delivered, so streaming cycles through a few hot MiB of page
+//! cache, like a pipe, instead of filling the host's memory and disk at page-allocation speed.
 //!
 //! The writer is the agent's, the reader the engine's: they share no memory, only the files and the
 //! [`Progress`] snapshots the agent sends.
@@ -30,6 +34,13 @@ pub const MIN_CAP: u64 = 64 << 10;
 /// Most of a stream's start that is kept whatever the cap drops (a quarter of the cap, at most this).
 pub const MAX_HEAD: u64 = 8 << 20;
 
+/// For a [`Writer::streamed`] journal: how far it runs ahead of its slowest attached reader, and how much
+/// acknowledged output it keeps behind the furthest acknowledgement (room for what was in flight to a client
+/// that lost its connection, and recent context for a second reader).
+pub const STREAM_WINDOW: u64 = 16 << 20;
+/// Delivered output is punched out in steps of at least this (a page-aligned hole frees whole pages).
+const DROP_STEP: u64 = 1 << 20;
+
 /// The file in a journal's directory holding its final [`Progress`] (written by [`persist`] when the exec
 /// ended), so a journal can be read after its writer is gone.
 pub const PROGRESS_FILE: &str = "progress.json";
@@ -50,7 +61,8 @@ pub struct Progress {
     pub written: [u64; 2],
     /// Retained head of each stream: bytes below this are never dropped.
     pub head: u64,
-    /// Bytes `head..dropped_to` of each stream were dropped to respect the journal cap.
+    /// Bytes `head..dropped_to` of each stream were dropped to respect the journal cap, or after they were
+    /// delivered ([`Writer::streamed`]).
     pub dropped_to: [u64; 2],
     /// Ranges `from..to` of each stream that could not be journaled at all (the host's disk stayed full past
     /// the command's end): readers get them as gaps, never as bytes.
@@ -82,6 +94,10 @@ pub struct Writer {
     /// Attached readers' positions: bytes at or after them are never dropped.
     pins: HashMap<ReaderId, [u64; 2]>,
     next_reader: u64,
+    /// The furthest any reader has acknowledged (stdout, stderr).
+    delivered: [u64; 2],
+    /// [`Writer::streamed`]'s window; `None`: not streamed.
+    window: Option<u64>,
 }
 
 impl Writer {
@@ -111,7 +127,25 @@ impl Writer {
         let stream =
             |file| Stream { file: Some(file), written: 0, dropped_to: head, lost: vec![], crc: Default::default() };
         let [out, err] = files;
-        Self { streams: [stream(out), stream(err)], head, cap, pins: HashMap::new(), next_reader: 0 }
+        Self {
+            streams: [stream(out), stream(err)],
+            head,
+            cap,
+            pins: HashMap::new(),
+            next_reader: 0,
+            delivered: [0; 2],
+            window: None,
+        }
+    }
+
+    /// Makes this a journal streamed to its readers (an exec's; [`STREAM_WINDOW`] for `window`): while a
+    /// reader is attached, the stream is [full](Writer::is_full) `window` bytes ahead of the slowest one; of
+    /// what some reader has acknowledged only the last `window` bytes are kept (besides the head), the rest
+    /// is dropped like bytes the cap drops, and a reader that asks for it later gets a gap. Without this (a
+    /// sandbox's log) a journal keeps everything up to its cap and only the cap holds its writer back.
+    pub fn streamed(mut self, window: u64) -> Self {
+        self.window = Some(window);
+        self
     }
 
     /// Deletes exec `exec`'s journal files under `state_dir`.
@@ -134,17 +168,24 @@ impl Writer {
         (self.cap / 4).min(CHUNK as u64) as usize
     }
 
-    /// Drops what the cap asks for so that one more append fits, as far as no attached reader still needs
-    /// it. Whether it dropped anything (the caller then publishes the new [`Writer::progress`]).
+    /// Drops what the cap asks for so that one more append fits, and delivered bytes beyond what
+    /// [`Writer::streamed`] keeps, as far as no attached reader still needs them. Whether it dropped
+    /// anything (the caller then publishes the new [`Writer::progress`]).
     pub fn make_room(&mut self, i: usize) -> bool {
         let room = self.room() as u64;
-        if self.retained(i) + room <= self.cap {
-            return false;
+        let s = &self.streams[i];
+        let mut to = s.dropped_to;
+        if self.retained(i) + room > self.cap {
+            to = s.written - (self.cap - self.head - room);
         }
-        let target = self.streams[i].written - (self.cap - self.head - room);
-        let needed = self.pins.values().map(|p| p[i]).min().unwrap_or(u64::MAX);
+        if let Some(window) = self.window {
+            let delivered = self.delivered[i].saturating_sub(window);
+            if delivered >= s.dropped_to + DROP_STEP {
+                to = to.max(delivered);
+            }
+        }
+        let to = to.min(self.slowest(i).unwrap_or(u64::MAX));
         let s = &mut self.streams[i];
-        let to = target.min(needed);
         if to <= s.dropped_to {
             return false;
         }
@@ -158,9 +199,17 @@ impl Writer {
     }
 
     /// Whether stream `i` has no room for another append until an attached reader moves on (after
-    /// [`Writer::make_room`] did what it could).
+    /// [`Writer::make_room`] did what it could): it reached its cap, or a streamed journal its window ahead
+    /// of the slowest reader.
     pub fn is_full(&self, i: usize) -> bool {
-        self.retained(i) + self.room() as u64 > self.cap
+        let next = self.streams[i].written + self.room() as u64;
+        let ahead = |w: u64| self.slowest(i).is_some_and(|pos| next > pos.saturating_add(w));
+        self.retained(i) + self.room() as u64 > self.cap || self.window.is_some_and(ahead)
+    }
+
+    /// Where the slowest attached reader of stream `i` is.
+    fn slowest(&self, i: usize) -> Option<u64> {
+        self.pins.values().map(|p| p[i]).min()
     }
 
     /// Journals `data` (at most [`Writer::room`] bytes) at the end of stream `i`. On a write error (the
@@ -226,6 +275,10 @@ impl Writer {
     pub fn ack(&mut self, id: ReaderId, pos: [u64; 2]) {
         if let Some(p) = self.pins.get_mut(&id) {
             *p = [p[0].max(pos[0]), p[1].max(pos[1])];
+            // (Never past what was written: an ack only says what its reader has.)
+            for i in 0..2 {
+                self.delivered[i] = self.delivered[i].max(p[i].min(self.streams[i].written));
+            }
         }
     }
 

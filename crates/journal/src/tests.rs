@@ -246,6 +246,80 @@ fn concurrent_readers_each_hold_back_the_drop_and_each_get_everything() {
     assert_eq!(w.readers(), 0);
 }
 
+/// Streams `total` bytes to stdout with one attached reader that keeps up and acks; what it got.
+fn stream_through(d: &Dir, w: &mut Writer, total: u64) -> Vec<u8> {
+    let me = w.attach([0, 0]);
+    let mut r = d.reader([0, 0]);
+    let mut got = Vec::new();
+    while w.written()[0] < total {
+        let n = (total - w.written()[0]).min(256 << 10);
+        fill(w, 0, n);
+        let batch = drain(&mut r, &w.progress(None));
+        assert!(batch.gaps[0].is_empty(), "an attached reader never sees a gap");
+        got.extend(batch.data[0].iter());
+        w.ack(me, r.position());
+    }
+    w.make_room(0);
+    w.detach(me);
+    got
+}
+
+#[test]
+fn delivered_output_is_kept_as_head_and_recent_window_and_a_late_reader_is_told_the_gap() {
+    let d = Dir::new();
+    let (keep, total) = (2 << 20, 24 << 20);
+    let mut w = d.writer(1 << 30).streamed(keep);
+    assert_eq!(stream_through(&d, &mut w, total), bytes_from(0, total as usize), "the live reader got it all");
+    let p = w.progress(Some(end_of(&w)));
+    let (head, dropped_to) = (p.head, p.dropped_to[0]);
+    assert_eq!(head, MAX_HEAD);
+    assert!(dropped_to <= total - keep && dropped_to > total - keep - DROP_STEP, "dropped to {dropped_to}");
+    // The holes are real: the file holds the head and the window, not everything delivered.
+    let meta = std::fs::metadata(d.path.join(dir("ex-1")).join(FILES[0])).unwrap();
+    use std::os::unix::fs::MetadataExt;
+    assert!(meta.blocks() * 512 <= head + (total - dropped_to) + (64 << 10), "{} bytes allocated", meta.blocks() * 512);
+    let late = drain(&mut d.reader([0, 0]), &p);
+    assert_eq!(late.gaps[0], vec![(head, dropped_to)]);
+    let mut expect = bytes_from(0, head as usize);
+    expect.extend(bytes_from(dropped_to, (total - dropped_to) as usize));
+    assert_eq!(late.data[0], expect, "the head, then everything after the gap");
+}
+
+#[test]
+fn a_streamed_journal_runs_a_window_ahead_of_its_slowest_reader_and_keeps_what_it_needs() {
+    let d = Dir::new();
+    let mib = 1 << 20;
+    let mut w = d.writer(1 << 30).streamed(mib);
+    let (slow, fast) = (w.attach([0, 0]), w.attach([0, 0]));
+    w.ack(slow, [MAX_HEAD + 3 * mib + 5, 0]);
+    while w.written()[0] < MAX_HEAD + 4 * mib {
+        fill(&mut w, 0, mib);
+        w.ack(fast, w.written());
+    }
+    w.make_room(0);
+    assert!(w.is_full(0), "a window ahead of the slow reader: the command waits");
+    assert_eq!(w.progress(None).dropped_to[0], MAX_HEAD + 3 * mib, "the fast reader's window is kept");
+    assert!(w.is_full(0), "still waiting for the slow one");
+    let mut r = d.reader([MAX_HEAD + 3 * mib + 5, 0]);
+    let got = drain(&mut r, &w.progress(None));
+    assert!(got.gaps[0].is_empty(), "the slow reader loses nothing");
+    assert_eq!(got.data[0], bytes_from(MAX_HEAD + 3 * mib + 5, mib as usize - 5));
+    w.ack(slow, r.position());
+    w.make_room(0);
+    assert!(!w.is_full(0), "it caught up: the command goes on");
+}
+
+#[test]
+fn a_log_keeps_everything_delivered_up_to_its_cap() {
+    let d = Dir::new();
+    let total = 24 << 20;
+    let mut log = d.writer(1 << 30);
+    stream_through(&d, &mut log, total);
+    let p = log.progress(Some(end_of(&log)));
+    assert_eq!(p.dropped_to[0], p.head, "nothing dropped");
+    assert_eq!(drain(&mut d.reader([0, 0]), &p).data[0], bytes_from(0, total as usize));
+}
+
 #[test]
 fn bytes_that_could_not_be_written_are_a_gap_never_data() {
     let d = Dir::new();

@@ -196,8 +196,9 @@ pub enum ExecEvent {
         /// The bytes (shared, so handing a chunk on to a callback or the network never copies it).
         data: bytes::Bytes,
     },
-    /// Bytes `from..to` of a stream were dropped by the journal cap while no reader was attached, or never
-    /// journaled because the host's disk stayed full.
+    /// Bytes `from..to` of a stream were dropped by the journal cap while no reader was attached, or after
+    /// another reader had received them (an exec's journal keeps only the head and the last 16 MiB of what
+    /// was delivered), or never journaled because the host's disk stayed full.
     Gap {
         /// Which stream.
         stream: OutputStream,

@@ -31,8 +31,10 @@ pub(crate) fn start(state: &Shared, r: ExecSpec) -> Result<ExecRef, (ErrorKind, 
         None => state.borrow_mut().table.fresh_id(),
     };
     let io_err = |what: &str, e: io::Error| err(ErrorKind::Other, format!("exec {id}: {what}: {e}"));
+    // Streamed: the journal holds what clients have not read yet, not a copy of everything they have.
     let journal = hangar_journal::Writer::create(state_dir(), &id, r.journal_cap.unwrap_or(DEFAULT_CAP))
-        .map_err(|e| io_err("journal", e))?;
+        .map_err(|e| io_err("journal", e))?
+        .streamed(hangar_journal::STREAM_WINDOW);
     let exec =
         Exec::new(id.clone(), r.argv.clone(), journal, &r.output, r.on_disconnect, r.retain.unwrap_or(DEFAULT_RETAIN));
     {

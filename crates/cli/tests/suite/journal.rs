@@ -367,6 +367,42 @@ async fn a_full_pids_limit_is_a_start_failure_and_passes() {
     sb.stop().await.unwrap();
 }
 
+/// An exec's journal holds what its clients have not read, not a copy of all they have: streaming 64 MB to a
+/// client leaves the head and the last window of it (on this host, that is all the file holds), and a reader
+/// that attaches later gets the head, a gap that says exactly what is gone, and the rest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_streamed_exec_keeps_its_head_and_recent_output_and_a_late_reader_is_told_the_gap() {
+    const MIB: u64 = 1 << 20;
+    let sb = sandbox().await;
+    let n = 8_000_000;
+    let all = seq(n);
+    let r = sb.exec(["seq", "1", &n.to_string()]).id("streamed").check(true).await.unwrap();
+    assert!(r.stdout == all, "the live client got every byte");
+    if crate::BACKEND != Backend::Kubernetes {
+        use std::os::unix::fs::MetadataExt;
+        let file = state_dir().join("sandboxes").join(sb.id()).join("execs/streamed/stdout");
+        let held = std::fs::metadata(&file).unwrap().blocks() * 512;
+        assert!(held <= 42 * MIB, "{} holds {held} bytes of a {} byte stream", file.display(), all.len());
+    }
+    let mut h = sb.attach("streamed").start().await.unwrap();
+    let (mut head, mut rest, mut gaps) = (Vec::new(), Vec::new(), Vec::new());
+    loop {
+        match h.next_event().await.unwrap().unwrap() {
+            ExecEvent::Output { data, .. } if gaps.is_empty() => head.extend_from_slice(&data),
+            ExecEvent::Output { data, .. } => rest.extend_from_slice(&data),
+            ExecEvent::Gap { stream, from, to } => gaps.push((stream, from, to)),
+            ExecEvent::Exit(end) => break assert_eq!(end.bytes[0], all.len() as u64),
+        }
+    }
+    assert_eq!(head.len() as u64, 8 * MIB, "the head");
+    assert!(head[..] == all[..head.len()]);
+    let &[(OutputStream::Stdout, from, to)] = &gaps[..] else { panic!("one gap of stdout: {gaps:?}") };
+    assert_eq!(from, 8 * MIB);
+    assert!(to > from && to <= all.len() as u64 - 16 * MIB, "the last 16 MiB delivered are kept: gap {from}..{to}");
+    assert!(rest[..] == all[to as usize..], "everything after the gap");
+    sb.stop().await.unwrap();
+}
+
 /// An exec that asked for no retention, whose output its client read to the end, frees its journal as it
 /// ends: a stream of 64 MiB leaves no file behind.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
