@@ -276,8 +276,8 @@ impl Writer {
         if let Some(p) = self.pins.get_mut(&id) {
             *p = [p[0].max(pos[0]), p[1].max(pos[1])];
             // (Never past what was written: an ack only says what its reader has.)
-            for i in 0..2 {
-                self.delivered[i] = self.delivered[i].max(p[i].min(self.streams[i].written));
+            for ((d, at), s) in self.delivered.iter_mut().zip(*p).zip(&self.streams) {
+                *d = (*d).max(at.min(s.written));
             }
         }
     }
