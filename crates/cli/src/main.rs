@@ -35,6 +35,24 @@ fn stdout_error(e: std::io::Error) -> anyhow::Error {
     }
 }
 
+/// Writes output bytes to standard output as they are, straight to its descriptor (`Stdout` is
+/// line-buffered: it would scan every MiB streamed for its last newline), classifying a failure.
+fn write_stdout(data: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    // (Everything printed through `out` is flushed as it goes: nothing of it is waiting to come first.)
+    out.flush().map_err(stdout_error)?;
+    let mut rest = data;
+    while !rest.is_empty() {
+        match nix::unistd::write(&out, rest) {
+            Ok(n) => rest = &rest[n..],
+            Err(nix::errno::Errno::EINTR) => {}
+            Err(e) => return Err(stdout_error(e.into())),
+        }
+    }
+    Ok(())
+}
+
 /// `println!` that returns [`StdoutClosed`] (or another write error) instead of panicking.
 macro_rules! outln {
     ($($arg:tt)*) => {{

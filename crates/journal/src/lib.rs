@@ -501,12 +501,34 @@ impl Reader {
             let f = File::open(&path).map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
             self.files[i] = Some(f);
         }
-        let mut buf = vec![0u8; len as usize];
         let file = self.files[i].as_ref().expect("opened above");
-        file.read_exact_at(&mut buf, at)
-            .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", self.dir.join(FILES[i]).display())))?;
-        Ok(buf)
+        pread_exact(file, len as usize, at)
+            .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", self.dir.join(FILES[i]).display())))
     }
+}
+
+/// `len` bytes of `file` at `at` in a new buffer, which is not zeroed first: streaming hands out a buffer per
+/// MiB, and clearing each only to overwrite it cost as much as a copy.
+fn pread_exact(file: &File, len: usize, at: u64) -> io::Result<Vec<u8>> {
+    use std::os::fd::AsRawFd;
+    let mut buf = Vec::<u8>::with_capacity(len);
+    while buf.len() < len {
+        let (done, want) = (buf.len(), len - buf.len());
+        // SAFETY: pread writes at most `want` bytes into the spare capacity past `done`, which the vector owns.
+        let n = unsafe {
+            libc::pread(file.as_raw_fd(), buf.as_mut_ptr().add(done).cast(), want, (at + done as u64) as libc::off_t)
+        };
+        match n {
+            0 => return Err(io::ErrorKind::UnexpectedEof.into()),
+            n if n < 0 => match io::Error::last_os_error() {
+                e if e.kind() == io::ErrorKind::Interrupted => {}
+                e => return Err(e),
+            },
+            // SAFETY: pread initialized the `n` bytes after `done`.
+            n => unsafe { buf.set_len(done + n as usize) },
+        }
+    }
+    Ok(buf)
 }
 
 mod times;

@@ -1,6 +1,6 @@
 //! Commands that run something and follow its output: `run`, `exec`, `attach`, `shell`, `kill`.
 
-use crate::{json_lines, outln, seconds, stdout_error, ExecArgs, ExecFlags, SandboxArgs, RUN_LIFETIME};
+use crate::{json_lines, outln, seconds, ExecArgs, ExecFlags, SandboxArgs, RUN_LIFETIME};
 use anyhow::{bail, Result};
 use hangar::{Ending, ExecEvent, ExecHandle, OnDisconnect, OutputStream, Sandbox};
 use std::time::Duration;
@@ -87,7 +87,6 @@ pub(crate) struct LogStart {
 
 /// `hangar logs`: a sandbox's log, as it stands or followed.
 pub(crate) async fn logs(id: String, follow: bool, from: LogStart, print_offset: bool) -> Result<u8> {
-    use std::io::Write;
     let sb = Sandbox::from_id(&id).await?;
     let mut logs = sb.logs().follow(follow).from_offset(from.offset);
     if let Some(n) = from.tail {
@@ -100,8 +99,7 @@ pub(crate) async fn logs(id: String, follow: bool, from: LogStart, print_offset:
     while let Some(ev) = s.next_event().await? {
         match ev {
             ExecEvent::Output { data, .. } => {
-                let mut out = std::io::stdout().lock();
-                out.write_all(&data).and_then(|()| out.flush()).map_err(stdout_error)?;
+                crate::write_stdout(&data)?;
             }
             ExecEvent::Gap { from, to, .. } => {
                 eprintln!(
@@ -224,13 +222,12 @@ async fn follow(mut h: ExecHandle, stdin: bool, raw: bool, timeout: Option<Durat
     loop {
         match h.next_event().await? {
             Some(ExecEvent::Output { stream: OutputStream::Stdout, data, .. }) => {
-                let mut out = std::io::stdout().lock();
-                out.write_all(&data).and_then(|()| out.flush()).map_err(stdout_error)?;
+                crate::write_stdout(&data)?;
             }
             Some(ExecEvent::Output { data, .. }) => std::io::stderr().lock().write_all(&data)?,
             Some(ExecEvent::Gap { stream, from, to }) => {
                 eprintln!(
-                    "hangar: {stream:?} bytes {from}..{to} were dropped by the journal cap before this client attached"
+                    "hangar: {stream:?} bytes {from}..{to} were dropped from the journal before this client attached (it keeps the head and the newest output)"
                 )
             }
             Some(ExecEvent::Exit(end)) => {
