@@ -97,12 +97,27 @@ fn installed(prog: &str) -> bool {
 }
 
 /// Time of one run of `c` (its output discarded), or its failure.
-fn time(mut c: Command) -> Result<Duration> {
+fn time(c: Command) -> Result<Duration> {
+    Ok(time_with_phases(c)?.0)
+}
+
+/// How long `c` took, and the phases it said it went through (`hangar run` with `$HANGAR_PHASES`).
+fn time_with_phases(mut c: Command) -> Result<(Duration, Vec<(String, Duration)>)> {
     let t = Instant::now();
     let out = c.stdout(Stdio::null()).stderr(Stdio::piped()).output()?;
     let took = t.elapsed();
-    anyhow::ensure!(out.status.success(), "{c:?}: {}", String::from_utf8_lossy(&out.stderr).trim());
-    Ok(took)
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    anyhow::ensure!(out.status.success(), "{c:?}: {}", stderr.trim());
+    let phases = stderr
+        .lines()
+        .filter_map(|l| l.strip_prefix("hangar: phases: "))
+        .flat_map(|l| l.split(' '))
+        .filter_map(|kv| {
+            let (k, ms) = kv.split_once('=')?;
+            Some((k.to_string(), Duration::from_secs_f64(ms.parse::<f64>().ok()? / 1e3)))
+        })
+        .collect();
+    Ok((took, phases))
 }
 
 pub(super) async fn measure(n: usize, mib: usize, runs: usize) -> Result<()> {
@@ -131,7 +146,7 @@ async fn measure_in(hangar: &Path, scratch: &Path, n: usize, mib: usize, runs: u
             name: "hangar",
             run_true: Box::new(move |_| {
                 let mut c = Command::new(&h1);
-                c.args(["run", "--", "true"]).stdin(Stdio::null());
+                c.args(["run", "--", "true"]).stdin(Stdio::null()).env("HANGAR_PHASES", "1");
                 c
             }),
             exec_true: Some(Box::new(move |id: String| {
@@ -201,6 +216,14 @@ async fn measure_in(hangar: &Path, scratch: &Path, n: usize, mib: usize, runs: u
         if hybrid { "; crun in a mount namespace without cgroup2 (its cost measured and taken off)" } else { "" }
     );
 
+    crate::outln!(
+        "cgroup migrations: {}\n",
+        match hangar_engine::migrations_are_cheap() {
+            Some(true) => "cheap (the cgroup2 mount has favordynmods)",
+            Some(false) => "each waits for an RCU grace period after a quiet moment (HANGAR_CGROUP_FAVORDYNMODS=1)",
+            None => "no cgroup2 mount to set favordynmods on",
+        }
+    );
     crate::outln!("run `true` (create, run, remove), p50, one process each:");
     rounds(&tools, n, |tool, i| Some((tool.run_true)(i)))?;
 
@@ -270,11 +293,24 @@ fn rounds(tools: &[Tool], n: usize, line: impl Fn(&Tool, usize) -> Option<Comman
     let mut floor = vec![];
     let mut samples: Vec<Vec<Duration>> = tools.iter().map(|_| vec![]).collect();
     let mut wrappers: Vec<Vec<Duration>> = tools.iter().map(|_| vec![]).collect();
+    // Hangar's phases, when its command says them: each phase's samples, in the order said.
+    let mut phases: Vec<(String, Vec<Duration>)> = vec![];
     for i in 0..n {
         floor.push(time(cmd("/bin/true", &[]))?);
         for (k, tool) in tools.iter().enumerate() {
             let Some(c) = line(tool, i) else { continue };
-            samples[k].push(time(c)?);
+            let (took, mut said) = time_with_phases(c)?;
+            samples[k].push(took);
+            if !said.is_empty() {
+                let rest = took.saturating_sub(said.iter().map(|(_, d)| *d).sum());
+                said.push(("process start and exit".into(), rest));
+            }
+            for (name, d) in said {
+                match phases.iter_mut().find(|(p, _)| *p == name) {
+                    Some((_, v)) => v.push(d),
+                    None => phases.push((name, vec![d])),
+                }
+            }
             if let Some(w) = &tool.wrapper {
                 wrappers[k].push(time(w(()))?);
             }
@@ -300,6 +336,11 @@ fn rounds(tools: &[Tool], n: usize, line: impl Fn(&Tool, usize) -> Option<Comman
             p50.as_secs_f64() / base.as_secs_f64(),
             if less.is_zero() { String::new() } else { format!(" (its wrapper's {} taken off)", super::ms(less)) }
         );
+    }
+    if !phases.is_empty() {
+        let each: Vec<String> =
+            phases.into_iter().map(|(p, v)| format!("{p} {}", super::ms(summarize(v).p50).trim())).collect();
+        crate::outln!("  hangar by phase, p50: {}", each.join(" · "));
     }
     Ok(())
 }

@@ -58,6 +58,9 @@ impl Local {
         let registries = hangar_images::RegistryConfig::load(Some(&cfg.state_dir.join("registries.json")));
         let images = ImageStore::new(cfg.state_dir.join("images")).with_registries(registries);
         let cgroups = Cgroups::detect("hangar")?;
+        if cfg.favor_dynmods {
+            hangar_runtime::cgroups::make_migrations_cheap()?;
+        }
         let volume = match cfg.disk_budget_bytes {
             Some(_) => {
                 // Sparse: as large as the host filesystem, so only the budgets (and the host disk) limit it.
