@@ -203,3 +203,25 @@ async fn ended_records_expire_after_the_retention() {
     drop((client, keeping));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// 1,000 sandboxes, each created with a main command, given an exec, stopped and removed, one after another,
+/// leave nothing of any of them: no process, mount, cgroup, directory, kept log or record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_create_exec_stop_cycles_leave_nothing() {
+    let mut ids = Vec::with_capacity(1000);
+    for _ in 0..1000 {
+        let sb = common::sandbox().await;
+        sb.exec(["true"]).check(true).await.unwrap();
+        ids.push(sb.id().to_string());
+        sb.stop().await.unwrap();
+        sb.delete().await.unwrap();
+    }
+    let listed: std::collections::HashSet<String> =
+        common::client().list().await.unwrap().into_iter().map(|i| i.id).collect();
+    let logs = common::state_dir().join("sandboxes/.logs");
+    for id in &ids {
+        assert_eq!(common::leftovers(id), Vec::<String>::new(), "sandbox {id}");
+        assert!(!listed.contains(id), "{id} is still listed");
+        assert!(!logs.join(id).exists(), "{id}'s log is kept");
+    }
+}
