@@ -53,6 +53,12 @@ fn write_stdout(data: &[u8]) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Standard output for a listing: buffered, one write per 64 KiB rather than one per line. Write lines with
+/// `writeln!(out, ...).map_err(stdout_error)?` and end with `out.flush().map_err(stdout_error)?`.
+fn listing() -> std::io::BufWriter<std::io::StdoutLock<'static>> {
+    std::io::BufWriter::with_capacity(64 << 10, std::io::stdout().lock())
+}
+
 /// `println!` that returns [`StdoutClosed`] (or another write error) instead of panicking.
 macro_rules! outln {
     ($($arg:tt)*) => {{
@@ -440,9 +446,13 @@ fn main() -> ExitCode {
 
 /// Prints one JSON object per line.
 fn json_lines<T: serde::Serialize>(items: &[T]) -> Result<u8> {
+    use std::io::Write as _;
+    let mut out = listing();
     for i in items {
-        outln!("{}", serde_json::to_string(i)?);
+        serde_json::to_writer(&mut out, i)?;
+        writeln!(out).map_err(stdout_error)?;
     }
+    out.flush().map_err(stdout_error)?;
     Ok(0)
 }
 

@@ -376,3 +376,19 @@ fn run_with_an_image_whose_own_command_exits_is_like_docker_run() {
     assert!(!both.status.success(), "a command and --image-command together are refused");
     assert!(run(&["rm", &idle, &own]).status.success());
 }
+
+/// `HANGAR_PHASES=1 hangar run` says where its time went, phase by phase, on stderr (what `hangar bench
+/// --peers` reads); without it, nothing.
+#[test]
+fn run_says_its_phases_when_asked() {
+    let out = hangar().args(["run", "--", "true"]).env("HANGAR_PHASES", "1").output().unwrap();
+    assert!(out.status.success());
+    let said = text(&out.stderr);
+    let line = said.strip_prefix("hangar: phases: ").unwrap_or_else(|| panic!("{said:?}"));
+    let phases: Vec<(&str, f64)> =
+        line.split_whitespace().map(|kv| kv.split_once('=').map(|(k, ms)| (k, ms.parse().unwrap())).unwrap()).collect();
+    let names: Vec<&str> = phases.iter().map(|p| p.0).collect();
+    assert_eq!(names, ["open", "create", "exec", "stop", "remove"]);
+    assert!(phases.iter().all(|p| p.1 > 0.0), "{phases:?}");
+    assert_eq!(text(&run(&["run", "--", "true"]).stderr), "");
+}

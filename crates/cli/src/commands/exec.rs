@@ -55,8 +55,9 @@ impl Phases {
     }
 
     fn done(&mut self, phase: &'static str) {
-        if let Some(since) = self.since.replace(std::time::Instant::now()) {
+        if let Some(since) = self.since.as_mut() {
             self.done.push((phase, since.elapsed()));
+            *since = std::time::Instant::now();
         }
     }
 

@@ -32,7 +32,11 @@ pub(crate) async fn ls(json: bool) -> Result<u8> {
     if json {
         return json_lines(&all);
     }
-    outln!("{:<20} {:<11} {:<8} {:<6} {:<18} COMMAND", "ID", "STATE", "IMAGE", "EXIT", "ENDED BY");
+    use std::io::Write as _;
+    let mut out = crate::listing();
+    let header = ["ID", "STATE", "IMAGE", "EXIT", "ENDED BY"];
+    writeln!(out, "{:<20} {:<11} {:<8} {:<6} {:<18} COMMAND", header[0], header[1], header[2], header[3], header[4])
+        .map_err(crate::stdout_error)?;
     for i in all {
         let exit = match (i.exit_code, i.exit_signal) {
             (Some(c), _) => c.to_string(),
@@ -42,8 +46,10 @@ pub(crate) async fn ls(json: bool) -> Result<u8> {
         let ended = i.end_reason.as_deref().unwrap_or("-");
         // No main command: the sandbox idles.
         let command = if i.command.is_empty() { "-".to_string() } else { i.command.join(" ") };
-        outln!("{:<20} {:<11} {:<8} {:<6} {:<18} {command}", i.id, i.state, i.image, exit, ended);
+        writeln!(out, "{:<20} {:<11} {:<8} {:<6} {:<18} {command}", i.id, i.state, i.image, exit, ended)
+            .map_err(crate::stdout_error)?;
     }
+    out.flush().map_err(crate::stdout_error)?;
     Ok(0)
 }
 

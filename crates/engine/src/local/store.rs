@@ -72,7 +72,8 @@ impl Store {
                 network TEXT
             );
             CREATE UNIQUE INDEX IF NOT EXISTS sandboxes_request ON sandboxes (tenant, request_id)
-                WHERE request_id IS NOT NULL;",
+                WHERE request_id IS NOT NULL;
+            CREATE INDEX IF NOT EXISTS sandboxes_created ON sandboxes (created_at, id);",
         )?;
         // Stores made before protocol versions existed lack the column; their agents speak version 1.
         let has_protocol: bool = db.query_row(
