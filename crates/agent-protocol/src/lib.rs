@@ -307,6 +307,14 @@ pub struct AgentConfig {
     /// What runs in it (its fields sit beside `sandbox` in the file, as before the split).
     #[serde(flatten)]
     pub workload: Workload,
+    /// Keep a spare exec helper ready (see the agent's `spare` module): worth it where moving a process into
+    /// a cgroup waits for an RCU grace period, a waste of a process where migrations are cheap.
+    #[serde(default = "yes")]
+    pub spare_helpers: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// What runs in a sandbox, whoever built it: the agent's configuration on every backend.

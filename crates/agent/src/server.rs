@@ -75,6 +75,7 @@ fn main_inner() -> Result<(), String> {
     let cfg: AgentConfig = serde_json::from_slice(&body).map_err(|e| format!("parse the configuration: {e}"))?;
     // SAFETY: the runtime placed the write end of the status pipe at this number; nothing else owns it.
     let mut status = unsafe { File::from_raw_fd(STATUS_FD) };
+    SPARE_HELPERS.store(cfg.spare_helpers, std::sync::atomic::Ordering::Relaxed);
     let started = hangar_runtime::enter(&cfg.sandbox)
         .map_err(|e| StartReport::Failed(e.to_string()))
         .and_then(|cgroups| Started::start(&cfg.workload, cgroups));
@@ -425,6 +426,10 @@ fn reserve_end_record() {
         let _ = nix::fcntl::fallocate(&fd, nix::fcntl::FallocateFlags::empty(), 0, 4096);
     }
 }
+
+/// Whether a spare exec helper is kept ready ([`AgentConfig::spare_helpers`]); without, execs start straight
+/// from the agent.
+pub(crate) static SPARE_HELPERS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
 
 /// Where a Pod's agent also leaves its sandbox's end (see `crate::pod`): the container's termination message,
 /// which Kubernetes keeps in the Pod's status after the container is gone.

@@ -86,6 +86,10 @@ pub struct EngineConfig {
     /// the host reboots (see `hangar_runtime::cgroups::migrations_are_cheap`). `$HANGAR_CGROUP_FAVORDYNMODS=1`;
     /// off unless set: it changes the host, which is the operator's call.
     pub favor_dynmods: bool,
+    /// Whether agents keep a spare exec helper ready; `None` (the default): only where cgroup migrations are
+    /// slow (`hangar_runtime::cgroups::migrations_are_cheap`), since a spare only takes a migration off an exec's
+    /// path and costs ~250 KiB per sandbox.
+    pub spare_helpers: Option<bool>,
 }
 
 /// Default for [`EngineConfig::ended_retention`].
@@ -149,6 +153,7 @@ impl EngineConfig {
             network,
             inline_journals,
             favor_dynmods,
+            spare_helpers: None,
         })
     }
 
@@ -163,6 +168,7 @@ impl EngineConfig {
             network: NetworkConfig::default(),
             inline_journals: false,
             favor_dynmods: false,
+            spare_helpers: None,
         }
     }
 }

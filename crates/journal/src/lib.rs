@@ -8,10 +8,10 @@
 //! per stream ([`Writer::create`]), while no attached reader still needs them, the oldest bytes after a kept
 //! head are hole-punched out and reported as a gap; while a reader still needs them nothing is dropped and
 //! the writer waits ([`Writer::is_full`]), so a slow reader slows the command instead of losing output.
-//! An exec's journal is [`Writer::streamed`]: while a reader is attached it runs at most a [`STREAM_WINDOW`]
-//! ahead of it, and of what readers acknowledged it keeps only the last window (and the head). It holds what
-//! is unread, not a second copy of everything delivered, so streaming cycles through a few hot MiB of page
-//! cache, like a pipe, instead of filling the host's memory and disk at page-allocation speed.
+//! An exec's journal is [`Writer::streamed`] ([`STREAMED`]): while a reader is attached it runs at most a lead
+//! ahead of it, and of what readers acknowledged it keeps only the last stretch (and the head). It holds what
+//! is unread, not a second copy of everything delivered, so streaming cycles through a few dozen hot MiB of
+//! page cache, like a pipe, instead of filling the host's memory and disk at page-allocation speed.
 //!
 //! The writer is the agent's, the reader the engine's: they share no memory, only the files and the
 //! [`Progress`] snapshots the agent sends.
@@ -34,10 +34,20 @@ pub const MIN_CAP: u64 = 64 << 10;
 /// Most of a stream's start that is kept whatever the cap drops (a quarter of the cap, at most this).
 pub const MAX_HEAD: u64 = 8 << 20;
 
-/// For a [`Writer::streamed`] journal: how far it runs ahead of its slowest attached reader, and how much
-/// acknowledged output it keeps behind the furthest acknowledgement (room for what was in flight to a client
-/// that lost its connection, and recent context for a second reader).
-pub const STREAM_WINDOW: u64 = 16 << 20;
+/// How a [`Writer::streamed`] journal keeps pace with its readers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Streamed {
+    /// How far the stream runs ahead of its slowest attached reader.
+    pub lead: u64,
+    /// Acknowledged bytes kept behind the furthest acknowledgement (besides the head).
+    pub keep: u64,
+}
+
+/// An exec's: a 16 MiB lead, and 64 MiB of acknowledged output kept. A reader acknowledges what it handed
+/// on; a server hands output on to a client that may lose its connection with up to ~26 MiB in flight (its
+/// stream buffer of 16 × 1 MiB and an 8 MiB HTTP/2 window) and resume from what it got: that must still be
+/// there. The rest of what is kept is recent context for a reader that attaches later.
+pub const STREAMED: Streamed = Streamed { lead: 16 << 20, keep: 64 << 20 };
 /// Delivered output is punched out in steps of at least this (a page-aligned hole frees whole pages).
 const DROP_STEP: u64 = 1 << 20;
 
@@ -96,8 +106,8 @@ pub struct Writer {
     next_reader: u64,
     /// The furthest any reader has acknowledged (stdout, stderr).
     delivered: [u64; 2],
-    /// [`Writer::streamed`]'s window; `None`: not streamed.
-    window: Option<u64>,
+    /// How it is [`Writer::streamed`]; `None`: not streamed.
+    streamed: Option<Streamed>,
 }
 
 impl Writer {
@@ -134,17 +144,17 @@ impl Writer {
             pins: HashMap::new(),
             next_reader: 0,
             delivered: [0; 2],
-            window: None,
+            streamed: None,
         }
     }
 
-    /// Makes this a journal streamed to its readers (an exec's; [`STREAM_WINDOW`] for `window`): while a
-    /// reader is attached, the stream is [full](Writer::is_full) `window` bytes ahead of the slowest one; of
-    /// what some reader has acknowledged only the last `window` bytes are kept (besides the head), the rest
-    /// is dropped like bytes the cap drops, and a reader that asks for it later gets a gap. Without this (a
-    /// sandbox's log) a journal keeps everything up to its cap and only the cap holds its writer back.
-    pub fn streamed(mut self, window: u64) -> Self {
-        self.window = Some(window);
+    /// Makes this a journal streamed to its readers (an exec's: [`STREAMED`]): while a reader is attached,
+    /// the stream is [full](Writer::is_full) `s.lead` bytes ahead of the slowest one; of what some reader has
+    /// acknowledged only the last `s.keep` bytes are kept (besides the head), the rest is dropped like bytes
+    /// the cap drops, and a reader that asks for it later gets a gap. Without this (a sandbox's log) a journal
+    /// keeps everything up to its cap and only the cap holds its writer back.
+    pub fn streamed(mut self, s: Streamed) -> Self {
+        self.streamed = Some(s);
         self
     }
 
@@ -178,8 +188,8 @@ impl Writer {
         if self.retained(i) + room > self.cap {
             to = s.written - (self.cap - self.head - room);
         }
-        if let Some(window) = self.window {
-            let delivered = self.delivered[i].saturating_sub(window);
+        if let Some(streamed) = self.streamed {
+            let delivered = self.delivered[i].saturating_sub(streamed.keep);
             if delivered >= s.dropped_to + DROP_STEP {
                 to = to.max(delivered);
             }
@@ -203,8 +213,8 @@ impl Writer {
     /// of the slowest reader.
     pub fn is_full(&self, i: usize) -> bool {
         let next = self.streams[i].written + self.room() as u64;
-        let ahead = |w: u64| self.slowest(i).is_some_and(|pos| next > pos.saturating_add(w));
-        self.retained(i) + self.room() as u64 > self.cap || self.window.is_some_and(ahead)
+        let ahead = |s: Streamed| self.slowest(i).is_some_and(|pos| next > pos.saturating_add(s.lead));
+        self.retained(i) + self.room() as u64 > self.cap || self.streamed.is_some_and(ahead)
     }
 
     /// Where the slowest attached reader of stream `i` is.

@@ -268,7 +268,7 @@ fn stream_through(d: &Dir, w: &mut Writer, total: u64) -> Vec<u8> {
 fn delivered_output_is_kept_as_head_and_recent_window_and_a_late_reader_is_told_the_gap() {
     let d = Dir::new();
     let (keep, total) = (2 << 20, 24 << 20);
-    let mut w = d.writer(1 << 30).streamed(keep);
+    let mut w = d.writer(1 << 30).streamed(Streamed { lead: keep, keep });
     assert_eq!(stream_through(&d, &mut w, total), bytes_from(0, total as usize), "the live reader got it all");
     let p = w.progress(Some(end_of(&w)));
     let (head, dropped_to) = (p.head, p.dropped_to[0]);
@@ -289,7 +289,7 @@ fn delivered_output_is_kept_as_head_and_recent_window_and_a_late_reader_is_told_
 fn a_streamed_journal_runs_a_window_ahead_of_its_slowest_reader_and_keeps_what_it_needs() {
     let d = Dir::new();
     let mib = 1 << 20;
-    let mut w = d.writer(1 << 30).streamed(mib);
+    let mut w = d.writer(1 << 30).streamed(Streamed { lead: mib, keep: mib });
     let (slow, fast) = (w.attach([0, 0]), w.attach([0, 0]));
     w.ack(slow, [MAX_HEAD + 3 * mib + 5, 0]);
     while w.written()[0] < MAX_HEAD + 4 * mib {

@@ -304,7 +304,7 @@ impl<'a> Exec<'a> {
     /// bytes after the first few MiB are dropped (the head and the tail survive) and a client that attaches
     /// later is told the exact range ([`ExecEvent::Gap`], [`Error::IncompleteOutput`]); while a client is
     /// attached nothing it has not read is dropped: the command waits for it instead (it runs at most 16 MiB
-    /// ahead of its slowest client). Of what clients have read only the head and the last 16 MiB are kept.
+    /// ahead of its slowest client). Of what clients have read only the head and the last 64 MiB are kept.
     ///
     /// ```no_run
     /// # async fn demo(sb: &hangar::Sandbox) -> hangar::Result<()> {

@@ -197,7 +197,7 @@ pub enum ExecEvent {
         data: bytes::Bytes,
     },
     /// Bytes `from..to` of a stream were dropped by the journal cap while no reader was attached, or after
-    /// another reader had received them (an exec's journal keeps only the head and the last 16 MiB of what
+    /// another reader had received them (an exec's journal keeps only the head and the last 64 MiB of what
     /// was delivered), or never journaled because the host's disk stayed full.
     Gap {
         /// Which stream.

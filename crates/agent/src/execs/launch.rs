@@ -34,7 +34,7 @@ pub(crate) fn start(state: &Shared, r: ExecSpec) -> Result<ExecRef, (ErrorKind, 
     // Streamed: the journal holds what clients have not read yet, not a copy of everything they have.
     let journal = hangar_journal::Writer::create(state_dir(), &id, r.journal_cap.unwrap_or(DEFAULT_CAP))
         .map_err(|e| io_err("journal", e))?
-        .streamed(hangar_journal::STREAM_WINDOW);
+        .streamed(hangar_journal::STREAMED);
     let exec =
         Exec::new(id.clone(), r.argv.clone(), journal, &r.output, r.on_disconnect, r.retain.unwrap_or(DEFAULT_RETAIN));
     {
@@ -314,9 +314,11 @@ pub(crate) fn refill_spare(state: &Shared) {
     let cgroup = {
         let mut st = state.borrow_mut();
         let resting = st.spare_failed.is_some_and(|t| t.elapsed() < SPARE_RETRY);
-        // A spare only takes the cgroup migration off the exec's path: without exec cgroups (a Pod) it saves
-        // nothing and costs a process.
-        let useless = st.spare_unusable || st.table.cgroups.is_empty();
+        // A spare only takes the cgroup migration off the exec's path: without exec cgroups (a Pod), or where
+        // migrations are cheap (the host's favordynmods), it saves nothing and costs a process (~250 KiB).
+        let useless = st.spare_unusable
+            || st.table.cgroups.is_empty()
+            || !crate::server::SPARE_HELPERS.load(std::sync::atomic::Ordering::Relaxed);
         if st.spare.is_some() || st.spare_pending || resting || st.stopping || useless {
             return;
         }

@@ -58,10 +58,13 @@ pub fn client() -> Client {
 }
 
 /// The test engine: `HANGAR_INLINE_JOURNALS=1` runs the suite with exec output sent by the agents on their
-/// connections (the path of agents in Pods) instead of read from the journal files.
+/// connections (the path of agents in Pods) instead of read from the journal files. Whatever the host's
+/// cgroup migrations cost, the embedded suite runs execs through spare helpers and its inline-journal run
+/// without them (the server's suite gets what the host calls for), so both ways of starting execs are tested.
 pub fn engine_config() -> EngineConfig {
     let mut cfg = EngineConfig::new(state_dir(), agent_bin());
     cfg.inline_journals = std::env::var("HANGAR_INLINE_JOURNALS").is_ok_and(|v| v == "1");
+    cfg.spare_helpers = Some(!cfg.inline_journals);
     cfg
 }
 
@@ -192,6 +195,16 @@ pub fn agent_pid(id: &str) -> i32 {
     let agents: Vec<i32> = named.iter().copied().filter(|&p| !named.contains(&parent_of(p))).collect();
     assert_eq!(agents.len(), 1, "exactly one agent names sandbox {id}: {agents:?} of {named:?}");
     agents[0]
+}
+
+/// Whether this binary's sandboxes keep spare exec helpers: the embedded engine as [`engine_config`] says, a
+/// server as the host calls for (only where cgroup migrations are slow).
+pub fn spares_expected() -> bool {
+    match crate::BACKEND {
+        Backend::Embedded => engine_config().spare_helpers.expect("the test engine says"),
+        Backend::Server => hangar_engine::migrations_are_cheap() != Some(true),
+        Backend::Kubernetes => false,
+    }
 }
 
 /// Whether a spare exec helper of the agent `agent` is waiting, polling for up to 2 s.

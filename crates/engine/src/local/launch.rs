@@ -195,6 +195,7 @@ impl Local {
                 stop_grace_ms: c.stop_grace.as_millis() as u64,
                 user: layout.user.clone(),
             },
+            spare_helpers: self.spare_helpers,
         };
         let cfg_path = dir.join("agent.json");
         let body = serde_json::to_vec(&agent_cfg)

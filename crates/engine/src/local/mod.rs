@@ -34,6 +34,8 @@ pub(crate) struct Local {
     pub(crate) cgroups: Cgroups,
     /// The volume that holds sandbox directories, when disk budgets are on.
     pub(crate) volume: Option<hangar_runtime::disk::DiskVolume>,
+    /// Whether agents keep a spare exec helper ([`EngineConfig::spare_helpers`], resolved for this host).
+    pub(crate) spare_helpers: bool,
     /// Serialises recording ends within this process, so whoever returns from a stop finds the cleanup done.
     pub(crate) finishing: tokio::sync::Mutex<()>,
 }
@@ -61,6 +63,8 @@ impl Local {
         if cfg.favor_dynmods {
             hangar_runtime::cgroups::make_migrations_cheap()?;
         }
+        let spare_helpers =
+            cfg.spare_helpers.unwrap_or_else(|| hangar_runtime::cgroups::migrations_are_cheap() != Some(true));
         let volume = match cfg.disk_budget_bytes {
             Some(_) => {
                 // Sparse: as large as the host filesystem, so only the budgets (and the host disk) limit it.
@@ -72,7 +76,8 @@ impl Local {
             }
             None => None,
         };
-        let engine = Self { cfg, store, images, cgroups, volume, finishing: tokio::sync::Mutex::new(()) };
+        let engine =
+            Self { cfg, store, images, cgroups, volume, spare_helpers, finishing: tokio::sync::Mutex::new(()) };
         engine.forget_orphaned_logs();
         Ok(engine)
     }
