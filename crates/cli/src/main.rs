@@ -253,6 +253,10 @@ enum Cmd {
         /// Address for gRPC.
         #[arg(long, default_value = "127.0.0.1:7777")]
         listen: std::net::SocketAddr,
+        /// Also serve gRPC on this Unix socket (mode 0600): clients on this machine use `HANGAR_URL=unix:PATH`
+        /// and skip the TCP stack.
+        #[arg(long)]
+        socket: Option<std::path::PathBuf>,
         /// Address for the HTTP health (`/healthz`) and Prometheus metrics (`/metrics`) endpoints.
         #[arg(long)]
         http_listen: Option<std::net::SocketAddr>,
@@ -485,9 +489,10 @@ async fn dispatch(cmd: Cmd) -> Result<u8> {
         Cmd::Cp { src, dst } => files::copy(&src, &dst).await,
         Cmd::Bench(args) => bench::run(args).await,
         Cmd::Images(cmd) => images::images(cmd).await,
-        Cmd::Serve { listen, http_listen, token_file, drain, backend, kubernetes } => {
+        Cmd::Serve { listen, socket, http_listen, token_file, drain, backend, kubernetes } => {
+            let listen = hangar_server::Listen { grpc: listen, socket, http: http_listen };
             let kubernetes = (backend == "kubernetes").then_some(kubernetes);
-            serve::serve(listen, http_listen, token_file, drain, kubernetes).await
+            serve::serve(listen, token_file, drain, kubernetes).await
         }
     }
 }

@@ -690,3 +690,28 @@ async fn write_file_without_a_size_is_spooled_and_a_wrong_size_is_refused() {
     }
     sb.stop().await.unwrap();
 }
+
+/// A server also listening on a Unix socket serves the same APIs there, to the same tenants and tokens: a
+/// client with a `unix:` URL runs an exec and gets its output whole; a token-less one is refused; the socket
+/// is its owner's only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_unix_socket_serves_the_same_api_with_the_same_tokens() {
+    use sha2::Digest;
+    use std::os::unix::fs::PermissionsExt;
+    let url = &server().unix_url;
+    let path = url.strip_prefix("unix:").unwrap();
+    assert_eq!(std::fs::metadata(path).unwrap().permissions().mode() & 0o777, 0o600);
+    match Client::connect(url, None).unwrap().list().await {
+        Err(Error::Unauthenticated(m)) => assert!(m.contains("token"), "{m}"),
+        other => panic!("expected Unauthenticated, got {other:?}"),
+    }
+    let client = Client::connect(&format!("unix://{path}"), Some(TOKEN_A)).unwrap();
+    let sb = Sandbox::builder().client(&client).command("sleep").args(["infinity"]).create().await.unwrap();
+    let n = 5_000_000u64;
+    let mut hasher = sha2::Sha256::new();
+    let r = sb.exec(["seq", "1", &n.to_string()]).capture(false).on_stdout(|c| hasher.update(c)).await.unwrap();
+    assert_eq!((r.returncode, hex(hasher.finalize())), (0, seq_sha256(n)));
+    let tcp = Client::connect(&server().url, Some(TOKEN_A)).unwrap();
+    assert!(tcp.list().await.unwrap().iter().any(|i| i.id == sb.id()), "one server behind both listeners");
+    sb.stop().await.unwrap();
+}

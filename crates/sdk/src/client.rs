@@ -128,7 +128,8 @@ impl Client {
         Ok(Client { backend: Backend::Embedded(Engine::open(cfg)?) })
     }
 
-    /// A server at `url` (`http://host:port`), authenticating with `token`. Connects lazily: an
+    /// A server at `url` (`http://host:port`, or `unix:/path/to/socket` for a server on this machine that
+    /// listens there too: `hangar serve --socket`), authenticating with `token`. Connects lazily: an
     /// unreachable server shows up as [`crate::Error::Connection`] on the first call.
     ///
     /// ```no_run

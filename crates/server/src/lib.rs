@@ -53,6 +53,14 @@ pub enum Error {
         /// The cause.
         source: std::io::Error,
     },
+    /// The Unix socket could not be bound.
+    #[error("listen on {path}: {source}")]
+    ListenUnix {
+        /// The socket's path.
+        path: std::path::PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
     /// The token file could not be read or parsed.
     #[error("tokens: {0}")]
     Tokens(String),
@@ -61,19 +69,36 @@ pub enum Error {
     Transport(#[from] tonic::transport::Error),
 }
 
-/// Binds the gRPC listener (and the health/metrics listener when given); returns their addresses and a
-/// future that serves until `shutdown` resolves, then stops accepting, lets in-flight calls finish for up to
-/// `drain`, and cancels the rest (their execs are killed; sandboxes keep running for the next server).
+/// Where the server listens: gRPC on `grpc`, and also on a Unix socket at `socket` when given (the same APIs
+/// and tokens, for clients on this machine: `unix:PATH` URLs; no TCP stack, so output streams faster), and
+/// health and metrics over HTTP on `http` when given.
+#[derive(Debug, Clone)]
+pub struct Listen {
+    /// The gRPC address.
+    pub grpc: SocketAddr,
+    /// A Unix socket to serve gRPC on as well (made with mode 0600, replacing a stale one).
+    pub socket: Option<std::path::PathBuf>,
+    /// The `/healthz` and `/metrics` address.
+    pub http: Option<SocketAddr>,
+}
+
+/// Binds the gRPC listeners (and the health/metrics listener when given); returns the gRPC and HTTP addresses
+/// and a future that serves until `shutdown` resolves, then stops accepting, lets in-flight calls finish for
+/// up to `drain`, and cancels the rest (their execs are killed; sandboxes keep running for the next server).
 pub async fn bind(
     engine: Arc<Engine>,
     tokens: Tokens,
-    listen: SocketAddr,
-    http_listen: Option<SocketAddr>,
+    listen: Listen,
     drain: Duration,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(SocketAddr, Option<SocketAddr>, impl Future<Output = Result<(), Error>>), Error> {
+    let Listen { grpc: listen, socket, http: http_listen } = listen;
     let grpc = tokio::net::TcpListener::bind(listen).await.map_err(|source| Error::Listen { addr: listen, source })?;
     let grpc_addr = grpc.local_addr().map_err(|source| Error::Listen { addr: listen, source })?;
+    let unix = match socket {
+        Some(path) => Some(bind_unix(&path).map_err(|source| Error::ListenUnix { path, source })?),
+        None => None,
+    };
     let metrics = Arc::new(Metrics::default());
     let tokens = Arc::new(tokens);
     let http = match http_listen {
@@ -99,21 +124,36 @@ pub async fn bind(
     let svc = tonic::service::interceptor::InterceptedService::new(svc, auth::interceptor(tokens, metrics));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let serve = async move {
+        let router = || {
+            tonic::transport::Server::builder()
+                .http2_keepalive_interval(Some(Duration::from_secs(20)))
+                // Output streams are bulk data: HTTP/2's default 64 KiB windows would cap throughput.
+                .initial_stream_window_size(WINDOW)
+                .initial_connection_window_size(WINDOW * 4)
+                .max_frame_size(1 << 20)
+                .add_service(svc.clone())
+                // CoreWeave's API on the same port, tokens and tenants (`cwsandbox` clients).
+                .add_service(cw.clone())
+        };
+        let stopped = || {
+            let mut stopped = stop_rx.clone();
+            async move {
+                let _ = stopped.wait_for(|s| *s).await;
+            }
+        };
         // Small frames (ready, a short output, exit) must not wait on Nagle and delayed ACKs.
         let incoming = tonic::transport::server::TcpIncoming::from(grpc).with_nodelay(Some(true));
-        let mut stopped = stop_rx.clone();
-        let server = tonic::transport::Server::builder()
-            .http2_keepalive_interval(Some(Duration::from_secs(20)))
-            // Output streams are bulk data: HTTP/2's default 64 KiB windows would cap throughput.
-            .initial_stream_window_size(WINDOW)
-            .initial_connection_window_size(WINDOW * 4)
-            .max_frame_size(1 << 20)
-            .add_service(svc)
-            // CoreWeave's API on the same port, tokens and tenants (`cwsandbox` clients).
-            .add_service(cw)
-            .serve_with_incoming_shutdown(incoming, async move {
-                let _ = stopped.wait_for(|s| *s).await;
-            });
+        let tcp = router().serve_with_incoming_shutdown(incoming, stopped());
+        let server = async {
+            match unix {
+                Some(l) => {
+                    let unix = router()
+                        .serve_with_incoming_shutdown(tokio_stream::wrappers::UnixListenerStream::new(l), stopped());
+                    tokio::try_join!(tcp, unix).map(|_| ())
+                }
+                None => tcp.await,
+            }
+        };
         tokio::pin!(server);
         tokio::select! {
             r = &mut server => return r.map_err(Error::from),
@@ -131,4 +171,18 @@ pub async fn bind(
         }
     };
     Ok((grpc_addr, http, serve))
+}
+
+/// A listening Unix socket at `path`, only for its owner (the server's user); a socket file left by a server
+/// that is gone is replaced, anything else at the path is an error.
+fn bind_unix(path: &std::path::Path) -> std::io::Result<tokio::net::UnixListener> {
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket())
+        && std::os::unix::net::UnixStream::connect(path).is_err()
+    {
+        std::fs::remove_file(path)?;
+    }
+    let l = tokio::net::UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(l)
 }

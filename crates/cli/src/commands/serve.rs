@@ -25,8 +25,7 @@ pub(crate) struct KubernetesArgs {
 }
 
 pub(crate) async fn serve(
-    listen: std::net::SocketAddr,
-    http_listen: Option<std::net::SocketAddr>,
+    listen: hangar_server::Listen,
     token_file: Option<std::path::PathBuf>,
     drain: f64,
     kubernetes: Option<KubernetesArgs>,
@@ -63,8 +62,12 @@ pub(crate) async fn serve(
             _ = tokio::signal::ctrl_c() => {}
         }
     };
-    let (grpc, http, serving) = hangar_server::bind(engine, tokens, listen, http_listen, drain, shutdown).await?;
+    let socket = listen.socket.clone();
+    let (grpc, http, serving) = hangar_server::bind(engine, tokens, listen, drain, shutdown).await?;
     eprintln!("hangar: listening on {grpc}");
+    if let Some(path) = &socket {
+        eprintln!("hangar: and on unix:{}", path.display());
+    }
     if let Some(http) = http {
         eprintln!("hangar: health and metrics on http://{http}/healthz and /metrics");
     }

@@ -59,8 +59,8 @@ pub fn client() -> Client {
 
 /// The test engine: `HANGAR_INLINE_JOURNALS=1` runs the suite with exec output sent by the agents on their
 /// connections (the path of agents in Pods) instead of read from the journal files. Whatever the host's
-/// cgroup migrations cost, the embedded suite runs execs through spare helpers and its inline-journal run
-/// without them (the server's suite gets what the host calls for), so both ways of starting execs are tested.
+/// cgroup migrations cost, the suite runs execs through spare helpers and its inline-journal run without
+/// them, so both ways of starting execs are tested.
 pub fn engine_config() -> EngineConfig {
     let mut cfg = EngineConfig::new(state_dir(), agent_bin());
     cfg.inline_journals = std::env::var("HANGAR_INLINE_JOURNALS").is_ok_and(|v| v == "1");
@@ -95,9 +95,12 @@ pub const TOKEN_B: &str = "token-tenant-b";
 pub struct TestServer {
     pub url: String,
     pub http: std::net::SocketAddr,
+    /// The same server on a Unix socket: a `unix:` URL.
+    pub unix_url: String,
 }
 
-/// A real gRPC server on 127.0.0.1 (an ephemeral port), started once per test binary.
+/// A real gRPC server on 127.0.0.1 (an ephemeral port) and on a Unix socket in the state directory, started
+/// once per test binary.
 pub fn server() -> &'static TestServer {
     static SERVER: OnceLock<TestServer> = OnceLock::new();
     SERVER.get_or_init(|| {
@@ -116,12 +119,15 @@ pub fn server() -> &'static TestServer {
                 };
                 let tokens = hangar_server::Tokens::parse(&format!("a={TOKEN_A},b={TOKEN_B}")).unwrap();
                 let loopback = "127.0.0.1:0".parse().unwrap();
+                let socket = state_dir().join("hangar.sock");
+                let listen =
+                    hangar_server::Listen { grpc: loopback, socket: Some(socket.clone()), http: Some(loopback) };
                 let drain = std::time::Duration::from_secs(5);
-                let (grpc, http, serve) =
-                    hangar_server::bind(engine, tokens, loopback, Some(loopback), drain, std::future::pending())
-                        .await
-                        .expect("server binds");
-                tx.send(TestServer { url: format!("http://{grpc}"), http: http.unwrap() }).unwrap();
+                let (grpc, http, serve) = hangar_server::bind(engine, tokens, listen, drain, std::future::pending())
+                    .await
+                    .expect("server binds");
+                let unix_url = format!("unix:{}", socket.display());
+                tx.send(TestServer { url: format!("http://{grpc}"), http: http.unwrap(), unix_url }).unwrap();
                 serve.await.expect("server runs");
             });
         });
@@ -197,14 +203,9 @@ pub fn agent_pid(id: &str) -> i32 {
     agents[0]
 }
 
-/// Whether this binary's sandboxes keep spare exec helpers: the embedded engine as [`engine_config`] says, a
-/// server as the host calls for (only where cgroup migrations are slow).
+/// Whether this binary's sandboxes keep spare exec helpers: as [`engine_config`] says, except in Pods.
 pub fn spares_expected() -> bool {
-    match crate::BACKEND {
-        Backend::Embedded => engine_config().spare_helpers.expect("the test engine says"),
-        Backend::Server => hangar_engine::migrations_are_cheap() != Some(true),
-        Backend::Kubernetes => false,
-    }
+    crate::BACKEND != Backend::Kubernetes && engine_config().spare_helpers.expect("the test engine says")
 }
 
 /// Whether a spare exec helper of the agent `agent` is waiting, polling for up to 2 s.

@@ -11,6 +11,7 @@ use pb::stream_exec_request::Msg as In;
 use pb::stream_exec_response::Msg as Out;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::net::UnixStream;
 use tonic::metadata::MetadataValue;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
@@ -52,7 +53,10 @@ impl Remote {
         // The channel's connection task lives on the SDK's process-wide runtime, not the caller's, so the
         // client outlives any one runtime (tests, the blocking facade, programs with several runtimes).
         let _on_sdk_runtime = crate::blocking::shared_runtime()?.enter();
-        let channel = Channel::from_shared(url.to_string())
+        // `unix:PATH` (or `unix:///PATH`): the server's Unix socket; the URL's authority is then unused.
+        let socket = url.strip_prefix("unix:").map(|p| std::path::PathBuf::from(p.strip_prefix("//").unwrap_or(p)));
+        let endpoint = if socket.is_some() { "http://localhost" } else { url };
+        let endpoint = Channel::from_shared(endpoint.to_string())
             .map_err(|e| Error::InvalidArgument(format!("server url {url:?}: {e}")))?
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(20))
@@ -60,8 +64,14 @@ impl Remote {
             .initial_connection_window_size(32 << 20)
             // Let the server send output in large frames instead of HTTP/2's default 16 KiB.
             .max_frame_size(1 << 20)
-            .keep_alive_while_idle(true)
-            .connect_lazy();
+            .keep_alive_while_idle(true);
+        let channel = match socket {
+            Some(path) => endpoint.connect_with_connector_lazy(tower::service_fn(move |_| {
+                let path = path.clone();
+                async move { Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(UnixStream::connect(path).await?)) }
+            })),
+            None => endpoint.connect_lazy(),
+        };
         let header = token
             .map(|t| {
                 format!("Bearer {t}")
