@@ -61,11 +61,16 @@ pub fn pidfd_open(pid: i32) -> Result<OwnedFd> {
 /// child. Returns at once if the process cannot be watched (it is already gone).
 pub async fn wait_exit(pid: i32) {
     let Ok(fd) = pidfd_open(pid) else { return };
+    pidfd_exited(fd).await;
+    let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), Some(nix::sys::wait::WaitPidFlag::WNOHANG));
+}
+
+/// Waits (asynchronously, on the current tokio runtime) until the process of pidfd `fd` has exited.
+pub async fn pidfd_exited(fd: OwnedFd) {
     // SAFETY: `fd` is a valid pidfd owned by the AsyncFd for as long as it is registered.
     if let Ok(afd) = unsafe { tokio::io::unix::AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) } {
         let _ = afd.readable().await;
     }
-    let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), Some(nix::sys::wait::WaitPidFlag::WNOHANG));
 }
 
 #[cfg(test)]

@@ -305,19 +305,23 @@ impl Local {
             return Ok(rec.info);
         }
         if let (Some(pid), Some(start)) = (rec.agent_pid, rec.agent_start) {
+            use hangar_runtime::process::{pidfd_exited, pidfd_open, process_alive};
+            // Opened before anything else: once the pid is known to be this agent's, the pidfd stays its.
+            let watched = pidfd_open(pid).ok().filter(|_| process_alive(pid, start));
             let asked = async {
                 let mut conn = Conn::connect(&self.socket_path(id)).await.ok()?;
                 conn.send(&Request::Stop { grace_ms: grace.as_millis() as u64 }).await.ok()?;
                 conn.recv::<Response>().await.ok()
             };
             let _ = tokio::time::timeout(grace + Duration::from_secs(5), asked).await;
-            let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
-            while hangar_runtime::process::process_alive(pid, start) {
-                if tokio::time::Instant::now() >= deadline {
+            if let Some(fd) = watched {
+                let exited = pidfd_exited(fd);
+                tokio::pin!(exited);
+                if tokio::time::timeout(Duration::from_secs(2), &mut exited).await.is_err() {
                     // The agent did not go: killing PID 1 takes the whole pid namespace with it.
                     let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+                    exited.await;
                 }
-                tokio::time::sleep(Duration::from_millis(1)).await;
             }
             let _ =
                 nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), Some(nix::sys::wait::WaitPidFlag::WNOHANG));
