@@ -225,3 +225,22 @@ async fn a_thousand_create_exec_stop_cycles_leave_nothing() {
         assert!(!logs.join(id).exists(), "{id}'s log is kept");
     }
 }
+
+/// A kept log whose sandbox record is gone (an older engine that crashed between the two) is removed by the
+/// next listing; the logs of ended sandboxes that are still listed stay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listing_removes_kept_logs_without_a_record_and_keeps_the_others() {
+    let logs = common::state_dir().join("sandboxes/.logs");
+    let ended = common::sandbox().await;
+    ended.stop().await.unwrap();
+    assert!(logs.join(ended.id()).is_dir(), "an ended sandbox's log is kept");
+    let orphan = logs.join("sb-0rphan0000000001");
+    std::fs::create_dir_all(orphan.join("x")).unwrap();
+    let listed = common::client().list().await.unwrap();
+    assert!(listed.iter().any(|i| i.id == ended.id()));
+    assert!(!orphan.exists(), "the orphaned log is removed");
+    assert!(logs.join(ended.id()).is_dir(), "a listed sandbox keeps its log");
+    let id = ended.id().to_string();
+    ended.delete().await.unwrap();
+    assert!(!logs.join(id).exists(), "removing the sandbox removes its log");
+}

@@ -189,18 +189,12 @@ impl Store {
         Ok(rows)
     }
 
-    /// Deletes the records of sandboxes that ended before `before_ms`; returns their ids.
-    pub fn expire_ended(&self, before_ms: u64) -> Result<Vec<String>> {
+    /// The ids of sandboxes that ended before `before_ms`.
+    pub fn ended_before(&self, before_ms: u64) -> Result<Vec<String>> {
         let db = self.db();
         let finals = "('completed', 'failed', 'terminated')";
         let mut stmt = db.prepare(&format!("SELECT id FROM sandboxes WHERE state IN {finals} AND ended_at < ?1"))?;
         let ids = stmt.query_map([before_ms as i64], |r| r.get(0))?.collect::<rusqlite::Result<Vec<String>>>()?;
-        if !ids.is_empty() {
-            db.execute(
-                &format!("DELETE FROM sandboxes WHERE state IN {finals} AND ended_at < ?1"),
-                [before_ms as i64],
-            )?;
-        }
         Ok(ids)
     }
 
