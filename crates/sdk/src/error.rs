@@ -123,7 +123,8 @@ pub enum Error {
         message: String,
     },
     /// What arrived does not add up to what the command wrote: bytes were dropped by the journal cap
-    /// while no client was attached, or the totals or checksum in the exec's end do not match. The result
+    /// while no client was attached (or after another client had them: of delivered output the journal keeps
+    /// the head and the last 64 MiB), or the totals or checksum in the exec's end do not match. The result
     /// holds what did arrive; `detail` says exactly what is missing.
     ///
     /// ```no_run

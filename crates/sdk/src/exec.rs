@@ -702,8 +702,8 @@ impl ExecRun {
         if !h.gaps.is_empty() {
             let lost: Vec<String> = h.gaps.iter().map(|(s, from, to)| format!("{s:?} bytes {from}..{to}")).collect();
             let detail = format!(
-                "lost: {} (dropped by the journal cap while no client was attached, or never journaled because \
-                 the host's disk stayed full)",
+                "lost: {} (dropped by the journal cap while no client was attached, or after another client \
+                 had them, or never journaled because the host's disk stayed full)",
                 lost.join(", ")
             );
             return Err(Error::IncompleteOutput { command, result: Box::new(result), detail });

@@ -293,7 +293,8 @@ class ExecHandle:
     its stdin, terminal size and signals, and its result.
 
     ``async for ev in handle`` yields :class:`Output` (stream, offset, data), :class:`Gap` (bytes lost to
-    the journal cap while nobody was attached) and last the :class:`Exit`. :attr:`position` is where a
+    the journal cap while nobody was attached, or dropped after another client had them) and last the
+    :class:`Exit`. :attr:`position` is where a
     later :meth:`Sandbox.attach` resumes from. Leaving it (or losing the process) does not stop the exec:
     it keeps running, journaled, until it ends.
 
