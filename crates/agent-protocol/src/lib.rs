@@ -334,6 +334,11 @@ pub struct Workload {
     /// empty.
     #[serde(default)]
     pub user: String,
+    /// Bytes all exec journals may hold together (not the sandbox's log), [`hangar_types::DEFAULT_JOURNAL_BUDGET`]
+    /// unless set: past it, the journals of ended execs nobody reads are expired early, oldest first (a
+    /// later attach gets `ExecExpired`, as after their retention). Running execs are bounded by their caps.
+    #[serde(default)]
+    pub journal_budget: Option<u64>,
 }
 
 /// The argument that makes `hangar-agent` a Pod's agent: `hangar-agent pod`, with its [`PodConfig`] as JSON in

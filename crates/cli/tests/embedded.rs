@@ -244,3 +244,41 @@ async fn a_listing_removes_kept_logs_without_a_record_and_keeps_the_others() {
     ended.delete().await.unwrap();
     assert!(!logs.join(id).exists(), "removing the sandbox removes its log");
 }
+
+/// A sandbox's exec journals stay within the engine's journal budget: past it, the journal of an ended exec
+/// nobody reads is expired early, oldest first (an attach says so, as after its retention), and newer ones
+/// stay whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exec_journals_stay_within_the_sandboxes_budget() {
+    common::require_root();
+    let dir = std::env::temp_dir().join(format!("hangar-journal-budget-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut cfg = hangar::EngineConfig::new(dir.join("state"), common::agent_bin());
+    cfg.journal_budget = Some(48 << 20);
+    let client = hangar::Client::with_config(cfg).unwrap();
+    let sb = hangar::Sandbox::builder().client(&client).command("sleep").args(["infinity"]).create().await.unwrap();
+    let size = 30u64 << 20;
+    for id in ["first", "second"] {
+        // Detached: nobody reads it, so its journal keeps all of it.
+        drop(sb.exec(["head", "-c", &size.to_string(), "/dev/zero"]).id(id).start().await.unwrap());
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while sb.execs().await.unwrap().iter().any(|x| x.id == id && x.end.is_none()) {
+            assert!(std::time::Instant::now() < deadline, "{id} did not end");
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+    let journals = dir.join("state/sandboxes").join(sb.id()).join("execs");
+    match sb.attach("first").await {
+        Err(hangar::Error::ExecExpired { message }) => assert!(message.contains("first"), "{message}"),
+        other => panic!(
+            "60 MiB of journals in a 48 MiB budget: the older should be gone, got {:?}",
+            other.map(|r| r.exec_id)
+        ),
+    }
+    assert!(!journals.join("first").exists(), "its files are gone");
+    let second = sb.attach("second").await.unwrap();
+    assert_eq!(second.stdout.len() as u64, size, "the newer journal is whole");
+    sb.stop().await.unwrap();
+    drop(client);
+    std::fs::remove_dir_all(&dir).unwrap();
+}

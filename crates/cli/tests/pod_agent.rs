@@ -43,6 +43,7 @@ impl PodAgent {
                 lifetime_ms: 120_000,
                 stop_grace_ms: 2_000,
                 user: String::new(),
+                journal_budget: None,
             },
             token_digest: token_digest(TOKEN),
             listen: addr,

@@ -90,6 +90,10 @@ pub struct EngineConfig {
     /// slow (`hangar_runtime::cgroups::migrations_are_cheap`), since a spare only takes a migration off an exec's
     /// path and costs ~250 KiB per sandbox.
     pub spare_helpers: Option<bool>,
+    /// Bytes all exec journals of one sandbox may hold together; past it, ended execs' journals nobody reads
+    /// are expired early, oldest first. [`hangar_types::DEFAULT_JOURNAL_BUDGET`] (4 GiB) unless set
+    /// (`$HANGAR_JOURNAL_BUDGET`, a size such as `1G`).
+    pub journal_budget: Option<u64>,
 }
 
 /// Default for [`EngineConfig::ended_retention`].
@@ -144,6 +148,7 @@ impl EngineConfig {
         let network = NetworkConfig::from_env()?;
         let inline_journals = std::env::var("HANGAR_INLINE_JOURNALS").is_ok_and(|v| v == "1");
         let favor_dynmods = std::env::var("HANGAR_CGROUP_FAVORDYNMODS").is_ok_and(|v| v == "1");
+        let journal_budget = std::env::var("HANGAR_JOURNAL_BUDGET").ok().map(|v| parse_size(&v)).transpose()?;
         Ok(Self {
             state_dir,
             agent_bin: find_agent()?,
@@ -154,6 +159,7 @@ impl EngineConfig {
             inline_journals,
             favor_dynmods,
             spare_helpers: None,
+            journal_budget,
         })
     }
 
@@ -169,6 +175,7 @@ impl EngineConfig {
             inline_journals: false,
             favor_dynmods: false,
             spare_helpers: None,
+            journal_budget: None,
         }
     }
 }

@@ -173,6 +173,11 @@ impl Writer {
         s.written - (s.dropped_to - self.head)
     }
 
+    /// Bytes the journal holds now, both streams (what was written less what was dropped).
+    pub fn retained_bytes(&self) -> u64 {
+        self.retained(0) + self.retained(1)
+    }
+
     /// The most one append may add to a stream: the room the cap must leave for it.
     pub fn room(&self) -> usize {
         (self.cap / 4).min(CHUNK as u64) as usize

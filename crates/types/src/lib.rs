@@ -48,6 +48,9 @@ pub const MAX_JOURNAL_CAP: u64 = 64 << 30;
 pub const DEFAULT_EXEC_RETAIN: Duration = Duration::from_secs(600);
 /// Bytes of output an exec's journal keeps per stream unless the exec says otherwise.
 pub const DEFAULT_JOURNAL_CAP: u64 = 1 << 30;
+/// Bytes all of a sandbox's exec journals may hold together unless the engine says otherwise (see the agent's
+/// `Workload::journal_budget`).
+pub const DEFAULT_JOURNAL_BUDGET: u64 = 4 << 30;
 /// The exec id of a sandbox's main command. Its output (stdout and stderr on one pipe, in the order it was
 /// written) is journaled like an exec's: attaching to this id follows the sandbox's logs, also after the
 /// sandbox ended, until its record is removed. Clients cannot start an exec of their own with this id.

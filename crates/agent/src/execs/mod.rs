@@ -75,6 +75,11 @@ impl Table {
         }
     }
 
+    /// Every exec, oldest first.
+    fn oldest_first(&self) -> Vec<ExecRef> {
+        self.order.iter().filter_map(|id| self.by_id.get(id)).cloned().collect()
+    }
+
     pub(crate) fn running(&self) -> Vec<ExecRef> {
         self.by_id.values().filter(|e| e.borrow().end.is_none()).cloned().collect()
     }

@@ -160,7 +160,43 @@ pub(super) async fn supervise(
         }
         let _ = tokio::task::spawn_blocking(move || cg.remove(Duration::from_millis(500))).await;
     }
+    keep_within_budget(&state);
     retain(state, e).await;
+}
+
+/// Keeps the sandbox's exec journals within their budget (`Workload::journal_budget`): past it, the journals
+/// of ended execs nobody is reading are expired early, oldest first, as their retention would have.
+pub(super) fn keep_within_budget(state: &Shared) {
+    let mut st = state.borrow_mut();
+    let budget = st.cfg.journal_budget.unwrap_or(hangar_types::DEFAULT_JOURNAL_BUDGET);
+    let execs = st.table.oldest_first();
+    let held = |e: &ExecRef| {
+        let ex = e.borrow();
+        if ex.expired || ex.id == MAIN_EXEC {
+            0
+        } else {
+            ex.journal.retained_bytes()
+        }
+    };
+    let mut total: u64 = execs.iter().map(held).sum();
+    for e in &execs {
+        if total <= budget {
+            break;
+        }
+        let bytes = held(e);
+        let mut ex = e.borrow_mut();
+        if ex.end.is_none() || bytes == 0 || ex.journal.readers() > 0 {
+            continue;
+        }
+        crate::log!(
+            "exec {}: its journal ({bytes} bytes) expired early: the sandbox's journals exceed {budget}",
+            ex.id
+        );
+        ex.expired = true;
+        hangar_journal::Writer::remove(state_dir(), &ex.id);
+        total -= bytes;
+    }
+    st.table.forget_expired();
 }
 
 /// The sandbox's log is read after the agent is gone too: its end and gaps go to disk with it.

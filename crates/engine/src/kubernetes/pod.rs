@@ -59,6 +59,7 @@ pub(super) fn spec(kube: &KubernetesConfig, info: &SandboxInfo, c: &SandboxConfi
             lifetime_ms: c.max_lifetime.as_millis() as u64,
             stop_grace_ms: c.stop_grace.as_millis() as u64,
             user: String::new(),
+            journal_budget: None,
         },
         token_digest: token_digest.to_string(),
         listen: std::net::SocketAddr::from(([127, 0, 0, 1], POD_AGENT_PORT)),

@@ -194,6 +194,7 @@ impl Local {
                 lifetime_ms: c.max_lifetime.as_millis() as u64,
                 stop_grace_ms: c.stop_grace.as_millis() as u64,
                 user: layout.user.clone(),
+                journal_budget: self.cfg.journal_budget,
             },
             spare_helpers: self.spare_helpers,
         };
