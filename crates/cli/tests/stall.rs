@@ -27,8 +27,10 @@ fn seq(n: u64) -> Vec<u8> {
     (1..=n).flat_map(|i| format!("{i}\n").into_bytes()).collect()
 }
 
-/// Stalls a reader of 240 MB of output for 30 s; `engine` is the process that reads the journal for it.
-async fn stall(client: Client, engine: i32, in_flight: u64) {
+/// Stalls a reader of 240 MB of output for 30 s; `engine` is the process that reads the journal for it. Both
+/// stalls of the test run in this one process (the embedded engine and the server's client), so memory is
+/// measured once both have settled (`settled`): their commands held back, every buffer on the way full.
+async fn stall(client: Client, engine: i32, in_flight: u64, settled: std::sync::Arc<tokio::sync::Barrier>) {
     let sb = Sandbox::builder().client(&client).command("sleep").args(["infinity"]).create().await.unwrap();
     let cap = 32u64 << 20;
     let n = 28_000_000;
@@ -42,8 +44,17 @@ async fn stall(client: Client, engine: i32, in_flight: u64) {
         }
     }
     let agent = agent_pid(sb.id());
-    tokio::time::sleep(Duration::from_secs(2)).await;
     let written = |sb: Sandbox| async move { sb.execs().await.unwrap()[0].written[0] };
+    let (mut last, mut still) = (written(sb.clone()).await, 0);
+    for _ in 0..80 {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let now = written(sb.clone()).await;
+        (last, still) = (now, if now == last { still + 1 } else { 0 });
+        if still == 8 {
+            break;
+        }
+    }
+    settled.wait().await;
     let before = (rss(engine), rss(agent), written(sb.clone()).await);
     tokio::time::sleep(Duration::from_secs(28)).await;
     let after = (rss(engine), rss(agent), written(sb.clone()).await);
@@ -72,5 +83,9 @@ async fn a_stalled_reader_loses_nothing_and_memory_stays_flat() {
     let embedded = Client::with_config(engine_config()).unwrap();
     // Through a server, what is in flight (its 16-message buffer, HTTP/2 windows) has been read from the
     // journal too.
-    tokio::join!(stall(embedded, std::process::id() as i32, 2 << 20), stall(remote, serve.child.id() as i32, 48 << 20));
+    let settled = std::sync::Arc::new(tokio::sync::Barrier::new(2));
+    tokio::join!(
+        stall(embedded, std::process::id() as i32, 2 << 20, settled.clone()),
+        stall(remote, serve.child.id() as i32, 48 << 20, settled)
+    );
 }
