@@ -715,3 +715,24 @@ async fn the_unix_socket_serves_the_same_api_with_the_same_tokens() {
     assert!(tcp.list().await.unwrap().iter().any(|i| i.id == sb.id()), "one server behind both listeners");
     sb.stop().await.unwrap();
 }
+
+/// `hangar serve --socket PATH` serves there (the CLI reaches it with `HANGAR_URL=unix:PATH`), and the socket
+/// goes with the server when it stops.
+#[test]
+fn a_served_socket_is_removed_when_the_server_stops() {
+    let path = state_dir().join("serve-test.sock");
+    let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_hangar"));
+    c.args(["serve", "--listen", "127.0.0.1:0", "--drain", "1", "--socket"])
+        .arg(&path)
+        .env("HANGAR_STATE_DIR", state_dir())
+        .env("HANGAR_AGENT_BIN", agent_bin())
+        .env("HANGAR_SERVER_TOKENS", format!("a={TOKEN_A}"));
+    let mut serve = ServeProcess::spawn(c);
+    let mut ls = serve.cli();
+    ls.args(["ls", "--json"]).env("HANGAR_URL", format!("unix:{}", path.display()));
+    let out = ls.output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    nix::sys::signal::kill(serve.pid(), nix::sys::signal::Signal::SIGTERM).unwrap();
+    assert!(serve.child.wait().unwrap().success());
+    assert!(!path.exists(), "{} is left", path.display());
+}

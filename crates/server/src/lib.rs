@@ -95,8 +95,8 @@ pub async fn bind(
     let Listen { grpc: listen, socket, http: http_listen } = listen;
     let grpc = tokio::net::TcpListener::bind(listen).await.map_err(|source| Error::Listen { addr: listen, source })?;
     let grpc_addr = grpc.local_addr().map_err(|source| Error::Listen { addr: listen, source })?;
-    let unix = match socket {
-        Some(path) => Some(bind_unix(&path).map_err(|source| Error::ListenUnix { path, source })?),
+    let unix = match &socket {
+        Some(path) => Some(bind_unix(path).map_err(|source| Error::ListenUnix { path: path.clone(), source })?),
         None => None,
     };
     let metrics = Arc::new(Metrics::default());
@@ -155,20 +155,28 @@ pub async fn bind(
             }
         };
         tokio::pin!(server);
-        tokio::select! {
-            r = &mut server => return r.map_err(Error::from),
-            _ = shutdown => {
-                tracing::info!("shutting down: no new calls; draining in-flight calls for up to {drain:?}");
-                let _ = stop_tx.send(true);
+        let served = async {
+            tokio::select! {
+                r = &mut server => return r.map_err(Error::from),
+                _ = shutdown => {
+                    tracing::info!("shutting down: no new calls; draining in-flight calls for up to {drain:?}");
+                    let _ = stop_tx.send(true);
+                }
+            }
+            match tokio::time::timeout(drain, &mut server).await {
+                Ok(r) => r.map_err(Error::from),
+                Err(_) => {
+                    tracing::warn!("in-flight calls still running after {drain:?}: cancelling them");
+                    Ok(())
+                }
             }
         }
-        match tokio::time::timeout(drain, &mut server).await {
-            Ok(r) => r.map_err(Error::from),
-            Err(_) => {
-                tracing::warn!("in-flight calls still running after {drain:?}: cancelling them");
-                Ok(())
-            }
+        .await;
+        // The socket goes with the server that made it.
+        if let Some(path) = &socket {
+            let _ = std::fs::remove_file(path);
         }
+        served
     };
     Ok((grpc_addr, http, serve))
 }
