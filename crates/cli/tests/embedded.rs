@@ -117,12 +117,7 @@ async fn a_disk_that_stays_full_loses_output_explicitly_and_keeps_the_exit_code(
 /// Embedded: the engine has a state directory (and volume) of its own, unmounted at the end.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn disk_budgets_hold_per_sandbox() {
-    common::require_root();
-    let dir = std::env::temp_dir().join(format!("hangar-budget-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    let mut cfg = hangar::EngineConfig::new(dir.join("state"), common::agent_bin());
-    cfg.disk_budget_bytes = Some(64 << 20);
-    let client = hangar::Client::with_config(cfg).unwrap();
+    let (dir, client) = own_engine("budget", |cfg| cfg.disk_budget_bytes = Some(64 << 20));
     let volume = dir.join("state/sandboxes");
     let result = async {
         let new = || hangar::Sandbox::builder().client(&client).command("sleep").args(["infinity"]).create();
@@ -250,12 +245,7 @@ async fn a_listing_removes_kept_logs_without_a_record_and_keeps_the_others() {
 /// stay whole.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exec_journals_stay_within_the_sandboxes_budget() {
-    common::require_root();
-    let dir = std::env::temp_dir().join(format!("hangar-journal-budget-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    let mut cfg = hangar::EngineConfig::new(dir.join("state"), common::agent_bin());
-    cfg.journal_budget = Some(48 << 20);
-    let client = hangar::Client::with_config(cfg).unwrap();
+    let (dir, client) = own_engine("journal-budget", |cfg| cfg.journal_budget = Some(48 << 20));
     let sb = hangar::Sandbox::builder().client(&client).command("sleep").args(["infinity"]).create().await.unwrap();
     let size = 30u64 << 20;
     for id in ["first", "second"] {
@@ -281,4 +271,15 @@ async fn exec_journals_stay_within_the_sandboxes_budget() {
     sb.stop().await.unwrap();
     drop(client);
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// An engine of its own over a fresh state directory (`$TMPDIR/hangar-NAME-PID/state`), configured by `tweak`;
+/// also the directory, which the test removes.
+fn own_engine(name: &str, tweak: impl FnOnce(&mut hangar::EngineConfig)) -> (std::path::PathBuf, hangar::Client) {
+    common::require_root();
+    let dir = std::env::temp_dir().join(format!("hangar-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut cfg = hangar::EngineConfig::new(dir.join("state"), common::agent_bin());
+    tweak(&mut cfg);
+    (dir, hangar::Client::with_config(cfg).unwrap())
 }
