@@ -555,11 +555,29 @@ async fn execs_survive_server_restarts_and_their_streams_resume() {
         serve.child.wait().unwrap();
         serve = ServeProcess::start_on(&addr);
     }
-    let (r, got) = reader.await.unwrap();
+    // Bounded (it takes ~5 s): a stalled stream fails with what the agent says about the exec, not a hang.
+    let (r, got) = match tokio::time::timeout(Duration::from_secs(120), reader).await {
+        Ok(done) => done.unwrap(),
+        Err(_) => panic!("the exec did not end within 120 s: {}", exec_report(&sb).await),
+    };
     assert_eq!(r.expect("the exec outlived two server deaths").returncode, 0);
     assert_eq!(got, seq_sha256(n));
     sb.stop().await.unwrap();
     drop(serve);
+}
+
+/// What is known of a stalled exec of `sb`: its execs as its agent lists them (bytes written, readers
+/// attached), the agent's log, and the processes of the machine with their states and kernel wait points.
+async fn exec_report(sb: &Sandbox) -> String {
+    let execs = tokio::time::timeout(Duration::from_secs(10), sb.execs()).await;
+    let log = std::fs::read_to_string(state_dir().join("sandboxes").join(sb.id()).join("agent.log"))
+        .unwrap_or_else(|e| format!("(no agent log: {e})"));
+    let ps = std::process::Command::new("ps")
+        .args(["-eo", "pid,ppid,stat,wchan:30,etime,args"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    format!("execs: {execs:?}\nagent log:\n{log}\nprocesses:\n{ps}")
 }
 
 /// `hangar exec` through a server that restarts keeps its command and resumes its output where it stopped;

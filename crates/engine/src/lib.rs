@@ -88,7 +88,7 @@ pub struct EngineConfig {
     pub favor_dynmods: bool,
     /// Whether agents keep a spare exec helper ready; `None` (the default): only where cgroup migrations are
     /// slow (`hangar_runtime::cgroups::migrations_are_cheap`), since a spare only takes a migration off an exec's
-    /// path and costs ~250 KiB per sandbox.
+    /// path and costs ~250 KiB per sandbox. `$HANGAR_SPARE_HELPERS=1` or `0` decides for every host.
     pub spare_helpers: Option<bool>,
     /// Bytes all exec journals of one sandbox may hold together; past it, ended execs' journals nobody reads
     /// are expired early, oldest first. [`hangar_types::DEFAULT_JOURNAL_BUDGET`] (4 GiB) unless set
@@ -149,6 +149,12 @@ impl EngineConfig {
         let inline_journals = std::env::var("HANGAR_INLINE_JOURNALS").is_ok_and(|v| v == "1");
         let favor_dynmods = std::env::var("HANGAR_CGROUP_FAVORDYNMODS").is_ok_and(|v| v == "1");
         let journal_budget = std::env::var("HANGAR_JOURNAL_BUDGET").ok().map(|v| parse_size(&v)).transpose()?;
+        let spare_helpers = match std::env::var("HANGAR_SPARE_HELPERS").as_deref() {
+            Ok("1") => Some(true),
+            Ok("0") => Some(false),
+            Ok(v) => return Err(Error::InvalidArgument(format!("HANGAR_SPARE_HELPERS: {v:?} is neither 1 nor 0"))),
+            Err(_) => None,
+        };
         Ok(Self {
             state_dir,
             agent_bin: find_agent()?,
@@ -158,7 +164,7 @@ impl EngineConfig {
             network,
             inline_journals,
             favor_dynmods,
-            spare_helpers: None,
+            spare_helpers,
             journal_budget,
         })
     }

@@ -288,13 +288,31 @@ impl ServeProcess {
     /// listens.
     pub fn spawn(mut serve: std::process::Command) -> Self {
         let mut child = serve.stderr(std::process::Stdio::piped()).spawn().unwrap();
-        let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
-        let addr = lines
-            .by_ref()
-            .map_while(|l| l.ok())
-            .find_map(|l| l.strip_prefix("hangar: listening on ").map(str::to_string))
-            .expect("the server says where it listens");
-        std::thread::spawn(move || lines.for_each(drop));
+        let lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
+        // Read on a thread of its own, so that a server that neither listens nor exits fails the test in a
+        // minute instead of hanging it.
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut said = vec![];
+            for l in lines.map_while(|l| l.ok()) {
+                match l.strip_prefix("hangar: listening on ") {
+                    Some(addr) => {
+                        let _ = tx.send(Ok(addr.to_string()));
+                    }
+                    None if said.len() < 50 => said.push(l),
+                    None => {}
+                }
+            }
+            let _ = tx.send(Err(said.join("\n")));
+        });
+        let addr = match rx.recv_timeout(std::time::Duration::from_secs(60)) {
+            Ok(Ok(addr)) => addr,
+            Ok(Err(said)) => panic!("the server ended without listening; it said:\n{said}"),
+            Err(_) => {
+                let _ = child.kill();
+                panic!("the server did not listen within 60 s")
+            }
+        };
         Self { child, url: format!("http://{addr}") }
     }
 
