@@ -136,7 +136,8 @@ impl Cluster {
         };
         let (none, state) = (hangar_types::NetworkPolicy::default(), SandboxState::Creating);
         let info = SandboxInfo::new(id.clone(), &c, state, None, none);
-        let spec = pod::spec(&self.kube, &info, &c, &hangar_agent_protocol::remote::token_digest(&self.token(&id)))?;
+        let digest = hangar_agent_protocol::remote::token_digest(&self.token(&id));
+        let spec = pod::spec(&self.kube, &info, &c, &digest, self.cfg.journal_budget)?;
         match self.pods.create(&PostParams::default(), &spec).await {
             Ok(_) => {}
             Err(kube::Error::Api(s)) if s.code == 409 && c.request_id.is_some() => {

@@ -47,8 +47,15 @@ pub(super) fn request_key(tenant: &str, request_id: &str) -> String {
     d.iter().take(20).map(|b| format!("{b:02x}")).collect()
 }
 
-/// The Pod for sandbox `info` made from `c`, whose agent accepts the token with digest `token_digest`.
-pub(super) fn spec(kube: &KubernetesConfig, info: &SandboxInfo, c: &SandboxConfig, token_digest: &str) -> Result<Pod> {
+/// The Pod for sandbox `info` made from `c`, whose agent accepts the token with digest `token_digest` and
+/// keeps its exec journals within `journal_budget` ([`crate::EngineConfig::journal_budget`]).
+pub(super) fn spec(
+    kube: &KubernetesConfig,
+    info: &SandboxInfo,
+    c: &SandboxConfig,
+    token_digest: &str,
+    journal_budget: Option<u64>,
+) -> Result<Pod> {
     let id = &info.id;
     let pod_config = PodConfig {
         workload: Workload {
@@ -59,7 +66,7 @@ pub(super) fn spec(kube: &KubernetesConfig, info: &SandboxInfo, c: &SandboxConfi
             lifetime_ms: c.max_lifetime.as_millis() as u64,
             stop_grace_ms: c.stop_grace.as_millis() as u64,
             user: String::new(),
-            journal_budget: None,
+            journal_budget,
         },
         token_digest: token_digest.to_string(),
         listen: std::net::SocketAddr::from(([127, 0, 0, 1], POD_AGENT_PORT)),
@@ -321,5 +328,34 @@ pub(super) async fn ensure_isolation(client: &kube::Client, namespace: &str) -> 
         Ok(_) => Ok(()),
         Err(kube::Error::Api(s)) if s.code == 409 => Ok(()),
         Err(e) => Err(super::k8s("create the sandboxes' NetworkPolicy", e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The engine's journal budget reaches a Pod's agent, as it reaches a local one.
+    #[test]
+    fn the_pods_agent_gets_the_engines_journal_budget() {
+        let kube = KubernetesConfig {
+            kubeconfig: None,
+            namespace: "default".into(),
+            agent_image: "hangar-agent:test".into(),
+            default_image: "python:3.11".into(),
+            image_pull_policy: None,
+        };
+        let c = SandboxConfig { image: "python:3.11".into(), ..SandboxConfig::default() };
+        let info = SandboxInfo::new("sb-1".into(), &c, SandboxState::Creating, None, Default::default());
+        let budget_of = |budget| {
+            let pod = spec(&kube, &info, &c, "digest", budget).unwrap();
+            let containers = pod.spec.unwrap().containers;
+            let sandbox = containers.iter().find(|c| c.name == SANDBOX_CONTAINER).expect("the sandbox container");
+            let env = sandbox.env.as_ref().unwrap().iter().find(|e| e.name == POD_CONFIG_ENV).unwrap();
+            let cfg: PodConfig = serde_json::from_str(env.value.as_ref().unwrap()).unwrap();
+            cfg.workload.journal_budget
+        };
+        assert_eq!(budget_of(Some(48 << 20)), Some(48 << 20));
+        assert_eq!(budget_of(None), None, "unset: the agent's default");
     }
 }
