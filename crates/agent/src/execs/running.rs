@@ -147,6 +147,8 @@ pub(super) async fn supervise(
         s.take();
     }
     state.borrow_mut().live_execs -= 1;
+    // With the end, before anything that waits: whoever sees this exec ended sees the budget kept too.
+    keep_within_budget(&state);
     // The next spare is prepared now, not while this exec ran: its cgroup migration briefly holds a lock that
     // process exits wait for, which would slow the exec it was meant to speed up.
     refill_spare(&state);
@@ -160,7 +162,6 @@ pub(super) async fn supervise(
         }
         let _ = tokio::task::spawn_blocking(move || cg.remove(Duration::from_millis(500))).await;
     }
-    keep_within_budget(&state);
     retain(state, e).await;
 }
 
