@@ -294,6 +294,24 @@ fn networks_leave_nothing_behind() {
     assert_eq!(state, before, "after the agent was killed");
 }
 
+/// Engines with other state directories share the host's rules table: a second one starting (a server, which
+/// reconciles the rules of sandboxes that ended unwatched) leaves the first one's running sandboxes their network.
+#[test]
+fn a_second_engine_leaves_the_networks_of_another_alone() {
+    let w = World::new(false);
+    let sb = w.create(&["--network", "egress", "--allow", "a.test"]);
+    assert_eq!(w.reach(&sb, "http://a.test:8080/"), "200");
+    let other_state = w.state.with_extension("other");
+    let mut other = w.in_ns(&w.ns[0], env!("CARGO_BIN_EXE_hangar"));
+    other.env("HANGAR_STATE_DIR", &other_state).args(["serve", "--listen", "127.0.0.1:0", "--drain", "1"]);
+    // Listening: its reconciliation is done.
+    let serve = common::ServeProcess::spawn(other);
+    assert_eq!(w.reach(&sb, "http://a.test:8080/"), "200", "the other engine took this sandbox's network away");
+    drop(serve);
+    w.hangar(&["rm", &sb]);
+    let _ = std::fs::remove_dir_all(&other_state);
+}
+
 /// A python http.server bound to the loopback of a sandbox (with no network at all) answers curl on this
 /// machine at the address `hangar port` prints; through the server, only for the tenant that owns it.
 fn ports_are_published(remote: bool) {

@@ -95,11 +95,21 @@ pub struct SandboxNet {
 impl SandboxNet {
     /// The names of sandbox `id` (`sb-` and hex digits).
     fn named(id: &str) -> Self {
-        let key: String = id.chars().filter(|c| c.is_ascii_alphanumeric()).collect();
+        let key = key_of(id);
         let tail = &key[key.len().saturating_sub(13)..];
         let any = Ipv4Addr::UNSPECIFIED;
         Self { host_if: format!("{IF_PREFIX}{tail}"), key, gateway: any, address: any }
     }
+}
+
+/// The key that names sandbox `id`'s rules ([`SandboxNet::key`], as [`installed`] lists them): the id's
+/// letters and digits.
+///
+/// ```
+/// assert_eq!(hangar_runtime::net::key_of("sb-0a1b"), "sb0a1b");
+/// ```
+pub fn key_of(id: &str) -> String {
+    id.chars().filter(|c| c.is_ascii_alphanumeric()).collect()
 }
 
 /// Makes sandbox `id`'s network namespace, with loopback up and a veth pair to the engine's own namespace,

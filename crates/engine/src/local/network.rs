@@ -216,14 +216,19 @@ impl Local {
         if RECONCILED.swap(true, Ordering::SeqCst) {
             return;
         }
+        use hangar_runtime::net::key_of;
         let Ok(keys) = tokio::task::spawn_blocking(hangar_runtime::net::installed).await else { return };
         let Ok(records) = self.store.list() else { return };
-        let live: std::collections::HashSet<String> = records
-            .iter()
-            .filter(|r| !r.info.state.is_final())
-            .map(|r| r.info.id.chars().filter(|c| c.is_ascii_alphanumeric()).collect())
-            .collect();
-        for key in keys.unwrap_or_default().into_iter().filter(|k| !live.contains(k)) {
+        let live: std::collections::HashSet<String> =
+            records.iter().filter(|r| !r.info.state.is_final()).map(|r| key_of(&r.info.id)).collect();
+        // Only this engine's: the host's table also holds the rules of engines with other state directories.
+        // Its sandboxes are those it has a record of, or a directory (rules go before the directory, so a
+        // removal cut short leaves the directory).
+        let mut ours: std::collections::HashSet<String> = records.iter().map(|r| key_of(&r.info.id)).collect();
+        if let Ok(dirs) = std::fs::read_dir(self.cfg.state_dir.join("sandboxes")) {
+            ours.extend(dirs.flatten().map(|d| key_of(&d.file_name().to_string_lossy())));
+        }
+        for key in keys.unwrap_or_default().into_iter().filter(|k| ours.contains(k) && !live.contains(k)) {
             let _ = tokio::task::spawn_blocking(move || hangar_runtime::net::remove(&key)).await;
         }
     }
