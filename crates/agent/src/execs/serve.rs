@@ -101,26 +101,34 @@ pub(super) async fn serve_reader(e: ExecRef, mut conn: Conn, from: [u64; 2], inl
     }
 }
 
-/// Sends the journal's progress whenever it changes, until the reader leaves; `false` when a send failed.
+/// Sends the journal's progress whenever it changes, until the reader leaves; `false` when a send failed. A
+/// task of its own sends while this one takes the reader's requests, as for an inline attachment: a reader that
+/// stops reading while news piles up (its connection full) still has its acks, signals and goodbye taken.
 async fn send_progress(e: &ExecRef, conn: &mut Conn, reader: ReaderId, hold: &mut Duration) -> bool {
     let mut progress = e.borrow().progress.subscribe();
     let w = conn.writer();
-    let mut changed = true;
-    loop {
-        if changed {
+    let mut sender = tokio::task::spawn_local(async move {
+        loop {
             let snapshot = progress.borrow_and_update().clone();
             if w.send(&Response::Progress(snapshot)).await.is_err() {
                 return false;
             }
+            if progress.changed().await.is_err() {
+                return true;
+            }
         }
-        changed = tokio::select! {
-            r = progress.changed() => if r.is_err() { return true } else { true },
+    });
+    let sent = loop {
+        tokio::select! {
+            r = &mut sender => break r.unwrap_or(false),
             msg = conn.recv::<Request>() => match msg {
-                Ok(Some(m)) => if take_request(e, reader, m, hold) { return true } else { false },
-                Ok(None) | Err(_) => return true,
+                Ok(Some(m)) => if take_request(e, reader, m, hold) { break true },
+                Ok(None) | Err(_) => break true,
             },
-        };
-    }
+        }
+    };
+    sender.abort();
+    sent
 }
 
 /// Serves an inline attachment (see [`Request::Inline`]): a task of its own sends the journal's contents while

@@ -228,6 +228,32 @@ async fn a_kill_sent_right_before_the_handle_is_dropped_still_kills() {
     sb.stop().await.unwrap();
 }
 
+/// A kill is carried out while its reader has stopped reading: the agent keeps taking the reader's requests
+/// even when the news it sends that reader has filled the connection (it used to wait for the reader to read
+/// before it took another request, so the kill waited too).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kill_is_carried_out_while_its_reader_is_not_reading() {
+    let sb = sandbox().await;
+    let h = sb.exec(["sh", "-c", "while :; do echo busy; done"]).id("unread").start().await.unwrap();
+    // Thousands of small appends, each news for the reader, which reads none of it.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    h.kill().await.unwrap();
+    let mut end = None;
+    for _ in 0..500 {
+        let info = sb.execs().await.unwrap().into_iter().find(|e| e.id == "unread").unwrap();
+        if let Some(e) = info.end {
+            end = Some(e.ending);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(end, Some(hangar::Ending::Cancelled), "the kill was not carried out within 5 s");
+    let r = h.wait().await.unwrap();
+    assert_eq!(r.ending, hangar::Ending::Cancelled);
+    assert!(r.stdout.starts_with(b"busy\nbusy\n") && r.stdout.len() % 5 == 0, "whole lines, from the start");
+    sb.stop().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sandbox_whose_agent_dies_is_reported_and_cleaned_up() {
     let sb = sandbox().await;
