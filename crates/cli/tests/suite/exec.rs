@@ -205,6 +205,22 @@ async fn a_caller_that_goes_away_under_the_kill_policy_kills_the_exec_tree_and_n
     sb.stop().await.unwrap();
 }
 
+/// How exec `id` of `sb` ended, as its sandbox lists it (on another connection than the exec's own), once it
+/// has; `None` if it has not within `limit`.
+async fn ending_within(sb: &hangar::Sandbox, id: &str, limit: Duration) -> Option<hangar::Ending> {
+    let deadline = Instant::now() + limit;
+    loop {
+        let info = sb.execs().await.unwrap().into_iter().find(|e| e.id == id).unwrap();
+        if let Some(e) = info.end {
+            return Some(e.ending);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// A kill sent just before the handle is dropped is carried out, even while the agent is busy telling that
 /// reader about new output (it used to stop reading at the first write that failed, losing the kill).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -214,15 +230,7 @@ async fn a_kill_sent_right_before_the_handle_is_dropped_still_kills() {
         let h = sb.exec(["sh", "-c", "while :; do echo busy; done"]).id(format!("busy-{round}")).start().await.unwrap();
         h.kill().await.unwrap();
         drop(h);
-        let mut end = None;
-        for _ in 0..200 {
-            let info = sb.execs().await.unwrap().into_iter().find(|e| e.id == format!("busy-{round}")).unwrap();
-            if let Some(e) = info.end {
-                end = Some(e.ending);
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        let end = ending_within(&sb, &format!("busy-{round}"), Duration::from_secs(2)).await;
         assert_eq!(end, Some(hangar::Ending::Cancelled), "round {round}: the killed exec did not end as cancelled");
     }
     sb.stop().await.unwrap();
@@ -238,15 +246,7 @@ async fn a_kill_is_carried_out_while_its_reader_is_not_reading() {
     // Thousands of small appends, each news for the reader, which reads none of it.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     h.kill().await.unwrap();
-    let mut end = None;
-    for _ in 0..500 {
-        let info = sb.execs().await.unwrap().into_iter().find(|e| e.id == "unread").unwrap();
-        if let Some(e) = info.end {
-            end = Some(e.ending);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let end = ending_within(&sb, "unread", Duration::from_secs(5)).await;
     assert_eq!(end, Some(hangar::Ending::Cancelled), "the kill was not carried out within 5 s");
     let r = h.wait().await.unwrap();
     assert_eq!(r.ending, hangar::Ending::Cancelled);
