@@ -6,7 +6,8 @@
 //! crate existed) sends the same JSON shapes; version 2 adds typed start failures and the attachment
 //! requests [`Request::Detach`] and [`Request::Hold`], never sent to a version-1 agent; version 3 adds inline
 //! journals ([`Request::Inline`]: the journal's bytes travel on the connection, for an engine that cannot read
-//! the agent's files, as with a Pod's agent). A change that an older peer cannot read needs a new version, and
+//! the agent's files, as with a Pod's agent); version 4 ends a file read with a trailer ([`Request::ReadFile`]),
+//! so a file that shrank while it was read is told from a sandbox that went away. A change that an older peer cannot read needs a new version, and
 //! the test `wire_format_is_pinned` shows what each message looks like on the wire.
 //!
 //! Exec specs, endings and infos are the shared `hangar-types` values themselves: nothing is translated
@@ -23,7 +24,7 @@ pub use hangar_types::{
 };
 
 /// The protocol version this build speaks.
-pub const VERSION: u32 = 3;
+pub const VERSION: u32 = 4;
 /// The oldest agent version this build still speaks to.
 pub const MIN_VERSION: u32 = 1;
 
@@ -151,7 +152,8 @@ pub enum Request {
     },
     /// On a stdin connection: end of file (for a PTY: the terminal's EOF character).
     StdinClose,
-    /// Read a file; answered with [`Response::FileData`] followed by its bytes.
+    /// Read a file; answered with [`Response::FileData`], its `len` bytes, then [`Response::Done`] — or, when
+    /// the file shrank or failed while it was read, zeros up to `len` and then [`Response::Error`] saying so.
     ReadFile {
         /// Path inside the sandbox (relative paths are relative to the sandbox's working directory).
         path: String,
@@ -294,6 +296,8 @@ pub enum ErrorKind {
     NotAllowed,
     /// No space (or quota) left on the filesystem that holds the sandbox's files.
     NoSpace,
+    /// The file shrank while it was read.
+    Changed,
     /// Anything else.
     Other,
 }

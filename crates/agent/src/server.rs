@@ -526,19 +526,40 @@ async fn read_file(state: &Shared, conn: Conn, path: &str) {
     }
     let mut left = len;
     let mut buf = vec![0u8; CHUNK];
+    let mut failure = None;
     while left > 0 {
         let want = buf.len().min(left as usize);
-        match file.read(&mut buf[..want]) {
-            // The file shrank under us: the announced length cannot be met, so break the connection.
-            Ok(0) | Err(_) => return,
-            Ok(n) => {
-                if w.send_raw(&buf[..n]).await.is_err() {
-                    return;
-                }
-                left -= n as u64;
+        let n = match failure {
+            // The announced length is kept (the reader counts on it): zeros fill it, and the trailer says why.
+            Some(_) => {
+                buf[..want].fill(0);
+                want
             }
+            None => match file.read(&mut buf[..want]) {
+                Ok(0) => {
+                    let at = len - left;
+                    let message = format!(
+                        "{path}: the file shrank from {len} to {at} bytes while it was read (bytes from {at} on \
+                         were not read)"
+                    );
+                    failure = Some(err(ErrorKind::Changed, message));
+                    continue;
+                }
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    let (kind, message) = crate::confined::io_error(path, &e);
+                    failure = Some(err(kind, format!("{message} (after {} of {len} bytes)", len - left)));
+                    continue;
+                }
+            },
+        };
+        if w.send_raw(&buf[..n]).await.is_err() {
+            return;
         }
+        left -= n as u64;
     }
+    let _ = w.send(&failure.unwrap_or(Response::Done)).await;
 }
 
 async fn write_file(state: &Shared, conn: &mut Conn, path: &str, len: u64, mode: u32) -> Response {

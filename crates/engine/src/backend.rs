@@ -238,6 +238,7 @@ pub(crate) fn agent_error(id: &str, subject: &str, kind: ErrorKind, message: Str
         ErrorKind::NotARegularFile => file(FileErrorKind::NotARegularFile),
         ErrorKind::NotAllowed => file(FileErrorKind::NotAllowed),
         ErrorKind::NoSpace => file(FileErrorKind::NoSpace),
+        ErrorKind::Changed => file(FileErrorKind::Changed),
         ErrorKind::CommandNotFound => Error::CommandNotFound { id: id.to_string(), message },
         ErrorKind::InvalidArgument => Error::InvalidArgument(message),
         ErrorKind::Stopping => Error::NotRunning { id: id.to_string(), state: SandboxState::Terminated },

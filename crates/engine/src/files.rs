@@ -19,6 +19,8 @@ pub struct FileDownload {
     conn: Conn,
     len: u64,
     left: u64,
+    /// Whether the agent ends the bytes with a trailer (protocol 4 on), and it is still to be read.
+    trailer: bool,
 }
 
 impl FileDownload {
@@ -32,25 +34,38 @@ impl FileDownload {
         self.len == 0
     }
 
-    /// The next chunk (at most 256 KiB), or `None` once all `len` bytes were given.
+    /// The next chunk (at most 256 KiB), or `None` once all `len` bytes were given. A file that shrank (or
+    /// failed) while it was read fails its last chunk with [`FileErrorKind::Changed`] (or the failure).
     pub async fn next_chunk(&mut self) -> Result<Option<Vec<u8>>> {
-        if self.left == 0 {
-            return Ok(None);
+        let mut chunk = Vec::new();
+        if self.left > 0 {
+            let want = self.left.min(CHUNK);
+            chunk.reserve_exact(want as usize);
+            self.conn
+                .recv_raw(want, |c| {
+                    chunk.extend_from_slice(c);
+                    Ok(())
+                })
+                .await
+                .map_err(|e| self.gone(format!("the file ended early or the sandbox went away: {e}")))?;
+            self.left -= want;
         }
-        let want = self.left.min(CHUNK);
-        let mut chunk = Vec::with_capacity(want as usize);
-        self.conn
-            .recv_raw(want, |c| {
-                chunk.extend_from_slice(c);
-                Ok(())
-            })
-            .await
-            .map_err(|e| Error::SandboxGone {
-                id: self.sandbox.clone(),
-                detail: format!("read_file {}: the file ended early or the sandbox went away: {e}", self.path),
-            })?;
-        self.left -= want;
-        Ok(Some(chunk))
+        if self.left == 0 && self.trailer {
+            self.trailer = false;
+            match self.conn.recv::<Response>().await {
+                Ok(Some(Response::Done)) => {}
+                Ok(Some(Response::Error { kind, message })) => {
+                    return Err(crate::backend::agent_error(&self.sandbox, &self.path, kind, message))
+                }
+                Ok(other) => return Err(self.gone(format!("the agent ended the file with {other:?}"))),
+                Err(e) => return Err(self.gone(format!("the sandbox went away at the file's end: {e}"))),
+            }
+        }
+        Ok((!chunk.is_empty()).then_some(chunk))
+    }
+
+    fn gone(&self, detail: String) -> Error {
+        Error::SandboxGone { id: self.sandbox.clone(), detail: format!("read_file {}: {detail}", self.path) }
     }
 }
 
@@ -78,14 +93,15 @@ impl Engine {
     /// root, so `..`, symlinks and `/proc` links cannot reach the host; FIFOs, sockets and devices are refused.
     pub async fn open_file(&self, id: &str, path: &str) -> Result<FileDownload> {
         check_path(path)?;
-        let mut conn = self.connect(id).await?;
+        let crate::backend::AgentLink { mut conn, protocol, .. } = self.link(id).await?;
         conn.send(&Request::ReadFile { path: path.to_string() }).await.map_err(|e| self.gone(id, "read_file", e))?;
         match conn.recv::<Response>().await.map_err(|e| self.gone(id, "read_file", e))? {
             Some(Response::FileData { len }) if len > self.config().max_file_bytes => {
                 Err(too_large(id, path, len, self.config().max_file_bytes))
             }
             Some(Response::FileData { len }) => {
-                Ok(FileDownload { sandbox: id.to_string(), path: path.to_string(), conn, len, left: len })
+                let (sandbox, path) = (id.to_string(), path.to_string());
+                Ok(FileDownload { sandbox, path, conn, len, left: len, trailer: protocol >= 4 })
             }
             other => Err(self.unexpected(id, path, other)),
         }

@@ -261,6 +261,7 @@ mod tests {
             FileErrorKind::NotAllowed,
             FileErrorKind::TooLarge,
             FileErrorKind::NoSpace,
+            FileErrorKind::Changed,
             FileErrorKind::Other,
         ] {
             cases.push(Box::new(file(kind)));

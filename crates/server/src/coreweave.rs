@@ -48,7 +48,7 @@ fn cw_status(e: hangar_engine::Error) -> Status {
             K::IsADirectory => "CWSANDBOX_FILE_IS_DIRECTORY",
             K::PermissionDenied | K::NotAllowed => "CWSANDBOX_FILE_PERMISSION_DENIED",
             K::TooLarge => "CWSANDBOX_FILE_TOO_LARGE",
-            K::NotARegularFile | K::NoSpace | K::Other => "CWSANDBOX_FILE_IO_FAILED",
+            K::NotARegularFile | K::NoSpace | K::Changed | K::Other => "CWSANDBOX_FILE_IO_FAILED",
         }),
         _ => None,
     };

@@ -38,6 +38,8 @@ pub(crate) fn from_engine(e: Error) -> Status {
             FileErrorKind::IsADirectory | FileErrorKind::NotARegularFile => Code::FailedPrecondition,
             FileErrorKind::TooLarge => Code::OutOfRange,
             FileErrorKind::NoSpace => Code::ResourceExhausted,
+            // A concurrency conflict: reading again may succeed.
+            FileErrorKind::Changed => Code::Aborted,
             FileErrorKind::Other => Code::Internal,
         },
         _ => Code::Internal,

@@ -17,6 +17,9 @@ pub enum FileErrorKind {
     TooLarge,
     /// No space left for the sandbox's files (the disk that holds them is full).
     NoSpace,
+    /// The file shrank (was truncated or cut short) while it was read, so its announced length could not be
+    /// delivered; reading it again reads what it holds now.
+    Changed,
     /// Anything else.
     Other,
 }
@@ -58,7 +61,7 @@ pub enum Reason {
 }
 
 impl Reason {
-    const ALL: [(Reason, &'static str); 19] = [
+    const ALL: [(Reason, &'static str); 20] = [
         (Reason::NotFound, "NOT_FOUND"),
         (Reason::NotRunning, "NOT_RUNNING"),
         (Reason::InvalidArgument, "INVALID_ARGUMENT"),
@@ -77,6 +80,7 @@ impl Reason {
         (Reason::File(FileErrorKind::NotAllowed), "PATH_NOT_ALLOWED"),
         (Reason::File(FileErrorKind::TooLarge), "FILE_TOO_LARGE"),
         (Reason::File(FileErrorKind::NoSpace), "NO_SPACE"),
+        (Reason::File(FileErrorKind::Changed), "FILE_CHANGED"),
         (Reason::File(FileErrorKind::Other), "FILE_ERROR"),
     ];
 

@@ -155,6 +155,36 @@ async fn files_round_trip_and_never_reach_the_host() {
     assert!(matches!(sb.read_file("/rel.txt").await, Err(Error::NotRunning { .. })));
 }
 
+/// A file cut short while it is read fails the read as `FileErrorKind::Changed`, saying how far it got — not as
+/// a sandbox that went away — and the sandbox goes on. (The reader holds the read at its first bytes through a
+/// small pipe while the file is cut.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_cut_short_while_it_is_read_fails_as_changed() {
+    use tokio::io::AsyncReadExt;
+    let sb = sandbox().await;
+    sb.exec(["sh", "-c", "yes 0123456789abcde | head -c 67108864 > /tmp/big"]).check(true).await.unwrap();
+    let (mut sink, mut out) = tokio::io::duplex(64 << 10);
+    let reader = {
+        let sb = sb.clone();
+        tokio::spawn(async move { sb.read_file_to("/tmp/big", &mut sink).await })
+    };
+    let mut got = vec![0u8; 4096];
+    out.read_exact(&mut got).await.unwrap();
+    sb.exec(["truncate", "-s", "4096", "/tmp/big"]).check(true).await.unwrap();
+    out.read_to_end(&mut got).await.unwrap();
+    match reader.await.unwrap() {
+        Err(Error::File { kind: FileErrorKind::Changed, path, message }) => {
+            assert_eq!(path, "/tmp/big");
+            assert!(message.contains("shrank from 67108864 to "), "{message}");
+        }
+        other => panic!("expected a Changed file error, got {other:?} after {} bytes", got.len()),
+    }
+    assert!(got.len() < 64 << 20, "the read was cut short: {} bytes", got.len());
+    assert_eq!(&got[..4096], "0123456789abcde\n".repeat(256).as_bytes(), "the bytes read first are the file's");
+    assert_eq!(sb.read_file("/tmp/big").await.unwrap().len(), 4096, "a new read reads what the file holds now");
+    sb.stop().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_sandbox_is_isolated_from_the_host() {
     let sb = sandbox().await;
