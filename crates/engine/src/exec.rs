@@ -40,6 +40,7 @@ pub(crate) enum Source {
     Inline([u64; 2]),
     /// A copy of the main command's log held here (a Pod's container log): its last `data.len()` bytes, which
     /// end at the log's end (what came before them is a gap), and the offset handed out so far.
+    #[cfg_attr(not(feature = "kubernetes"), allow(dead_code))]
     Copy { data: bytes::Bytes, times: Vec<(u64, u64)>, end: ExecEnd, pos: u64 },
 }
 
@@ -323,6 +324,7 @@ impl ExecStream {
     /// The main command's log of sandbox `rec`, which ended, from a copy of it (`data`, the log's last bytes;
     /// `end` says how many there were in all), from offsets `from`.
     /// `times` says when lines began (offset, Unix ms), as far as the copy knows.
+    #[cfg(feature = "kubernetes")]
     pub(crate) fn kept_copy(
         rec: &crate::SandboxInfo,
         data: bytes::Bytes,

@@ -12,11 +12,18 @@ const CPU_PERIOD_US: u64 = 100_000;
 
 /// One sandbox's cgroup: a directory per controller hierarchy (v1) or a single directory (v2).
 ///
-/// The workload (the main command and every exec) lives in a `workload` child that holds the memory and
-/// process limits, and the agent outside it, so that an out-of-memory kill or a full pids limit always hits
-/// the workload and never the agent that journals its output and reports how it ended. On v1 the agent sits
-/// in the sandbox's own directory; on v2, which allows no processes in a cgroup that delegates controllers,
-/// in an `agent` child. CPU and the device allow-list apply to the whole sandbox, agent included.
+/// The workload (the main command and every exec) lives where the memory limit applies, and the agent outside
+/// it, so that an out-of-memory kill always hits the workload and never the agent that journals its output
+/// and reports how it ended. On v2, which allows no processes in a cgroup that delegates controllers, the
+/// workload is a `workload` child (with the pids limit too) and the agent an `agent` child. On v1 the
+/// sandbox's memory directory is the workload's and the agent stays in the memory parent that all sandboxes'
+/// agents share (`memory/hangar`), while in the other hierarchies it sits in the sandbox's own directory.
+///
+/// Why no memory child of its own per agent on v1: every memory cgroup costs kernel memory in proportion to
+/// the number of memory-aware shrinkers on the host (every mounted filesystem has one, and a sandbox mounts
+/// about ten), 1 KiB per 64 of them: with 1,000 sandboxes that is ~170 KiB per memory cgroup, the largest
+/// part of an idle sandbox's cost. One memory cgroup per sandbox instead of two halves it. CPU, pids and the
+/// device allow-list apply to the whole sandbox, agent included.
 #[derive(Debug, Clone)]
 pub struct SandboxCgroup {
     dirs: Vec<PathBuf>,
@@ -35,10 +42,10 @@ pub struct Cgroups {
     parent: String,
 }
 
-/// v1 hierarchies where the workload has a child cgroup of its own, apart from the agent: memory, so that
+/// The v1 hierarchy whose sandbox directory holds only the workload (the agent stays in its parent), so that
 /// the OOM killer never picks the agent. (The pids limit stays on the whole sandbox on v1: execs would need a
 /// pids cgroup each to be held in a child, one more migration per exec.)
-const V1_WORKLOAD_CONTROLLERS: [&str; 1] = ["memory"];
+const V1_WORKLOAD_ONLY: &str = "memory";
 
 /// v1 hierarchies a sandbox joins. `cpuacct` gives per-exec CPU time; where it is co-mounted with `cpu`
 /// both names lead to the same directory, which is harmless. `devices` holds the device allow-list.
@@ -103,9 +110,8 @@ impl Cgroups {
             write(&cg.dirs[0].join("cgroup.subtree_control"), "+memory +pids")?;
             mkdir(&cg.dirs[0].join(AGENT_V2))?;
         }
-        // The workload's directories (the others among the exec parents exist already).
-        for d in cg.exec_parents() {
-            mkdir(&d)?;
+        if self.v2 {
+            mkdir(&cg.dirs[0].join(WORKLOAD))?;
         }
         let made = cg.apply(limits);
         if made.is_err() {
@@ -118,22 +124,26 @@ impl Cgroups {
 impl SandboxCgroup {
     /// The `cgroup.procs` files the sandbox's agent writes itself into.
     pub fn agent_procs_files(&self) -> Vec<PathBuf> {
-        let agent = if self.v2 { vec![self.dirs[0].join(AGENT_V2)] } else { self.dirs.clone() };
-        agent.iter().map(|d| d.join("cgroup.procs")).collect()
-    }
-
-    /// The directories the workload's processes get their cgroups under (one per exec, see
-    /// [`CgroupDirs::create_exec`]): `workload` where the limits that must spare the agent apply, the
-    /// sandbox's own directory elsewhere.
-    pub fn exec_parents(&self) -> Vec<PathBuf> {
         if self.v2 {
-            return vec![self.dirs[0].join(WORKLOAD)];
+            return vec![self.dirs[0].join(AGENT_V2).join("cgroup.procs")];
         }
         V1_CONTROLLERS
             .iter()
             .zip(&self.dirs)
-            .map(|(c, d)| if V1_WORKLOAD_CONTROLLERS.contains(c) { d.join(WORKLOAD) } else { d.clone() })
+            .map(|(c, d)| match (*c == V1_WORKLOAD_ONLY, d.parent()) {
+                (true, Some(shared)) => shared.join("cgroup.procs"),
+                _ => d.join("cgroup.procs"),
+            })
             .collect()
+    }
+
+    /// The directories the workload's processes get their cgroups under (one per exec, see
+    /// [`CgroupDirs::create_exec`]): `workload` on v2, the sandbox's own directories on v1.
+    pub fn exec_parents(&self) -> Vec<PathBuf> {
+        if self.v2 {
+            return vec![self.dirs[0].join(WORKLOAD)];
+        }
+        self.dirs.clone()
     }
 
     /// The directories of this cgroup (one per v1 hierarchy, one on v2).
@@ -151,8 +161,10 @@ impl SandboxCgroup {
     }
 
     fn apply(&self, limits: &Limits) -> Result<()> {
-        let (mem, cpu) = (self.dir_of("memory").join(WORKLOAD), self.dir_of("cpu"));
-        let pids = if self.v2 { self.dir_of("pids").join(WORKLOAD) } else { self.dir_of("pids").to_path_buf() };
+        let (mem, pids, cpu) = match self.v2 {
+            true => (self.dirs[0].join(WORKLOAD), self.dirs[0].join(WORKLOAD), self.dir_of("cpu")),
+            false => (self.dir_of("memory").to_path_buf(), self.dir_of("pids").to_path_buf(), self.dir_of("cpu")),
+        };
         if let Some(bytes) = limits.memory_bytes {
             if self.v2 {
                 write(&mem.join("memory.max"), &bytes.to_string())?;
@@ -203,8 +215,8 @@ impl SandboxCgroup {
             }
             let mut busy = None;
             for d in &self.dirs {
-                // The workload's, the agent's and per-exec cgroups an agent left behind (it was killed
-                // mid-exec) go first, deepest first.
+                // The workload's and the agent's (v2) and per-exec cgroups an agent left behind (it was
+                // killed mid-exec) go first, deepest first.
                 if let Err(e) = remove_tree(d) {
                     busy = Some(e);
                 }

@@ -100,12 +100,22 @@ fn mount_proc_and_sys(root: &Path) -> Result<()> {
     let sys = root.join("sys");
     mkdir_p(&sys)?;
     mnt(Some("sysfs"), &sys, Some("sysfs"), quiet | MsFlags::MS_RDONLY, None)?;
+    // Masked directories share one empty read-only tmpfs (the first is mounted, the rest are binds of it): every
+    // filesystem instance costs kernel memory in each memory cgroup on the host (see `cgroups`).
+    let mut empty: Option<std::path::PathBuf> = None;
     for p in MASKED_PATHS {
         let path = root.join(p);
-        match fs::metadata(&path) {
-            Ok(md) if md.is_dir() => mnt(Some("tmpfs"), &path, Some("tmpfs"), MsFlags::MS_RDONLY, Some("size=0"))?,
-            Ok(_) => mnt(Some("/dev/null"), &path, None, MsFlags::MS_BIND, None)?,
-            Err(_) => {}
+        match (fs::metadata(&path), &empty) {
+            (Ok(md), Some(first)) if md.is_dir() => {
+                mnt(Some(first.to_str().unwrap_or_default()), &path, None, MsFlags::MS_BIND, None)?;
+                mnt(None, &path, None, MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY, None)?;
+            }
+            (Ok(md), None) if md.is_dir() => {
+                mnt(Some("tmpfs"), &path, Some("tmpfs"), MsFlags::MS_RDONLY, Some("size=0"))?;
+                empty = Some(path);
+            }
+            (Ok(_), _) => mnt(Some("/dev/null"), &path, None, MsFlags::MS_BIND, None)?,
+            (Err(_), _) => {}
         }
     }
     for p in READONLY_PATHS {

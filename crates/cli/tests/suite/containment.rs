@@ -337,10 +337,18 @@ async fn an_out_of_memory_kill_hits_the_workload_never_the_agent() {
     assert!(matches!(r.ending, hangar::Ending::OomKilled), "{:?}", r.ending);
     assert_eq!(sb.info().await.unwrap().state, SandboxState::Running, "the agent survived");
     assert_eq!(sb.exec(["echo", "alive"]).await.unwrap().stdout, b"alive\n");
-    let agent = sb.exec(["cat", "/proc/1/cgroup"]).await.unwrap().stdout_text().into_owned();
-    let exec = sb.exec(["cat", "/proc/self/cgroup"]).await.unwrap().stdout_text().into_owned();
-    assert!(!agent.contains("workload"), "the agent is outside the workload: {agent}");
-    assert!(exec.contains(":/workload/"), "execs are in the workload: {exec}");
+    // The memory cgroups (v1's `memory` line, v2's one line): an exec's is its own, below the workload's; the
+    // agent's is not below the workload's.
+    let memory_cgroup = |text: &str| {
+        let line = text.lines().find(|l| l.split(':').nth(1).is_some_and(|c| c.split(',').any(|c| c == "memory")));
+        let line = line.or_else(|| text.lines().find(|l| l.starts_with("0::"))).unwrap_or_else(|| panic!("{text}"));
+        line.splitn(3, ':').nth(2).unwrap().to_string()
+    };
+    let agent = memory_cgroup(&sb.exec(["cat", "/proc/1/cgroup"]).await.unwrap().stdout_text());
+    let exec = memory_cgroup(&sb.exec(["cat", "/proc/self/cgroup"]).await.unwrap().stdout_text());
+    let workload = exec.rsplit_once('/').map(|(w, _)| format!("{w}/")).unwrap();
+    assert!(workload.len() > 1, "an exec's memory cgroup is below the workload's: {exec}");
+    assert!(!format!("{agent}/").starts_with(&workload), "the agent ({agent}) is outside the workload ({workload})");
     sb.stop().await.unwrap();
 }
 
@@ -411,11 +419,10 @@ async fn a_symlink_swapped_back_and_forth_during_copies_never_leads_outside() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_memory_limit_cannot_be_lifted_through_the_agents_cgroup_descriptors() {
     let sb = builder().memory_mb(64).create().await.unwrap();
-    let limit_file =
-        |dir: &str| PathBuf::from("/sys/fs/cgroup/memory/hangar").join(sb.id()).join(dir).join("memory.limit_in_bytes");
+    // The workload's limit: v1's in the sandbox's memory cgroup, v2's in its `workload` child.
+    let limit_file = PathBuf::from("/sys/fs/cgroup/memory/hangar").join(sb.id()).join("memory.limit_in_bytes");
     let unified = PathBuf::from("/sys/fs/cgroup/hangar").join(sb.id()).join("workload/memory.max");
-    let read_limit =
-        || std::fs::read_to_string(limit_file("workload")).or_else(|_| std::fs::read_to_string(&unified)).unwrap();
+    let read_limit = || std::fs::read_to_string(&limit_file).or_else(|_| std::fs::read_to_string(&unified)).unwrap();
     let before = read_limit();
     for fd in 0..40 {
         for name in [
