@@ -71,7 +71,7 @@ pub(crate) fn main() -> Result<(), String> {
     // agent is gone, not early.
     let listener = std::net::TcpListener::bind(cfg.listen).map_err(|e| format!("listen on {}: {e}", cfg.listen))?;
     listener.set_nonblocking(true).map_err(|e| format!("listener: {e}"))?;
-    let mut started = match Started::start(&workload, hangar_runtime::cgroups::CgroupDirs::open(&[])) {
+    let mut started = match Started::start(&workload, hangar_runtime::cgroups::CgroupDirs::open(&[], "")) {
         Ok(started) => started,
         Err(report) => {
             let _ = std::fs::write(&cfg.termination_log, report.line());

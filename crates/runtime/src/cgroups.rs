@@ -17,17 +17,21 @@ const CPU_PERIOD_US: u64 = 100_000;
 /// and reports how it ended. On v2, which allows no processes in a cgroup that delegates controllers, the
 /// workload is a `workload` child (with the pids limit too) and the agent an `agent` child. On v1 the
 /// sandbox's memory directory is the workload's and the agent stays in the memory parent that all sandboxes'
-/// agents share (`memory/hangar`), while in the other hierarchies it sits in the sandbox's own directory.
+/// agents share (`memory/hangar`), while in the other hierarchies it sits in the sandbox's own directory; a
+/// sandbox without a memory limit has no memory directory at all: its execs' memory cgroups (peak memory, kills)
+/// sit in the shared parent, named after the sandbox (`memory/hangar/<id>.exec-ex-1`).
 ///
-/// Why no memory child of its own per agent on v1: every memory cgroup costs kernel memory in proportion to
-/// the number of memory-aware shrinkers on the host (every mounted filesystem has one, and a sandbox mounts
-/// about ten), 1 KiB per 64 of them: with 1,000 sandboxes that is ~170 KiB per memory cgroup, the largest
-/// part of an idle sandbox's cost. One memory cgroup per sandbox instead of two halves it. CPU, pids and the
-/// device allow-list apply to the whole sandbox, agent included.
+/// Why so few memory cgroups on v1: every memory cgroup costs kernel memory in proportion to the number of
+/// memory-aware shrinkers on the host (every mounted filesystem has one, and a sandbox mounts about ten), 1 KiB
+/// per 64 of them: with 1,000 sandboxes that is ~170 KiB per memory cgroup, the largest part of an idle
+/// sandbox's cost (two per sandbox before: 670 KiB of slab per idle sandbox here; one: 449; none: see the
+/// density bench). CPU, pids and the device allow-list apply to the whole sandbox, agent included.
 #[derive(Debug, Clone)]
 pub struct SandboxCgroup {
     dirs: Vec<PathBuf>,
     v2: bool,
+    /// Whether the sandbox has a memory cgroup of its own (v2, or a memory limit on v1).
+    own_memory: bool,
 }
 
 /// The child of a sandbox's cgroup that holds its workload.
@@ -87,7 +91,7 @@ impl Cgroups {
         } else {
             V1_CONTROLLERS.iter().map(|c| Path::new(CGROUP_ROOT).join(c).join(&self.parent).join(id)).collect()
         };
-        SandboxCgroup { dirs, v2: self.v2 }
+        SandboxCgroup { dirs, v2: self.v2, own_memory: true }
     }
 
     /// Creates sandbox `id`'s cgroup and applies `limits`.
@@ -99,12 +103,15 @@ impl Cgroups {
             write(&Path::new(CGROUP_ROOT).join("cgroup.subtree_control"), "+memory +cpu +pids")?;
             write(&parent.join("cgroup.subtree_control"), "+memory +cpu +pids")?;
         }
-        let cg = self.sandbox(id);
-        for d in &cg.dirs {
+        let mut cg = self.sandbox(id);
+        cg.own_memory = self.v2 || limits.memory_bytes.is_some();
+        for (i, d) in cg.dirs.iter().enumerate() {
             if let Some(parent) = d.parent() {
                 mkdir(parent)?;
             }
-            mkdir(d)?;
+            if cg.own_memory || self.v2 || V1_CONTROLLERS[i] != V1_WORKLOAD_ONLY {
+                mkdir(d)?;
+            }
         }
         if self.v2 {
             write(&cg.dirs[0].join("cgroup.subtree_control"), "+memory +pids")?;
@@ -138,12 +145,20 @@ impl SandboxCgroup {
     }
 
     /// The directories the workload's processes get their cgroups under (one per exec, see
-    /// [`CgroupDirs::create_exec`]): `workload` on v2, the sandbox's own directories on v1.
+    /// [`CgroupDirs::create_exec`]): `workload` on v2, the sandbox's own directories on v1 (but the shared
+    /// memory parent when the sandbox has no memory directory).
     pub fn exec_parents(&self) -> Vec<PathBuf> {
         if self.v2 {
             return vec![self.dirs[0].join(WORKLOAD)];
         }
-        self.dirs.clone()
+        V1_CONTROLLERS
+            .iter()
+            .zip(&self.dirs)
+            .map(|(c, d)| match (*c == V1_WORKLOAD_ONLY && !self.own_memory, d.parent()) {
+                (true, Some(shared)) => shared.to_path_buf(),
+                _ => d.clone(),
+            })
+            .collect()
     }
 
     /// The directories of this cgroup (one per v1 hierarchy, one on v2).
@@ -214,7 +229,7 @@ impl SandboxCgroup {
                 kill_procs(d);
             }
             let mut busy = None;
-            for d in &self.dirs {
+            for d in self.dirs.iter().chain(&self.shared_exec_dirs()) {
                 // The workload's and the agent's (v2) and per-exec cgroups an agent left behind (it was
                 // killed mid-exec) go first, deepest first.
                 if let Err(e) = remove_tree(d) {
@@ -227,6 +242,24 @@ impl SandboxCgroup {
                 Some(_) => std::thread::sleep(Duration::from_millis(2)),
             }
         }
+    }
+}
+
+impl SandboxCgroup {
+    /// Exec cgroups of this sandbox in the shared memory parent (v1, no memory limit) that are still there.
+    fn shared_exec_dirs(&self) -> Vec<PathBuf> {
+        let memory = V1_CONTROLLERS.iter().position(|c| *c == V1_WORKLOAD_ONLY).and_then(|i| self.dirs.get(i));
+        let Some((id, shared)) = memory.filter(|_| !self.v2).and_then(|d| Some((d.file_name()?, d.parent()?))) else {
+            return vec![];
+        };
+        let prefix = format!("{}.", id.to_string_lossy());
+        fs::read_dir(&shared)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+            .map(|e| e.path())
+            .collect()
     }
 }
 
@@ -340,17 +373,16 @@ const EXEC_CONTROLLERS: [&str; 2] = ["memory", "cpuacct"];
 #[derive(Debug)]
 pub struct CgroupDirs {
     v2: bool,
-    /// (controller, directory); the controller is empty on v2.
-    dirs: Vec<(String, OwnedFd)>,
+    /// (controller, directory, what exec cgroups' names start with there); the controller is empty on v2.
+    dirs: Vec<(String, OwnedFd, String)>,
 }
 
 /// One exec's cgroup under its sandbox's.
 #[derive(Debug)]
 pub struct ExecCgroup {
     v2: bool,
-    name: String,
-    /// (controller, parent directory, own directory).
-    dirs: Vec<(String, OwnedFd, OwnedFd)>,
+    /// (controller, parent directory, own directory, own directory's name).
+    dirs: Vec<(String, OwnedFd, OwnedFd, String)>,
     procs: Vec<OwnedFd>,
 }
 
@@ -401,9 +433,11 @@ pub fn own_oom_kills() -> u64 {
 }
 
 impl CgroupDirs {
-    /// Opens the directories execs get their cgroups under ([`SandboxCgroup::exec_parents`]). Directories
-    /// that cannot be opened are skipped: per-exec accounting is then partial, never fatal.
-    pub fn open(parents: &[PathBuf]) -> Self {
+    /// Opens the directories execs get their cgroups under ([`SandboxCgroup::exec_parents`]) for sandbox `id`.
+    /// Directories that cannot be opened are skipped: per-exec accounting is then partial, never fatal. In a
+    /// directory that is not the sandbox's own (no component of its path is `id`: the shared memory parent),
+    /// exec cgroups are named `<id>.<name>`.
+    pub fn open(parents: &[PathBuf], id: &str) -> Self {
         let mut dirs = Vec::new();
         let mut v2 = false;
         for dir in parents {
@@ -417,7 +451,8 @@ impl CgroupDirs {
                 .map(|c| c.as_os_str().to_string_lossy().into_owned())
                 .filter(|_| !v2)
                 .unwrap_or_default();
-            dirs.push((controller, fd));
+            let own = dir.components().any(|c| c.as_os_str() == id);
+            dirs.push((controller, fd, if own { String::new() } else { format!("{id}.") }));
         }
         Self { v2, dirs }
     }
@@ -436,18 +471,19 @@ impl CgroupDirs {
         let mut dirs = Vec::new();
         let mut procs = Vec::new();
         // On v1 only the hierarchies that measure (and hold the tree for kills) get one: fewer mkdirs per exec.
-        for (controller, parent) in self.dirs.iter().filter(|(c, _)| self.v2 || EXEC_CONTROLLERS.contains(&c.as_str()))
-        {
-            match nix::sys::stat::mkdirat(parent, name, nix::sys::stat::Mode::from_bits_truncate(0o755)) {
+        let measuring = self.dirs.iter().filter(|(c, _, _)| self.v2 || EXEC_CONTROLLERS.contains(&c.as_str()));
+        for (controller, parent, prefix) in measuring {
+            let name = format!("{prefix}{name}");
+            match nix::sys::stat::mkdirat(parent, name.as_str(), nix::sys::stat::Mode::from_bits_truncate(0o755)) {
                 Ok(()) | Err(nix::errno::Errno::EEXIST) => {}
                 Err(e) => return Err(e.into()),
             }
-            let own = open_dir_at(Some(parent), Path::new(name))?;
+            let own = open_dir_at(Some(parent), Path::new(&name))?;
             let p = openat(&own, "cgroup.procs", OFlag::O_WRONLY | OFlag::O_CLOEXEC, nix::sys::stat::Mode::empty())?;
             procs.push(p);
-            dirs.push((controller.clone(), parent.try_clone()?, own));
+            dirs.push((controller.clone(), parent.try_clone()?, own, name));
         }
-        Ok(ExecCgroup { v2: self.v2, name: name.to_string(), dirs, procs })
+        Ok(ExecCgroup { v2: self.v2, dirs, procs })
     }
 }
 
@@ -464,7 +500,7 @@ impl ExecCgroup {
         let mut out: Vec<i32> = self
             .dirs
             .iter()
-            .flat_map(|(_, _, own)| {
+            .flat_map(|(_, _, own, _)| {
                 read_at(own, "cgroup.procs").lines().filter_map(|l| l.trim().parse().ok()).collect::<Vec<_>>()
             })
             .collect();
@@ -488,7 +524,7 @@ impl ExecCgroup {
     }
 
     fn dir(&self, controller: &str) -> Option<&OwnedFd> {
-        self.dirs.iter().find(|(c, _, _)| self.v2 || c == controller).map(|(_, _, d)| d)
+        self.dirs.iter().find(|(c, _, _, _)| self.v2 || c == controller).map(|(_, _, d, _)| d)
     }
 
     /// CPU time, peak memory and OOM kills so far.
@@ -518,10 +554,10 @@ impl ExecCgroup {
     /// Removes the cgroup once its processes are gone (kills stragglers; tries for up to `wait`).
     pub fn remove(self, wait: Duration) {
         let deadline = Instant::now() + wait;
-        for (_, parent, _) in &self.dirs {
+        for (_, parent, _, name) in &self.dirs {
             loop {
                 self.kill_all();
-                match nix::unistd::unlinkat(parent, self.name.as_str(), nix::unistd::UnlinkatFlags::RemoveDir) {
+                match nix::unistd::unlinkat(parent, name.as_str(), nix::unistd::UnlinkatFlags::RemoveDir) {
                     Ok(()) | Err(nix::errno::Errno::ENOENT) => break,
                     Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(1)),
                     Err(_) => break,

@@ -44,7 +44,7 @@ pub fn enter(spec: &SandboxSpec) -> Result<cgroups::CgroupDirs> {
             .map_err(|e| Error::sys("setns", "the sandbox's network namespace", e))?;
     }
     cgroups::join(&spec.cgroup_procs)?;
-    let dirs = cgroups::CgroupDirs::open(&spec.exec_cgroup_parents);
+    let dirs = cgroups::CgroupDirs::open(&spec.exec_cgroup_parents, &spec.id);
     rootfs::unshare_cgroup_namespace()?;
     rootfs::build_and_pivot(&spec.rootfs)?;
     nix::unistd::sethostname(&spec.hostname).map_err(|e| Error::sys("sethostname", &spec.hostname, e))?;

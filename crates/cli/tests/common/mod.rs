@@ -236,6 +236,12 @@ pub fn leftovers(id: &str) -> Vec<String> {
             left.push(format!("cgroup {}", p.display()));
         }
     }
+    // Exec cgroups of a sandbox without a memory limit, in the shared memory parent.
+    for e in std::fs::read_dir("/sys/fs/cgroup/memory/hangar").into_iter().flatten().flatten() {
+        if e.file_name().to_string_lossy().starts_with(&format!("{id}.")) {
+            left.push(format!("cgroup {}", e.path().display()));
+        }
+    }
     let unified = PathBuf::from("/sys/fs/cgroup/hangar").join(id);
     if unified.exists() {
         left.push(format!("cgroup {}", unified.display()));
