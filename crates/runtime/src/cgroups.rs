@@ -253,7 +253,7 @@ impl SandboxCgroup {
             return vec![];
         };
         let prefix = format!("{}.", id.to_string_lossy());
-        fs::read_dir(&shared)
+        fs::read_dir(shared)
             .into_iter()
             .flatten()
             .flatten()
