@@ -221,6 +221,58 @@ async fn a_thousand_create_exec_stop_cycles_leave_nothing() {
     }
 }
 
+/// Every memory cgroup costs the kernel 1 KiB per 64 filesystems mounted on the host (~170 KiB each with
+/// 1,000 sandboxes), so a sandbox has as few as it can: none of its own without a memory limit (its main
+/// command's and its execs' sit in the shared parent, named after it), one with a limit (its processes' below
+/// it; the agent is never in it). On a v2 host: the sandbox's, its workload's and its agent's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_sandbox_has_as_few_memory_cgroups_as_it_can() {
+    let v1 = std::path::Path::new("/sys/fs/cgroup/memory/hangar");
+    let memory_cgroups = |id: &str| -> Vec<String> {
+        let root = if v1.exists() { v1.to_path_buf() } else { "/sys/fs/cgroup/hangar".into() };
+        let mut found = vec![];
+        let mut dirs = vec![root.clone()];
+        while let Some(d) = dirs.pop() {
+            for e in std::fs::read_dir(&d).unwrap().flatten().filter(|e| e.file_type().unwrap().is_dir()) {
+                let rel = e.path().strip_prefix(&root).unwrap().display().to_string();
+                if rel.starts_with(id) {
+                    found.push(rel);
+                }
+                dirs.push(e.path());
+            }
+        }
+        found.sort();
+        found
+    };
+    let plain = common::sandbox().await;
+    let limited = common::builder().memory_mb(256).create().await.unwrap();
+    let running = plain.exec(["sleep", "60"]).id("held").start().await.unwrap();
+    let (plain_id, limited_id) = (plain.id().to_string(), limited.id().to_string());
+    if v1.exists() {
+        // Its main command's and its exec's (or the spare helper's it ran in): each its own, none the sandbox's.
+        let of_plain = memory_cgroups(&plain_id);
+        assert!(of_plain.len() >= 2, "{of_plain:?}");
+        assert!(of_plain.iter().all(|c| c.starts_with(&format!("{plain_id}.")) && !c.contains('/')), "{of_plain:?}");
+        let of_limited = memory_cgroups(&limited_id);
+        assert_eq!(of_limited[0], limited_id);
+        assert!(of_limited[1..].iter().all(|c| c.starts_with(&format!("{limited_id}/"))), "{of_limited:?}");
+        let procs = std::fs::read_to_string(v1.join(&limited_id).join("cgroup.procs")).unwrap();
+        assert_eq!(procs, "", "the limited sandbox's memory cgroup holds no process itself (its agent is outside)");
+    } else {
+        let own = |id: &str| ["", "/agent", "/workload"].map(|s| format!("{id}{s}")).to_vec();
+        assert_eq!(memory_cgroups(&limited_id), own(&limited_id));
+    }
+    plain.signal_exec("held", 9).await.unwrap();
+    drop(running);
+    for sb in [plain, limited] {
+        let id = sb.id().to_string();
+        sb.stop().await.unwrap();
+        sb.delete().await.unwrap();
+        assert_eq!(memory_cgroups(&id), Vec::<String>::new());
+        assert_eq!(common::leftovers(&id), Vec::<String>::new());
+    }
+}
+
 /// A kept log whose sandbox record is gone (an older engine that crashed between the two) is removed by the
 /// next listing; the logs of ended sandboxes that are still listed stay.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
