@@ -124,35 +124,47 @@ async fn a_pod_deleted_under_a_running_exec_ends_it_as_sandbox_terminated() {
     assert!(t.elapsed() < Duration::from_secs(40), "the end took {:?}", t.elapsed());
 }
 
+/// The sandbox id a message names (`sandbox sb-… failed to start: …`).
+fn named_sandbox(message: &str) -> String {
+    let id = message.split(|c: char| !(c.is_ascii_alphanumeric() || c == '-')).find(|w| w.starts_with("sb-"));
+    id.unwrap_or_else(|| panic!("no sandbox named in {message:?}")).to_string()
+}
+
 /// A sandbox the cluster cannot place is a typed error at once, naming Kubernetes' reason, and leaves no Pod.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unschedulable_sandbox_is_a_typed_error_naming_the_reason() {
     let t = Instant::now();
     let r = Sandbox::builder().client(&client()).command("sleep").args(["infinity"]).cpu(512.0).create().await;
-    match r {
-        Err(Error::SandboxFailed { message: reason, .. }) => {
-            assert!(reason.contains("Unschedulable") && reason.contains("cpu"), "{reason}")
+    let unschedulable = match r {
+        Err(Error::SandboxFailed { message: reason }) => {
+            assert!(reason.contains("Unschedulable") && reason.contains("cpu"), "{reason}");
+            named_sandbox(&reason)
         }
         other => panic!("{other:?}"),
-    }
+    };
     assert!(t.elapsed() < Duration::from_secs(30), "{:?}", t.elapsed());
     // An image the node does not have (and may not pull): the image's error, with the kubelet's reason.
     let r = Sandbox::builder().client(&client()).image("hangar.local/no-such-image:1").create().await;
-    match r {
-        Err(Error::SandboxFailed { message: reason, .. }) => assert!(reason.contains("ErrImageNeverPull"), "{reason}"),
+    let no_image = match r {
+        Err(Error::SandboxFailed { message: reason }) => {
+            assert!(reason.contains("ErrImageNeverPull"), "{reason}");
+            named_sandbox(&reason)
+        }
         other => panic!("{other:?}"),
-    }
-    let left: Vec<String> = pods()
+    };
+    // (Only these two: other tests' Pods may be pending at this moment.)
+    let names: Vec<String> = pods()
         .await
         .list(&Default::default())
         .await
         .unwrap()
         .items
-        .iter()
-        .filter(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Pending"))
-        .filter_map(|p| p.metadata.name.clone())
+        .into_iter()
+        .filter_map(|p| p.metadata.name)
         .collect();
-    assert!(left.is_empty(), "pending Pods left behind: {left:?}");
+    for id in [unschedulable, no_image] {
+        assert!(!names.contains(&id), "the failed sandbox's Pod {id} was left behind");
+    }
 }
 
 /// Tenants stay apart through the cluster: another tenant neither sees nor reaches a tenant's sandbox, and
