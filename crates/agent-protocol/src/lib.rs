@@ -6,8 +6,8 @@
 //! crate existed) sends the same JSON shapes; version 2 adds typed start failures and the attachment
 //! requests [`Request::Detach`] and [`Request::Hold`], never sent to a version-1 agent; version 3 adds inline
 //! journals ([`Request::Inline`]: the journal's bytes travel on the connection, for an engine that cannot read
-//! the agent's files, as with a Pod's agent); version 4 ends a file read with a trailer ([`Request::ReadFile`]),
-//! so a file that shrank while it was read is told from a sandbox that went away. A change that an older peer cannot read needs a new version, and
+//! the agent's files, as with a Pod's agent); version 4 sends a file's bytes in chunks ([`Request::ReadFile`]),
+//! so a file that shrank while it was read is told from a sandbox that went away, at once. A change that an older peer cannot read needs a new version, and
 //! the test `wire_format_is_pinned` shows what each message looks like on the wire.
 //!
 //! Exec specs, endings and infos are the shared `hangar-types` values themselves: nothing is translated
@@ -152,8 +152,9 @@ pub enum Request {
     },
     /// On a stdin connection: end of file (for a PTY: the terminal's EOF character).
     StdinClose,
-    /// Read a file; answered with [`Response::FileData`], its `len` bytes, then [`Response::Done`] — or, when
-    /// the file shrank or failed while it was read, zeros up to `len` and then [`Response::Error`] saying so.
+    /// Read a file; answered with [`Response::FileData`] (its length), then (protocol 4 on) its bytes in
+    /// [`Response::FileChunk`]s and [`Response::Done`] — or, when the file shrank or failed while it was read,
+    /// [`Response::Error`] in place of the rest. (Protocols 1 to 3: `len` raw bytes follow `FileData`.)
     ReadFile {
         /// Path inside the sandbox (relative paths are relative to the sandbox's working directory).
         path: String,
@@ -223,8 +224,13 @@ pub enum Response {
         /// Stream offset.
         acked: u64,
     },
-    /// File contents follow: `len` raw bytes.
+    /// A file's length; its contents follow (see [`Request::ReadFile`]).
     FileData {
+        /// The file's length.
+        len: u64,
+    },
+    /// The next `len` bytes of a file being read follow this frame, raw.
+    FileChunk {
         /// Number of bytes that follow.
         len: u64,
     },
@@ -527,6 +533,8 @@ mod tests {
                 json!({"op": "gap", "stream": "stdout", "from": 4, "to": 5}),
             ),
             (Response::Seeked { pos: [6, 7] }, json!({"op": "seeked", "pos": [6, 7]})),
+            (Response::FileData { len: 8 }, json!({"op": "file_data", "len": 8})),
+            (Response::FileChunk { len: 9 }, json!({"op": "file_chunk", "len": 9})),
             (
                 Response::Stopped(EndRecord { reason: EndReason::Stopped, code: None, signal: Some(9), log: None }),
                 json!({"op": "stopped", "reason": "stopped", "code": null, "signal": 9}),

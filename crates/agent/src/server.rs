@@ -526,40 +526,30 @@ async fn read_file(state: &Shared, conn: Conn, path: &str) {
     }
     let mut left = len;
     let mut buf = vec![0u8; CHUNK];
-    let mut failure = None;
-    while left > 0 {
+    let end = loop {
+        if left == 0 {
+            break Response::Done;
+        }
         let want = buf.len().min(left as usize);
-        let n = match failure {
-            // The announced length is kept (the reader counts on it): zeros fill it, and the trailer says why.
-            Some(_) => {
-                buf[..want].fill(0);
-                want
+        let n = match file.read(&mut buf[..want]) {
+            Ok(0) => {
+                let at = len - left;
+                let what = format!("{path}: the file shrank from {len} to {at} bytes while it was read");
+                break err(ErrorKind::Changed, format!("{what} (what followed byte {at} was not read)"));
             }
-            None => match file.read(&mut buf[..want]) {
-                Ok(0) => {
-                    let at = len - left;
-                    let message = format!(
-                        "{path}: the file shrank from {len} to {at} bytes while it was read (bytes from {at} on \
-                         were not read)"
-                    );
-                    failure = Some(err(ErrorKind::Changed, message));
-                    continue;
-                }
-                Ok(n) => n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    let (kind, message) = crate::confined::io_error(path, &e);
-                    failure = Some(err(kind, format!("{message} (after {} of {len} bytes)", len - left)));
-                    continue;
-                }
-            },
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                let (kind, message) = crate::confined::io_error(path, &e);
+                break err(kind, format!("{message} (after {} of {len} bytes)", len - left));
+            }
         };
-        if w.send_raw(&buf[..n]).await.is_err() {
+        if w.send(&Response::FileChunk { len: n as u64 }).await.is_err() || w.send_raw(&buf[..n]).await.is_err() {
             return;
         }
         left -= n as u64;
-    }
-    let _ = w.send(&failure.unwrap_or(Response::Done)).await;
+    };
+    let _ = w.send(&end).await;
 }
 
 async fn write_file(state: &Shared, conn: &mut Conn, path: &str, len: u64, mode: u32) -> Response {

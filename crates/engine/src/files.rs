@@ -19,8 +19,10 @@ pub struct FileDownload {
     conn: Conn,
     len: u64,
     left: u64,
-    /// Whether the agent ends the bytes with a trailer (protocol 4 on), and it is still to be read.
-    trailer: bool,
+    /// Whether the agent sends the bytes in chunks that say their length (protocol 4 on), ended by `Done` or
+    /// an error; before, `len` raw bytes followed.
+    framed: bool,
+    done: bool,
 }
 
 impl FileDownload {
@@ -34,34 +36,40 @@ impl FileDownload {
         self.len == 0
     }
 
-    /// The next chunk (at most 256 KiB), or `None` once all `len` bytes were given. A file that shrank (or
-    /// failed) while it was read fails its last chunk with [`FileErrorKind::Changed`] (or the failure).
+    /// The next chunk (at most 256 KiB), or `None` once all `len` bytes were given. A file that shrank while it
+    /// was read fails the next chunk with [`FileErrorKind::Changed`] (one that failed, with its failure).
     pub async fn next_chunk(&mut self) -> Result<Option<Vec<u8>>> {
-        let mut chunk = Vec::new();
-        if self.left > 0 {
-            let want = self.left.min(CHUNK);
-            chunk.reserve_exact(want as usize);
-            self.conn
-                .recv_raw(want, |c| {
-                    chunk.extend_from_slice(c);
-                    Ok(())
-                })
-                .await
-                .map_err(|e| self.gone(format!("the file ended early or the sandbox went away: {e}")))?;
-            self.left -= want;
+        if self.done {
+            return Ok(None);
         }
-        if self.left == 0 && self.trailer {
-            self.trailer = false;
-            match self.conn.recv::<Response>().await {
-                Ok(Some(Response::Done)) => {}
+        let want = match self.framed {
+            false if self.left == 0 => 0,
+            false => self.left.min(CHUNK),
+            true => match self.conn.recv::<Response>().await {
+                Ok(Some(Response::FileChunk { len })) if len <= self.left => len,
+                Ok(Some(Response::Done)) if self.left == 0 => 0,
                 Ok(Some(Response::Error { kind, message })) => {
-                    return Err(crate::backend::agent_error(&self.sandbox, &self.path, kind, message))
+                    self.done = true;
+                    return Err(crate::backend::agent_error(&self.sandbox, &self.path, kind, message));
                 }
-                Ok(other) => return Err(self.gone(format!("the agent ended the file with {other:?}"))),
-                Err(e) => return Err(self.gone(format!("the sandbox went away at the file's end: {e}"))),
-            }
+                Ok(other) => return Err(self.gone(format!("unexpected {other:?} with {} bytes to come", self.left))),
+                Err(e) => return Err(self.gone(format!("the sandbox went away: {e}"))),
+            },
+        };
+        if want == 0 {
+            self.done = true;
+            return Ok(None);
         }
-        Ok((!chunk.is_empty()).then_some(chunk))
+        let mut chunk = Vec::with_capacity(want as usize);
+        self.conn
+            .recv_raw(want, |c| {
+                chunk.extend_from_slice(c);
+                Ok(())
+            })
+            .await
+            .map_err(|e| self.gone(format!("the file ended early or the sandbox went away: {e}")))?;
+        self.left -= want;
+        Ok(Some(chunk))
     }
 
     fn gone(&self, detail: String) -> Error {
@@ -101,7 +109,7 @@ impl Engine {
             }
             Some(Response::FileData { len }) => {
                 let (sandbox, path) = (id.to_string(), path.to_string());
-                Ok(FileDownload { sandbox, path, conn, len, left: len, trailer: protocol >= 4 })
+                Ok(FileDownload { sandbox, path, conn, len, left: len, framed: protocol >= 4, done: false })
             }
             other => Err(self.unexpected(id, path, other)),
         }

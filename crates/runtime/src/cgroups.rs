@@ -24,8 +24,9 @@ const CPU_PERIOD_US: u64 = 100_000;
 /// Why so few memory cgroups on v1: every memory cgroup costs kernel memory in proportion to the number of
 /// memory-aware shrinkers on the host (every mounted filesystem has one, and a sandbox mounts about ten), 1 KiB
 /// per 64 of them: with 1,000 sandboxes that is ~170 KiB per memory cgroup, the largest part of an idle
-/// sandbox's cost (two per sandbox before: 670 KiB of slab per idle sandbox here; one: 449; none: see the
-/// density bench). CPU, pids and the device allow-list apply to the whole sandbox, agent included.
+/// sandbox's cost (`hangar bench --density 1000` here: 707–839 KiB of slab per idle sandbox with two memory
+/// cgroups each, 276–311 with none). CPU, pids and the device allow-list apply to the whole sandbox, agent
+/// included.
 #[derive(Debug, Clone)]
 pub struct SandboxCgroup {
     dirs: Vec<PathBuf>,
@@ -109,15 +110,13 @@ impl Cgroups {
             if let Some(parent) = d.parent() {
                 mkdir(parent)?;
             }
-            if cg.own_memory || self.v2 || V1_CONTROLLERS[i] != V1_WORKLOAD_ONLY {
+            if cg.own_memory || V1_CONTROLLERS[i] != V1_WORKLOAD_ONLY {
                 mkdir(d)?;
             }
         }
         if self.v2 {
             write(&cg.dirs[0].join("cgroup.subtree_control"), "+memory +pids")?;
             mkdir(&cg.dirs[0].join(AGENT_V2))?;
-        }
-        if self.v2 {
             mkdir(&cg.dirs[0].join(WORKLOAD))?;
         }
         let made = cg.apply(limits);
@@ -176,9 +175,10 @@ impl SandboxCgroup {
     }
 
     fn apply(&self, limits: &Limits) -> Result<()> {
-        let (mem, pids, cpu) = match self.v2 {
-            true => (self.dirs[0].join(WORKLOAD), self.dirs[0].join(WORKLOAD), self.dir_of("cpu")),
-            false => (self.dir_of("memory").to_path_buf(), self.dir_of("pids").to_path_buf(), self.dir_of("cpu")),
+        let cpu = self.dir_of("cpu");
+        let (mem, pids) = match self.v2 {
+            true => (self.dirs[0].join(WORKLOAD), self.dirs[0].join(WORKLOAD)),
+            false => (self.dir_of("memory").to_path_buf(), self.dir_of("pids").to_path_buf()),
         };
         if let Some(bytes) = limits.memory_bytes {
             if self.v2 {
@@ -243,9 +243,7 @@ impl SandboxCgroup {
             }
         }
     }
-}
 
-impl SandboxCgroup {
     /// Exec cgroups of this sandbox in the shared memory parent (v1, no memory limit) that are still there.
     fn shared_exec_dirs(&self) -> Vec<PathBuf> {
         let memory = V1_CONTROLLERS.iter().position(|c| *c == V1_WORKLOAD_ONLY).and_then(|i| self.dirs.get(i));
