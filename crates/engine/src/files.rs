@@ -46,7 +46,8 @@ impl FileDownload {
             false if self.left == 0 => 0,
             false => self.left.min(CHUNK),
             true => match self.conn.recv::<Response>().await {
-                Ok(Some(Response::FileChunk { len })) if len <= self.left => len,
+                // (A chunk is never empty: an empty one would end the read with bytes missing.)
+                Ok(Some(Response::FileChunk { len })) if (1..=self.left).contains(&len) => len,
                 Ok(Some(Response::Done)) if self.left == 0 => 0,
                 Ok(Some(Response::Error { kind, message })) => {
                     self.done = true;

@@ -250,7 +250,7 @@ impl SandboxCgroup {
         let Some((id, shared)) = memory.filter(|_| !self.v2).and_then(|d| Some((d.file_name()?, d.parent()?))) else {
             return vec![];
         };
-        let prefix = format!("{}.", id.to_string_lossy());
+        let prefix = shared_prefix(&id.to_string_lossy());
         fs::read_dir(shared)
             .into_iter()
             .flatten()
@@ -363,6 +363,12 @@ fn kill_procs(dir: &Path) {
     }
 }
 
+/// What the names of sandbox `id`'s exec cgroups start with in a directory it shares with other sandboxes (the
+/// v1 memory parent of sandboxes without a memory limit), so they are told apart and removed with it.
+fn shared_prefix(id: &str) -> String {
+    format!("{id}.")
+}
+
 /// v1 hierarchies an exec gets a cgroup in: peak memory and OOM kills, CPU time.
 const EXEC_CONTROLLERS: [&str; 2] = ["memory", "cpuacct"];
 
@@ -450,7 +456,7 @@ impl CgroupDirs {
                 .filter(|_| !v2)
                 .unwrap_or_default();
             let own = dir.components().any(|c| c.as_os_str() == id);
-            dirs.push((controller, fd, if own { String::new() } else { format!("{id}.") }));
+            dirs.push((controller, fd, if own { String::new() } else { shared_prefix(id) }));
         }
         Self { v2, dirs }
     }
