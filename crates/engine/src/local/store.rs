@@ -23,6 +23,9 @@ pub(crate) struct Record {
 const COLUMNS: &str = "id, state, image, command, tags, cpus, memory_bytes, pids, lifetime_ms, created_at, \
                        ended_at, exit_code, exit_signal, end_reason, error, agent_pid, agent_start, tenant, request_id, progress, agent_protocol, network";
 
+/// Pages the write-ahead log grows to before it is checkpointed (see [`Store::open`]).
+const WAL_PAGES: i64 = 64;
+
 impl Store {
     /// Opens the store. Switching to WAL and creating the schema can meet SQLITE_BUSY without the busy
     /// handler being consulted when several processes open a fresh store at once, so that step is retried.
@@ -46,6 +49,14 @@ impl Store {
         db.busy_timeout(std::time::Duration::from_secs(10))?;
         db.pragma_update(None, "journal_mode", "WAL")?;
         db.pragma_update(None, "synchronous", "NORMAL")?;
+        // The first process to open the store rebuilds its index of the write-ahead log by reading every frame
+        // in it, and the CLI, which opens the store anew for each command, is nearly always that first
+        // process. At SQLite's default (a checkpoint at 1,000 pages) that cost a command up to 1.2 ms here
+        // (900 frames), 0.6 ms on average; a `hangar run` writes ~8 pages, so checkpointing at WAL_PAGES
+        // keeps the read under 0.1 ms, for one checkpoint (two fsyncs of the store's own small files, ~2 ms)
+        // per ~8 runs.
+        db.pragma_update(None, "wal_autocheckpoint", WAL_PAGES)?;
+        db.pragma_update(None, "journal_size_limit", WAL_PAGES * 2 * 4096)?;
         db.execute_batch(
             "CREATE TABLE IF NOT EXISTS sandboxes (
                 id TEXT PRIMARY KEY,
@@ -233,4 +244,37 @@ fn row_to_record(r: &Row<'_>) -> rusqlite::Result<Record> {
         agent_start: r.get::<_, Option<i64>>(16)?.map(|v| v as u64),
         agent_protocol: r.get::<_, Option<u32>>(20)?.unwrap_or(1),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every command of the CLI is a new process that reads the store's whole write-ahead log when it opens the
+    /// store: however many records change, the log stays short.
+    #[test]
+    fn the_write_ahead_log_stays_short() {
+        let dir = std::env::temp_dir().join(format!("hangar-store-wal-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("hangar.db");
+        let store = Store::open(&path).unwrap();
+        let c = hangar_types::SandboxConfig::default();
+        let mut largest = 0;
+        for n in 0..1000 {
+            let info = SandboxInfo::new(format!("sb-{n:016x}"), &c, SandboxState::Creating, None, Default::default());
+            store.insert(&info, None).unwrap();
+            store.set_running(&info.id, 1, 2, 4).unwrap();
+            if n % 2 == 0 {
+                store.delete(&info.id).unwrap();
+            }
+            largest = largest.max(std::fs::metadata(dir.join("hangar.db-wal")).unwrap().len());
+        }
+        // 64 pages and the transaction that crossed the line, with a frame header each (SQLite's default
+        // lets it reach 1,000 pages: 4 MB).
+        assert!(largest < 80 * (4096 + 24), "the log reached {largest} bytes");
+        assert_eq!(store.list().unwrap().len(), 500);
+        drop(store);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }
