@@ -35,6 +35,15 @@ fn stdout_error(e: std::io::Error) -> anyhow::Error {
     }
 }
 
+/// Whether standard output is a pipe or socket whose reader is gone (a write there failed for that reason).
+fn stdout_gone() -> bool {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    let out = std::io::stdout();
+    let mut fds = [PollFd::new(std::os::fd::AsFd::as_fd(&out), PollFlags::POLLOUT)];
+    poll(&mut fds, PollTimeout::ZERO).is_ok()
+        && fds[0].revents().is_some_and(|r| r.intersects(PollFlags::POLLERR | PollFlags::POLLHUP))
+}
+
 /// Writes output bytes to standard output as they are, straight to its descriptor (`Stdout` is
 /// line-buffered: it would scan every MiB streamed for its last newline), classifying a failure.
 fn write_stdout(data: &[u8]) -> anyhow::Result<()> {

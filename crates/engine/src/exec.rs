@@ -10,7 +10,8 @@ use crate::backend::agent_error;
 use crate::{Engine, Error, ExecEnd, ExecEvent, ExecInfo, ExecSpec, Result};
 use hangar_agent_protocol::codec::{Conn, Writer};
 use hangar_agent_protocol::{Progress, Request, Response};
-use hangar_types::MAIN_EXEC;
+use hangar_types::{Next, MAIN_EXEC};
+use std::os::fd::BorrowedFd;
 use std::time::Duration;
 use tokio_util::task::AbortOnDropHandle;
 
@@ -505,13 +506,29 @@ impl ExecStream {
     /// The next event; `Ok(None)` after [`ExecEvent::Exit`]. Output arrives as soon as the agent has
     /// journaled it; the exit comes only after every byte of both streams.
     pub async fn next(&mut self) -> Result<Option<ExecEvent>> {
+        Ok(self.next_to(None).await?.map(|next| match next {
+            Next::Event(ev) => ev,
+            Next::Sent { .. } => unreachable!("nothing is sent without descriptors"),
+        }))
+    }
+
+    /// As [`ExecStream::next`], but output goes to `to[stream]` (stdout's, stderr's descriptor) instead of
+    /// being returned: straight from the journal's files by the kernel where this engine reads them
+    /// (`sendfile`; into a pipe that moves page references, not bytes), else written. Returns what was sent,
+    /// gaps and the end. Blocks while a descriptor does not take more (a full pipe slows the command, as a
+    /// slow reader of events does).
+    pub async fn next_sent(&mut self, to: [BorrowedFd<'_>; 2]) -> Result<Option<Next>> {
+        self.next_to(Some(to)).await
+    }
+
+    async fn next_to(&mut self, to: Option<[BorrowedFd<'_>; 2]>) -> Result<Option<Next>> {
         loop {
             if self.done {
                 return Ok(None);
             }
-            let ev = match &mut self.source {
+            let next = match &mut self.source {
                 Source::Inline(_) => match self.next_inline().await? {
-                    Some(ev) => Some(ev),
+                    Some(ev) => Some(Next::Event(ev)),
                     // The agent went before the end: the log, where it is kept, or the end of a gone sandbox.
                     None if self.moved_away() => {
                         let dir = self.kept_at.clone().unwrap_or_default();
@@ -520,28 +537,41 @@ impl ExecStream {
                         }
                         continue;
                     }
-                    None => Some(ExecEvent::Exit(self.writer_gone())),
+                    None => Some(Next::Event(ExecEvent::Exit(self.writer_gone()))),
                 },
-                Source::Copy { data, end, pos, .. } => Some(next_of_copy(data, end, pos)),
-                Source::Files(reader) => match reader.next(&self.progress) {
-                    // The sandbox ended and its log was moved to where it is kept, before this reader opened it.
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound && self.moved_away() => continue,
-                    r => r.map_err(|e| Error::io("read journal of exec", &self.info.id, e))?,
-                },
-            };
-            match ev {
-                Some(ExecEvent::Exit(end)) => {
-                    self.done = true;
-                    return Ok(Some(ExecEvent::Exit(end)));
-                }
-                Some(ev) => {
-                    if matches!(ev, ExecEvent::Output { .. } | ExecEvent::Gap { .. }) {
-                        // What we hand on is consumed: the journal may drop it and the command may write more (and
-                        // an inline journal's agent may send more). An agent that is gone cannot take it; what that
-                        // means for the stream, the next receive says.
-                        let _ = self.control().send(&Request::Ack { pos: self.position() }).await;
+                Source::Copy { data, end, pos, .. } => Some(Next::Event(next_of_copy(data, end, pos))),
+                Source::Files(reader) => {
+                    let next = match to {
+                        Some(to) => reader.next_sent(&self.progress, to),
+                        None => reader.next(&self.progress).map(|ev| ev.map(Next::Event)),
+                    };
+                    match next {
+                        // The sandbox ended and its log was moved to where it is kept, before this reader opened it.
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound && self.moved_away() => continue,
+                        r => r.map_err(|e| Error::io("read journal of exec", &self.info.id, e))?,
                     }
-                    return Ok(Some(ev));
+                }
+            };
+            // Output that came as bytes goes to its descriptor here.
+            let next = match (next, to) {
+                (Some(Next::Event(ExecEvent::Output { stream, offset, data })), Some(to)) => {
+                    hangar_journal::write_all(to[stream.index()], &data)
+                        .map_err(|e| Error::io("write the output of exec", &self.info.id, e))?;
+                    Some(Next::Sent { stream, offset, len: data.len() as u64 })
+                }
+                (next, _) => next,
+            };
+            match next {
+                Some(Next::Event(ExecEvent::Exit(end))) => {
+                    self.done = true;
+                    return Ok(Some(Next::Event(ExecEvent::Exit(end))));
+                }
+                Some(next) => {
+                    // What we hand on is consumed: the journal may drop it and the command may write more (and
+                    // an inline journal's agent may send more). An agent that is gone cannot take it; what that
+                    // means for the stream, the next receive says.
+                    let _ = self.control().send(&Request::Ack { pos: self.position() }).await;
+                    return Ok(Some(next));
                 }
                 None => {}
             }

@@ -16,7 +16,7 @@
 //! The writer is the agent's, the reader the engine's: they share no memory, only the files and the
 //! [`Progress`] snapshots the agent sends.
 
-use hangar_types::{ExecEnd, ExecEvent, OutputStream};
+use hangar_types::{ExecEnd, ExecEvent, Next, OutputStream};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::fs::File;
@@ -466,32 +466,69 @@ impl Reader {
     /// The next event `p` makes available: output or a gap of either stream, or — once every byte of both
     /// streams is handed out — the exec's end. `None` when there is nothing new (wait for the next snapshot).
     pub fn next(&mut self, p: &Progress) -> io::Result<Option<ExecEvent>> {
+        Ok(match self.next_range(p) {
+            Some(Next::Event(ev)) => Some(ev),
+            Some(Next::Sent { stream, offset, len }) => {
+                let data = self.read(stream.index(), len)?;
+                self.pos[stream.index()] += len;
+                Some(ExecEvent::Output { stream, offset, data })
+            }
+            None => None,
+        })
+    }
+
+    /// As [`Reader::next`], but output is sent to `to[stream]` (stdout's, stderr's) instead of handed out:
+    /// copied by the kernel from the journal's page cache (`sendfile`, which into a pipe moves references to
+    /// the pages, not the bytes), never through this process. Returns what was sent, gaps, and the end.
+    pub fn next_sent(&mut self, p: &Progress, to: [BorrowedFd<'_>; 2]) -> io::Result<Option<Next>> {
+        let next = self.next_range(p);
+        if let Some(Next::Sent { stream, offset, len }) = next {
+            let i = stream.index();
+            self.open(i)?;
+            let file = self.files[i].as_ref().expect("opened above");
+            send(file, offset, len, to[i]).map_err(|e| {
+                io::Error::new(
+                    e.kind(),
+                    format!("{} to descriptor {}: {e}", self.dir.join(FILES[i]).display(), {
+                        use std::os::fd::AsRawFd;
+                        to[i].as_raw_fd()
+                    }),
+                )
+            })?;
+            self.pos[i] += len;
+        }
+        Ok(next)
+    }
+
+    /// What comes next: a gap or the end (as an event, position moved past it), or the range of output to
+    /// hand out next (as [`Next::Sent`], position not moved yet).
+    fn next_range(&mut self, p: &Progress) -> Option<Next> {
         for k in 0..2 {
             let i = (self.next_stream + k) % 2;
-            if let Some(ev) = self.available(i, p)? {
+            if let Some(next) = self.available(i, p) {
                 self.next_stream = (i + 1) % 2;
-                return Ok(Some(ev));
+                return Some(next);
             }
         }
         match &p.end {
             Some(end) if self.pos[0] >= end.bytes[0] && self.pos[1] >= end.bytes[1] => {
-                Ok(Some(ExecEvent::Exit(end.clone())))
+                Some(Next::Event(ExecEvent::Exit(end.clone())))
             }
-            _ => Ok(None),
+            _ => None,
         }
     }
 
-    fn available(&mut self, i: usize, p: &Progress) -> io::Result<Option<ExecEvent>> {
+    fn available(&mut self, i: usize, p: &Progress) -> Option<Next> {
         let stream = OutputStream::BOTH[i];
         let (head, dropped_to, written) = (p.head, p.dropped_to[i], p.written[i]);
         let pos = self.pos[i];
         if pos >= head && pos < dropped_to {
             self.pos[i] = dropped_to;
-            return Ok(Some(ExecEvent::Gap { stream, from: pos, to: dropped_to }));
+            return Some(Next::Event(ExecEvent::Gap { stream, from: pos, to: dropped_to }));
         }
         if let Some(&(_, to)) = p.lost[i].iter().find(|(from, to)| pos >= *from && pos < *to) {
             self.pos[i] = to;
-            return Ok(Some(ExecEvent::Gap { stream, from: pos, to }));
+            return Some(Next::Event(ExecEvent::Gap { stream, from: pos, to }));
         }
         let mut limit = if pos < head && dropped_to > head { written.min(head) } else { written };
         // Up to the next lost range, which is then reported as a gap.
@@ -499,11 +536,18 @@ impl Reader {
             limit = limit.min(from);
         }
         if pos >= limit {
-            return Ok(None);
+            return None;
         }
-        let data = self.read(i, (limit - pos).min(CHUNK as u64))?;
-        self.pos[i] += data.len() as u64;
-        Ok(Some(ExecEvent::Output { stream, offset: pos, data }))
+        Some(Next::Sent { stream, offset: pos, len: (limit - pos).min(CHUNK as u64) })
+    }
+
+    fn open(&mut self, i: usize) -> io::Result<()> {
+        if self.files[i].is_none() {
+            let path = self.dir.join(FILES[i]);
+            let f = File::open(&path).map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
+            self.files[i] = Some(f);
+        }
+        Ok(())
     }
 
     fn read(&mut self, i: usize, len: u64) -> io::Result<bytes::Bytes> {
@@ -511,14 +555,56 @@ impl Reader {
     }
 
     fn read_at(&mut self, i: usize, at: u64, len: u64) -> io::Result<Vec<u8>> {
-        if self.files[i].is_none() {
-            let path = self.dir.join(FILES[i]);
-            let f = File::open(&path).map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
-            self.files[i] = Some(f);
-        }
+        self.open(i)?;
         let file = self.files[i].as_ref().expect("opened above");
         pread_exact(file, len as usize, at)
             .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", self.dir.join(FILES[i]).display())))
+    }
+}
+
+/// Sends `len` bytes of `file` at `at` to `to` with `sendfile` (waiting while `to` is a full non-blocking
+/// pipe or socket); where the kernel cannot (`to` is a terminal, a file opened for appending, ...), reads
+/// and writes them instead.
+fn send(file: &File, at: u64, len: u64, to: BorrowedFd<'_>) -> io::Result<()> {
+    use nix::errno::Errno;
+    let mut off = at as libc::off_t;
+    let end = at + len;
+    while (off as u64) < end {
+        let want = (end - off as u64) as usize;
+        match nix::sys::sendfile::sendfile64(to, file, Some(&mut off), want) {
+            Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+            Ok(_) | Err(Errno::EINTR) => {}
+            Err(Errno::EAGAIN) => wait_writable(to)?,
+            Err(Errno::EINVAL | Errno::ENOSYS) => {
+                let data = pread_exact(file, (end - off as u64) as usize, off as u64)?;
+                return write_all(to, &data);
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+/// Writes all of `data` to `to`, waiting while it is a full non-blocking pipe or socket.
+pub fn write_all(to: BorrowedFd<'_>, mut data: &[u8]) -> io::Result<()> {
+    use nix::errno::Errno;
+    while !data.is_empty() {
+        match nix::unistd::write(to, data) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => data = &data[n..],
+            Err(Errno::EINTR) => {}
+            Err(Errno::EAGAIN) => wait_writable(to)?,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+fn wait_writable(fd: BorrowedFd<'_>) -> io::Result<()> {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    match poll(&mut [PollFd::new(fd, PollFlags::POLLOUT)], PollTimeout::NONE) {
+        Ok(_) | Err(nix::errno::Errno::EINTR) => Ok(()),
+        Err(e) => Err(e.into()),
     }
 }
 

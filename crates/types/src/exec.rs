@@ -211,6 +211,23 @@ pub enum ExecEvent {
     Exit(ExecEnd),
 }
 
+/// One step of following an exec with its output going to descriptors rather than handed out (the
+/// journal's `Reader::next_sent`, the engine's `ExecStream::next_sent`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Next {
+    /// A gap or the end, as it would be handed out.
+    Event(ExecEvent),
+    /// Bytes `offset..offset + len` of `stream` went to that stream's descriptor.
+    Sent {
+        /// Which stream.
+        stream: OutputStream,
+        /// Byte offset within that stream.
+        offset: u64,
+        /// How many bytes.
+        len: u64,
+    },
+}
+
 /// Why a command never started.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]

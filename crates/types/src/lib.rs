@@ -15,8 +15,8 @@ mod reason;
 mod sandbox;
 
 pub use exec::{
-    valid_exec_id, Ending, ExecEnd, ExecEvent, ExecInfo, ExecSpec, OnDisconnect, Output, OutputStream, StartFailure,
-    StartFailureKind, Usage,
+    valid_exec_id, Ending, ExecEnd, ExecEvent, ExecInfo, ExecSpec, Next, OnDisconnect, Output, OutputStream,
+    StartFailure, StartFailureKind, Usage,
 };
 pub use network::{NetTarget, NetworkMode, NetworkPolicy, DEFAULT_DENIED, MAX_NET_TARGETS};
 pub use reason::{FileErrorKind, Reason};

@@ -256,40 +256,58 @@ async fn follow(mut h: ExecHandle, stdin: bool, raw: bool, timeout: Option<Durat
         }));
     }
     let _stop_feeding: Vec<_> = feeding.into_iter().map(tokio_util::task::AbortOnDropHandle::new).collect();
+    if !raw {
+        // Output goes from the journal to our stdout and stderr without passing through here.
+        use std::os::fd::AsFd;
+        std::io::stdout().flush().map_err(crate::stdout_error)?;
+        let (out, err) = (std::io::stdout(), std::io::stderr());
+        return match h.write_output_to(out.as_fd(), err.as_fd(), gap_note).await {
+            Ok(end) => ended(&h, end, timeout),
+            Err(_) if crate::stdout_gone() => Err(crate::StdoutClosed.into()),
+            Err(e) => Err(e.into()),
+        };
+    }
     loop {
         match h.next_event().await? {
             Some(ExecEvent::Output { stream: OutputStream::Stdout, data, .. }) => {
                 crate::write_stdout(&data)?;
             }
             Some(ExecEvent::Output { data, .. }) => std::io::stderr().lock().write_all(&data)?,
-            Some(ExecEvent::Gap { stream, from, to }) => {
-                eprintln!(
-                    "hangar: {stream:?} bytes {from}..{to} were dropped from the journal before this client attached (it keeps the head and the newest output)"
-                )
-            }
+            Some(ExecEvent::Gap { stream, from, to }) => gap_note(stream, from, to),
             Some(ExecEvent::Exit(end)) => {
                 drop(_raw);
-                return match &end.ending {
-                    Ending::Exited { .. } | Ending::Signaled { .. } => Ok(end.shell_code()),
-                    Ending::TimedOut => {
-                        let after = timeout.map(|t| format!(" after {t:?}")).unwrap_or_default();
-                        eprintln!("hangar: command timed out{after}; its processes were killed");
-                        Ok(124)
-                    }
-                    Ending::Cancelled => {
-                        eprintln!("hangar: command cancelled; its processes were killed");
-                        Ok(end.shell_code())
-                    }
-                    Ending::OomKilled => {
-                        eprintln!("hangar: command killed by the OOM killer (sandbox memory limit)");
-                        Ok(end.shell_code())
-                    }
-                    Ending::FailedToStart(f) => bail!("{}", f.message),
-                    Ending::SandboxGone => bail!("sandbox {}: it ended while exec {} ran", h.sandbox_id(), h.id()),
-                };
+                return ended(&h, end, timeout);
             }
             None => bail!("exec {}: the stream ended without an exit", h.id()),
         }
+    }
+}
+
+fn gap_note(stream: OutputStream, from: u64, to: u64) {
+    eprintln!(
+        "hangar: {stream:?} bytes {from}..{to} were dropped from the journal before this client attached (it keeps the head and the newest output)"
+    )
+}
+
+/// The exit code a shell would give for how the exec ended (saying why on stderr when it did not exit).
+fn ended(h: &ExecHandle, end: hangar::ExecEnd, timeout: Option<Duration>) -> Result<u8> {
+    match &end.ending {
+        Ending::Exited { .. } | Ending::Signaled { .. } => Ok(end.shell_code()),
+        Ending::TimedOut => {
+            let after = timeout.map(|t| format!(" after {t:?}")).unwrap_or_default();
+            eprintln!("hangar: command timed out{after}; its processes were killed");
+            Ok(124)
+        }
+        Ending::Cancelled => {
+            eprintln!("hangar: command cancelled; its processes were killed");
+            Ok(end.shell_code())
+        }
+        Ending::OomKilled => {
+            eprintln!("hangar: command killed by the OOM killer (sandbox memory limit)");
+            Ok(end.shell_code())
+        }
+        Ending::FailedToStart(f) => bail!("{}", f.message),
+        Ending::SandboxGone => bail!("sandbox {}: it ended while exec {} ran", h.sandbox_id(), h.id()),
     }
 }
 

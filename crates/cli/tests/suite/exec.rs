@@ -71,6 +71,51 @@ async fn a_hundred_mib_of_output_arrives_intact() {
     sb.stop().await.unwrap();
 }
 
+/// Output handed to descriptors (as `hangar exec` does with its stdout and stderr): every byte, in order, on
+/// the right one — into a pipe (where the embedded engine moves page references from the journal) and into a
+/// file — and a descriptor whose reader left is an error, never a success.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn output_written_to_descriptors_arrives_whole_and_in_order() {
+    use std::io::Read;
+    use std::os::fd::AsFd;
+    let sb = sandbox().await;
+    let script = "import sys\nb = bytes(range(256)) * 4096\nfor i in range(40):\n    sys.stdout.buffer.write(i.to_bytes(4, 'big') + b[4:]); sys.stdout.flush()\n    sys.stderr.write(f'block {i}\\n'); sys.stderr.flush()\n";
+    let (reader, writer) = std::io::pipe().unwrap();
+    let drain = std::thread::spawn(move || {
+        let mut got = Vec::new();
+        let mut reader = reader;
+        reader.read_to_end(&mut got).map(|_| got)
+    });
+    let err_path = std::env::temp_dir().join(format!("hangar-sent-stderr-{}", std::process::id()));
+    let err_file = std::fs::File::create(&err_path).unwrap();
+    let mut gaps = vec![];
+    let mut h = sb.exec(["python3", "-c", script]).start().await.unwrap();
+    let end = h.write_output_to(writer.as_fd(), err_file.as_fd(), |s, a, b| gaps.push((s, a, b))).await.unwrap();
+    drop(writer);
+    assert_eq!(end.shell_code(), 0, "{end:?}");
+    assert_eq!(end.bytes[0], 40 << 20);
+    assert!(gaps.is_empty(), "{gaps:?}");
+    let out = drain.join().unwrap().unwrap();
+    assert_eq!(out.len(), 40 << 20);
+    let block: Vec<u8> = (0..=255u8).cycle().take(1 << 20).collect();
+    for (i, got) in out.chunks(1 << 20).enumerate() {
+        assert_eq!(&got[..4], &(i as u32).to_be_bytes(), "block {i} out of order");
+        assert!(got[4..] == block[4..], "block {i} corrupted");
+    }
+    let want: String = (0..40).map(|i| format!("block {i}\n")).collect();
+    assert_eq!(std::fs::read_to_string(&err_path).unwrap(), want);
+    assert_eq!(h.position(), end.bytes);
+
+    // A pipe nobody reads any more: the command's output has nowhere to go, which is an error.
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let mut h = sb.exec(["head", "-c", "1000000", "/dev/zero"]).start().await.unwrap();
+    let r = h.write_output_to(writer.as_fd(), err_file.as_fd(), |_, _, _| {}).await;
+    assert!(r.is_err(), "output sent into a closed pipe was reported as {r:?}");
+    let _ = std::fs::remove_file(&err_path);
+    sb.stop().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn timeout_kills_grandchildren_and_keeps_partial_output() {
     let sb = sandbox().await;
