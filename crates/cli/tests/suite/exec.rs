@@ -116,6 +116,25 @@ async fn output_written_to_descriptors_arrives_whole_and_in_order() {
     sb.stop().await.unwrap();
 }
 
+/// A command starts as from a shell: no signal blocked or ignored (the agent ignores SIGPIPE and blocks every
+/// signal while it starts a command; none of that may leak), for execs and the main command alike.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_start_with_default_signal_handling() {
+    let sb = sandbox().await;
+    let masks = |status: &str| -> Vec<String> {
+        status.lines().filter(|l| l.starts_with("SigBlk:") || l.starts_with("SigIgn:")).map(str::to_string).collect()
+    };
+    let want = vec!["SigBlk:\t0000000000000000".to_string(), "SigIgn:\t0000000000000000".to_string()];
+    for _ in 0..3 {
+        let r = sb.exec(["cat", "/proc/self/status"]).check(true).await.unwrap();
+        assert_eq!(masks(&r.stdout_text()), want, "an exec");
+    }
+    // The main command (`sleep infinity`), started the same way.
+    let sleep = sb.exec(["sh", "-c", "cat /proc/$(pgrep -x sleep)/status"]).check(true).await.unwrap();
+    assert_eq!(masks(&sleep.stdout_text()), want, "the main command");
+    sb.stop().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn timeout_kills_grandchildren_and_keeps_partial_output() {
     let sb = sandbox().await;
