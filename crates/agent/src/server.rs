@@ -254,6 +254,8 @@ pub(crate) async fn serve(cfg: Workload, started: Started, mut incoming: Incomin
         spare_failed: None,
         spare_unusable: false,
         spare_count: 0,
+        spare_journal: None,
+        spare_journal_pending: false,
     }));
     let main_exited = Rc::new(Notify::new());
     let local = tokio::task::LocalSet::new();

@@ -37,6 +37,9 @@ pub(crate) struct State {
     /// The helper cannot run in this sandbox's image: no spare is tried again.
     pub(crate) spare_unusable: bool,
     pub(crate) spare_count: u64,
+    /// An empty journal for the next exec (see `hangar_journal::Spare`), and whether one is being made.
+    pub(crate) spare_journal: Option<hangar_journal::Spare>,
+    pub(crate) spare_journal_pending: bool,
 }
 
 pub(crate) type Shared = Rc<RefCell<State>>;

@@ -457,3 +457,20 @@ fn the_time_index_dates_bytes_finds_times_and_stays_small() {
     let mid = 100 + 1001;
     assert!(t.at(mid).unwrap() <= 3000 + 1001 * TIME_STEP_MS, "a time is never later than the write");
 }
+
+/// A journal made ahead of time becomes the exec's (what it writes is read under the exec's name, and no spare
+/// is left); an exec id used again, whose old journal is still there, gets a fresh, empty one all the same.
+#[test]
+fn a_spare_journal_becomes_the_execs_and_an_id_used_again_starts_empty() {
+    let d = Dir::new();
+    let mut w = Writer::create_from(Spare::make(d.fd.as_fd()).unwrap(), d.fd.as_fd(), "ex-1", 1 << 20).unwrap();
+    w.append(0, b"first", false).unwrap();
+    assert_eq!(std::fs::read(d.path.join("execs/ex-1/stdout")).unwrap(), b"first");
+    assert!(!d.path.join("execs/.spare").exists(), "the spare was taken");
+    // The same id again: the old journal is in the way of the rename.
+    let mut w = Writer::create_from(Spare::make(d.fd.as_fd()).unwrap(), d.fd.as_fd(), "ex-1", 1 << 20).unwrap();
+    assert_eq!(std::fs::read(d.path.join("execs/ex-1/stdout")).unwrap(), b"", "a fresh journal");
+    w.append(0, b"second", false).unwrap();
+    assert_eq!(std::fs::read(d.path.join("execs/ex-1/stdout")).unwrap(), b"second");
+    assert!(!d.path.join("execs/.spare").exists(), "the unusable spare was removed");
+}

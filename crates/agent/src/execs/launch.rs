@@ -32,9 +32,13 @@ pub(crate) fn start(state: &Shared, r: ExecSpec) -> Result<ExecRef, (ErrorKind, 
     };
     let io_err = |what: &str, e: io::Error| err(ErrorKind::Other, format!("exec {id}: {what}: {e}"));
     // Streamed: the journal holds what clients have not read yet, not a copy of everything they have.
-    let journal = hangar_journal::Writer::create(state_dir(), &id, r.journal_cap.unwrap_or(DEFAULT_CAP))
-        .map_err(|e| io_err("journal", e))?
-        .streamed(hangar_journal::STREAMED);
+    let cap = r.journal_cap.unwrap_or(DEFAULT_CAP);
+    let journal = match state.borrow_mut().spare_journal.take() {
+        Some(spare) => hangar_journal::Writer::create_from(spare, state_dir(), &id, cap),
+        None => hangar_journal::Writer::create(state_dir(), &id, cap),
+    }
+    .map_err(|e| io_err("journal", e))?
+    .streamed(hangar_journal::STREAMED);
     let exec =
         Exec::new(id.clone(), r.argv.clone(), journal, &r.output, r.on_disconnect, r.retain.unwrap_or(DEFAULT_RETAIN));
     {
@@ -42,7 +46,10 @@ pub(crate) fn start(state: &Shared, r: ExecSpec) -> Result<ExecRef, (ErrorKind, 
         st.table.by_id.insert(id.clone(), exec.clone());
         st.table.order.push(id.clone());
     }
-    match spawn(state, &exec, &r, &cwd) {
+    let spawned = spawn(state, &exec, &r, &cwd);
+    // The next exec's journal is made while this one runs (at its end it would race the next request).
+    refill_journal(state);
+    match spawned {
         Ok(()) => {}
         Err(failure) => {
             let mut e = exec.borrow_mut();
@@ -309,8 +316,10 @@ pub(super) fn give_to_helper(
     }
 }
 
-/// Prepares the next spare in the background (its cgroup migration off every exec's path).
+/// Prepares the next spare in the background (its cgroup migration off every exec's path), and the next
+/// exec's journal.
 pub(crate) fn refill_spare(state: &Shared) {
+    refill_journal(state);
     let cgroup = {
         let mut st = state.borrow_mut();
         let resting = st.spare_failed.is_some_and(|t| t.elapsed() < SPARE_RETRY);
@@ -378,4 +387,23 @@ pub(crate) fn start_failure(prog: &str, e: &std::io::Error) -> StartFailure {
         _ => (K::Other, format!("cannot start {prog}: {e}")),
     };
     StartFailure::new(kind, message)
+}
+
+/// Makes an empty journal for the next exec in the background, unless one is there or being made.
+fn refill_journal(state: &Shared) {
+    {
+        let mut st = state.borrow_mut();
+        if st.spare_journal.is_some() || st.spare_journal_pending || st.stopping {
+            return;
+        }
+        st.spare_journal_pending = true;
+    }
+    let state = state.clone();
+    tokio::task::spawn_local(async move {
+        let made = tokio::task::spawn_blocking(|| hangar_journal::Spare::make(state_dir())).await;
+        let mut st = state.borrow_mut();
+        st.spare_journal_pending = false;
+        // (Should it fail, the next exec makes its journal itself, and says why if that fails too.)
+        st.spare_journal = made.ok().and_then(Result::ok);
+    });
 }
