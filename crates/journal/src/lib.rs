@@ -540,15 +540,9 @@ impl Reader {
             let i = stream.index();
             self.open(i)?;
             let file = self.files[i].as_ref().expect("opened above");
-            send(file, offset, len, to[i]).map_err(|e| {
-                io::Error::new(
-                    e.kind(),
-                    format!("{} to descriptor {}: {e}", self.dir.join(FILES[i]).display(), {
-                        use std::os::fd::AsRawFd;
-                        to[i].as_raw_fd()
-                    }),
-                )
-            })?;
+            let path = self.dir.join(FILES[i]);
+            send(file, offset, len, to[i])
+                .map_err(|e| io::Error::new(e.kind(), format!("sending {}: {e}", path.display())))?;
             self.pos[i] += len;
         }
         Ok(next)
