@@ -163,7 +163,7 @@ impl Cluster {
         let deadline = tokio::time::Instant::now() + START_TIMEOUT;
         let mut delay = Duration::from_millis(20);
         loop {
-            let pod = self.pods.get_opt(id).await.map_err(|e| k8s(&format!("get Pod {id}"), e))?;
+            let pod = self.get_pod(id).await?;
             let Some(pod) = pod else { return Err(Error::NotFound(id.to_string())) };
             let info = pod::info(&pod)?;
             if let Some(why) = pod::start_blocked(&pod) {
@@ -228,8 +228,13 @@ impl Cluster {
         Ok(())
     }
 
+    /// Pod `id`, if there is one.
+    async fn get_pod(&self, id: &str) -> Result<Option<Pod>> {
+        read_retried(|| self.pods.get_opt(id)).await.map_err(|e| k8s(&format!("get Pod {id}"), e))
+    }
+
     pub(crate) async fn get(&self, id: &str) -> Result<SandboxInfo> {
-        let pod = self.pods.get_opt(id).await.map_err(|e| k8s(&format!("get Pod {id}"), e))?;
+        let pod = self.get_pod(id).await?;
         let info = pod.as_ref().filter(|p| pod::is_sandbox(p)).map(pod::info).transpose()?;
         let info = info.ok_or_else(|| Error::NotFound(id.to_string()))?;
         if self.expired(&info) {
@@ -240,8 +245,8 @@ impl Cluster {
     }
 
     pub(crate) async fn list(&self) -> Result<Vec<SandboxInfo>> {
-        let pods =
-            self.pods.list(&ListParams::default().labels(pod::SANDBOX_LABEL)).await.map_err(|e| k8s("list Pods", e))?;
+        let sandboxes = ListParams::default().labels(pod::SANDBOX_LABEL);
+        let pods = read_retried(|| self.pods.list(&sandboxes)).await.map_err(|e| k8s("list Pods", e))?;
         let mut out = vec![];
         for pod in &pods.items {
             let info = pod::info(pod)?;
@@ -325,7 +330,7 @@ impl Cluster {
         // A sandbox its agent ended is final before the kubelet has noticed: its log is complete once it has.
         let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
         let pod = loop {
-            let pod = self.pods.get_opt(id).await.map_err(|e| k8s(&format!("get Pod {id}"), e))?;
+            let pod = self.get_pod(id).await?;
             let pod = pod.ok_or_else(|| Error::NotFound(id.to_string()))?;
             if pod::container_ended(&pod) || tokio::time::Instant::now() >= deadline {
                 break pod;
@@ -546,6 +551,26 @@ async fn shared_key(secrets: &Api<Secret>) -> Result<Vec<u8>> {
 }
 
 /// A Kubernetes API failure as the engine's error, naming what was asked.
+/// A read of the API server, tried again (twice, 50 then 200 ms later) when it failed on the way rather than
+/// being answered: an API server may close a kept-alive connection just as a request goes out on it, which the
+/// client reports as a failure to send (seen here once in a CI run, as `client error (SendRequest)`). Reads
+/// only: they are safe to repeat.
+async fn read_retried<T, F, Fut>(mut read: F) -> std::result::Result<T, kube::Error>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = std::result::Result<T, kube::Error>>,
+{
+    for delay in [50, 200] {
+        match read().await {
+            Err(kube::Error::Service(_) | kube::Error::HyperError(_)) => {
+                tokio::time::sleep(Duration::from_millis(delay)).await;
+            }
+            other => return other,
+        }
+    }
+    read().await
+}
+
 fn k8s(what: &str, e: kube::Error) -> Error {
     Error::Internal(format!("Kubernetes: {what}: {e}"))
 }
