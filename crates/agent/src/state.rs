@@ -40,6 +40,8 @@ pub(crate) struct State {
     /// An empty journal for the next exec (see `hangar_journal::Spare`), and whether one is being made.
     pub(crate) spare_journal: Option<hangar_journal::Spare>,
     pub(crate) spare_journal_pending: bool,
+    /// Execs started so far (the main command not counted).
+    pub(crate) execs_started: u64,
 }
 
 pub(crate) type Shared = Rc<RefCell<State>>;

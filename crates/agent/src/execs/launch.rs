@@ -47,8 +47,17 @@ pub(crate) fn start(state: &Shared, r: ExecSpec) -> Result<ExecRef, (ErrorKind, 
         st.table.order.push(id.clone());
     }
     let spawned = spawn(state, &exec, &r, &cwd);
-    // The next exec's journal is made while this one runs (at its end it would race the next request).
-    refill_journal(state);
+    // From a sandbox's second exec on, the next exec's journal is made while this one runs (at its end it would
+    // race the next request). Not before: a sandbox that runs one command (`hangar run`) or none would only pay
+    // for it (a thread in every idle agent, ~28 KiB per sandbox at 1,000; three more entries to remove).
+    let started = {
+        let mut st = state.borrow_mut();
+        st.execs_started += 1;
+        st.execs_started
+    };
+    if started >= 2 {
+        refill_journal(state);
+    }
     match spawned {
         Ok(()) => {}
         Err(failure) => {
@@ -316,10 +325,8 @@ pub(super) fn give_to_helper(
     }
 }
 
-/// Prepares the next spare in the background (its cgroup migration off every exec's path), and the next
-/// exec's journal.
+/// Prepares the next spare in the background (its cgroup migration off every exec's path).
 pub(crate) fn refill_spare(state: &Shared) {
-    refill_journal(state);
     let cgroup = {
         let mut st = state.borrow_mut();
         let resting = st.spare_failed.is_some_and(|t| t.elapsed() < SPARE_RETRY);
