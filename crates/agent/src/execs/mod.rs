@@ -204,25 +204,34 @@ impl Exec {
         if self.end.is_some() || self.pid <= 0 {
             return;
         }
-        if sig == Signal::SIGKILL {
-            self.kill_tree();
+        match sig {
+            Signal::SIGKILL => self.kill_tree(),
+            _ => {
+                let _ = kill(Pid::from_raw(-self.pid), sig);
+            }
         }
-        let _ = kill(Pid::from_raw(-self.pid), sig);
     }
 
-    /// SIGKILLs what the exec started beyond its process group: its cgroup's processes, or, where execs have
-    /// no cgroups (a Pod's agent), its descendants as `/proc` shows them (found before anyone dies, while the
-    /// tree still hangs together).
+    /// SIGKILLs the exec's process group in one blow, then what it started beyond the group: its cgroup's
+    /// processes, or, where execs have no cgroups (a Pod's agent), its descendants as `/proc` showed them
+    /// before anyone died (while the tree still hung together). The group goes first so that no shell in it
+    /// lives to see its children killed one by one (it would report them, "Killed", in the output).
     fn kill_tree(&self) {
-        match &self.cgroup {
-            Some(cg) if cg.holds_processes() => {
-                cg.kill_all();
-            }
-            _ => {
-                for p in hangar_runtime::process::descendants(self.pid) {
+        let descendants = match &self.cgroup {
+            Some(cg) if cg.holds_processes() => None,
+            _ => Some(hangar_runtime::process::descendants(self.pid)),
+        };
+        let _ = kill(Pid::from_raw(-self.pid), Signal::SIGKILL);
+        match (descendants, &self.cgroup) {
+            (Some(pids), _) => {
+                for p in pids {
                     let _ = kill(Pid::from_raw(p), Signal::SIGKILL);
                 }
             }
+            (None, Some(cg)) => {
+                cg.kill_all();
+            }
+            (None, None) => {}
         }
     }
 
