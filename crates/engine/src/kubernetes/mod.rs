@@ -550,7 +550,6 @@ async fn shared_key(secrets: &Api<Secret>) -> Result<Vec<u8>> {
     Err(Error::Internal(format!("Secret {KEY_SECRET} could not be read or made")))
 }
 
-/// A Kubernetes API failure as the engine's error, naming what was asked.
 /// A read of the API server, tried again (twice, 50 then 200 ms later) when it failed on the way rather than
 /// being answered: an API server may close a kept-alive connection just as a request goes out on it, which the
 /// client reports as a failure to send (seen here once in a CI run, as `client error (SendRequest)`). Reads
@@ -571,6 +570,7 @@ where
     read().await
 }
 
+/// A Kubernetes API failure as the engine's error, naming what was asked.
 fn k8s(what: &str, e: kube::Error) -> Error {
     Error::Internal(format!("Kubernetes: {what}: {e}"))
 }
