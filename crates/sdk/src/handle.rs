@@ -243,6 +243,8 @@ impl ExecHandle {
         mut on_gap: impl FnMut(OutputStream, u64, u64),
     ) -> Result<ExecEnd> {
         let to = [stdout, stderr];
+        // From a server the bytes come here, and are written through one duplicate of each descriptor.
+        let mut written_through: Option<[std::fs::File; 2]> = None;
         loop {
             if self.done {
                 return Err(Error::InvalidArgument(format!(
@@ -255,10 +257,15 @@ impl ExecHandle {
                 Inner::Embedded(stream) => stream.next_sent(to).await.map_err(Error::from),
                 Inner::Remote(r) => match r.next().await {
                     Ok(Some(ExecEvent::Output { stream, offset, data })) => {
-                        let write = |fd: BorrowedFd<'_>| {
-                            std::io::Write::write_all(&mut std::fs::File::from(fd.try_clone_to_owned()?), &data)
+                        let local = |e: std::io::Error| Error::LocalIo(format!("writing {stream:?}: {e}"));
+                        let out = match &mut written_through {
+                            Some(files) => files,
+                            None => written_through.insert([
+                                std::fs::File::from(to[0].try_clone_to_owned().map_err(local)?),
+                                std::fs::File::from(to[1].try_clone_to_owned().map_err(local)?),
+                            ]),
                         };
-                        write(to[stream.index()]).map_err(|e| Error::LocalIo(format!("writing {stream:?}: {e}")))?;
+                        std::io::Write::write_all(&mut out[stream.index()], &data).map_err(local)?;
                         self.crc[stream.index()].update(&data);
                         self.count(stream, offset, data.len() as u64)?;
                         continue;
