@@ -256,6 +256,7 @@ pub(crate) async fn serve(cfg: Workload, started: Started, mut incoming: Incomin
         spare_count: 0,
         spare_journal: None,
         spare_journal_pending: false,
+        spare_cgroups: Vec::new(),
         execs_started: 0,
     }));
     let main_exited = Rc::new(Notify::new());

@@ -381,13 +381,17 @@ pub struct CgroupDirs {
     dirs: Vec<(String, OwnedFd, String)>,
 }
 
-/// One exec's cgroup under its sandbox's.
+/// One exec's cgroup under its sandbox's. Once the exec ended and it is empty, it may serve a later exec
+/// ([`ExecCgroup::recycle`]).
 #[derive(Debug)]
 pub struct ExecCgroup {
     v2: bool,
     /// (controller, parent directory, own directory, own directory's name).
     dirs: Vec<(String, OwnedFd, OwnedFd, String)>,
     procs: Vec<OwnedFd>,
+    /// The counters when it was last recycled ([`ExecCgroup::usage`] is measured from there); for peak memory,
+    /// what was left charged to it then.
+    base: CgroupUsage,
 }
 
 /// What an exec's cgroup measured.
@@ -413,12 +417,35 @@ fn open_dir_at(dir: Option<&OwnedFd>, path: &Path) -> std::io::Result<OwnedFd> {
     .map_err(std::io::Error::from)
 }
 
+/// Reads a small cgroup file: `openat`, `read` until end of file, `close` (no `statx` and `lseek` for a size
+/// hint, which a cgroup file's size of 4096 or 0 would not give anyway; read at every exec's end).
 fn read_at(dir: &OwnedFd, file: &str) -> String {
     use nix::fcntl::{openat, OFlag};
-    openat(dir, file, OFlag::O_RDONLY | OFlag::O_CLOEXEC, nix::sys::stat::Mode::empty())
-        .ok()
-        .and_then(|fd| std::io::read_to_string(fs::File::from(fd)).ok())
-        .unwrap_or_default()
+    let Ok(fd) = openat(dir, file, OFlag::O_RDONLY | OFlag::O_CLOEXEC, nix::sys::stat::Mode::empty()) else {
+        return String::new();
+    };
+    let mut buf = vec![0u8; 512];
+    let mut len = 0;
+    loop {
+        if len == buf.len() {
+            buf.resize(len * 2, 0);
+        }
+        match nix::unistd::read(&fd, &mut buf[len..]) {
+            Ok(0) => break,
+            Ok(n) => len += n,
+            Err(nix::errno::Errno::EINTR) => {}
+            Err(_) => return String::new(),
+        }
+    }
+    buf.truncate(len);
+    String::from_utf8(buf).unwrap_or_default()
+}
+
+fn write_at(dir: &OwnedFd, file: &str, value: &str) -> std::io::Result<()> {
+    use nix::fcntl::{openat, OFlag};
+    let fd = openat(dir, file, OFlag::O_WRONLY | OFlag::O_CLOEXEC, nix::sys::stat::Mode::empty())?;
+    nix::unistd::write(&fd, value.as_bytes())?;
+    Ok(())
 }
 
 fn keyed(text: &str, key: &str) -> u64 {
@@ -487,7 +514,7 @@ impl CgroupDirs {
             procs.push(p);
             dirs.push((controller.clone(), parent.try_clone()?, own, name));
         }
-        Ok(ExecCgroup { v2: self.v2, dirs, procs })
+        Ok(ExecCgroup { v2: self.v2, dirs, procs, base: CgroupUsage::default() })
     }
 }
 
@@ -531,8 +558,41 @@ impl ExecCgroup {
         self.dirs.iter().find(|(c, _, _, _)| self.v2 || c == controller).map(|(_, _, d, _)| d)
     }
 
-    /// CPU time, peak memory and OOM kills so far.
+    /// CPU time, peak memory and OOM kills so far, since it was made or last [recycled](ExecCgroup::recycle).
+    /// Peak memory after a recycle counts from what earlier execs left charged to the cgroup (page cache of
+    /// files they wrote, say), which stays charged to it.
     pub fn usage(&self) -> CgroupUsage {
+        let (now, base) = (self.counters(), self.base);
+        CgroupUsage {
+            cpu_user_ns: now.cpu_user_ns.saturating_sub(base.cpu_user_ns),
+            cpu_sys_ns: now.cpu_sys_ns.saturating_sub(base.cpu_sys_ns),
+            peak_memory_bytes: now.peak_memory_bytes.saturating_sub(base.peak_memory_bytes),
+            oom_kills: now.oom_kills.saturating_sub(base.oom_kills),
+        }
+    }
+
+    /// Readies the cgroup for another exec, if no process is in it: its counters start again from here, its
+    /// peak memory is reset to what is charged to it now. `false` (and unchanged) when it cannot be: the
+    /// caller then removes it.
+    pub fn recycle(&mut self) -> bool {
+        if !self.pids().is_empty() {
+            return false;
+        }
+        let mut base = self.counters();
+        base.peak_memory_bytes = 0;
+        if let Some(d) = self.dir("memory").filter(|_| !self.v2) {
+            // Writing 0 sets the peak to the usage now; that usage is the new zero.
+            if write_at(d, "memory.max_usage_in_bytes", "0").is_err() {
+                return false;
+            }
+            base.peak_memory_bytes = read_at(d, "memory.usage_in_bytes").trim().parse().unwrap_or(0);
+        }
+        self.base = base;
+        true
+    }
+
+    /// The kernel's counters as they stand (cumulative since the cgroup was made; the peak since its reset).
+    fn counters(&self) -> CgroupUsage {
         let mut u = CgroupUsage::default();
         if self.v2 {
             if let Some(d) = self.dir("") {

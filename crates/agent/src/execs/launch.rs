@@ -43,8 +43,7 @@ pub(crate) fn start(state: &Shared, r: ExecSpec) -> Result<ExecRef, (ErrorKind, 
         Exec::new(id.clone(), r.argv.clone(), journal, &r.output, r.on_disconnect, r.retain.unwrap_or(DEFAULT_RETAIN));
     {
         let mut st = state.borrow_mut();
-        st.table.by_id.insert(id.clone(), exec.clone());
-        st.table.order.push(id.clone());
+        st.table.insert(exec.clone());
     }
     let spawned = spawn(state, &exec, &r, &cwd);
     // From a sandbox's second exec on, the next exec's journal is made while this one runs (at its end it would
@@ -127,8 +126,7 @@ pub(crate) fn adopt_main(
     exec.borrow_mut().times = Some(hangar_journal::TimeWriter::create(state_dir(), MAIN_EXEC)?);
     {
         let mut st = state.borrow_mut();
-        st.table.by_id.insert(MAIN_EXEC.into(), exec.clone());
-        st.table.order.push(MAIN_EXEC.into());
+        st.table.insert(exec.clone());
     }
     let Some((pid, output, cgroup)) = main else { return Ok(()) };
     {
@@ -235,7 +233,9 @@ pub(super) fn spawn(state: &Shared, exec: &ExecRef, r: &ExecSpec, cwd: &OwnedFd)
         Some(started) => started,
         // No spare (or it was unusable): started from the agent, paying the cgroup migration on this path.
         None => {
-            let cgroup = state.borrow().table.cgroups.create_exec(&format!("exec-{id}")).ok();
+            // An earlier exec's, emptied and recycled (see `supervise`), else a new one.
+            let recycled = state.borrow_mut().spare_cgroups.pop();
+            let cgroup = recycled.or_else(|| state.borrow().table.cgroups.create_exec(&format!("exec-{id}")).ok());
             match spare::start_directly(&order, with(), cgroup.as_ref()) {
                 Ok(pid) => Ok((pid, expect_exit(state, pid), cgroup)),
                 Err(e) => {
@@ -339,7 +339,8 @@ pub(crate) fn refill_spare(state: &Shared) {
             return;
         }
         st.spare_count += 1;
-        match st.table.cgroups.create_exec(&format!("exec-s{}", st.spare_count)) {
+        let recycled = st.spare_cgroups.pop();
+        match recycled.map_or_else(|| st.table.cgroups.create_exec(&format!("exec-s{}", st.spare_count)), Ok) {
             Ok(cg) => cg,
             Err(_) => return,
         }

@@ -35,6 +35,8 @@ const DRAIN_IDLE: Duration = Duration::from_millis(100);
 const WRITE_GIVE_UP: Duration = Duration::from_secs(30);
 /// After a spare helper could not be prepared, how long execs start directly before another is tried.
 const SPARE_RETRY: Duration = Duration::from_secs(5);
+/// Most cgroups of ended execs kept for execs to come (as many as ran at once, up to this).
+const MAX_SPARE_CGROUPS: usize = 4;
 /// Ended execs whose journal expired are forgotten beyond this many.
 const MAX_EXPIRED: usize = 1024;
 
@@ -55,14 +57,15 @@ pub(crate) type ExecRef = Rc<RefCell<Exec>>;
 /// The sandbox's execs, oldest first.
 pub(crate) struct Table {
     by_id: HashMap<String, ExecRef>,
-    order: Vec<String>,
+    /// The same execs, oldest first (walked at every exec's end: no lookups by id on the way).
+    order: std::collections::VecDeque<ExecRef>,
     next: u64,
     pub(crate) cgroups: hangar_runtime::cgroups::CgroupDirs,
 }
 
 impl Table {
     pub(crate) fn new(cgroups: hangar_runtime::cgroups::CgroupDirs) -> Self {
-        Self { by_id: HashMap::new(), order: Vec::new(), next: 1, cgroups }
+        Self { by_id: HashMap::new(), order: Default::default(), next: 1, cgroups }
     }
 
     fn fresh_id(&mut self) -> String {
@@ -75,22 +78,33 @@ impl Table {
         }
     }
 
-    /// Every exec, oldest first.
-    fn oldest_first(&self) -> Vec<ExecRef> {
-        self.order.iter().filter_map(|id| self.by_id.get(id)).cloned().collect()
+    fn insert(&mut self, e: ExecRef) {
+        let id = e.borrow().id.clone();
+        self.by_id.insert(id, e.clone());
+        self.order.push_back(e);
     }
 
     pub(crate) fn running(&self) -> Vec<ExecRef> {
-        self.by_id.values().filter(|e| e.borrow().end.is_none()).cloned().collect()
+        self.order.iter().filter(|e| e.borrow().end.is_none()).cloned().collect()
     }
 
+    /// Forgets the oldest execs whose journal expired, beyond [`MAX_EXPIRED`] of them.
     fn forget_expired(&mut self) {
-        let expired: Vec<String> =
-            self.order.iter().filter(|id| self.by_id.get(*id).is_some_and(|e| e.borrow().expired)).cloned().collect();
-        for id in expired.iter().take(expired.len().saturating_sub(MAX_EXPIRED)) {
-            self.by_id.remove(id);
-            self.order.retain(|o| o != id);
+        let expired = self.order.iter().filter(|e| e.borrow().expired).count();
+        let mut excess = expired.saturating_sub(MAX_EXPIRED);
+        if excess == 0 {
+            return;
         }
+        let by_id = &mut self.by_id;
+        self.order.retain(|e| {
+            let e = e.borrow();
+            if excess == 0 || !e.expired {
+                return true;
+            }
+            excess -= 1;
+            by_id.remove(&e.id);
+            false
+        });
     }
 }
 
@@ -269,14 +283,7 @@ pub(crate) fn list(state: &Shared) -> Response {
     let st = state.borrow();
     Response::Execs {
         // The main command is the sandbox's log, not an exec anyone ran.
-        execs: st
-            .table
-            .order
-            .iter()
-            .filter(|id| *id != MAIN_EXEC)
-            .filter_map(|id| st.table.by_id.get(id))
-            .map(|e| e.borrow().info())
-            .collect(),
+        execs: st.table.order.iter().map(|e| e.borrow()).filter(|e| e.id != MAIN_EXEC).map(|e| e.info()).collect(),
     }
 }
 

@@ -13,6 +13,9 @@ pub(super) async fn read_some(src: &AsyncFd<OwnedFd>, buf: &mut [u8]) -> io::Res
     }
 }
 
+/// What a pump reads at first (see [`pump`]).
+const FIRST_READ: usize = 16 << 10;
+
 /// Moves one stream's bytes from the process into the journal, pausing while the journal has no room; and into
 /// `tee` too, when given (a Pod's container log, for the sandbox's log).
 pub(super) async fn pump(
@@ -22,7 +25,10 @@ pub(super) async fn pump(
     mut exited: watch::Receiver<bool>,
     mut tee: Option<tokio::net::unix::pipe::Sender>,
 ) {
-    let mut buf = vec![0u8; hangar_journal::CHUNK];
+    // Small at first: most execs print little, and a zeroed 1 MiB buffer per stream per exec cost more than
+    // the rest of the pump (memset, page faults, the heap grown and trimmed again). A read that fills it
+    // grows it, up to what one append takes.
+    let mut buf = vec![0u8; FIRST_READ];
     loop {
         loop {
             let space = e.borrow().space.clone();
@@ -34,7 +40,7 @@ pub(super) async fn pump(
             }
             room.await;
         }
-        let room = e.borrow().journal.room();
+        let room = e.borrow().journal.room().min(buf.len());
         let got = tokio::select! {
             r = read_some(&src, &mut buf[..room]) => r,
             _ = async { let _ = exited.wait_for(|x| *x).await; tokio::time::sleep(DRAIN_IDLE).await } => break,
@@ -44,6 +50,9 @@ pub(super) async fn pump(
             Ok(0) | Err(_) => break,
             Ok(n) => {
                 journal(&e, i, &buf[..n], &exited).await;
+                if n == buf.len() && n < hangar_journal::CHUNK {
+                    buf.resize((n * 4).min(hangar_journal::CHUNK), 0);
+                }
                 if let Some(t) = tee.as_mut() {
                     if let Err(er) = tokio::io::AsyncWriteExt::write_all(t, &buf[..n]).await {
                         crate::log!("exec {}: the copy of its output stopped: {er}", e.borrow().id);
@@ -152,15 +161,24 @@ pub(super) async fn supervise(
     // The next spare is prepared now, not while this exec ran: its cgroup migration briefly holds a lock that
     // process exits wait for, which would slow the exec it was meant to speed up.
     refill_spare(&state);
-    // Removing a memory cgroup takes the kernel ~10 ms: after the end is out, and off the agent's thread.
-    if let Some(cg) = cgroup {
+    // After the end is out: the cgroup, once empty, is kept for a later exec (reset), or removed (that takes the
+    // kernel ~10 ms: off the agent's thread).
+    if let Some(mut cg) = cgroup {
         for _ in 0..1000 {
             if cg.kill_all() == 0 {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
-        let _ = tokio::task::spawn_blocking(move || cg.remove(Duration::from_millis(500))).await;
+        let kept = {
+            let st = state.borrow();
+            !st.stopping && st.spare_cgroups.len() < MAX_SPARE_CGROUPS
+        };
+        if kept && cg.recycle() {
+            state.borrow_mut().spare_cgroups.push(cg);
+        } else {
+            let _ = tokio::task::spawn_blocking(move || cg.remove(Duration::from_millis(500))).await;
+        }
     }
     retain(state, e).await;
 }
@@ -170,7 +188,6 @@ pub(super) async fn supervise(
 pub(super) fn keep_within_budget(state: &Shared) {
     let mut st = state.borrow_mut();
     let budget = st.cfg.journal_budget.unwrap_or(hangar_types::DEFAULT_JOURNAL_BUDGET);
-    let execs = st.table.oldest_first();
     let held = |e: &ExecRef| {
         let ex = e.borrow();
         if ex.expired || ex.id == MAIN_EXEC {
@@ -179,8 +196,8 @@ pub(super) fn keep_within_budget(state: &Shared) {
             ex.journal.retained_bytes()
         }
     };
-    let mut total: u64 = execs.iter().map(held).sum();
-    for e in &execs {
+    let mut total: u64 = st.table.order.iter().map(held).sum();
+    for e in &st.table.order {
         if total <= budget {
             break;
         }

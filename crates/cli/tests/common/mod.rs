@@ -253,6 +253,31 @@ pub fn leftovers(id: &str) -> Vec<String> {
     left
 }
 
+/// The names of sandbox `id`'s exec cgroups on the host now (the main command's not counted), in any
+/// hierarchy: v1's memory (the sandbox's own directory or, as `<id>.exec-…`, the shared one) and cpuacct,
+/// v2's `workload`.
+pub fn exec_cgroups(id: &str) -> std::collections::BTreeSet<String> {
+    let root = PathBuf::from("/sys/fs/cgroup");
+    let shared = format!("{id}.");
+    let places = [
+        (root.join("memory/hangar").join(id), ""),
+        (root.join("memory/hangar"), shared.as_str()),
+        (root.join("cpuacct/hangar").join(id), ""),
+        (root.join("hangar").join(id).join("workload"), ""),
+    ];
+    let mut names = std::collections::BTreeSet::new();
+    for (dir, prefix) in places {
+        for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            match name.strip_prefix(prefix) {
+                Some(own) if own.starts_with("exec-") && e.path().is_dir() => names.insert(own.to_string()),
+                _ => false,
+            };
+        }
+    }
+    names
+}
+
 /// A `hangar serve` process on an ephemeral loopback port, over this binary's state directory.
 pub struct ServeProcess {
     pub child: std::process::Child,

@@ -155,6 +155,30 @@ async fn each_exec_reports_its_wall_time_cpu_and_peak_memory() {
     sb.stop().await.unwrap();
 }
 
+/// An exec's cgroup, once its exec ended and its processes are gone, is reset and kept for a later exec (or
+/// spare helper): exec after exec, no cgroup is made and removed (a removed memory cgroup lingers in the kernel,
+/// dying, while anything charged to it stays cached), and each exec's figures and tree kill are still its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exec_cgroups_are_reused_and_each_exec_still_measures_only_itself() {
+    let sb = sandbox().await;
+    // 64 MiB of page cache stays charged to this exec's cgroup, and a process it left behind is killed with it.
+    let first = "head -c 67108864 /dev/zero > /tmp/cached; sleep 1000 & echo $!";
+    let r = sb.exec(["sh", "-c", first]).check(true).await.unwrap();
+    assert!(r.usage.peak_memory_bytes >= 64 << 20, "{:?}", r.usage);
+    let left = String::from_utf8(r.stdout).unwrap().trim().to_string();
+    let mut names = exec_cgroups(sb.id());
+    for _ in 0..20 {
+        let r = sb.exec(["sh", "-c", &format!("kill -0 {left} 2>/dev/null && echo alive; true")]).await.unwrap();
+        assert_eq!(r.stdout, b"", "the first exec's left-behind process outlived it");
+        assert!(r.usage.peak_memory_bytes < 32 << 20, "an earlier exec's page cache counted: {:?}", r.usage);
+        assert!(r.usage.cpu_user_us < 100_000, "{:?}", r.usage);
+        names.extend(exec_cgroups(sb.id()));
+    }
+    assert!(!names.is_empty() && names.len() <= 4, "exec cgroups seen across 21 execs: {names:?}");
+    sb.stop().await.unwrap();
+    assert_eq!(leftovers(sb.id()), Vec::<String>::new());
+}
+
 /// Retained execs cost the agent no descriptors, and its spare exec helper keeps working however many
 /// execs came before (it once broke for good past ~45 retained execs, making every later exec ~10 ms slower).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
