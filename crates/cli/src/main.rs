@@ -440,7 +440,19 @@ fn main() -> ExitCode {
     let filter = tracing_subscriber::EnvFilter::try_from_env("HANGAR_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
-    let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+    // One-shot commands run on the main thread alone: starting and joining worker threads cost a `hangar
+    // run` or `exec` more than they could win (their work is waiting on the agent, and blocking work goes to
+    // tokio's blocking threads either way). The server serves many clients at once; the bench measures the SDK
+    // as a program on a multi-threaded runtime would use it.
+    let mut runtime = match cli.cmd {
+        Cmd::Serve { .. } | Cmd::Bench(_) => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            b.worker_threads(2);
+            b
+        }
+        _ => tokio::runtime::Builder::new_current_thread(),
+    };
+    let rt = match runtime.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("hangar: cannot start runtime: {e}");
