@@ -110,10 +110,21 @@ impl Store {
         self.db.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Runs a statement, parsed once per connection (SQLite's parser was a visible part of every exec's time
+    /// in a client: each exec looks its sandbox up).
+    fn exec(&self, sql: &str, params: impl rusqlite::Params) -> Result<usize> {
+        Ok(self.db().prepare_cached(sql)?.execute(params)?)
+    }
+
+    /// The record a query finds, if any (its statement parsed once per connection).
+    fn one(&self, sql: &str, params: impl rusqlite::Params) -> Result<Option<Record>> {
+        Ok(self.db().prepare_cached(sql)?.query_row(params, row_to_record).optional()?)
+    }
+
     /// Inserts a new record. With a `request_id`, a second insert for the same tenant and request fails with
     /// a constraint violation, which [`Store::by_request`] then resolves to the first sandbox.
     pub fn insert(&self, i: &SandboxInfo, request_id: Option<&str>) -> Result<()> {
-        self.db().execute(
+        self.exec(
             &format!("INSERT INTO sandboxes ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, NULL, NULL, NULL, NULL, NULL, NULL, NULL, ?11, ?12, NULL, NULL, ?13)"),
             params![
                 i.id,
@@ -136,14 +147,13 @@ impl Store {
 
     /// Records pull progress (only while the sandbox is still pulling).
     pub fn set_progress(&self, id: &str, progress: &str) -> Result<()> {
-        self.db()
-            .execute("UPDATE sandboxes SET progress = ?2 WHERE id = ?1 AND state = 'pulling'", params![id, progress])?;
+        self.exec("UPDATE sandboxes SET progress = ?2 WHERE id = ?1 AND state = 'pulling'", params![id, progress])?;
         Ok(())
     }
 
     /// The image is resolved: record what it resolved to and move on to building the sandbox.
     pub fn set_creating(&self, id: &str, image: &str, command: &[String]) -> Result<()> {
-        self.db().execute(
+        self.exec(
             "UPDATE sandboxes SET state = 'creating', progress = NULL, image = ?2, command = ?3 WHERE id = ?1",
             params![id, image, serde_json::to_string(command).unwrap_or_default()],
         )?;
@@ -151,7 +161,7 @@ impl Store {
     }
 
     pub fn set_running(&self, id: &str, agent_pid: i32, agent_start: u64, agent_protocol: u32) -> Result<()> {
-        self.db().execute(
+        self.exec(
             "UPDATE sandboxes SET state = 'running', agent_pid = ?2, agent_start = ?3, agent_protocol = ?4 WHERE id = ?1",
             params![id, agent_pid, agent_start as i64, agent_protocol],
         )?;
@@ -161,13 +171,13 @@ impl Store {
     /// Records a running sandbox's new network policy.
     pub fn set_network(&self, id: &str, policy: &hangar_types::NetworkPolicy) -> Result<()> {
         let json = serde_json::to_string(policy).unwrap_or_default();
-        self.db().execute("UPDATE sandboxes SET network = ?2 WHERE id = ?1", params![id, json])?;
+        self.exec("UPDATE sandboxes SET network = ?2 WHERE id = ?1", params![id, json])?;
         Ok(())
     }
 
     /// Records the end of a sandbox once: returns false when another process already did.
     pub fn set_ended(&self, id: &str, end: &crate::SandboxEnding) -> Result<bool> {
-        let n = self.db().execute(
+        let n = self.exec(
             "UPDATE sandboxes SET state = ?2, ended_at = ?3, exit_code = ?4, exit_signal = ?5, end_reason = ?6, error = ?7
              WHERE id = ?1 AND state IN ('pulling', 'creating', 'running')",
             params![id, end.state.as_str(), crate::now_ms() as i64, end.code, end.signal, end.reason, end.error],
@@ -176,26 +186,19 @@ impl Store {
     }
 
     pub fn get(&self, id: &str) -> Result<Option<Record>> {
-        Ok(self
-            .db()
-            .query_row(&format!("SELECT {COLUMNS} FROM sandboxes WHERE id = ?1"), [id], row_to_record)
-            .optional()?)
+        self.one(&format!("SELECT {COLUMNS} FROM sandboxes WHERE id = ?1"), [id])
     }
 
     pub fn by_request(&self, tenant: &str, request_id: &str) -> Result<Option<Record>> {
-        Ok(self
-            .db()
-            .query_row(
-                &format!("SELECT {COLUMNS} FROM sandboxes WHERE tenant = ?1 AND request_id = ?2"),
-                [tenant, request_id],
-                row_to_record,
-            )
-            .optional()?)
+        self.one(
+            &format!("SELECT {COLUMNS} FROM sandboxes WHERE tenant = ?1 AND request_id = ?2"),
+            [tenant, request_id],
+        )
     }
 
     pub fn list(&self) -> Result<Vec<Record>> {
         let db = self.db();
-        let mut stmt = db.prepare(&format!("SELECT {COLUMNS} FROM sandboxes ORDER BY created_at, id"))?;
+        let mut stmt = db.prepare_cached(&format!("SELECT {COLUMNS} FROM sandboxes ORDER BY created_at, id"))?;
         let rows = stmt.query_map([], row_to_record)?.collect::<rusqlite::Result<Vec<_>>>()?;
         Ok(rows)
     }
@@ -204,13 +207,14 @@ impl Store {
     pub fn ended_before(&self, before_ms: u64) -> Result<Vec<String>> {
         let db = self.db();
         let finals = "('completed', 'failed', 'terminated')";
-        let mut stmt = db.prepare(&format!("SELECT id FROM sandboxes WHERE state IN {finals} AND ended_at < ?1"))?;
+        let mut stmt =
+            db.prepare_cached(&format!("SELECT id FROM sandboxes WHERE state IN {finals} AND ended_at < ?1"))?;
         let ids = stmt.query_map([before_ms as i64], |r| r.get(0))?.collect::<rusqlite::Result<Vec<String>>>()?;
         Ok(ids)
     }
 
     pub fn delete(&self, id: &str) -> Result<bool> {
-        Ok(self.db().execute("DELETE FROM sandboxes WHERE id = ?1", [id])? == 1)
+        Ok(self.exec("DELETE FROM sandboxes WHERE id = ?1", [id])? == 1)
     }
 }
 
