@@ -579,6 +579,10 @@ impl ExecCgroup {
             return false;
         }
         let mut base = self.counters();
+        if self.v2 && base.peak_memory_bytes > 0 {
+            // v2's `memory.peak` cannot be reset (before Linux 6.12): one that measured memory is not reused.
+            return false;
+        }
         base.peak_memory_bytes = 0;
         if let Some(d) = self.dir("memory").filter(|_| !self.v2) {
             // Writing 0 sets the peak to the usage now; that usage is the new zero.
