@@ -367,7 +367,8 @@ pub struct Usage {
     pub cpu_user_us: u64,
     /// CPU time in kernel mode, microseconds.
     pub cpu_sys_us: u64,
-    /// Peak memory of its processes (including page cache), bytes.
+    /// Peak memory of its processes (including page cache), bytes, above what earlier execs left charged to its
+    /// cgroup (cgroups are reused).
     pub peak_memory_bytes: u64,
 }
 
