@@ -210,8 +210,9 @@ pub fn spares_expected() -> bool {
 
 /// Whether a spare exec helper of the agent `agent` is waiting, polling for up to 2 s.
 pub async fn spare_helper_waits(agent: i32) -> bool {
-    // Ready once it sits in its exec cgroup (then the agent takes it on within moments).
-    let ready = |p: i32| std::fs::read_to_string(format!("/proc/{p}/cgroup")).is_ok_and(|c| c.contains("/exec-s"));
+    // Ready once it sits in its exec cgroup (then the agent takes it on within moments): a new one (`exec-s…`)
+    // or an ended exec's, reused (`exec-ex-…`).
+    let ready = |p: i32| std::fs::read_to_string(format!("/proc/{p}/cgroup")).is_ok_and(|c| c.contains("/exec-"));
     for _ in 0..100 {
         if host_processes_mentioning("--exec-helper").into_iter().any(|p| parent_of(p) == agent && ready(p)) {
             tokio::time::sleep(std::time::Duration::from_millis(100)).await;
