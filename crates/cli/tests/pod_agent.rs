@@ -27,9 +27,15 @@ struct PodAgent {
     addr: std::net::SocketAddr,
 }
 
+/// Tests start agents at once, each on a port found free a moment before (bound to port 0, then let go):
+/// held from that probe until the agent listens (or exited), so that no two agents are given one port (one
+/// test's client would then greet another test's agent, which may be going away).
+static PORT_PROBE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 impl PodAgent {
     fn start(tag: &str, main: &[&str]) -> Self {
         common::require_root();
+        let _probing = PORT_PROBE.lock().unwrap_or_else(|p| p.into_inner());
         let dir = std::env::temp_dir().join(format!("hangar-pod-{tag}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(dir.join("work")).unwrap();
@@ -61,7 +67,15 @@ impl PodAgent {
             .stdout(Stdio::piped())
             .spawn()
             .unwrap();
-        Self { child, dir, addr }
+        let mut agent = Self { child, dir, addr };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline
+            && agent.child.try_wait().unwrap().is_none()
+            && std::net::TcpStream::connect(addr).is_err()
+        {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        agent
     }
 
     async fn dial(&self, token: &str) -> std::io::Result<Mux> {
