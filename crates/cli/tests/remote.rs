@@ -671,8 +671,9 @@ fn a_gib_file_through_the_server_keeps_its_memory_flat() {
     let after = peak_rss_kib(serve.pid().as_raw());
     eprintln!("server peak RSS: {before} KiB before, {after} KiB after 1 GiB each way");
     assert!(has_marker(&back, SIZE), "the copy out is whole");
-    // Bounded by design: up to 16 MiB of chunks queued per stream and an 8 MiB HTTP/2 window, plus what the
-    // allocator keeps per thread; measured here 24-33 MiB over the start (1 GiB buffered would be far above).
+    // Bounded by design: four 256 KiB chunks queued, an 8 MiB HTTP/2 window per stream (32 MiB per connection),
+    // plus what the allocator keeps per thread; measured here 24-33 MiB over the start (a buffered GiB would
+    // show as one).
     assert!(after < before + (64 << 10), "the server buffered: peak {before} -> {after} KiB");
     let _ = serve.cli().args(["rm", &id]).output();
     std::fs::remove_dir_all(&dir).unwrap();
