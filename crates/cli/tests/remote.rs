@@ -74,8 +74,8 @@ async fn another_tenant_cannot_reach_a_tenants_output_or_files_through_its_sandb
     let a_id = a.id();
     let paths = [
         format!("/proc/self/fd/5/../{a_id}/execs/a-secret/stdout"),
-        format!("/proc/1/fd/5/../{a_id}/disk/upper/root/tmp/secret"),
-        format!("/proc/self/root/../../{a_id}/disk/upper/root/tmp/secret"),
+        format!("/proc/1/fd/5/../{a_id}/disk/root/tmp/secret"),
+        format!("/proc/self/root/../../{a_id}/disk/root/tmp/secret"),
         format!("../../../../{a_id}/execs/a-secret/stdout"),
     ];
     for path in &paths {

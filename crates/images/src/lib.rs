@@ -23,7 +23,7 @@ pub use unpack::unpack_layer;
 use serde::{Deserialize, Serialize};
 use std::fs;
 use std::io;
-use std::os::unix::fs::symlink;
+use std::os::unix::fs::{symlink, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 /// Name of the built-in image; `hangar/builtin` is accepted too.
@@ -231,6 +231,9 @@ impl ImageStore {
             "usr", "etc", "tmp", "root", "home", "var/tmp", "var/log", "proc", "sys", "dev", "run", "mnt", "opt", "srv",
         ] {
             fs::create_dir_all(root.join(d)).map_err(io(&root.join(d)))?;
+        }
+        for d in ["tmp", "var/tmp"] {
+            fs::set_permissions(root.join(d), fs::Permissions::from_mode(0o1777)).map_err(io(&root.join(d)))?;
         }
         for top in ["bin", "sbin", "lib", "lib32", "lib64", "libx32"] {
             if Path::new("/usr").join(top).exists() {

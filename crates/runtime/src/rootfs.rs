@@ -65,7 +65,11 @@ pub(crate) fn build_and_pivot(spec: &RootfsSpec) -> Result<()> {
     for dir in ["tmp", "root", "run"] {
         mkdir_p(&root.join(dir))?;
     }
-    let _ = fs::set_permissions(root.join("tmp"), fs::Permissions::from_mode(0o1777));
+    // Only when the image says otherwise: any chmod copies the directory up into the sandbox's writable layer.
+    let tmp = root.join("tmp");
+    if fs::metadata(&tmp).is_ok_and(|m| m.permissions().mode() & 0o7777 != 0o1777) {
+        let _ = fs::set_permissions(&tmp, fs::Permissions::from_mode(0o1777));
+    }
     pivot(root)
 }
 

@@ -222,7 +222,7 @@ for dev in ["/dev/null", "/dev/zero", "/dev/urandom", "/dev/full", "/dev/tty"]:
     }
     // A device node that is there anyway (as an image layer could ship one) opens nothing: the root is
     // nodev and, on cgroup v1, the device cgroup denies it too.
-    let upper = state_dir().join("sandboxes").join(sb.id()).join("disk/upper/root");
+    let upper = state_dir().join("sandboxes").join(sb.id()).join("disk/root");
     let node = upper.join("kmsg-node");
     nix::sys::stat::mknod(
         &node,
@@ -255,7 +255,7 @@ async fn a_setuid_file_made_inside_is_useless_to_host_users() {
         .unwrap();
     let inside = sb.exec(["sh", "-c", "ls -l /tmp/suid-python | cut -c1-10"]).await.unwrap();
     assert_eq!(inside.stdout_text(), "-rwsr-xr-x\n", "the bit is set inside");
-    let copy = state_dir().join("sandboxes").join(sb.id()).join("disk/upper/root/tmp/suid-python");
+    let copy = state_dir().join("sandboxes").join(sb.id()).join("disk/root/tmp/suid-python");
     assert!(copy.exists(), "the copy is in the sandbox's upper directory on the host");
     use std::os::unix::fs::PermissionsExt;
     assert_eq!(std::fs::metadata(state_dir()).unwrap().permissions().mode() & 0o777, 0o700, "state dir is 0700");

@@ -144,8 +144,10 @@ impl Local {
         if let (Some(volume), Some(budget)) = (&self.volume, self.cfg.disk_budget_bytes) {
             volume.create_with_budget(&disk, c.disk_bytes.unwrap_or(budget))?;
         }
+        // Each overlay's upper directory is `disk/<name>` and its work directory `disk/<name>.work`: every
+        // directory costs a mkdir and an rmdir (~0.1 ms together on ext4), so there are no others.
         let overlay = |name: &str, lower: Vec<PathBuf>| -> Result<OverlaySpec> {
-            let (upper, work) = (disk.join("upper").join(name), disk.join("work").join(name));
+            let (upper, work) = (disk.join(name), disk.join(format!("{name}.work")));
             mkdir(&upper)?;
             mkdir(&work)?;
             Ok(OverlaySpec { lower, upper, work })
@@ -154,16 +156,15 @@ impl Local {
         for (target, lower) in &layout.overlays {
             mounts.push(MountSpec::Overlay {
                 target: target.clone(),
-                overlay: overlay(&target.replace('/', "_"), lower.clone())?,
+                overlay: overlay(&format!("at_{}", target.replace('/', "_")), lower.clone())?,
             });
         }
         mounts
             .extend(layout.tmpfs.iter().map(|(target, size)| MountSpec::Tmpfs { target: target.clone(), size: *size }));
-        let rootfs =
-            RootfsSpec { root: overlay("root", layout.root_layers.clone())?, mounts, mountpoint: dir.join("rootfs") };
-        mkdir(&rootfs.mountpoint)?;
+        let root = overlay("root", layout.root_layers.clone())?;
         let net = self.prepare_network(id, &info.network).await?;
-        write_name_files(&disk.join("upper").join("root"), id, net.as_ref().map(|n| &n.net))?;
+        write_name_files(&root.upper, id, net.as_ref().map(|n| &n.net))?;
+        let rootfs = RootfsSpec { root, mounts, mountpoint: self.rootfs_mountpoint() };
         let limits = Limits { cpus: c.cpus, memory_bytes: c.memory_bytes, pids: info.pids };
         let cgroup = self.cgroups.create(id, &limits)?;
         let mut env = layout.env.clone();

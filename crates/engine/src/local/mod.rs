@@ -27,6 +27,8 @@ const LOGS_DIR: &str = ".logs";
 const PULL_TIMEOUT: Duration = Duration::from_secs(3600);
 
 /// The local backend: one per state directory per process.
+const ROOTFS_MOUNTPOINT: &str = "rootfs";
+
 pub(crate) struct Local {
     pub(crate) cfg: EngineConfig,
     pub(crate) store: Store,
@@ -48,7 +50,7 @@ impl Local {
                 "the embedded engine needs root (rootless sandboxes are not implemented yet)".into(),
             ));
         }
-        for d in [cfg.state_dir.clone(), cfg.state_dir.join("sandboxes")] {
+        for d in [cfg.state_dir.clone(), cfg.state_dir.join("sandboxes"), cfg.state_dir.join(ROOTFS_MOUNTPOINT)] {
             std::fs::create_dir_all(&d).map_err(|e| Error::io("create state directory", d.display(), e))?;
         }
         // Closed to every other host user: sandboxes' writable layers and image layers hold files that a
@@ -115,6 +117,13 @@ impl Local {
         tokio::task::spawn_blocking(move || images.prune(in_use))
             .await
             .map_err(|e| Error::Internal(format!("pruning the image store panicked: {e}")))?
+    }
+
+    /// Where every agent mounts its sandbox's root filesystem before it becomes the root: one empty directory
+    /// for all, since each agent mounts in a mount namespace of its own (one directory fewer to make and
+    /// remove per sandbox).
+    pub(crate) fn rootfs_mountpoint(&self) -> PathBuf {
+        self.cfg.state_dir.join(ROOTFS_MOUNTPOINT)
     }
 
     pub(crate) fn sandbox_dir(&self, id: &str) -> PathBuf {
