@@ -388,7 +388,11 @@ pub struct ExecCgroup {
     v2: bool,
     /// (controller, parent directory, own directory, own directory's name).
     dirs: Vec<(String, OwnedFd, OwnedFd, String)>,
+    /// Each directory's `cgroup.procs`, read and write.
     procs: Vec<OwnedFd>,
+    /// (controller, file, descriptor) of the files read at every exec's end ([`measured_files`]), opened once
+    /// with the cgroup, which serves many execs ([`ExecCgroup::recycle`]).
+    files: Vec<(String, &'static str, OwnedFd)>,
     /// The counters when it was last recycled ([`ExecCgroup::usage`] is measured from there); for peak memory,
     /// what was left charged to it then.
     base: CgroupUsage,
@@ -417,20 +421,17 @@ fn open_dir_at(dir: Option<&OwnedFd>, path: &Path) -> std::io::Result<OwnedFd> {
     .map_err(std::io::Error::from)
 }
 
-/// Reads a small cgroup file: `openat`, `read` until end of file, `close` (no `statx` and `lseek` for a size
-/// hint, which a cgroup file's size of 4096 or 0 would not give anyway; read at every exec's end).
-fn read_at(dir: &OwnedFd, file: &str) -> String {
-    use nix::fcntl::{openat, OFlag};
-    let Ok(fd) = openat(dir, file, OFlag::O_RDONLY | OFlag::O_CLOEXEC, nix::sys::stat::Mode::empty()) else {
-        return String::new();
-    };
+/// Reads an open cgroup file afresh: `pread` from offset 0 until end of file (a cgroup file read from 0 is
+/// generated anew; no `statx` and `lseek` for a size hint, which a cgroup file's size of 4096 or 0 would not
+/// give anyway).
+fn read_open(fd: &OwnedFd) -> String {
     let mut buf = vec![0u8; 512];
     let mut len = 0;
     loop {
         if len == buf.len() {
             buf.resize(len * 2, 0);
         }
-        match nix::unistd::read(&fd, &mut buf[len..]) {
+        match nix::sys::uio::pread(fd, &mut buf[len..], len as i64) {
             Ok(0) => break,
             Ok(n) => len += n,
             Err(nix::errno::Errno::EINTR) => {}
@@ -441,11 +442,14 @@ fn read_at(dir: &OwnedFd, file: &str) -> String {
     String::from_utf8(buf).unwrap_or_default()
 }
 
-fn write_at(dir: &OwnedFd, file: &str, value: &str) -> std::io::Result<()> {
-    use nix::fcntl::{openat, OFlag};
-    let fd = openat(dir, file, OFlag::O_WRONLY | OFlag::O_CLOEXEC, nix::sys::stat::Mode::empty())?;
-    nix::unistd::write(&fd, value.as_bytes())?;
-    Ok(())
+/// The files of an exec cgroup's directory (of `controller`, on v1) that every exec's end reads.
+fn measured_files(v2: bool, controller: &str) -> &'static [&'static str] {
+    match (v2, controller) {
+        (true, _) => &["cpu.stat", "memory.peak", "memory.events"],
+        (false, "cpuacct") => &["cpuacct.usage_user", "cpuacct.usage_sys"],
+        (false, "memory") => &["memory.max_usage_in_bytes", "memory.oom_control", "memory.usage_in_bytes"],
+        _ => &[],
+    }
 }
 
 fn keyed(text: &str, key: &str) -> u64 {
@@ -499,22 +503,29 @@ impl CgroupDirs {
     /// is always there) but no peak memory.
     pub fn create_exec(&self, name: &str) -> std::io::Result<ExecCgroup> {
         use nix::fcntl::{openat, OFlag};
-        let mut dirs = Vec::new();
-        let mut procs = Vec::new();
+        use nix::sys::stat::Mode;
+        let (mut dirs, mut procs, mut files) = (Vec::new(), Vec::new(), Vec::new());
+        let open = |dir: &OwnedFd, file: &str, flags: OFlag| openat(dir, file, flags | OFlag::O_CLOEXEC, Mode::empty());
         // On v1 only the hierarchies that measure (and hold the tree for kills) get one: fewer mkdirs per exec.
         let measuring = self.dirs.iter().filter(|(c, _, _)| self.v2 || EXEC_CONTROLLERS.contains(&c.as_str()));
         for (controller, parent, prefix) in measuring {
             let name = format!("{prefix}{name}");
-            match nix::sys::stat::mkdirat(parent, name.as_str(), nix::sys::stat::Mode::from_bits_truncate(0o755)) {
+            match nix::sys::stat::mkdirat(parent, name.as_str(), Mode::from_bits_truncate(0o755)) {
                 Ok(()) | Err(nix::errno::Errno::EEXIST) => {}
                 Err(e) => return Err(e.into()),
             }
             let own = open_dir_at(Some(parent), Path::new(&name))?;
-            let p = openat(&own, "cgroup.procs", OFlag::O_WRONLY | OFlag::O_CLOEXEC, nix::sys::stat::Mode::empty())?;
-            procs.push(p);
+            procs.push(open(&own, "cgroup.procs", OFlag::O_RDWR)?);
+            for &file in measured_files(self.v2, controller) {
+                // Read-write where the file is (the peak is reset by a write), else read-only; one that is not
+                // there (v2's memory files without the memory controller) is simply not measured.
+                if let Ok(fd) = open(&own, file, OFlag::O_RDWR).or_else(|_| open(&own, file, OFlag::O_RDONLY)) {
+                    files.push((controller.clone(), file, fd));
+                }
+            }
             dirs.push((controller.clone(), parent.try_clone()?, own, name));
         }
-        Ok(ExecCgroup { v2: self.v2, dirs, procs, base: CgroupUsage::default() })
+        Ok(ExecCgroup { v2: self.v2, dirs, procs, files, base: CgroupUsage::default() })
     }
 }
 
@@ -529,11 +540,9 @@ impl ExecCgroup {
     /// Process ids (in the caller's pid namespace) in this cgroup.
     pub fn pids(&self) -> Vec<i32> {
         let mut out: Vec<i32> = self
-            .dirs
+            .procs
             .iter()
-            .flat_map(|(_, _, own, _)| {
-                read_at(own, "cgroup.procs").lines().filter_map(|l| l.trim().parse().ok()).collect::<Vec<_>>()
-            })
+            .flat_map(|fd| read_open(fd).lines().filter_map(|l| l.trim().parse().ok()).collect::<Vec<_>>())
             .collect();
         out.sort_unstable();
         out.dedup();
@@ -554,8 +563,14 @@ impl ExecCgroup {
         pids.len()
     }
 
-    fn dir(&self, controller: &str) -> Option<&OwnedFd> {
-        self.dirs.iter().find(|(c, _, _, _)| self.v2 || c == controller).map(|(_, _, d, _)| d)
+    /// Measured file `file` of the directory of `controller` (any, on v2), if it is there.
+    fn file(&self, controller: &str, file: &str) -> Option<&OwnedFd> {
+        self.files.iter().find(|(c, f, _)| (self.v2 || c == controller) && *f == file).map(|(_, _, fd)| fd)
+    }
+
+    /// The contents of measured file `file` of `controller`'s directory; empty when it is not there.
+    fn read(&self, controller: &str, file: &str) -> String {
+        self.file(controller, file).map(read_open).unwrap_or_default()
     }
 
     /// CPU time, peak memory and OOM kills so far, since it was made or last [recycled](ExecCgroup::recycle).
@@ -584,12 +599,12 @@ impl ExecCgroup {
             return false;
         }
         base.peak_memory_bytes = 0;
-        if let Some(d) = self.dir("memory").filter(|_| !self.v2) {
+        if let Some(peak) = self.file("memory", "memory.max_usage_in_bytes").filter(|_| !self.v2) {
             // Writing 0 sets the peak to the usage now; that usage is the new zero.
-            if write_at(d, "memory.max_usage_in_bytes", "0").is_err() {
+            if nix::sys::uio::pwrite(peak, b"0", 0).is_err() {
                 return false;
             }
-            base.peak_memory_bytes = read_at(d, "memory.usage_in_bytes").trim().parse().unwrap_or(0);
+            base.peak_memory_bytes = self.read("memory", "memory.usage_in_bytes").trim().parse().unwrap_or(0);
         }
         self.base = base;
         true
@@ -598,24 +613,19 @@ impl ExecCgroup {
     /// The kernel's counters as they stand (cumulative since the cgroup was made; the peak since its reset).
     fn counters(&self) -> CgroupUsage {
         let mut u = CgroupUsage::default();
+        let number = |controller: &str, file: &str| self.read(controller, file).trim().parse().unwrap_or(0);
         if self.v2 {
-            if let Some(d) = self.dir("") {
-                let stat = read_at(d, "cpu.stat");
-                u.cpu_user_ns = keyed(&stat, "user_usec") * 1000;
-                u.cpu_sys_ns = keyed(&stat, "system_usec") * 1000;
-                u.peak_memory_bytes = read_at(d, "memory.peak").trim().parse().unwrap_or(0);
-                u.oom_kills = keyed(&read_at(d, "memory.events"), "oom_kill");
-            }
+            let stat = self.read("", "cpu.stat");
+            u.cpu_user_ns = keyed(&stat, "user_usec") * 1000;
+            u.cpu_sys_ns = keyed(&stat, "system_usec") * 1000;
+            u.peak_memory_bytes = number("", "memory.peak");
+            u.oom_kills = keyed(&self.read("", "memory.events"), "oom_kill");
             return u;
         }
-        if let Some(d) = self.dir("cpuacct") {
-            u.cpu_user_ns = read_at(d, "cpuacct.usage_user").trim().parse().unwrap_or(0);
-            u.cpu_sys_ns = read_at(d, "cpuacct.usage_sys").trim().parse().unwrap_or(0);
-        }
-        if let Some(d) = self.dir("memory") {
-            u.peak_memory_bytes = read_at(d, "memory.max_usage_in_bytes").trim().parse().unwrap_or(0);
-            u.oom_kills = keyed(&read_at(d, "memory.oom_control"), "oom_kill");
-        }
+        u.cpu_user_ns = number("cpuacct", "cpuacct.usage_user");
+        u.cpu_sys_ns = number("cpuacct", "cpuacct.usage_sys");
+        u.peak_memory_bytes = number("memory", "memory.max_usage_in_bytes");
+        u.oom_kills = keyed(&self.read("memory", "memory.oom_control"), "oom_kill");
         u
     }
 
