@@ -65,7 +65,8 @@ pub fn dir(exec: &str) -> String {
 }
 
 /// An empty journal made ahead of time, under a name no exec can have, for the next exec to take
-/// ([`Writer::create_from`]) so that making its files is off that exec's path.
+/// ([`Writer::make_files`]) so that making its files is off that exec's path (a directory and two files made
+/// on ext4 cost ~0.2 ms; a rename a tenth of that).
 #[derive(Debug)]
 pub struct Spare {
     rel: String,
@@ -81,9 +82,10 @@ impl Spare {
     /// use std::os::fd::AsFd;
     /// let state = std::fs::File::open(&dir).unwrap();
     /// let spare = hangar_journal::Spare::make(state.as_fd()).unwrap();
-    /// let w = hangar_journal::Writer::create_from(spare, state.as_fd(), "ex-1", 1 << 20).unwrap();
+    /// let mut w = hangar_journal::Writer::lazy("ex-1", 1 << 20);
+    /// w.make_files(state.as_fd(), Some(spare)).unwrap();
     /// assert_eq!(w.written(), [0, 0]);
-    /// assert!(dir.join("execs/ex-1/stdout").exists());
+    /// assert!(dir.join("execs/ex-1/stdout").exists() && !dir.join("execs/.spare").exists());
     /// # std::fs::remove_dir_all(&dir).unwrap();
     /// ```
     pub fn make(state_dir: BorrowedFd<'_>) -> io::Result<Self> {
@@ -157,36 +159,70 @@ pub struct Writer {
     delivered: [u64; 2],
     /// How it is [`Writer::streamed`]; `None`: not streamed.
     streamed: Option<Streamed>,
+    /// A [`Writer::lazy`] journal's directory (relative to the state directory) until its files are made.
+    unmade: Option<String>,
 }
 
 impl Writer {
     /// Creates exec `exec`'s journal files under `state_dir` (a descriptor of the sandbox's state
     /// directory), empty, keeping up to `cap` bytes per stream.
     pub fn create(state_dir: BorrowedFd<'_>, exec: &str, cap: u64) -> io::Result<Self> {
-        let files = make_files(state_dir, &dir(exec))?;
-        Ok(Self::with_files(files, cap))
+        let mut w = Self::lazy(exec, cap);
+        w.make_files(state_dir, None)?;
+        Ok(w)
     }
 
-    /// As [`Writer::create`], from a journal made ahead of time ([`Spare::make`]): its directory renamed to
-    /// `exec`'s (a directory and two files made on ext4 cost an exec ~0.2 ms; a rename a tenth of that).
-    /// When that cannot be done (`exec`'s directory exists and is not empty: an id used again), the spare is
-    /// removed and the journal made anew.
-    pub fn create_from(spare: Spare, state_dir: BorrowedFd<'_>, exec: &str, cap: u64) -> io::Result<Self> {
-        let rel = dir(exec);
-        match nix::fcntl::renameat(state_dir, spare.rel.as_str(), state_dir, rel.as_str()) {
-            Ok(()) => Ok(Self::with_files(spare.files, cap)),
-            Err(_) => {
-                Self::remove_dir(state_dir, &spare.rel);
-                Self::create(state_dir, exec, cap)
-            }
+    /// As [`Writer::create`], but the files are made only with the first byte ([`Writer::make_files`]): an
+    /// exec that prints nothing costs the host's filesystem nothing (a new inode cost ~0.1 ms on a
+    /// journal-less ext4 that had deleted many lately). Readers read nothing of a journal with nothing written,
+    /// so nobody misses the files until then.
+    ///
+    /// ```
+    /// # let dir = std::env::temp_dir().join(format!("journal-lazy-doc-{}", std::process::id()));
+    /// # std::fs::create_dir_all(&dir).unwrap();
+    /// use std::os::fd::AsFd;
+    /// let state = std::fs::File::open(&dir).unwrap();
+    /// let mut w = hangar_journal::Writer::lazy("ex-1", 1 << 20);
+    /// assert!(w.unmade() && !dir.join("execs/ex-1").exists());
+    /// w.make_files(state.as_fd(), None).unwrap();
+    /// w.append(0, b"hi\n", false).unwrap();
+    /// assert_eq!(std::fs::read(dir.join("execs/ex-1/stdout")).unwrap(), b"hi\n");
+    /// # std::fs::remove_dir_all(&dir).unwrap();
+    /// ```
+    pub fn lazy(exec: &str, cap: u64) -> Self {
+        Self { unmade: Some(dir(exec)), ..Self::with_streams([None, None], cap) }
+    }
+
+    /// Whether a [`Writer::lazy`] journal's files are still to be made (before its first [`Writer::append`]).
+    pub fn unmade(&self) -> bool {
+        self.unmade.is_some()
+    }
+
+    /// Makes a [`Writer::lazy`] journal's files under `state_dir`: `spare`'s renamed, when given, else new ones
+    /// (also when the rename fails; the spare is then removed). A no-op once they are made.
+    pub fn make_files(&mut self, state_dir: BorrowedFd<'_>, spare: Option<Spare>) -> io::Result<()> {
+        let Some(rel) = self.unmade.as_deref() else { return Ok(()) };
+        let files = match spare {
+            Some(spare) => match nix::fcntl::renameat(state_dir, spare.rel.as_str(), state_dir, rel) {
+                Ok(()) => spare.files,
+                Err(_) => {
+                    Self::remove_dir(state_dir, &spare.rel);
+                    make_files(state_dir, rel)?
+                }
+            },
+            None => make_files(state_dir, rel)?,
+        };
+        for (s, f) in self.streams.iter_mut().zip(files) {
+            s.file = Some(f);
         }
+        self.unmade = None;
+        Ok(())
     }
 
-    fn with_files(files: [File; 2], cap: u64) -> Self {
+    fn with_streams(files: [Option<File>; 2], cap: u64) -> Self {
         let cap = cap.max(MIN_CAP);
         let head = head_of(cap);
-        let stream =
-            |file| Stream { file: Some(file), written: 0, dropped_to: head, lost: vec![], crc: Default::default() };
+        let stream = |file| Stream { file, written: 0, dropped_to: head, lost: vec![], crc: Default::default() };
         let [out, err] = files;
         Self {
             streams: [stream(out), stream(err)],
@@ -196,6 +232,7 @@ impl Writer {
             next_reader: 0,
             delivered: [0; 2],
             streamed: None,
+            unmade: None,
         }
     }
 
@@ -284,18 +321,23 @@ impl Writer {
     /// Journals `data` (at most [`Writer::room`] bytes) at the end of stream `i`. On a write error (the
     /// host's disk is full) nothing is counted and the caller keeps the bytes, unless `lose` says to count
     /// them anyway as a lost range (readers get a gap for it).
+    /// A [`Writer::lazy`] journal whose files are not made fails like a full disk.
     pub fn append(&mut self, i: usize, data: &[u8], lose: bool) -> io::Result<()> {
+        let unmade = self.unmade.is_some();
         let s = &mut self.streams[i];
-        if let Some(f) = &s.file {
-            if let Err(e) = f.write_all_at(data, s.written) {
-                if !lose {
-                    return Err(e);
-                }
-                let end = s.written + data.len() as u64;
-                match s.lost.last_mut() {
-                    Some(last) if last.1 == s.written => last.1 = end,
-                    _ => s.lost.push((s.written, end)),
-                }
+        let written = match &s.file {
+            _ if unmade => Err(io::Error::other("the journal's files are not made yet")),
+            Some(f) => f.write_all_at(data, s.written),
+            None => Ok(()),
+        };
+        if let Err(e) = written {
+            if !lose {
+                return Err(e);
+            }
+            let end = s.written + data.len() as u64;
+            match s.lost.last_mut() {
+                Some(last) if last.1 == s.written => last.1 = end,
+                _ => s.lost.push((s.written, end)),
             }
         }
         s.crc.update(data);

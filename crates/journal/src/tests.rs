@@ -327,7 +327,7 @@ fn bytes_that_could_not_be_written_are_a_gap_never_data() {
     let path = d.path.join("ro");
     std::fs::write(&path, b"").unwrap();
     let ro = || File::open(&path).unwrap();
-    let mut w = Writer::with_files([ro(), ro()], 1 << 20);
+    let mut w = Writer::with_streams([Some(ro()), Some(ro())], 1 << 20);
     assert!(w.append(0, b"held", false).is_err(), "the caller keeps the bytes and waits");
     assert_eq!(w.written(), [0, 0], "nothing counted");
     w.append(0, b"lost", true).unwrap();
@@ -458,17 +458,28 @@ fn the_time_index_dates_bytes_finds_times_and_stays_small() {
     assert!(t.at(mid).unwrap() <= 3000 + 1001 * TIME_STEP_MS, "a time is never later than the write");
 }
 
-/// A journal made ahead of time becomes the exec's (what it writes is read under the exec's name, and no spare
-/// is left); an exec id used again, whose old journal is still there, gets a fresh, empty one all the same.
+/// A lazy journal has no files and takes no bytes until they are made; a journal made ahead of time then
+/// becomes the exec's (what it writes is read under the exec's name, and no spare is left); an exec id used
+/// again, whose old journal is still there, gets a fresh, empty one all the same.
 #[test]
 fn a_spare_journal_becomes_the_execs_and_an_id_used_again_starts_empty() {
     let d = Dir::new();
-    let mut w = Writer::create_from(Spare::make(d.fd.as_fd()).unwrap(), d.fd.as_fd(), "ex-1", 1 << 20).unwrap();
+    let made = |spare: Spare| {
+        let mut w = Writer::lazy("ex-1", 1 << 20);
+        w.make_files(d.fd.as_fd(), Some(spare)).unwrap();
+        w
+    };
+    let mut lazy = Writer::lazy("ex-1", 1 << 20);
+    assert!(lazy.append(0, b"early", false).is_err(), "no files yet: held, like a full disk");
+    assert_eq!(lazy.written(), [0, 0]);
+    assert!(!d.path.join("execs/ex-1").exists(), "nothing made on disk");
+    let mut w = made(Spare::make(d.fd.as_fd()).unwrap());
+    assert!(!w.unmade());
     w.append(0, b"first", false).unwrap();
     assert_eq!(std::fs::read(d.path.join("execs/ex-1/stdout")).unwrap(), b"first");
     assert!(!d.path.join("execs/.spare").exists(), "the spare was taken");
     // The same id again: the old journal is in the way of the rename.
-    let mut w = Writer::create_from(Spare::make(d.fd.as_fd()).unwrap(), d.fd.as_fd(), "ex-1", 1 << 20).unwrap();
+    let mut w = made(Spare::make(d.fd.as_fd()).unwrap());
     assert_eq!(std::fs::read(d.path.join("execs/ex-1/stdout")).unwrap(), b"", "a fresh journal");
     w.append(0, b"second", false).unwrap();
     assert_eq!(std::fs::read(d.path.join("execs/ex-1/stdout")).unwrap(), b"second");

@@ -30,15 +30,10 @@ pub(crate) fn start(state: &Shared, r: ExecSpec) -> Result<ExecRef, (ErrorKind, 
         Some(id) => id.clone(),
         None => state.borrow_mut().table.fresh_id(),
     };
-    let io_err = |what: &str, e: io::Error| err(ErrorKind::Other, format!("exec {id}: {what}: {e}"));
     // Streamed: the journal holds what clients have not read yet, not a copy of everything they have.
     let cap = r.journal_cap.unwrap_or(DEFAULT_CAP);
-    let journal = match state.borrow_mut().spare_journal.take() {
-        Some(spare) => hangar_journal::Writer::create_from(spare, state_dir(), &id, cap),
-        None => hangar_journal::Writer::create(state_dir(), &id, cap),
-    }
-    .map_err(|e| io_err("journal", e))?
-    .streamed(hangar_journal::STREAMED);
+    // Its files are made with its first byte (`running::journal`), from the spare made ahead when there is one.
+    let journal = hangar_journal::Writer::lazy(&id, cap).streamed(hangar_journal::STREAMED);
     let exec =
         Exec::new(id.clone(), r.argv.clone(), journal, &r.output, r.on_disconnect, r.retain.unwrap_or(DEFAULT_RETAIN));
     {
@@ -46,8 +41,8 @@ pub(crate) fn start(state: &Shared, r: ExecSpec) -> Result<ExecRef, (ErrorKind, 
         st.table.insert(exec.clone());
     }
     let spawned = spawn(state, &exec, &r, &cwd);
-    // From a sandbox's second exec on, the next exec's journal is made while this one runs (at its end it would
-    // race the next request). Not before: a sandbox that runs one command (`hangar run`) or none would only pay
+    // From a sandbox's second exec on, a journal is made ahead for the next exec that prints (at its first byte it
+    // would be on its path). Not before: a sandbox that runs one command (`hangar run`) or none would only pay
     // for it (a thread in every idle agent, ~28 KiB per sandbox at 1,000; three more entries to remove).
     let started = {
         let mut st = state.borrow_mut();
@@ -145,7 +140,7 @@ pub(crate) fn adopt_main(
             None
         }
     };
-    let pump = tokio::task::spawn_local(pump(exec.clone(), 0, nonblocking(output)?, exited_rx, tee));
+    let pump = tokio::task::spawn_local(pump(state.clone(), exec.clone(), 0, nonblocking(output)?, exited_rx, tee));
     tokio::task::spawn_local(supervise(state.clone(), exec, exit_rx, vec![pump], exited_tx));
     Ok(())
 }
@@ -278,7 +273,7 @@ pub(super) fn spawn(state: &Shared, exec: &ExecRef, r: &ExecSpec, cwd: &OwnedFd)
     let mut pumps = Vec::new();
     for (i, src) in sources.into_iter().enumerate() {
         let src = nonblocking(src).map_err(|e| io_err("output", e))?;
-        pumps.push(tokio::task::spawn_local(pump(exec.clone(), i, src, exited_rx.clone(), None)));
+        pumps.push(tokio::task::spawn_local(pump(state.clone(), exec.clone(), i, src, exited_rx.clone(), None)));
     }
     if let Some(t) = r.timeout {
         let e = exec.clone();
@@ -398,7 +393,7 @@ pub(crate) fn start_failure(prog: &str, e: &std::io::Error) -> StartFailure {
 }
 
 /// Makes an empty journal for the next exec in the background, unless one is there or being made.
-fn refill_journal(state: &Shared) {
+pub(super) fn refill_journal(state: &Shared) {
     {
         let mut st = state.borrow_mut();
         if st.spare_journal.is_some() || st.spare_journal_pending || st.stopping {

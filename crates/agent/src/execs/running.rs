@@ -19,6 +19,7 @@ const FIRST_READ: usize = 16 << 10;
 /// Moves one stream's bytes from the process into the journal, pausing while the journal has no room; and into
 /// `tee` too, when given (a Pod's container log, for the sandbox's log).
 pub(super) async fn pump(
+    state: Shared,
     e: ExecRef,
     i: usize,
     src: AsyncFd<OwnedFd>,
@@ -49,7 +50,7 @@ pub(super) async fn pump(
             // End of file, or EIO from a terminal whose last holder closed it.
             Ok(0) | Err(_) => break,
             Ok(n) => {
-                journal(&e, i, &buf[..n], &exited).await;
+                journal(&state, &e, i, &buf[..n], &exited).await;
                 if n == buf.len() && n < hangar_journal::CHUNK {
                     buf.resize((n * 4).min(hangar_journal::CHUNK), 0);
                 }
@@ -67,7 +68,7 @@ pub(super) async fn pump(
 /// Journals what the process wrote. While the journal cannot be written (the host's disk is full) the bytes
 /// are kept and the pipe is not read, so the command waits, as for a slow reader; the bytes are given up
 /// only [`WRITE_GIVE_UP`] after the process ended.
-pub(super) async fn journal(e: &ExecRef, i: usize, data: &[u8], exited: &watch::Receiver<bool>) {
+pub(super) async fn journal(state: &Shared, e: &ExecRef, i: usize, data: &[u8], exited: &watch::Receiver<bool>) {
     let mut delay = Duration::from_millis(10);
     let mut ended_at: Option<Instant> = None;
     loop {
@@ -75,7 +76,19 @@ pub(super) async fn journal(e: &ExecRef, i: usize, data: &[u8], exited: &watch::
         if lose {
             crate::log!("exec {}: {} bytes given up: the journal could not be written", e.borrow().id, data.len());
         }
+        // The first byte makes the journal's files (see `Writer::lazy`), from the spare when there is one. When
+        // they cannot be made, the append fails as on a full disk, and why is said.
+        let mut made = Ok(());
+        if e.borrow().journal.unmade() {
+            let spare = state.borrow_mut().spare_journal.take();
+            let taken = spare.is_some();
+            made = e.borrow_mut().journal.make_files(state_dir(), spare);
+            if taken {
+                super::launch::refill_journal(state);
+            }
+        }
         let Err(err) = e.borrow_mut().append(i, data, lose) else { return };
+        let err = made.err().unwrap_or(err);
         if delay == Duration::from_millis(10) {
             crate::log!("exec {}: journal write failed, holding the command: {err}", e.borrow().id);
         }

@@ -428,7 +428,8 @@ async fn a_streamed_exec_keeps_its_head_and_recent_output_and_a_late_reader_is_t
 }
 
 /// An exec that asked for no retention, whose output its client read to the end, frees its journal as it
-/// ends: a stream of 64 MiB leaves no file behind.
+/// ends: a stream of 64 MiB leaves no file behind. One kept, or one that printed nothing (whose journal never
+/// had files), is still read after its end.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_delivered_unretained_exec_leaves_no_journal() {
     let sb = sandbox().await;
@@ -448,7 +449,13 @@ async fn a_delivered_unretained_exec_leaves_no_journal() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     // The same exec with the default retention keeps its journal (for a later attach).
-    sb.exec(["true"]).id("retained").check(true).await.unwrap();
-    assert!(state_dir().join("sandboxes").join(sb.id()).join("execs/retained/stdout").exists());
+    sb.exec(["echo", "kept"]).id("retained").check(true).await.unwrap();
+    let kept = state_dir().join("sandboxes").join(sb.id()).join("execs/retained/stdout");
+    assert_eq!(std::fs::read(&kept).unwrap(), b"kept\n");
+    // One that printed nothing never made journal files at all, and is still read, as empty, with its end.
+    let quiet = sb.exec(["true"]).id("quiet").check(true).await.unwrap();
+    assert!(!state_dir().join("sandboxes").join(sb.id()).join("execs/quiet").exists());
+    let again = sb.attach("quiet").await.unwrap();
+    assert_eq!((again.returncode, again.stdout.len(), again.stderr.len()), (0, 0, 0), "{quiet:?}");
     sb.stop().await.unwrap();
 }
