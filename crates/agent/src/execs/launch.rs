@@ -116,14 +116,20 @@ pub(crate) fn adopt_main(
     tee: Option<OwnedFd>,
 ) -> io::Result<()> {
     let argv = state.borrow().cfg.main.clone();
-    let journal = hangar_journal::Writer::create(state_dir(), MAIN_EXEC, hangar_types::LOG_JOURNAL_CAP)?;
+    let cap = hangar_types::LOG_JOURNAL_CAP;
+    // Without a main command the log stays empty: nothing of it is ever on disk (the engine knows such a log
+    // from the sandbox's record), which spares every such sandbox four files to make and remove.
+    let journal = match main {
+        Some(_) => hangar_journal::Writer::create(state_dir(), MAIN_EXEC, cap)?,
+        None => hangar_journal::Writer::lazy(MAIN_EXEC, cap),
+    };
     let exec = Exec::new(MAIN_EXEC.into(), argv, journal, &Output::Merged, OnDisconnect::Keep, Duration::MAX);
-    exec.borrow_mut().times = Some(hangar_journal::TimeWriter::create(state_dir(), MAIN_EXEC)?);
     {
         let mut st = state.borrow_mut();
         st.table.insert(exec.clone());
     }
     let Some((pid, output, cgroup)) = main else { return Ok(()) };
+    exec.borrow_mut().times = Some(hangar_journal::TimeWriter::create(state_dir(), MAIN_EXEC)?);
     {
         let mut e = exec.borrow_mut();
         e.pid = pid;

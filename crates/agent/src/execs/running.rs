@@ -230,8 +230,12 @@ pub(super) fn keep_within_budget(state: &Shared) {
     st.table.forget_expired();
 }
 
-/// The sandbox's log is read after the agent is gone too: its end and gaps go to disk with it.
+/// The sandbox's log is read after the agent is gone too: its end and gaps go to disk with it (unless nothing
+/// of it is on disk: the empty log of a sandbox without a main command).
 pub(super) fn persist_log(ex: &Exec) {
+    if ex.journal.unmade() {
+        return;
+    }
     if let Err(err) = hangar_journal::persist(state_dir(), MAIN_EXEC, &ex.journal.progress(ex.end.clone())) {
         crate::log!("the sandbox's log: {err}");
     }

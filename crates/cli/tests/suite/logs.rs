@@ -136,5 +136,7 @@ async fn a_sandbox_without_a_command_idles_stops_at_once_and_has_an_empty_log() 
     }
     assert_eq!(sb.logs().collect().await.unwrap().data, b"");
     assert_eq!(leftovers(sb.id()), Vec::<String>::new());
+    // Nothing of an empty log was ever on disk (on this machine), so there is nothing to keep either.
+    assert!(!state_dir().join("sandboxes/.logs").join(sb.id()).exists());
     sb.delete().await.unwrap();
 }

@@ -366,6 +366,10 @@ impl Local {
                 let failure = hangar_types::StartFailure::new(hangar_types::StartFailureKind::Other, why.clone());
                 hangar_journal::Progress { end: Some(crate::ExecEnd::failed_to_start(failure)), ..Default::default() }
             }
+            // A sandbox without a main command: its log is empty and ended with it, and its agent writes none.
+            (None, None) if rec.command.is_empty() => {
+                hangar_journal::Progress { end: Some(crate::ExecEnd::sandbox_gone([0, 0])), ..Default::default() }
+            }
             (None, None) => return Err(Error::ExecNotFound { id: id.to_string(), exec: MAIN_EXEC.to_string() }),
         };
         Ok(crate::ExecStream::kept_log(&rec, dir, progress, from))
