@@ -61,11 +61,15 @@ pub(crate) struct Table {
     order: std::collections::VecDeque<ExecRef>,
     next: u64,
     pub(crate) cgroups: hangar_runtime::cgroups::CgroupDirs,
+    /// At least what the exec journals hold (the last count of `running::keep_within_budget`, plus every
+    /// byte journaled since; drops and expiries only lower the truth): while it is within the budget, nothing
+    /// needs counting.
+    pub(crate) journals_at_most: u64,
 }
 
 impl Table {
     pub(crate) fn new(cgroups: hangar_runtime::cgroups::CgroupDirs) -> Self {
-        Self { by_id: HashMap::new(), order: Default::default(), next: 1, cgroups }
+        Self { by_id: HashMap::new(), order: Default::default(), next: 1, cgroups, journals_at_most: 0 }
     }
 
     fn fresh_id(&mut self) -> String {

@@ -87,7 +87,12 @@ pub(super) async fn journal(state: &Shared, e: &ExecRef, i: usize, data: &[u8], 
                 super::launch::refill_journal(state);
             }
         }
-        let Err(err) = e.borrow_mut().append(i, data, lose) else { return };
+        let Err(err) = e.borrow_mut().append(i, data, lose) else {
+            if e.borrow().id != MAIN_EXEC {
+                state.borrow_mut().table.journals_at_most += data.len() as u64;
+            }
+            return;
+        };
         let err = made.err().unwrap_or(err);
         if delay == Duration::from_millis(10) {
             crate::log!("exec {}: journal write failed, holding the command: {err}", e.borrow().id);
@@ -201,6 +206,10 @@ pub(super) async fn supervise(
 pub(super) fn keep_within_budget(state: &Shared) {
     let mut st = state.borrow_mut();
     let budget = st.cfg.journal_budget.unwrap_or(hangar_types::DEFAULT_JOURNAL_BUDGET);
+    // Without this, every exec's end walked every retained exec: 5% of the agent's time at 4,000 of them.
+    if st.table.journals_at_most <= budget {
+        return;
+    }
     let held = |e: &ExecRef| {
         let ex = e.borrow();
         if ex.expired || ex.id == MAIN_EXEC {
@@ -227,6 +236,7 @@ pub(super) fn keep_within_budget(state: &Shared) {
         hangar_journal::Writer::remove(state_dir(), &ex.id);
         total -= bytes;
     }
+    st.table.journals_at_most = total;
     st.table.forget_expired();
 }
 
