@@ -386,8 +386,8 @@ pub struct CgroupDirs {
 #[derive(Debug)]
 pub struct ExecCgroup {
     v2: bool,
-    /// (controller, parent directory, own directory, own directory's name).
-    dirs: Vec<(String, OwnedFd, OwnedFd, String)>,
+    /// (parent directory, own directory's name).
+    dirs: Vec<(OwnedFd, String)>,
     /// Each directory's `cgroup.procs`, read and write.
     procs: Vec<OwnedFd>,
     /// (controller, file, descriptor) of the files read at every exec's end ([`measured_files`]), opened once
@@ -523,7 +523,7 @@ impl CgroupDirs {
                     files.push((controller.clone(), file, fd));
                 }
             }
-            dirs.push((controller.clone(), parent.try_clone()?, own, name));
+            dirs.push((parent.try_clone()?, name));
         }
         Ok(ExecCgroup { v2: self.v2, dirs, procs, files, base: CgroupUsage::default() })
     }
@@ -632,7 +632,7 @@ impl ExecCgroup {
     /// Removes the cgroup once its processes are gone (kills stragglers; tries for up to `wait`).
     pub fn remove(self, wait: Duration) {
         let deadline = Instant::now() + wait;
-        for (_, parent, _, name) in &self.dirs {
+        for (parent, name) in &self.dirs {
             loop {
                 self.kill_all();
                 match nix::unistd::unlinkat(parent, name.as_str(), nix::unistd::UnlinkatFlags::RemoveDir) {
