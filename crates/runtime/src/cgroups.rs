@@ -442,12 +442,15 @@ fn read_open(fd: &OwnedFd) -> String {
     String::from_utf8(buf).unwrap_or_default()
 }
 
+/// A v1 memory cgroup's peak usage, which a write resets.
+const V1_PEAK: &str = "memory.max_usage_in_bytes";
+
 /// The files of an exec cgroup's directory (of `controller`, on v1) that every exec's end reads.
 fn measured_files(v2: bool, controller: &str) -> &'static [&'static str] {
     match (v2, controller) {
         (true, _) => &["cpu.stat", "memory.peak", "memory.events"],
         (false, "cpuacct") => &["cpuacct.usage_user", "cpuacct.usage_sys"],
-        (false, "memory") => &["memory.max_usage_in_bytes", "memory.oom_control", "memory.usage_in_bytes"],
+        (false, "memory") => &[V1_PEAK, "memory.oom_control", "memory.usage_in_bytes"],
         _ => &[],
     }
 }
@@ -517,9 +520,10 @@ impl CgroupDirs {
             let own = open_dir_at(Some(parent), Path::new(&name))?;
             procs.push(open(&own, "cgroup.procs", OFlag::O_RDWR)?);
             for &file in measured_files(self.v2, controller) {
-                // Read-write where the file is (the peak is reset by a write), else read-only; one that is not
-                // there (v2's memory files without the memory controller) is simply not measured.
-                if let Ok(fd) = open(&own, file, OFlag::O_RDWR).or_else(|_| open(&own, file, OFlag::O_RDONLY)) {
+                // The v1 peak is reset by a write (`recycle`); a file that is not there (v2's memory files
+                // without the memory controller) is simply not measured.
+                let mode = if file == V1_PEAK { OFlag::O_RDWR } else { OFlag::O_RDONLY };
+                if let Ok(fd) = open(&own, file, mode) {
                     files.push((controller.clone(), file, fd));
                 }
             }
@@ -599,7 +603,7 @@ impl ExecCgroup {
             return false;
         }
         base.peak_memory_bytes = 0;
-        if let Some(peak) = self.file("memory", "memory.max_usage_in_bytes").filter(|_| !self.v2) {
+        if let Some(peak) = self.file("memory", V1_PEAK).filter(|_| !self.v2) {
             // Writing 0 sets the peak to the usage now; that usage is the new zero.
             if nix::sys::uio::pwrite(peak, b"0", 0).is_err() {
                 return false;
@@ -624,7 +628,7 @@ impl ExecCgroup {
         }
         u.cpu_user_ns = number("cpuacct", "cpuacct.usage_user");
         u.cpu_sys_ns = number("cpuacct", "cpuacct.usage_sys");
-        u.peak_memory_bytes = number("memory", "memory.max_usage_in_bytes");
+        u.peak_memory_bytes = number("memory", V1_PEAK);
         u.oom_kills = keyed(&self.read("memory", "memory.oom_control"), "oom_kill");
         u
     }

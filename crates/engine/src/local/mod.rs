@@ -26,9 +26,11 @@ const LOGS_DIR: &str = ".logs";
 /// A sandbox still `pulling` after this long, with nobody finishing it, is considered abandoned.
 const PULL_TIMEOUT: Duration = Duration::from_secs(3600);
 
-/// The local backend: one per state directory per process.
+/// The directory, under the state directory, where agents mount their sandboxes' roots
+/// ([`Local::rootfs_mountpoint`]).
 const ROOTFS_MOUNTPOINT: &str = "rootfs";
 
+/// The local backend: one per state directory per process.
 pub(crate) struct Local {
     pub(crate) cfg: EngineConfig,
     pub(crate) store: Store,
