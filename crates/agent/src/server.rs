@@ -268,7 +268,9 @@ pub(crate) async fn serve(cfg: Workload, started: Started, mut incoming: Incomin
                 crate::log!("the main command's output cannot be journaled: {e}");
             }
             reap(&state, &main_exited);
-            crate::execs::refill_spare(&state);
+            // No spare exec helper yet: a sandbox that runs no exec never pays for one (~200 KiB of memory and a
+            // process); the first exec follows its sandbox's own cgroup migrations closely and starts directly
+            // at little cost, and the spare comes once execs pause (`execs::refill_spare_when_quiet`).
             let lifetime_end = tokio::time::sleep(lifetime);
             tokio::pin!(lifetime_end);
             loop {

@@ -86,9 +86,10 @@ pub struct EngineConfig {
     /// the host reboots (see `hangar_runtime::cgroups::migrations_are_cheap`). `$HANGAR_CGROUP_FAVORDYNMODS=1`;
     /// off unless set: it changes the host, which is the operator's call.
     pub favor_dynmods: bool,
-    /// Whether agents keep a spare exec helper ready; `None` (the default): only where cgroup migrations are
-    /// slow (`hangar_runtime::cgroups::migrations_are_cheap`), since a spare only takes a migration off an exec's
-    /// path and costs ~250 KiB per sandbox. `$HANGAR_SPARE_HELPERS=1` or `0` decides for every host.
+    /// Whether agents keep a spare exec helper ready (from their sandbox's first exec on, whenever execs pause);
+    /// `None` (the default): only where cgroup migrations are slow
+    /// (`hangar_runtime::cgroups::migrations_are_cheap`), since a spare only takes a migration off an exec's
+    /// path and costs a process (~200 KiB). `$HANGAR_SPARE_HELPERS=1` or `0` decides for every host.
     pub spare_helpers: Option<bool>,
     /// Bytes all exec journals of one sandbox may hold together; past it, ended execs' journals nobody reads
     /// are expired early, oldest first. [`hangar_types::DEFAULT_JOURNAL_BUDGET`] (4 GiB) unless set

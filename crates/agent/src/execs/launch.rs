@@ -327,7 +327,7 @@ pub(super) fn give_to_helper(
 }
 
 /// Prepares the next spare in the background (its cgroup migration off every exec's path).
-pub(crate) fn refill_spare(state: &Shared) {
+fn refill_spare(state: &Shared) {
     let cgroup = {
         let mut st = state.borrow_mut();
         let resting = st.spare_failed.is_some_and(|t| t.elapsed() < SPARE_RETRY);
@@ -374,6 +374,24 @@ pub(crate) fn refill_spare(state: &Shared) {
                 st.spare_failed = Some(Instant::now());
             }
             Err(_) => st.spare_failed = Some(Instant::now()),
+        }
+    });
+}
+
+/// Prepares the next spare once no exec has started for [`SPARE_AFTER_QUIET`] after this point (an exec's end).
+///
+/// A spare saves an exec the wait for an RCU grace period (~10 ms here) that a cgroup v1 migration costs after a
+/// quiet spell. Migrations that follow one another within ~10 ms are cheap (~0.1 ms), so back-to-back execs
+/// start directly at no such cost; a spare prepared between them only competed with them for the CPU and the
+/// migration lock. Measured with 500 × `exec true` from the SDK: p50 1.62–1.74 ms with a spare prepared after
+/// every exec, 1.32–1.42 ms with none; with 50 ms between execs, 2.4 ms with a spare and 8.9 ms without.
+pub(super) fn refill_spare_when_quiet(state: &Shared) {
+    let started = state.borrow().execs_started;
+    let state = state.clone();
+    tokio::task::spawn_local(async move {
+        tokio::time::sleep(SPARE_AFTER_QUIET).await;
+        if state.borrow().execs_started == started {
+            refill_spare(&state);
         }
     });
 }

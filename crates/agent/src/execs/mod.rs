@@ -35,6 +35,9 @@ const DRAIN_IDLE: Duration = Duration::from_millis(100);
 const WRITE_GIVE_UP: Duration = Duration::from_secs(30);
 /// After a spare helper could not be prepared, how long execs start directly before another is tried.
 const SPARE_RETRY: Duration = Duration::from_secs(5);
+/// How long after an exec's end, with no exec started meanwhile, the next spare helper is prepared (see
+/// `launch::refill_spare_when_quiet`).
+const SPARE_AFTER_QUIET: Duration = Duration::from_millis(5);
 /// Most cgroups of ended execs kept for execs to come (as many as ran at once, up to this).
 const MAX_SPARE_CGROUPS: usize = 4;
 /// Ended execs whose journal expired are forgotten beyond this many.
@@ -48,7 +51,7 @@ mod stdin;
 use launch::start;
 use running::{pump, retain, supervise};
 
-pub(crate) use launch::{adopt_main, end_idle_main, main_end, refill_spare, start_failure};
+pub(crate) use launch::{adopt_main, end_idle_main, main_end, start_failure};
 pub(crate) use serve::{attach, start_and_attach};
 pub(crate) use stdin::stdin;
 

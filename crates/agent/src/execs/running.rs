@@ -176,9 +176,9 @@ pub(super) async fn supervise(
     state.borrow_mut().live_execs -= 1;
     // With the end, before anything that waits: whoever sees this exec ended sees the budget kept too.
     keep_within_budget(&state);
-    // The next spare is prepared now, not while this exec ran: its cgroup migration briefly holds a lock that
-    // process exits wait for, which would slow the exec it was meant to speed up.
-    refill_spare(&state);
+    // The next spare is prepared after this exec, not while it ran: its cgroup migration briefly holds a lock
+    // that process exits wait for, which would slow the exec it was meant to speed up.
+    super::launch::refill_spare_when_quiet(&state);
     // After the end is out: the cgroup, once empty, is kept for a later exec (reset), or removed (that takes the
     // kernel ~10 ms: off the agent's thread).
     if let Some(mut cg) = cgroup {
