@@ -1,8 +1,10 @@
 //! A spare exec process, started ahead of time and already moved into a fresh exec cgroup.
 //!
-//! Moving a process into a cgroup v1 hierarchy waits for an RCU grace period when no migration is under way
-//! (about 10 ms here; back-to-back migrations are fast). Paid at exec time, that would make every isolated
-//! exec ~10 ms slower. So the agent keeps one spare: this binary re-executed (`/proc/self/exe`, which works
+//! Moving a whole process into a cgroup v2 hierarchy waits for an RCU grace period when no migration is under
+//! way (5–35 ms; back-to-back migrations are fast), unless the host set `favordynmods`; on v1 a process moves
+//! itself cheaply (`tasks`, see `hangar_runtime::cgroups`), so agents there keep no spare unless told to. Paid
+//! at exec time, that would make every isolated exec that much slower. So the agent keeps one spare (once its
+//! sandbox ran an exec and execs pause): this binary re-executed (`/proc/self/exe`, which works
 //! inside the sandbox) in helper mode, sitting in its exec cgroup, waiting on a socket for a command. An exec
 //! hands it argv, environment, working directory, user and its stdio descriptors; the helper becomes the
 //! command with `execve` (so the exec's pid is the helper's). Then the agent prepares the next spare off the
@@ -67,8 +69,8 @@ pub(crate) fn prepare(cgroup: ExecCgroup) -> std::io::Result<Spare> {
 
 fn prepare_helper(cgroup: &ExecCgroup) -> std::io::Result<(i32, UnixStream)> {
     let (ours, theirs) = UnixStream::pair()?;
-    let fds = cgroup.procs_fds();
-    // The helper inherits its cgroup's `cgroup.procs` descriptors under the same numbers (only its copies
+    let fds = cgroup.join_fds();
+    // The helper inherits its cgroup's join descriptors under the same numbers (only its copies
     // lose close-on-exec: the flag belongs to each process's descriptor table) and is told which they are.
     let numbers: Vec<String> = fds.iter().map(|fd| fd.to_string()).collect();
     let mut cmd = Command::new("/proc/self/exe");
@@ -126,8 +128,8 @@ impl Spare {
 /// the way: the path a spare saves, and the one that works in any image. Returns the command's pid.
 pub(crate) fn start_directly(order: &Order, with: Handover<'_>, cgroup: Option<&ExecCgroup>) -> std::io::Result<i32> {
     let stdio = with.stdio.map(|f| f.as_fd());
-    let cgroup_procs = cgroup.map(|cg| cg.procs_fds()).unwrap_or_default();
-    hangar_runtime::spawn_process(&process_spec(order, stdio, with.cwd.as_fd(), cgroup_procs)?)
+    let cgroup_joins = cgroup.map(|cg| cg.join_fds()).unwrap_or_default();
+    hangar_runtime::spawn_process(&process_spec(order, stdio, with.cwd.as_fd(), cgroup_joins)?)
 }
 
 /// The order as the runtime's process recipe (shared by both ways of starting a command).
@@ -135,7 +137,7 @@ fn process_spec<'a>(
     order: &Order,
     stdio: [BorrowedFd<'a>; 3],
     cwd: BorrowedFd<'a>,
-    cgroup_procs: Vec<RawFd>,
+    cgroup_joins: Vec<RawFd>,
 ) -> std::io::Result<hangar_runtime::ProcessSpec<'a>> {
     use std::ffi::CString;
     let c = |s: &str| CString::new(s).map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput));
@@ -156,7 +158,7 @@ fn process_spec<'a>(
         env: order.env.iter().map(|(k, v)| c(&format!("{k}={v}"))).collect::<std::io::Result<_>>()?,
         stdio,
         cwd,
-        cgroup_procs,
+        cgroup_joins,
         user: order.user,
         tty: order.tty,
     })

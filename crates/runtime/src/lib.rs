@@ -43,7 +43,7 @@ pub fn enter(spec: &SandboxSpec) -> Result<cgroups::CgroupDirs> {
         nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET)
             .map_err(|e| Error::sys("setns", "the sandbox's network namespace", e))?;
     }
-    cgroups::join(&spec.cgroup_procs)?;
+    cgroups::join(&spec.cgroup_joins)?;
     let dirs = cgroups::CgroupDirs::open(&spec.exec_cgroup_parents, &spec.id);
     rootfs::unshare_cgroup_namespace()?;
     rootfs::build_and_pivot(&spec.rootfs)?;

@@ -160,8 +160,9 @@ pub struct ProcessSpec<'a> {
     pub stdio: [BorrowedFd<'a>; 3],
     /// The working directory, already resolved inside the sandbox (`fchdir`, never a path looked up again).
     pub cwd: BorrowedFd<'a>,
-    /// `cgroup.procs` files to write `0` to (joining those cgroups before anything runs).
-    pub cgroup_procs: Vec<RawFd>,
+    /// Join files of cgroups to write `0` to (`hangar_runtime::cgroups::ExecCgroup::join_fds`: joining those
+    /// cgroups before anything runs, while the child has one thread).
+    pub cgroup_joins: Vec<RawFd>,
     /// Run as this (uid, gid), with no supplementary groups.
     pub user: Option<(u32, u32)>,
     /// A session of its own with stdin (a terminal) as its controlling terminal; else a process group of its
@@ -236,7 +237,7 @@ impl<'a> Prepared<'a> {
                 fail(1);
             }
         }
-        for &fd in &self.spec.cgroup_procs {
+        for &fd in &self.spec.cgroup_joins {
             if libc::write(fd, b"0".as_ptr().cast(), 1) < 0 {
                 fail(2);
             }

@@ -10,8 +10,10 @@ pub struct SandboxSpec {
     pub hostname: String,
     /// How to build the root filesystem.
     pub rootfs: RootfsSpec,
-    /// `cgroup.procs` files the agent writes itself into, one per controller hierarchy.
-    pub cgroup_procs: Vec<PathBuf>,
+    /// The files the agent writes itself into, one per controller hierarchy
+    /// ([`crate::cgroups::SandboxCgroup::agent_join_files`]).
+    #[serde(alias = "cgroup_procs")]
+    pub cgroup_joins: Vec<PathBuf>,
     /// Directories the workload's processes get their cgroups under, one per hierarchy. (Absent in the
     /// configurations of sandboxes made before the workload had a cgroup of its own: still readable.)
     #[serde(default)]

@@ -332,7 +332,7 @@ fn refill_spare(state: &Shared) {
         let mut st = state.borrow_mut();
         let resting = st.spare_failed.is_some_and(|t| t.elapsed() < SPARE_RETRY);
         // A spare only takes the cgroup migration off the exec's path: without exec cgroups (a Pod), or where
-        // migrations are cheap (the host's favordynmods), it saves nothing and costs a process (~250 KiB).
+        // moves are cheap (cgroup v1, or v2 with the host's favordynmods), it saves nothing and costs a process.
         let useless = st.spare_unusable
             || st.table.cgroups.is_empty()
             || !crate::server::SPARE_HELPERS.load(std::sync::atomic::Ordering::Relaxed);
@@ -380,11 +380,12 @@ fn refill_spare(state: &Shared) {
 
 /// Prepares the next spare once no exec has started for [`SPARE_AFTER_QUIET`] after this point (an exec's end).
 ///
-/// A spare saves an exec the wait for an RCU grace period (~10 ms here) that a cgroup v1 migration costs after a
+/// A spare saves an exec the wait for an RCU grace period (5–35 ms) that a process's cgroup move costs after a
 /// quiet spell. Migrations that follow one another within ~10 ms are cheap (~0.1 ms), so back-to-back execs
 /// start directly at no such cost; a spare prepared between them only competed with them for the CPU and the
 /// migration lock. Measured with 500 × `exec true` from the SDK: p50 1.62–1.74 ms with a spare prepared after
-/// every exec, 1.32–1.42 ms with none; with 50 ms between execs, 2.4 ms with a spare and 8.9 ms without.
+/// every exec, 1.32–1.42 ms with none; with 50 ms between execs, 2.4 ms with a spare and 8.9 ms without (moves
+/// through `cgroup.procs`; on v1 execs now move themselves through `tasks`, and need no spare).
 pub(super) fn refill_spare_when_quiet(state: &Shared) {
     let started = state.borrow().execs_started;
     let state = state.clone();

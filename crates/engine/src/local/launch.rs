@@ -184,7 +184,7 @@ impl Local {
                 id: id.clone(),
                 hostname: id.clone(),
                 rootfs,
-                cgroup_procs: cgroup.agent_procs_files(),
+                cgroup_joins: cgroup.agent_join_files(),
                 exec_cgroup_parents: cgroup.exec_parents(),
                 netns: net.is_some(),
             },

@@ -67,8 +67,7 @@ impl Local {
         if cfg.favor_dynmods {
             hangar_runtime::cgroups::make_migrations_cheap()?;
         }
-        let spare_helpers =
-            cfg.spare_helpers.unwrap_or_else(|| hangar_runtime::cgroups::migrations_are_cheap() != Some(true));
+        let spare_helpers = cfg.spare_helpers.unwrap_or_else(|| !cgroups.joins_are_cheap());
         let volume = match cfg.disk_budget_bytes {
             Some(_) => {
                 // Sparse: as large as the host filesystem, so only the budgets (and the host disk) limit it.
