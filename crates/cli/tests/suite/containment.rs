@@ -127,7 +127,6 @@ async fn working_directories_never_resolve_outside_even_without_a_spare_helper()
         .check(true)
         .await
         .unwrap();
-    let agent = agent_pid(sb.id());
     for round in ["with a spare", "without a spare"] {
         if round == "without a spare" {
             // A workload can kill the spare helper; execs then start from a helper made on the spot.
@@ -150,14 +149,14 @@ async fn working_directories_never_resolve_outside_even_without_a_spare_helper()
             }
         }
         // (A spare is prepared once execs pause for a moment: back-to-back ones start directly.)
-        if round == "with a spare" {
-            assert_eq!(spare_helper_waits(agent).await, spares_expected(), "{round}");
+        if round == "with a spare" && spares_expected() {
+            assert!(spare_helper_waits(agent_pid(sb.id())).await, "{round}: no spare helper waits");
         }
         let r = sb.exec(["pwd"]).cwd("/tmp/real").await.unwrap();
         assert_eq!(r.stdout_text(), "/tmp/real\n", "{round}");
         // The exec's only descriptors are its stdio (3 is ls's own directory).
-        if round == "with a spare" {
-            assert_eq!(spare_helper_waits(agent).await, spares_expected(), "{round}");
+        if round == "with a spare" && spares_expected() {
+            assert!(spare_helper_waits(agent_pid(sb.id())).await, "{round}: no spare helper waits");
         }
         let fds = sb.exec(["ls", "/proc/self/fd"]).await.unwrap();
         assert_eq!(fds.stdout_text(), "0\n1\n2\n3\n", "{round}: inherited descriptors");
