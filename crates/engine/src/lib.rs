@@ -83,14 +83,15 @@ pub struct EngineConfig {
     /// Set the host's cgroup2 `favordynmods` option when the engine opens, so that on a pure cgroup v2 host
     /// moving a sandbox's agent and exec processes into their cgroups takes ~0.1 ms instead of an RCU grace
     /// period (5–35 ms, on every start after a quiet moment; on v1 they move themselves cheaply anyway, see
-    /// `hangar_runtime::cgroups::Cgroups::joins_are_cheap`) — at the price of slightly dearer forks and exits host-wide, until
-    /// the host reboots (see `hangar_runtime::cgroups::migrations_are_cheap`). `$HANGAR_CGROUP_FAVORDYNMODS=1`;
-    /// off unless set: it changes the host, which is the operator's call.
+    /// `hangar_runtime::cgroups::Cgroups::joins_are_cheap`) — at the price of slightly dearer forks and exits
+    /// host-wide, until the host reboots (see `hangar_runtime::cgroups::migrations_are_cheap`).
+    /// `$HANGAR_CGROUP_FAVORDYNMODS=1`; off unless set: it changes the host, which is the operator's call.
     pub favor_dynmods: bool,
     /// Whether agents keep a spare exec helper ready (from their sandbox's first exec on, whenever execs pause);
     /// `None` (the default): only where a process's move into a cgroup is slow
     /// (`hangar_runtime::cgroups::Cgroups::joins_are_cheap`: v2 without `favordynmods`), since a spare only
-    /// takes a move off an exec's path and costs a process (~200 KiB). `$HANGAR_SPARE_HELPERS=1` or `0` decides for every host.
+    /// takes a move off an exec's path and costs a process (~200 KiB). `$HANGAR_SPARE_HELPERS=1` or `0`
+    /// decides for every host.
     pub spare_helpers: Option<bool>,
     /// Bytes all exec journals of one sandbox may hold together; past it, ended execs' journals nobody reads
     /// are expired early, oldest first. [`hangar_types::DEFAULT_JOURNAL_BUDGET`] (4 GiB) unless set
