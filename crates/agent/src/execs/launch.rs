@@ -326,17 +326,21 @@ pub(super) fn give_to_helper(
     }
 }
 
+/// Whether this agent keeps spares at all. A spare only takes the cgroup migration off the exec's path: without
+/// exec cgroups (a Pod), or where moves are cheap (cgroup v1, or v2 with the host's favordynmods), it saves
+/// nothing and costs a process.
+fn spares_wanted(st: &crate::state::State) -> bool {
+    !st.spare_unusable
+        && !st.table.cgroups.is_empty()
+        && crate::server::SPARE_HELPERS.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// Prepares the next spare in the background (its cgroup migration off every exec's path).
 fn refill_spare(state: &Shared) {
     let cgroup = {
         let mut st = state.borrow_mut();
         let resting = st.spare_failed.is_some_and(|t| t.elapsed() < SPARE_RETRY);
-        // A spare only takes the cgroup migration off the exec's path: without exec cgroups (a Pod), or where
-        // moves are cheap (cgroup v1, or v2 with the host's favordynmods), it saves nothing and costs a process.
-        let useless = st.spare_unusable
-            || st.table.cgroups.is_empty()
-            || !crate::server::SPARE_HELPERS.load(std::sync::atomic::Ordering::Relaxed);
-        if st.spare.is_some() || st.spare_pending || resting || st.stopping || useless {
+        if st.spare.is_some() || st.spare_pending || resting || st.stopping || !spares_wanted(&st) {
             return;
         }
         st.spare_count += 1;
@@ -387,6 +391,10 @@ fn refill_spare(state: &Shared) {
 /// every exec, 1.32–1.42 ms with none; with 50 ms between execs, 2.4 ms with a spare and 8.9 ms without (moves
 /// through `cgroup.procs`; on v1 execs now move themselves through `tasks`, and need no spare).
 pub(super) fn refill_spare_when_quiet(state: &Shared) {
+    // (Where no spares are kept, which is the default on cgroup v1, no timer either: this runs after every exec.)
+    if !spares_wanted(&state.borrow()) {
+        return;
+    }
     let started = state.borrow().execs_started;
     let state = state.clone();
     tokio::task::spawn_local(async move {
