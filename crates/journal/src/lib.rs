@@ -141,6 +141,8 @@ struct Stream {
     dropped_to: u64,
     lost: Vec<(u64, u64)>,
     crc: crc32fast::Hasher,
+    /// Where [`Writer::append_from`] reads back what the kernel moved in, for the CRC.
+    view: Option<View>,
 }
 
 /// An attached reader, for [`Writer::ack`] and [`Writer::detach`].
@@ -222,7 +224,7 @@ impl Writer {
     fn with_streams(files: [Option<File>; 2], cap: u64) -> Self {
         let cap = cap.max(MIN_CAP);
         let head = head_of(cap);
-        let stream = |file| Stream { file, written: 0, dropped_to: head, lost: vec![], crc: Default::default() };
+        let stream = |file| Stream { file, written: 0, dropped_to: head, lost: vec![], crc: Default::default(), view: None };
         let [out, err] = files;
         Self {
             streams: [stream(out), stream(err)],
@@ -346,6 +348,45 @@ impl Writer {
         Ok(())
     }
 
+    /// Journals what pipe `src` holds, at most `max` bytes (and [`Writer::room`]), at the end of stream `i`,
+    /// moved by the kernel (`splice`): the bytes never pass through this process's memory on the way in,
+    /// only read back from the page cache for the CRC. How many bytes it took; 0: the pipe's writers are
+    /// gone and it is empty. A pipe with nothing to read fails with [`io::ErrorKind::WouldBlock`] (`src` is
+    /// non-blocking); a failed write (the host's disk is full) takes nothing from the pipe, and neither
+    /// does a `src` that is no pipe. Either way the caller reads the bytes itself and [`Writer::append`]s
+    /// them, which says what to do when they cannot be journaled.
+    ///
+    /// ```
+    /// # let dir = std::env::temp_dir().join(format!("journal-append-from-doc-{}", std::process::id()));
+    /// # std::fs::create_dir_all(&dir).unwrap();
+    /// use std::os::fd::AsFd;
+    /// let state = std::fs::File::open(&dir).unwrap();
+    /// let mut w = hangar_journal::Writer::create(state.as_fd(), "ex-1", 1 << 20).unwrap();
+    /// let (r, wr) = nix::unistd::pipe().unwrap();
+    /// nix::unistd::write(&wr, b"hi\n").unwrap();
+    /// drop(wr);
+    /// assert_eq!(w.append_from(0, r.as_fd(), 1 << 20).unwrap(), 3);
+    /// assert_eq!(w.append_from(0, r.as_fd(), 1 << 20).unwrap(), 0, "the pipe's end");
+    /// assert_eq!(std::fs::read(dir.join("execs/ex-1/stdout")).unwrap(), b"hi\n");
+    /// assert_eq!(w.crc32()[0], crc32fast::hash(b"hi\n"));
+    /// # std::fs::remove_dir_all(&dir).unwrap();
+    /// ```
+    pub fn append_from(&mut self, i: usize, src: BorrowedFd<'_>, max: usize) -> io::Result<usize> {
+        use nix::fcntl::{splice, SpliceFFlags};
+        let max = max.min(self.room());
+        let s = &mut self.streams[i];
+        let file = match &s.file {
+            Some(f) if self.unmade.is_none() => f,
+            _ => return Err(io::Error::other("the journal's files are not open")),
+        };
+        let mut off = s.written as libc::loff_t;
+        let n = splice(src, None, file, Some(&mut off), max, SpliceFFlags::SPLICE_F_NONBLOCK)?;
+        View::update_crc(&mut s.view, file, s.written, n, &mut s.crc)?;
+        s.written += n as u64;
+        self.make_room(i);
+        Ok(n)
+    }
+
     /// Bytes written so far (stdout, stderr).
     pub fn written(&self) -> [u64; 2] {
         [self.streams[0].written, self.streams[1].written]
@@ -371,6 +412,7 @@ impl Writer {
     pub fn close(&mut self) {
         for s in &mut self.streams {
             s.file = None;
+            s.view = None;
         }
     }
 
@@ -696,6 +738,69 @@ fn wait_writable(fd: BorrowedFd<'_>) -> io::Result<()> {
         Ok(_) | Err(nix::errno::Errno::EINTR) => Ok(()),
         Err(e) => Err(e.into()),
     }
+}
+
+/// A read-only map of a stretch of a stream's file: [`Writer::append_from`] computes the CRC of what the
+/// kernel spliced in there, from the page cache, instead of copying it in.
+struct View {
+    ptr: std::ptr::NonNull<libc::c_void>,
+    /// The file offset mapped at `ptr` (page-aligned).
+    at: u64,
+}
+
+impl View {
+    /// Bytes mapped: 16 moves of the largest append.
+    const LEN: usize = 16 * CHUNK;
+
+    /// Adds bytes `at..at + n` of `file`, just written, to `crc`, mapping the stretch of the file that holds
+    /// them first when `view` does not. Where they cannot be mapped, reads them instead.
+    fn update_crc(view: &mut Option<View>, file: &File, at: u64, n: usize, crc: &mut crc32fast::Hasher) -> io::Result<()> {
+        use nix::sys::mman::{madvise, MmapAdvise};
+        if n == 0 {
+            return Ok(());
+        }
+        let end = at + n as u64;
+        if !view.as_ref().is_some_and(|v| v.at <= at && end <= v.at + Self::LEN as u64) {
+            *view = None;
+            *view = Self::map(file, at & !(page_size() - 1)).ok();
+        }
+        let Some(v) = view.as_ref() else {
+            crc.update(&pread_exact(file, n, at)?);
+            return Ok(());
+        };
+        let start = (at - v.at) as usize;
+        let page = start & !(page_size() as usize - 1);
+        // SAFETY: `page..start + n` lies within the map (checked above); the bytes are in the file, just written.
+        let populated = unsafe { madvise(v.ptr.byte_add(page), start + n - page, MmapAdvise::MADV_POPULATE_READ) };
+        if populated.is_err() {
+            // (Populating first turns a page the kernel cannot bring in into an error here, not a SIGBUS.)
+            crc.update(&pread_exact(file, n, at)?);
+            return Ok(());
+        }
+        // SAFETY: the bytes are mapped and populated; the file only grows while the exec runs (a drop punches
+        // holes only in delivered bytes, below any append), so they stay readable.
+        crc.update(unsafe { std::slice::from_raw_parts(v.ptr.as_ptr().cast::<u8>().add(start), n) });
+        Ok(())
+    }
+
+    fn map(file: &File, at: u64) -> io::Result<View> {
+        use nix::sys::mman::{mmap, MapFlags, ProtFlags};
+        let len = std::num::NonZeroUsize::new(Self::LEN).expect("not zero");
+        // SAFETY: a new shared read-only map of a file this writer owns; nothing else is mapped there.
+        let ptr = unsafe { mmap(None, len, ProtFlags::PROT_READ, MapFlags::MAP_SHARED, file, at as libc::off_t)? };
+        Ok(View { ptr, at })
+    }
+}
+
+impl Drop for View {
+    fn drop(&mut self) {
+        // SAFETY: the map made in `View::map`, of this length; nothing borrows from it past `update_crc`.
+        let _ = unsafe { nix::sys::mman::munmap(self.ptr, Self::LEN) };
+    }
+}
+
+fn page_size() -> u64 {
+    nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE).ok().flatten().unwrap_or(4096) as u64
 }
 
 /// `len` bytes of `file` at `at` in a new buffer, which is not zeroed first: streaming hands out a buffer per

@@ -485,3 +485,64 @@ fn a_spare_journal_becomes_the_execs_and_an_id_used_again_starts_empty() {
     assert_eq!(std::fs::read(d.path.join("execs/ex-1/stdout")).unwrap(), b"second");
     assert!(!d.path.join("execs/.spare").exists(), "the unusable spare was removed");
 }
+
+/// Pipes the test pattern from `from` to `from + len` into stream `i` through `append_from`, as the agent's
+/// pump does: what the pipe holds, moved by the kernel, until the writer of the pipe is done.
+fn fill_from_pipe(w: &mut Writer, i: usize, from: u64, len: usize) {
+    let (r, wr) = nix::unistd::pipe().unwrap();
+    nix::fcntl::fcntl(&r, nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK)).unwrap();
+    let data = bytes_from(from, len);
+    let feeder = std::thread::spawn(move || write_all(wr.as_fd(), &data).unwrap());
+    let mut got = 0;
+    loop {
+        w.make_room(i);
+        match w.append_from(i, r.as_fd(), CHUNK) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => std::thread::sleep(std::time::Duration::from_micros(50)),
+            Err(e) => panic!("append_from: {e}"),
+        }
+    }
+    feeder.join().unwrap();
+    assert_eq!(got, len);
+}
+
+#[test]
+fn bytes_moved_in_from_a_pipe_arrive_in_order_with_their_crc_across_many_maps_and_drops() {
+    let d = Dir::new();
+    // 40 MiB through a cap of 24 MiB: the CRC's map of the file moves on twice, and the middle is dropped.
+    let mut w = d.writer(24 << 20);
+    fill(&mut w, 0, 1000);
+    fill_from_pipe(&mut w, 0, 1000, 40 << 20);
+    let end = end_of(&w);
+    let total = 1000 + (40 << 20);
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(&bytes_from(0, total as usize));
+    assert_eq!(end.crc32[0], crc.finalize(), "the CRC of every byte, those moved by the kernel too");
+    assert_eq!(w.written()[0], total);
+    let p = w.progress(Some(end));
+    let mut r = d.reader([0, 0]);
+    let got = drain(&mut r, &p);
+    let head = p.head as usize;
+    assert_eq!(&got.data[0][..head], &bytes_from(0, head)[..], "the head");
+    let kept = total - p.dropped_to[0];
+    assert!(kept > 8 << 20, "the tail is kept: {kept}");
+    assert!(got.data[0].ends_with(&bytes_from(p.dropped_to[0], kept as usize)), "the tail, byte for byte");
+}
+
+#[test]
+fn a_source_that_is_no_pipe_takes_nothing_and_says_so() {
+    let d = Dir::new();
+    let mut w = d.writer(1 << 20);
+    let file = std::fs::File::open("/proc/self/stat").unwrap();
+    let tty = nix::pty::openpty(None, None).unwrap();
+    nix::unistd::write(&tty.slave, b"x\n").unwrap();
+    for src in [file.as_fd(), tty.master.as_fd()] {
+        let err = w.append_from(0, src, CHUNK).unwrap_err();
+        assert_ne!(err.kind(), io::ErrorKind::WouldBlock, "{err}");
+    }
+    assert_eq!(w.written(), [0, 0]);
+    let mut buf = [0u8; 8];
+    let n = nix::unistd::read(&tty.master, &mut buf).unwrap();
+    assert_eq!(&buf[..n], b"x\r\n", "the terminal's bytes are still there to read");
+}

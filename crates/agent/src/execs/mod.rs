@@ -217,6 +217,17 @@ impl Exec {
         Ok(())
     }
 
+    /// Journals what pipe `src` holds, at most `max` bytes ([`hangar_journal::Writer::append_from`]).
+    fn append_from(&mut self, i: usize, src: std::os::fd::BorrowedFd<'_>, max: usize) -> io::Result<usize> {
+        let at = self.journal.written()[0];
+        let n = self.journal.append_from(i, src, max)?;
+        if let Some(t) = self.times.as_mut().filter(|_| i == 0 && n > 0) {
+            let _ = t.note(state_dir(), at, hangar_types::now_ms());
+        }
+        self.publish();
+        Ok(n)
+    }
+
     fn publish(&self) {
         self.progress.send_replace(self.journal.progress(self.end.clone()));
     }

@@ -30,6 +30,10 @@ pub(super) async fn pump(
     // the rest of the pump (memset, page faults, the heap grown and trimmed again). A read that fills it
     // grows it, up to what one append takes.
     let mut buf = vec![0u8; FIRST_READ];
+    // A pipe's bytes are moved into the journal by the kernel once its files are made (by the first bytes,
+    // read: an exec that prints nothing leaves no files); a terminal's (or a copy for `tee`) pass through
+    // `buf`, and so do a pipe's once moving them failed (a full disk: `journal` says what to do then).
+    let mut splicing = tee.is_none();
     loop {
         loop {
             let space = e.borrow().space.clone();
@@ -41,10 +45,22 @@ pub(super) async fn pump(
             }
             room.await;
         }
+        if splicing && !e.borrow().journal.unmade() {
+            let got = tokio::select! {
+                r = splice_some(&state, &e, i, &src) => r,
+                _ = drained(&mut exited) => break,
+            };
+            match got {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(_) => splicing = false,
+            }
+            continue;
+        }
         let room = e.borrow().journal.room().min(buf.len());
         let got = tokio::select! {
             r = read_some(&src, &mut buf[..room]) => r,
-            _ = async { let _ = exited.wait_for(|x| *x).await; tokio::time::sleep(DRAIN_IDLE).await } => break,
+            _ = drained(&mut exited) => break,
         };
         match got {
             // End of file, or EIO from a terminal whose last holder closed it.
@@ -65,6 +81,45 @@ pub(super) async fn pump(
     }
 }
 
+/// Returns [`DRAIN_IDLE`] after the process ended: a pump stops then even if something it started still
+/// holds the pipe open.
+async fn drained(exited: &mut watch::Receiver<bool>) {
+    let _ = exited.wait_for(|x| *x).await;
+    tokio::time::sleep(DRAIN_IDLE).await
+}
+
+/// Journals what pipe `src` holds, moved by the kernel ([`hangar_journal::Writer::append_from`]), once it
+/// holds something. 0: the pipe's end.
+async fn splice_some(state: &Shared, e: &ExecRef, i: usize, src: &AsyncFd<OwnedFd>) -> io::Result<usize> {
+    loop {
+        let mut guard = src.readable().await?;
+        let room = e.borrow().journal.room();
+        match guard.try_io(|fd| e.borrow_mut().append_from(i, std::os::fd::AsFd::as_fd(fd.get_ref()), room)) {
+            Ok(r) => {
+                if e.borrow().id != MAIN_EXEC {
+                    state.borrow_mut().table.journals_at_most += *r.as_ref().unwrap_or(&0) as u64;
+                }
+                return r;
+            }
+            Err(_would_block) => continue,
+        }
+    }
+}
+
+/// Makes the journal's files with its first byte (see `Writer::lazy`), from the spare when there is one.
+fn make_files(state: &Shared, e: &ExecRef) -> io::Result<()> {
+    if !e.borrow().journal.unmade() {
+        return Ok(());
+    }
+    let spare = state.borrow_mut().spare_journal.take();
+    let taken = spare.is_some();
+    let made = e.borrow_mut().journal.make_files(state_dir(), spare);
+    if taken {
+        super::launch::refill_journal(state);
+    }
+    made
+}
+
 /// Journals what the process wrote. While the journal cannot be written (the host's disk is full) the bytes
 /// are kept and the pipe is not read, so the command waits, as for a slow reader; the bytes are given up
 /// only [`WRITE_GIVE_UP`] after the process ended.
@@ -76,17 +131,8 @@ pub(super) async fn journal(state: &Shared, e: &ExecRef, i: usize, data: &[u8], 
         if lose {
             crate::log!("exec {}: {} bytes given up: the journal could not be written", e.borrow().id, data.len());
         }
-        // The first byte makes the journal's files (see `Writer::lazy`), from the spare when there is one. When
-        // they cannot be made, the append fails as on a full disk, and why is said.
-        let mut made = Ok(());
-        if e.borrow().journal.unmade() {
-            let spare = state.borrow_mut().spare_journal.take();
-            let taken = spare.is_some();
-            made = e.borrow_mut().journal.make_files(state_dir(), spare);
-            if taken {
-                super::launch::refill_journal(state);
-            }
-        }
+        // When the journal's files cannot be made, the append fails as on a full disk, and why is said.
+        let made = make_files(state, e);
         let Err(err) = e.borrow_mut().append(i, data, lose) else {
             if e.borrow().id != MAIN_EXEC {
                 state.borrow_mut().table.journals_at_most += data.len() as u64;
