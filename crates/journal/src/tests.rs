@@ -248,8 +248,9 @@ fn concurrent_readers_each_hold_back_the_drop_and_each_get_everything() {
 
 /// Streams `total` bytes to stdout with one attached reader that keeps up and acks; what it got.
 fn stream_through(d: &Dir, w: &mut Writer, total: u64) -> Vec<u8> {
-    let me = w.attach([0, 0]);
-    let mut r = d.reader([0, 0]);
+    let from = w.written();
+    let me = w.attach(from);
+    let mut r = d.reader(from);
     let mut got = Vec::new();
     while w.written()[0] < total {
         let n = (total - w.written()[0]).min(256 << 10);
@@ -545,4 +546,77 @@ fn a_source_that_is_no_pipe_takes_nothing_and_says_so() {
     let mut buf = [0u8; 8];
     let n = nix::unistd::read(&tty.master, &mut buf).unwrap();
     assert_eq!(&buf[..n], b"x\r\n", "the terminal's bytes are still there to read");
+}
+
+/// Stream bytes `from..` as a late reader gets them through `next_sent` (`sendfile` into a file), with
+/// the gaps it is told of.
+fn sent_from(d: &Dir, p: &Progress, from: u64) -> (Vec<u8>, Vec<(u64, u64)>) {
+    let out = d.path.join("sent");
+    let file = std::fs::File::create(&out).unwrap();
+    let mut r = d.reader([from, 0]);
+    let mut gaps = vec![];
+    loop {
+        match r.next_sent(p, [file.as_fd(), file.as_fd()]).unwrap() {
+            Some(Next::Event(ExecEvent::Gap { from, to, .. })) => gaps.push((from, to)),
+            Some(Next::Event(ExecEvent::Exit(_))) | None => break,
+            Some(_) => {}
+        }
+    }
+    (std::fs::read(&out).unwrap(), gaps)
+}
+
+#[test]
+fn a_streamed_journal_goes_round_its_ring_in_place_and_readers_get_every_byte_across_laps() {
+    let d = Dir::new();
+    let (mib, total) = (1 << 20, 45 << 20);
+    // A 16 MiB cap: a 4 MiB head, then a 12 MiB ring, gone round three times and more.
+    let mut w = d.writer(16 * mib).streamed(Streamed { lead: mib, keep: 2 * mib });
+    let third = total / 3;
+    assert!(stream_through(&d, &mut w, third) == bytes_from(0, third as usize), "a live reader");
+    fill_from_pipe(&mut w, 0, third, third as usize);
+    let last = bytes_from(2 * third, (total - 2 * third) as usize);
+    assert!(stream_through(&d, &mut w, total) == last, "a live reader after the ring went round unread");
+    let end = end_of(&w);
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(&bytes_from(0, total as usize));
+    assert_eq!(end.crc32[0], crc.finalize());
+    let p = w.progress(Some(end));
+    assert_eq!((p.head, p.ring), (4 * mib, 12 * mib));
+    // The file is the head and the ring, written over in place: never longer, no page of it given back.
+    let meta = std::fs::metadata(d.path.join(dir("ex-1")).join(FILES[0])).unwrap();
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(meta.len(), 16 * mib);
+    assert!(meta.blocks() * 512 >= 16 * mib, "{} bytes allocated", meta.blocks() * 512);
+    // A late reader: the head, the gap, then the kept bytes, read back from their places in the ring.
+    let dropped = p.dropped_to[0];
+    assert!(dropped <= total - 2 * mib, "dropped to {dropped}");
+    let mut expect = bytes_from(0, p.head as usize);
+    expect.extend(bytes_from(dropped, (total - dropped) as usize));
+    let late = drain(&mut d.reader([0, 0]), &p);
+    assert_eq!(late.gaps[0], vec![(p.head, dropped)]);
+    assert!(late.data[0] == expect, "read: the head, then everything after the gap");
+    let (sent, gaps) = sent_from(&d, &p, 0);
+    assert_eq!(gaps, vec![(p.head, dropped)]);
+    assert!(sent == expect, "sent by the kernel: the same bytes");
+    // The last lines, found by reading backwards across the ring's end.
+    let mut r = d.reader([0, 0]);
+    r.seek_tail(&p, 0, 100_000).unwrap();
+    let kept = bytes_from(dropped, (total - dropped) as usize);
+    assert_eq!(r.position()[0], tail_of(&kept, dropped, 100_000));
+}
+
+#[test]
+fn a_ring_is_made_only_where_it_is_larger_than_what_streaming_keeps() {
+    let d = Dir::new();
+    let (mib, total) = (1 << 20, 20 << 20);
+    let mut w = d.writer(mib).streamed(STREAMED);
+    assert_eq!(w.progress(None).ring, 0, "a 1 MiB cap: byte n at offset n, holes punched");
+    assert!(stream_through(&d, &mut w, total) == bytes_from(0, total as usize));
+    let meta = std::fs::metadata(d.path.join(dir("ex-1")).join(FILES[0])).unwrap();
+    assert_eq!(meta.len(), total);
+    let p = w.progress(None);
+    let (sent, _) = sent_from(&d, &p, p.dropped_to[0]);
+    assert!(sent == bytes_from(p.dropped_to[0], (total - p.dropped_to[0]) as usize));
+    let w = Dir::new().writer(hangar_types::DEFAULT_JOURNAL_CAP).streamed(STREAMED);
+    assert_eq!(w.progress(None).ring, hangar_types::DEFAULT_JOURNAL_CAP - MAX_HEAD, "the default cap's ring");
 }

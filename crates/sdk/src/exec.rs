@@ -300,11 +300,14 @@ impl<'a> Exec<'a> {
         self
     }
 
-    /// Bytes of output kept per stream (default 1 GiB). Beyond it, while no client is attached, the oldest
-    /// bytes after the first few MiB are dropped (the head and the tail survive) and a client that attaches
-    /// later is told the exact range ([`ExecEvent::Gap`], [`Error::IncompleteOutput`]); while a client is
-    /// attached nothing it has not read is dropped: the command waits for it instead (it runs at most 16 MiB
-    /// ahead of its slowest client). Of what clients have read only the head and the last 64 MiB are kept.
+    /// Bytes of output kept per stream (default 128 MiB: the first 8 MiB and the latest 120 MiB). Beyond it,
+    /// while no client is attached, the oldest bytes after the head are dropped (the head and the tail
+    /// survive) and a client that attaches later is told the exact range ([`ExecEvent::Gap`],
+    /// [`Error::IncompleteOutput`]); while a client is attached nothing it has not read is dropped: the
+    /// command waits for it instead (it runs at most 16 MiB ahead of its slowest client). Of what clients have
+    /// read, the head and at least the last 64 MiB are kept. A cap of at least 89 MiB makes the journal a ring
+    /// that is written over in place, the fastest way to stream; a cap above 128 MiB gives back the memory of
+    /// what was read.
     ///
     /// ```no_run
     /// # async fn demo(sb: &hangar::Sandbox) -> hangar::Result<()> {

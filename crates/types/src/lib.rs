@@ -46,8 +46,9 @@ pub const MAX_CPUS: f64 = 1024.0;
 pub const MAX_JOURNAL_CAP: u64 = 64 << 30;
 /// How long an exec's journal is kept after it ended and its last reader left, unless the exec says otherwise.
 pub const DEFAULT_EXEC_RETAIN: Duration = Duration::from_secs(600);
-/// Bytes of output an exec's journal keeps per stream unless the exec says otherwise.
-pub const DEFAULT_JOURNAL_CAP: u64 = 1 << 30;
+/// Bytes of output an exec's journal keeps per stream unless the exec says otherwise: its first 8 MiB, and
+/// the latest 120 MiB in a ring that streaming goes round in place (see `hangar_journal::Writer::streamed`).
+pub const DEFAULT_JOURNAL_CAP: u64 = 128 << 20;
 /// Bytes all of a sandbox's exec journals may hold together unless the engine says otherwise (see the agent's
 /// `Workload::journal_budget`).
 pub const DEFAULT_JOURNAL_BUDGET: u64 = 4 << 30;
