@@ -264,7 +264,8 @@ impl Writer {
     fn with_streams(files: [Option<File>; 2], cap: u64) -> Self {
         let cap = cap.max(MIN_CAP);
         let head = head_of(cap);
-        let stream = |file| Stream { file, written: 0, dropped_to: head, lost: vec![], crc: Default::default(), view: None };
+        let stream =
+            |file| Stream { file, written: 0, dropped_to: head, lost: vec![], crc: Default::default(), view: None };
         let [out, err] = files;
         Self {
             streams: [stream(out), stream(err)],
@@ -287,10 +288,10 @@ impl Writer {
     ///
     /// Its bytes after the head then go round a ring of the cap's size ([`Layout`]), when that is at least
     /// `s.lead + s.keep + `[`CHUNK`]: the file never outgrows the cap, and its pages are written over in
-    /// place instead of punched out and allocated again (a third of the cost of journaling a byte). A
-    /// reader's `sendfile` into a pipe or socket moves references to those pages, not copies; a page is
-    /// written over only after its slowest reader acknowledged `s.keep` more bytes past it, more than any
-    /// pipe or socket buffer holds.
+    /// place instead of punched out and allocated again (a third of the cost of journaling a byte). Readers
+    /// copy out of it ([`Reader::next_sent`]): a page is written over only after its slowest attached reader
+    /// acknowledged `s.keep` more bytes past it, but a pipe may still hold references to it after its reader
+    /// left.
     pub fn streamed(mut self, s: Streamed) -> Self {
         self.streamed = Some(s);
         let ring = self.cap - self.head;
@@ -696,7 +697,8 @@ impl Reader {
 
     /// As [`Reader::next`], but output is sent to `to[stream]` (stdout's, stderr's) instead of handed out:
     /// copied by the kernel from the journal's page cache (`sendfile`, which into a pipe moves references to
-    /// the pages, not the bytes), never through this process. Returns what was sent, gaps, and the end.
+    /// the pages, not the bytes), never through this process; out of a ring ([`Writer::streamed`]), read
+    /// and written. Returns what was sent, gaps, and the end.
     pub fn next_sent(&mut self, p: &Progress, to: [BorrowedFd<'_>; 2]) -> io::Result<Option<Next>> {
         let next = self.next_range(p);
         if let Some(Next::Sent { stream, offset, len }) = next {
@@ -704,8 +706,15 @@ impl Reader {
             self.open(i)?;
             let file = self.files[i].as_ref().expect("opened above");
             let path = self.dir.join(FILES[i]);
-            send(file, self.layout.at(offset), len, to[i])
-                .map_err(|e| io::Error::new(e.kind(), format!("sending {}: {e}", path.display())))?;
+            let at = self.layout.at(offset);
+            // Out of a ring, copies: a page it handed to a pipe by reference would be written over in place
+            // while the pipe holds it, should whoever reads the pipe fall a lap behind (its reader here gone,
+            // nothing holds the command back).
+            let sent = match self.layout.ring {
+                0 => send(file, at, len, to[i]),
+                _ => pread_exact(file, len as usize, at).and_then(|data| write_all(to[i], &data)),
+            };
+            sent.map_err(|e| io::Error::new(e.kind(), format!("sending {}: {e}", path.display())))?;
             self.pos[i] += len;
         }
         Ok(next)
@@ -841,7 +850,13 @@ impl View {
 
     /// Adds bytes `at..at + n` of `file`, just written, to `crc`, mapping the stretch of the file that holds
     /// them first when `view` does not. Where they cannot be mapped, reads them instead.
-    fn update_crc(view: &mut Option<View>, file: &File, at: u64, n: usize, crc: &mut crc32fast::Hasher) -> io::Result<()> {
+    fn update_crc(
+        view: &mut Option<View>,
+        file: &File,
+        at: u64,
+        n: usize,
+        crc: &mut crc32fast::Hasher,
+    ) -> io::Result<()> {
         use nix::sys::mman::{madvise, MmapAdvise};
         if n == 0 {
             return Ok(());

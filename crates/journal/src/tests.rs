@@ -620,3 +620,24 @@ fn a_ring_is_made_only_where_it_is_larger_than_what_streaming_keeps() {
     let w = Dir::new().writer(hangar_types::DEFAULT_JOURNAL_CAP).streamed(STREAMED);
     assert_eq!(w.progress(None).ring, hangar_types::DEFAULT_JOURNAL_CAP - MAX_HEAD, "the default cap's ring");
 }
+
+#[test]
+fn bytes_sent_into_a_pipe_stay_as_they_were_when_the_ring_goes_round_before_the_pipe_is_read() {
+    let d = Dir::new();
+    let (mib, half) = (1 << 20, 512 << 10);
+    let mut w = d.writer(16 * mib).streamed(Streamed { lead: mib, keep: 2 * mib });
+    fill(&mut w, 0, 4 * mib + half);
+    let (r, wr) = nix::unistd::pipe().unwrap();
+    nix::fcntl::fcntl(&wr, nix::fcntl::FcntlArg::F_SETPIPE_SZ(1 << 20)).unwrap();
+    let mut reader = d.reader([4 * mib, 0]);
+    let sent = reader.next_sent(&w.progress(None), [wr.as_fd(), wr.as_fd()]).unwrap();
+    assert!(matches!(sent, Some(Next::Sent { offset, len, .. }) if offset == 4 * mib && len == half), "{sent:?}");
+    // The reader is gone, the pipe not read yet: the command writes on, twice round the 12 MiB ring.
+    fill(&mut w, 0, 24 * mib);
+    let mut got = vec![0u8; half as usize];
+    let mut at = 0;
+    while at < got.len() {
+        at += nix::unistd::read(&r, &mut got[at..]).unwrap();
+    }
+    assert!(got == bytes_from(4 * mib, half as usize), "the pipe holds the bytes as they were sent");
+}
