@@ -4,14 +4,17 @@
 //! turns into output and explicit gaps for a reader.
 //!
 //! Layout: `execs/<exec id>/{stdout,stderr}` under the sandbox's host-side state directory ([`dir`]); byte
-//! `n` of a stream is at file offset `n`, so a reader resumes at any offset with one `pread`. Beyond the cap
-//! per stream ([`Writer::create`]), while no attached reader still needs them, the oldest bytes after a kept
-//! head are hole-punched out and reported as a gap; while a reader still needs them nothing is dropped and
+//! `n` of a stream is at file offset `n`, or, past the head of a streamed journal, at its place in a ring the
+//! size of the rest of the cap ([`Progress::ring`]), so a reader resumes at any offset with one `pread`.
+//! Beyond the cap per stream ([`Writer::create`]), while no attached reader still needs them, the oldest
+//! bytes after a kept head are dropped (hole-punched out, or left to be written over in a ring) and
+//! reported as a gap; while a reader still needs them nothing is dropped and
 //! the writer waits ([`Writer::is_full`]), so a slow reader slows the command instead of losing output.
 //! An exec's journal is [`Writer::streamed`] ([`STREAMED`]): while a reader is attached it runs at most a lead
 //! ahead of it, and of what readers acknowledged it keeps only the last stretch (and the head). It holds what
-//! is unread, not a second copy of everything delivered, so streaming cycles through a few dozen hot MiB of
-//! page cache, like a pipe, instead of filling the host's memory and disk at page-allocation speed.
+//! is unread, not a second copy of everything delivered, so streaming cycles through the ring's page cache,
+//! written over in place like a pipe's buffer, instead of filling the host's memory and disk at
+//! page-allocation speed.
 //!
 //! The writer is the agent's, the reader the engine's: they share no memory, only the files and the
 //! [`Progress`] snapshots the agent sends.
@@ -135,8 +138,8 @@ pub struct Progress {
     pub lost: [Vec<(u64, u64)>; 2],
     /// Set once the exec ended and every byte is journaled.
     pub end: Option<ExecEnd>,
-    /// Stream bytes from `head` on are kept in a ring of this many bytes after the head ([`Layout`]); 0: not
-    /// in a ring (byte `n` at file offset `n`).
+    /// Stream bytes from `head` on are kept in a ring of this many bytes after the head: byte `n` at file
+    /// offset `head + (n - head) % ring`; 0: not in a ring (byte `n` at file offset `n`).
     #[serde(default)]
     pub ring: u64,
 }
@@ -286,12 +289,12 @@ impl Writer {
     /// the cap drops, and a reader that asks for it later gets a gap. Without this (a sandbox's log) a journal
     /// keeps everything up to its cap and only the cap holds its writer back.
     ///
-    /// Its bytes after the head then go round a ring of the cap's size ([`Layout`]), when that is at least
-    /// `s.lead + s.keep + `[`CHUNK`]: the file never outgrows the cap, and its pages are written over in
-    /// place instead of punched out and allocated again (a third of the cost of journaling a byte). Readers
-    /// copy out of it ([`Reader::next_sent`]): a page is written over only after its slowest attached reader
-    /// acknowledged `s.keep` more bytes past it, but a pipe may still hold references to it after its reader
-    /// left.
+    /// Its bytes after the head then go round a ring of the rest of the cap ([`Progress::ring`]), when that
+    /// is at least `s.lead + s.keep + `[`CHUNK`]: the file never outgrows the cap, and its pages are written
+    /// over in place instead of punched out and allocated again (a third of the cost of journaling a byte).
+    /// Readers copy out of it ([`Reader::next_sent`]): a page is written over only after its slowest attached
+    /// reader acknowledged `s.keep` more bytes past it, but a pipe may still hold references to it after its
+    /// reader left.
     pub fn streamed(mut self, s: Streamed) -> Self {
         self.streamed = Some(s);
         let ring = self.cap - self.head;
@@ -879,8 +882,9 @@ impl View {
             crc.update(&pread_exact(file, n, at)?);
             return Ok(());
         }
-        // SAFETY: the bytes are mapped and populated; the file only grows while the exec runs (a drop punches
-        // holes only in delivered bytes, below any append), so they stay readable.
+        // SAFETY: the bytes are mapped and populated, and stay as they are while they are read: only this
+        // writer writes the file (over them a lap later at the earliest) or punches holes in it (only in bytes
+        // dropped before), and nothing truncates it.
         crc.update(unsafe { std::slice::from_raw_parts(v.ptr.as_ptr().cast::<u8>().add(start), n) });
         Ok(())
     }

@@ -111,8 +111,8 @@ class Output:
 @dataclass(frozen=True)
 class Gap:
     """Bytes ``start..end`` of ``stream`` are lost: the journal cap dropped them while no client was attached,
-    or they went after another client had them (of delivered output the journal keeps the head and the last
-    64 MiB).
+    or they went after another client had them (of delivered output the journal keeps the head and at least
+    the last 64 MiB).
 
     >>> Gap(stream="stdout", start=10, end=30).size
     20

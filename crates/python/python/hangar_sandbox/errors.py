@@ -77,8 +77,8 @@ class CommandNotFoundError(SandboxExecutionError):
 
 class IncompleteOutputError(SandboxExecutionError):
     """Bytes of the command's output were lost (dropped by the journal cap while nobody was attached, or
-    after another client had them: of delivered output the journal keeps the head and the last 64 MiB);
-    ``detail`` says exactly which, ``exec_result`` holds what did arrive."""
+    after another client had them: of delivered output the journal keeps the head and at least the last
+    64 MiB); ``detail`` says exactly which, ``exec_result`` holds what did arrive."""
 
     detail: str | None = None
 
