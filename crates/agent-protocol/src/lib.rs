@@ -517,12 +517,17 @@ mod tests {
         };
         let end_json = json!({"ending": {"kind": "exited", "code": 3}, "code": 3, "signal": null, "bytes": [10, 0],
             "crc32": [1, 0], "usage": {"wall_ms": 0, "cpu_user_us": 0, "cpu_sys_us": 0, "peak_memory_bytes": 0}});
-        let progress = Progress { written: [10, 0], end: Some(end), ..Progress::default() };
+        let progress = Progress { written: [10, 0], end: Some(end), ring: 1 << 20, ..Progress::default() };
         assert_eq!(
             serde_json::to_value(Response::Progress(progress)).unwrap(),
             json!({"op": "progress", "written": [10, 0], "head": 0, "dropped_to": [0, 0], "lost": [[], []],
-                "end": end_json})
+                "end": end_json, "ring": 1 << 20})
         );
+        // An agent from before rings sends none: its journals are not rings.
+        let old: Response = serde_json::from_value(json!({"op": "progress", "written": [10, 0], "head": 0,
+            "dropped_to": [0, 0], "lost": [[], []], "end": null}))
+        .unwrap();
+        assert!(matches!(&old, Response::Progress(p) if p.ring == 0 && p.written == [10, 0]), "{old:?}");
         let inline = [
             (
                 Response::Output { stream: OutputStream::Stderr, offset: 1, len: 2 },
