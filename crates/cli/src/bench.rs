@@ -574,7 +574,7 @@ async fn measure_in(sb: &Sandbox, n: usize, args: &BenchArgs, base_true: &Summar
     );
     crate::outln!(
         "{:<24} {:>8.0} MB/s                          | journaled stream above    {:>8.0} MB/s           | ratio {:.2}",
-        "journal ring write ceiling",
+        "journal write ceiling",
         ceiling,
         ours,
         ours / ceiling

@@ -25,6 +25,9 @@ use launch::START_TIMEOUT;
 const LOGS_DIR: &str = ".logs";
 /// A sandbox still `pulling` after this long, with nobody finishing it, is considered abandoned.
 const PULL_TIMEOUT: Duration = Duration::from_secs(3600);
+/// How long a sandbox may still be recorded as running after its agent refused a connection (it shuts down
+/// once its main command ended) before the refusal is an error of its own.
+const AGENT_GOING: Duration = Duration::from_secs(5);
 
 /// The directory, under the state directory, where agents mount their sandboxes' roots
 /// ([`Local::rootfs_mountpoint`]).
@@ -390,11 +393,19 @@ impl Local {
         let conn = match Conn::connect(&self.socket_path(id)).await {
             Ok(c) => c,
             Err(e) => {
-                let info = self.get(id).await?;
-                if info.state != SandboxState::Running {
-                    return Err(Error::NotRunning { id: id.to_string(), state: info.state });
+                // An agent that is shutting down (its main command ended) closes its socket a moment before
+                // it exits: the sandbox is ending, which its state says once the end is recorded.
+                let deadline = tokio::time::Instant::now() + AGENT_GOING;
+                loop {
+                    let info = self.get(id).await?;
+                    if info.state != SandboxState::Running {
+                        return Err(Error::NotRunning { id: id.to_string(), state: info.state });
+                    }
+                    if tokio::time::Instant::now() >= deadline {
+                        return Err(Error::io("connect to agent of", id, e));
+                    }
+                    tokio::time::sleep(Duration::from_millis(5)).await;
                 }
-                return Err(Error::io("connect to agent of", id, e));
             }
         };
         let inline = self.cfg.inline_journals && rec.agent_protocol >= 3;
