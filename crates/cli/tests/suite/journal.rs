@@ -166,10 +166,16 @@ async fn exec_cgroups_are_reused_and_each_exec_still_measures_only_itself() {
     let r = sb.exec(["sh", "-c", first]).check(true).await.unwrap();
     assert!(r.usage.peak_memory_bytes >= 64 << 20, "{:?}", r.usage);
     let left = String::from_utf8(r.stdout).unwrap().trim().to_string();
+    let alive = format!("kill -0 {left} 2>/dev/null && echo alive; true");
+    // Killed when the exec ended; gone (dead and reaped, which `kill -0` cannot tell apart) a moment later.
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while !sb.exec(["sh", "-c", &alive]).await.unwrap().stdout.is_empty() {
+        assert!(Instant::now() < deadline, "the first exec's left-behind process outlived it");
+    }
     let mut names = exec_cgroups(sb.id());
     for _ in 0..20 {
-        let r = sb.exec(["sh", "-c", &format!("kill -0 {left} 2>/dev/null && echo alive; true")]).await.unwrap();
-        assert_eq!(r.stdout, b"", "the first exec's left-behind process outlived it");
+        let r = sb.exec(["sh", "-c", &alive]).await.unwrap();
+        assert_eq!(r.stdout, b"", "the first exec's left-behind process came back");
         assert!(r.usage.peak_memory_bytes < 32 << 20, "an earlier exec's page cache counted: {:?}", r.usage);
         assert!(r.usage.cpu_user_us < 100_000, "{:?}", r.usage);
         names.extend(exec_cgroups(sb.id()));
