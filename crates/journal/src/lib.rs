@@ -590,6 +590,11 @@ pub fn persist(state_dir: BorrowedFd<'_>, exec: &str, p: &Progress) -> io::Resul
 }
 
 impl Progress {
+    /// Where the stream bytes this progress describes are in the files.
+    fn layout(&self) -> Layout {
+        Layout { head: self.head, ring: self.ring }
+    }
+
     /// The final progress [`persist`]ed in journal directory `dir`, if there is one.
     pub fn load(dir: &std::path::Path) -> Option<Progress> {
         serde_json::from_slice(&std::fs::read(dir.join(PROGRESS_FILE)).ok()?).ok()
@@ -676,7 +681,7 @@ impl Reader {
     /// without its newline counts). Never into bytes the cap dropped: with fewer lines after a dropped range,
     /// it starts where that range ends. `u64::MAX` lines: everything after the last dropped range, unread.
     pub fn seek_tail(&mut self, p: &Progress, i: usize, lines: u64) -> io::Result<()> {
-        self.layout = Layout { head: p.head, ring: p.ring };
+        self.layout = p.layout();
         let end = p.written[i];
         let mut floor = if p.dropped_to[i] > p.head && p.dropped_to[i] <= end { p.dropped_to[i] } else { 0 };
         floor = p.lost[i].iter().map(|r| r.1).filter(|&to| to <= end).fold(floor, u64::max);
@@ -726,7 +731,7 @@ impl Reader {
     /// What comes next: a gap or the end (as an event, position moved past it), or the range of output to
     /// hand out next (as [`Next::Sent`], position not moved yet).
     fn next_range(&mut self, p: &Progress) -> Option<Next> {
-        self.layout = Layout { head: p.head, ring: p.ring };
+        self.layout = p.layout();
         for k in 0..2 {
             let i = (self.next_stream + k) % 2;
             if let Some(next) = self.available(i, p) {
