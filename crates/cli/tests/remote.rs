@@ -200,7 +200,7 @@ async fn malformed_requests_name_the_field_and_leave_the_server_healthy() {
 fn tokio_stream_of(
     m: pb::stream_exec_request::Msg,
 ) -> impl tonic::IntoStreamingRequest<Message = pb::StreamExecRequest> {
-    tokio_stream::iter(vec![pb::StreamExecRequest { msg: Some(m) }])
+    tokio_stream::iter(vec![pb::StreamExecRequest { msg: Some(m), pipes: None }])
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -533,10 +533,26 @@ async fn a_client_process_killed_again_and_again_resumes_by_offset() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn execs_survive_server_restarts_and_their_streams_resume() {
+    restarts_are_survived(None).await;
+}
+
+/// The same over the server's Unix socket, where the output comes through the client's pipes: a server that
+/// dies mid-chunk leaves the client an end of file, and the new stream brings new pipes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn execs_survive_server_restarts_and_their_streams_resume_through_pipes() {
+    restarts_are_survived(Some(state_dir().join("restarts.sock"))).await;
+}
+
+/// An exec that outlives two server deaths (SIGKILL), its output whole and in order at the end; through the
+/// server's `socket` if given, else over TCP.
+async fn restarts_are_survived(socket: Option<std::path::PathBuf>) {
     use sha2::Digest;
-    let mut serve = ServeProcess::start();
+    let more: Vec<String> = socket.iter().flat_map(|p| ["--socket".to_string(), p.display().to_string()]).collect();
+    let more: Vec<&str> = more.iter().map(String::as_str).collect();
+    let mut serve = ServeProcess::start_with("127.0.0.1:0", &more);
     let addr = serve.url.trim_start_matches("http://").to_string();
-    let client = Client::connect(&serve.url, Some(TOKEN_A)).unwrap();
+    let url = socket.as_ref().map(|p| format!("unix:{}", p.display())).unwrap_or(serve.url.clone());
+    let client = Client::connect(&url, Some(TOKEN_A)).unwrap();
     let sb = Sandbox::builder().client(&client).command("sleep").args(["infinity"]).create().await.unwrap();
     // Paced so that it is still running across both restarts: 20 M numbered lines over about 4 s.
     let n = 20_000_000u64;
@@ -553,7 +569,7 @@ async fn execs_survive_server_restarts_and_their_streams_resume() {
         tokio::time::sleep(Duration::from_millis(1200)).await;
         serve.child.kill().unwrap(); // SIGKILL: no drain, no goodbye
         serve.child.wait().unwrap();
-        serve = ServeProcess::start_on(&addr);
+        serve = ServeProcess::start_with(&addr, &more);
     }
     // Bounded (it takes ~5 s): a stalled stream fails with what the agent says about the exec, not a hang.
     let (r, got) = match tokio::time::timeout(Duration::from_secs(120), reader).await {
@@ -714,7 +730,8 @@ async fn write_file_without_a_size_is_spooled_and_a_wrong_size_is_refused() {
 
 /// A server also listening on a Unix socket serves the same APIs there, to the same tenants and tokens: a
 /// client with a `unix:` URL runs an exec and gets its output whole; a token-less one is refused; the socket
-/// is its owner's only.
+/// is its owner's only. There the output's bytes come through the client's own pipes, stdout's and stderr's,
+/// not in frames; over TCP they never do.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_unix_socket_serves_the_same_api_with_the_same_tokens() {
     use sha2::Digest;
@@ -729,11 +746,28 @@ async fn the_unix_socket_serves_the_same_api_with_the_same_tokens() {
     let client = Client::connect(&format!("unix://{path}"), Some(TOKEN_A)).unwrap();
     let sb = Sandbox::builder().client(&client).command("sleep").args(["infinity"]).create().await.unwrap();
     let n = 5_000_000u64;
-    let mut hasher = sha2::Sha256::new();
-    let r = sb.exec(["seq", "1", &n.to_string()]).capture(false).on_stdout(|c| hasher.update(c)).await.unwrap();
-    assert_eq!((r.returncode, hex(hasher.finalize())), (0, seq_sha256(n)));
+    let (mut out, mut err) = (sha2::Sha256::new(), sha2::Sha256::new());
+    let piped = counter(&metrics(), "hangar_exec_piped_bytes_total");
+    // The same numbers on both streams, interleaved in chunks.
+    let both = format!("seq 1 {n} | tee /dev/stderr");
+    let r = sb
+        .exec(["sh", "-c", &both])
+        .capture(false)
+        .on_stdout(|c| out.update(c))
+        .on_stderr(|c| err.update(c))
+        .await
+        .unwrap();
+    assert_eq!((r.returncode, hex(out.finalize()), hex(err.finalize())), (0, seq_sha256(n), seq_sha256(n)));
+    let piped_now = counter(&metrics(), "hangar_exec_piped_bytes_total");
+    let written: u64 = 2 * (1..=n).map(|i| i.to_string().len() as u64 + 1).sum::<u64>();
+    assert_eq!(piped_now - piped, written, "every byte of both streams went through the pipes");
     let tcp = Client::connect(&server().url, Some(TOKEN_A)).unwrap();
     assert!(tcp.list().await.unwrap().iter().any(|i| i.id == sb.id()), "one server behind both listeners");
+    let tcp_sb = Sandbox::from_id_with(&tcp, sb.id()).await.unwrap();
+    let r = tcp_sb.exec(["sh", "-c", "seq 1 1000 | tee /dev/stderr"]).await.unwrap();
+    assert_eq!((r.stdout.len(), r.stderr.len()), (3893, 3893));
+    // This is the only test of the shared server on its socket.
+    assert_eq!(counter(&metrics(), "hangar_exec_piped_bytes_total"), piped_now, "over TCP nothing is piped");
     sb.stop().await.unwrap();
 }
 

@@ -21,6 +21,8 @@ pub struct Metrics {
     pub(crate) exec_attaches: AtomicU64,
     pub(crate) gap_bytes: AtomicU64,
     pub(crate) keepalives: AtomicU64,
+    /// Output bytes that went through clients' own pipes instead of frames (see `LocalPipes`).
+    pub(crate) piped_bytes: AtomicU64,
 }
 
 /// A fixed-bucket latency histogram.
@@ -80,6 +82,11 @@ impl Metrics {
             ("hangar_exec_attaches_total", "Streams that attached to an existing exec (resumes).", &self.exec_attaches),
             ("hangar_exec_gap_bytes_total", "Output bytes reported lost to the journal cap.", &self.gap_bytes),
             ("hangar_exec_keepalives_total", "Keepalive frames sent on quiet exec streams.", &self.keepalives),
+            (
+                "hangar_exec_piped_bytes_total",
+                "Output bytes written into the pipes of clients on this machine instead of frames.",
+                &self.piped_bytes,
+            ),
             (
                 "hangar_requests_unauthenticated_total",
                 "Requests refused for a missing or wrong token.",

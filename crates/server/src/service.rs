@@ -1,7 +1,7 @@
 //! `hangar.v1.SandboxService` over the engine.
 
 use crate::status::{from_engine, invalid, refused};
-use crate::stream::{client_messages, forward_events, keepalive, RESTART_HOLD, STREAM_BUFFER};
+use crate::stream::{client_messages, client_pipes, forward_events, keepalive, RESTART_HOLD, STREAM_BUFFER};
 use crate::{Metrics, Tenant};
 use hangar_engine::{Engine, ExecSpec, ExecStream, OutputStream, SandboxConfig, SandboxInfo, SandboxState};
 use hangar_proto::v1 as pb;
@@ -11,6 +11,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_stream::Stream;
+use tonic::transport::server::UdsConnectInfo;
 use tonic::{Request, Response, Status, Streaming};
 
 const FILE_CHUNK: usize = 1 << 20;
@@ -343,8 +344,14 @@ impl SandboxService for SandboxApi {
         use pb::stream_exec_request::Msg as In;
         use pb::stream_exec_response::Msg as Out;
         let tenant = tenant(&req)?;
+        // A client on this machine (the Unix socket) is known by its pid: it may have output go through its pipes.
+        let peer = req.extensions().get::<UdsConnectInfo>().and_then(|c| c.peer_cred).and_then(|c| c.pid());
         let mut inbound = req.into_inner();
-        let (sandbox, stream, keepalive) = match inbound.message().await?.and_then(|m| m.msg) {
+        let (first, asked) = match inbound.message().await? {
+            Some(m) => (m.msg, m.pipes),
+            None => (None, None),
+        };
+        let (sandbox, stream, keepalive) = match first {
             Some(In::Init(init)) => {
                 self.owned(&tenant, &init.sandbox_id).await?;
                 let (sandbox, keepalive) = (init.sandbox_id.clone(), keepalive(init.keepalive_ms));
@@ -371,6 +378,7 @@ impl SandboxService for SandboxApi {
         };
         let (tx, rx) = tokio::sync::mpsc::channel::<Result<pb::StreamExecResponse, Status>>(STREAM_BUFFER);
         let out = |m: Out| Ok(pb::StreamExecResponse { msg: Some(m) });
+        let pipes = client_pipes(peer, asked);
         let info = stream.info();
         let ready = pb::Ready {
             exec_id: info.id.clone(),
@@ -383,6 +391,7 @@ impl SandboxService for SandboxApi {
             stdout_written: info.written[0],
             stderr_written: info.written[1],
             ended: info.end.is_some(),
+            piped: pipes.is_some(),
         };
         let exec_id = info.id.clone();
         // Best effort: an agent that cannot take it applies the client's policy as it always did.
@@ -390,7 +399,7 @@ impl SandboxService for SandboxApi {
         let _ = tx.send(out(Out::Ready(ready))).await;
         // Client messages flow on their own task, so a command blocked on a full stdin never stalls output.
         tokio::spawn(client_messages(self.engine.clone(), sandbox, exec_id, inbound, stream.control(), tx.clone()));
-        tokio::spawn(forward_events(stream, tx, keepalive, self.metrics.clone()));
+        tokio::spawn(forward_events(stream, tx, keepalive, self.metrics.clone(), pipes));
         Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
     }
 

@@ -4,9 +4,12 @@
 use crate::status::from_engine;
 use hangar_engine::{Engine, ExecControl, ExecEvent, ExecStream, OutputStream};
 use hangar_proto::v1 as pb;
+use std::os::fd::AsRawFd;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tokio::io::AsyncWriteExt;
+use tokio::net::unix::pipe;
 use tonic::{Status, Streaming};
 
 /// Output events buffered per stream before the exec's journal stops being read (backpressure).
@@ -153,13 +156,47 @@ pub(crate) fn read_ahead(
     (ev_rx, tokio_util::task::AbortOnDropHandle::new(reader))
 }
 
+/// The pipes a client on this machine asked its output to go through (`LocalPipes`): opened when the
+/// client's pid is known (it came over the Unix socket) and both are anonymous pipes of its. `None` (output
+/// in frames, as for every client) otherwise.
+pub(crate) fn client_pipes(peer: Option<i32>, asked: Option<pb::LocalPipes>) -> Option<[pipe::Sender; 2]> {
+    let (pid, asked) = (peer?, asked?);
+    let open = |fd| {
+        open_client_pipe(pid, fd)
+            .map_err(|e| tracing::debug!(pid, fd, error = %e, "output goes in frames: a client pipe cannot be used"))
+            .ok()
+    };
+    Some([open(asked.stdout_fd)?, open(asked.stderr_fd)?])
+}
+
+/// Descriptor `fd` of process `pid`, opened for writing through /proc, if it is an anonymous pipe (never a
+/// file or device the client might name instead).
+fn open_client_pipe(pid: i32, fd: i32) -> std::io::Result<pipe::Sender> {
+    let path = format!("/proc/{pid}/fd/{fd}");
+    let link = std::fs::read_link(&path)?;
+    if !link.to_string_lossy().starts_with("pipe:[") {
+        return Err(std::io::Error::other(format!("{path} is {}, not a pipe", link.display())));
+    }
+    let pipe = pipe::OpenOptions::new().open_sender(&path)?;
+    // Still that pipe: not whatever the client put at that number since the link was read.
+    let opened = std::fs::read_link(format!("/proc/self/fd/{}", pipe.as_raw_fd()))?;
+    if opened != link {
+        return Err(std::io::Error::other(format!("{path} changed to {} while opened", opened.display())));
+    }
+    // A chunk of output in one go where the system allows it (a small pipe works, with more wakeups).
+    let _ = nix::fcntl::fcntl(&pipe, nix::fcntl::FcntlArg::F_SETPIPE_SZ(1 << 20));
+    Ok(pipe)
+}
+
 /// Exec events to the client, with a keepalive whenever the stream has been quiet for `keepalive`. A client
-/// that went away drops the stream (detaching; the exec's policy decides what happens to it).
+/// that went away drops the stream (detaching; the exec's policy decides what happens to it). With `pipes`,
+/// output goes as a `Piped` frame followed by its bytes in that stream's pipe.
 pub(crate) async fn forward_events(
     stream: ExecStream,
     tx: Outbound,
     keepalive: Duration,
     metrics: Arc<crate::Metrics>,
+    mut pipes: Option<[pipe::Sender; 2]>,
 ) {
     use pb::stream_exec_response::Msg as Out;
     let out = |m: Out| Ok(pb::StreamExecResponse { msg: Some(m) });
@@ -182,7 +219,8 @@ pub(crate) async fn forward_events(
                 continue;
             }
         };
-        let msg = match ev {
+        // A frame, and bytes that follow it in a client's pipe.
+        let (msg, piped) = match ev {
             Some(Ok(Some(ev))) => {
                 match &ev {
                     ExecEvent::Output { stream, offset, data } => {
@@ -203,7 +241,15 @@ pub(crate) async fn forward_events(
                         return;
                     }
                 }
-                out(ev.into())
+                match (ev, pipes.as_mut()) {
+                    (ExecEvent::Output { stream, offset, data }, Some(pipes)) => {
+                        metrics.piped_bytes.fetch_add(data.len() as u64, Relaxed);
+                        let len = data.len() as u64;
+                        let frame = pb::Piped { stream: pb::OutputStream::from(stream) as i32, offset, len };
+                        (out(Out::Piped(frame)), Some((&mut pipes[stream.index()], data)))
+                    }
+                    (ev, _) => (out(ev.into()), None),
+                }
             }
             Some(Ok(None)) | None => return,
             Some(Err(e)) => {
@@ -211,7 +257,15 @@ pub(crate) async fn forward_events(
                 return;
             }
         };
-        if tx.send(msg).await.is_err() {
+        let mut sent = tx.send(msg).await.is_ok();
+        if let (true, Some((pipe, data))) = (sent, piped) {
+            // The client reads exactly these bytes from the pipe once it has the frame.
+            sent = tokio::select! {
+                w = pipe.write_all(&data) => w.is_ok(),
+                _ = tx.closed() => false,
+            };
+        }
+        if !sent {
             // The client went away: its exec's policy applies now (a server that dies instead holds it).
             let _ = control.detach().await;
             return;
@@ -229,5 +283,40 @@ mod tests {
         assert_eq!(keepalive(1), Duration::from_millis(20));
         assert_eq!(keepalive(u64::MAX), Duration::from_secs(300));
         assert_eq!(keepalive(500), Duration::from_millis(500));
+    }
+
+    /// A client's descriptor is written to only when it is an anonymous pipe: never a file, a named pipe or a
+    /// number it does not hold; and only for a client known by its pid (the Unix socket).
+    #[tokio::test]
+    async fn only_a_clients_anonymous_pipes_are_opened() {
+        use std::io::Read;
+        let me = std::process::id() as i32;
+        let (mut r, w) = std::io::pipe().unwrap();
+        let mut opened = open_client_pipe(me, w.as_raw_fd()).unwrap();
+        opened.write_all(b"through the pipe").await.unwrap();
+        drop((opened, w));
+        let mut got = String::new();
+        r.read_to_string(&mut got).unwrap();
+        assert_eq!(got, "through the pipe");
+
+        let dir = std::env::temp_dir().join(format!("hangar-pipes-{me}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = std::fs::File::create(dir.join("file")).unwrap();
+        let fifo = dir.join("fifo");
+        let _ = std::fs::remove_file(&fifo);
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        let named = std::fs::OpenOptions::new().read(true).write(true).open(&fifo).unwrap();
+        for (what, fd) in [("file", file.as_raw_fd()), ("named pipe", named.as_raw_fd())] {
+            let err = open_client_pipe(me, fd).unwrap_err().to_string();
+            assert!(err.contains("not a pipe"), "{what}: {err}");
+        }
+        assert!(open_client_pipe(me, 1 << 20).is_err(), "a descriptor the client does not have");
+        std::fs::remove_dir_all(&dir).unwrap();
+
+        let (_r, w) = std::io::pipe().unwrap();
+        let asked = || Some(pb::LocalPipes { stdout_fd: w.as_raw_fd(), stderr_fd: w.as_raw_fd() });
+        assert!(client_pipes(None, asked()).is_none(), "a client over TCP (no pid) gets frames");
+        assert!(client_pipes(Some(me), None).is_none(), "a client that did not ask gets frames");
+        assert!(client_pipes(Some(me), asked()).is_some());
     }
 }

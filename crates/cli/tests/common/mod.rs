@@ -292,8 +292,14 @@ impl ServeProcess {
 
     /// A server on `listen` (an address a previous server used, to restart "the same" server).
     pub fn start_on(listen: &str) -> Self {
+        Self::start_with(listen, &[])
+    }
+
+    /// As [`ServeProcess::start_on`], with more arguments (`--socket PATH`).
+    pub fn start_with(listen: &str, more: &[&str]) -> Self {
         let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_hangar"));
         c.args(["serve", "--listen", listen, "--drain", "1"])
+            .args(more)
             .env("HANGAR_STATE_DIR", state_dir())
             .env("HANGAR_AGENT_BIN", agent_bin())
             .env("HANGAR_SERVER_TOKENS", format!("a={TOKEN_A}"));

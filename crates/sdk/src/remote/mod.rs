@@ -9,9 +9,11 @@ use hangar_types::{ExecEvent, ExecInfo, ExecSpec, FileErrorKind, Reason, Sandbox
 use pb::sandbox_service_client::SandboxServiceClient;
 use pb::stream_exec_request::Msg as In;
 use pb::stream_exec_response::Msg as Out;
+use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::UnixStream;
+use tokio::net::unix::pipe;
 use tonic::metadata::MetadataValue;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
@@ -46,6 +48,8 @@ impl tonic::service::Interceptor for AuthHeader {
 pub(crate) struct Remote {
     grpc: Grpc,
     pub(crate) url: String,
+    /// On the server's machine (a `unix:` URL): output may come through pipes of this process's.
+    local: bool,
 }
 
 impl Remote {
@@ -65,7 +69,7 @@ impl Remote {
             // Let the server send output in large frames instead of HTTP/2's default 16 KiB.
             .max_frame_size(1 << 20)
             .keep_alive_while_idle(true);
-        let channel = match socket {
+        let channel = match socket.clone() {
             Some(path) => endpoint.connect_with_connector_lazy(tower::service_fn(move |_| {
                 let path = path.clone();
                 async move { Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(UnixStream::connect(path).await?)) }
@@ -82,7 +86,7 @@ impl Remote {
         let grpc = SandboxServiceClient::with_interceptor(channel, AuthHeader(header))
             .max_decoding_message_size(MAX_MESSAGE)
             .max_encoding_message_size(MAX_MESSAGE);
-        Ok(Self { grpc, url: url.to_string() })
+        Ok(Self { grpc, url: url.to_string(), local: socket.is_some() })
     }
 
     fn grpc(&self) -> Grpc {
@@ -289,10 +293,15 @@ impl Remote {
         })
     }
 
-    /// One StreamExec call: sends `first`, waits for `ready`.
+    /// One StreamExec call: sends `first`, waits for `ready`. On the server's machine it asks for the output
+    /// through two new pipes of this process's (`LocalPipes`), whose write ends it keeps only until then.
     async fn open_exec(&self, id: &str, first: In) -> Result<(Connection, pb::Ready)> {
         let (tx, rx) = tokio::sync::mpsc::channel(8);
-        let _ = tx.send(pb::StreamExecRequest { msg: Some(first) }).await;
+        let ours = self.local.then(|| Some((pipe::pipe().ok()?, pipe::pipe().ok()?))).flatten();
+        let pipes = ours
+            .as_ref()
+            .map(|((out, _), (err, _))| pb::LocalPipes { stdout_fd: out.as_raw_fd(), stderr_fd: err.as_raw_fd() });
+        let _ = tx.send(pb::StreamExecRequest { msg: Some(first), pipes }).await;
         let mut stream = self
             .grpc()
             .stream_exec(tokio_stream::wrappers::ReceiverStream::new(rx))
@@ -301,7 +310,11 @@ impl Remote {
             .into_inner();
         // The server answers `ready` once the exec is found or started, or an error status.
         match stream.message().await {
-            Ok(Some(pb::StreamExecResponse { msg: Some(Out::Ready(r)) })) => Ok((Connection { stream, tx }, r)),
+            Ok(Some(pb::StreamExecResponse { msg: Some(Out::Ready(r)) })) => {
+                // The write ends close here: a server that goes mid-chunk leaves an end of file, not a wait.
+                let pipes = ours.filter(|_| r.piped).map(|((_, out), (_, err))| [out, err]);
+                Ok((Connection { stream, tx, pipes, buf: Default::default() }, r))
+            }
             Ok(other) => Err(Error::Internal(format!("server {}: expected ready, got {other:?}", self.url))),
             Err(s) => Err(self.error(s, id)),
         }
@@ -380,6 +393,47 @@ fn attach_msg(id: &str, exec: &str, from: [u64; 2], keepalive_ms: u64) -> In {
 struct Connection {
     stream: tonic::Streaming<pb::StreamExecResponse>,
     tx: tokio::sync::mpsc::Sender<pb::StreamExecRequest>,
+    /// When the server took them (`Ready.piped`): the pipes (stdout's, stderr's) the output's bytes come in.
+    pipes: Option<[pipe::Receiver; 2]>,
+    /// What piped bytes are read into: its memory is used again once the chunks handed out are dropped.
+    buf: bytes::BytesMut,
+}
+
+impl Connection {
+    /// The next frame; a `Piped` one comes back as the `Output` it stands for, with its bytes read from the
+    /// pipe. Bytes that do not all come (the server went) break the stream like a lost connection.
+    async fn message(&mut self) -> std::result::Result<Option<pb::StreamExecResponse>, Status> {
+        let m = self.stream.message().await?;
+        let (Some(pb::StreamExecResponse { msg: Some(Out::Piped(p)) }), Some(pipes)) = (&m, self.pipes.as_mut()) else {
+            return Ok(m);
+        };
+        let pipe = &mut pipes[convert::output_stream(p.stream).index()];
+        let data = read_piped(pipe, &mut self.buf, p.len)
+            .await
+            .map_err(|e| Status::unavailable(format!("the output's pipe: {e}")))?;
+        let output = pb::Output { stream: p.stream, offset: p.offset, data };
+        Ok(Some(pb::StreamExecResponse { msg: Some(Out::Output(output)) }))
+    }
+}
+
+/// Exactly `len` bytes from `pipe`, read into `buf`.
+async fn read_piped(pipe: &mut pipe::Receiver, buf: &mut bytes::BytesMut, len: u64) -> std::io::Result<Bytes> {
+    use bytes::BufMut;
+    use tokio::io::AsyncReadExt;
+    if len > MAX_MESSAGE as u64 {
+        return Err(std::io::Error::other(format!("{len} bytes announced, more than a frame may hold")));
+    }
+    let len = len as usize;
+    buf.clear();
+    buf.reserve(len);
+    while buf.len() < len {
+        let room = len - buf.len();
+        if pipe.read_buf(&mut (&mut *buf).limit(room)).await? == 0 {
+            let msg = format!("ended after {} of {len} bytes", buf.len());
+            return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, msg));
+        }
+    }
+    Ok(buf.split().freeze())
 }
 
 /// An exec followed through a server.

@@ -108,7 +108,7 @@ pub(super) async fn stdin_pump(
         let resize = stdin.lock().resize.take();
         if let Some((rows, cols)) = resize {
             let msg = In::Resize(pb::Resize { rows: rows.into(), cols: cols.into() });
-            if tx.send(pb::StreamExecRequest { msg: Some(msg) }).await.is_err() {
+            if tx.send(pb::StreamExecRequest { msg: Some(msg), pipes: None }).await.is_err() {
                 return;
             }
         }
@@ -116,12 +116,12 @@ pub(super) async fn stdin_pump(
             Some((offset, Some(data))) => {
                 at = offset + data.len() as u64;
                 let chunk = In::Stdin(pb::StdinChunk { offset, data });
-                if tx.send(pb::StreamExecRequest { msg: Some(chunk) }).await.is_err() {
+                if tx.send(pb::StreamExecRequest { msg: Some(chunk), pipes: None }).await.is_err() {
                     return;
                 }
             }
             Some((_, None)) => {
-                let _ = tx.send(pb::StreamExecRequest { msg: Some(In::Close(pb::Close {})) }).await;
+                let _ = tx.send(pb::StreamExecRequest { msg: Some(In::Close(pb::Close {})), pipes: None }).await;
                 // Keep the request stream open: its end would look like a client that left.
                 return std::future::pending().await;
             }

@@ -35,7 +35,7 @@ impl Driver {
             if self.keepalive_ms == 0 { Duration::from_secs(15) } else { Duration::from_millis(self.keepalive_ms) };
         let idle = keepalive * 3 + Duration::from_secs(1);
         loop {
-            let broken = match tokio::time::timeout(idle, conn.stream.message()).await {
+            let broken = match tokio::time::timeout(idle, conn.message()).await {
                 Ok(Ok(Some(m))) => match self.on_frame(m.msg).await {
                     Some(true) => continue,
                     Some(false) => return,
