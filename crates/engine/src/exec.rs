@@ -15,6 +15,17 @@ use std::os::fd::BorrowedFd;
 use std::time::Duration;
 use tokio_util::task::AbortOnDropHandle;
 
+/// How [`ExecStream::next_to`] hands output on.
+#[derive(Clone, Copy)]
+enum Mode<'a> {
+    /// As bytes in events.
+    Bytes,
+    /// Sent to these descriptors (stdout's, stderr's).
+    Sent([BorrowedFd<'a>; 2]),
+    /// Left in the journal's files, named.
+    Unsent,
+}
+
 /// A reader of one exec's journal. Dropping it detaches (what happens to the exec then is its
 /// [`OnDisconnect`] policy).
 pub struct ExecStream {
@@ -506,7 +517,7 @@ impl ExecStream {
     /// The next event; `Ok(None)` after [`ExecEvent::Exit`]. Output arrives as soon as the agent has
     /// journaled it; the exit comes only after every byte of both streams.
     pub async fn next(&mut self) -> Result<Option<ExecEvent>> {
-        Ok(self.next_to(None).await?.map(|next| match next {
+        Ok(self.next_to(Mode::Bytes).await?.map(|next| match next {
             Next::Event(ev) => ev,
             Next::Sent { .. } => unreachable!("nothing is sent without descriptors"),
         }))
@@ -518,10 +529,45 @@ impl ExecStream {
     /// gaps and the end. Blocks while a descriptor does not take more (a full pipe slows the command, as a
     /// slow reader of events does).
     pub async fn next_sent(&mut self, to: [BorrowedFd<'_>; 2]) -> Result<Option<Next>> {
-        self.next_to(Some(to)).await
+        self.next_to(Mode::Sent(to)).await
     }
 
-    async fn next_to(&mut self, to: Option<[BorrowedFd<'_>; 2]>) -> Result<Option<Next>> {
+    /// As [`ExecStream::next`], but output in the journal's files stays there: [`Next::Sent`] then names the
+    /// bytes that come next, still unsent, and [`ExecStream::send_some`] moves them into a descriptor (all of
+    /// them, before the next call); [`ExecStream::acknowledge`] then lets the journal drop them. Output that
+    /// is not in files (an inline journal, a kept copy) comes as bytes.
+    pub async fn next_unsent(&mut self) -> Result<Option<Next>> {
+        self.next_to(Mode::Unsent).await
+    }
+
+    /// Moves up to `max` bytes of `stream`, of the range [`ExecStream::next_unsent`] named, into `to` by the
+    /// kernel (see [`hangar_journal::Reader::send_some`]: `to` must be a pipe read as it fills), and returns
+    /// how many. A full non-blocking `to` is `WouldBlock`.
+    pub fn send_some(
+        &mut self,
+        stream: hangar_types::OutputStream,
+        max: u64,
+        to: BorrowedFd<'_>,
+    ) -> std::io::Result<u64> {
+        loop {
+            let Source::Files(reader) = &mut self.source else {
+                return Err(std::io::Error::other("this exec's output is not in files"));
+            };
+            match reader.send_some(stream, max, to) {
+                // The sandbox ended and its log was moved to where it is kept, before this reader opened it.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound && self.moved_away() => continue,
+                r => return r,
+            }
+        }
+    }
+
+    /// Tells the agent the output up to [`ExecStream::position`] is consumed: the journal may drop it, and the
+    /// command may write more. An agent that is gone cannot take it; what that means, the next event says.
+    pub async fn acknowledge(&self) {
+        let _ = self.control().send(&Request::Ack { pos: self.position() }).await;
+    }
+
+    async fn next_to(&mut self, mode: Mode<'_>) -> Result<Option<Next>> {
         loop {
             if self.done {
                 return Ok(None);
@@ -541,9 +587,10 @@ impl ExecStream {
                 },
                 Source::Copy { data, end, pos, .. } => Some(Next::Event(next_of_copy(data, end, pos))),
                 Source::Files(reader) => {
-                    let next = match to {
-                        Some(to) => reader.next_sent(&self.progress, to),
-                        None => reader.next(&self.progress).map(|ev| ev.map(Next::Event)),
+                    let next = match mode {
+                        Mode::Sent(to) => reader.next_sent(&self.progress, to),
+                        Mode::Bytes => reader.next(&self.progress).map(|ev| ev.map(Next::Event)),
+                        Mode::Unsent => Ok(reader.next_range(&self.progress)),
                     };
                     match next {
                         // The sandbox ended and its log was moved to where it is kept, before this reader opened it.
@@ -553,8 +600,8 @@ impl ExecStream {
                 }
             };
             // Output that came as bytes goes to its descriptor here.
-            let next = match (next, to) {
-                (Some(Next::Event(ExecEvent::Output { stream, offset, data })), Some(to)) => {
+            let next = match (next, mode) {
+                (Some(Next::Event(ExecEvent::Output { stream, offset, data })), Mode::Sent(to)) => {
                     hangar_journal::write_all(to[stream.index()], &data)
                         .map_err(|e| Error::io("write the output of exec", &self.info.id, e))?;
                     Some(Next::Sent { stream, offset, len: data.len() as u64 })
@@ -566,11 +613,12 @@ impl ExecStream {
                     self.done = true;
                     return Ok(Some(Next::Event(ExecEvent::Exit(end))));
                 }
+                // Named, not sent yet: acknowledged once it is.
+                Some(next @ Next::Sent { .. }) if matches!(mode, Mode::Unsent) => return Ok(Some(next)),
                 Some(next) => {
                     // What we hand on is consumed: the journal may drop it and the command may write more (and
-                    // an inline journal's agent may send more). An agent that is gone cannot take it; what that
-                    // means for the stream, the next receive says.
-                    let _ = self.control().send(&Request::Ack { pos: self.position() }).await;
+                    // an inline journal's agent may send more).
+                    self.acknowledge().await;
                     return Ok(Some(next));
                 }
                 None => {}

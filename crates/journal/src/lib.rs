@@ -729,8 +729,8 @@ impl Reader {
     }
 
     /// What comes next: a gap or the end (as an event, position moved past it), or the range of output to
-    /// hand out next (as [`Next::Sent`], position not moved yet).
-    fn next_range(&mut self, p: &Progress) -> Option<Next> {
+    /// hand out next (as [`Next::Sent`], position not moved yet: [`Reader::send_some`] moves it).
+    pub fn next_range(&mut self, p: &Progress) -> Option<Next> {
         self.layout = p.layout();
         for k in 0..2 {
             let i = (self.next_stream + k) % 2;
@@ -745,6 +745,28 @@ impl Reader {
             }
             _ => None,
         }
+    }
+
+    /// Moves up to `max` bytes of `stream` from the position on (within a range [`Reader::next_range`] named)
+    /// into `to`, by the kernel, and moves the position past them: one `sendfile`, which into a pipe hands
+    /// over references to the journal's pages. Out of a ring those pages are written over once the ring goes
+    /// round, so `to` must be a pipe whose reader reads it as it fills (one that falls a lap behind gets the
+    /// newer bytes). A full non-blocking `to` is `WouldBlock`.
+    pub fn send_some(&mut self, stream: OutputStream, max: u64, to: BorrowedFd<'_>) -> io::Result<u64> {
+        let i = stream.index();
+        self.open(i)?;
+        let file = self.files[i].as_ref().expect("opened above");
+        let mut at = self.layout.at(self.pos[i]) as libc::off_t;
+        let n = loop {
+            match nix::sys::sendfile::sendfile64(to, file, Some(&mut at), max as usize) {
+                Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+                Ok(n) => break n as u64,
+                Err(nix::errno::Errno::EINTR) => {}
+                Err(e) => return Err(e.into()),
+            }
+        };
+        self.pos[i] += n;
+        Ok(n)
     }
 
     fn available(&mut self, i: usize, p: &Progress) -> Option<Next> {

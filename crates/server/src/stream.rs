@@ -4,12 +4,13 @@
 use crate::status::from_engine;
 use hangar_engine::{Engine, ExecControl, ExecEvent, ExecStream, OutputStream};
 use hangar_proto::v1 as pb;
-use std::os::fd::AsRawFd;
+use hangar_types::Next;
+use std::os::fd::{AsFd, AsRawFd};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::io::AsyncWriteExt;
 use tokio::net::unix::pipe;
+use tokio_util::task::AbortOnDropHandle;
 use tonic::{Status, Streaming};
 
 /// Output events buffered per stream before the exec's journal stops being read (backpressure).
@@ -156,6 +157,79 @@ pub(crate) fn read_ahead(
     (ev_rx, tokio_util::task::AbortOnDropHandle::new(reader))
 }
 
+/// What [`forward_events`] gets from its reader.
+enum Ahead {
+    Event(ExecEvent),
+    /// Bytes of the journal's files, named: once their `Piped` frame is on its way (`go`), the reader moves
+    /// them into the client's pipe.
+    Piped {
+        stream: OutputStream,
+        offset: u64,
+        len: u64,
+        go: tokio::sync::oneshot::Sender<()>,
+    },
+}
+
+type AheadRx = tokio::sync::mpsc::Receiver<hangar_engine::Result<Option<Ahead>>>;
+
+/// As [`read_ahead`], for a client: with `pipes`, output in the journal's files goes into its pipe by the
+/// kernel (`sendfile`: page references, no copy here), after the frame that announces it and before the next.
+fn read_ahead_to(mut stream: ExecStream, pipes: Option<[pipe::Sender; 2]>) -> (AheadRx, AbortOnDropHandle<()>) {
+    let (ev_tx, ev_rx) = tokio::sync::mpsc::channel(1);
+    let reader = tokio::spawn(async move {
+        loop {
+            let next = match &pipes {
+                None => stream.next().await.map(|ev| ev.map(Next::Event)),
+                Some(_) => stream.next_unsent().await,
+            };
+            let (ahead, last) = match next {
+                Ok(Some(Next::Sent { stream: which, offset, len })) => {
+                    let (go, gone) = tokio::sync::oneshot::channel();
+                    let named = Ahead::Piped { stream: which, offset, len, go };
+                    if ev_tx.send(Ok(Some(named))).await.is_err() || gone.await.is_err() {
+                        return;
+                    }
+                    let pipe = &pipes.as_ref().expect("only named with pipes")[which.index()];
+                    if let Err(e) = pipe_out(&mut stream, which, len, pipe).await {
+                        // The client's pipe broke: the client went (its stream ends with this task).
+                        tracing::debug!(exec = %stream.id(), error = %e, "client pipe");
+                        return;
+                    }
+                    stream.acknowledge().await;
+                    continue;
+                }
+                Ok(Some(Next::Event(ev))) => {
+                    let last = !matches!(ev, ExecEvent::Output { .. } | ExecEvent::Gap { .. });
+                    (Ok(Some(Ahead::Event(ev))), last)
+                }
+                other => (other.map(|_| None), true),
+            };
+            if ev_tx.send(ahead).await.is_err() || last {
+                return;
+            }
+        }
+    });
+    (ev_rx, AbortOnDropHandle::new(reader))
+}
+
+/// Moves the `len` bytes of `which` that come next into `pipe`, as it takes them.
+async fn pipe_out(
+    stream: &mut ExecStream,
+    which: OutputStream,
+    mut len: u64,
+    pipe: &pipe::Sender,
+) -> std::io::Result<()> {
+    while len > 0 {
+        pipe.writable().await?;
+        match pipe.try_io(|| stream.send_some(which, len, pipe.as_fd())) {
+            Ok(n) => len -= n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
 /// The pipes a client on this machine asked its output to go through (`LocalPipes`): opened when the
 /// client's pid is known (it came over the Unix socket) and both are anonymous pipes of its. `None` (output
 /// in frames, as for every client) otherwise.
@@ -190,21 +264,28 @@ fn open_client_pipe(pid: i32, fd: i32) -> std::io::Result<pipe::Sender> {
 
 /// Exec events to the client, with a keepalive whenever the stream has been quiet for `keepalive`. A client
 /// that went away drops the stream (detaching; the exec's policy decides what happens to it). With `pipes`,
-/// output goes as a `Piped` frame followed by its bytes in that stream's pipe.
+/// output in the journal's files goes as a `Piped` frame followed by its bytes in that stream's pipe.
 pub(crate) async fn forward_events(
     stream: ExecStream,
     tx: Outbound,
     keepalive: Duration,
     metrics: Arc<crate::Metrics>,
-    mut pipes: Option<[pipe::Sender; 2]>,
+    pipes: Option<[pipe::Sender; 2]>,
 ) {
     use pb::stream_exec_response::Msg as Out;
     let out = |m: Out| Ok(pb::StreamExecResponse { msg: Some(m) });
     let started = Instant::now();
     let control = stream.control();
     // The keepalive timer must be able to fire while the reader waits.
-    let (mut ev_rx, _reader) = read_ahead(stream);
+    let (mut ev_rx, _reader) = read_ahead_to(stream, pipes);
     let mut pos = [0u64; 2];
+    let counted = |stream: OutputStream, len: u64| {
+        let counter = match stream {
+            OutputStream::Stdout => &metrics.stdout_bytes,
+            OutputStream::Stderr => &metrics.stderr_bytes,
+        };
+        counter.fetch_add(len, Relaxed);
+    };
     loop {
         let ev = tokio::select! {
             ev = ev_rx.recv() => ev,
@@ -219,16 +300,18 @@ pub(crate) async fn forward_events(
                 continue;
             }
         };
-        // A frame, and bytes that follow it in a client's pipe.
-        let (msg, piped) = match ev {
-            Some(Ok(Some(ev))) => {
+        // A frame, and whom to tell once it is on its way.
+        let (msg, go) = match ev {
+            Some(Ok(Some(Ahead::Piped { stream, offset, len, go }))) => {
+                counted(stream, len);
+                metrics.piped_bytes.fetch_add(len, Relaxed);
+                pos[stream.index()] = offset + len;
+                (out(Out::Piped(pb::Piped { stream: pb::OutputStream::from(stream) as i32, offset, len })), Some(go))
+            }
+            Some(Ok(Some(Ahead::Event(ev)))) => {
                 match &ev {
                     ExecEvent::Output { stream, offset, data } => {
-                        let counter = match stream {
-                            OutputStream::Stdout => &metrics.stdout_bytes,
-                            OutputStream::Stderr => &metrics.stderr_bytes,
-                        };
-                        counter.fetch_add(data.len() as u64, Relaxed);
+                        counted(*stream, data.len() as u64);
                         pos[stream.index()] = offset + data.len() as u64;
                     }
                     ExecEvent::Gap { stream, from, to } => {
@@ -241,15 +324,7 @@ pub(crate) async fn forward_events(
                         return;
                     }
                 }
-                match (ev, pipes.as_mut()) {
-                    (ExecEvent::Output { stream, offset, data }, Some(pipes)) => {
-                        metrics.piped_bytes.fetch_add(data.len() as u64, Relaxed);
-                        let len = data.len() as u64;
-                        let frame = pb::Piped { stream: pb::OutputStream::from(stream) as i32, offset, len };
-                        (out(Out::Piped(frame)), Some((&mut pipes[stream.index()], data)))
-                    }
-                    (ev, _) => (out(ev.into()), None),
-                }
+                (out(ev.into()), None)
             }
             Some(Ok(None)) | None => return,
             Some(Err(e)) => {
@@ -257,18 +332,14 @@ pub(crate) async fn forward_events(
                 return;
             }
         };
-        let mut sent = tx.send(msg).await.is_ok();
-        if let (true, Some((pipe, data))) = (sent, piped) {
-            // The client reads exactly these bytes from the pipe once it has the frame.
-            sent = tokio::select! {
-                w = pipe.write_all(&data) => w.is_ok(),
-                _ = tx.closed() => false,
-            };
-        }
-        if !sent {
+        if tx.send(msg).await.is_err() {
             // The client went away: its exec's policy applies now (a server that dies instead holds it).
             let _ = control.detach().await;
             return;
+        }
+        // The client reads the bytes from its pipe once it has the frame: now they may go in.
+        if let Some(go) = go {
+            let _ = go.send(());
         }
     }
 }
@@ -290,6 +361,7 @@ mod tests {
     #[tokio::test]
     async fn only_a_clients_anonymous_pipes_are_opened() {
         use std::io::Read;
+        use tokio::io::AsyncWriteExt;
         let me = std::process::id() as i32;
         let (mut r, w) = std::io::pipe().unwrap();
         let mut opened = open_client_pipe(me, w.as_raw_fd()).unwrap();
