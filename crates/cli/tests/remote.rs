@@ -771,6 +771,33 @@ async fn the_unix_socket_serves_the_same_api_with_the_same_tokens() {
     sb.stop().await.unwrap();
 }
 
+/// Through the server's socket, the journal's pages reach the client by reference: a client that reads
+/// slowly, with the journal going twice round its ring (269 MB against the default 128 MiB cap), still gets
+/// every byte as written, never a page the ring wrote over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_local_client_gets_every_byte_while_the_ring_goes_round() {
+    use sha2::Digest;
+    let client = Client::connect(&server().unix_url, Some(TOKEN_A)).unwrap();
+    let sb = Sandbox::builder().client(&client).command("sleep").args(["infinity"]).create().await.unwrap();
+    let n = 30_000_000u64;
+    let (mut hasher, mut chunks) = (sha2::Sha256::new(), 0u64);
+    let r = sb
+        .exec(["seq", "1", &n.to_string()])
+        .capture(false)
+        .on_stdout(|c| {
+            hasher.update(c);
+            chunks += 1;
+            // Now and then the client falls behind, and the command waits for it with the ring full.
+            if chunks % 8 == 0 {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        })
+        .await
+        .unwrap();
+    assert_eq!((r.returncode, hex(hasher.finalize())), (0, seq_sha256(n)));
+    sb.stop().await.unwrap();
+}
+
 /// `hangar serve --socket PATH` serves there (the CLI reaches it with `HANGAR_URL=unix:PATH`), and the socket
 /// goes with the server when it stops.
 #[test]
