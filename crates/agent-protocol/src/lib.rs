@@ -7,7 +7,9 @@
 //! requests [`Request::Detach`] and [`Request::Hold`], never sent to a version-1 agent; version 3 adds inline
 //! journals ([`Request::Inline`]: the journal's bytes travel on the connection, for an engine that cannot read
 //! the agent's files, as with a Pod's agent); version 4 sends a file's bytes in chunks ([`Request::ReadFile`]),
-//! so a file that shrank while it was read is told from a sandbox that went away, at once. A change that an older peer cannot read needs a new version, and
+//! so a file that shrank while it was read is told from a sandbox that went away, at once; version 5 takes
+//! [`Request::Resize`] on a stdin connection too, in order with the bytes around it (a resize on the exec's
+//! attachment races stdin sent on its own connection). A change that an older peer cannot read needs a new version, and
 //! the test `wire_format_is_pinned` shows what each message looks like on the wire.
 //!
 //! Exec specs, endings and infos are the shared `hangar-types` values themselves: nothing is translated
@@ -24,7 +26,7 @@ pub use hangar_types::{
 };
 
 /// The protocol version this build speaks.
-pub const VERSION: u32 = 4;
+pub const VERSION: u32 = 5;
 /// The oldest agent version this build still speaks to.
 pub const MIN_VERSION: u32 = 1;
 
@@ -126,7 +128,9 @@ pub enum Request {
         /// Signal number.
         signal: i32,
     },
-    /// On an attachment of a PTY exec: the terminal's new size.
+    /// On an attachment of a PTY exec: the terminal's new size. From version 5 also on a stdin connection
+    /// ([`Request::Stdin`]), where it is applied after the stdin sent before it and before any sent after,
+    /// and answered with [`Response::StdinAck`].
     Resize {
         /// Rows.
         rows: u16,

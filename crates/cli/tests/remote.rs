@@ -777,7 +777,10 @@ async fn the_unix_socket_serves_the_same_api_with_the_same_tokens() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_local_client_gets_every_byte_while_the_ring_goes_round() {
     use sha2::Digest;
-    let client = Client::connect(&server().unix_url, Some(TOKEN_A)).unwrap();
+    // A server of its own: the shared one's socket counts its piped bytes for another test.
+    let socket = state_dir().join("slow-client.sock");
+    let serve = ServeProcess::start_with("127.0.0.1:0", &["--socket", &socket.display().to_string()]);
+    let client = Client::connect(&format!("unix:{}", socket.display()), Some(TOKEN_A)).unwrap();
     let sb = Sandbox::builder().client(&client).command("sleep").args(["infinity"]).create().await.unwrap();
     let n = 30_000_000u64;
     let (mut hasher, mut chunks) = (sha2::Sha256::new(), 0u64);
@@ -796,6 +799,7 @@ async fn a_slow_local_client_gets_every_byte_while_the_ring_goes_round() {
         .unwrap();
     assert_eq!((r.returncode, hex(hasher.finalize())), (0, seq_sha256(n)));
     sb.stop().await.unwrap();
+    drop(serve);
 }
 
 /// `hangar serve --socket PATH` serves there (the CLI reaches it with `HANGAR_URL=unix:PATH`), and the socket

@@ -120,6 +120,8 @@ pub struct StdinWriter {
     acked: u64,
     /// Stream offset of the next byte this connection sends.
     next: u64,
+    /// The agent's protocol version.
+    protocol: u32,
 }
 
 impl Engine {
@@ -227,11 +229,12 @@ impl Engine {
     /// Opens exec `exec`'s stdin for writing from `offset` on. Bytes the exec already received are skipped,
     /// so a writer that lost its connection resumes from [`StdinWriter::acked`] of a new one.
     pub async fn open_stdin(&self, id: &str, exec: &str, offset: u64) -> Result<StdinWriter> {
-        let mut conn = self.connect(id).await?;
+        let crate::backend::AgentLink { mut conn, protocol, .. } = self.link(id).await?;
         conn.send(&Request::Stdin { exec: exec.to_string(), offset }).await.map_err(|e| self.gone(id, "stdin", e))?;
         match conn.recv::<Response>().await.map_err(|e| self.gone(id, "stdin", e))? {
             Some(Response::StdinAck { acked }) => {
-                Ok(StdinWriter { sandbox: id.to_string(), exec: exec.to_string(), conn, acked, next: offset })
+                let (sandbox, exec) = (id.to_string(), exec.to_string());
+                Ok(StdinWriter { sandbox, exec, conn, acked, next: offset, protocol })
             }
             other => Err(self.unexpected(id, exec, other)),
         }
@@ -285,6 +288,20 @@ impl StdinWriter {
         .await;
         sent.map_err(|e| Error::SandboxGone { id: self.sandbox.clone(), detail: format!("stdin: {e}") })?;
         self.ack().await
+    }
+
+    /// Gives the exec's terminal the size `rows` × `cols`, in order with this writer's bytes: after those
+    /// written before, before any written after, and applied when this returns. `false` (nothing done) with an
+    /// agent older than protocol 5, which takes resizes only on the exec's stream ([`ExecControl::resize`]).
+    pub async fn resize(&mut self, rows: u16, cols: u16) -> Result<bool> {
+        if self.protocol < 5 {
+            return Ok(false);
+        }
+        self.conn
+            .send(&Request::Resize { rows, cols })
+            .await
+            .map_err(|e| Error::SandboxGone { id: self.sandbox.clone(), detail: format!("stdin: {e}") })?;
+        self.ack().await.map(|_| true)
     }
 
     /// Ends stdin (for a terminal: sends its end-of-file character).

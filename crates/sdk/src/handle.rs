@@ -528,7 +528,19 @@ impl ExecInput {
     pub async fn resize(&self, rows: u16, cols: u16) -> Result<()> {
         match &self.kind {
             #[cfg(feature = "embedded")]
-            InputKind::Embedded { control, .. } => Ok(control.resize(rows, cols).await?),
+            InputKind::Embedded { engine, control, writer } => {
+                // Through stdin's connection where there is one: in order with the bytes written there, and
+                // applied when this returns (on the exec's stream it would race the next line of input).
+                let mut w = writer.lock().await;
+                let ordered = match self.embedded_writer(engine, &mut w).await {
+                    Ok(w) => w.resize(rows, cols).await?,
+                    Err(_) => false, // stdin closed: nothing to keep in order with
+                };
+                if !ordered {
+                    control.resize(rows, cols).await?;
+                }
+                Ok(())
+            }
             InputKind::Remote(buf) => {
                 buf.resize(rows, cols);
                 Ok(())

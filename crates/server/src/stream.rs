@@ -93,7 +93,15 @@ pub(crate) async fn client_messages(
             Some(In::Stdin(c)) => (c.offset, Some(c.data), false),
             Some(In::Close(_)) => (0, None, true),
             Some(In::Resize(r)) => {
-                let _ = control.resize(r.rows.min(u16::MAX as u32) as u16, r.cols.min(u16::MAX as u32) as u16).await;
+                let (rows, cols) = (r.rows.min(u16::MAX as u32) as u16, r.cols.min(u16::MAX as u32) as u16);
+                // In order with the stdin sent before it, through stdin's connection once there is one.
+                let ordered = match writer.as_mut() {
+                    Some(w) => w.resize(rows, cols).await.unwrap_or(false),
+                    None => false,
+                };
+                if !ordered {
+                    let _ = control.resize(rows, cols).await;
+                }
                 continue;
             }
             Some(In::Signal(s)) => {

@@ -275,6 +275,15 @@ impl Exec {
         }
     }
 
+    /// Gives its terminal (a PTY exec's) the size `rows` × `cols`; nothing for an exec without one.
+    fn resize(&self, rows: u16, cols: u16) {
+        if let Some(pty) = &self.pty {
+            let ws = libc::winsize { ws_row: rows, ws_col: cols, ws_xpixel: 0, ws_ypixel: 0 };
+            // SAFETY: TIOCSWINSZ reads one winsize from the pointer, which outlives the call.
+            unsafe { libc::ioctl(pty.as_raw_fd(), libc::TIOCSWINSZ, &ws) };
+        }
+    }
+
     fn on_signal(&mut self, signal: i32) -> Result<(), (ErrorKind, String)> {
         let sig = Signal::try_from(signal).map_err(|_| err(ErrorKind::InvalidArgument, format!("signal {signal}")))?;
         if sig == Signal::SIGKILL {

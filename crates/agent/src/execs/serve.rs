@@ -255,13 +255,7 @@ fn take_request(e: &ExecRef, reader: ReaderId, m: Request, hold: &mut Duration) 
         Request::Signal { signal, .. } => {
             let _ = ex.on_signal(signal);
         }
-        Request::Resize { rows, cols } => {
-            if let Some(pty) = &ex.pty {
-                let ws = libc::winsize { ws_row: rows, ws_col: cols, ws_xpixel: 0, ws_ypixel: 0 };
-                // SAFETY: TIOCSWINSZ reads one winsize from the pointer, which outlives the call.
-                unsafe { libc::ioctl(pty.as_raw_fd(), libc::TIOCSWINSZ, &ws) };
-            }
-        }
+        Request::Resize { rows, cols } => ex.resize(rows, cols),
         _ => {}
     }
     false

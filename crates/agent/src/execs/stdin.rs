@@ -63,6 +63,11 @@ pub(crate) async fn stdin(state: &Shared, mut conn: Conn, exec: &str, offset: u6
                     }
                 }
             }
+            // Between the bytes before and after it: a command that reads its next line sees the new size.
+            Ok(Some(Request::Resize { rows, cols })) => {
+                e.borrow().resize(rows, cols);
+                Response::StdinAck { acked: e.borrow().stdin_acked }
+            }
             Ok(Some(Request::StdinClose)) => {
                 let tty = e.borrow().tty;
                 if tty {
