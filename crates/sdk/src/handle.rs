@@ -423,7 +423,9 @@ impl ExecHandle {
         self.input.close().await
     }
 
-    /// Resizes the exec's terminal (see [`crate::Exec::tty`]).
+    /// Resizes the exec's terminal (see [`crate::Exec::tty`]), in order with its stdin: what was written before
+    /// is read at the old size, what is written after at the new one (embedded, it is applied when this
+    /// returns).
     ///
     /// ```no_run
     /// # async fn demo(sb: &hangar::Sandbox) -> hangar::Result<()> {
