@@ -26,5 +26,6 @@ mod pod;
 mod server;
 mod spare;
 mod state;
+mod watchdog;
 
 pub use server::run;

@@ -80,7 +80,7 @@ pub(crate) fn main() -> Result<(), String> {
     };
     started.main_copy = std::io::stdout().as_fd().try_clone_to_owned().ok();
     crate::log!("pod agent listening on {}", cfg.listen);
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| format!("tokio: {e}"))?;
+    let rt = crate::server::event_loop()?;
     let served = rt.block_on(async move {
         let listener = tokio::net::TcpListener::from_std(listener).map_err(|e| format!("listener: {e}"))?;
         let (tx, rx) = mpsc::channel(64);

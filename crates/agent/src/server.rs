@@ -51,6 +51,10 @@ pub fn run() -> ! {
         }
     }
     let pod = std::env::args().nth(1).as_deref() == Some(hangar_agent_protocol::POD_ARG);
+    // One malloc arena: the agent allocates on its event loop; a thread of the blocking pool (a spare being
+    // prepared) would otherwise get an arena of its own to keep.
+    // SAFETY: mallopt only sets a malloc parameter; nothing has started another thread yet.
+    unsafe { libc::mallopt(libc::M_ARENA_MAX, 1) };
     let code = match if pod { crate::pod::main() } else { main_inner() } {
         Ok(()) => 0,
         Err(e) => {
@@ -88,7 +92,7 @@ fn main_inner() -> Result<(), String> {
     };
     let _ = writeln!(status, "{}", StartReport::Ready { main_pid: started.main_pid(), version: VERSION }.line());
     drop(status);
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| format!("tokio: {e}"))?;
+    let rt = event_loop()?;
     let served = rt.block_on(async {
         // SAFETY: the runtime placed the listening control socket at this number; nothing else owns it.
         let std_listener = unsafe { std::os::unix::net::UnixListener::from_raw_fd(LISTENER_FD) };
@@ -99,6 +103,16 @@ fn main_inner() -> Result<(), String> {
     // A blocking task (a spare being prepared) must not hold up the agent's exit.
     rt.shutdown_background();
     served
+}
+
+/// The agent's event loop: one thread. It waits on a handful of descriptors, so it reads up to 64 events a
+/// turn, not tokio's 1024 (a 12 KiB buffer in every sandbox).
+pub(crate) fn event_loop() -> Result<tokio::runtime::Runtime, String> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .max_io_events_per_tick(64)
+        .build()
+        .map_err(|e| format!("tokio: {e}"))
 }
 
 /// What the agent started in a sandbox that is built: its root, its user, its main command, its execs' table.
@@ -236,7 +250,8 @@ pub(crate) async fn serve(cfg: Workload, started: Started, mut incoming: Incomin
         tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).map_err(|e| e.to_string())?;
     let lifetime = Duration::from_millis(cfg.lifetime_ms);
     let grace = Duration::from_millis(cfg.stop_grace_ms);
-    watchdog(lifetime + grace + WATCHDOG_SLACK);
+    let fired = EndRecord { reason: EndReason::LifetimeExceeded, code: None, signal: Some(libc::SIGKILL), log: None };
+    crate::watchdog::arm(lifetime + grace + WATCHDOG_SLACK, serde_json::to_vec(&fired).unwrap_or_default());
     reserve_end_record();
     let state: Shared = Rc::new(RefCell::new(State {
         cfg,
@@ -306,28 +321,6 @@ pub(crate) async fn serve(cfg: Workload, started: Started, mut incoming: Incomin
 
 /// How long after the lifetime and grace the watchdog waits for the normal shutdown before it acts.
 const WATCHDOG_SLACK: Duration = Duration::from_secs(5);
-
-/// A thread of its own that ends the sandbox at `deadline` even when the event loop is stuck (a file
-/// operation blocked in the kernel, a bug): whatever the workload does, the lifetime holds. The normal
-/// shutdown ends the process long before; this only ever fires on a wedged agent.
-fn watchdog(deadline: Duration) {
-    let spawned = std::thread::Builder::new().name("watchdog".into()).spawn(move || {
-        std::thread::sleep(deadline);
-        crate::log!("the lifetime passed and the agent did not shut down: killing the sandbox");
-        let _ = kill(Pid::from_raw(-1), Signal::SIGKILL);
-        record_end(&EndRecord {
-            reason: EndReason::LifetimeExceeded,
-            code: None,
-            signal: Some(libc::SIGKILL),
-            log: None,
-        });
-        // SAFETY: _exit ends the process at once; nothing of ours needs unwinding or flushing.
-        unsafe { libc::_exit(0) }
-    });
-    if let Err(e) = spawned {
-        crate::log!("no watchdog thread ({e}); the lifetime relies on the event loop alone");
-    }
-}
 
 /// Collects every exited child: execs get their status, the main command's end starts the shutdown,
 /// orphans re-parented to us are simply reaped.
@@ -442,22 +435,27 @@ pub(crate) static SPARE_HELPERS: std::sync::atomic::AtomicBool = std::sync::atom
 pub(crate) static TERMINATION_LOG: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
 
 fn record_end(rec: &EndRecord) {
+    write_end(&serde_json::to_vec(rec).unwrap_or_default());
+}
+
+/// Writes an end record (`body`, rendered) where the engine (and a Pod's termination message) finds it.
+/// Allocates nothing: the watchdog's signal handler calls it too (`crate::watchdog`).
+pub(crate) fn write_end(body: &[u8]) {
     if let Some(path) = TERMINATION_LOG.get() {
-        let _ = std::fs::write(path, serde_json::to_vec(rec).unwrap_or_default());
+        let _ = std::fs::write(path, body);
     }
     use nix::fcntl::{openat, renameat, OFlag};
     use nix::sys::stat::Mode;
     use std::os::unix::fs::FileExt;
     // SAFETY: the runtime placed the state directory at this number; we only borrow it.
     let dir = unsafe { std::os::fd::BorrowedFd::borrow_raw(STATE_DIR_FD) };
-    let body = serde_json::to_vec(rec).unwrap_or_default();
     // Written into the reserved block (no O_TRUNC, which would free it), then cut to length.
     let flags = OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_CLOEXEC;
     if let Ok(fd) = openat(dir, END_RECORD_TMP, flags, Mode::from_bits_truncate(0o644)) {
         let f = File::from(fd);
         // Not synced: the engine copies the end into its store as soon as the agent is gone, and a host that
         // crashes before that ends every sandbox anyway (a flush here cost every stop 2 ms).
-        let written = f.write_all_at(&body, 0).and_then(|()| f.set_len(body.len() as u64));
+        let written = f.write_all_at(body, 0).and_then(|()| f.set_len(body.len() as u64));
         if written.is_ok() {
             let _ = renameat(dir, END_RECORD_TMP, dir, END_RECORD_FILE);
         }

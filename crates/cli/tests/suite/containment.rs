@@ -363,7 +363,7 @@ async fn an_out_of_memory_kill_hits_the_workload_never_the_agent() {
 async fn a_wedged_agent_is_still_ended_at_its_lifetime_from_the_host() {
     let sb = builder().max_lifetime(Duration::from_secs(3600)).create().await.unwrap();
     let agent = agent_pid(sb.id());
-    // Frozen from the host (its event loop and its watchdog thread alike), and its lifetime long past.
+    // Frozen from the host (its event loop and its watchdog alike), and its lifetime long past.
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(agent), nix::sys::signal::Signal::SIGSTOP).unwrap();
     let cfg = state_dir().join("sandboxes").join(sb.id()).join("agent.json");
     let status = std::process::Command::new("touch").args(["-d", "2 hours ago"]).arg(&cfg).status().unwrap();

@@ -234,7 +234,7 @@ impl Local {
     }
 
     /// The host side's hold on a sandbox's lifetime: the agent ends its sandbox on time itself (its event loop,
-    /// and a watchdog thread besides), so this only acts on an agent that is wedged for good, killing it
+    /// and a watchdog timer besides), so this only acts on an agent that is wedged for good, killing it
     /// (and with it the pid namespace) well past its lifetime and stop grace.
     fn enforce_lifetime(&self, rec: &Record) {
         const SLACK: Duration = Duration::from_secs(30);
