@@ -80,15 +80,12 @@ pub(crate) fn main() -> Result<(), String> {
     };
     started.main_copy = std::io::stdout().as_fd().try_clone_to_owned().ok();
     crate::log!("pod agent listening on {}", cfg.listen);
-    let rt = crate::server::event_loop()?;
-    let served = rt.block_on(async move {
+    crate::server::on_event_loop(async move {
         let listener = tokio::net::TcpListener::from_std(listener).map_err(|e| format!("listener: {e}"))?;
         let (tx, rx) = mpsc::channel(64);
         tokio::spawn(accept_streams(listener, cfg.token_digest, tx));
         serve(workload, started, Incoming::Remote(rx)).await
-    });
-    rt.shutdown_background();
-    served
+    })
 }
 
 /// Opens (making it if needed) the state directory and places it where every journal operation finds it.

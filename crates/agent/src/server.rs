@@ -92,27 +92,30 @@ fn main_inner() -> Result<(), String> {
     };
     let _ = writeln!(status, "{}", StartReport::Ready { main_pid: started.main_pid(), version: VERSION }.line());
     drop(status);
-    let rt = event_loop()?;
-    let served = rt.block_on(async {
+    on_event_loop(async {
         // SAFETY: the runtime placed the listening control socket at this number; nothing else owns it.
         let std_listener = unsafe { std::os::unix::net::UnixListener::from_raw_fd(LISTENER_FD) };
         std_listener.set_nonblocking(true).map_err(|e| format!("listener: {e}"))?;
         let listener = UnixListener::from_std(std_listener).map_err(|e| format!("listener: {e}"))?;
         serve(cfg.workload, started, Incoming::Unix(listener)).await
-    });
-    // A blocking task (a spare being prepared) must not hold up the agent's exit.
-    rt.shutdown_background();
-    served
+    })
 }
 
-/// The agent's event loop: one thread. It waits on a handful of descriptors, so it reads up to 64 events a
-/// turn, not tokio's 1024 (a 12 KiB buffer in every sandbox).
-pub(crate) fn event_loop() -> Result<tokio::runtime::Runtime, String> {
-    tokio::runtime::Builder::new_current_thread()
+/// Runs `serve` on the agent's event loop, one thread, until it returns.
+///
+/// Memory an idle agent keeps counts once per sandbox: the loop reads up to 64 events a turn (it waits on a
+/// handful of descriptors), not tokio's 1024 (a 12 KiB buffer); and the future is boxed, as `block_on` moves
+/// it through several calls, each a copy on the stack (12 KiB of stack pages the agent would keep for good).
+pub(crate) fn on_event_loop(serve: impl std::future::Future<Output = Result<(), String>>) -> Result<(), String> {
+    let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .max_io_events_per_tick(64)
         .build()
-        .map_err(|e| format!("tokio: {e}"))
+        .map_err(|e| format!("tokio: {e}"))?;
+    let served = rt.block_on(Box::pin(serve));
+    // A blocking task (a spare being prepared) must not hold up the agent's exit.
+    rt.shutdown_background();
+    served
 }
 
 /// What the agent started in a sandbox that is built: its root, its user, its main command, its execs' table.
