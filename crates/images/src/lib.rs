@@ -29,7 +29,7 @@ use std::path::{Path, PathBuf};
 /// Name of the built-in image; `hangar/builtin` is accepted too.
 pub const BUILTIN: &str = "builtin";
 /// Bumped whenever the layout of the built-in image's generated layer changes.
-const BUILTIN_LAYER: &str = "builtin-v1";
+const BUILTIN_LAYER: &str = "builtin-v2";
 
 /// `/etc` entries copied from the host into the built-in image: what programs need to run, nothing secret.
 const ETC_WHITELIST: &[&str] = &[
@@ -126,8 +126,6 @@ pub struct ImageLayout {
     pub root_layers: Vec<PathBuf>,
     /// Extra copy-on-write overlays: mount point inside the sandbox and their lower layers, topmost first.
     pub overlays: Vec<(String, Vec<PathBuf>)>,
-    /// Empty tmpfs mounts hiding host directories: mount point and size in bytes.
-    pub tmpfs: Vec<(String, u64)>,
     /// Default environment.
     pub env: Vec<(String, String)>,
     /// Default working directory.
@@ -200,7 +198,6 @@ impl ImageStore {
             name: BUILTIN.to_string(),
             root_layers: vec![layer.join("root")],
             overlays: vec![("usr".into(), vec![layer.join("usr"), PathBuf::from("/usr")])],
-            tmpfs: vec![("usr/local".into(), 256 << 20)],
             env: vec![
                 ("PATH".into(), "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into()),
                 ("HOME".into(), "/root".into()),
@@ -262,6 +259,12 @@ impl ImageStore {
         if !Path::new("/usr/bin/python").exists() && Path::new("/usr/bin/python3").exists() {
             symlink("python3", usr_bin.join("python")).map_err(io(&usr_bin))?;
         }
+        // The host's /usr/local is hidden by an opaque directory over it (the sandbox's own writes land in its
+        // /usr overlay's upper layer), not by a tmpfs: every filesystem instance costs each idle sandbox kernel
+        // memory (see `hangar_runtime::cgroups`).
+        let local = tmp.join("usr/local");
+        fs::create_dir_all(&local).map_err(io(&local))?;
+        set_opaque(&local).map_err(io(&local))?;
         match fs::rename(&tmp, layer) {
             Ok(()) => Ok(()),
             // Another process finished first: use its copy.
@@ -271,6 +274,18 @@ impl ImageStore {
             }
             Err(e) => Err(Error::Io { path: layer.to_path_buf(), source: e }),
         }
+    }
+}
+
+/// Marks `dir`, in a lower layer of an overlay, opaque: the layers below it contribute nothing to it.
+fn set_opaque(dir: &Path) -> io::Result<()> {
+    let path = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes())?;
+    // SAFETY: both strings are NUL-terminated and outlive the call; the value is one byte long.
+    let r = unsafe { libc::setxattr(path.as_ptr(), c"trusted.overlay.opaque".as_ptr(), c"y".as_ptr().cast(), 1, 0) };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
     }
 }
 

@@ -475,7 +475,6 @@ impl ImageStore {
             name: rec.reference.clone(),
             root_layers: rec.layers.iter().rev().map(|d| self.layer_dir(d)).collect(),
             overlays: vec![],
-            tmpfs: vec![],
             env,
             workdir,
             command,

@@ -60,8 +60,8 @@ pub(crate) fn build_and_pivot(spec: &RootfsSpec) -> Result<()> {
             }
         }
     }
-    mount_proc_and_sys(root)?;
     mount_dev(root)?;
+    mount_proc_and_sys(root)?;
     for dir in ["tmp", "root", "run"] {
         mkdir_p(&root.join(dir))?;
     }
@@ -104,24 +104,23 @@ fn mount_proc_and_sys(root: &Path) -> Result<()> {
     let sys = root.join("sys");
     mkdir_p(&sys)?;
     mnt(Some("sysfs"), &sys, Some("sysfs"), quiet | MsFlags::MS_RDONLY, None)?;
-    // Masked directories share one empty read-only tmpfs (the first is mounted, the rest are binds of it): every
-    // filesystem instance costs kernel memory in each memory cgroup on the host (see `cgroups`).
-    let mut empty: Option<std::path::PathBuf> = None;
+    // Masked directories are read-only binds of one empty directory, made in the sandbox's /dev and removed
+    // from it at once (a removed directory stays empty: nothing can be created in it), rather than a tmpfs:
+    // every filesystem instance costs each idle sandbox kernel memory (see `cgroups`).
+    let empty = root.join("dev/.masked");
+    fs::create_dir(&empty).map_err(|e| Error::io("mkdir", &empty, e))?;
     for p in MASKED_PATHS {
         let path = root.join(p);
-        match (fs::metadata(&path), &empty) {
-            (Ok(md), Some(first)) if md.is_dir() => {
-                mnt(Some(first.to_str().unwrap_or_default()), &path, None, MsFlags::MS_BIND, None)?;
-                mnt(None, &path, None, MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY, None)?;
+        match fs::metadata(&path) {
+            Ok(md) if md.is_dir() => {
+                mnt(Some(empty.to_str().unwrap_or_default()), &path, None, MsFlags::MS_BIND, None)?;
+                mnt(None, &path, None, MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | quiet, None)?;
             }
-            (Ok(md), None) if md.is_dir() => {
-                mnt(Some("tmpfs"), &path, Some("tmpfs"), MsFlags::MS_RDONLY, Some("size=0"))?;
-                empty = Some(path);
-            }
-            (Ok(_), _) => mnt(Some("/dev/null"), &path, None, MsFlags::MS_BIND, None)?,
-            (Err(_), _) => {}
+            Ok(_) => mnt(Some("/dev/null"), &path, None, MsFlags::MS_BIND, None)?,
+            Err(_) => {}
         }
     }
+    fs::remove_dir(&empty).map_err(|e| Error::io("rmdir", &empty, e))?;
     for p in READONLY_PATHS {
         let path = root.join(p);
         if path.exists() {
@@ -140,7 +139,8 @@ fn mount_dev(root: &Path) -> Result<()> {
         &dev,
         Some("tmpfs"),
         // nodev: the devices below are bind mounts, which keep their own flags; a node made here opens nothing.
-        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_STRICTATIME,
+        // noexec: nothing here is a program (and /dev/shm, a directory of this filesystem, was always noexec).
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC | MsFlags::MS_STRICTATIME,
         Some("mode=755,size=65536k"),
     )?;
     for d in DEVICES {
@@ -157,15 +157,11 @@ fn mount_dev(root: &Path) -> Result<()> {
         MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
         Some("newinstance,ptmxmode=0666,mode=0620"),
     )?;
+    // /dev/shm is a directory of /dev's tmpfs, sharing its 64 MiB, not a tmpfs of its own: every filesystem
+    // instance costs each idle sandbox kernel memory (see `cgroups`).
     let shm = dev.join("shm");
     mkdir_p(&shm)?;
-    mnt(
-        Some("shm"),
-        &shm,
-        Some("tmpfs"),
-        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
-        Some("mode=1777,size=65536k"),
-    )?;
+    fs::set_permissions(&shm, fs::Permissions::from_mode(0o1777)).map_err(|e| Error::io("chmod", &shm, e))?;
     for (link, to) in [
         ("ptmx", "pts/ptmx"),
         ("fd", "/proc/self/fd"),

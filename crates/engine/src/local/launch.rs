@@ -159,8 +159,6 @@ impl Local {
                 overlay: overlay(&format!("at_{}", target.replace('/', "_")), lower.clone())?,
             });
         }
-        mounts
-            .extend(layout.tmpfs.iter().map(|(target, size)| MountSpec::Tmpfs { target: target.clone(), size: *size }));
         let root = overlay("root", layout.root_layers.clone())?;
         let net = self.prepare_network(id, &info.network).await?;
         write_name_files(&root.upper, id, net.as_ref().map(|n| &n.net))?;
