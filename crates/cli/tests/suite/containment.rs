@@ -459,3 +459,25 @@ async fn a_disk_budget_is_refused_where_the_engine_has_none() {
         other => panic!("expected InvalidArgument, got {other:?}"),
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_hosts_information_in_proc_and_sys_is_masked_and_its_tunables_are_read_only() {
+    let sb = sandbox().await;
+    let sh = |script: &str| sb.exec(["sh", "-c", script]);
+    // Masked directories are empty, and nothing can be made in them (not even by root).
+    let r = sh("ls -A /proc/acpi /sys/firmware | grep -v : | grep -c . ; touch /proc/acpi/x || mkdir /sys/firmware/y || echo refused")
+        .await
+        .unwrap();
+    assert_eq!(r.stdout_text(), "0\nrefused\n", "{r:?}");
+    // Masked files read as nothing.
+    let r = sh("cat /proc/kcore /proc/timer_list /proc/keys | wc -c").await.unwrap();
+    assert_eq!(r.stdout_text().trim(), "0", "{r:?}");
+    // Kernel tunables cannot be written.
+    let r = sh("echo 1 > /proc/sys/vm/drop_caches && echo written || echo refused").await.unwrap();
+    assert_eq!(r.stdout_text(), "refused\n", "{r:?}");
+    // /dev holds devices and links, and /dev/shm is a sticky directory every user can write to.
+    let r =
+        sh("stat -c %a /dev/shm; echo x > /dev/shm/f && cat /dev/shm/f; ls -A /dev | grep -c '^\\.'").await.unwrap();
+    assert_eq!(r.stdout_text(), "1777\nx\n0\n", "{r:?}");
+    sb.stop().await.unwrap();
+}
