@@ -18,10 +18,11 @@
 //! (`libgcc_s.a` is libgcc's unwinder, `libgcc_eh.a`). Without the C library's archives (no `libc6-dev`) the
 //! agent is linked dynamically, still at a fixed address.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
+    println!("cargo:rerun-if-env-changed=CC");
     println!("cargo:rustc-link-arg-bin=hangar-agent=-no-pie");
     match static_archives() {
         Some(dir) => {
@@ -34,10 +35,8 @@ fn main() {
 
 /// A directory where the libraries rustc names are their static archives, or `None` without them.
 fn static_archives() -> Option<PathBuf> {
-    let libdir = ["/usr/lib/x86_64-linux-gnu", "/usr/lib64", "/usr/lib"]
-        .map(Path::new)
-        .into_iter()
-        .find(|d| d.join("libc.a").exists())?;
+    let libc = gcc_file("libc.a")?;
+    let libdir = libc.parent()?;
     let gcc_eh = gcc_file("libgcc_eh.a")?;
     let dir = PathBuf::from(std::env::var_os("OUT_DIR")?).join("static");
     let _ = std::fs::remove_dir_all(&dir);
@@ -52,7 +51,7 @@ fn static_archives() -> Option<PathBuf> {
     Some(dir)
 }
 
-/// A file of the C compiler's own library directory (`cc -print-file-name`).
+/// Where the C compiler finds a library file (`cc -print-file-name`), if it does.
 fn gcc_file(name: &str) -> Option<PathBuf> {
     let cc = std::env::var("CC").unwrap_or_else(|_| "cc".into());
     let out = std::process::Command::new(cc).arg(format!("-print-file-name={name}")).output().ok()?;
