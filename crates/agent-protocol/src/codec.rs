@@ -66,32 +66,51 @@ pub struct Conn {
 #[derive(Clone)]
 pub struct Writer {
     write: Arc<tokio::sync::Mutex<Box<dyn AsyncWrite + Send + Sync + Unpin>>>,
+    /// The socket under `write`, when it is a unix stream (open for as long as `write` is): see
+    /// [`Writer::send_raw`].
+    socket: Option<std::os::fd::RawFd>,
 }
+
+/// What a connection's buffer holds at first: its messages are small; bulk data (file contents, inline
+/// output) grows it to [`BULK_READ`].
+const FIRST_CAPACITY: usize = 8192;
+/// Room made for each read once a read filled the buffer.
+const BULK_READ: usize = 64 * 1024;
 
 impl Conn {
     /// Wraps a connected unix stream.
     pub fn new(stream: UnixStream) -> Self {
+        let socket = std::os::fd::AsRawFd::as_raw_fd(&stream);
         let (read, write) = stream.into_split();
-        Self::from_halves(Box::new(read), Box::new(write))
+        Self::from_halves(Box::new(read), Box::new(write), Some(socket))
     }
 
     /// Wraps any connected byte stream.
     pub fn over<S: AsyncRead + AsyncWrite + Send + Sync + 'static>(stream: S) -> Self {
         let (read, write) = tokio::io::split(stream);
-        Self::from_halves(Box::new(read), Box::new(write))
+        Self::from_halves(Box::new(read), Box::new(write), None)
     }
 
     fn from_halves(
         read: Box<dyn AsyncRead + Send + Sync + Unpin>,
         write: Box<dyn AsyncWrite + Send + Sync + Unpin>,
+        socket: Option<std::os::fd::RawFd>,
     ) -> Self {
-        let writer = Writer { write: Arc::new(tokio::sync::Mutex::new(write)) };
-        Self { read, buf: Vec::with_capacity(8192), start: 0, writer }
+        let writer = Writer { write: Arc::new(tokio::sync::Mutex::new(write)), socket };
+        Self { read, buf: Vec::with_capacity(FIRST_CAPACITY), start: 0, writer }
     }
 
-    /// Connects to the agent listening at `path`.
+    /// Connects to the agent listening at `path`. A unix socket's `connect` completes at once or fails
+    /// (a listener whose backlog is full refuses with `EAGAIN`; there is no connection in progress), so
+    /// there is nothing to wait for: tokio's `UnixStream::connect` awaits writability all the same, a
+    /// round trip through the runtime's I/O driver (on a multi-threaded runtime, a wake-up of another
+    /// thread) on every exec's path.
     pub async fn connect(path: &std::path::Path) -> io::Result<Self> {
-        Ok(Self::new(UnixStream::connect(path).await?))
+        use nix::sys::socket::{connect, socket, AddressFamily, SockFlag, SockType, UnixAddr};
+        let flags = SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC;
+        let fd = socket(AddressFamily::Unix, SockType::Stream, flags, None)?;
+        connect(std::os::fd::AsRawFd::as_raw_fd(&fd), &UnixAddr::new(path)?)?;
+        Ok(Self::new(UnixStream::from_std(std::os::unix::net::UnixStream::from(fd))?))
     }
 
     /// A writing handle.
@@ -141,8 +160,12 @@ impl Conn {
             self.buf.drain(..self.start);
             self.start = 0;
         }
-        // Into the buffer's spare capacity (no zero-filling per read).
-        self.buf.reserve(64 * 1024);
+        // Into the buffer's spare capacity (no zero-filling per read). Grown only once reads fill it: a
+        // buffer of 64 KiB for every connection was allocated and freed at the top of the heap with each
+        // exec, moving the heap's end (`brk`) both ways every time in the agent.
+        if self.buf.len() == self.buf.capacity() {
+            self.buf.reserve(BULK_READ);
+        }
         self.read.read_buf(&mut self.buf).await
     }
 }
@@ -154,9 +177,28 @@ impl Writer {
     }
 
     /// Writes raw bytes (file contents after a frame that announced them).
+    ///
+    /// On a unix socket, what the socket has room for is written at once, not through the runtime: tokio
+    /// writes to a socket only once its I/O driver reported it writable, which a new connection's socket
+    /// has not been yet, so every connection's first message (an exec's request, its info) waited for a turn
+    /// of the driver (on a multi-threaded runtime, a wake-up of the driver's thread and of this one). What
+    /// does not fit goes the runtime's way.
     pub async fn send_raw(&self, data: &[u8]) -> io::Result<()> {
+        use nix::sys::socket::{send, MsgFlags};
         let mut w = self.write.lock().await;
-        w.write_all(data).await?;
+        let mut rest = data;
+        if let Some(fd) = self.socket {
+            // Under the lock: frames never interleave. (Nonblocking, and no SIGPIPE from a closed peer.)
+            match send(fd, rest, MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL) {
+                Ok(n) => rest = &rest[n..],
+                Err(nix::errno::Errno::EAGAIN | nix::errno::Errno::EINTR) => {}
+                Err(e) => return Err(e.into()),
+            }
+            if rest.is_empty() {
+                return Ok(());
+            }
+        }
+        w.write_all(rest).await?;
         w.flush().await
     }
 }

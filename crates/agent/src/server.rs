@@ -126,6 +126,8 @@ pub(crate) struct Started {
     table: Table,
     /// Where a copy of the main command's output goes besides its journal (a Pod's container log).
     pub(crate) main_copy: Option<OwnedFd>,
+    /// `/dev/null`, opened before anything of the workload ran (see `State::devnull`).
+    devnull: OwnedFd,
 }
 
 impl Started {
@@ -137,11 +139,12 @@ impl Started {
         let root = SandboxRoot::open(&workload.workdir)
             .map_err(|e| StartReport::Failed(format!("open the sandbox's root: {e}")))?;
         let user = resolve_user(&root, &workload.user).map_err(StartReport::Failed)?;
+        let devnull = File::open("/dev/null").map_err(|e| StartReport::Failed(format!("/dev/null: {e}")))?.into();
         let main = match workload.main.is_empty() {
             true => None,
-            false => Some(spawn_main(workload, &root, &cgroups, user)?),
+            false => Some(spawn_main(workload, &root, &cgroups, user, &devnull)?),
         };
-        Ok(Self { root, user, main, table: Table::new(cgroups), main_copy: None })
+        Ok(Self { root, user, main, table: Table::new(cgroups), main_copy: None, devnull })
     }
 
     /// The main command's pid (0 without one).
@@ -227,26 +230,25 @@ fn spawn_main(
     root: &SandboxRoot,
     cgroups: &hangar_runtime::cgroups::CgroupDirs,
     user: Option<(u32, u32)>,
+    null: &OwnedFd,
 ) -> Result<Main, StartReport> {
     let failed = StartReport::Failed;
     let prog = cfg.main.first().ok_or_else(|| failed("the sandbox's command is empty".into()))?;
     let cgroup =
         cgroups.create_exec("main").map_err(|e| failed(format!("cannot make the main command's cgroup: {e}")))?;
     let cwd = root.open_dir(&cfg.workdir).map_err(|(_, m)| failed(m))?;
-    let null = File::open("/dev/null").map_err(|e| failed(format!("/dev/null: {e}")))?;
-    let null = OwnedFd::from(null);
     let (output, input) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
         .map_err(|e| failed(format!("the main command's output pipe: {e}")))?;
     let _ = nix::fcntl::fcntl(&input, nix::fcntl::FcntlArg::F_SETPIPE_SZ(1 << 20));
     let order = Order { argv: cfg.main.clone(), env: cfg.env.clone(), user, tty: false };
-    let with = Handover { stdio: [&null, &input, &input], cwd: &cwd };
+    let with = Handover { stdio: [null, &input, &input], cwd: &cwd };
     let pid = crate::spare::start_directly(&order, with, Some(&cgroup))
         .map_err(|e| StartReport::CommandFailed(start_failure(prog, &e)))?;
     Ok(Main { pid, output, cgroup })
 }
 
 pub(crate) async fn serve(cfg: Workload, started: Started, mut incoming: Incoming) -> Result<(), String> {
-    let Started { root, user, main, table, main_copy } = started;
+    let Started { root, user, main, table, main_copy, devnull } = started;
     let mut sigchld =
         tokio::signal::unix::signal(tokio::signal::unix::SignalKind::child()).map_err(|e| e.to_string())?;
     let mut sigterm =
@@ -255,11 +257,15 @@ pub(crate) async fn serve(cfg: Workload, started: Started, mut incoming: Incomin
     let grace = Duration::from_millis(cfg.stop_grace_ms);
     let fired = EndRecord { reason: EndReason::LifetimeExceeded, code: None, signal: Some(libc::SIGKILL), log: None };
     crate::watchdog::arm(lifetime + grace + WATCHDOG_SLACK, serde_json::to_vec(&fired).unwrap_or_default());
+    // The agent's signal handling is complete (tokio's handlers above, the watchdog's, std's): commands
+    // reset just these.
+    hangar_runtime::note_signal_dispositions();
     reserve_end_record();
     let state: Shared = Rc::new(RefCell::new(State {
         cfg,
         root,
         user,
+        devnull,
         main_pid: main.as_ref().map_or(0, |m| m.pid),
         waiters: HashMap::new(),
         main_status: None,

@@ -7,7 +7,7 @@ use hangar_agent_protocol::Workload;
 use nix::sys::wait::WaitStatus;
 use std::cell::RefCell;
 use std::collections::HashMap;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::rc::Rc;
 use tokio::sync::oneshot;
 
@@ -19,6 +19,9 @@ pub(crate) struct State {
     /// Where every path a user gives is resolved.
     pub(crate) root: SandboxRoot,
     pub(crate) user: Option<(u32, u32)>,
+    /// `/dev/null` for commands' stdin, opened before the workload could replace it (with a FIFO, whose
+    /// opening would hold up the agent): one `dup` per exec instead of an `open` through the sandbox's root.
+    pub(crate) devnull: OwnedFd,
     pub(crate) main_pid: i32,
     /// Exec processes waiting for their exit status (and what they used), by pid.
     pub(crate) waiters: HashMap<i32, oneshot::Sender<Reaped>>,

@@ -450,7 +450,9 @@ fn open_dir_at(dir: Option<&OwnedFd>, path: &Path) -> std::io::Result<OwnedFd> {
 
 /// Reads an open cgroup file afresh: `pread` from offset 0 until end of file (a cgroup file read from 0 is
 /// generated anew; no `statx` and `lseek` for a size hint, which a cgroup file's size of 4096 or 0 would not
-/// give anyway).
+/// give anyway). A first read that leaves room in its 512 bytes read everything: the kernel generates a cgroup
+/// file's records into a buffer of a page or more and stops short of the reader's room only at the end or
+/// when that buffer is full, so the one `pread` is all the short files that every exec's end reads take.
 fn read_open(fd: &OwnedFd) -> String {
     let mut buf = vec![0u8; 512];
     let mut len = 0;
@@ -460,6 +462,10 @@ fn read_open(fd: &OwnedFd) -> String {
         }
         match nix::sys::uio::pread(fd, &mut buf[len..], len as i64) {
             Ok(0) => break,
+            Ok(n) if len == 0 && n < buf.len() => {
+                len = n;
+                break;
+            }
             Ok(n) => len += n,
             Err(nix::errno::Errno::EINTR) => {}
             Err(_) => return String::new(),

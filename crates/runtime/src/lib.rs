@@ -24,8 +24,8 @@ mod spec;
 pub use error::{Error, Result};
 pub use security::{DEFAULT_CAPABILITIES, DENIED_SOCKET_FAMILIES, DENIED_SYSCALLS};
 pub use spawn::{
-    cloexec_descriptors_from, close_descriptors_from, exec_process, exec_report, spawn_agent, spawn_process, AgentFds,
-    ProcessSpec, SpawnedAgent, NETNS_FD,
+    cloexec_descriptors_from, close_descriptors_from, exec_process, exec_report, note_signal_dispositions, spawn_agent,
+    spawn_process, AgentFds, ProcessSpec, SpawnedAgent, NETNS_FD,
 };
 pub use spec::{Limits, MountSpec, OverlaySpec, RootfsSpec, SandboxSpec};
 

@@ -203,14 +203,13 @@ pub(super) fn spawn(state: &Shared, exec: &ExecRef, r: &ExecSpec, cwd: &OwnedFd)
         sources.push(pty.master);
         slave
     } else {
+        // (Enlarged by their pumps once a writer proves fast: most execs print little.)
         let (out_r, out_w) = pipe().map_err(|e| io_err("pipe", e))?;
-        let _ = nix::fcntl::fcntl(&out_w, nix::fcntl::FcntlArg::F_SETPIPE_SZ(PIPE_SIZE));
         sources.push(out_r);
         let err_w = if r.output == Output::Merged {
             out_w.try_clone().map_err(|e| io_err("dup", e))?
         } else {
             let (err_r, err_w) = pipe().map_err(|e| io_err("pipe", e))?;
-            let _ = nix::fcntl::fcntl(&err_w, nix::fcntl::FcntlArg::F_SETPIPE_SZ(PIPE_SIZE));
             sources.push(err_r);
             err_w
         };
@@ -219,7 +218,7 @@ pub(super) fn spawn(state: &Shared, exec: &ExecRef, r: &ExecSpec, cwd: &OwnedFd)
             stdin_sink = Some(in_w);
             in_r
         } else {
-            File::open("/dev/null").map_err(|e| io_err("/dev/null", e))?.into()
+            state.borrow().devnull.try_clone().map_err(|e| io_err("/dev/null", e))?
         };
         [stdin, out_w, err_w]
     };

@@ -18,7 +18,6 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use std::cell::RefCell;
 use std::collections::HashMap;
-use std::fs::File;
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 use std::rc::Rc;

@@ -34,6 +34,14 @@ pub(super) async fn pump(
     // read: an exec that prints nothing leaves no files); a terminal's (or a copy for `tee`) pass through
     // `buf`, and so do a pipe's once moving them failed (a full disk: `journal` says what to do then).
     let mut splicing = tee.is_none();
+    // The pipe is enlarged (to `PIPE_SIZE`) once its writer shows it writes in bulk, not for every exec.
+    let mut enlarged = false;
+    let mut enlarge = |n: usize| {
+        if !enlarged && n >= FIRST_READ {
+            let _ = nix::fcntl::fcntl(src.get_ref(), nix::fcntl::FcntlArg::F_SETPIPE_SZ(PIPE_SIZE));
+            enlarged = true;
+        }
+    };
     loop {
         loop {
             let space = e.borrow().space.clone();
@@ -52,7 +60,7 @@ pub(super) async fn pump(
             };
             match got {
                 Ok(0) => break,
-                Ok(_) => {}
+                Ok(n) => enlarge(n),
                 Err(_) => splicing = false,
             }
             continue;
@@ -66,6 +74,7 @@ pub(super) async fn pump(
             // End of file, or EIO from a terminal whose last holder closed it.
             Ok(0) | Err(_) => break,
             Ok(n) => {
+                enlarge(n);
                 journal(&state, &e, i, &buf[..n], &exited).await;
                 if n == buf.len() && n < hangar_journal::CHUNK {
                     buf.resize((n * 4).min(hangar_journal::CHUNK), 0);
@@ -226,7 +235,9 @@ pub(super) async fn supervise(
     // that process exits wait for, which would slow the exec it was meant to speed up.
     super::launch::refill_spare_when_quiet(&state);
     // After the end is out: the cgroup, once empty, is kept for a later exec (reset), or removed (that takes the
-    // kernel ~10 ms: off the agent's thread).
+    // kernel ~10 ms: off the agent's thread). Its readers' tasks send the end first (ten system calls of
+    // recycling used to go before it).
+    tokio::task::yield_now().await;
     if let Some(mut cg) = cgroup {
         for _ in 0..1000 {
             if cg.kill_all() == 0 {

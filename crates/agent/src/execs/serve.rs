@@ -2,7 +2,7 @@
 //! resize it.
 
 use super::*;
-use hangar_agent_protocol::codec::Writer;
+use hangar_agent_protocol::codec::{self, Writer};
 use hangar_agent_protocol::INLINE_WINDOW;
 use hangar_journal::ReaderId;
 use hangar_types::ExecEvent;
@@ -64,17 +64,13 @@ pub(super) async fn serve_reader(e: ExecRef, mut conn: Conn, from: [u64; 2], inl
         let mut ex = e.borrow_mut();
         ex.journal.attach(from)
     };
-    let info = e.borrow().info();
-    let w = conn.writer();
+    let info = Response::Exec(e.borrow().info());
     // How long to wait before the disconnect policy applies when this attachment breaks without a goodbye.
     let mut hold = Duration::ZERO;
-    let mut sent = w.send(&Response::Exec(info)).await.is_ok();
-    if sent {
-        sent = match inline {
-            true => send_inline(&e, &mut conn, reader, from, &mut hold).await,
-            false => send_progress(&e, &mut conn, reader, &mut hold).await,
-        };
-    }
+    let sent = match inline {
+        true => conn.send(&info).await.is_ok() && send_inline(&e, &mut conn, reader, from, &mut hold).await,
+        false => send_progress(&e, &mut conn, reader, &mut hold, info).await,
+    };
     if !sent {
         // The client closed while we wrote: what it sent before closing (a kill, then a drop) still counts.
         while let Ok(Ok(Some(m))) = tokio::time::timeout(Duration::from_millis(100), conn.recv::<Request>()).await {
@@ -101,18 +97,24 @@ pub(super) async fn serve_reader(e: ExecRef, mut conn: Conn, from: [u64; 2], inl
     }
 }
 
-/// Sends the journal's progress whenever it changes, until the reader leaves; `false` when a send failed. A
-/// task of its own sends while this one takes the reader's requests, as for an inline attachment: a reader that
-/// stops reading while news piles up (its connection full) still has its acks, signals and goodbye taken.
-async fn send_progress(e: &ExecRef, conn: &mut Conn, reader: ReaderId, hold: &mut Duration) -> bool {
+/// Sends `first` (the exec's info) with the journal's progress, then the progress whenever it changes, until
+/// the reader leaves; `false` when a send failed. A task of its own sends while this one takes the reader's
+/// requests, as for an inline attachment: a reader that stops reading while news piles up (its connection
+/// full) still has its acks, signals and goodbye taken.
+async fn send_progress(e: &ExecRef, conn: &mut Conn, reader: ReaderId, hold: &mut Duration, first: Response) -> bool {
     let mut progress = e.borrow().progress.subscribe();
     let w = conn.writer();
     let mut sender = tokio::task::spawn_local(async move {
+        // The info and the first snapshot in one write: the reader wakes once for both.
+        let Ok(mut frames) = codec::encode(&first) else { return false };
         loop {
             let snapshot = progress.borrow_and_update().clone();
-            if w.send(&Response::Progress(snapshot)).await.is_err() {
+            let Ok(frame) = codec::encode(&Response::Progress(snapshot)) else { return false };
+            frames.extend_from_slice(&frame);
+            if w.send_raw(&frames).await.is_err() {
                 return false;
             }
+            frames.clear();
             if progress.changed().await.is_err() {
                 return true;
             }

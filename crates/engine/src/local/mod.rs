@@ -28,6 +28,9 @@ const PULL_TIMEOUT: Duration = Duration::from_secs(3600);
 /// How long a sandbox may still be recorded as running after its agent refused a connection (it shuts down
 /// once its main command ended) before the refusal is an error of its own.
 const AGENT_GOING: Duration = Duration::from_secs(5);
+/// How long a sandbox found running may be connected to without reading its record again (see
+/// [`Local::connect`]).
+const RECHECK_AFTER: Duration = Duration::from_secs(1);
 
 /// The directory, under the state directory, where agents mount their sandboxes' roots
 /// ([`Local::rootfs_mountpoint`]).
@@ -45,6 +48,9 @@ pub(crate) struct Local {
     pub(crate) spare_helpers: bool,
     /// Serialises recording ends within this process, so whoever returns from a stop finds the cleanup done.
     pub(crate) finishing: tokio::sync::Mutex<()>,
+    /// Sandboxes found running lately, with their agent's protocol version and until when that finding
+    /// stands (see [`Local::connect`]).
+    running: std::sync::Mutex<std::collections::HashMap<String, (u32, std::time::Instant)>>,
 }
 
 impl Local {
@@ -82,9 +88,16 @@ impl Local {
             }
             None => None,
         };
-        let engine =
-            Self { cfg, store, images, cgroups, volume, spare_helpers, finishing: tokio::sync::Mutex::new(()) };
-        Ok(engine)
+        Ok(Self {
+            cfg,
+            store,
+            images,
+            cgroups,
+            volume,
+            spare_helpers,
+            finishing: tokio::sync::Mutex::new(()),
+            running: Default::default(),
+        })
     }
 
     /// Removes the kept logs of sandboxes not among `known` (every record there is, read before this looks):
@@ -303,6 +316,7 @@ impl Local {
     /// Removes a sandbox's cgroup (killing anything left in it), its network's rules and resolver, and its
     /// directory. Idempotent.
     pub(crate) async fn cleanup(&self, id: &str) {
+        self.forget_running(id);
         let cg = self.cgroups.sandbox(id);
         let dir = self.sandbox_dir(id);
         let id = id.to_string();
@@ -381,7 +395,21 @@ impl Local {
 
     /// A connection to running sandbox `id`'s agent: its journal files are read here, unless the engine was
     /// configured to have them sent inline (and the agent can).
+    ///
+    /// A sandbox found running less than [`RECHECK_AFTER`] ago is connected to straight away: an agent that
+    /// accepts the connection is running (it closes its socket before it ends, and a removed sandbox has no
+    /// socket), so the store, the agent's `/proc` entry and its lifetime need not be read again on every
+    /// exec's path (they were a fifth of an exec's round trip). Should the connection fail, the record
+    /// says why, as before. (The lifetime backstop, which only acts on an agent wedged well past its
+    /// lifetime, still runs at least once a second for a sandbox that is exec'd in.)
     pub(crate) async fn connect(&self, id: &str) -> Result<AgentLink> {
+        let known = self.running.lock().expect("running").get(id).copied();
+        if let Some((protocol, _)) = known.filter(|(_, until)| std::time::Instant::now() < *until) {
+            if let Ok(conn) = Conn::connect(&self.socket_path(id)).await {
+                return Ok(self.link(id, conn, protocol));
+            }
+            self.forget_running(id);
+        }
         let rec = self.record(id).await?;
         if rec.info.state != SandboxState::Running {
             return Err(Error::NotRunning { id: id.to_string(), state: rec.info.state });
@@ -408,12 +436,26 @@ impl Local {
                 }
             }
         };
-        let inline = self.cfg.inline_journals && rec.agent_protocol >= 3;
-        Ok(AgentLink {
+        {
+            let now = std::time::Instant::now();
+            let mut running = self.running.lock().expect("running");
+            running.retain(|_, (_, until)| *until > now);
+            running.insert(id.to_string(), (rec.agent_protocol, now + RECHECK_AFTER));
+        }
+        Ok(self.link(id, conn, rec.agent_protocol))
+    }
+
+    fn link(&self, id: &str, conn: Conn, protocol: u32) -> AgentLink {
+        let inline = self.cfg.inline_journals && protocol >= 3;
+        AgentLink {
             conn,
-            protocol: rec.agent_protocol,
+            protocol,
             journals: (!inline).then(|| self.sandbox_dir(id)),
             kept_log: Some(self.logs_dir(id)),
-        })
+        }
+    }
+
+    fn forget_running(&self, id: &str) {
+        self.running.lock().expect("running").remove(id);
     }
 }
