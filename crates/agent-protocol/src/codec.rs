@@ -113,6 +113,15 @@ impl Conn {
         Ok(Self::new(UnixStream::from_std(std::os::unix::net::UnixStream::from(fd))?))
     }
 
+    /// Whether the peer is still there, as far as can be told without waiting: a unix connection with
+    /// nothing to read (no end of file either) is; any other stream is taken to be.
+    pub fn is_open(&self) -> bool {
+        use nix::sys::socket::{recv, MsgFlags};
+        let Some(fd) = self.writer.socket else { return true };
+        let mut byte = [0u8; 1];
+        matches!(recv(fd, &mut byte, MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT), Err(nix::errno::Errno::EAGAIN))
+    }
+
     /// A writing handle.
     pub fn writer(&self) -> Writer {
         self.writer.clone()

@@ -224,11 +224,11 @@ fn line(what: &str, ours: &Summary, base_name: &str, base: &Summary) -> Result<(
 }
 
 fn fork_exec_true(n: usize) -> Result<Summary> {
-    let mut s = Vec::with_capacity(n);
-    for _ in 0..n {
-        s.push(fork_exec_true_once()?);
-    }
-    Ok(summarize(s))
+    Ok(summarize(fork_exec_samples(n)?))
+}
+
+fn fork_exec_samples(n: usize) -> Result<Vec<Duration>> {
+    (0..n).map(|_| fork_exec_true_once()).collect()
 }
 
 fn fork_exec_true_once() -> Result<Duration> {
@@ -380,7 +380,7 @@ pub async fn run(args: BenchArgs) -> Result<u8> {
     let sb = Sandbox::builder().create().await?;
     let mut outcome = measure_teardown(args.stream_runs.max(3)).await;
     if outcome.is_ok() {
-        outcome = measure_in(&sb, n, &args, &base_true).await;
+        outcome = measure_in(&sb, n, &args).await;
     }
     if let (Ok(()), Some(python)) = (&outcome, &args.python) {
         outcome = measure_python(&sb, python, n, &args).await;
@@ -528,15 +528,22 @@ async fn measure_images(image: &str, n: usize) -> Result<()> {
     Ok(())
 }
 
-async fn measure_in(sb: &Sandbox, n: usize, args: &BenchArgs, base_true: &Summary) -> Result<()> {
+async fn measure_in(sb: &Sandbox, n: usize, args: &BenchArgs) -> Result<()> {
     sb.exec(["true"]).await?; // warm the page cache and the connection
-    let mut rtt = Vec::with_capacity(n);
-    for _ in 0..n {
-        let t = Instant::now();
-        sb.exec(["true"]).check(true).await?;
-        rtt.push(t.elapsed());
+                              // Interleaved with its floor in ten rounds: this machine's fork+exec alone swings by half between minutes,
+                              // which a floor measured before would put into the ratio. (Rounds, not alternate samples: each taken
+                              // right after the other's ran 0.3-0.5 ms slower, both of them, measured.)
+    let (mut rtt, mut floor) = (Vec::with_capacity(n), Vec::with_capacity(n));
+    for round in 0..10 {
+        let samples = (n * (round + 1)) / 10 - (n * round) / 10;
+        floor.extend(fork_exec_samples(samples)?);
+        for _ in 0..samples {
+            let t = Instant::now();
+            sb.exec(["true"]).check(true).await?;
+            rtt.push(t.elapsed());
+        }
     }
-    line("exec `true` round trip", &summarize(rtt), "fork+exec /bin/true", base_true)?;
+    line("exec `true` round trip", &summarize(rtt), "fork+exec /bin/true", &summarize(floor))?;
 
     // One at a time with pauses, as an agent or CI step issues them: kernel work that back-to-back calls
     // amortize (cgroup migrations wait for an RCU grace period when none is under way) shows here.

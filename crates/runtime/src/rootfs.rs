@@ -47,17 +47,6 @@ pub(crate) fn build_and_pivot(spec: &RootfsSpec) -> Result<()> {
     for m in &spec.mounts {
         match m {
             MountSpec::Overlay { target, overlay } => mount_overlay(overlay, &inside(root, target)?, &base)?,
-            MountSpec::Tmpfs { target, size } => {
-                let t = inside(root, target)?;
-                mkdir_p(&t)?;
-                mnt(
-                    Some("tmpfs"),
-                    &t,
-                    Some("tmpfs"),
-                    MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-                    Some(&format!("size={size},mode=755")),
-                )?;
-            }
         }
     }
     mount_dev(root)?;

@@ -46,13 +46,6 @@ pub enum MountSpec {
         /// The overlay.
         overlay: OverlaySpec,
     },
-    /// An empty tmpfs (hides a host directory, e.g. `usr/local`).
-    Tmpfs {
-        /// Mount point inside the sandbox.
-        target: String,
-        /// Size limit in bytes.
-        size: u64,
-    },
 }
 
 /// The root filesystem: a root overlay, extra mounts over it, and where to assemble it on the host.

@@ -334,6 +334,14 @@ async fn a_sandbox_whose_agent_dies_is_reported_and_cleaned_up() {
         Err(Error::SandboxTerminated { id: got, .. }) => assert_eq!(got, id),
         other => panic!("a broken stream must not look like a finished command: {other:?}"),
     }
+    if crate::BACKEND != Backend::Kubernetes {
+        // At once, before anything looked at the sandbox: the engine found it running a moment ago and holds
+        // a connection made ahead to its agent, which is gone; the exec is refused, naming the sandbox's end.
+        match sb.exec(["true"]).await {
+            Err(Error::NotRunning { id: got, .. }) => assert_eq!(got, id),
+            other => panic!("an exec in a sandbox whose agent died: {other:?}"),
+        }
+    }
     let mut info = sb.info().await.unwrap();
     for _ in 0..100 {
         if info.state.is_final() {

@@ -48,9 +48,16 @@ pub(crate) struct Local {
     pub(crate) spare_helpers: bool,
     /// Serialises recording ends within this process, so whoever returns from a stop finds the cleanup done.
     pub(crate) finishing: tokio::sync::Mutex<()>,
-    /// Sandboxes found running lately, with their agent's protocol version and until when that finding
-    /// stands (see [`Local::connect`]).
-    running: std::sync::Mutex<std::collections::HashMap<String, (u32, std::time::Instant)>>,
+    /// Sandboxes found running lately (see [`Local::connect`]).
+    running: std::sync::Mutex<std::collections::HashMap<String, Running>>,
+}
+
+/// A sandbox found running: its agent's protocol version, until when that finding stands, and a connection to
+/// its agent made ahead for the next request.
+struct Running {
+    protocol: u32,
+    until: std::time::Instant,
+    spare: Option<Conn>,
 }
 
 impl Local {
@@ -402,10 +409,23 @@ impl Local {
     /// exec's path (they were a fifth of an exec's round trip). Should the connection fail, the record
     /// says why, as before. (The lifetime backstop, which only acts on an agent wedged well past its
     /// lifetime, still runs at least once a second for a sandbox that is exec'd in.)
-    pub(crate) async fn connect(&self, id: &str) -> Result<AgentLink> {
-        let known = self.running.lock().expect("running").get(id).copied();
-        if let Some((protocol, _)) = known.filter(|(_, until)| std::time::Instant::now() < *until) {
-            if let Ok(conn) = Conn::connect(&self.socket_path(id)).await {
+    ///
+    /// The connection itself is made ahead: each request takes the one made after the last (if it is still
+    /// open: no end of file from the agent), and another is made in the background. A request then costs
+    /// one write on its path, not a new socket, a connect, and the agent's accept.
+    pub(crate) async fn connect(self: &Arc<Self>, id: &str) -> Result<AgentLink> {
+        let now = std::time::Instant::now();
+        let known = {
+            let mut running = self.running.lock().expect("running");
+            running.get_mut(id).filter(|r| now < r.until).map(|r| (r.protocol, r.spare.take()))
+        };
+        if let Some((protocol, spare)) = known {
+            let conn = match spare.filter(Conn::is_open) {
+                Some(conn) => Ok(conn),
+                None => Conn::connect(&self.socket_path(id)).await,
+            };
+            if let Ok(conn) = conn {
+                self.connect_ahead(id);
                 return Ok(self.link(id, conn, protocol));
             }
             self.forget_running(id);
@@ -439,10 +459,24 @@ impl Local {
         {
             let now = std::time::Instant::now();
             let mut running = self.running.lock().expect("running");
-            running.retain(|_, (_, until)| *until > now);
-            running.insert(id.to_string(), (rec.agent_protocol, now + RECHECK_AFTER));
+            running.retain(|_, r| r.until > now);
+            let r = running.entry(id.to_string()).or_insert(Running { protocol: 0, until: now, spare: None });
+            (r.protocol, r.until) = (rec.agent_protocol, now + RECHECK_AFTER);
         }
+        self.connect_ahead(id);
         Ok(self.link(id, conn, rec.agent_protocol))
+    }
+
+    /// Makes the connection the next request to sandbox `id` takes (see [`Local::connect`]), in the
+    /// background, unless one is there.
+    fn connect_ahead(self: &Arc<Self>, id: &str) {
+        let (engine, id) = (self.clone(), id.to_string());
+        tokio::spawn(async move {
+            let Ok(conn) = Conn::connect(&engine.socket_path(&id)).await else { return };
+            if let Some(r) = engine.running.lock().expect("running").get_mut(&id) {
+                r.spare.get_or_insert(conn);
+            }
+        });
     }
 
     fn link(&self, id: &str, conn: Conn, protocol: u32) -> AgentLink {
