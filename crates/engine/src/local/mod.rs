@@ -410,9 +410,11 @@ impl Local {
     /// says why, as before. (The lifetime backstop, which only acts on an agent wedged well past its
     /// lifetime, still runs at least once a second for a sandbox that is exec'd in.)
     ///
-    /// The connection itself is made ahead: each request takes the one made after the last (if it is still
-    /// open: no end of file from the agent), and another is made in the background. A request then costs
-    /// one write on its path, not a new socket, a connect, and the agent's accept.
+    /// The connection itself is made ahead once requests follow one another: each request on this path
+    /// takes the one made after the last (if it is still open: no end of file from the agent), and another
+    /// is made in the background. A request then costs one write on its path, not a new socket, a connect,
+    /// and the agent's accept. (Not after a first request: a one-shot client, `hangar exec`, would only pay
+    /// for it.)
     pub(crate) async fn connect(self: &Arc<Self>, id: &str) -> Result<AgentLink> {
         let now = std::time::Instant::now();
         let known = {
@@ -456,14 +458,21 @@ impl Local {
                 }
             }
         };
-        {
-            let now = std::time::Instant::now();
-            let mut running = self.running.lock().expect("running");
-            running.retain(|_, r| r.until > now);
-            let r = running.entry(id.to_string()).or_insert(Running { protocol: 0, until: now, spare: None });
-            (r.protocol, r.until) = (rec.agent_protocol, now + RECHECK_AFTER);
+        let now = std::time::Instant::now();
+        let found = Running { protocol: rec.agent_protocol, until: now + RECHECK_AFTER, spare: None };
+        let renewed = match self.running.lock().expect("running").entry(id.to_string()) {
+            std::collections::hash_map::Entry::Occupied(mut e) => {
+                (e.get_mut().protocol, e.get_mut().until) = (found.protocol, found.until);
+                true
+            }
+            std::collections::hash_map::Entry::Vacant(e) => {
+                e.insert(found);
+                false
+            }
+        };
+        if !renewed {
+            self.forget_when_lapsed(id);
         }
-        self.connect_ahead(id);
         Ok(self.link(id, conn, rec.agent_protocol))
     }
 
@@ -475,6 +484,29 @@ impl Local {
             let Ok(conn) = Conn::connect(&engine.socket_path(&id)).await else { return };
             if let Some(r) = engine.running.lock().expect("running").get_mut(&id) {
                 r.spare.get_or_insert(conn);
+            }
+        });
+    }
+
+    /// Forgets that sandbox `id` runs once that finding lapses (unless it is renewed meanwhile), and with it
+    /// the connection made ahead: an engine holds no connection to a sandbox it stopped talking to (a
+    /// server that exec'd in a thousand sandboxes would otherwise hold a thousand descriptors).
+    fn forget_when_lapsed(self: &Arc<Self>, id: &str) {
+        let (engine, id) = (self.clone(), id.to_string());
+        tokio::spawn(async move {
+            loop {
+                let until = {
+                    let mut running = engine.running.lock().expect("running");
+                    match running.get(&id) {
+                        Some(r) if r.until > std::time::Instant::now() => r.until,
+                        Some(_) => {
+                            running.remove(&id);
+                            return;
+                        }
+                        None => return,
+                    }
+                };
+                tokio::time::sleep_until(until.into()).await;
             }
         });
     }
