@@ -12,6 +12,28 @@ use tokio::net::UnixStream;
 /// Frames larger than this are refused: a frame is a small JSON message, never bulk data.
 pub const MAX_FRAME: usize = 1 << 20;
 
+/// A nonblocking socket connected to the agent listening at `path`, of no runtime yet. A unix socket's
+/// `connect` completes at once or fails (a listener whose backlog is full refuses with `EAGAIN`; there is no
+/// connection in progress), so there is nothing to wait for: tokio's `UnixStream::connect` awaits
+/// writability all the same, a round trip through the runtime's I/O driver (on a multi-threaded runtime, a
+/// wake-up of another thread) on every exec's path.
+pub fn connect_socket(path: &std::path::Path) -> io::Result<std::os::unix::net::UnixStream> {
+    use nix::sys::socket::{connect, socket, AddressFamily, SockFlag, SockType, UnixAddr};
+    let flags = SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC;
+    let fd = socket(AddressFamily::Unix, SockType::Stream, flags, None)?;
+    connect(std::os::fd::AsRawFd::as_raw_fd(&fd), &UnixAddr::new(path)?)?;
+    Ok(std::os::unix::net::UnixStream::from(fd))
+}
+
+/// Whether `socket`'s peer is still there, as far as can be told without waiting: nothing to read, and no
+/// end of file either.
+pub fn peer_is_there(socket: &std::os::unix::net::UnixStream) -> bool {
+    use nix::sys::socket::{recv, MsgFlags};
+    let mut byte = [0u8; 1];
+    let peeked = recv(std::os::fd::AsRawFd::as_raw_fd(socket), &mut byte, MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT);
+    matches!(peeked, Err(nix::errno::Errno::EAGAIN))
+}
+
 /// One message as a frame.
 pub fn encode<T: Serialize>(msg: &T) -> io::Result<Vec<u8>> {
     let mut frame = vec![0u8; 4];
@@ -100,26 +122,14 @@ impl Conn {
         Self { read, buf: Vec::with_capacity(FIRST_CAPACITY), start: 0, writer }
     }
 
-    /// Connects to the agent listening at `path`. A unix socket's `connect` completes at once or fails
-    /// (a listener whose backlog is full refuses with `EAGAIN`; there is no connection in progress), so
-    /// there is nothing to wait for: tokio's `UnixStream::connect` awaits writability all the same, a
-    /// round trip through the runtime's I/O driver (on a multi-threaded runtime, a wake-up of another
-    /// thread) on every exec's path.
+    /// Connects to the agent listening at `path` (see [`connect_socket`]).
     pub async fn connect(path: &std::path::Path) -> io::Result<Self> {
-        use nix::sys::socket::{connect, socket, AddressFamily, SockFlag, SockType, UnixAddr};
-        let flags = SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC;
-        let fd = socket(AddressFamily::Unix, SockType::Stream, flags, None)?;
-        connect(std::os::fd::AsRawFd::as_raw_fd(&fd), &UnixAddr::new(path)?)?;
-        Ok(Self::new(UnixStream::from_std(std::os::unix::net::UnixStream::from(fd))?))
+        Self::from_socket(connect_socket(path)?)
     }
 
-    /// Whether the peer is still there, as far as can be told without waiting: a unix connection with
-    /// nothing to read (no end of file either) is; any other stream is taken to be.
-    pub fn is_open(&self) -> bool {
-        use nix::sys::socket::{recv, MsgFlags};
-        let Some(fd) = self.writer.socket else { return true };
-        let mut byte = [0u8; 1];
-        matches!(recv(fd, &mut byte, MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT), Err(nix::errno::Errno::EAGAIN))
+    /// Wraps a connected socket (nonblocking, see [`connect_socket`]), on the runtime of the caller.
+    pub fn from_socket(socket: std::os::unix::net::UnixStream) -> io::Result<Self> {
+        Ok(Self::new(UnixStream::from_std(socket)?))
     }
 
     /// A writing handle.

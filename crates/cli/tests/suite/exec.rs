@@ -401,3 +401,28 @@ async fn a_connection_made_ahead_for_the_next_exec_is_closed_once_execs_stop() {
     assert_eq!(sb.exec(["echo", "ok"]).await.unwrap().stdout, b"ok\n");
     sb.stop().await.unwrap();
 }
+
+/// A sandbox used from one runtime and then another, the first one gone, still execs: what the engine keeps
+/// for the next request (a connection made ahead) belongs to no runtime.
+#[test]
+fn a_sandbox_execs_from_another_runtime_after_the_first_is_gone() {
+    if crate::BACKEND == Backend::Kubernetes {
+        return; // (Covered by the embedded and remote runs; a Pod's connections are the port-forward's.)
+    }
+    let runtime = || tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let first = runtime();
+    let sb = first.block_on(async {
+        let sb = sandbox().await;
+        for _ in 0..3 {
+            sb.exec(["true"]).check(true).await.unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await; // the next connection is made meanwhile
+        sb
+    });
+    drop(first);
+    let second = runtime();
+    second.block_on(async {
+        assert_eq!(sb.exec(["echo", "again"]).await.unwrap().stdout, b"again\n");
+        sb.stop().await.unwrap();
+    });
+}

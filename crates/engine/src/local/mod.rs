@@ -53,11 +53,12 @@ pub(crate) struct Local {
 }
 
 /// A sandbox found running: its agent's protocol version, until when that finding stands, and a connection to
-/// its agent made ahead for the next request.
+/// its agent made ahead for the next request (a plain socket, of no runtime: the request that takes it may
+/// run on another runtime than the one that made it, which may be gone by then).
 struct Running {
     protocol: u32,
     until: std::time::Instant,
-    spare: Option<Conn>,
+    spare: Option<std::os::unix::net::UnixStream>,
 }
 
 impl Local {
@@ -406,7 +407,7 @@ impl Local {
     /// A sandbox found running less than [`RECHECK_AFTER`] ago is connected to straight away: an agent that
     /// accepts the connection is running (it closes its socket before it ends, and a removed sandbox has no
     /// socket), so the store, the agent's `/proc` entry and its lifetime need not be read again on every
-    /// exec's path (they were a fifth of an exec's round trip). Should the connection fail, the record
+    /// exec's path (tens of microseconds of every exec's round trip here). Should the connection fail, the record
     /// says why, as before. (The lifetime backstop, which only acts on an agent wedged well past its
     /// lifetime, still runs at least once a second for a sandbox that is exec'd in.)
     ///
@@ -422,8 +423,8 @@ impl Local {
             running.get_mut(id).filter(|r| now < r.until).map(|r| (r.protocol, r.spare.take()))
         };
         if let Some((protocol, spare)) = known {
-            let conn = match spare.filter(Conn::is_open) {
-                Some(conn) => Ok(conn),
+            let conn = match spare.filter(hangar_agent_protocol::codec::peer_is_there) {
+                Some(socket) => Conn::from_socket(socket),
                 None => Conn::connect(&self.socket_path(id)).await,
             };
             if let Ok(conn) = conn {
@@ -460,17 +461,20 @@ impl Local {
         };
         let now = std::time::Instant::now();
         let found = Running { protocol: rec.agent_protocol, until: now + RECHECK_AFTER, spare: None };
-        let renewed = match self.running.lock().expect("running").entry(id.to_string()) {
+        // A finding renewed within a second of lapsing still has its task (which forgets it at once
+        // otherwise); one that lapsed long ago lost it with the runtime it ran on, and gets another.
+        let watched = match self.running.lock().expect("running").entry(id.to_string()) {
             std::collections::hash_map::Entry::Occupied(mut e) => {
+                let watched = e.get().until + RECHECK_AFTER > now;
                 (e.get_mut().protocol, e.get_mut().until) = (found.protocol, found.until);
-                true
+                watched
             }
             std::collections::hash_map::Entry::Vacant(e) => {
                 e.insert(found);
                 false
             }
         };
-        if !renewed {
+        if !watched {
             self.forget_when_lapsed(id);
         }
         Ok(self.link(id, conn, rec.agent_protocol))
@@ -481,9 +485,9 @@ impl Local {
     fn connect_ahead(self: &Arc<Self>, id: &str) {
         let (engine, id) = (self.clone(), id.to_string());
         tokio::spawn(async move {
-            let Ok(conn) = Conn::connect(&engine.socket_path(&id)).await else { return };
+            let Ok(socket) = hangar_agent_protocol::codec::connect_socket(&engine.socket_path(&id)) else { return };
             if let Some(r) = engine.running.lock().expect("running").get_mut(&id) {
-                r.spare.get_or_insert(conn);
+                r.spare.get_or_insert(socket);
             }
         });
     }
