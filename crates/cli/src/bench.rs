@@ -530,9 +530,10 @@ async fn measure_images(image: &str, n: usize) -> Result<()> {
 
 async fn measure_in(sb: &Sandbox, n: usize, args: &BenchArgs) -> Result<()> {
     sb.exec(["true"]).await?; // warm the page cache and the connection
-                              // Interleaved with its floor in ten rounds: this machine's fork+exec alone swings by half between minutes,
-                              // which a floor measured before would put into the ratio. (Rounds, not alternate samples: each taken
-                              // right after the other's ran 0.3-0.5 ms slower, both of them, measured.)
+
+    // Interleaved with its floor in ten rounds: this machine's fork+exec alone swings by half between minutes,
+    // which a floor measured before would put into the ratio. (Rounds, not alternate samples: each taken
+    // right after the other's ran 0.3-0.5 ms slower, both of them, measured.)
     let (mut rtt, mut floor) = (Vec::with_capacity(n), Vec::with_capacity(n));
     for round in 0..10 {
         let samples = (n * (round + 1)) / 10 - (n * round) / 10;
