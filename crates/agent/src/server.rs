@@ -265,7 +265,7 @@ pub(crate) async fn serve(cfg: Workload, started: Started, mut incoming: Incomin
         cfg,
         root,
         user,
-        devnull,
+        devnull: Rc::new(devnull),
         main_pid: main.as_ref().map_or(0, |m| m.pid),
         waiters: HashMap::new(),
         main_status: None,

@@ -20,8 +20,9 @@ pub(crate) struct State {
     pub(crate) root: SandboxRoot,
     pub(crate) user: Option<(u32, u32)>,
     /// `/dev/null` for commands' stdin, opened before the workload could replace it (with a FIFO, whose
-    /// opening would hold up the agent): one `dup` per exec instead of an `open` through the sandbox's root.
-    pub(crate) devnull: OwnedFd,
+    /// opening would hold up the agent), and handed to each exec as it is (no `open` through the sandbox's
+    /// root, no `dup`).
+    pub(crate) devnull: Rc<OwnedFd>,
     pub(crate) main_pid: i32,
     /// Exec processes waiting for their exit status (and what they used), by pid.
     pub(crate) waiters: HashMap<i32, oneshot::Sender<Reaped>>,

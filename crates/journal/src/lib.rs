@@ -515,6 +515,11 @@ impl Writer {
         }
     }
 
+    /// Whether reader `id` has acknowledged everything written so far (both streams).
+    pub fn has_all(&self, id: ReaderId) -> bool {
+        self.pins.get(&id).is_some_and(|p| p.iter().zip(self.written()).all(|(&at, written)| at >= written))
+    }
+
     /// Reader `id` left.
     pub fn detach(&mut self, id: ReaderId) {
         self.pins.remove(&id);

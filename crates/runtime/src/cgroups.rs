@@ -423,6 +423,9 @@ pub struct ExecCgroup {
     /// The counters when it was last recycled ([`ExecCgroup::usage`] is measured from there); for peak memory,
     /// what was left charged to it then.
     base: CgroupUsage,
+    /// The counters an exec's end measured in the cgroup, empty then ([`ExecCgroup::final_usage`]): final, so
+    /// [`ExecCgroup::recycle`] starts from them without reading the cgroup again.
+    settled: Option<CgroupUsage>,
 }
 
 /// What an exec's cgroup measured.
@@ -563,7 +566,7 @@ impl CgroupDirs {
             }
             dirs.push((parent.try_clone()?, name));
         }
-        Ok(ExecCgroup { v2: self.v2, dirs, procs, joins, files, base: CgroupUsage::default() })
+        Ok(ExecCgroup { v2: self.v2, dirs, procs, joins, files, base: CgroupUsage::default(), settled: None })
     }
 }
 
@@ -615,7 +618,26 @@ impl ExecCgroup {
     /// Peak memory after a recycle counts from what earlier execs left charged to the cgroup (page cache of
     /// files they wrote, say), which stays charged to it.
     pub fn usage(&self) -> CgroupUsage {
-        let (now, base) = (self.counters(), self.base);
+        self.since_base(self.counters())
+    }
+
+    /// [`ExecCgroup::usage`] at the end of an exec. `empty`: the caller found the cgroup empty once the exec's
+    /// process had ended (a [`ExecCgroup::kill_all`] that killed none), so nothing can enter it again and these
+    /// counters are final: [`ExecCgroup::recycle`] then takes them as its base rather than reading the cgroup
+    /// again (eight reads fewer per exec, right after its end went out).
+    pub fn final_usage(&mut self, empty: bool) -> CgroupUsage {
+        let now = self.counters();
+        self.settled = empty.then_some(now);
+        self.since_base(now)
+    }
+
+    /// Whether [`ExecCgroup::final_usage`] found the cgroup empty: [`ExecCgroup::recycle`] needs no check.
+    pub fn settled(&self) -> bool {
+        self.settled.is_some()
+    }
+
+    fn since_base(&self, now: CgroupUsage) -> CgroupUsage {
+        let base = self.base;
         CgroupUsage {
             cpu_user_ns: now.cpu_user_ns.saturating_sub(base.cpu_user_ns),
             cpu_sys_ns: now.cpu_sys_ns.saturating_sub(base.cpu_sys_ns),
@@ -628,10 +650,11 @@ impl ExecCgroup {
     /// peak memory is reset to what is charged to it now. `false` (and unchanged) when it cannot be: the
     /// caller then removes it.
     pub fn recycle(&mut self) -> bool {
-        if !self.pids().is_empty() {
-            return false;
-        }
-        let mut base = self.counters();
+        let mut base = match self.settled.take() {
+            Some(counters) => counters,
+            None if !self.pids().is_empty() => return false,
+            None => self.counters(),
+        };
         if self.v2 && base.peak_memory_bytes > 0 {
             // v2's `memory.peak` cannot be reset (before Linux 6.12): one that measured memory is not reused.
             return false;

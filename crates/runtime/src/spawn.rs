@@ -206,8 +206,19 @@ pub fn note_signal_dispositions() {
 }
 
 /// Descriptors are raised above this number before the child's sequence, so that its dup2 onto 0-2 never
-/// clobbers one with another, and the error report is the one descriptor left above 2 (close-on-exec).
+/// clobbers one with another, and a report descriptor is the one left above 2 (close-on-exec).
 const FLOOR: i32 = 64;
+
+/// Where the child's sequence reports why it failed (`[step, errno]`) before it exits 127.
+#[derive(Clone, Copy)]
+enum Report<'a> {
+    /// A close-on-exec descriptor above 2 (read with [`exec_report`]): the helper that is a process of its own.
+    Pipe(RawFd),
+    /// Memory the caller shares with the child (`CLONE_VM`) and reads once the child has executed or exited,
+    /// which the caller of a `CLONE_VFORK` child waits for anyway (as `posix_spawn` does): no pipe to make,
+    /// raise, close and read on every exec's path. Zero: executed.
+    Memory(&'a std::sync::atomic::AtomicU64),
+}
 
 fn raise(fd: RawFd) -> std::io::Result<OwnedFd> {
     use std::os::fd::FromRawFd;
@@ -225,7 +236,10 @@ fn raise(fd: RawFd) -> std::io::Result<OwnedFd> {
 /// deadlock).
 struct Prepared<'a> {
     spec: &'a ProcessSpec<'a>,
-    stdio: [OwnedFd; 3],
+    stdio: [RawFd; 3],
+    /// The raised copies among `stdio` (those of a descriptor numbered 0-2, which a dup2 onto 0-2 could
+    /// clobber before its turn; the others are dup'd as they are).
+    _raised: Vec<OwnedFd>,
     argv: Vec<*const libc::c_char>,
     envp: Vec<*const libc::c_char>,
     candidates: Vec<*const libc::c_char>,
@@ -236,30 +250,46 @@ impl<'a> Prepared<'a> {
         if spec.candidates.is_empty() {
             return Err(std::io::Error::from_raw_os_error(libc::ENOENT));
         }
-        let stdio =
-            [raise(spec.stdio[0].as_raw_fd())?, raise(spec.stdio[1].as_raw_fd())?, raise(spec.stdio[2].as_raw_fd())?];
+        let mut raised = Vec::new();
+        let mut stdio = [0; 3];
+        for (to, from) in stdio.iter_mut().zip(&spec.stdio) {
+            *to = from.as_raw_fd();
+            if *to <= 2 {
+                let copy = raise(*to)?;
+                *to = copy.as_raw_fd();
+                raised.push(copy);
+            }
+        }
         let ptrs = |v: &[CString]| -> Vec<*const libc::c_char> {
             v.iter().map(|a| a.as_ptr()).chain(std::iter::once(std::ptr::null())).collect()
         };
         let candidates = spec.candidates.iter().map(|c| c.as_ptr()).collect();
-        Ok(Self { spec, stdio, argv: ptrs(&spec.argv), envp: ptrs(&spec.env), candidates })
+        Ok(Self { spec, stdio, _raised: raised, argv: ptrs(&spec.argv), envp: ptrs(&spec.env), candidates })
     }
 
     /// The recipe, in the process that becomes the command: stdio onto 0-2, cgroups joined, session or
     /// process group, working directory, user, default signals, every other descriptor closed, then `execve`
-    /// of each candidate in turn. On failure it writes `[step, errno]` to `report` and exits 127.
+    /// of each candidate in turn. On failure it reports `[step, errno]` and exits 127.
     ///
     /// # Safety
-    /// Only async-signal-safe calls on memory prepared before; `report` must be close-on-exec and above 2.
-    unsafe fn become_command(&self, report: RawFd) -> ! {
+    /// Only async-signal-safe calls on memory prepared before; a [`Report::Pipe`] must be close-on-exec and
+    /// above 2.
+    unsafe fn become_command(&self, report: Report<'_>) -> ! {
         let fail = |step: i32| -> ! {
             let e = *libc::__errno_location();
-            let msg = [step, e];
-            libc::write(report, msg.as_ptr().cast(), 8);
+            match report {
+                Report::Pipe(fd) => {
+                    let msg = [step, e];
+                    libc::write(fd, msg.as_ptr().cast(), 8);
+                }
+                Report::Memory(m) => {
+                    m.store((step as u64) << 32 | e as u32 as u64, std::sync::atomic::Ordering::Release)
+                }
+            }
             libc::_exit(127)
         };
-        for (target, src) in self.stdio.iter().enumerate() {
-            if libc::dup2(src.as_raw_fd(), target as i32) < 0 {
+        for (target, &src) in self.stdio.iter().enumerate() {
+            if libc::dup2(src, target as i32) < 0 {
                 fail(1);
             }
         }
@@ -308,8 +338,12 @@ impl<'a> Prepared<'a> {
         let mut empty: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut empty);
         libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
-        // Only stdio and the report (close-on-exec) survive.
-        if close_range_raw(3, report as u32 - 1) < 0 || close_range_raw(report as u32 + 1, u32::MAX) < 0 {
+        // Only stdio and a report descriptor (close-on-exec) survive.
+        let closed = match report {
+            Report::Pipe(fd) => close_range_raw(3, fd as u32 - 1) >= 0 && close_range_raw(fd as u32 + 1, u32::MAX) >= 0,
+            Report::Memory(_) => close_range_raw(3, u32::MAX) >= 0,
+        };
+        if !closed {
             fail(6);
         }
         // execvp's rule: ENOENT/ENOTDIR move on to the next candidate; EACCES is remembered. Unlike execvp, a
@@ -341,12 +375,9 @@ impl<'a> Prepared<'a> {
 /// anyway; its signals are blocked until the child has reset them (see `become_command`).
 pub fn spawn_process(spec: &ProcessSpec<'_>) -> std::io::Result<i32> {
     use nix::sys::signal::{pthread_sigmask, SigSet, SigmaskHow};
-    let (err_r, err_w_low) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(std::io::Error::from)?;
-    let err_w = raise(err_w_low.as_raw_fd())?;
-    // Only the raised copy may stay open in the parent until the clone, or the read below never ends.
-    drop(err_w_low);
     let prepared = Prepared::new(spec)?;
-    let report = err_w.as_raw_fd();
+    let failure = std::sync::atomic::AtomicU64::new(0);
+    let report = Report::Memory(&failure);
     let mut stack = vec![0u8; 64 * 1024];
     let mut blocked = SigSet::empty();
     pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::all()), Some(&mut blocked))?;
@@ -363,10 +394,10 @@ pub fn spawn_process(spec: &ProcessSpec<'_>) -> std::io::Result<i32> {
     };
     pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&blocked), None)?;
     let child = cloned.map_err(std::io::Error::from)?;
-    drop(err_w);
     drop(prepared);
-    match exec_report(std::os::fd::AsFd::as_fd(&err_r))? {
-        None => {
+    // The child has executed or exited by now (CLONE_VFORK): what it reported is in `failure`.
+    match failure.load(std::sync::atomic::Ordering::Acquire) {
+        0 => {
             // The child was executed, but the kernel is still loading the program and its interpreter, on this
             // CPU more often than not (the child starts where its parent ran): this thread, woken by the exec,
             // would otherwise go on with the caller's work first (exec round trip 10-25 µs shorter, in A/B
@@ -376,7 +407,7 @@ pub fn spawn_process(spec: &ProcessSpec<'_>) -> std::io::Result<i32> {
             Ok(child.as_raw())
         }
         // The child failed and exits 127; the caller's reaper collects it.
-        Some(e) => Err(e),
+        report => Err(std::io::Error::from_raw_os_error(report as u32 as i32)),
     }
 }
 
@@ -390,7 +421,7 @@ pub fn exec_process(spec: &ProcessSpec<'_>, report: BorrowedFd<'_>) -> ! {
         .and_then(|r| Prepared::new(spec).map(|p| (p, r.as_raw_fd())).map_err(|e| e.raw_os_error()));
     match prepared {
         // SAFETY: single-threaded helper; the report descriptor is raised and close-on-exec.
-        Ok((p, fd)) => unsafe { p.become_command(fd) },
+        Ok((p, fd)) => unsafe { p.become_command(Report::Pipe(fd)) },
         Err(errno) => {
             let msg = [0, errno.unwrap_or(libc::EIO)];
             // SAFETY: writes 8 bytes from a local array to a descriptor the caller holds open.

@@ -190,7 +190,7 @@ pub(super) fn spawn(state: &Shared, exec: &ExecRef, r: &ExecSpec, cwd: &OwnedFd)
     let mut sources: Vec<OwnedFd> = Vec::new();
     let mut stdin_sink = None;
     let mut pty_ctl = None;
-    let stdio: [OwnedFd; 3] = if let Output::Pty { rows, cols } = r.output {
+    let stdio: [Rc<OwnedFd>; 3] = if let Output::Pty { rows, cols } = r.output {
         let ws = nix::pty::Winsize { ws_row: rows, ws_col: cols, ws_xpixel: 0, ws_ypixel: 0 };
         let pty = nix::pty::openpty(Some(&ws), None).map_err(|e| io_err("openpty", e.into()))?;
         for fd in [&pty.master, &pty.slave] {
@@ -199,7 +199,7 @@ pub(super) fn spawn(state: &Shared, exec: &ExecRef, r: &ExecSpec, cwd: &OwnedFd)
         let dup = |f: &OwnedFd| f.try_clone().map_err(|e| io_err("dup pty", e));
         stdin_sink = Some(dup(&pty.master)?);
         pty_ctl = Some(dup(&pty.master)?);
-        let slave = [dup(&pty.slave)?, dup(&pty.slave)?, pty.slave];
+        let slave = [dup(&pty.slave)?, dup(&pty.slave)?, pty.slave].map(Rc::new);
         sources.push(pty.master);
         slave
     } else {
@@ -216,14 +216,14 @@ pub(super) fn spawn(state: &Shared, exec: &ExecRef, r: &ExecSpec, cwd: &OwnedFd)
         let stdin = if r.stdin {
             let (in_r, in_w) = pipe().map_err(|e| io_err("pipe", e))?;
             stdin_sink = Some(in_w);
-            in_r
+            Rc::new(in_r)
         } else {
-            state.borrow().devnull.try_clone().map_err(|e| io_err("/dev/null", e))?
+            state.borrow().devnull.clone()
         };
-        [stdin, out_w, err_w]
+        [stdin, Rc::new(out_w), Rc::new(err_w)]
     };
     let order = Order { argv: r.argv.clone(), env, user, tty: r.output.is_pty() };
-    let with = || Handover { stdio: stdio.each_ref(), cwd };
+    let with = || Handover { stdio: stdio.each_ref().map(|fd| &**fd), cwd };
     let spare = state.borrow_mut().spare.take();
     let started = match spare {
         Some(spare) => give_to_helper(state, spare, &order, with()),

@@ -156,9 +156,12 @@ fn state_dir() -> BorrowedFd<'static> {
 }
 
 fn nonblocking(fd: OwnedFd) -> io::Result<AsyncFd<OwnedFd>> {
-    use nix::fcntl::{fcntl, FcntlArg, OFlag};
-    let flags = OFlag::from_bits_truncate(fcntl(&fd, FcntlArg::F_GETFL)?);
-    fcntl(&fd, FcntlArg::F_SETFL(flags | OFlag::O_NONBLOCK))?;
+    // (`FIONBIO` sets just that flag: one system call, not a `F_GETFL` and a `F_SETFL`.)
+    let on: libc::c_int = 1;
+    // SAFETY: FIONBIO reads one int through a pointer to a local.
+    if unsafe { libc::ioctl(std::os::fd::AsRawFd::as_raw_fd(&fd), libc::FIONBIO, &on) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
     // SAFETY: the AsyncFd owns `fd`, so it stays open and means the same file for the AsyncFd's lifetime.
     Ok(unsafe { AsyncFd::register(fd) }?)
 }

@@ -171,22 +171,20 @@ pub(super) async fn supervise(
     let reaped = exit.await.ok();
     let ws = reaped.map(|r| r.status);
     let wall = e.borrow().started.elapsed();
-    {
+    let empty = {
         // The exec owns its tree: whatever it left running ends with it.
         let ex = e.borrow();
         let _ = kill(Pid::from_raw(-ex.pid), Signal::SIGKILL);
         // (Its pid is reaped already: without a cgroup, what left the group and was orphaned is out of reach.)
-        if let Some(cg) = &ex.cgroup {
-            cg.kill_all();
-        }
-    }
+        ex.cgroup.as_ref().is_some_and(|cg| cg.kill_all() == 0)
+    };
     exited.send_replace(true);
     for p in pumps {
         let _ = p.await;
     }
-    let cgroup = e.borrow_mut().cgroup.take();
-    let used = match &cgroup {
-        Some(cg) if cg.holds_processes() => cg.usage(),
+    let mut cgroup = e.borrow_mut().cgroup.take();
+    let used = match &mut cgroup {
+        Some(cg) if cg.holds_processes() => cg.final_usage(empty),
         // No cgroup of its own (a Pod's agent): what the kernel counted for the process and the children it
         // reaped, and the OOM kills of the sandbox's cgroup while it ran.
         _ => hangar_runtime::cgroups::CgroupUsage {
@@ -236,11 +234,14 @@ pub(super) async fn supervise(
     super::launch::refill_spare_when_quiet(&state);
     // After the end is out: the cgroup, once empty, is kept for a later exec (reset), or removed (that takes the
     // kernel ~10 ms: off the agent's thread). Its readers' tasks send the end first (ten system calls of
-    // recycling used to go before it).
+    // recycling used to go before it); then the CPU goes to whoever the end woke on it (the reader, which a
+    // send on a local socket wakes where the sender runs) before the recycling.
     tokio::task::yield_now().await;
+    // SAFETY: no preconditions.
+    unsafe { libc::sched_yield() };
     if let Some(mut cg) = cgroup {
         for _ in 0..1000 {
-            if cg.kill_all() == 0 {
+            if cg.settled() || cg.kill_all() == 0 {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(1)).await;

@@ -6,6 +6,7 @@ use hangar_agent_protocol::codec::{self, Writer};
 use hangar_agent_protocol::INLINE_WINDOW;
 use hangar_journal::ReaderId;
 use hangar_types::ExecEvent;
+use std::cell::Cell;
 
 /// Serves one reader: the exec's info, then its journal's progress (or, `inline`, its journal's contents),
 /// while taking acks, signals and resizes.
@@ -104,17 +105,24 @@ pub(super) async fn serve_reader(e: ExecRef, mut conn: Conn, from: [u64; 2], inl
 async fn send_progress(e: &ExecRef, conn: &mut Conn, reader: ReaderId, hold: &mut Duration, first: Response) -> bool {
     let mut progress = e.borrow().progress.subscribe();
     let w = conn.writer();
+    let end_sent = Rc::new(Cell::new(false));
+    let (exec, ended) = (e.clone(), end_sent.clone());
     let mut sender = tokio::task::spawn_local(async move {
         // The info and the first snapshot in one write: the reader wakes once for both.
         let Ok(mut frames) = codec::encode(&first) else { return false };
         loop {
             let snapshot = progress.borrow_and_update().clone();
+            let last = snapshot.end.is_some();
             let Ok(frame) = codec::encode(&Response::Progress(snapshot)) else { return false };
             frames.extend_from_slice(&frame);
             if w.send_raw(&frames).await.is_err() {
                 return false;
             }
             frames.clear();
+            ended.set(last);
+            if last && served(&exec, reader) {
+                return true;
+            }
             if progress.changed().await.is_err() {
                 return true;
             }
@@ -124,7 +132,7 @@ async fn send_progress(e: &ExecRef, conn: &mut Conn, reader: ReaderId, hold: &mu
         tokio::select! {
             r = &mut sender => break r.unwrap_or(false),
             msg = conn.recv::<Request>() => match msg {
-                Ok(Some(m)) => if take_request(e, reader, m, hold) { break true },
+                Ok(Some(m)) => if take_request(e, reader, m, hold) || (end_sent.get() && served(e, reader)) { break true },
                 Ok(None) | Err(_) => break true,
             },
         }
@@ -139,8 +147,9 @@ async fn send_progress(e: &ExecRef, conn: &mut Conn, reader: ReaderId, hold: &mu
 async fn send_inline(e: &ExecRef, conn: &mut Conn, reader: ReaderId, from: [u64; 2], hold: &mut Duration) -> bool {
     let window = Rc::new(RefCell::new(Window { acked: from, seek: None }));
     let wake = Rc::new(Notify::new());
-    let mut sender =
-        tokio::task::spawn_local(send_journal(e.clone(), conn.writer(), from, window.clone(), wake.clone()));
+    let end_sent = Rc::new(Cell::new(false));
+    let sending = Sending { window: window.clone(), wake: wake.clone(), reader, end_sent: end_sent.clone() };
+    let mut sender = tokio::task::spawn_local(send_journal(e.clone(), conn.writer(), from, sending));
     let sent = loop {
         tokio::select! {
             done = &mut sender => break done.unwrap_or(false),
@@ -155,7 +164,7 @@ async fn send_inline(e: &ExecRef, conn: &mut Conn, reader: ReaderId, from: [u64;
                         w.acked = [w.acked[0].max(pos[0]), w.acked[1].max(pos[1])];
                         wake.notify_one();
                     }
-                    if take_request(e, reader, m, hold) {
+                    if take_request(e, reader, m, hold) || (end_sent.get() && served(e, reader)) {
                         break true;
                     }
                 }
@@ -173,10 +182,30 @@ struct Window {
     seek: Option<Request>,
 }
 
+/// What an inline attachment's sender shares with the task that takes its reader's requests.
+struct Sending {
+    window: Rc<RefCell<Window>>,
+    /// Notified when the window moved or a seek came.
+    wake: Rc<Notify>,
+    reader: ReaderId,
+    /// Set once the end went out.
+    end_sent: Rc<Cell<bool>>,
+}
+
+/// Whether `reader` has all it will ever get of `e`: the exec ended and the reader acknowledged every byte.
+/// Once it was also sent the end, its attachment closes without waiting for the reader to hang up. (The reader
+/// would only hang up next: a wait that cost the agent a wake-up, when the reader's read of the end made room
+/// in the socket, and another at its close, both while the reader was on its way to its next request.)
+fn served(e: &ExecRef, reader: ReaderId) -> bool {
+    let ex = e.borrow();
+    ex.end.is_some() && ex.journal.has_all(reader)
+}
+
 /// Sends the journal from `from` on: output with its bytes, gaps, and after the last byte the end, never more
 /// than [`INLINE_WINDOW`] bytes beyond what the reader acknowledged; a seek starts again from what the reader
 /// acknowledged (what is in flight, it discards). `false` when a send failed.
-async fn send_journal(e: ExecRef, w: Writer, from: [u64; 2], window: Rc<RefCell<Window>>, wake: Rc<Notify>) -> bool {
+async fn send_journal(e: ExecRef, w: Writer, from: [u64; 2], sending: Sending) -> bool {
+    let Sending { window, wake, reader, end_sent } = sending;
     let dir =
         std::path::Path::new("/proc/self/fd").join(STATE_DIR_FD.to_string()).join(hangar_journal::dir(&e.borrow().id));
     let mut journal = hangar_journal::Reader::new(dir, from);
@@ -220,7 +249,14 @@ async fn send_journal(e: ExecRef, w: Writer, from: [u64; 2], window: Rc<RefCell<
             Ok(Some(ExecEvent::Gap { stream, from, to })) => w.send(&Response::Gap { stream, from, to }).await,
             Ok(Some(ExecEvent::Exit(end))) => {
                 ended = true;
-                w.send(&Response::Ended(end)).await
+                if w.send(&Response::Ended(end)).await.is_err() {
+                    return false;
+                }
+                end_sent.set(true);
+                if served(&e, reader) {
+                    return true;
+                }
+                Ok(())
             }
             Ok(None) => {
                 tokio::select! {

@@ -402,6 +402,65 @@ async fn a_connection_made_ahead_for_the_next_exec_is_closed_once_execs_stop() {
     sb.stop().await.unwrap();
 }
 
+/// The agent closes an exec's connection as soon as its reader has had all of it (every byte acknowledged, and
+/// the end), without waiting for the reader to hang up: the reader may hold its handle as long as it likes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_exec_connection_closes_once_its_reader_has_all_of_it() {
+    if crate::BACKEND == Backend::Kubernetes {
+        return; // (The engine's own connections to a Pod go through its port-forward.)
+    }
+    let sb = sandbox().await;
+    let agent = agent_pid(sb.id());
+    // Connections accepted on the agent's socket (not its spare helpers' socket pairs, which have no path).
+    let connections = || {
+        let held: std::collections::HashSet<String> = std::fs::read_dir(format!("/proc/{agent}/fd"))
+            .unwrap()
+            .filter_map(|e| std::fs::read_link(e.unwrap().path()).ok())
+            .filter_map(|l| l.to_string_lossy().strip_prefix("socket:[")?.strip_suffix(']').map(String::from))
+            .collect();
+        // (The agent's socket was made in the host's network namespace, before the sandbox's.)
+        let table = std::fs::read_to_string("/proc/self/net/unix").unwrap();
+        // Num RefCount Protocol Flags Type St Inode Path; St 03: connected.
+        table
+            .lines()
+            .skip(1)
+            .filter(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                f.len() == 8 && f[5] == "03" && held.contains(f[6])
+            })
+            .count()
+    };
+    // Once the engine's finding that the sandbox runs lapsed, no connection is made ahead of the next exec.
+    tokio::time::sleep(Duration::from_millis(2200)).await;
+    assert_eq!(connections(), 0, "connections before the exec");
+    let mut h = sb.exec(["sh", "-c", "echo one; echo two >&2"]).start().await.unwrap();
+    assert_eq!(connections(), 1, "the exec's connection");
+    let (mut out, mut err, mut end) = (Vec::new(), Vec::new(), None);
+    while let Some(ev) = h.next_event().await.unwrap() {
+        match ev {
+            hangar::ExecEvent::Output { stream: hangar::OutputStream::Stdout, data, .. } => out.extend(data),
+            hangar::ExecEvent::Output { data, .. } => err.extend(data),
+            hangar::ExecEvent::Exit(e) => end = Some(e),
+            hangar::ExecEvent::Gap { .. } => panic!("nothing was dropped"),
+        }
+    }
+    assert_eq!((out.as_slice(), err.as_slice()), (&b"one\n"[..], &b"two\n"[..]));
+    assert_eq!(end.unwrap().code, Some(0));
+    // The handle is still held; the agent let go of its side.
+    let mut left = usize::MAX;
+    for _ in 0..50 {
+        left = connections();
+        if left == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(left, 0, "connections the agent holds once the exec's reader had all of it, its handle held");
+    assert!(h.next_event().await.unwrap().is_none(), "nothing follows the end");
+    drop(h);
+    sb.stop().await.unwrap();
+}
+
 /// A sandbox used from one runtime and then another, the first one gone, still execs: what the engine keeps
 /// for the next request (a connection made ahead) belongs to no runtime.
 #[test]
