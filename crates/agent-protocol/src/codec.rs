@@ -5,9 +5,12 @@
 
 use serde::{de::DeserializeOwned, Serialize};
 use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::pin::Pin;
 use std::sync::Arc;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::UnixStream;
+use std::task::{ready, Context, Poll};
+use tokio::io::unix::AsyncFd;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, Interest, ReadBuf};
 
 /// Frames larger than this are refused: a frame is a small JSON message, never bulk data.
 pub const MAX_FRAME: usize = 1 << 20;
@@ -88,9 +91,6 @@ pub struct Conn {
 #[derive(Clone)]
 pub struct Writer {
     write: Arc<tokio::sync::Mutex<Box<dyn AsyncWrite + Send + Sync + Unpin>>>,
-    /// The socket under `write`, when it is a unix stream (open for as long as `write` is): see
-    /// [`Writer::send_raw`].
-    socket: Option<std::os::fd::RawFd>,
 }
 
 /// What a connection's buffer holds at first: its messages are small; bulk data (file contents, inline
@@ -99,37 +99,123 @@ const FIRST_CAPACITY: usize = 8192;
 /// Room made for each read once a read filled the buffer.
 const BULK_READ: usize = 64 * 1024;
 
+/// A connected unix stream socket on the runtime, registered for reading only: what it sends goes out
+/// directly ([`Writer::send_raw`]), and only a send that finds no room waits for room (see [`SocketWrite`]).
+/// tokio's `UnixStream` is registered for writing too, and a socket's room changes with every read its peer
+/// makes: each reply read on one side woke the other side's I/O driver for nothing (and its `shutdown` on
+/// drop woke its own), two or three wake-ups of a thread per exec, each of which could take the CPU from the
+/// agent or the command at the worst moment.
+struct Socket(AsyncFd<OwnedFd>);
+
+impl Socket {
+    fn new(socket: std::os::unix::net::UnixStream) -> io::Result<Arc<Self>> {
+        // SAFETY: the AsyncFd owns the descriptor, so it stays open and means the same socket while registered.
+        Ok(Arc::new(Self(unsafe { AsyncFd::register_with_interest(OwnedFd::from(socket), Interest::READABLE) }?)))
+    }
+
+    fn fd(&self) -> std::os::fd::RawFd {
+        self.0.get_ref().as_raw_fd()
+    }
+}
+
+struct SocketRead(Arc<Socket>);
+
+impl AsyncRead for SocketRead {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        loop {
+            let mut guard = ready!(self.0 .0.poll_read_ready(cx))?;
+            // SAFETY: `recv` writes at most `unfilled.len()` bytes there, and only those it wrote are marked
+            // initialized below.
+            let unfilled = unsafe { buf.unfilled_mut() };
+            let got = guard.try_io(|fd| {
+                // SAFETY: a valid buffer of `unfilled.len()` bytes for the kernel to write into.
+                let n =
+                    unsafe { libc::recv(fd.get_ref().as_raw_fd(), unfilled.as_mut_ptr().cast(), unfilled.len(), 0) };
+                if n < 0 {
+                    Err(io::Error::last_os_error())
+                } else {
+                    Ok(n as usize)
+                }
+            });
+            match got {
+                Ok(Ok(n)) => {
+                    // SAFETY: `recv` initialized the first `n` bytes of the unfilled part.
+                    unsafe { buf.assume_init(n) };
+                    buf.advance(n);
+                    return Poll::Ready(Ok(()));
+                }
+                Ok(Err(e)) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Ok(Err(e)) => return Poll::Ready(Err(e)),
+                Err(_would_block) => continue,
+            }
+        }
+    }
+}
+
+/// The writing side of a [`Socket`]. A send that finds no room registers a duplicate of the socket for
+/// writing (the socket itself is registered for reading only) and waits on it; the registration goes with the
+/// next flush, which ends every [`Writer::send_raw`]. Dropped, it leaves the socket to close with its last
+/// holder: no `shutdown`, which the peer's reading side could not tell from the close that follows.
+struct SocketWrite {
+    socket: Arc<Socket>,
+    writable: Option<AsyncFd<OwnedFd>>,
+}
+
+impl AsyncWrite for SocketWrite {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
+        use nix::sys::socket::{send, MsgFlags};
+        loop {
+            match send(self.socket.fd(), data, MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL) {
+                Ok(n) => return Poll::Ready(Ok(n)),
+                Err(nix::errno::Errno::EAGAIN | nix::errno::Errno::EINTR) => {}
+                Err(e) => return Poll::Ready(Err(e.into())),
+            }
+            if self.writable.is_none() {
+                let copy = self.socket.0.get_ref().try_clone()?;
+                // SAFETY: as in `Socket::new`, for the duplicate this owns.
+                self.writable = Some(unsafe { AsyncFd::register_with_interest(copy, Interest::WRITABLE) }?);
+            }
+            let writable = self.writable.as_ref().expect("registered above");
+            ready!(writable.poll_write_ready(cx))?.clear_ready();
+        }
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.writable = None;
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(nix::sys::socket::shutdown(self.socket.fd(), nix::sys::socket::Shutdown::Write).map_err(Into::into))
+    }
+}
+
 impl Conn {
-    /// Wraps a connected unix stream.
-    pub fn new(stream: UnixStream) -> Self {
-        let socket = std::os::fd::AsRawFd::as_raw_fd(&stream);
-        let (read, write) = stream.into_split();
-        Self::from_halves(Box::new(read), Box::new(write), Some(socket))
+    /// Wraps a connected unix stream socket (nonblocking, see [`connect_socket`]), on the runtime of the
+    /// caller.
+    pub fn from_socket(socket: std::os::unix::net::UnixStream) -> io::Result<Self> {
+        let socket = Socket::new(socket)?;
+        let write = SocketWrite { socket: socket.clone(), writable: None };
+        Ok(Self::from_halves(Box::new(SocketRead(socket)), Box::new(write)))
     }
 
     /// Wraps any connected byte stream.
     pub fn over<S: AsyncRead + AsyncWrite + Send + Sync + 'static>(stream: S) -> Self {
         let (read, write) = tokio::io::split(stream);
-        Self::from_halves(Box::new(read), Box::new(write), None)
+        Self::from_halves(Box::new(read), Box::new(write))
     }
 
     fn from_halves(
         read: Box<dyn AsyncRead + Send + Sync + Unpin>,
         write: Box<dyn AsyncWrite + Send + Sync + Unpin>,
-        socket: Option<std::os::fd::RawFd>,
     ) -> Self {
-        let writer = Writer { write: Arc::new(tokio::sync::Mutex::new(write)), socket };
+        let writer = Writer { write: Arc::new(tokio::sync::Mutex::new(write)) };
         Self { read, buf: Vec::with_capacity(FIRST_CAPACITY), start: 0, writer }
     }
 
     /// Connects to the agent listening at `path` (see [`connect_socket`]).
     pub async fn connect(path: &std::path::Path) -> io::Result<Self> {
         Self::from_socket(connect_socket(path)?)
-    }
-
-    /// Wraps a connected socket (nonblocking, see [`connect_socket`]), on the runtime of the caller.
-    pub fn from_socket(socket: std::os::unix::net::UnixStream) -> io::Result<Self> {
-        Ok(Self::new(UnixStream::from_std(socket)?))
     }
 
     /// A writing handle.
@@ -195,29 +281,15 @@ impl Writer {
         self.send_raw(&encode(msg)?).await
     }
 
-    /// Writes raw bytes (file contents after a frame that announced them).
+    /// Writes raw bytes (file contents after a frame that announced them), whole, under the handle's lock.
     ///
-    /// On a unix socket, what the socket has room for is written at once, not through the runtime: tokio
-    /// writes to a socket only once its I/O driver reported it writable, which a new connection's socket
-    /// has not been yet, so every connection's first message (an exec's request, its info) waited for a turn
-    /// of the driver (on a multi-threaded runtime, a wake-up of the driver's thread and of this one). What
-    /// does not fit goes the runtime's way.
+    /// On a unix socket, what the socket has room for is written at once, not after the runtime's I/O driver
+    /// reported room (tokio's `UnixStream` waits for that, which a new connection's socket has not had yet: its
+    /// first message, an exec's request or its info, waited for a turn of the driver, on a multi-threaded
+    /// runtime a wake-up of the driver's thread and then of this one).
     pub async fn send_raw(&self, data: &[u8]) -> io::Result<()> {
-        use nix::sys::socket::{send, MsgFlags};
         let mut w = self.write.lock().await;
-        let mut rest = data;
-        if let Some(fd) = self.socket {
-            // Under the lock: frames never interleave. (Nonblocking, and no SIGPIPE from a closed peer.)
-            match send(fd, rest, MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL) {
-                Ok(n) => rest = &rest[n..],
-                Err(nix::errno::Errno::EAGAIN | nix::errno::Errno::EINTR) => {}
-                Err(e) => return Err(e.into()),
-            }
-            if rest.is_empty() {
-                return Ok(());
-            }
-        }
-        w.write_all(rest).await?;
+        w.write_all(data).await?;
         w.flush().await
     }
 }
@@ -225,6 +297,14 @@ impl Writer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn pair() -> (Conn, Conn) {
+        let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
+        for s in [&a, &b] {
+            s.set_nonblocking(true).unwrap();
+        }
+        (Conn::from_socket(a).unwrap(), Conn::from_socket(b).unwrap())
+    }
 
     #[test]
     fn frames_decode_only_when_whole() {
@@ -243,8 +323,7 @@ mod tests {
 
     #[tokio::test]
     async fn messages_and_raw_bytes_cross_a_socket_in_order() {
-        let (a, b) = UnixStream::pair().unwrap();
-        let (a, mut b) = (Conn::new(a), Conn::new(b));
+        let (a, mut b) = pair();
         let w = a.writer();
         let big = vec![7u8; 300_000];
         let send = async {
@@ -305,8 +384,7 @@ mod tests {
     /// A receive abandoned mid-wait (as `select!` does) loses nothing and adds nothing.
     #[tokio::test]
     async fn an_abandoned_receive_leaves_the_stream_intact() {
-        let (a, b) = UnixStream::pair().unwrap();
-        let (a, mut b) = (Conn::new(a), Conn::new(b));
+        let (a, mut b) = pair();
         for _ in 0..3 {
             let idle = tokio::time::timeout(std::time::Duration::from_millis(5), b.recv::<u32>()).await;
             assert!(idle.is_err(), "nothing was sent yet");

@@ -9,6 +9,7 @@ use hangar_agent_protocol::{
     AgentConfig, EndReason, EndRecord, ErrorKind, Request, Response, StartReport, Workload, END_RECORD_FILE, VERSION,
 };
 use nix::sys::signal::{kill, Signal};
+use nix::sys::socket::SockFlag;
 use nix::sys::wait::WaitPidFlag;
 use nix::unistd::Pid;
 use std::cell::RefCell;
@@ -18,7 +19,7 @@ use std::io::{Read, Write};
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::rc::Rc;
 use std::time::Duration;
-use tokio::net::UnixListener;
+use tokio::io::unix::AsyncFd;
 use tokio::sync::Notify;
 
 /// Descriptor numbers the runtime places the agent's inherited resources at (see `hangar_runtime::AgentFds`).
@@ -96,7 +97,9 @@ fn main_inner() -> Result<(), String> {
         // SAFETY: the runtime placed the listening control socket at this number; nothing else owns it.
         let std_listener = unsafe { std::os::unix::net::UnixListener::from_raw_fd(LISTENER_FD) };
         std_listener.set_nonblocking(true).map_err(|e| format!("listener: {e}"))?;
-        let listener = UnixListener::from_std(std_listener).map_err(|e| format!("listener: {e}"))?;
+        // SAFETY: the AsyncFd owns the listener for as long as it is registered.
+        let listener = unsafe { AsyncFd::register_with_interest(std_listener, tokio::io::Interest::READABLE) }
+            .map_err(|e| format!("listener: {e}"))?;
         serve(cfg.workload, started, Incoming::Unix(listener)).await
     })
 }
@@ -156,7 +159,7 @@ impl Started {
 /// Where the engine's connections come from: the unix socket the runtime gave the agent (local backend), or
 /// the streams of a Pod's agent (each carrying many connections, see `hangar_agent_protocol::remote`).
 pub(crate) enum Incoming {
-    Unix(UnixListener),
+    Unix(AsyncFd<std::os::unix::net::UnixListener>),
     Remote(tokio::sync::mpsc::Receiver<Conn>),
 }
 
@@ -164,8 +167,20 @@ impl Incoming {
     async fn next(&mut self) -> Option<Conn> {
         match self {
             Incoming::Unix(l) => loop {
-                if let Ok((stream, _)) = l.accept().await {
-                    return Some(Conn::new(stream));
+                let Ok(mut ready) = l.readable().await else { continue };
+                // Nonblocking and close-on-exec from the start (one system call).
+                let flags = SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC;
+                match ready.try_io(|l| {
+                    nix::sys::socket::accept4(std::os::fd::AsRawFd::as_raw_fd(l.get_ref()), flags).map_err(Into::into)
+                }) {
+                    Ok(Ok(fd)) => {
+                        // SAFETY: accept4 returned a new connected socket that nothing else owns.
+                        let stream = unsafe { std::os::unix::net::UnixStream::from_raw_fd(fd) };
+                        if let Ok(conn) = Conn::from_socket(stream) {
+                            return Some(conn);
+                        }
+                    }
+                    Ok(Err(_)) | Err(_) => continue,
                 }
             },
             Incoming::Remote(rx) => rx.recv().await,

@@ -43,6 +43,9 @@ pub(crate) struct AgentLink {
     pub journals: Option<PathBuf>,
     /// Where the main command's log is kept here once the sandbox ended, if it is kept here.
     pub kept_log: Option<PathBuf>,
+    /// Makes the connection for the next request once dropped (see `ConnectAhead`): drop it after the first
+    /// message went out.
+    pub ahead: Option<crate::local::ConnectAhead>,
 }
 
 impl Engine {

@@ -177,11 +177,12 @@ impl Engine {
     }
 
     async fn follow(&self, id: &str, req: Request, subject: &str, from: [u64; 2]) -> Result<ExecStream> {
-        let crate::backend::AgentLink { mut conn, protocol, journals, kept_log } = self.link(id).await?;
+        let crate::backend::AgentLink { mut conn, protocol, journals, kept_log, ahead } = self.link(id).await?;
         if journals.is_none() {
             conn.send(&Request::Inline).await.map_err(|e| self.gone(id, "exec", e))?;
         }
         conn.send(&req).await.map_err(|e| self.gone(id, "exec", e))?;
+        drop(ahead);
         let info = match conn.recv::<Response>().await.map_err(|e| self.gone(id, "exec", e))? {
             Some(Response::Exec(info)) => info,
             other => return Err(self.unexpected(id, subject, other)),
@@ -229,8 +230,9 @@ impl Engine {
     /// Opens exec `exec`'s stdin for writing from `offset` on. Bytes the exec already received are skipped,
     /// so a writer that lost its connection resumes from [`StdinWriter::acked`] of a new one.
     pub async fn open_stdin(&self, id: &str, exec: &str, offset: u64) -> Result<StdinWriter> {
-        let crate::backend::AgentLink { mut conn, protocol, .. } = self.link(id).await?;
+        let crate::backend::AgentLink { mut conn, protocol, ahead, .. } = self.link(id).await?;
         conn.send(&Request::Stdin { exec: exec.to_string(), offset }).await.map_err(|e| self.gone(id, "stdin", e))?;
+        drop(ahead);
         match conn.recv::<Response>().await.map_err(|e| self.gone(id, "stdin", e))? {
             Some(Response::StdinAck { acked }) => {
                 let (sandbox, exec) = (id.to_string(), exec.to_string());

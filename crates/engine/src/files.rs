@@ -102,8 +102,9 @@ impl Engine {
     /// root, so `..`, symlinks and `/proc` links cannot reach the host; FIFOs, sockets and devices are refused.
     pub async fn open_file(&self, id: &str, path: &str) -> Result<FileDownload> {
         check_path(path)?;
-        let crate::backend::AgentLink { mut conn, protocol, .. } = self.link(id).await?;
+        let crate::backend::AgentLink { mut conn, protocol, ahead, .. } = self.link(id).await?;
         conn.send(&Request::ReadFile { path: path.to_string() }).await.map_err(|e| self.gone(id, "read_file", e))?;
+        drop(ahead);
         match conn.recv::<Response>().await.map_err(|e| self.gone(id, "read_file", e))? {
             Some(Response::FileData { len }) if len > self.config().max_file_bytes => {
                 Err(too_large(id, path, len, self.config().max_file_bytes))

@@ -483,7 +483,7 @@ async fn follow_pods(
 
 /// A link to a Pod's agent: its journals travel inline, and its log is kept by the cluster.
 fn link(conn: hangar_agent_protocol::codec::Conn) -> AgentLink {
-    AgentLink { conn, protocol: hangar_agent_protocol::VERSION, journals: None, kept_log: None }
+    AgentLink { conn, protocol: hangar_agent_protocol::VERSION, journals: None, kept_log: None, ahead: None }
 }
 
 /// When each line of a container log began, as (offset in `plain`, Unix ms): the time of the first record of
