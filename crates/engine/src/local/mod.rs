@@ -62,8 +62,9 @@ struct Running {
 }
 
 /// The connection the next request to a sandbox will take, to be made once this request is on its way (see
-/// [`Local::connect`]): made when this is dropped. A request drops it right after its first message went out,
-/// so that the connection is made while the agent works on that message, not before it is sent.
+/// [`Local::connect`]): made when this is dropped. A request drops it once its first message went out (an
+/// exec: once the agent answered it), so that the connection is made while the agent has nothing else to do,
+/// not before the message is sent.
 pub(crate) struct ConnectAhead {
     local: Arc<Local>,
     id: String,
@@ -427,10 +428,10 @@ impl Local {
     ///
     /// The connection itself is made ahead once requests follow one another: each request on this path
     /// takes the one made after the last (if it is still open: no end of file from the agent), and another
-    /// is made once its first message is out ([`ConnectAhead`]), by the caller's thread while the agent works
-    /// on that message (made before it, or by a task on another thread, it held up the request: A/B, 20-50
-    /// µs of the round trip). A request then costs one write on its path, not a new socket, a connect, and the
-    /// agent's accept. (Not after a first request: a one-shot client, `hangar exec`, would only pay for it.)
+    /// is made once its first message is out ([`ConnectAhead`]), by the caller's thread (made before it, or
+    /// by a task on another thread, it held up the request: A/B, 20-50 µs of the round trip). A request then
+    /// costs one write on its path, not a new socket, a connect, and the agent's accept. (Not after a first
+    /// request: a one-shot client, `hangar exec`, would only pay for it.)
     pub(crate) async fn connect(self: &Arc<Self>, id: &str) -> Result<AgentLink> {
         let now = std::time::Instant::now();
         let known = {
