@@ -367,14 +367,7 @@ async fn a_connection_made_ahead_for_the_next_exec_is_closed_once_execs_stop() {
     }
     let sb = sandbox().await;
     let agent = agent_pid(sb.id());
-    let sockets = || {
-        std::fs::read_dir(format!("/proc/{agent}/fd"))
-            .unwrap()
-            .filter(|e| {
-                std::fs::read_link(e.as_ref().unwrap().path()).is_ok_and(|l| l.to_string_lossy().starts_with("socket:"))
-            })
-            .count()
-    };
+    let sockets = || agent_connections(agent);
     // The finding that the sandbox runs, made at the first exec, stands for a second: the spare is counted
     // within it (the execs' own connections closed by then), and is gone once it lapsed. (Tried again on
     // a machine so loaded that the second passed before the count.)
@@ -411,30 +404,12 @@ async fn an_exec_connection_closes_once_its_reader_has_all_of_it() {
     }
     let sb = sandbox().await;
     let agent = agent_pid(sb.id());
-    // Connections accepted on the agent's socket (not its spare helpers' socket pairs, which have no path).
-    let connections = || {
-        let held: std::collections::HashSet<String> = std::fs::read_dir(format!("/proc/{agent}/fd"))
-            .unwrap()
-            .filter_map(|e| std::fs::read_link(e.unwrap().path()).ok())
-            .filter_map(|l| l.to_string_lossy().strip_prefix("socket:[")?.strip_suffix(']').map(String::from))
-            .collect();
-        // (The agent's socket was made in the host's network namespace, before the sandbox's.)
-        let table = std::fs::read_to_string("/proc/self/net/unix").unwrap();
-        // Num RefCount Protocol Flags Type St Inode Path; St 03: connected.
-        table
-            .lines()
-            .skip(1)
-            .filter(|l| {
-                let f: Vec<&str> = l.split_whitespace().collect();
-                f.len() == 8 && f[5] == "03" && held.contains(f[6])
-            })
-            .count()
-    };
+    let connections = || agent_connections(agent);
     // Once the engine's finding that the sandbox runs lapsed, no connection is made ahead of the next exec.
     tokio::time::sleep(Duration::from_millis(2200)).await;
     assert_eq!(connections(), 0, "connections before the exec");
-    let mut h = sb.exec(["sh", "-c", "echo one; echo two >&2"]).start().await.unwrap();
-    assert_eq!(connections(), 1, "the exec's connection");
+    let mut h = sb.exec(["sh", "-c", "echo one; echo two >&2; sleep 0.3"]).start().await.unwrap();
+    assert_eq!(connections(), 1, "the connection of the exec, which runs");
     let (mut out, mut err, mut end) = (Vec::new(), Vec::new(), None);
     while let Some(ev) = h.next_event().await.unwrap() {
         match ev {
@@ -459,6 +434,27 @@ async fn an_exec_connection_closes_once_its_reader_has_all_of_it() {
     assert!(h.next_event().await.unwrap().is_none(), "nothing follows the end");
     drop(h);
     sb.stop().await.unwrap();
+}
+
+/// How many connections accepted on the agent's socket agent `agent` holds (not its spare helpers' socket
+/// pairs, which have no path).
+fn agent_connections(agent: i32) -> usize {
+    let held: std::collections::HashSet<String> = std::fs::read_dir(format!("/proc/{agent}/fd"))
+        .unwrap()
+        .filter_map(|e| std::fs::read_link(e.unwrap().path()).ok())
+        .filter_map(|l| l.to_string_lossy().strip_prefix("socket:[")?.strip_suffix(']').map(String::from))
+        .collect();
+    // (The agent's socket was made in the host's network namespace, before the sandbox's.)
+    let table = std::fs::read_to_string("/proc/self/net/unix").unwrap();
+    // Num RefCount Protocol Flags Type St Inode Path; St 03: connected.
+    table
+        .lines()
+        .skip(1)
+        .filter(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            f.len() == 8 && f[5] == "03" && held.contains(f[6])
+        })
+        .count()
 }
 
 /// A sandbox used from one runtime and then another, the first one gone, still execs: what the engine keeps
