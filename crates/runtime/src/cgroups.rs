@@ -420,7 +420,7 @@ pub struct ExecCgroup {
     /// (controller, file, descriptor) of the files read at every exec's end ([`measured_files`]), opened once
     /// with the cgroup, which serves many execs ([`ExecCgroup::recycle`]).
     files: Vec<(String, &'static str, OwnedFd)>,
-    /// The counters when it was last recycled ([`ExecCgroup::usage`] is measured from there); for peak memory,
+    /// The counters when it was last recycled ([`ExecCgroup::final_usage`] is measured from there); for peak memory,
     /// what was left charged to it then.
     base: CgroupUsage,
     /// The counters an exec's end measured in the cgroup, empty then ([`ExecCgroup::final_usage`]): final, so
@@ -614,30 +614,15 @@ impl ExecCgroup {
         self.file(controller, file).map(read_open).unwrap_or_default()
     }
 
-    /// CPU time, peak memory and OOM kills so far, since it was made or last [recycled](ExecCgroup::recycle).
-    /// Peak memory after a recycle counts from what earlier execs left charged to the cgroup (page cache of
-    /// files they wrote, say), which stays charged to it.
-    pub fn usage(&self) -> CgroupUsage {
-        self.since_base(self.counters())
-    }
-
-    /// [`ExecCgroup::usage`] at the end of an exec. `empty`: the caller found the cgroup empty once the exec's
-    /// process had ended (a [`ExecCgroup::kill_all`] that killed none), so nothing can enter it again and these
-    /// counters are final: [`ExecCgroup::recycle`] then takes them as its base rather than reading the cgroup
-    /// again (eight reads fewer per exec, right after its end went out).
+    /// What an exec used, at its end: CPU time, peak memory and OOM kills since the cgroup was made or last
+    /// [recycled](ExecCgroup::recycle). Peak memory after a recycle counts from what earlier execs left charged
+    /// to the cgroup (page cache of files they wrote, say), which stays charged to it. `empty`: the caller found
+    /// the cgroup empty once the exec's process had ended (a [`ExecCgroup::kill_all`] that killed none), so
+    /// nothing can enter it again and these counters are final: [`ExecCgroup::recycle`] then takes them as its
+    /// base rather than reading the cgroup again (eight reads fewer per exec, right after its end went out).
     pub fn final_usage(&mut self, empty: bool) -> CgroupUsage {
-        let now = self.counters();
+        let (now, base) = (self.counters(), self.base);
         self.settled = empty.then_some(now);
-        self.since_base(now)
-    }
-
-    /// Whether [`ExecCgroup::final_usage`] found the cgroup empty: [`ExecCgroup::recycle`] needs no check.
-    pub fn settled(&self) -> bool {
-        self.settled.is_some()
-    }
-
-    fn since_base(&self, now: CgroupUsage) -> CgroupUsage {
-        let base = self.base;
         CgroupUsage {
             cpu_user_ns: now.cpu_user_ns.saturating_sub(base.cpu_user_ns),
             cpu_sys_ns: now.cpu_sys_ns.saturating_sub(base.cpu_sys_ns),

@@ -241,7 +241,7 @@ pub(super) async fn supervise(
     unsafe { libc::sched_yield() };
     if let Some(mut cg) = cgroup {
         for _ in 0..1000 {
-            if cg.settled() || cg.kill_all() == 0 {
+            if empty || cg.kill_all() == 0 {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(1)).await;

@@ -500,8 +500,8 @@ impl Local {
     /// Makes the connection the next request to sandbox `id` takes (see [`Local::connect`]), unless one is
     /// there.
     fn connect_ahead(&self, id: &str) {
-        let has_spare = |l: &Self| l.running.lock().expect("running").get(id).is_none_or(|r| r.spare.is_some());
-        if has_spare(self) {
+        // (Nor for a sandbox no longer found running.)
+        if self.running.lock().expect("running").get(id).is_none_or(|r| r.spare.is_some()) {
             return;
         }
         let Ok(socket) = hangar_agent_protocol::codec::connect_socket(&self.socket_path(id)) else { return };
