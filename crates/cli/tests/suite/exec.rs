@@ -362,12 +362,7 @@ async fn a_sandbox_whose_agent_dies_is_reported_and_cleaned_up() {
 /// talking to.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connection_made_ahead_for_the_next_exec_is_closed_once_execs_stop() {
-    if crate::BACKEND == Backend::Kubernetes {
-        return; // (The engine's own connections to a Pod go through its port-forward.)
-    }
-    let sb = sandbox().await;
-    let agent = agent_pid(sb.id());
-    let sockets = || agent_connections(agent);
+    let Some((sb, sockets)) = sandbox_counting_connections().await else { return };
     // The finding that the sandbox runs, made at the first exec, stands for a second: the spare is counted
     // within it (the execs' own connections closed by then), and is gone once it lapsed. (Tried again on
     // a machine so loaded that the second passed before the count.)
@@ -399,12 +394,7 @@ async fn a_connection_made_ahead_for_the_next_exec_is_closed_once_execs_stop() {
 /// the end), without waiting for the reader to hang up: the reader may hold its handle as long as it likes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_exec_connection_closes_once_its_reader_has_all_of_it() {
-    if crate::BACKEND == Backend::Kubernetes {
-        return; // (The engine's own connections to a Pod go through its port-forward.)
-    }
-    let sb = sandbox().await;
-    let agent = agent_pid(sb.id());
-    let connections = || agent_connections(agent);
+    let Some((sb, connections)) = sandbox_counting_connections().await else { return };
     // Once the engine's finding that the sandbox runs lapsed, no connection is made ahead of the next exec.
     tokio::time::sleep(Duration::from_millis(2200)).await;
     assert_eq!(connections(), 0, "connections before the exec");
@@ -434,6 +424,17 @@ async fn an_exec_connection_closes_once_its_reader_has_all_of_it() {
     assert!(h.next_event().await.unwrap().is_none(), "nothing follows the end");
     drop(h);
     sb.stop().await.unwrap();
+}
+
+/// A new sandbox, and a count of the connections its agent holds ([`agent_connections`]); `None` on the
+/// Kubernetes backend, whose engine reaches a Pod's agent through its port-forward.
+async fn sandbox_counting_connections() -> Option<(hangar::Sandbox, impl Fn() -> usize)> {
+    if crate::BACKEND == Backend::Kubernetes {
+        return None;
+    }
+    let sb = sandbox().await;
+    let agent = agent_pid(sb.id());
+    Some((sb, move || agent_connections(agent)))
 }
 
 /// How many connections accepted on the agent's socket agent `agent` holds (not its spare helpers' socket
