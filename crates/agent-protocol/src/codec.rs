@@ -24,7 +24,7 @@ pub fn connect_socket(path: &std::path::Path) -> io::Result<std::os::unix::net::
     use nix::sys::socket::{connect, socket, AddressFamily, SockFlag, SockType, UnixAddr};
     let flags = SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC;
     let fd = socket(AddressFamily::Unix, SockType::Stream, flags, None)?;
-    connect(std::os::fd::AsRawFd::as_raw_fd(&fd), &UnixAddr::new(path)?)?;
+    connect(fd.as_raw_fd(), &UnixAddr::new(path)?)?;
     Ok(std::os::unix::net::UnixStream::from(fd))
 }
 
@@ -33,7 +33,7 @@ pub fn connect_socket(path: &std::path::Path) -> io::Result<std::os::unix::net::
 pub fn peer_is_there(socket: &std::os::unix::net::UnixStream) -> bool {
     use nix::sys::socket::{recv, MsgFlags};
     let mut byte = [0u8; 1];
-    let peeked = recv(std::os::fd::AsRawFd::as_raw_fd(socket), &mut byte, MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT);
+    let peeked = recv(socket.as_raw_fd(), &mut byte, MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT);
     matches!(peeked, Err(nix::errno::Errno::EAGAIN))
 }
 
